@@ -1,0 +1,38 @@
+# Two commands: `make run` and `make test`. Everything else is installed by `make install`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TORCH  := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install run test bench sysdeps clean
+
+sysdeps:
+	@command -v cc >/dev/null 2>&1 || { echo "A C compiler is needed to build fastecdsa (libp2p): apt-get install -y build-essential" >&2; exit 1; }
+	@{ test -e /usr/include/gmp.h || test -e /usr/include/x86_64-linux-gnu/gmp.h || test -e /usr/include/aarch64-linux-gnu/gmp.h; } || { echo "libgmp-dev is missing (fastecdsa, pulled in by libp2p, builds against it): apt-get install -y libgmp-dev" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is needed ($(PYTHON) is older)" >&2; exit 1; }
+
+# Re-runs only when pyproject.toml changes. torch goes first and pinned, so pip takes the CPU
+# wheel here instead of resolving an unpinned torch with gigabytes of CUDA packages.
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory sysdeps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/ipfs-accelerate demo
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

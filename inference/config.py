@@ -1,0 +1,23 @@
+"""Settings of the inference layer (the `[inference]` table of configs/default.toml)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Backend = Literal["auto", "onnx", "torch"]
+
+
+class InferenceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    backend: Backend = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    max_batch: int = Field(32, ge=1, le=4096)
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000)
+    threads: int = Field(0, ge=0, description="intra-op threads; 0 lets the runtime use every core")
+    truncate: bool = True
+    model_dirs: list[str] = Field(default_factory=list)
+    onnx_opset: int = Field(17, ge=11, le=23)

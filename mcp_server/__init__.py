@@ -1,0 +1,1 @@
+"""The outer shell: MCP tools and transports, settings, logging and the CLI."""

@@ -1,0 +1,78 @@
+"""The `ipfs-accelerate` command. Heavy modules are imported inside commands so --help is fast."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+
+
+class CliError(click.ClickException):
+    """A one-line error and exit status 1; never a traceback."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _settings(ctx: click.Context, **flags: Any) -> Any:
+    from mcp_server.settings import SettingsError, load_settings
+
+    root = ctx.find_root().obj
+    merged = {"logging": {"level": root.get("log_level"), "format": root.get("log_format")}}
+    for key, value in flags.items():
+        node = merged
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        settings = load_settings(root.get("config"), **merged)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    from mcp_server.log import configure_logging
+
+    configure_logging(settings.logging.level, settings.logging.format)
+    return settings
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ipfs-accelerate")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="Settings file (TOML) over configs/default.toml.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None, help="Log level (stderr).")
+@click.option("--log-format", type=click.Choice(["console", "json"]), default=None, help="Log format (stderr).")
+@click.version_option(package_name="ipfs-accelerate", message="ipfs-accelerate %(version)s")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, log_level: str | None, log_format: str | None) -> None:
+    """ipfs-accelerate: a peer-to-peer inference network driven by MCP tools."""
+    ctx.obj = {"config": config, "log_level": log_level, "log_format": log_format}
+
+
+
+def _register() -> None:
+    """Attach the subcommands; their modules import nothing heavy at import time."""
+    import importlib
+    import pkgutil
+
+    from mcp_server import commands
+
+    for mod in pkgutil.iter_modules(commands.__path__):
+        module = importlib.import_module(f"mcp_server.commands.{mod.name}")
+        for cmd in getattr(module, "COMMANDS", ()):
+            main.add_command(cmd)
+
+
+_register()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

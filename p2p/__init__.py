@@ -1,0 +1,1 @@
+"""The peer: Merkle clock, scheduler, peer table, libp2p host and wire protocols."""
