@@ -21,3 +21,4 @@ class InferenceConfig(BaseModel):
     truncate: bool = True
     model_dirs: list[str] = Field(default_factory=list)
     onnx_opset: int = Field(17, ge=11, le=23)
+    cache_dir: str = Field("", description="ONNX export cache; empty means <data_dir>/onnx")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from inference.config import InferenceConfig
-from p2p.config import ClockConfig, NetworkConfig, SchedulerConfig
+from p2p.config import ClockConfig, NetworkConfig, NodeConfig, SchedulerConfig
 
 DEFAULT_TOML = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 
@@ -56,6 +56,16 @@ class Settings(BaseSettings):
     @property
     def node_name(self) -> str:
         return self.node_id or socket.gethostname()
+
+    def node_config(self) -> NodeConfig:
+        return NodeConfig(
+            data_dir=self.data_path,
+            node_name=self.node_name,
+            inference=self.inference,
+            clock=self.clock,
+            scheduler=self.scheduler,
+            network=self.network,
+        )
 
 
 class SettingsError(ValueError):

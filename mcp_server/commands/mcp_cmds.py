@@ -1,0 +1,84 @@
+"""`ipfs-accelerate mcp serve`: the node with its MCP tools over stdio, HTTP or SSE."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from typing import Any
+
+import click
+
+from mcp_server.cli import CliError, _settings
+from mcp_server.commands.network_flags import node_flags, node_options
+
+
+@click.group("mcp")
+def mcp_group() -> None:
+    """The MCP server."""
+
+
+@mcp_group.command("serve")
+@click.option("--transport", type=click.Choice(["stdio", "http", "sse"]), default=None, help="stdio (default), http (streamable HTTP at /mcp) or sse.")
+@click.option("--host", default=None, help="Interface for http/sse (default 127.0.0.1; others need mcp.auth_token).")
+@click.option("--port", type=int, default=None, help="Port for http/sse (default 8000).")
+@node_options
+@click.pass_context
+def serve(ctx: click.Context, transport: str | None, host: str | None, port: int | None, **kw: Any) -> None:
+    """Run this node and serve its MCP tools until stopped (SIGINT/SIGTERM, or stdin closing)."""
+    settings = _settings(ctx, **node_flags(kw), **{"mcp.transport": transport, "mcp.host": host, "mcp.port": port})
+    run_server(settings, print_connect_help=False)
+
+
+def run_server(settings: Any, *, print_connect_help: bool) -> None:
+    import trio
+
+    from mcp_server.transports import ServeError, serve_node
+
+    mcp = settings.mcp
+
+    def ready(node: Any, urls: list[str]) -> None:
+        if print_connect_help and urls:
+            click.echo(connect_help(settings, node, urls))
+
+    try:
+        trio.run(serve_node, settings, mcp.transport, mcp.host, mcp.port, ready)
+    except ServeError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot start: {exc}") from None
+    except KeyboardInterrupt:
+        pass
+
+
+def connect_help(settings: Any, node: Any, urls: list[str]) -> str:
+    exe = shutil.which("ipfs-accelerate") or sys.argv[0]
+    stdio_cfg = {
+        "mcpServers": {
+            "ipfs-accelerate": {
+                "command": exe,
+                "args": ["mcp", "serve", "--transport", "stdio", "--data-dir", str(settings.data_path) + "-stdio"],
+            }
+        }
+    }
+    lines = [
+        f"ipfs-accelerate node {node.config.node_name} ({node.peer_id})",
+        "",
+        f"MCP (streamable HTTP): {urls[0]}",
+    ]
+    if node.listen_addrs():
+        lines += ["", "libp2p addresses (give one to another peer with --bootstrap):"] + [f"  {a}" for a in node.listen_addrs()]
+    lines += [
+        "",
+        "Claude Desktop / IDE config for a stdio server (its own data dir: one node per data dir):",
+        json.dumps(stdio_cfg, indent=2),
+        "",
+        "MCP Inspector:",
+        f"  npx @modelcontextprotocol/inspector --cli {urls[0]} --transport http --method tools/list",
+        "",
+        "Ctrl-C stops the node.",
+    ]
+    return "\n".join(lines)
+
+
+COMMANDS = [mcp_group]

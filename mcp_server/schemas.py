@@ -1,0 +1,132 @@
+"""Typed inputs and outputs of the MCP tools: they become each tool's inputSchema/outputSchema."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Tag = Literal["p2p-eligible", "p2p-only", "local-only"]
+WorkflowState = Literal["pending", "running", "completed", "failed", "cancelled"]
+TaskState = Literal["queued", "claimed", "running", "done", "failed", "cancelled"]
+
+
+class TaskInput(BaseModel):
+    """One task: one model applied to one text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="Model id (e.g. sentence-transformers/all-MiniLM-L6-v2); list_models shows what the network serves.")
+    input: str = Field(description="The text to run the model on.")
+    task: Literal["embedding", "text-classification", "fill-mask"] | None = Field(
+        None, description="What to compute; inferred from the model when omitted."
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Task options, e.g. {\"top_k\": 5} for fill-mask.")
+
+
+class WorkflowSummary(BaseModel):
+    workflow_id: str
+    name: str
+    state: WorkflowState
+    priority: int = Field(description="1 is the highest priority, 10 the lowest.")
+    tag: Tag
+    submitter: str = Field(description="Peer id of the node the workflow was submitted to.")
+    created_at: float = Field(description="Unix time of submission.")
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+    running: int
+    pending: int = Field(description="Tasks not started yet (queued or claimed).")
+
+
+class AttemptError(BaseModel):
+    attempt: int
+    peer: str | None
+    error: str
+    expired: bool = Field(description="True when the attempt was abandoned because its peer went silent.")
+
+
+class TaskStatusOut(BaseModel):
+    task_id: str
+    state: TaskState
+    peer: str | None = Field(description="Peer that ran the task (done) or owns it now.")
+    attempts: int
+    result: dict[str, Any] | None = None
+    result_cid: str | None = Field(None, description="Set when the result block has not reached this peer yet.")
+    error: str | None = None
+    errors: list[AttemptError] | None = Field(None, description="Every failed attempt; present when the task was retried.")
+    stats: dict[str, Any] | None = None
+
+
+class WorkflowStatusOut(WorkflowSummary):
+    offset: int
+    limit: int
+    has_more: bool = Field(description="More tasks follow this page; ask again with offset=offset+limit.")
+    tasks: list[TaskStatusOut]
+
+
+class WorkflowList(BaseModel):
+    workflows: list[WorkflowSummary]
+
+
+class InferenceOut(BaseModel):
+    model: str
+    task: str
+    backend: str
+    device: str
+    outputs: list[dict[str, Any]]
+
+
+class ModelOut(BaseModel):
+    model: str
+    local: bool = Field(description="True when this node serves the model itself.")
+    peers: list[str] = Field(description="Peer ids serving the model.")
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
+
+
+class PeerOut(BaseModel):
+    peer_id: str
+    name: str
+    addrs: list[str]
+    hardware: dict[str, Any]
+    models: list[str]
+    queue: int
+    capacity: float
+    last_seen_s: float | None = None
+    rtt_ms: float | None = None
+
+
+class PeerList(BaseModel):
+    self_: PeerOut = Field(alias="self", serialization_alias="self")
+    peers: list[PeerOut]
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class ClockInfo(BaseModel):
+    heads: list[str]
+    hash: str = Field(description="Hash over the sorted heads: peers holding the same events report the same hash.")
+    events: int
+
+
+class NodeInfo(BaseModel):
+    peer_id: str
+    name: str
+    version: str
+    addrs: list[str]
+    hardware: dict[str, Any]
+    models: list[str]
+    data_dir: str
+    uptime_s: float
+    clock: ClockInfo
+    workflows: int
+    queue: int
+
+
+class ConnectResult(BaseModel):
+    peer_id: str
+    connected: bool

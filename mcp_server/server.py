@@ -1,0 +1,202 @@
+"""The MCP server: thin tools over a running ``p2p.node.Node``.
+
+Each tool validates its arguments (pydantic, from the signature), calls one Node method and
+shapes the answer. Bad input becomes a ``ToolError`` the agent can act on; nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Callable, TypeVar
+
+import structlog
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+from mcp_server.schemas import (
+    ConnectResult,
+    InferenceOut,
+    ModelList,
+    ModelOut,
+    NodeInfo,
+    PeerList,
+    Tag,
+    TaskInput,
+    WorkflowList,
+    WorkflowState,
+    WorkflowStatusOut,
+    WorkflowSummary,
+)
+from p2p.errors import NodeError
+from p2p.node import VERSION, Node
+
+log = structlog.get_logger("mcp_server")
+T = TypeVar("T")
+
+INSTRUCTIONS = """\
+This server is one peer of an ipfs-accelerate network: machines that run inference models
+(embeddings, text classification, fill-mask) for each other. Use run_inference for a few
+texts you need now. For many texts, submit_workflow (one task per text) returns a workflow id
+at once; the peers share the work. Follow it with wait_for_workflow (progress notifications,
+returns at completion or timeout) or get_workflow_status, and read results with
+include_results=true, paging large workflows with offset/limit. list_models shows which models
+the network serves; list_peers and get_node_info show the peers and this node's clock."""
+
+READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
+
+
+def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    try:
+        return fn(*args, **kwargs)
+    except NodeError as exc:
+        raise ToolError(str(exc)) from None
+
+
+async def _acall(coro: Any) -> Any:
+    try:
+        return await coro
+    except NodeError as exc:
+        raise ToolError(str(exc)) from None
+
+
+WorkflowId = Annotated[str, Field(min_length=1, description="The workflow_id returned by submit_workflow.")]
+Priority = Annotated[int, Field(ge=1, le=10, description="1 is the highest priority, 10 the lowest.")]
+IncludeResults = Annotated[bool, Field(description="Include each done task's result (outputs can be large).")]
+Offset = Annotated[int, Field(ge=0, description="First task of the page, in submission order.")]
+Limit = Annotated[int | None, Field(ge=1, description="Most tasks in the page; default: the server's page size.")]
+
+
+def build_server(node: Node, *, page_size: int = 1000) -> MCPServer:
+    """An MCPServer whose tools drive ``node``; the caller owns the node's lifetime."""
+    server = MCPServer(name="ipfs-accelerate", version=VERSION, instructions=INSTRUCTIONS)
+
+    def status(workflow_id: str, include_results: bool, offset: int, limit: int | None) -> WorkflowStatusOut:
+        raw = _call(node.workflow_status, workflow_id, include_results, offset, limit or page_size)
+        return WorkflowStatusOut.model_validate(raw)
+
+    @server.tool(
+        annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False)
+    )
+    async def submit_workflow(
+        name: Annotated[str, Field(max_length=512, description="A label for the workflow, shown in listings.")],
+        tasks: Annotated[list[TaskInput], Field(description="The tasks, one text input each; at least one.")],
+        priority: Priority = 5,
+        tag: Annotated[Tag, Field(description="p2p-eligible: any peer, this one included; p2p-only: never this peer; local-only: only this peer.")] = "p2p-eligible",
+    ) -> WorkflowSummary:
+        """Submit a batch of inference tasks to the peer-to-peer network and return at once.
+
+        Use it for many texts (e.g. embedding a document collection); for a handful, run_inference
+        is quicker. The workflow is stored durably before this returns and survives restarts.
+        Returns the workflow_id and counts; follow up with wait_for_workflow or get_workflow_status.
+        """
+        raw = _call(node.submit_workflow, name, [t.model_dump() for t in tasks], priority, tag)
+        return WorkflowSummary.model_validate(raw)
+
+    @server.tool(annotations=READ_ONLY)
+    async def get_workflow_status(
+        workflow_id: WorkflowId,
+        include_results: IncludeResults = False,
+        offset: Offset = 0,
+        limit: Limit = None,
+    ) -> WorkflowStatusOut:
+        """Report a workflow's state and each task's state, peer and attempts (in submission order).
+
+        Use include_results=true to read results; page large workflows with offset/limit
+        (has_more tells when another page follows). completed/total is the progress.
+        """
+        return status(workflow_id, include_results, offset, limit)
+
+    @server.tool(annotations=READ_ONLY)
+    async def wait_for_workflow(
+        workflow_id: WorkflowId,
+        ctx: Context,
+        timeout_s: Annotated[float, Field(ge=0, le=3600, description="Longest to wait, in seconds.")] = 60.0,
+        include_results: IncludeResults = False,
+        offset: Offset = 0,
+        limit: Limit = None,
+    ) -> WorkflowStatusOut:
+        """Wait for a workflow to finish, sending progress notifications (completed/total).
+
+        Returns the same shape as get_workflow_status when the workflow completes, fails or is
+        cancelled — or, at the timeout, its current state (not an error); call again to keep waiting.
+        """
+        async def progress(done: int, total: int, message: str) -> None:
+            await ctx.report_progress(done, total, message)
+
+        await _acall(node.wait_for_workflow(workflow_id, timeout_s, progress))
+        return status(workflow_id, include_results, offset, limit)
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False))
+    async def cancel_workflow(workflow_id: WorkflowId) -> WorkflowSummary:
+        """Cancel a workflow: queued tasks never run; tasks already running finish, but the
+        workflow stays cancelled. Returns the workflow's counts after the cancel."""
+        return WorkflowSummary.model_validate(_call(node.cancel_workflow, workflow_id))
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False))
+    async def set_workflow_priority(workflow_id: WorkflowId, priority: Priority) -> WorkflowSummary:
+        """Change a workflow's priority (1 highest … 10 lowest); its queued tasks move in every
+        peer's queue. Returns the workflow's summary."""
+        return WorkflowSummary.model_validate(_call(node.set_workflow_priority, workflow_id, priority))
+
+    @server.tool(annotations=READ_ONLY)
+    async def list_workflows(
+        state: Annotated[WorkflowState | None, Field(description="Only workflows in this state.")] = None,
+        limit: Annotated[int, Field(ge=1, le=10_000, description="Most workflows returned, newest first.")] = 50,
+    ) -> WorkflowList:
+        """List known workflows (submitted on any peer), newest first, with their counts."""
+        return WorkflowList(workflows=[WorkflowSummary.model_validate(w) for w in _call(node.list_workflows, state, limit)])
+
+    @server.tool(annotations=READ_ONLY)
+    async def run_inference(
+        model: Annotated[str, Field(min_length=1, description="Model id; list_models shows what this node serves.")],
+        inputs: Annotated[list[str], Field(min_length=1, description="Texts to run, returned in the same order.")],
+        task: Annotated[str | None, Field(description="embedding | text-classification | fill-mask; inferred when omitted.")] = None,
+    ) -> InferenceOut:
+        """Run a model on a few texts on this node and return the outputs now (synchronous).
+
+        embedding gives {embedding: [floats]} (L2-normalised), text-classification {label, score,
+        scores}, fill-mask {predictions: [{token, score}]} (the text must contain the mask token).
+        For many texts use submit_workflow so the network shares the work.
+        """
+        return InferenceOut.model_validate(await _acall(node.run_inference(model, inputs, task)))
+
+    @server.tool(annotations=READ_ONLY)
+    async def list_models() -> ModelList:
+        """List the models this node and its live peers can run, with the peers serving each."""
+        local = set(node.local_models())
+        models = [ModelOut(model=m, local=m in local, peers=p) for m, p in sorted(node.all_models().items())]
+        return ModelList(models=models)
+
+    @server.tool(annotations=READ_ONLY)
+    async def list_peers() -> PeerList:
+        """List this node (self) and every live peer: id, name, addresses, hardware, models,
+        queue length, last heartbeat age (last_seen_s) and round-trip time (rtt_ms)."""
+        return PeerList.model_validate(node.list_peers())
+
+    @server.tool(annotations=READ_ONLY)
+    async def get_node_info() -> NodeInfo:
+        """This node's peer id, name, listen addresses, hardware, models and Merkle clock
+        (heads, hash, event count). Peers that hold the same events report the same hash."""
+        return NodeInfo.model_validate(node.node_info())
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=True))
+    async def connect_peer(
+        multiaddr: Annotated[str, Field(min_length=1, description="Full multiaddr ending in /p2p/<peer id>, as printed by `ipfs-accelerate p2p start`.")],
+    ) -> ConnectResult:
+        """Dial another peer by multiaddr and keep it as a peer (it is redialled if lost)."""
+        if node.network is None:
+            raise ToolError("this node runs without networking (network.enabled = false)")
+        peer_id = await _acall(node.network.connect(multiaddr))
+        return ConnectResult(peer_id=peer_id, connected=True)
+
+    @server.resource("node://info", name="node-info", mime_type="application/json", description="This node's info and clock.")
+    def node_info_resource() -> str:
+        return json.dumps(node.node_info())
+
+    @server.resource("workflow://{workflow_id}", name="workflow", mime_type="application/json", description="A workflow's status with results.")
+    def workflow_resource(workflow_id: str) -> str:
+        return json.dumps(_call(node.workflow_status, workflow_id, True, 0, page_size))
+
+    return server

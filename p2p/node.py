@@ -1,0 +1,307 @@
+"""One process, one peer: identity, Merkle clock, scheduler, peer table, inference engine and,
+when enabled, the libp2p network that replicates the clock.
+
+``Node`` is the Python API under the MCP tools: every tool is one method here. Methods that
+change state validate first and write nothing when the input is bad (``NodeError``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import dag_cbor
+import structlog
+import trio
+
+from p2p.clock import MerkleClock
+from p2p.config import NodeConfig
+from p2p.errors import NodeError
+from p2p.identity import Identity
+from p2p.peers import Heartbeat, PeerTable
+from p2p.scheduler.ops import MAX_PRIORITY, MIN_PRIORITY, TaskSpec, WorkflowTag
+from p2p.scheduler.scheduler import Scheduler
+from p2p.scheduler.state import WorkflowStatus
+from p2p.scheduler.views import workflow_status, workflow_summary
+
+log = structlog.get_logger("p2p.node")
+
+VERSION = "0.1.0"
+ProgressFn = Callable[[int, int, str], Awaitable[None]]
+
+
+def derive_capacity(hardware: dict[str, Any]) -> float:
+    """A peer's assignment weight from what it really has: CPU cores, plus GPUs counted heavier."""
+    cpu = hardware.get("cpu", {}) if isinstance(hardware.get("cpu"), dict) else {}
+    cores = cpu.get("logical_cores") or cpu.get("cores") or os.cpu_count() or 1
+    gpus = hardware.get("cuda", {}).get("device_count", 0) if isinstance(hardware.get("cuda"), dict) else 0
+    return float(cores + 8 * gpus)
+
+
+class Node:
+    def __init__(self, config: NodeConfig, identity: Identity, clock: MerkleClock, engine: Any) -> None:
+        self.config = config
+        self.identity = identity
+        self.clock = clock
+        self.engine = engine
+        self.peer_id = identity.peer_id_str
+        self.started_at = time.time()
+        self._hardware: dict[str, Any] | None = None
+        self._models: list[str] | None = None
+        self.network: Any = None  # p2p.network.Network when enabled
+        sched = config.scheduler
+        self.capacity = sched.capacity or derive_capacity(self.hardware())
+        self.peers = PeerTable(self.heartbeat, lease_s=sched.lease_s)
+        self.scheduler = Scheduler(
+            clock, engine, self.peers, sched,
+            max_inflight=sched.max_inflight, max_ops_per_event=config.clock.max_ops_per_event,
+        )
+
+    # ------------------------------------------------------------------ life
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, config: NodeConfig) -> AsyncIterator["Node"]:
+        """Start every part of the node in one nursery; leaving the block stops them all."""
+        from inference.engine import InferenceEngine
+
+        data_dir = Path(config.data_dir).expanduser()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        identity = Identity.load_or_create(data_dir)
+        clock = MerkleClock.open(data_dir / "clock.sqlite", identity, config.clock)
+        try:
+            async with InferenceEngine.open(config.inference, data_dir) as engine:
+                node = cls(config, identity, clock, engine)
+                t0 = time.perf_counter()
+                node.scheduler.load()
+                log.info("clock loaded", events=len(clock), workflows=len(node.scheduler.state.workflows),
+                         seconds=round(time.perf_counter() - t0, 3), peer_id=node.peer_id)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(node.scheduler.run)
+                    if config.network.enabled:
+                        from p2p.network import Network
+
+                        node.network = Network(node)
+                        await nursery.start(node.network.run)
+                    try:
+                        yield node
+                    finally:
+                        node.scheduler.flush()
+                        nursery.cancel_scope.cancel()
+        finally:
+            clock.close()
+
+    # ------------------------------------------------------------ about me
+
+    def hardware(self) -> dict[str, Any]:
+        if self._hardware is None:
+            hw = self.engine.hardware()
+            self._hardware = hw.to_dict() if hasattr(hw, "to_dict") else dict(hw)
+        return self._hardware
+
+    def local_models(self) -> list[str]:
+        if self._models is None:
+            self._models = sorted({m.name if hasattr(m, "name") else str(m) for m in self.engine.available_models()})
+        return self._models
+
+    def listen_addrs(self) -> list[str]:
+        return self.network.listen_addrs() if self.network else []
+
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(
+            peer_id=self.peer_id,
+            name=self.config.node_name,
+            addrs=self.listen_addrs(),
+            hardware=self.hardware(),
+            models=self.local_models(),
+            queue=self.scheduler.local_queue(),
+            capacity=self.capacity,
+            version=VERSION,
+        )
+
+    # --------------------------------------------------------------- tools
+
+    def all_models(self) -> dict[str, list[str]]:
+        """Model id -> peers serving it (this peer first)."""
+        out: dict[str, list[str]] = {m: [self.peer_id] for m in self.local_models()}
+        for rec in self.peers.records():
+            if rec.heartbeat.peer_id == self.peer_id:
+                continue
+            for m in rec.heartbeat.models:
+                out.setdefault(m, []).append(rec.heartbeat.peer_id)
+        return out
+
+    def submit_workflow(
+        self, name: str, tasks: list[dict[str, Any]], priority: int = 5, tag: str = WorkflowTag.P2P_ELIGIBLE.value
+    ) -> dict[str, Any]:
+        """Validate everything, then write the workflow to the clock (durable on return)."""
+        cfg = self.config.scheduler
+        if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise NodeError(f"priority must be an integer from {MIN_PRIORITY} (highest) to {MAX_PRIORITY} (lowest), got {priority!r}")
+        try:
+            wtag = WorkflowTag(tag)
+        except ValueError:
+            raise NodeError(f"unknown tag {tag!r}; use one of: {', '.join(t.value for t in WorkflowTag)}") from None
+        if not tasks:
+            raise NodeError("the workflow has no tasks; give at least one {model, input}")
+        if len(tasks) > cfg.max_tasks_per_workflow:
+            raise NodeError(f"too many tasks: {len(tasks)} > the maximum of {cfg.max_tasks_per_workflow} per workflow; split the work")
+        specs: list[TaskSpec] = []
+        served = self.all_models()
+        local = set(self.local_models())
+        for i, raw in enumerate(tasks):
+            try:
+                spec = raw if isinstance(raw, TaskSpec) else TaskSpec.model_validate(raw)
+            except Exception as exc:
+                raise NodeError(f"task {i} is malformed: {exc}") from None
+            if not spec.input.strip():
+                raise NodeError(f"task {i} has an empty input")
+            if len(spec.input) > cfg.max_input_chars:
+                raise NodeError(f"task {i} input is {len(spec.input)} characters; the maximum is {cfg.max_input_chars}")
+            if spec.model not in served:
+                raise NodeError(f"unknown model {spec.model!r} in task {i}; available: {', '.join(sorted(served)) or 'none'}")
+            if wtag is WorkflowTag.LOCAL_ONLY and spec.model not in local:
+                raise NodeError(f"task {i}: model {spec.model!r} is not served by this peer, so a local-only workflow can't run it")
+            specs.append(spec)
+        wid = self.scheduler.submit(name, specs, priority, wtag)
+        log.info("workflow submitted", workflow_id=wid, tasks=len(specs), priority=priority, tag=wtag.value)
+        return self.workflow_summary(wid)
+
+    def _workflow(self, workflow_id: str) -> Any:
+        wf = self.scheduler.state.workflows.get(workflow_id)
+        if wf is None:
+            raise NodeError(f"unknown workflow id {workflow_id!r}; list_workflows shows the known ones")
+        return wf
+
+    def workflow_summary(self, workflow_id: str) -> dict[str, Any]:
+        return workflow_summary(self.scheduler.state, self._workflow(workflow_id))
+
+    def workflow_status(self, workflow_id: str, include_results: bool = False, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+        wf = self._workflow(workflow_id)
+        if offset < 0:
+            raise NodeError("offset must be >= 0")
+        limit = len(wf.task_ids) if limit is None else limit
+        if limit < 0:
+            raise NodeError("limit must be >= 0")
+        return workflow_status(
+            self.scheduler.state, wf, include_results=include_results, offset=offset, limit=limit, load_block=self._load_block
+        )
+
+    def _load_block(self, cid: Any) -> dict[str, Any] | None:
+        data = self.clock.get_block(cid)
+        return None if data is None else dag_cbor.decode(data)
+
+    async def wait_for_workflow(
+        self, workflow_id: str, timeout_s: float, progress: ProgressFn | None = None
+    ) -> None:
+        """Wait until the workflow ends or the timeout passes; report progress as it moves."""
+        wf = self._workflow(workflow_id)
+        done_states = {WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
+        last = -1
+        with trio.move_on_after(max(0.0, timeout_s)):
+            while True:
+                state = self.scheduler.state
+                counts = workflow_summary(state, wf)
+                finished = counts["completed"] + counts["failed"] + counts["cancelled"]
+                if progress is not None and finished != last:
+                    last = finished
+                    await progress(finished, counts["total"], f"{counts['completed']}/{counts['total']} completed")
+                if state.workflow_status(wf) in done_states:
+                    return
+                await self.scheduler.changed.wait()
+
+    def cancel_workflow(self, workflow_id: str) -> dict[str, Any]:
+        wf = self._workflow(workflow_id)
+        if not wf.cancelled:
+            self.scheduler.cancel(workflow_id)
+        return self.workflow_summary(workflow_id)
+
+    def set_workflow_priority(self, workflow_id: str, priority: int) -> dict[str, Any]:
+        self._workflow(workflow_id)
+        if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise NodeError(f"priority must be an integer from {MIN_PRIORITY} (highest) to {MAX_PRIORITY} (lowest), got {priority!r}")
+        self.scheduler.reprioritize(workflow_id, priority)
+        return self.workflow_summary(workflow_id)
+
+    def list_workflows(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if state is not None and state not in {s.value for s in WorkflowStatus}:
+            raise NodeError(f"unknown state {state!r}; use one of: {', '.join(s.value for s in WorkflowStatus)}")
+        if limit < 1:
+            raise NodeError("limit must be >= 1")
+        st = self.scheduler.state
+        out = []
+        for wf in sorted(st.workflows.values(), key=lambda w: (-w.created_at, w.workflow_id)):
+            if state is None or st.workflow_status(wf).value == state:
+                out.append(workflow_summary(st, wf))
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def run_inference(self, model: str, inputs: list[str], task: str | None = None) -> dict[str, Any]:
+        """The direct path: run on this peer now, through the same batching executor."""
+        if not inputs:
+            raise NodeError("inputs is empty; give at least one text")
+        cap = self.config.scheduler.max_input_chars
+        for i, text in enumerate(inputs):
+            if len(text) > cap:
+                raise NodeError(f"input {i} is {len(text)} characters; the maximum is {cap}")
+        from inference.errors import InferenceError
+
+        try:
+            res = await self.engine.infer(model, list(inputs), task)
+        except InferenceError as exc:
+            raise NodeError(str(exc)) from None
+        return {
+            "model": res.model,
+            "task": res.task,
+            "backend": res.backend,
+            "device": res.device,
+            "outputs": [o.to_json() if hasattr(o, "to_json") else o for o in res.outputs],
+        }
+
+    def self_info(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "name": self.config.node_name,
+            "addrs": self.listen_addrs(),
+            "hardware": self.hardware(),
+            "models": self.local_models(),
+            "queue": self.scheduler.local_queue(),
+            "capacity": self.capacity,
+        }
+
+    def list_peers(self) -> dict[str, Any]:
+        peers = []
+        for rec in self.peers.records():
+            hb = rec.heartbeat
+            if hb.peer_id == self.peer_id:
+                continue
+            peers.append({
+                "peer_id": hb.peer_id, "name": hb.name, "addrs": hb.addrs, "hardware": hb.hardware,
+                "models": hb.models, "queue": hb.queue, "capacity": hb.capacity,
+                "last_seen_s": round(self.peers.age_s(rec), 3),
+                "rtt_ms": None if rec.rtt_ms is None or math.isnan(rec.rtt_ms) else rec.rtt_ms,
+            })
+        return {"self": self.self_info(), "peers": peers}
+
+    def clock_info(self) -> dict[str, Any]:
+        return {"heads": [str(c) for c in self.clock.heads()], "hash": self.clock.get_hash(), "events": len(self.clock)}
+
+    def node_info(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "name": self.config.node_name,
+            "version": VERSION,
+            "addrs": self.listen_addrs(),
+            "hardware": self.hardware(),
+            "models": self.local_models(),
+            "data_dir": str(self.config.data_dir),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "clock": self.clock_info(),
+            "workflows": len(self.scheduler.state.workflows),
+            "queue": self.scheduler.local_queue(),
+        }

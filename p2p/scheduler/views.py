@@ -1,0 +1,77 @@
+"""Read-only pictures of the state, shaped for the tools (plain dicts; the MCP layer types them)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from p2p.scheduler.results import unpack_result
+from p2p.scheduler.state import State, TaskState, TaskStatus, WorkflowState
+
+# Loads a result stored as its own block; None when the block has not arrived yet.
+BlockLoader = Callable[[Any], dict[str, Any] | None]
+
+
+def workflow_summary(state: State, wf: WorkflowState) -> dict[str, Any]:
+    counts = state.counts(wf)
+    return {
+        "workflow_id": wf.workflow_id,
+        "name": wf.name,
+        "state": state.workflow_status(wf).value,
+        "priority": wf.priority,
+        "tag": wf.tag.value,
+        "submitter": wf.submitter,
+        "created_at": wf.created_at,
+        "total": len(wf.task_ids),
+        "completed": counts[TaskStatus.DONE],
+        "failed": counts[TaskStatus.FAILED],
+        "cancelled": counts[TaskStatus.CANCELLED],
+        "running": counts[TaskStatus.RUNNING],
+        "pending": counts[TaskStatus.QUEUED] + counts[TaskStatus.CLAIMED],
+    }
+
+
+def task_view(state: State, task: TaskState, include_result: bool, load_block: BlockLoader) -> dict[str, Any]:
+    status = state.task_status(task)
+    result = task.result
+    owner = task.owner()
+    view: dict[str, Any] = {
+        "task_id": task.task_id,
+        "state": status.value,
+        "peer": result.peer if result else (owner.peer if owner else None),
+        "attempts": task.attempt,
+    }
+    errors = task.errors()
+    if errors:
+        view["errors"] = errors
+    if status is TaskStatus.FAILED and errors:
+        view["error"] = errors[-1]["error"]
+    if result is not None:
+        view["stats"] = result.stats
+        if include_result:
+            if result.result is not None:
+                view["result"] = unpack_result(result.result)
+            else:
+                stored = load_block(result.result_cid)
+                if stored is not None:
+                    view["result"] = unpack_result(stored)
+                else:
+                    view["result_cid"] = str(result.result_cid)
+    return view
+
+
+def workflow_status(
+    state: State,
+    wf: WorkflowState,
+    *,
+    include_results: bool,
+    offset: int,
+    limit: int,
+    load_block: BlockLoader,
+) -> dict[str, Any]:
+    out = workflow_summary(state, wf)
+    page = wf.task_ids[offset : offset + limit]
+    out["offset"] = offset
+    out["limit"] = limit
+    out["tasks"] = [task_view(state, state.tasks[tid], include_results, load_block) for tid in page]
+    out["has_more"] = offset + len(page) < len(wf.task_ids)
+    return out

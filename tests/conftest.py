@@ -1,0 +1,54 @@
+"""Shared fixtures: nodes on temporary data dirs, sharing one ONNX export per test run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from mcp_server.log import configure_logging
+
+    configure_logging("info", "console")  # stderr, as in production; stdout stays clean
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX cache for the whole run, so the default model is exported once."""
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+def make_node_config(data_dir: Path, cache_dir: Path, *, name: str = "test", network: bool = False, **sched: Any) -> Any:
+    from inference.config import InferenceConfig
+    from p2p.config import NetworkConfig, NodeConfig, SchedulerConfig
+
+    return NodeConfig(
+        data_dir=data_dir,
+        node_name=name,
+        inference=InferenceConfig(cache_dir=str(cache_dir)),
+        scheduler=SchedulerConfig(**{"flush_ms": 2.0, **sched}),
+        network=NetworkConfig(enabled=network, mdns=False, listen=["/ip4/127.0.0.1/tcp/0"]),
+    )
+
+
+@pytest.fixture
+def node_config(tmp_path: Path, shared_cache_dir: Path) -> Any:
+    return make_node_config(tmp_path / "node", shared_cache_dir)
+
+
+@pytest.fixture
+async def node(node_config: Any) -> AsyncIterator[Any]:
+    from p2p.node import Node
+
+    async with Node.open(node_config) as n:
+        yield n

@@ -1,0 +1,226 @@
+"""The workflow-state fold: convergence under any causal delivery order, and its rules."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2p.scheduler.assignment import claim_beats
+from p2p.scheduler.state import State, TaskStatus, WorkflowStatus, apply_event
+
+PEERS = ["peerA", "peerB", "peerC"]
+
+
+@dataclass
+class Ev:
+    cid: bytes
+    author: str
+    parents: list[int]
+    ops: list[dict[str, Any]]
+    height: int = 0
+    idx: int = 0
+
+
+@dataclass
+class Dag:
+    events: list[Ev] = field(default_factory=list)
+    last_of: dict[str, int] = field(default_factory=dict)
+
+    def add(self, author: str, ops: list[dict[str, Any]], extra_parents: list[int]) -> Ev:
+        parents = set(extra_parents)
+        if author in self.last_of:
+            parents.add(self.last_of[author])  # an author's events form a chain, as in the clock
+        height = 1 + max((self.events[p].height for p in parents), default=-1)
+        idx = len(self.events)
+        cid = hashlib.sha256(repr((author, idx, ops)).encode()).digest()
+        ev = Ev(cid, author, sorted(parents), ops, height, idx)
+        self.events.append(ev)
+        self.last_of[author] = idx
+        return ev
+
+
+def fold(order: list[Ev], max_attempts: int = 3) -> State:
+    state = State(max_attempts=max_attempts)
+    for ev in order:
+        apply_event(state, ev.cid, ev.author, ev.height, ev.ops)
+    return state
+
+
+def causal_orders(dag: Dag, rng: random.Random, n: int) -> list[list[Ev]]:
+    """n random linear extensions of the DAG (parents always before children)."""
+    out = []
+    for _ in range(n):
+        children: dict[int, list[int]] = {e.idx: [] for e in dag.events}
+        indeg = {e.idx: len(e.parents) for e in dag.events}
+        for e in dag.events:
+            for p in e.parents:
+                children[p].append(e.idx)
+        ready = [i for i, d in indeg.items() if d == 0]
+        order = []
+        while ready:
+            i = ready.pop(rng.randrange(len(ready)))
+            order.append(dag.events[i])
+            for c in children[i]:
+                indeg[c] -= 1
+                if indeg[c] == 0:
+                    ready.append(c)
+        out.append(order)
+    return out
+
+
+op_kinds = st.sampled_from(["claim", "start", "done", "fail", "cancel", "reprio", "forged_done", "garbage", "expire"])
+
+
+@st.composite
+def scenarios(draw: Any) -> Dag:
+    dag = Dag()
+    n_tasks = draw(st.integers(1, 4))
+    dag.add("peerA", [{"op": "workflow.submit", "workflow_id": "w1", "name": "wf", "priority": 5,
+                       "tag": "p2p-eligible", "tasks": [{"model": "m", "input": f"t{i}"} for i in range(n_tasks)]}], [])
+    for _ in range(draw(st.integers(1, 25))):
+        author = draw(st.sampled_from(PEERS))
+        ops = []
+        for _ in range(draw(st.integers(1, 3))):
+            kind = draw(op_kinds)
+            tid = f"w1/{draw(st.integers(0, n_tasks))}"  # n_tasks itself is an unknown task
+            attempt = draw(st.integers(1, 3))
+            if kind == "claim":
+                ops.append({"op": "task.claim", "task_id": tid, "attempt": attempt, "capacity": float(draw(st.integers(1, 4)))})
+            elif kind == "start":
+                ops.append({"op": "task.start", "task_id": tid, "attempt": attempt})
+            elif kind in ("done", "forged_done"):
+                ops.append({"op": "task.done", "task_id": tid, "attempt": attempt, "result": {"v": draw(st.integers(0, 9))}})
+            elif kind == "fail":
+                ops.append({"op": "task.fail", "task_id": tid, "attempt": attempt, "error": "boom", "retryable": draw(st.booleans())})
+            elif kind == "expire":
+                ops.append({"op": "task.fail", "task_id": tid, "attempt": attempt, "error": "silent", "retryable": False, "expired": True})
+            elif kind == "cancel":
+                ops.append({"op": "workflow.cancel", "workflow_id": draw(st.sampled_from(["w1", "nope"]))})
+            elif kind == "reprio":
+                ops.append({"op": "workflow.reprioritize", "workflow_id": "w1", "priority": draw(st.integers(1, 10))})
+            else:
+                ops.append({"op": "task.claim", "task_id": tid, "attempt": -1})
+        existing = list(range(len(dag.events)))
+        extra = draw(st.lists(st.sampled_from(existing), max_size=2)) if existing else []
+        dag.add(author, ops, extra)
+    return dag
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios(), st.randoms(use_true_random=False))
+def test_any_causal_order_gives_the_same_state(dag: Dag, rnd: random.Random) -> None:
+    orders = causal_orders(dag, rnd, 4)
+    snaps = [fold(o).snapshot() for o in orders]
+    assert all(s == snaps[0] for s in snaps)
+    rejected = [sorted((r.event_cid, r.op, r.reason) for r in fold(o).rejected) for o in orders]
+    assert all(r == rejected[0] for r in rejected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios())
+def test_duplicate_delivery_changes_nothing(dag: Dag) -> None:
+    once = fold(dag.events).snapshot()
+    twice = fold(dag.events + dag.events).snapshot()
+    assert once == twice
+
+
+def _submit(n: int = 2, tag: str = "p2p-eligible") -> dict[str, Any]:
+    return {"op": "workflow.submit", "workflow_id": "w", "name": "n", "priority": 5, "tag": tag,
+            "tasks": [{"model": "m", "input": f"x{i}"} for i in range(n)]}
+
+
+def test_first_result_wins_and_duplicates_never_replace_it() -> None:
+    dag = Dag()
+    dag.add("A", [_submit(1)], [])
+    dag.add("B", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0}], [0])
+    dag.add("C", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0}], [0])
+    first = dag.add("B", [{"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": 1}}], [])
+    dag.add("C", [{"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": 2}}], [first.idx])
+    state = fold(dag.events)
+    task = state.tasks["w/0"]
+    assert state.task_status(task) is TaskStatus.DONE
+    assert task.result is not None and task.result.result == {"v": 1} and task.result.peer == "B"
+    assert len(task.valid_results) == 2  # the duplicate is kept, not used
+
+
+def test_done_for_someone_elses_claim_is_rejected() -> None:
+    dag = Dag()
+    dag.add("A", [_submit(1)], [])
+    dag.add("B", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0}], [0])
+    dag.add("C", [{"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": 9}}], [1])
+    state = fold(dag.events)
+    assert state.task_status(state.tasks["w/0"]) is TaskStatus.CLAIMED
+    assert [r.reason for r in state.forged()] == ["task.done for a claim its author does not hold"]
+    assert state.rejected == []  # well-formed, just not valid: kept out of the state, not malformed
+
+
+def test_concurrent_claims_have_one_deterministic_owner() -> None:
+    dag = Dag()
+    dag.add("A", [_submit(1)], [])
+    dag.add("B", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 2.0}], [0])
+    dag.add("C", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 2.0}], [0])
+    for order in causal_orders(dag, random.Random(1), 5):
+        owner = fold(order).tasks["w/0"].owner()
+        assert owner is not None
+        expected = "B" if claim_beats("w/0", ("B", 2.0), ("C", 2.0)) else "C"
+        assert owner.peer == expected
+
+
+def test_cancel_stops_queued_tasks_but_done_stays_done() -> None:
+    dag = Dag()
+    dag.add("A", [_submit(2)], [])
+    dag.add("A", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0},
+                  {"op": "task.start", "task_id": "w/0", "attempt": 1}], [])
+    dag.add("A", [{"op": "workflow.cancel", "workflow_id": "w"}], [])
+    dag.add("A", [{"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": 1}}], [])
+    state = fold(dag.events)
+    wf = state.workflows["w"]
+    assert state.task_status(state.tasks["w/0"]) is TaskStatus.DONE
+    assert state.task_status(state.tasks["w/1"]) is TaskStatus.CANCELLED
+    assert state.workflow_status(wf) is WorkflowStatus.CANCELLED
+
+
+def test_retry_until_max_attempts_then_fail_with_every_error() -> None:
+    dag = Dag()
+    dag.add("A", [_submit(1)], [])
+    for attempt in (1, 2, 3):
+        dag.add("B", [{"op": "task.claim", "task_id": "w/0", "attempt": attempt, "capacity": 1.0}], [])
+        state = fold(dag.events)
+        assert state.task_status(state.tasks["w/0"]) is TaskStatus.CLAIMED
+        dag.add("B", [{"op": "task.fail", "task_id": "w/0", "attempt": attempt, "error": f"e{attempt}"}], [])
+        state = fold(dag.events)
+        want = TaskStatus.FAILED if attempt == 3 else TaskStatus.QUEUED
+        assert state.task_status(state.tasks["w/0"]) is want
+    task = fold(dag.events).tasks["w/0"]
+    assert [e["error"] for e in task.errors()] == ["e1", "e2", "e3"]
+    assert fold(dag.events).workflow_status(fold(dag.events).workflows["w"]) is WorkflowStatus.FAILED
+
+
+def test_reprioritize_is_last_writer_wins_on_the_causal_stamp() -> None:
+    dag = Dag()
+    dag.add("A", [_submit(1)], [])
+    dag.add("A", [{"op": "workflow.reprioritize", "workflow_id": "w", "priority": 1}], [])
+    dag.add("B", [{"op": "workflow.reprioritize", "workflow_id": "w", "priority": 9}], [1])
+    assert fold(dag.events).workflows["w"].priority == 9
+
+
+def test_malformed_ops_are_rejected_not_fatal() -> None:
+    state = State()
+    apply_event(state, b"x", "A", 0, [{"op": "nope"}, "garbage", {"op": "task.claim", "task_id": "w/0", "attempt": 0, "capacity": 1}])
+    assert len(state.rejected) == 3
+    assert state.workflows == {} and state.tasks == {} and state.orphans == {}
+
+
+def test_ops_before_their_submit_wait_for_it() -> None:
+    """A claim concurrent with the submit must end the same as one that follows it."""
+    state = State()
+    apply_event(state, b"c", "B", 0, [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0}])
+    assert "w/0" in state.orphans and state.tasks == {}
+    apply_event(state, b"s", "A", 0, [_submit(1)])
+    assert state.orphans == {}
+    assert state.task_status(state.tasks["w/0"]) is TaskStatus.CLAIMED
