@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 import sys
 from typing import Any
 
@@ -42,7 +43,7 @@ def run_server(settings: Any, *, print_connect_help: bool) -> None:
             click.echo(connect_help(settings, node, urls))
 
     try:
-        trio.run(serve_node, settings, mcp.transport, mcp.host, mcp.port, ready)
+        trio.run(partial(serve_node, settings, mcp.transport, mcp.host, mcp.port, on_ready=ready))
     except ServeError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:

@@ -1,0 +1,22 @@
+"""The Merkle clock: a replicated, signed, content-addressed DAG of events (Merkle-CRDT).
+
+Modules, one concept each: ``cids`` (fast CIDs), ``codec`` (DAG-CBOR encode/decode and why
+cbor2), ``event`` (the signed event, create/verify), ``store`` (SQLite), ``pending`` (orphans
+waiting for parents), ``clock`` (MerkleClock: append, merge, heads).
+"""
+
+from p2p.clock.cids import block_cid
+from p2p.clock.clock import MergeResult, MerkleClock
+from p2p.clock.codec import CodecError
+from p2p.clock.event import Event, InvalidBlockError, create_event, decode_event
+
+__all__ = [
+    "CodecError",
+    "Event",
+    "InvalidBlockError",
+    "MergeResult",
+    "MerkleClock",
+    "block_cid",
+    "create_event",
+    "decode_event",
+]

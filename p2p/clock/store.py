@@ -1,0 +1,140 @@
+"""SQLite storage of the clock: blocks, events in application order, heads.
+
+Schema (``PRAGMA user_version`` = 1):
+
+- ``blocks(cid BLOB PRIMARY KEY, data BLOB)`` — every block, events and plain result blocks;
+- ``events(ord INTEGER PRIMARY KEY AUTOINCREMENT, cid BLOB UNIQUE, author, seq, height)`` —
+  ``ord`` is the order events were applied, always parents first, so a restart replays the DAG
+  by ``ORDER BY ord`` with heights already computed: nothing is re-derived on open;
+- ``heads(cid BLOB PRIMARY KEY)`` — maintained in the same transaction as the event insert.
+
+WAL with ``synchronous=FULL``: a committed transaction survives a power cut or kill -9.
+One connection, used from one thread (the trio thread); SQLite calls are short enough (tens of
+µs) not to need a worker thread. Autocommit mode with explicit ``BEGIN IMMEDIATE``/``COMMIT``
+so a merge of many events costs one fsync.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    ord INTEGER PRIMARY KEY AUTOINCREMENT,
+    cid BLOB NOT NULL UNIQUE,
+    author TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    height INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_author_seq ON events(author, seq);
+CREATE TABLE IF NOT EXISTS heads (cid BLOB PRIMARY KEY);
+"""
+
+
+class ClockStore:
+    """Thin typed wrapper over the SQLite file; no clock logic here."""
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=True)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            self._db.close()
+            raise RuntimeError(f"{path}: clock schema version {version}, expected {SCHEMA_VERSION}")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._depth = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction (re-entrant: nested uses join the outer one)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self._db.execute("COMMIT")
+
+    # -- blocks --------------------------------------------------------------------------
+    def put_block(self, cid: bytes, data: bytes) -> None:
+        self._db.execute("INSERT OR IGNORE INTO blocks(cid, data) VALUES (?, ?)", (cid, data))
+
+    def get_block(self, cid: bytes) -> bytes | None:
+        row = self._db.execute("SELECT data FROM blocks WHERE cid = ?", (cid,)).fetchone()
+        return None if row is None else row[0]
+
+    def has_block(self, cid: bytes) -> bool:
+        return self._db.execute("SELECT 1 FROM blocks WHERE cid = ?", (cid,)).fetchone() is not None
+
+    # -- events --------------------------------------------------------------------------
+    def insert_event(self, cid: bytes, data: bytes, author: str, seq: int, height: int,
+                     parents: Sequence[bytes]) -> None:
+        """Store an event whose parents are all stored, and move the heads past it."""
+        db = self._db
+        db.execute("INSERT OR IGNORE INTO blocks(cid, data) VALUES (?, ?)", (cid, data))
+        db.execute("INSERT INTO events(cid, author, seq, height) VALUES (?, ?, ?, ?)",
+                   (cid, author, seq, height))
+        if parents:
+            db.executemany("DELETE FROM heads WHERE cid = ?", [(p,) for p in parents])
+        db.execute("INSERT INTO heads(cid) VALUES (?)", (cid,))
+
+    def event_height(self, cid: bytes) -> int | None:
+        row = self._db.execute("SELECT height FROM events WHERE cid = ?", (cid,)).fetchone()
+        return None if row is None else row[0]
+
+    def has_event(self, cid: bytes) -> bool:
+        return self._db.execute("SELECT 1 FROM events WHERE cid = ?", (cid,)).fetchone() is not None
+
+    def event_row(self, cid: bytes) -> tuple[int, int, bytes] | None:
+        """(ord, height, data) of a stored event."""
+        return self._db.execute(
+            "SELECT e.ord, e.height, b.data FROM events e JOIN blocks b ON b.cid = e.cid "
+            "WHERE e.cid = ?", (cid,)).fetchone()
+
+    def iter_events(self, chunk: int = 2000) -> Iterator[tuple[bytes, int, bytes]]:
+        """(cid, height, data) in application order, read in chunks (safe against writes)."""
+        last = 0
+        while True:
+            rows = self._db.execute(
+                "SELECT e.ord, e.cid, e.height, b.data FROM events e "
+                "JOIN blocks b ON b.cid = e.cid WHERE e.ord > ? ORDER BY e.ord LIMIT ?",
+                (last, chunk)).fetchall()
+            if not rows:
+                return
+            for _, cid, height, data in rows:
+                yield cid, height, data
+            last = rows[-1][0]
+
+    def event_count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+    def last_seq(self, author: str) -> int:
+        row = self._db.execute("SELECT MAX(seq) FROM events WHERE author = ?", (author,)).fetchone()
+        return row[0] or 0
+
+    def heads(self) -> list[bytes]:
+        return [r[0] for r in self._db.execute("SELECT cid FROM heads ORDER BY cid")]
+
+    def close(self) -> None:
+        self._db.close()
