@@ -97,13 +97,14 @@ async def _stop_on_signals(cancel: Callable[[], None]) -> None:
 
 async def serve_node(
     settings: Settings,
-    transport: str,
+    transport: str | None,
     host: str,
     port: int,
     *,
     on_ready: Callable[[Node, list[str]], Awaitable[None] | None] | None = None,
 ) -> None:
-    """Open the node, serve MCP over ``transport`` until stdin closes or SIGTERM/SIGINT."""
+    """Open the node and serve MCP over ``transport`` (None: no MCP) until stdin closes (stdio)
+    or SIGTERM/SIGINT."""
     from mcp_server.server import build_server
 
     async with Node.open(settings.node_config()) as node:
@@ -115,11 +116,14 @@ async def serve_node(
                     await _maybe_await(on_ready(node, []))
                 await server.run_stdio_async()
                 nursery.cancel_scope.cancel()
+            elif transport is None:
+                if on_ready:
+                    await _maybe_await(on_ready(node, []))
             else:
                 app = http_app(server, transport, host, port, settings.mcp.auth_token)
                 binds = await nursery.start(serve_http, app, host, port)
                 path = "/mcp" if transport == "http" else "/sse"
-                urls = [f"{b.replace('http://', 'http://')}{path}" for b in binds]
+                urls = [f"{b}{path}" for b in binds]
                 log.info("mcp serving", transport=transport, urls=urls, peer_id=node.peer_id)
                 if on_ready:
                     await _maybe_await(on_ready(node, urls))

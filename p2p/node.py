@@ -20,6 +20,7 @@ import trio
 
 from p2p.clock import MerkleClock
 from p2p.config import NodeConfig
+from p2p.control import serve_control
 from p2p.errors import NodeError
 from p2p.identity import Identity
 from p2p.peers import Heartbeat, PeerTable
@@ -81,6 +82,7 @@ class Node:
                 log.info("clock loaded", events=len(clock), workflows=len(node.scheduler.state.workflows),
                          seconds=round(time.perf_counter() - t0, 3), peer_id=node.peer_id)
                 async with trio.open_nursery() as nursery:
+                    await nursery.start(serve_control, node)
                     await nursery.start(node.scheduler.run)
                     if config.network.enabled:
                         from p2p.network import Network

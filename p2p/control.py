@@ -1,0 +1,107 @@
+"""A local control socket in the data dir: how `ipfs-accelerate p2p join` reaches the node
+that runs on that data dir. One JSON request line, one JSON reply line; mode 0600, so only the
+node's user can drive it. It also keeps a second node from opening a data dir in use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from p2p.errors import NodeError
+
+if TYPE_CHECKING:
+    from p2p.node import Node
+
+log = structlog.get_logger("p2p.control")
+
+SOCKET_NAME = "control.sock"
+MAX_REQUEST = 64 * 1024
+
+
+def socket_path(data_dir: Path) -> Path:
+    return Path(data_dir).expanduser() / SOCKET_NAME
+
+
+def _in_use(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+async def serve_control(node: "Node", *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    path = socket_path(node.config.data_dir)
+    if path.exists():
+        if _in_use(path):
+            raise NodeError(f"another node is running on {node.config.data_dir} (its control socket answers)")
+        path.unlink()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    try:
+        task_status.started()
+        await trio.serve_listeners(lambda stream: _handle(node, stream), [trio.SocketListener(sock)])
+    finally:
+        path.unlink(missing_ok=True)
+
+
+async def _handle(node: "Node", stream: trio.SocketStream) -> None:
+    async with stream:
+        buf = b""
+        with trio.move_on_after(10):
+            while b"\n" not in buf and len(buf) < MAX_REQUEST:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                buf += chunk
+        try:
+            req = json.loads(buf.split(b"\n", 1)[0] or b"{}")
+            reply = await _dispatch(node, req)
+        except NodeError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except (ValueError, TypeError, KeyError) as exc:
+            reply = {"ok": False, "error": f"bad control request: {exc}"}
+        await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+
+async def _dispatch(node: "Node", req: dict[str, Any]) -> dict[str, Any]:
+    cmd = req.get("cmd")
+    if cmd == "info":
+        return {"ok": True, "info": node.node_info()}
+    if cmd == "connect":
+        if node.network is None:
+            raise NodeError("the node runs without networking")
+        peer = await node.network.connect(str(req["multiaddr"]))
+        return {"ok": True, "peer_id": peer}
+    raise NodeError(f"unknown control command {cmd!r}")
+
+
+def call(data_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """Blocking client (the CLI): send one request to the node running on ``data_dir``."""
+    path = socket_path(data_dir)
+    if not path.exists():
+        raise NodeError(f"no node is running on {Path(data_dir).expanduser()} (no {SOCKET_NAME}); start one with `ipfs-accelerate p2p start`")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+        except OSError:
+            raise NodeError(f"no node is running on {Path(data_dir).expanduser()} (stale {SOCKET_NAME})") from None
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return json.loads(buf or b"{}")

@@ -1,0 +1,685 @@
+"""The libp2p host of one peer: transports, security, pubsub, streams, discovery, redial.
+
+``open_host`` builds a py-libp2p 0.8.1 host the way DESIGN.md's Security section asks and the
+measured quirks in LIBRARY-NOTES.md require:
+
+- TCP, **Noise only** (py-libp2p's default also accepts plaintext and secio), Yamux only.
+- ``ConnectionConfig(max_connections_per_peer=1)``: with the default of 3 every dial waits out
+  a 250 ms happy-eyeballs timer.
+- Optional private network (PSK). py-libp2p applies it to raw TCP connections only; QUIC
+  bypasses it, so PSK + QUIC is refused.
+- GossipSub v1.1 with a 1 s heartbeat (the library default, 120 s, leaves a new peer out of the
+  mesh for minutes) and spam protection raised to :data:`GOSSIP_MAX_MSGS_PER_TOPIC_PER_S`,
+  because the library counts messages per *forwarding* neighbour, so a relay carrying many
+  origins' heartbeats would hit the default 10/s in a 20-peer network.
+- mDNS discovery that advertises concrete addresses and connects what it finds.
+- Bootstrap peers dialled at start and redialled with capped exponential backoff.
+- ``allow_peers``: other peers are never dialled, their streams are reset, their gossip is
+  ignored, and their connections are closed as soon as they open.
+
+Everything runs in the caller's trio context; leaving ``open_host`` cancels and closes it all.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import structlog
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.host.ping import ID as PING_PROTOCOL_ID
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+from multiaddr import Multiaddr
+
+from p2p.config import NetworkConfig
+from p2p.net.addrs import expand_wildcard, is_loopback, parse_multiaddr, peer_id_of, strip_peer_id
+from p2p.net.errors import DialError, NetConfigError, PeerNotAllowedError, RequestError
+from p2p.net.events import Fanout, GossipMessage, PeerEvent, PeerEventKind
+from p2p.net.framing import FrameError, iter_frames, read_frame, write_frame
+from p2p.net.logs import quiet_library_logs
+from p2p.net.mdns import mdns_discovery
+
+log = structlog.get_logger(__name__)
+
+DIAL_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 10.0
+PING_TIMEOUT_S = 5.0
+GOSSIP_HEARTBEAT_S = 1
+GOSSIP_MAX_MSGS_PER_TOPIC_PER_S = 100.0
+GOSSIP_MAX_MESSAGE_BYTES = 1 << 20  # py-libp2p's inbound pubsub RPC cap
+REDIAL_INITIAL_S = 0.25
+STABLE_CONNECTION_S = 5.0  # a bootstrap connection that lived this long resets the backoff
+
+StreamHandler = Callable[[str, "FramedStream"], Awaitable[None]]
+RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line``, plus the innermost cause (py-libp2p wraps the useful reason in a
+    chain of SwarmException / MultiError, e.g. "failed to negotiate the secure protocol")."""
+    text = str(exc).strip().splitlines()
+    out = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    root = _root_cause(exc)
+    if root is not exc:
+        root_text = str(root).strip().splitlines()
+        if root_text and root_text[0] not in out:
+            out += f" (cause: {root_text[0]})"
+    return out
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nested = getattr(exc, "exceptions", None)
+        if nested:
+            exc = nested[0]
+        elif exc.__cause__ is not None:
+            exc = exc.__cause__
+        elif exc.__context__ is not None and not exc.__suppress_context__:
+            exc = exc.__context__
+        else:
+            break
+    return exc
+
+
+class FramedStream:
+    """A libp2p stream that speaks varint-prefixed frames capped at ``max_frame_bytes``."""
+
+    def __init__(self, raw: INetStream, peer_id: str, protocol_id: str, max_frame_bytes: int) -> None:
+        self.raw = raw
+        self.peer_id = peer_id
+        self.protocol_id = protocol_id
+        self.max_frame_bytes = max_frame_bytes
+
+    async def read_frame(self) -> bytes:
+        """One frame; :class:`~p2p.net.framing.StreamEnded` if the peer closed first."""
+        return await read_frame(self.raw, self.max_frame_bytes)
+
+    async def write_frame(self, payload: bytes) -> None:
+        await write_frame(self.raw, payload, self.max_frame_bytes)
+
+    def frames(self) -> AsyncIterator[bytes]:
+        """Frames until the peer closes its write side."""
+        return iter_frames(self.raw, self.max_frame_bytes)
+
+    async def close_write(self) -> None:
+        """Tell the peer we send nothing more (it sees a clean end of stream)."""
+        await self.raw.close_write()
+
+    async def close(self) -> None:
+        try:
+            await self.raw.close()
+        except Exception as exc:  # noqa: BLE001 - the peer may be gone already
+            log.debug("stream close failed", error=_one_line(exc))
+
+    async def reset(self) -> None:
+        try:
+            await self.raw.reset()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("stream reset failed", error=_one_line(exc))
+
+
+class _ConnectionNotifee(INotifee):
+    """Forwards connection open/close to the host's event loop; never blocks the swarm."""
+
+    def __init__(self, send: trio.MemorySendChannel[ID]) -> None:
+        self._send = send
+
+    def _push(self, conn: INetConn) -> None:
+        peer = getattr(conn.muxed_conn, "peer_id", None)
+        if peer is None:
+            return
+        try:
+            self._send.send_nowait(peer)
+        except trio.WouldBlock:
+            log.warning("connection event queue full; peer state resyncs on the next event")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._push(conn)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._push(conn)
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None
+
+
+class NetHost:
+    """A running libp2p host. Get one from :func:`open_host`; it is valid only inside that block."""
+
+    def __init__(
+        self,
+        host: IHost,
+        pubsub: Pubsub,
+        gossipsub: GossipSub,
+        config: NetworkConfig,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._host = host
+        self._pubsub = pubsub
+        self._gossipsub = gossipsub
+        self._config = config
+        self._nursery = nursery
+        self._peer_id = str(host.get_id())
+        self._allowed: frozenset[str] = frozenset(config.allow_peers)
+        self._max_frame = config.max_frame_bytes
+        self._connected: set[str] = set()
+        self._connected_at: dict[str, float] = {}
+        self._state_changed = trio.Event()
+        self._peer_events: Fanout[PeerEvent] = Fanout("peer-events")
+        self._topics: dict[str, Fanout[GossipMessage]] = {}
+        self._subscribe_lock = trio.Lock()
+        self._dialing: set[str] = set()
+
+    # --- identity and addresses -------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> str:
+        return self._peer_id
+
+    @property
+    def libp2p_host(self) -> IHost:
+        """The underlying py-libp2p host, for protocols this wrapper does not cover (DHT, relay)."""
+        return self._host
+
+    @property
+    def pubsub(self) -> Pubsub:
+        return self._pubsub
+
+    def listen_addrs(self) -> list[str]:
+        """Dialable addresses ending in /p2p/<id>; wildcards expanded, loopback last."""
+        out: list[str] = []
+        for addr in self._host.get_transport_addrs():
+            for concrete in expand_wildcard(addr):
+                full = f"{strip_peer_id(str(concrete))}/p2p/{self._peer_id}"
+                if full not in out:
+                    out.append(full)
+        out.sort(key=is_loopback)
+        return out
+
+    # --- peers -------------------------------------------------------------------------------
+
+    def allowed(self, peer_id: str) -> bool:
+        """True when ``allow_peers`` is empty or names ``peer_id`` (we always allow ourselves)."""
+        return not self._allowed or peer_id in self._allowed or peer_id == self._peer_id
+
+    def connected_peers(self) -> list[str]:
+        return sorted(self._connected)
+
+    def is_connected(self, peer_id: str) -> bool:
+        return peer_id in self._connected
+
+    def peer_addrs(self, peer_id: str) -> list[str]:
+        """Addresses the peerstore knows for ``peer_id`` (from dials, identify, mDNS)."""
+        try:
+            addrs = self._host.get_peerstore().addrs(ID.from_base58(peer_id))
+        except Exception:  # noqa: BLE001 - unknown peer or bad id
+            return []
+        return [f"{strip_peer_id(str(a))}/p2p/{peer_id}" for a in addrs]
+
+    async def connect(self, multiaddr: str, timeout: float = DIAL_TIMEOUT_S) -> str:
+        """Dial ``multiaddr`` (must end in /p2p/<id>) and return the peer id once usable."""
+        ma = parse_multiaddr(multiaddr)
+        try:
+            info = info_from_p2p_addr(ma)
+        except Exception as exc:  # noqa: BLE001
+            raise NetConfigError(f"cannot dial {multiaddr!r}: {_one_line(exc)}") from None
+        return await self._dial(info, timeout, label=multiaddr)
+
+    async def _dial(self, info: PeerInfo, timeout: float, label: str) -> str:
+        peer = str(info.peer_id)
+        if peer == self._peer_id:
+            raise DialError(f"refusing to dial ourselves ({label})")
+        if not self.allowed(peer):
+            raise PeerNotAllowedError(f"peer {peer} is not in allow_peers")
+        try:
+            with trio.fail_after(timeout):
+                await self._host.connect(info)
+        except trio.TooSlowError:
+            raise DialError(f"cannot connect to {label}: timed out after {timeout:g} s") from None
+        except Exception as exc:  # noqa: BLE001 - py-libp2p raises many unrelated types
+            raise DialError(f"cannot connect to {label}: {_one_line(exc)}") from None
+        self._sync_peer(info.peer_id)
+        return peer
+
+    async def disconnect(self, peer_id: str) -> None:
+        try:
+            await self._host.disconnect(ID.from_base58(peer_id))
+        except Exception as exc:  # noqa: BLE001
+            log.debug("disconnect failed", peer=peer_id, error=_one_line(exc))
+
+    async def wait_connected(self, peer_id: str, timeout: float) -> None:
+        """Return once ``peer_id`` is connected; ``trio.TooSlowError`` after ``timeout``."""
+        with trio.fail_after(timeout):
+            while peer_id not in self._connected:
+                await self._state_changed.wait()
+
+    async def wait_disconnected(self, peer_id: str) -> None:
+        while peer_id in self._connected:
+            await self._state_changed.wait()
+
+    @asynccontextmanager
+    async def peer_events(self) -> AsyncIterator[trio.MemoryReceiveChannel[PeerEvent]]:
+        """Channel of :class:`PeerEvent` (first connection up / last connection down)."""
+        async with self._peer_events.subscribe() as receive:
+            yield receive
+
+    def _sync_peer(self, pid: ID) -> None:
+        """Reconcile our view of ``pid`` with the swarm's and emit a transition if any."""
+        peer = str(pid)
+        now = bool(self._host.get_network().get_connections(pid))
+        was = peer in self._connected
+        if now == was:
+            return
+        if now:
+            if not self.allowed(peer):
+                log.info("closing connection from peer not in allow_peers", peer=peer)
+                self._nursery.start_soon(self.disconnect, peer)
+                return
+            self._connected.add(peer)
+            self._connected_at[peer] = time.monotonic()
+            kind = PeerEventKind.CONNECTED
+        else:
+            self._connected.discard(peer)
+            self._connected_at.pop(peer, None)
+            kind = PeerEventKind.DISCONNECTED
+        log.debug("peer " + kind.value, peer=peer)
+        self._peer_events.publish(PeerEvent(kind, peer))
+        self._state_changed.set()
+        self._state_changed = trio.Event()
+
+    async def _connection_events(self, receive: trio.MemoryReceiveChannel[ID]) -> None:
+        async with receive:
+            async for pid in receive:
+                self._sync_peer(pid)
+
+    # --- pubsub ------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Publish to ``topic``. Bursts above ~GOSSIP_MAX_MSGS_PER_TOPIC_PER_S are dropped by
+        gossipsub: batch through :class:`p2p.net.pacing.Debouncer`."""
+        if len(data) > GOSSIP_MAX_MESSAGE_BYTES - 1024:
+            raise ValueError(f"gossip message of {len(data)} bytes is over the ~1 MiB pubsub limit")
+        await self._pubsub.publish(topic, data)
+
+    @asynccontextmanager
+    async def subscribe(self, topic: str) -> AsyncIterator[trio.MemoryReceiveChannel[GossipMessage]]:
+        """Channel of :class:`GossipMessage` from other peers on ``topic`` (our own are dropped).
+
+        The libp2p subscription stays (we keep relaying the topic) until the host closes.
+        """
+        fanout = await self._ensure_topic(topic)
+        async with fanout.subscribe() as receive:
+            yield receive
+
+    async def _ensure_topic(self, topic: str) -> Fanout[GossipMessage]:
+        async with self._subscribe_lock:
+            fanout = self._topics.get(topic)
+            if fanout is None:
+                fanout = Fanout(f"gossip:{topic}")
+                sub = await self._pubsub.subscribe(topic)
+                self._topics[topic] = fanout
+                self._nursery.start_soon(self._pump_topic, topic, sub, fanout)
+            return fanout
+
+    async def _pump_topic(self, topic: str, sub: Any, fanout: Fanout[GossipMessage]) -> None:
+        """Drain py-libp2p's 32-message subscription queue into our own fan-out at once."""
+        try:
+            async for msg in sub:
+                try:
+                    origin = str(ID(msg.from_id))
+                except Exception:  # noqa: BLE001 - a message without a valid origin
+                    continue
+                if origin == self._peer_id or not self.allowed(origin):
+                    continue
+                fanout.publish(GossipMessage(origin, bytes(msg.data)))
+        except Exception as exc:  # noqa: BLE001 - keep the host up; subscribers just stop hearing
+            log.warning("gossip subscription ended", topic=topic, error=_one_line(exc))
+        self._topics.pop(topic, None)
+        fanout.close()
+
+    def topic_peers(self, topic: str) -> list[str]:
+        """Connected peers that told us they subscribe to ``topic``."""
+        return sorted(str(p) for p in self._pubsub.peer_topics.get(topic, set()))
+
+    def mesh_peers(self, topic: str) -> list[str]:
+        """Peers in our gossipsub mesh for ``topic`` (they get our publishes directly)."""
+        return sorted(str(p) for p in self._gossipsub.mesh.get(topic, set()))
+
+    # --- streams -----------------------------------------------------------------------------
+
+    def set_stream_handler(self, protocol_id: str, handler: StreamHandler) -> None:
+        """Serve ``protocol_id``. The handler gets (peer id, FramedStream); when it returns the
+        stream is closed, when it raises the stream is reset and the host carries on."""
+
+        async def _serve(raw: INetStream) -> None:
+            peer = str(raw.muxed_conn.peer_id)
+            stream = FramedStream(raw, peer, protocol_id, self._max_frame)
+            if not self.allowed(peer):
+                log.info("refusing stream from peer not in allow_peers", peer=peer, protocol=protocol_id)
+                await stream.reset()
+                return
+            try:
+                await handler(peer, stream)
+            except FrameError as exc:
+                log.warning("bad frame from peer", peer=peer, protocol=protocol_id, error=str(exc))
+                await stream.reset()
+            except Exception as exc:  # noqa: BLE001 - a handler bug must not take the node down
+                log.warning("stream handler failed", peer=peer, protocol=protocol_id, error=_one_line(exc))
+                await stream.reset()
+            else:
+                await stream.close()
+
+        self._host.set_stream_handler(TProtocol(protocol_id), _serve)
+
+    def set_request_handler(self, protocol_id: str, handler: RequestHandler) -> None:
+        """Serve :meth:`request`: each request frame on a stream gets one reply frame."""
+
+        async def _serve(peer: str, stream: FramedStream) -> None:
+            async for payload in stream.frames():
+                await stream.write_frame(await handler(peer, payload))
+
+        self.set_stream_handler(protocol_id, _serve)
+
+    def remove_stream_handler(self, protocol_id: str) -> None:
+        self._host.remove_stream_handler(TProtocol(protocol_id))
+
+    @asynccontextmanager
+    async def open_stream(self, peer_id: str, protocol_id: str) -> AsyncIterator[FramedStream]:
+        """A new stream to ``peer_id`` (dialled from the peerstore if not connected); closed on
+        exit, reset if the block raises."""
+        if not self.allowed(peer_id):
+            raise PeerNotAllowedError(f"peer {peer_id} is not in allow_peers")
+        try:
+            raw = await self._host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])
+        except Exception as exc:  # noqa: BLE001
+            raise RequestError(f"cannot open {protocol_id} to {peer_id}: {_one_line(exc)}") from None
+        stream = FramedStream(raw, peer_id, protocol_id, self._max_frame)
+        try:
+            yield stream
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stream.reset()
+            raise
+        else:
+            with trio.CancelScope(shield=True):
+                await stream.close()
+
+    async def request(
+        self, peer_id: str, protocol_id: str, payload: bytes, timeout: float = REQUEST_TIMEOUT_S
+    ) -> bytes:
+        """Send one request frame on a new stream and return the reply frame."""
+        try:
+            with trio.fail_after(timeout):
+                async with self.open_stream(peer_id, protocol_id) as stream:
+                    await stream.write_frame(payload)
+                    await stream.close_write()
+                    return await stream.read_frame()
+        except trio.TooSlowError:
+            raise RequestError(f"{protocol_id} to {peer_id}: no reply within {timeout:g} s") from None
+        except (RequestError, PeerNotAllowedError):
+            raise
+        except FrameError as exc:
+            raise RequestError(f"{protocol_id} to {peer_id}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - stream reset, connection lost...
+            raise RequestError(f"{protocol_id} to {peer_id}: {_one_line(exc)}") from None
+
+    async def ping(self, peer_id: str, timeout: float = PING_TIMEOUT_S) -> float:
+        """Round-trip time in milliseconds of one /ipfs/ping/1.0.0 exchange (stream setup excluded)."""
+        payload = secrets.token_bytes(32)
+        try:
+            with trio.fail_after(timeout):
+                raw = await self._host.new_stream(ID.from_base58(peer_id), [PING_PROTOCOL_ID])
+                try:
+                    start = time.perf_counter()
+                    await raw.write(payload)
+                    got = b""
+                    while len(got) < len(payload):
+                        chunk = await raw.read(len(payload) - len(got))
+                        if not chunk:
+                            raise RequestError(f"ping to {peer_id}: stream closed")
+                        got += chunk
+                    rtt_ms = (time.perf_counter() - start) * 1000.0
+                finally:
+                    with trio.CancelScope(shield=True):
+                        try:
+                            await raw.close()
+                        except Exception:  # noqa: BLE001
+                            pass
+        except trio.TooSlowError:
+            raise RequestError(f"ping to {peer_id}: no reply within {timeout:g} s") from None
+        except RequestError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise RequestError(f"ping to {peer_id}: {_one_line(exc)}") from None
+        if got != payload:
+            raise RequestError(f"ping to {peer_id}: reply does not match")
+        return rtt_ms
+
+    # --- background tasks --------------------------------------------------------------------
+
+    async def _bootstrap_loop(self, addr: str) -> None:
+        """Keep a connection to one bootstrap peer: dial, wait for it to drop, redial."""
+        peer = peer_id_of(addr)
+        cap = self._config.reconnect_max_backoff_s
+        backoff = REDIAL_INITIAL_S
+        while True:
+            if peer not in self._connected:
+                try:
+                    await self.connect(addr)
+                    log.info("bootstrap peer connected", peer=peer)
+                except PeerNotAllowedError:
+                    log.warning("bootstrap peer is not in allow_peers; not dialling", addr=addr)
+                    return
+                except DialError as exc:
+                    delay = min(backoff, cap) * random.uniform(0.8, 1.2)
+                    log.info("bootstrap dial failed", addr=addr, error=str(exc), retry_in_s=round(delay, 2))
+                    await trio.sleep(delay)
+                    backoff = min(backoff * 2, cap)
+                    continue
+            since = self._connected_at.get(peer, time.monotonic())
+            await self.wait_disconnected(peer)
+            if time.monotonic() - since >= STABLE_CONNECTION_S:
+                backoff = REDIAL_INITIAL_S
+            else:  # it keeps dropping us: don't hammer it
+                await trio.sleep(min(backoff, cap) * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, cap)
+            log.info("bootstrap peer lost; redialling", peer=peer)
+
+    async def _mdns_loop(self, port: int) -> None:
+        """Connect every peer mDNS finds. A LAN without multicast only costs us discovery."""
+        advertise = [strip_peer_id(a) for a in self.listen_addrs() if "/tcp/" in a]
+        non_loopback = [a for a in advertise if not is_loopback(a)]
+        try:
+            async with mdns_discovery(self._host.get_network(), non_loopback or advertise, port) as found:
+                async with trio.open_nursery() as nursery:
+                    async for info in found:
+                        peer = str(info.peer_id)
+                        if peer in self._connected or peer in self._dialing or not self.allowed(peer):
+                            continue
+                        self._dialing.add(peer)
+                        nursery.start_soon(self._dial_discovered, info)
+        except Exception as exc:  # noqa: BLE001 - e.g. no multicast route, port 5353 unusable
+            log.warning("mDNS discovery unavailable; continuing without it", error=_one_line(exc))
+
+    async def _dial_discovered(self, info: PeerInfo) -> None:
+        peer = str(info.peer_id)
+        try:
+            await self._dial(info, DIAL_TIMEOUT_S, label=f"mDNS peer {peer}")
+            log.info("mdns peer connected", peer=peer)
+        except (DialError, PeerNotAllowedError) as exc:
+            log.debug("mdns peer dial failed", peer=peer, error=str(exc))
+        finally:
+            self._dialing.discard(peer)
+
+
+def _security_options(key_pair: KeyPair) -> dict[TProtocol, Any]:
+    """Noise only: py-libp2p's default also negotiates /plaintext/2.0.0 and secio."""
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    return {TProtocol(NOISE_PROTOCOL_ID): noise}
+
+
+def _listen_multiaddrs(config: NetworkConfig) -> list[Multiaddr]:
+    addrs = [parse_multiaddr(a) for a in config.listen]
+    if not addrs:
+        raise NetConfigError("network.listen is empty; give at least one multiaddr")
+    is_quic = [("/quic" in str(a)) for a in addrs]
+    if any(is_quic) and not config.quic:
+        raise NetConfigError("network.listen has a QUIC address but network.quic is false")
+    if config.quic and not any(is_quic):
+        # Listen on QUIC next to every TCP address (same IP, any free UDP port).
+        for a in list(addrs):
+            text = str(a)
+            if "/tcp/" in text:
+                addrs.append(Multiaddr(text.split("/tcp/")[0] + "/udp/0/quic-v1"))
+    return addrs
+
+
+@asynccontextmanager
+async def open_host(key_pair: KeyPair, config: NetworkConfig, psk: bytes | None = None) -> AsyncIterator[NetHost]:
+    """Start a host listening on ``config.listen``; it stops (connections closed) on exit.
+
+    ``psk`` is the 32-byte swarm key (see :mod:`p2p.net.psk`); ``config.psk_file`` is *not*
+    read here, so the caller decides where keys come from.
+
+    py-libp2p's ``host.run()`` and the services wrap whatever crosses them in (nested)
+    ExceptionGroups; a lone exception -- ours or the caller's from inside the block -- is
+    unwrapped again so ``except DialError`` / ``pytest.raises(ValueError)`` work as expected.
+    """
+    try:
+        async with _open_host(key_pair, config, psk) as net:
+            yield net
+    except BaseExceptionGroup as group:
+        leaf = _sole_exception(group)
+        if leaf is None:
+            raise
+        context, suppress = leaf.__context__, leaf.__suppress_context__
+        try:
+            raise leaf
+        finally:
+            leaf.__context__, leaf.__suppress_context__ = context, suppress
+
+
+def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one leaf of a group nested around a single exception, else None."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
+@asynccontextmanager
+async def _open_host(key_pair: KeyPair, config: NetworkConfig, psk: bytes | None) -> AsyncIterator[NetHost]:
+    quiet_library_logs()
+    if psk is not None and len(psk) != 32:
+        raise NetConfigError(f"a swarm key is 32 bytes, got {len(psk)}")
+    if psk is not None and config.quic:
+        raise NetConfigError("py-libp2p does not apply the swarm key (PSK) to QUIC; disable quic or the PSK")
+    for peer in config.allow_peers:
+        try:
+            ID.from_base58(peer)
+        except Exception:  # noqa: BLE001
+            raise NetConfigError(f"network.allow_peers has an invalid peer id: {peer!r}") from None
+    bootstrap = list(dict.fromkeys(config.bootstrap))
+    own_id = str(ID.from_pubkey(key_pair.public_key))
+    for addr in bootstrap:
+        peer_id_of(addr)  # validates: a bootstrap address must name its peer
+    listen = _listen_multiaddrs(config)
+
+    host = new_host(
+        key_pair=key_pair,
+        sec_opt=_security_options(key_pair),
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        listen_addrs=listen,
+        enable_mDNS=False,  # see p2p.net.mdns: we advertise concrete addresses ourselves
+        enable_quic=config.quic,
+        connection_config=ConnectionConfig(max_connections_per_peer=1),
+        psk=psk.hex() if psk is not None else None,
+    )
+    gossipsub = GossipSub(
+        protocols=[PROTOCOL_ID_V11],
+        degree=6,
+        degree_low=4,
+        degree_high=12,
+        heartbeat_initial_delay=0.1,
+        heartbeat_interval=GOSSIP_HEARTBEAT_S,
+        max_messages_per_topic_per_second=GOSSIP_MAX_MSGS_PER_TOPIC_PER_S,
+    )
+    pubsub = Pubsub(host, gossipsub)
+    send, receive = trio.open_memory_channel[ID](4096)
+    host.get_network().register_notifee(_ConnectionNotifee(send))
+
+    async with AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(host.run(listen_addrs=listen))
+        except Exception as exc:  # noqa: BLE001 - e.g. address in use
+            raise NetConfigError(f"cannot listen on {[str(a) for a in listen]}: {_one_line(exc)}") from None
+        bound = host.get_transport_addrs()
+        if len(bound) < len(listen):  # py-libp2p logs a bind failure (port in use) and carries on
+            raise NetConfigError(
+                f"cannot listen on {[str(a) for a in listen]} (address in use or not local?); "
+                f"bound only {[str(a) for a in bound]}"
+            )
+        await stack.enter_async_context(background_trio_service(pubsub))
+        await stack.enter_async_context(background_trio_service(gossipsub))
+        await pubsub.wait_until_ready()
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        net = NetHost(host, pubsub, gossipsub, config, nursery)
+        stack.callback(net._peer_events.close)
+        nursery.start_soon(net._connection_events, receive)
+        for addr in bootstrap:
+            if peer_id_of(addr) != own_id:
+                nursery.start_soon(net._bootstrap_loop, addr)
+        if config.mdns:
+            tcp_ports = [a.value_for_protocol("tcp") for a in host.get_transport_addrs() if "/tcp/" in str(a)]
+            nursery.start_soon(net._mdns_loop, int(tcp_ports[0]) if tcp_ports else 0)
+        log.info("host started", peer=net.peer_id, addrs=net.listen_addrs(), psk=psk is not None)
+        try:
+            yield net
+        finally:
+            nursery.cancel_scope.cancel()
+            send.close()
+            log.debug("host stopping", peer=net.peer_id)
+
+
+__all__ = [
+    "DIAL_TIMEOUT_S",
+    "GOSSIP_MAX_MSGS_PER_TOPIC_PER_S",
+    "FramedStream",
+    "NetHost",
+    "RequestHandler",
+    "StreamHandler",
+    "open_host",
+]

@@ -1,0 +1,93 @@
+"""mDNS discovery (libp2p spec, via py-libp2p's zeroconf-based MDNSDiscovery), bridged to trio.
+
+Why not ``new_host(enable_mDNS=True)``: that advertises the raw listen addresses, so a node on
+``0.0.0.0`` tells the LAN to dial ``/ip4/0.0.0.0/...``. We build the discovery ourselves once
+the host listens and advertise concrete interface addresses instead.
+
+py-libp2p reports discoveries through a module-level singleton (``peerDiscovery``) from
+zeroconf's own threads. The handler here only hops the ``PeerInfo`` onto the trio loop
+(``TrioToken.run_sync_soon``) into a channel; connecting happens in the host's nursery.
+mDNS fills the peerstore but does not connect: the consumer of :meth:`MdnsBridge.discovered`
+does. Every host in a process sees every discovery (shared singleton), which is harmless: a
+host dials only peers other than itself and skips peers it is already connected to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+import trio
+from libp2p.abc import INetworkService
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.discovery.mdns.mdns import MDNSDiscovery
+from libp2p.peer.peerinfo import PeerInfo
+
+log = structlog.get_logger(__name__)
+
+
+@asynccontextmanager
+async def mdns_discovery(
+    network: INetworkService, advertise: list[str], port: int
+) -> AsyncIterator[trio.MemoryReceiveChannel[PeerInfo]]:
+    """Advertise ``advertise`` (multiaddrs without /p2p/) and yield a channel of discovered peers."""
+    token = trio.lowlevel.current_trio_token()
+    send, receive = trio.open_memory_channel[PeerInfo](256)
+    own_id = network.get_peer_id()
+
+    def _deliver(info: PeerInfo) -> None:
+        if info.peer_id == own_id:
+            return
+        try:
+            send.send_nowait(info)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # mDNS re-announces; a dropped discovery comes back
+
+    def _handler(info: PeerInfo) -> None:  # runs in a zeroconf thread
+        try:
+            token.run_sync_soon(_deliver, info)
+        except trio.RunFinishedError:
+            pass
+
+    # Zeroconf() binds sockets and starts threads: keep that blocking work off the event loop.
+    discovery = await trio.to_thread.run_sync(
+        lambda: MDNSDiscovery(network, port=port, listen_addrs=list(advertise))
+    )
+    peerDiscovery.register_peer_discovered_handler(_handler)
+    try:
+        # MDNSDiscovery.start() would register on the event loop thread, where zeroconf's
+        # probing blocks for ~2 s, and spawn an unsupervised cleanup task. Do both ourselves.
+        await trio.to_thread.run_sync(discovery.broadcaster.register)
+        log.debug("mdns started", advertise=advertise)
+        async with receive, trio.open_nursery() as nursery:
+            nursery.start_soon(_cleanup_loop, discovery)
+            try:
+                yield receive
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        peerDiscovery.unregister_peer_discovered_handler(_handler)
+        send.close()
+
+        def _stop() -> None:
+            try:
+                discovery.broadcaster.unregister()
+                discovery.listener.stop()
+                discovery.zeroconf.close()
+            except Exception as exc:  # noqa: BLE001 - best effort at shutdown
+                log.debug("mdns stop failed", error=repr(exc))
+
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(5):
+                await trio.to_thread.run_sync(_stop, abandon_on_cancel=True)
+
+
+async def _cleanup_loop(discovery: MDNSDiscovery) -> None:
+    """Forget services not refreshed within two TTLs (what MDNSDiscovery's own loop does)."""
+    while True:
+        await trio.sleep(discovery.cleanup_interval)
+        try:
+            discovery.listener.cleanup_stale_entries(max_age=discovery.ttl * 2)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("mdns cleanup failed", error=repr(exc))

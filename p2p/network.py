@@ -1,0 +1,351 @@
+"""The node on the network: replicate the Merkle clock and keep the peer table alive.
+
+- **Announce**: after this peer appends events, its heads go out on the heads topic, debounced
+  (gossipsub drops bursts), and again every ``reannounce_s`` (anti-entropy). Heartbeats carry
+  the heads too, so a lost announcement is repaired within a heartbeat.
+- **Fetch**: a peer that hears of heads it lacks asks the announcer for those blocks only; if
+  their parents are missing too, it asks again with ``ancestors=N`` so a late joiner catches up
+  in a few round trips instead of one per event. Every block is verified by the clock.
+- **Liveness**: heartbeats (hardware, models, queue, capacity, addrs) every ``heartbeat_s``;
+  leases expire after ``lease_s`` of silence; RTT comes from libp2p ping. A heartbeat from a
+  peer we are not connected to (relayed through the mesh) is a peer learned from peers: dial it.
+
+Everything runs in ``run()``'s nursery and stops with it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+from pydantic import ValidationError
+
+from p2p.clock.cids import cid_from_bytes, cid_raw
+from p2p.clock.event import event_parents
+from p2p.errors import NodeError
+from p2p.net import Debouncer, NetError, PeerEventKind, load_swarm_key, open_host
+from p2p.peers import Heartbeat
+from p2p.protocols.wire import (
+    BLOCKS_PROTOCOL,
+    BlocksReply,
+    BlocksRequest,
+    HeadsAnnouncement,
+    HeadsReply,
+    HeadsRequest,
+    WireError,
+    decode_heads,
+    decode_reply,
+    decode_request,
+    encode,
+    topic,
+)
+
+if TYPE_CHECKING:
+    from p2p.node import Node
+
+log = structlog.get_logger("p2p.network")
+
+CATCH_UP_BLOCKS = 2048  # ancestors asked for per round trip when parents are missing
+PING_EVERY_S = 10.0
+
+
+class Network:
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.config = node.config.network
+        self.net: Any = None
+        self.heads_topic = topic(self.config.network, "heads")
+        self.peers_topic = topic(self.config.network, "peers")
+        self._syncing: dict[str, set[bytes]] = {}  # peer -> heads it announced that we lack
+        self._sync_wake: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self.blocks_served = 0
+        self.blocks_fetched = 0
+        self.rejected_blocks = 0
+
+    # ------------------------------------------------------------------ life
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        psk = load_swarm_key(Path(self.config.psk_file).expanduser()) if self.config.psk_file else None
+        async with AsyncExitStack() as stack:
+            self.net = await stack.enter_async_context(open_host(self.node.identity.key_pair, self.config, psk))
+            self.net.set_request_handler(BLOCKS_PROTOCOL, self._serve)
+            heads_rx = await stack.enter_async_context(self.net.subscribe(self.heads_topic))
+            peers_rx = await stack.enter_async_context(self.net.subscribe(self.peers_topic))
+            events_rx = await stack.enter_async_context(self.net.peer_events())
+            announcer: Debouncer[int] = Debouncer(
+                self._announce, delay_s=self.config.announce_debounce_ms / 1000, min_interval_s=0.05, name="heads"
+            )
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(announcer.run)
+                nursery.start_soon(self._on_local_events, announcer)
+                nursery.start_soon(self._reannounce, announcer)
+                nursery.start_soon(self._heartbeats)
+                nursery.start_soon(self._on_heads, heads_rx)
+                nursery.start_soon(self._on_heartbeats, peers_rx)
+                nursery.start_soon(self._on_peer_events, events_rx)
+                nursery.start_soon(self._expire_leases)
+                nursery.start_soon(self._measure_rtt)
+                log.info("p2p node up", peer_id=self.node.peer_id, addrs=self.listen_addrs())
+                task_status.started()
+
+    def listen_addrs(self) -> list[str]:
+        return self.net.listen_addrs() if self.net is not None else []
+
+    async def connect(self, multiaddr: str) -> str:
+        """Dial a peer (the connect_peer tool, `p2p join`); sync with it at once."""
+        try:
+            peer = await self.net.connect(multiaddr)
+        except (NetError, ValueError) as exc:
+            raise NodeError(f"cannot connect to {multiaddr}: {exc}") from None
+        if hasattr(self.net, "keep"):
+            self.net.keep(multiaddr)  # redial with backoff if lost
+        return str(peer)
+
+    # ------------------------------------------------------------- announcing
+
+    async def _on_local_events(self, announcer: Debouncer[int]) -> None:
+        while True:
+            await self.node.scheduler.local_event.wait()
+            announcer.submit(1)
+
+    async def _reannounce(self, announcer: Debouncer[int]) -> None:
+        while True:
+            await trio.sleep(self.config.reannounce_s)
+            announcer.submit(0)
+
+    def _heads_message(self) -> HeadsAnnouncement:
+        clock = self.node.clock
+        return HeadsAnnouncement(peer=self.node.peer_id, heads=[cid_raw(c) for c in clock.heads()], events=len(clock))
+
+    async def _announce(self, _items: list[int]) -> None:
+        await self.net.publish(self.heads_topic, encode(self._heads_message()))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            hb = self.node.heartbeat().model_copy(update={"heads": [str(c) for c in self.node.clock.heads()]})
+            try:
+                await self.net.publish(self.peers_topic, hb.model_dump_json().encode())
+            except Exception as exc:  # noqa: BLE001 - no peers yet, or a transient pubsub error
+                log.debug("heartbeat not sent", error=str(exc))
+            await trio.sleep(self.config.heartbeat_s)
+
+    # --------------------------------------------------------------- hearing
+
+    async def _on_heads(self, rx: Any) -> None:
+        async for msg in rx:
+            try:
+                ann = decode_heads(msg.data)
+            except WireError as exc:
+                log.warning("bad heads announcement", peer=msg.from_peer, error=str(exc))
+                continue
+            self._want(msg.from_peer, ann.heads)
+
+    async def _on_heartbeats(self, rx: Any) -> None:
+        async for msg in rx:
+            try:
+                hb = Heartbeat.model_validate_json(msg.data)
+            except ValidationError as exc:
+                log.warning("bad heartbeat", peer=msg.from_peer, error=exc.errors()[0]["msg"])
+                continue
+            if hb.peer_id != msg.from_peer and msg.from_peer not in ("", None):
+                # gossip relays keep the original author in from_peer; a mismatch is a spoof
+                log.warning("heartbeat for another peer ignored", peer=msg.from_peer, claimed=hb.peer_id)
+                continue
+            if hb.peer_id == self.node.peer_id:
+                continue
+            if self.node.peers.observe(hb):
+                log.info("peer alive", peer=hb.peer_id, name=hb.name, models=len(hb.models))
+                self.node.scheduler.peers_changed()
+            heads = []
+            for h in hb.heads:
+                try:
+                    heads.append(cid_raw(cid_from_bytes_str(h)))
+                except Exception:  # noqa: BLE001
+                    break
+            self._want(hb.peer_id, heads)
+            if not self.net.is_connected(hb.peer_id) and hb.addrs and self._nursery is not None:
+                self._nursery.start_soon(self._dial_learned, hb.peer_id, hb.addrs)
+
+    async def _dial_learned(self, peer: str, addrs: list[str]) -> None:
+        for addr in addrs:
+            try:
+                await self.net.connect(addr if "/p2p/" in addr else f"{addr}/p2p/{peer}")
+                log.info("dialled a peer learned from peers", peer=peer, addr=addr)
+                return
+            except Exception as exc:  # noqa: BLE001
+                log.debug("learned address failed", peer=peer, addr=addr, error=str(exc))
+
+    async def _on_peer_events(self, rx: Any) -> None:
+        async for ev in rx:
+            if ev.kind is PeerEventKind.CONNECTED and self._nursery is not None:
+                self._nursery.start_soon(self._initial_sync, ev.peer_id)
+
+    async def _initial_sync(self, peer: str) -> None:
+        """Ask a newly connected peer for its heads; gossip meshes take a heartbeat to form."""
+        try:
+            reply = decode_reply(await self.net.request(peer, BLOCKS_PROTOCOL, encode(HeadsRequest())))
+        except Exception as exc:  # noqa: BLE001
+            log.debug("initial sync failed", peer=peer, error=str(exc))
+            return
+        if isinstance(reply, HeadsReply):
+            self._want(peer, reply.heads)
+
+    # --------------------------------------------------------------- fetching
+
+    def _want(self, peer: str, heads: list[bytes]) -> None:
+        clock = self.node.clock
+        missing = {h for h in heads if not clock.has_event(cid_from_bytes(h))}
+        if not missing or self._nursery is None:
+            return
+        pending = self._syncing.get(peer)
+        if pending is not None:
+            pending |= missing
+            self._sync_wake[peer].set()
+            return
+        self._syncing[peer] = set(missing)
+        self._sync_wake[peer] = trio.Event()
+        self._nursery.start_soon(self._sync_from, peer)
+
+    async def _sync_from(self, peer: str) -> None:
+        """Fetch what ``peer`` announced until nothing it has is missing here."""
+        try:
+            ancestors = 0
+            while self._syncing.get(peer):
+                want = self._syncing[peer]
+                self._syncing[peer] = set()
+                want = {h for h in want if not self.node.clock.has_event(cid_from_bytes(h))}
+                want |= {cid_raw(c) for c in self.node.clock.missing()}
+                if not want:
+                    continue
+                req = BlocksRequest(cids=sorted(want)[:4096], ancestors=ancestors)
+                try:
+                    reply = decode_reply(await self.net.request(peer, BLOCKS_PROTOCOL, encode(req), timeout=30))
+                except Exception as exc:  # noqa: BLE001
+                    log.info("block fetch failed", peer=peer, error=str(exc))
+                    return
+                if not isinstance(reply, BlocksReply) or not reply.blocks:
+                    return
+                missing = self._merge(peer, reply.blocks)
+                if missing:
+                    self._syncing[peer] |= missing
+                    ancestors = CATCH_UP_BLOCKS  # deep history is missing: ask for it in bulk
+        finally:
+            self._syncing.pop(peer, None)
+            self._sync_wake.pop(peer, None)
+
+    def _merge(self, peer: str, blocks: list[tuple[bytes, bytes]]) -> set[bytes]:
+        clock = self.node.clock
+        pairs = []
+        for raw_cid, data in blocks:
+            try:
+                pairs.append((cid_from_bytes(raw_cid), data))
+            except Exception:  # noqa: BLE001
+                self.rejected_blocks += 1
+        result = clock.add_blocks(pairs)
+        for cid, reason in result.rejected:
+            self.rejected_blocks += 1
+            log.warning("block rejected", peer=peer, cid=str(cid), reason=reason)
+        self.blocks_fetched += len(result.applied)
+        if result.applied:
+            self.node.scheduler.ingest(result.applied)
+            results = self._result_cids(result.applied)
+            if results and self._nursery is not None:
+                self._nursery.start_soon(self._fetch_results, peer, results)
+        return {cid_raw(c) for c in result.missing}
+
+    @staticmethod
+    def _result_cids(events: list[Any]) -> list[bytes]:
+        out = []
+        for ev in events:
+            for op in ev.ops:
+                if isinstance(op, dict) and op.get("op") == "task.done" and op.get("result_cid") is not None:
+                    out.append(cid_raw(op["result_cid"]))
+        return out
+
+    async def _fetch_results(self, peer: str, cids: list[bytes]) -> None:
+        clock = self.node.clock
+        want = [c for c in cids if not clock.has(cid_from_bytes(c))]
+        for i in range(0, len(want), 256):
+            try:
+                reply = decode_reply(await self.net.request(peer, BLOCKS_PROTOCOL, encode(BlocksRequest(cids=want[i:i + 256])), timeout=30))
+            except Exception as exc:  # noqa: BLE001
+                log.info("result fetch failed", peer=peer, error=str(exc))
+                return
+            if isinstance(reply, BlocksReply):
+                for raw_cid, data in reply.blocks:
+                    try:
+                        clock.add_raw_block(cid_from_bytes(raw_cid), data)
+                    except Exception as exc:  # noqa: BLE001
+                        self.rejected_blocks += 1
+                        log.warning("result block rejected", peer=peer, error=str(exc))
+        self.node.scheduler.changed.fire()
+
+    # ---------------------------------------------------------------- serving
+
+    async def _serve(self, peer: str, payload: bytes) -> bytes:
+        try:
+            req = decode_request(payload)
+        except WireError as exc:
+            log.warning("bad blocks request", peer=peer, error=str(exc))
+            return encode(BlocksReply(blocks=[]))
+        clock = self.node.clock
+        if isinstance(req, HeadsRequest):
+            return encode(HeadsReply(heads=[cid_raw(c) for c in clock.heads()], events=len(clock)))
+        limit = self.config.max_blocks_per_request + min(req.ancestors, CATCH_UP_BLOCKS)
+        budget = self.config.max_frame_bytes - 4096
+        out: list[tuple[bytes, bytes]] = []
+        seen: set[bytes] = set()
+        queue = deque(req.cids[: self.config.max_blocks_per_request])
+        walk = req.ancestors > 0
+        while queue and len(out) < limit:
+            raw = queue.popleft()
+            if raw in seen:
+                continue
+            seen.add(raw)
+            try:
+                cid = cid_from_bytes(raw)
+            except Exception:  # noqa: BLE001
+                continue
+            data = clock.get_block(cid)
+            if data is None:
+                continue
+            if budget - len(data) - 64 < 0:
+                break
+            budget -= len(data) + 64
+            out.append((raw, data))
+            if walk and clock.has_event(cid):
+                queue.extend(cid_raw(p) for p in event_parents(data))
+        self.blocks_served += len(out)
+        return encode(BlocksReply(blocks=out))
+
+    # -------------------------------------------------------------- liveness
+
+    async def _expire_leases(self) -> None:
+        while True:
+            await trio.sleep(min(1.0, self.config.heartbeat_s))
+            gone = self.node.peers.expire()
+            if gone:
+                log.info("peers went silent", peers=sorted(gone))
+                self.node.scheduler.peers_changed()
+
+    async def _measure_rtt(self) -> None:
+        while True:
+            for peer in list(self.net.connected_peers()):
+                try:
+                    self.node.peers.set_rtt(peer, await self.net.ping(peer))
+                except Exception:  # noqa: BLE001
+                    pass
+            await trio.sleep(PING_EVERY_S)
+
+
+def cid_from_bytes_str(text: str) -> Any:
+    from multiformats import CID
+
+    return CID.decode(text)

@@ -1,0 +1,1 @@
+"""Wire protocols between peers: message formats apart from the code that uses them."""

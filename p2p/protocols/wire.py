@@ -1,0 +1,100 @@
+"""Wire formats (CBOR on streams, JSON/CBOR on gossipsub), validated with pydantic.
+
+Every decoder turns malformed or oversize input into ``WireError``; the node logs it and stays up.
+
+- gossipsub ``/ipfs-accelerate/<network>/heads``: ``HeadsAnnouncement`` — a peer's heads after it
+  appended events (debounced) and periodically (anti-entropy).
+- gossipsub ``/ipfs-accelerate/<network>/peers``: ``p2p.peers.Heartbeat`` as JSON.
+- stream ``/ipfs-accelerate/blocks/1.0.0``: one CBOR request frame, one CBOR reply frame:
+  ``BlocksRequest`` → ``BlocksReply`` (blocks by CID, optionally with their ancestors), or
+  ``HeadsRequest`` → ``HeadsReply`` (used right after connecting, before gossip meshes form).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+import cbor2
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+BLOCKS_PROTOCOL = "/ipfs-accelerate/blocks/1.0.0"
+MAX_CID_BYTES = 128
+
+
+class WireError(ValueError):
+    """A peer sent something malformed or too large."""
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Cid = Annotated[bytes, Field(min_length=2, max_length=MAX_CID_BYTES)]
+
+
+class HeadsAnnouncement(_Msg):
+    t: Literal["heads"] = "heads"
+    peer: str = Field(min_length=1, max_length=128)
+    heads: list[Cid] = Field(max_length=1024)
+    events: int = Field(ge=0)
+
+
+class BlocksRequest(_Msg):
+    t: Literal["want"] = "want"
+    cids: list[Cid] = Field(min_length=1, max_length=4096)
+    # 0: just these blocks; n: also up to n blocks of their ancestors (catch-up in one round trip)
+    ancestors: int = Field(0, ge=0, le=100_000)
+
+
+class HeadsRequest(_Msg):
+    t: Literal["heads?"] = "heads?"
+
+
+class BlocksReply(_Msg):
+    t: Literal["blocks"] = "blocks"
+    blocks: list[tuple[Cid, bytes]] = Field(max_length=100_000)
+
+
+class HeadsReply(_Msg):
+    t: Literal["heads!"] = "heads!"
+    heads: list[Cid] = Field(max_length=1024)
+    events: int = Field(ge=0)
+
+
+Request = Annotated[Union[BlocksRequest, HeadsRequest], Field(discriminator="t")]
+Reply = Annotated[Union[BlocksReply, HeadsReply], Field(discriminator="t")]
+_REQUEST: TypeAdapter[Any] = TypeAdapter(Request)
+_REPLY: TypeAdapter[Any] = TypeAdapter(Reply)
+_HEADS: TypeAdapter[HeadsAnnouncement] = TypeAdapter(HeadsAnnouncement)
+
+
+def encode(msg: _Msg) -> bytes:
+    return cbor2.dumps(msg.model_dump())
+
+
+def _decode(adapter: TypeAdapter[Any], data: bytes, what: str) -> Any:
+    try:
+        raw = cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several types on garbage
+        raise WireError(f"malformed {what}: not CBOR ({type(exc).__name__})") from None
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise WireError(f"malformed {what}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def decode_request(data: bytes) -> BlocksRequest | HeadsRequest:
+    return _decode(_REQUEST, data, "request")
+
+
+def decode_reply(data: bytes) -> BlocksReply | HeadsReply:
+    return _decode(_REPLY, data, "reply")
+
+
+def decode_heads(data: bytes) -> HeadsAnnouncement:
+    return _decode(_HEADS, data, "heads announcement")
+
+
+def topic(network: str, name: str) -> str:
+    return f"/ipfs-accelerate/{network}/{name}"
