@@ -1,0 +1,33 @@
+"""Run every ``bench/bench_*.py`` module's ``main()``, in name order."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+import time
+
+import bench
+
+
+def main() -> int:
+    names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_"))
+    only = set(sys.argv[1:])  # optional: python -m bench bench_inference
+    failed = 0
+    for name in names:
+        if only and name not in only:
+            continue
+        print(f"=== {name} ===", flush=True)
+        started = time.perf_counter()
+        try:
+            module = importlib.import_module(f"bench.{name}")
+            module.main()
+        except Exception as exc:  # one broken benchmark must not hide the others' figures
+            failed += 1
+            print(f"{name} failed: {type(exc).__name__}: {exc}", flush=True)
+        print(f"=== {name} done in {time.perf_counter() - started:.1f} s ===\n", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""InferenceEngine: the one entry point the layers above use.
+
+    async with InferenceEngine.open(config, data_dir) as engine:
+        result = await engine.infer("sentence-transformers/all-MiniLM-L6-v2", ["hello"])
+
+It resolves the model, loads it lazily once per (model, task, backend) — concurrent first
+requests share one load, which runs in the engine's nursery so a cancelled first caller does
+not abort it for the others — and sends inputs through the batching executor.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import structlog
+import trio
+
+from inference.config import InferenceConfig
+from inference.errors import InferenceError, InvalidInputError, UnsupportedTaskError, unwrap_group
+from inference.executor import BatchCallError, BatchingExecutor
+from inference.hardware import HardwareInfo, hardware
+from inference.models import ModelInfo, available_models, resolve_model
+from inference.runner import ModelRunner, load_runner
+from inference.tasks import DEFAULT_TOP_K, TaskOutput, normalize_task
+from inference.tokenizer import check_text
+
+log = structlog.get_logger()
+
+_BACKENDS = ("auto", "onnx", "torch")
+
+
+@dataclass(slots=True)
+class InferenceResult:
+    """One request's outputs, one per input and in input order, plus what produced them."""
+
+    model: str
+    task: str
+    backend: str
+    device: str
+    outputs: list[TaskOutput]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "task": self.task,
+            "backend": self.backend,
+            "device": self.device,
+            "outputs": [o.to_json() for o in self.outputs],
+        }
+
+
+@dataclass(slots=True)
+class _PendingLoad:
+    done: trio.Event = field(default_factory=trio.Event)
+    runner: ModelRunner | None = None
+    error: BaseException | None = None
+
+
+class InferenceEngine:
+    def __init__(self, config: InferenceConfig, data_dir: Path, executor: BatchingExecutor, nursery: trio.Nursery) -> None:
+        self.config = config
+        self.data_dir = Path(data_dir).expanduser()
+        self.executor = executor
+        self._nursery = nursery
+        self._runners: dict[tuple[str, str, str], ModelRunner] = {}
+        self._loading: dict[tuple[str, str, str], _PendingLoad] = {}
+        self._resolved: dict[str, ModelInfo] = {}
+        self.load_count = 0  # loads started; tests check that concurrent first requests share one
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, config: InferenceConfig | None = None, data_dir: Path | str = "~/.local/share/ipfs-accelerate") -> AsyncIterator["InferenceEngine"]:
+        """The engine, its executor lanes and its model loads live exactly as long as this block."""
+        cfg = config or InferenceConfig()
+        try:
+            async with trio.open_nursery() as nursery:
+                async with BatchingExecutor.open(cfg.max_batch, cfg.max_wait_ms) as executor:
+                    engine = cls(cfg, Path(data_dir), executor, nursery)
+                    try:
+                        yield engine
+                    finally:
+                        nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The nurseries wrap whatever the caller's block raised; give the caller its own error back.
+            leaf = unwrap_group(group)
+            if leaf is group:
+                raise
+            raise leaf from None
+
+    # --- what is here -------------------------------------------------------------------
+
+    def resolve(self, model: str | None = None) -> ModelInfo:
+        """The model a reference names (default: config.default_model); ModelNotFoundError otherwise."""
+        ref = model or self.config.default_model
+        info = self._resolved.get(ref)
+        if info is None:
+            info = resolve_model(ref, self.config.model_dirs)
+            self._resolved[ref] = info
+        return info
+
+    def available_models(self) -> list[ModelInfo]:
+        return available_models(self.config.model_dirs)
+
+    def hardware(self) -> HardwareInfo:
+        return hardware()
+
+    def loaded_models(self) -> list[dict[str, Any]]:
+        """Models loaded in this engine, with their backend, device and usage counters."""
+        return [
+            {
+                "model": r.info.name,
+                "task": r.task,
+                "backend": r.backend_name,
+                "requested_backend": key[2],
+                "device": r.device,
+                "path": str(r.info.path),
+                "batches": r.batches,
+                "items": r.items,
+            }
+            for key, r in self._runners.items()
+        ]
+
+    # --- inference ----------------------------------------------------------------------
+
+    def _task_for(self, info: ModelInfo, task: str | None) -> str:
+        if task is None:
+            if info.default_task is None:
+                raise UnsupportedTaskError(
+                    f"model {info.name} ({', '.join(info.architectures) or info.model_type or 'unknown'}) supports none of the tasks served here"
+                )
+            return info.default_task
+        name = normalize_task(task)
+        if name not in info.tasks:
+            supports = ", ".join(info.tasks) or "nothing served here"
+            raise UnsupportedTaskError(f"model {info.name} cannot do {name}; it supports: {supports}")
+        return name
+
+    def _backend_for(self, backend: str | None) -> str:
+        name = (backend or self.config.backend).strip().lower()
+        if name not in _BACKENDS:
+            raise UnsupportedTaskError(f"unknown backend {backend!r}; use one of: {', '.join(_BACKENDS)}")
+        return name
+
+    async def _runner(self, info: ModelInfo, task: str, backend: str) -> ModelRunner:
+        key = (str(info.path), task, backend)
+        runner = self._runners.get(key)
+        if runner is not None:
+            return runner
+        pending = self._loading.get(key)
+        if pending is None:
+            pending = self._loading[key] = _PendingLoad()
+            self.load_count += 1
+            self._nursery.start_soon(self._load, key, info, task, backend, pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.runner is not None
+        return pending.runner
+
+    async def _load(self, key: tuple[str, str, str], info: ModelInfo, task: str, backend: str, pending: _PendingLoad) -> None:
+        try:
+            runner = await trio.to_thread.run_sync(
+                load_runner, info, task, backend, self.config, self.data_dir, abandon_on_cancel=True
+            )
+            self._runners[key] = runner
+            pending.runner = runner
+        except InferenceError as exc:
+            pending.error = exc
+        except Exception as exc:  # an unexpected library failure: still one clear line for the caller
+            log.debug("model.load_failed", model=info.name, exc_info=True)
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            pending.error = InferenceError(f"loading {info.name} for {task} failed: {first}")
+        finally:
+            del self._loading[key]  # a failed load is retried by the next request
+            pending.done.set()
+
+    async def infer(
+        self,
+        model: str | None,
+        inputs: list[str],
+        task: str | None = None,
+        backend: str | None = None,
+        *,
+        top_k: int = DEFAULT_TOP_K,
+    ) -> InferenceResult:
+        """Run ``inputs`` through ``model`` for ``task`` (default: the model's own task).
+
+        Raises an InferenceError subclass for the first bad input (the message names its
+        index); other requests batched with this one are unaffected. Texts over the model's
+        token limit are truncated and flagged ``truncated`` when config.truncate, else refused.
+        """
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not inputs:
+            raise InvalidInputError("no input text given")
+        for i, item in enumerate(inputs):
+            err = check_text(item, i)
+            if err is not None:
+                raise err
+        info = self.resolve(model)
+        task_name = self._task_for(info, task)
+        backend_name = self._backend_for(backend)
+        runner = await self._runner(info, task_name, backend_name)
+        results = await self.executor.submit((str(info.path), task_name, backend_name), runner.run_batch, list(inputs))
+        for i, r in enumerate(results):
+            if isinstance(r, BatchCallError):
+                raise BatchCallError(f"input {i}: {r}")
+            if isinstance(r, BaseException):
+                raise r
+        outputs = [runner.postprocess(r, top_k) for r in results]
+        return InferenceResult(info.name, task_name, runner.backend_name, runner.device, outputs)
