@@ -12,6 +12,7 @@ Public API::
 
 from p2p.net.errors import (
     DialError,
+    describe,
     NetConfigError,
     NetError,
     PeerNotAllowedError,
@@ -30,7 +31,8 @@ from p2p.net.framing import (
     read_frame,
     write_frame,
 )
-from p2p.net.host import FramedStream, NetHost, RequestHandler, StreamHandler, open_host
+from p2p.net.host import NetHost, RequestHandler, StreamHandler, open_host
+from p2p.net.streams import FramedStream
 from p2p.net.pacing import Debouncer, Pacer
 from p2p.net.psk import format_swarm_key, generate_swarm_key, load_swarm_key, parse_swarm_key
 
@@ -55,6 +57,7 @@ __all__ = [
     "StreamEnded",
     "StreamHandler",
     "TruncatedFrame",
+    "describe",
     "encode_frame",
     "format_swarm_key",
     "generate_swarm_key",

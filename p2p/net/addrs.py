@@ -10,7 +10,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+import base58
 import psutil
+from libp2p.utils.varint import decode_varint_with_size
 from multiaddr import Multiaddr
 
 from p2p.net.errors import NetConfigError
@@ -26,6 +28,18 @@ def parse_multiaddr(addr: str) -> Multiaddr:
         raise NetConfigError(f"invalid multiaddr {addr!r}: {exc}") from None
 
 
+def is_valid_peer_id(peer_id: str) -> bool:
+    """True for a base58 multihash peer id (``12D3KooW...``, ``Qm...``); py-libp2p's
+    ``ID.from_base58`` accepts any base58 text, e.g. "nope"."""
+    try:
+        raw = base58.b58decode(peer_id)
+        code, n1 = decode_varint_with_size(raw)
+        length, n2 = decode_varint_with_size(raw[n1:])
+    except Exception:  # noqa: BLE001
+        return False
+    return code in (0x00, 0x12) and 0 < length == len(raw) - n1 - n2
+
+
 def peer_id_of(addr: str) -> str:
     """The ``/p2p/<id>`` component of ``addr``; dialling needs it to authenticate the peer."""
     ma = parse_multiaddr(addr)
@@ -35,6 +49,8 @@ def peer_id_of(addr: str) -> str:
         value = None
     if not value:
         raise NetConfigError(f"multiaddr {addr!r} has no /p2p/<peer id> component")
+    if not is_valid_peer_id(str(value)):
+        raise NetConfigError(f"multiaddr {addr!r} has an invalid peer id")
     return str(value)
 
 

@@ -28,3 +28,32 @@ class PeerNotAllowedError(NetError):
 
 class RequestError(NetError):
     """A request/response exchange failed: no stream, reset, timeout or a bad reply frame."""
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line``, plus the innermost cause (py-libp2p wraps the useful reason in a
+    chain of SwarmException / MultiError, e.g. "failed to negotiate the secure protocol")."""
+    text = str(exc).strip().splitlines()
+    out = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    root = root_cause(exc)
+    if root is not exc:
+        root_text = str(root).strip().splitlines()
+        if root_text and root_text[0] not in out:
+            out += f" (cause: {root_text[0]})"
+    return out
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nested = getattr(exc, "exceptions", None)
+        if nested:
+            exc = nested[0]
+        elif exc.__cause__ is not None:
+            exc = exc.__cause__
+        elif exc.__context__ is not None and not exc.__suppress_context__:
+            exc = exc.__context__
+        else:
+            break
+    return exc

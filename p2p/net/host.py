@@ -8,12 +8,14 @@ measured quirks in LIBRARY-NOTES.md require:
   a 250 ms happy-eyeballs timer.
 - Optional private network (PSK). py-libp2p applies it to raw TCP connections only; QUIC
   bypasses it, so PSK + QUIC is refused.
-- GossipSub v1.1 with a 1 s heartbeat (the library default, 120 s, leaves a new peer out of the
-  mesh for minutes) and spam protection raised to :data:`GOSSIP_MAX_MSGS_PER_TOPIC_PER_S`,
-  because the library counts messages per *forwarding* neighbour, so a relay carrying many
-  origins' heartbeats would hit the default 10/s in a 20-peer network.
+- GossipSub v1.1 with a 1 s heartbeat (the library default is 120 s; the mesh is repaired only
+  on heartbeats) and spam protection raised to :data:`GOSSIP_MAX_MSGS_PER_TOPIC_PER_S`: the
+  library counts messages per *forwarding* neighbour (our own publishes included), so by our
+  estimate a relay carrying 20 peers' 2 s heartbeats would already sit at the default 10/s.
 - mDNS discovery that advertises concrete addresses and connects what it finds.
-- Bootstrap peers dialled at start and redialled with capped exponential backoff.
+- Bootstrap peers dialled at start and redialled with capped exponential backoff
+  (:mod:`p2p.net.bootstrap`); py-libp2p's own AutoConnector is stopped because it ignores
+  ``allow_peers`` and would dial up to 200 peerstore entries.
 - ``allow_peers``: other peers are never dialled, their streams are reset, their gossip is
   ignored, and their connections are closed as soon as they open.
 
@@ -22,7 +24,6 @@ Everything runs in the caller's trio context; leaving ``open_host`` cancels and 
 
 from __future__ import annotations
 
-import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -50,12 +51,21 @@ from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
 from p2p.config import NetworkConfig
-from p2p.net.addrs import expand_wildcard, is_loopback, parse_multiaddr, peer_id_of, strip_peer_id
-from p2p.net.errors import DialError, NetConfigError, PeerNotAllowedError, RequestError
+from p2p.net.addrs import (
+    expand_wildcard,
+    is_loopback,
+    is_valid_peer_id,
+    parse_multiaddr,
+    peer_id_of,
+    strip_peer_id,
+)
+from p2p.net.bootstrap import keep_connected
+from p2p.net.errors import DialError, NetConfigError, PeerNotAllowedError, RequestError, describe
 from p2p.net.events import Fanout, GossipMessage, PeerEvent, PeerEventKind
-from p2p.net.framing import FrameError, iter_frames, read_frame, write_frame
+from p2p.net.framing import FrameError
 from p2p.net.logs import quiet_library_logs
 from p2p.net.mdns import mdns_discovery
+from p2p.net.streams import FramedStream
 
 log = structlog.get_logger(__name__)
 
@@ -65,77 +75,9 @@ PING_TIMEOUT_S = 5.0
 GOSSIP_HEARTBEAT_S = 1
 GOSSIP_MAX_MSGS_PER_TOPIC_PER_S = 100.0
 GOSSIP_MAX_MESSAGE_BYTES = 1 << 20  # py-libp2p's inbound pubsub RPC cap
-REDIAL_INITIAL_S = 0.25
-STABLE_CONNECTION_S = 5.0  # a bootstrap connection that lived this long resets the backoff
 
-StreamHandler = Callable[[str, "FramedStream"], Awaitable[None]]
+StreamHandler = Callable[[str, FramedStream], Awaitable[None]]
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line``, plus the innermost cause (py-libp2p wraps the useful reason in a
-    chain of SwarmException / MultiError, e.g. "failed to negotiate the secure protocol")."""
-    text = str(exc).strip().splitlines()
-    out = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    root = _root_cause(exc)
-    if root is not exc:
-        root_text = str(root).strip().splitlines()
-        if root_text and root_text[0] not in out:
-            out += f" (cause: {root_text[0]})"
-    return out
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    seen: set[int] = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        nested = getattr(exc, "exceptions", None)
-        if nested:
-            exc = nested[0]
-        elif exc.__cause__ is not None:
-            exc = exc.__cause__
-        elif exc.__context__ is not None and not exc.__suppress_context__:
-            exc = exc.__context__
-        else:
-            break
-    return exc
-
-
-class FramedStream:
-    """A libp2p stream that speaks varint-prefixed frames capped at ``max_frame_bytes``."""
-
-    def __init__(self, raw: INetStream, peer_id: str, protocol_id: str, max_frame_bytes: int) -> None:
-        self.raw = raw
-        self.peer_id = peer_id
-        self.protocol_id = protocol_id
-        self.max_frame_bytes = max_frame_bytes
-
-    async def read_frame(self) -> bytes:
-        """One frame; :class:`~p2p.net.framing.StreamEnded` if the peer closed first."""
-        return await read_frame(self.raw, self.max_frame_bytes)
-
-    async def write_frame(self, payload: bytes) -> None:
-        await write_frame(self.raw, payload, self.max_frame_bytes)
-
-    def frames(self) -> AsyncIterator[bytes]:
-        """Frames until the peer closes its write side."""
-        return iter_frames(self.raw, self.max_frame_bytes)
-
-    async def close_write(self) -> None:
-        """Tell the peer we send nothing more (it sees a clean end of stream)."""
-        await self.raw.close_write()
-
-    async def close(self) -> None:
-        try:
-            await self.raw.close()
-        except Exception as exc:  # noqa: BLE001 - the peer may be gone already
-            log.debug("stream close failed", error=_one_line(exc))
-
-    async def reset(self) -> None:
-        try:
-            await self.raw.reset()
-        except Exception as exc:  # noqa: BLE001
-            log.debug("stream reset failed", error=_one_line(exc))
 
 
 class _ConnectionNotifee(INotifee):
@@ -239,6 +181,10 @@ class NetHost:
     def is_connected(self, peer_id: str) -> bool:
         return peer_id in self._connected
 
+    def connected_since(self, peer_id: str) -> float | None:
+        """``time.monotonic()`` when the current connection to ``peer_id`` opened, or None."""
+        return self._connected_at.get(peer_id)
+
     def peer_addrs(self, peer_id: str) -> list[str]:
         """Addresses the peerstore knows for ``peer_id`` (from dials, identify, mDNS)."""
         try:
@@ -253,7 +199,7 @@ class NetHost:
         try:
             info = info_from_p2p_addr(ma)
         except Exception as exc:  # noqa: BLE001
-            raise NetConfigError(f"cannot dial {multiaddr!r}: {_one_line(exc)}") from None
+            raise NetConfigError(f"cannot dial {multiaddr!r}: {describe(exc)}") from None
         return await self._dial(info, timeout, label=multiaddr)
 
     async def _dial(self, info: PeerInfo, timeout: float, label: str) -> str:
@@ -262,13 +208,19 @@ class NetHost:
             raise DialError(f"refusing to dial ourselves ({label})")
         if not self.allowed(peer):
             raise PeerNotAllowedError(f"peer {peer} is not in allow_peers")
+        # py-libp2p keeps a negative cache of peers whose addresses all failed and refuses to
+        # dial them for a while; our callers (bootstrap redial with backoff, explicit connects)
+        # already pace their attempts, and a restarted peer must be reachable at once.
+        network = self._host.get_network()
+        if hasattr(network, "unblock_peer"):
+            network.unblock_peer(info.peer_id)
         try:
             with trio.fail_after(timeout):
                 await self._host.connect(info)
         except trio.TooSlowError:
             raise DialError(f"cannot connect to {label}: timed out after {timeout:g} s") from None
         except Exception as exc:  # noqa: BLE001 - py-libp2p raises many unrelated types
-            raise DialError(f"cannot connect to {label}: {_one_line(exc)}") from None
+            raise DialError(f"cannot connect to {label}: {describe(exc)}") from None
         self._sync_peer(info.peer_id)
         return peer
 
@@ -276,7 +228,7 @@ class NetHost:
         try:
             await self._host.disconnect(ID.from_base58(peer_id))
         except Exception as exc:  # noqa: BLE001
-            log.debug("disconnect failed", peer=peer_id, error=_one_line(exc))
+            log.debug("disconnect failed", peer=peer_id, error=describe(exc))
 
     async def wait_connected(self, peer_id: str, timeout: float) -> None:
         """Return once ``peer_id`` is connected; ``trio.TooSlowError`` after ``timeout``."""
@@ -364,7 +316,7 @@ class NetHost:
                     continue
                 fanout.publish(GossipMessage(origin, bytes(msg.data)))
         except Exception as exc:  # noqa: BLE001 - keep the host up; subscribers just stop hearing
-            log.warning("gossip subscription ended", topic=topic, error=_one_line(exc))
+            log.warning("gossip subscription ended", topic=topic, error=describe(exc))
         self._topics.pop(topic, None)
         fanout.close()
 
@@ -395,7 +347,7 @@ class NetHost:
                 log.warning("bad frame from peer", peer=peer, protocol=protocol_id, error=str(exc))
                 await stream.reset()
             except Exception as exc:  # noqa: BLE001 - a handler bug must not take the node down
-                log.warning("stream handler failed", peer=peer, protocol=protocol_id, error=_one_line(exc))
+                log.warning("stream handler failed", peer=peer, protocol=protocol_id, error=describe(exc))
                 await stream.reset()
             else:
                 await stream.close()
@@ -423,7 +375,7 @@ class NetHost:
         try:
             raw = await self._host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])
         except Exception as exc:  # noqa: BLE001
-            raise RequestError(f"cannot open {protocol_id} to {peer_id}: {_one_line(exc)}") from None
+            raise RequestError(f"cannot open {protocol_id} to {peer_id}: {describe(exc)}") from None
         stream = FramedStream(raw, peer_id, protocol_id, self._max_frame)
         try:
             yield stream
@@ -452,7 +404,7 @@ class NetHost:
         except FrameError as exc:
             raise RequestError(f"{protocol_id} to {peer_id}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - stream reset, connection lost...
-            raise RequestError(f"{protocol_id} to {peer_id}: {_one_line(exc)}") from None
+            raise RequestError(f"{protocol_id} to {peer_id}: {describe(exc)}") from None
 
     async def ping(self, peer_id: str, timeout: float = PING_TIMEOUT_S) -> float:
         """Round-trip time in milliseconds of one /ipfs/ping/1.0.0 exchange (stream setup excluded)."""
@@ -481,40 +433,12 @@ class NetHost:
         except RequestError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise RequestError(f"ping to {peer_id}: {_one_line(exc)}") from None
+            raise RequestError(f"ping to {peer_id}: {describe(exc)}") from None
         if got != payload:
             raise RequestError(f"ping to {peer_id}: reply does not match")
         return rtt_ms
 
     # --- background tasks --------------------------------------------------------------------
-
-    async def _bootstrap_loop(self, addr: str) -> None:
-        """Keep a connection to one bootstrap peer: dial, wait for it to drop, redial."""
-        peer = peer_id_of(addr)
-        cap = self._config.reconnect_max_backoff_s
-        backoff = REDIAL_INITIAL_S
-        while True:
-            if peer not in self._connected:
-                try:
-                    await self.connect(addr)
-                    log.info("bootstrap peer connected", peer=peer)
-                except PeerNotAllowedError:
-                    log.warning("bootstrap peer is not in allow_peers; not dialling", addr=addr)
-                    return
-                except DialError as exc:
-                    delay = min(backoff, cap) * random.uniform(0.8, 1.2)
-                    log.info("bootstrap dial failed", addr=addr, error=str(exc), retry_in_s=round(delay, 2))
-                    await trio.sleep(delay)
-                    backoff = min(backoff * 2, cap)
-                    continue
-            since = self._connected_at.get(peer, time.monotonic())
-            await self.wait_disconnected(peer)
-            if time.monotonic() - since >= STABLE_CONNECTION_S:
-                backoff = REDIAL_INITIAL_S
-            else:  # it keeps dropping us: don't hammer it
-                await trio.sleep(min(backoff, cap) * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, cap)
-            log.info("bootstrap peer lost; redialling", peer=peer)
 
     async def _mdns_loop(self, port: int) -> None:
         """Connect every peer mDNS finds. A LAN without multicast only costs us discovery."""
@@ -530,7 +454,7 @@ class NetHost:
                         self._dialing.add(peer)
                         nursery.start_soon(self._dial_discovered, info)
         except Exception as exc:  # noqa: BLE001 - e.g. no multicast route, port 5353 unusable
-            log.warning("mDNS discovery unavailable; continuing without it", error=_one_line(exc))
+            log.warning("mDNS discovery unavailable; continuing without it", error=describe(exc))
 
     async def _dial_discovered(self, info: PeerInfo) -> None:
         peer = str(info.peer_id)
@@ -608,10 +532,8 @@ async def _open_host(key_pair: KeyPair, config: NetworkConfig, psk: bytes | None
     if psk is not None and config.quic:
         raise NetConfigError("py-libp2p does not apply the swarm key (PSK) to QUIC; disable quic or the PSK")
     for peer in config.allow_peers:
-        try:
-            ID.from_base58(peer)
-        except Exception:  # noqa: BLE001
-            raise NetConfigError(f"network.allow_peers has an invalid peer id: {peer!r}") from None
+        if not is_valid_peer_id(peer):
+            raise NetConfigError(f"network.allow_peers has an invalid peer id: {peer!r}")
     bootstrap = list(dict.fromkeys(config.bootstrap))
     own_id = str(ID.from_pubkey(key_pair.public_key))
     for addr in bootstrap:
@@ -645,7 +567,12 @@ async def _open_host(key_pair: KeyPair, config: NetworkConfig, psk: bytes | None
         try:
             await stack.enter_async_context(host.run(listen_addrs=listen))
         except Exception as exc:  # noqa: BLE001 - e.g. address in use
-            raise NetConfigError(f"cannot listen on {[str(a) for a in listen]}: {_one_line(exc)}") from None
+            raise NetConfigError(f"cannot listen on {[str(a) for a in listen]}: {describe(exc)}") from None
+        # py-libp2p's AutoConnector dials peerstore entries (up to 200!) whenever we hold fewer
+        # than low_watermark=100 connections, ignoring allow_peers. We decide whom to dial.
+        auto_connector = getattr(host.get_network(), "auto_connector", None)
+        if auto_connector is not None:
+            await auto_connector.stop()
         bound = host.get_transport_addrs()
         if len(bound) < len(listen):  # py-libp2p logs a bind failure (port in use) and carries on
             raise NetConfigError(
@@ -661,7 +588,7 @@ async def _open_host(key_pair: KeyPair, config: NetworkConfig, psk: bytes | None
         nursery.start_soon(net._connection_events, receive)
         for addr in bootstrap:
             if peer_id_of(addr) != own_id:
-                nursery.start_soon(net._bootstrap_loop, addr)
+                nursery.start_soon(keep_connected, net, addr, config.reconnect_max_backoff_s)
         if config.mdns:
             tcp_ports = [a.value_for_protocol("tcp") for a in host.get_transport_addrs() if "/tcp/" in str(a)]
             nursery.start_soon(net._mdns_loop, int(tcp_ports[0]) if tcp_ports else 0)

@@ -1,0 +1,102 @@
+"""Two hosts in one process over real loopback TCP: paced gossip, self-filtering, peer events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from p2p.config import NetworkConfig
+from p2p.net import Debouncer, PeerEventKind, open_host
+
+Cfg = Callable[..., NetworkConfig]
+TOPIC = "/ipfs-accelerate/test/heads"
+
+
+async def test_debounced_announcements_all_arrive_and_own_messages_are_filtered(net_config: Cfg) -> None:
+    async with open_host(create_new_key_pair(), net_config()) as a, open_host(create_new_key_pair(), net_config()) as b:
+        async with b.peer_events() as events:
+            await a.connect(b.listen_addrs()[0])
+            with trio.fail_after(30):
+                ev = await events.receive()
+            assert ev.kind is PeerEventKind.CONNECTED and ev.peer_id == a.peer_id
+        async with a.subscribe(TOPIC) as own, b.subscribe(TOPIC) as inbox:
+            with trio.fail_after(30):  # both meshes formed (gossipsub heartbeat is 1 s)
+                while a.peer_id not in b.mesh_peers(TOPIC) or b.peer_id not in a.mesh_peers(TOPIC):
+                    await trio.sleep(0.05)
+
+            async def announce(items: list[int]) -> None:
+                await a.publish(TOPIC, json.dumps(items).encode())
+
+            deb: Debouncer[int] = Debouncer(announce, delay_s=0.02, min_interval_s=0.2)
+            seen: set[int] = set()
+            messages = 0
+            async with trio.open_nursery() as nursery:
+                await nursery.start(deb.run)
+                for i in range(300):  # 300 "heads" in ~0.6 s: far over gossipsub's per-topic rate
+                    deb.submit(i)
+                    if i % 10 == 0:
+                        await trio.sleep(0.02)
+                with trio.fail_after(30):
+                    async for from_peer, data in inbox:
+                        assert from_peer == a.peer_id
+                        messages += 1
+                        seen.update(json.loads(data))
+                        if len(seen) == 300:
+                            break
+                nursery.cancel_scope.cancel()
+            assert seen == set(range(300))
+            assert messages == deb.flushes < 20
+            # a never hears its own announcements
+            assert own.statistics().current_buffer_used == 0
+        async with a.peer_events() as events:
+            await b.disconnect(a.peer_id)
+            with trio.fail_after(30):
+                ev = await events.receive()
+            assert ev == (PeerEventKind.DISCONNECTED, b.peer_id)
+            assert a.connected_peers() == []
+
+
+async def test_startup_errors_are_clear_and_unwrapped(net_config: Cfg) -> None:
+    import socket
+
+    import pytest
+
+    from p2p.net import NetConfigError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(NetConfigError, match="cannot listen"):
+            async with open_host(create_new_key_pair(), net_config(listen=[f"/ip4/127.0.0.1/tcp/{port}"])):
+                pass
+    with pytest.raises(NetConfigError, match="no /p2p/"):
+        async with open_host(create_new_key_pair(), net_config(bootstrap=["/ip4/127.0.0.1/tcp/1"])):
+            pass
+    with pytest.raises(NetConfigError, match="QUIC"):
+        async with open_host(create_new_key_pair(), net_config(quic=True), psk=bytes(range(32))):
+            pass
+    with pytest.raises(NetConfigError, match="allow_peers"):
+        async with open_host(create_new_key_pair(), net_config(allow_peers=["nope"])):
+            pass
+    # the caller's own exception comes out as itself, not wrapped in ExceptionGroups
+    with pytest.raises(KeyError):
+        async with open_host(create_new_key_pair(), net_config()):
+            raise KeyError("mine")
+
+
+async def test_quic_when_enabled(net_config: Cfg) -> None:
+    cfg = net_config(quic=True)
+    async with open_host(create_new_key_pair(), cfg) as a, open_host(create_new_key_pair(), cfg) as b:
+
+        async def echo(peer: str, payload: bytes) -> bytes:
+            return payload
+
+        b.set_request_handler("/ipfs-accelerate/test/echo/1.0.0", echo)
+        quic = [addr for addr in b.listen_addrs() if "/quic-v1/" in addr]
+        assert quic and any("/tcp/" in addr for addr in b.listen_addrs())
+        assert await a.connect(quic[0]) == b.peer_id
+        assert await a.request(b.peer_id, "/ipfs-accelerate/test/echo/1.0.0", b"q" * 1000) == b"q" * 1000

@@ -1,0 +1,147 @@
+"""Real peers in separate processes on loopback: discovery, replication, assignment, failover."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+import trio
+
+from tests.cluster import Cluster, Peer, call, eventually, wait_peers
+from tests.conftest import DEFAULT_MODEL
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _tasks(n: int, tag: str = "") -> list[dict[str, Any]]:
+    return [{"model": DEFAULT_MODEL, "input": f"{tag}Distributed sentence {i} about a cat on a mat."} for i in range(n)]
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, shared_cache_dir: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path, shared_cache_dir)
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
+async def _same_view(a: Peer, b: Peer, wid: str, timeout: float = 30) -> None:
+    async def same() -> bool:
+        sa = await call(a, "get_workflow_status", workflow_id=wid)
+        try:
+            sb = await call(b, "get_workflow_status", workflow_id=wid)
+        except AssertionError:
+            return False
+        ia, ib = await call(a, "get_node_info"), await call(b, "get_node_info")
+        return sa == sb and ia["clock"]["hash"] == ib["clock"]["hash"]
+
+    await eventually(same, timeout, f"{a.name} and {b.name} to agree on {wid} and the clock hash")
+
+
+async def test_three_peers_share_a_p2p_only_workflow(cluster: Cluster) -> None:
+    n1 = cluster.start("n1")
+    n2 = cluster.start("n2", bootstrap=[n1])
+    n3 = cluster.start("n3", bootstrap=[n2])  # n1 learns n3 from its peers
+    await wait_peers(n1, [n2, n3])
+    await wait_peers(n3, [n1, n2])
+
+    sub = await call(n1, "submit_workflow", name="spread", tasks=_tasks(60), tag="p2p-only")
+    wid = sub["workflow_id"]
+    st = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=300, include_results=True)
+    assert st["state"] == "completed" and st["completed"] == 60
+    used = {t["peer"] for t in st["tasks"]}
+    assert used == {n2.peer_id, n3.peer_id}, "both workers are used and never the submitter"
+    assert all(len(t["result"]["embedding"]) == 384 for t in st["tasks"])
+    await _same_view(n1, n3, wid)
+    on3 = await call(n3, "get_workflow_status", workflow_id=wid, include_results=True)
+    assert [t["result"] for t in on3["tasks"]] == [t["result"] for t in st["tasks"]]
+
+
+async def test_kill_9_a_worker_mid_workflow(cluster: Cluster) -> None:
+    slow = {"IPFS_ACCELERATE_SCHEDULER__MAX_INFLIGHT": "1"}
+    n1 = cluster.start("n1")
+    n2 = cluster.start("n2", bootstrap=[n1], env=slow)
+    n3 = cluster.start("n3", bootstrap=[n1], env=slow)
+    await wait_peers(n1, [n2, n3])
+    sub = await call(n1, "submit_workflow", name="failover", tasks=_tasks(80), tag="p2p-only")
+    wid = sub["workflow_id"]
+
+    async def n3_working() -> bool:
+        st = await call(n1, "get_workflow_status", workflow_id=wid)
+        return any(t["peer"] == n3.peer_id and t["state"] == "done" for t in st["tasks"])
+
+    await eventually(n3_working, 120, "n3 to finish a task")
+    cluster.kill(n3, signal.SIGKILL)
+    st = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=300, include_results=True)
+    assert st["state"] == "completed" and st["completed"] == 80, st
+    assert all("embedding" in t["result"] for t in st["tasks"])
+    retried = [t for t in st["tasks"] if t["attempts"] > 1]
+    assert retried, "n3 owned queued tasks when it died; they must show a second attempt"
+    for t in retried:
+        assert t["peer"] == n2.peer_id
+        assert any("silent" in e["error"] for e in t["errors"]), t
+    assert {t["peer"] for t in st["tasks"]} == {n2.peer_id, n3.peer_id}
+
+
+async def test_restart_the_submitter_mid_workflow(cluster: Cluster) -> None:
+    n1 = cluster.start("n1", env={"IPFS_ACCELERATE_SCHEDULER__MAX_INFLIGHT": "1"})
+    n2 = cluster.start("n2", bootstrap=[n1], env={"IPFS_ACCELERATE_SCHEDULER__MAX_INFLIGHT": "1"})
+    await wait_peers(n1, [n2])
+    sub = await call(n1, "submit_workflow", name="resume", tasks=_tasks(60), tag="p2p-eligible")
+    wid = sub["workflow_id"]
+
+    async def started() -> bool:
+        return (await call(n1, "get_workflow_status", workflow_id=wid))["completed"] >= 4
+
+    await eventually(started, 120, "some progress")
+    cluster.pin_port(n1)
+    cluster.kill(n1, signal.SIGKILL)
+    n1 = cluster.start("n1")
+    st = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=300, include_results=True)
+    assert st["state"] == "completed" and st["completed"] == 60
+    assert {t["peer"] for t in st["tasks"]} == {n1.peer_id, n2.peer_id}
+    await _same_view(n1, n2, wid)
+
+
+async def test_a_late_joiner_picks_up_pending_work(cluster: Cluster) -> None:
+    n1 = cluster.start("n1")
+    sub = await call(n1, "submit_workflow", name="waiting", tasks=_tasks(10), tag="p2p-only")
+    wid = sub["workflow_id"]
+    st = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=2)
+    assert st["state"] == "pending"  # nobody but the submitter, who may not run it
+    n2 = cluster.start("n2", bootstrap=[n1])
+    st = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=300)
+    assert st["state"] == "completed" and {t["peer"] for t in st["tasks"]} == {n2.peer_id}
+    listed = await call(n2, "list_workflows")
+    assert wid in {w["workflow_id"] for w in listed["workflows"]}
+
+
+async def test_join_a_running_node_from_the_cli(cluster: Cluster) -> None:
+    from tests.procs import CLI
+
+    n1 = cluster.start("n1")
+    n2 = cluster.start("n2")
+    proc = await trio.run_process([CLI, "p2p", "join", "--data-dir", str(n2.data_dir), "--bootstrap", n1.addr],
+                                  capture_stdout=True, capture_stderr=True, env=cluster.env(), check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert n1.peer_id in proc.stdout.decode()
+    await wait_peers(n2, [n1])
+    await wait_peers(n1, [n2])
+    bad = await trio.run_process([CLI, "p2p", "join", "--data-dir", str(n2.data_dir), "--bootstrap", "/ip4/1.2.3.4"],
+                                 capture_stdout=True, capture_stderr=True, env=cluster.env(), check=False)
+    assert bad.returncode != 0 and b"Traceback" not in bad.stderr and bad.stderr.strip()
+
+
+async def test_connect_peer_tool(cluster: Cluster) -> None:
+    n1 = cluster.start("n1")
+    n2 = cluster.start("n2")
+    res = await call(n2, "connect_peer", multiaddr=n1.addr)
+    assert res == {"peer_id": n1.peer_id, "connected": True}
+    await wait_peers(n2, [n1])
+    peers = await call(n2, "list_peers")
+    (p,) = peers["peers"]
+    assert p["name"] == "n1" and DEFAULT_MODEL in p["models"] and p["last_seen_s"] < 5
+    assert p["addrs"] and "cpu" in str(p["hardware"]).lower()
