@@ -10,6 +10,8 @@ not abort it for the others — and sends inputs through the batching executor.
 
 from __future__ import annotations
 
+import sys
+
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,8 +106,12 @@ class InferenceEngine:
     def available_models(self) -> list[ModelInfo]:
         return available_models(self.config.model_dirs)
 
-    def hardware(self) -> HardwareInfo:
-        return hardware()
+    def hardware(self, include_torch: bool | None = None) -> HardwareInfo:
+        """What this machine can run on. By default torch is probed only when this engine may
+        use it (backend torch) or it is loaded already; the `hardware` command probes it always."""
+        if include_torch is None:
+            include_torch = self.config.backend == "torch" or "torch" in sys.modules
+        return hardware(include_torch)
 
     def loaded_models(self) -> list[dict[str, Any]]:
         """Models loaded in this engine, with their backend, device and usage counters."""

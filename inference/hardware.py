@@ -34,6 +34,8 @@ class HardwareInfo:
     cuda_available: bool
     cuda_devices: tuple[str, ...] = field(default_factory=tuple)
     mps_available: bool = False
+    cpu_usable: int = 0  # cores this process may run on (taskset / cgroup affinity)
+    torch_probed: bool = True  # False: torch was not imported, so its devices are unknown
 
     @property
     def accelerators(self) -> tuple[str, ...]:
@@ -105,6 +107,10 @@ def detect_hardware(include_torch: bool = True) -> HardwareInfo:
     ort_version, providers = _onnx()
     torch_version, cuda, cuda_names, mps = _torch() if include_torch else (None, False, (), False)
     logical, physical, total, available = _cpu_and_ram()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        usable = logical
     return HardwareInfo(
         platform=platform.platform(),
         machine=platform.machine(),
@@ -119,10 +125,16 @@ def detect_hardware(include_torch: bool = True) -> HardwareInfo:
         cuda_available=cuda,
         cuda_devices=cuda_names,
         mps_available=mps,
+        cpu_usable=usable,
+        torch_probed=include_torch,
     )
 
 
-@lru_cache(maxsize=1)
-def hardware() -> HardwareInfo:
-    """The machine's hardware, probed once per process (devices do not come and go)."""
-    return detect_hardware()
+@lru_cache(maxsize=2)
+def hardware(include_torch: bool = True) -> HardwareInfo:
+    """The machine's hardware, probed once per process (devices do not come and go).
+
+    ``include_torch=False`` keeps torch out of the process: importing it costs ~190 MB of RSS,
+    which a node that runs onnxruntime only should not pay just to describe itself.
+    """
+    return detect_hardware(include_torch)

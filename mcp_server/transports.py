@@ -61,7 +61,7 @@ def http_app(server: Any, transport: str, host: str, port: int, token: str) -> A
     if not is_loopback(host) and not token:
         raise ServeError(f"binding MCP {transport} to {host} needs a bearer token: set mcp.auth_token (or IPFS_ACCELERATE_MCP__AUTH_TOKEN)")
     security = None
-    if not is_loopback(host):
+    if host not in LOOPBACK_NAMES:  # the SDK protects only these names itself; 127.0.0.2 etc. got no Host/Origin check
         security = TransportSecuritySettings(
             enable_dns_rebinding_protection=True,
             allowed_hosts=[f"{host}:*", "127.0.0.1:*", "localhost:*"],

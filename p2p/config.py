@@ -12,7 +12,7 @@ from inference.config import InferenceConfig
 class ClockConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_block_bytes: int = Field(1 << 20, ge=1024)
+    max_block_bytes: int = Field(2 << 20, ge=1024)
     max_ops_per_event: int = Field(256, ge=1)
 
 
@@ -24,9 +24,9 @@ class SchedulerConfig(BaseModel):
     max_attempts: int = Field(3, ge=1, le=100)
     lease_s: float = Field(10.0, gt=0)
     inline_result_bytes: int = Field(16_384, ge=0)
-    flush_ms: float = Field(5.0, ge=0, description="how long ops gather before one clock event")
+    flush_ms: float = Field(2.0, ge=0, description="how long ops gather before one clock event")
     capacity: float = Field(0.0, ge=0, description="this peer's weight in assignment; 0 derives it from hardware")
-    max_inflight: int = Field(64, ge=1, description="tasks handed to the inference engine at once")
+    max_inflight: int = Field(256, ge=1, description="tasks handed to the inference engine at once")
 
 
 class NetworkConfig(BaseModel):
@@ -42,9 +42,9 @@ class NetworkConfig(BaseModel):
     psk_file: str = ""
     allow_peers: list[str] = Field(default_factory=list)
     heartbeat_s: float = Field(2.0, gt=0)
-    announce_debounce_ms: float = Field(20.0, ge=0)
+    announce_debounce_ms: float = Field(2.0, ge=0)
     reannounce_s: float = Field(5.0, gt=0)
-    max_frame_bytes: int = Field(4 << 20, ge=1024)
+    max_frame_bytes: int = Field(8 << 20, ge=1024)
     max_blocks_per_request: int = Field(256, ge=1)
     reconnect_max_backoff_s: float = Field(30.0, gt=0)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
+from multiformats import CID
 from pydantic import ValidationError
 
 from p2p.clock.cids import cid_from_bytes, cid_raw
@@ -37,6 +38,7 @@ from p2p.protocols.wire import (
     HeadsAnnouncement,
     HeadsReply,
     HeadsRequest,
+    INLINE_ANNOUNCE_BYTES,
     WireError,
     decode_heads,
     decode_reply,
@@ -78,8 +80,9 @@ class Network:
             heads_rx = await stack.enter_async_context(self.net.subscribe(self.heads_topic))
             peers_rx = await stack.enter_async_context(self.net.subscribe(self.peers_topic))
             events_rx = await stack.enter_async_context(self.net.peer_events())
+            # gossipsub allows ~100 messages/s per topic and peer (p2p.net.host); stay under it
             announcer: Debouncer[int] = Debouncer(
-                self._announce, delay_s=self.config.announce_debounce_ms / 1000, min_interval_s=0.05, name="heads"
+                self._announce, delay_s=self.config.announce_debounce_ms / 1000, min_interval_s=0.012, name="heads"
             )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -120,12 +123,17 @@ class Network:
             await trio.sleep(self.config.reannounce_s)
             announcer.submit(0)
 
-    def _heads_message(self) -> HeadsAnnouncement:
+    def _heads_message(self, inline: bool) -> HeadsAnnouncement:
         clock = self.node.clock
-        return HeadsAnnouncement(peer=self.node.peer_id, heads=[cid_raw(c) for c in clock.heads()], events=len(clock))
+        blocks: list[tuple[bytes, bytes]] = []
+        pending = self.node.scheduler.unannounced
+        if inline and pending and sum(len(e.data) for e in pending) <= INLINE_ANNOUNCE_BYTES:
+            blocks = [(cid_raw(e.cid), e.data) for e in pending]
+        pending.clear()
+        return HeadsAnnouncement(peer=self.node.peer_id, heads=[cid_raw(c) for c in clock.heads()], events=len(clock), blocks=blocks)
 
-    async def _announce(self, _items: list[int]) -> None:
-        await self.net.publish(self.heads_topic, encode(self._heads_message()))
+    async def _announce(self, items: list[int]) -> None:
+        await self.net.publish(self.heads_topic, encode(self._heads_message(inline=any(items))))
 
     async def _heartbeats(self) -> None:
         while True:
@@ -142,36 +150,43 @@ class Network:
         async for msg in rx:
             try:
                 ann = decode_heads(msg.data)
+                if ann.blocks:
+                    self._merge(msg.from_peer, ann.blocks)
+                self._want(msg.from_peer, ann.heads)
             except WireError as exc:
                 log.warning("bad heads announcement", peer=msg.from_peer, error=str(exc))
-                continue
-            self._want(msg.from_peer, ann.heads)
+            except Exception:  # noqa: BLE001 - one peer's message must not stop the node
+                log.exception("heads announcement failed", peer=msg.from_peer)
 
     async def _on_heartbeats(self, rx: Any) -> None:
         async for msg in rx:
             try:
-                hb = Heartbeat.model_validate_json(msg.data)
+                self._heartbeat(msg)
             except ValidationError as exc:
                 log.warning("bad heartbeat", peer=msg.from_peer, error=exc.errors()[0]["msg"])
+            except Exception:  # noqa: BLE001 - one peer's message must not stop the node
+                log.exception("heartbeat failed", peer=msg.from_peer)
+
+    def _heartbeat(self, msg: Any) -> None:
+        hb = Heartbeat.model_validate_json(msg.data)
+        if hb.peer_id != msg.from_peer:
+            # gossip keeps the original author in from_peer (signed by it); a mismatch is a spoof
+            log.warning("heartbeat for another peer ignored", peer=msg.from_peer, claimed=hb.peer_id)
+            return
+        if hb.peer_id == self.node.peer_id:
+            return
+        if self.node.peers.observe(hb):
+            log.info("peer alive", peer=hb.peer_id, name=hb.name, models=len(hb.models))
+            self.node.scheduler.peers_changed()
+        heads = []
+        for h in hb.heads:
+            try:
+                heads.append(cid_raw(CID.decode(h)))
+            except Exception:  # noqa: BLE001 - a malformed head is ignored; the rest still sync
                 continue
-            if hb.peer_id != msg.from_peer and msg.from_peer not in ("", None):
-                # gossip relays keep the original author in from_peer; a mismatch is a spoof
-                log.warning("heartbeat for another peer ignored", peer=msg.from_peer, claimed=hb.peer_id)
-                continue
-            if hb.peer_id == self.node.peer_id:
-                continue
-            if self.node.peers.observe(hb):
-                log.info("peer alive", peer=hb.peer_id, name=hb.name, models=len(hb.models))
-                self.node.scheduler.peers_changed()
-            heads = []
-            for h in hb.heads:
-                try:
-                    heads.append(cid_raw(cid_from_bytes_str(h)))
-                except Exception:  # noqa: BLE001
-                    break
-            self._want(hb.peer_id, heads)
-            if not self.net.is_connected(hb.peer_id) and hb.addrs and self._nursery is not None:
-                self._nursery.start_soon(self._dial_learned, hb.peer_id, hb.addrs)
+        self._want(hb.peer_id, heads)
+        if not self.net.is_connected(hb.peer_id) and hb.addrs and self._nursery is not None:
+            self._nursery.start_soon(self._dial_learned, hb.peer_id, hb.addrs)
 
     async def _dial_learned(self, peer: str, addrs: list[str]) -> None:
         for addr in addrs:
@@ -232,7 +247,11 @@ class Network:
                     return
                 if not isinstance(reply, BlocksReply) or not reply.blocks:
                     return
-                missing = self._merge(peer, reply.blocks)
+                try:
+                    missing = self._merge(peer, reply.blocks)
+                except Exception:  # a bug must not let one peer's blocks stop the node
+                    log.exception("merging blocks failed", peer=peer)
+                    return
                 if missing:
                     self._syncing[peer] |= missing
                     ancestors = CATCH_UP_BLOCKS  # deep history is missing: ask for it in bulk
@@ -291,10 +310,14 @@ class Network:
 
     async def _serve(self, peer: str, payload: bytes) -> bytes:
         try:
-            req = decode_request(payload)
+            return self._answer(decode_request(payload))
         except WireError as exc:
             log.warning("bad blocks request", peer=peer, error=str(exc))
-            return encode(BlocksReply(blocks=[]))
+        except Exception:  # noqa: BLE001 - one peer's request must not stop the node
+            log.exception("serving blocks failed", peer=peer)
+        return encode(BlocksReply(blocks=[]))
+
+    def _answer(self, req: BlocksRequest | HeadsRequest) -> bytes:
         clock = self.node.clock
         if isinstance(req, HeadsRequest):
             return encode(HeadsReply(heads=[cid_raw(c) for c in clock.heads()], events=len(clock)))
@@ -344,8 +367,3 @@ class Network:
                     pass
             await trio.sleep(PING_EVERY_S)
 
-
-def cid_from_bytes_str(text: str) -> Any:
-    from multiformats import CID
-
-    return CID.decode(text)

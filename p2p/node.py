@@ -36,11 +36,10 @@ ProgressFn = Callable[[int, int, str], Awaitable[None]]
 
 
 def derive_capacity(hardware: dict[str, Any]) -> float:
-    """A peer's assignment weight from what it really has: CPU cores, plus GPUs counted heavier."""
-    cpu = hardware.get("cpu", {}) if isinstance(hardware.get("cpu"), dict) else {}
-    cores = cpu.get("logical_cores") or cpu.get("cores") or os.cpu_count() or 1
-    gpus = hardware.get("cuda", {}).get("device_count", 0) if isinstance(hardware.get("cuda"), dict) else 0
-    return float(cores + 8 * gpus)
+    """A peer's assignment weight from what it really has: the cores it may run on (taskset and
+    cgroups count), plus each GPU counted as 8 cores."""
+    cores = hardware.get("cpu_usable") or hardware.get("cpu_logical") or os.cpu_count() or 1
+    return float(cores + 8 * len(hardware.get("cuda_devices") or ()))
 
 
 class Node:

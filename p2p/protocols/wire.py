@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 BLOCKS_PROTOCOL = "/ipfs-accelerate/blocks/1.0.0"
 MAX_CID_BYTES = 128
+INLINE_ANNOUNCE_BYTES = 256 * 1024  # gossipsub messages stay well under its 1 MiB cap
 
 
 class WireError(ValueError):
@@ -37,6 +38,9 @@ class HeadsAnnouncement(_Msg):
     peer: str = Field(min_length=1, max_length=128)
     heads: list[Cid] = Field(max_length=1024)
     events: int = Field(ge=0)
+    # The newest events themselves when small, so receivers skip a fetch round trip; they are
+    # verified exactly like fetched blocks.
+    blocks: list[tuple[Cid, bytes]] = Field(default_factory=list, max_length=64)
 
 
 class BlocksRequest(_Msg):

@@ -22,6 +22,7 @@ import trio
 
 from p2p.clock import Event, MerkleClock
 from p2p.config import SchedulerConfig
+from p2p.errors import NodeError
 from p2p.scheduler.assignment import choose_owner
 from p2p.scheduler.heap import FibonacciHeap
 from p2p.scheduler.ops import TaskSpec, WorkflowTag
@@ -88,6 +89,7 @@ class Scheduler:
         self.state = State(max_attempts=config.max_attempts)
         self.changed = _Notifier()  # state changed (waiters, progress)
         self.local_event = _Notifier()  # this peer appended an event (announce heads)
+        self.unannounced: list[Event] = []  # local events the network has not announced yet
         self._max_inflight = max_inflight
         self._max_ops = max_ops_per_event
         self._heap: FibonacciHeap[str] = FibonacciHeap()
@@ -125,13 +127,13 @@ class Scheduler:
         before = len(self.state.rejected)
         touched = apply_event(self.state, bytes(ev.cid), ev.author, ev.height, ev.ops)
         for rej in self.state.rejected[before:]:
-            log.warning("op rejected", author=rej.author, op=rej.op, reason=rej.reason, event=str(ev.cid))
+            log.warning("op rejected", author=rej.author, op=rej.op, reason=rej.reason, event_cid=str(ev.cid))
         for op in ev.ops:
             if isinstance(op, dict) and op.get("op") in ("task.done", "task.fail") and not op.get("expired"):
                 task = self.state.tasks.get(op.get("task_id"))  # type: ignore[arg-type]
                 if task is not None and not task.holds_claim(ev.author, op.get("attempt", 0)):
                     log.warning("op ignored: its author holds no claim on that attempt", author=ev.author,
-                                op=op["op"], task_id=task.task_id, attempt=op.get("attempt"), event=str(ev.cid))
+                                op=op["op"], task_id=task.task_id, attempt=op.get("attempt"), event_cid=str(ev.cid))
         return {t for t in touched if not t.startswith("wf:")}
 
     def peers_changed(self) -> None:
@@ -165,11 +167,16 @@ class Scheduler:
         self._append_now([{"op": "workflow.reprioritize", "workflow_id": workflow_id, "priority": priority}])
 
     def _append_now(self, ops: list[dict[str, Any]]) -> Event:
-        ev = self.clock.append(ops)
+        try:
+            ev = self.clock.append(ops)
+        except ValueError as exc:  # nothing was written
+            raise NodeError(f"{exc}: split the workflow into smaller ones (or raise clock.max_block_bytes on every peer)") from None
         self._after_local_append(ev)
         return ev
 
     def _after_local_append(self, ev: Event) -> None:
+        self.unannounced.append(ev)
+        del self.unannounced[:-64]  # only the newest travel inline; the rest are fetched
         self._dirty |= self._fold(ev)
         self._wake_decide.set()
         self.changed.fire()

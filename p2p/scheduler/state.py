@@ -207,6 +207,31 @@ class State:
     rejected: list[Rejection] = field(default_factory=list)  # malformed ops
     orphans: dict[str, dict[Stamp, tuple[Any, str]]] = field(default_factory=dict)
     events: int = 0
+    # Derived caches, kept current by ``refresh`` for the tasks each event touches, so status
+    # and progress reads cost O(1) per task instead of re-deriving every task on each read.
+    _status: dict[str, TaskStatus] = field(default_factory=dict, repr=False)
+    _counts: dict[str, dict[TaskStatus, int]] = field(default_factory=dict, repr=False)
+    _claimed: set[str] = field(default_factory=set, repr=False)  # tasks ever claimed
+    _claimed_per_wf: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def refresh(self, task_ids: Iterable[str]) -> None:
+        """Recompute the cached status of these tasks and their workflows' counts."""
+        for tid in task_ids:
+            task = self.tasks.get(tid)
+            if task is None:
+                continue
+            wid = task.workflow_id
+            counts = self._counts.setdefault(wid, dict.fromkeys(TaskStatus, 0))
+            new = task.status(self.workflows[wid].cancelled, self.max_attempts)
+            old = self._status.get(tid)
+            if old is not new:
+                if old is not None:
+                    counts[old] -= 1
+                counts[new] += 1
+                self._status[tid] = new
+            if task.claims and tid not in self._claimed:
+                self._claimed.add(tid)
+                self._claimed_per_wf[wid] = self._claimed_per_wf.get(wid, 0) + 1
 
     def forged(self) -> list[Rejection]:
         """Ops from a peer that holds no claim on the attempt they speak for."""
@@ -221,7 +246,8 @@ class State:
         return out
 
     def task_status(self, task: TaskState) -> TaskStatus:
-        return task.status(self.workflows[task.workflow_id].cancelled, self.max_attempts)
+        cached = self._status.get(task.task_id)
+        return cached if cached is not None else task.status(self.workflows[task.workflow_id].cancelled, self.max_attempts)
 
     def workflow_status(self, wf: WorkflowState) -> WorkflowStatus:
         if wf.cancelled:
@@ -232,14 +258,19 @@ class State:
             return WorkflowStatus.COMPLETED
         if counts[TaskStatus.DONE] + counts[TaskStatus.FAILED] + counts[TaskStatus.CANCELLED] == total:
             return WorkflowStatus.FAILED
-        if counts[TaskStatus.QUEUED] == total and not any(self.tasks[t].attempt for t in wf.task_ids):
+        if counts[TaskStatus.QUEUED] == total and not self._claimed_per_wf.get(wf.workflow_id):
             return WorkflowStatus.PENDING
         return WorkflowStatus.RUNNING
 
     def counts(self, wf: WorkflowState) -> dict[TaskStatus, int]:
+        return dict(self._counts.get(wf.workflow_id) or dict.fromkeys(TaskStatus, 0))
+
+    def recount(self, wf: WorkflowState) -> dict[TaskStatus, int]:
+        """Counts derived from scratch (tests check the caches against this)."""
         counts = dict.fromkeys(TaskStatus, 0)
         for tid in wf.task_ids:
-            counts[self.task_status(self.tasks[tid])] += 1
+            t = self.tasks[tid]
+            counts[t.status(wf.cancelled, self.max_attempts)] += 1
         return counts
 
     def snapshot(self) -> dict[str, Any]:
@@ -284,6 +315,7 @@ def apply_event(state: State, cid: bytes, author: str, height: int, ops: Iterabl
             state.rejected.append(Rejection(cid, author, str(name), f"malformed op: {exc.errors()[0]['msg']}"))
             continue
         _apply_op(state, op, author, stamp, touched)
+    state.refresh(t for t in touched if not t.startswith("wf:"))
     return touched
 
 
@@ -334,6 +366,11 @@ def _submit(state: State, op: SubmitOp, author: str, stamp: Stamp, touched: set[
         return  # a later duplicate id: the earlier submit defines the workflow
     tids = [task_id_for(op.workflow_id, i) for i in range(len(op.tasks))]
     old_tasks = {tid: state.tasks.pop(tid) for tid in (existing.task_ids if existing else [])}
+    for tid in old_tasks:  # the caches are rebuilt for the winning definition below
+        state._status.pop(tid, None)
+        state._claimed.discard(tid)
+    state._counts.pop(op.workflow_id, None)
+    state._claimed_per_wf.pop(op.workflow_id, None)
     wf = WorkflowState(
         workflow_id=op.workflow_id,
         name=op.name,

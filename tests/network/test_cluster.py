@@ -145,3 +145,52 @@ async def test_connect_peer_tool(cluster: Cluster) -> None:
     (p,) = peers["peers"]
     assert p["name"] == "n1" and DEFAULT_MODEL in p["models"] and p["last_seen_s"] < 5
     assert p["addrs"] and "cpu" in str(p["hardware"]).lower()
+
+
+async def test_forged_events_are_rejected_and_the_node_keeps_working(cluster: Cluster) -> None:
+    from tests.conftest import REPO, VENV_BIN
+
+    n1 = cluster.start("n1")
+    sub = await call(n1, "submit_workflow", name="victim", tasks=_tasks(2), tag="local-only")
+    wid = sub["workflow_id"]
+    before = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=120, include_results=True)
+    assert before["state"] == "completed"
+    events = (await call(n1, "get_node_info"))["clock"]["events"]
+
+    proc = await trio.run_process(
+        [str(VENV_BIN / "python"), str(REPO / "tests" / "network" / "attacker.py"), n1.addr, wid],
+        capture_stdout=True, capture_stderr=True, env=cluster.env(), check=False, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    attack = __import__("json").loads(proc.stdout.decode().strip().splitlines()[-1])
+
+    async def logged() -> bool:
+        text = n1.log_text()
+        return "block rejected" in text and "op ignored: its author holds no claim" in text
+
+    await eventually(logged, 30, "the victim to log both forgeries")
+    text = n1.log_text()
+    assert attack["bad_sig"] in text and "signature" in text
+    after = await call(n1, "get_workflow_status", workflow_id=wid, include_results=True)
+    assert after == before  # the forged result and the forged cancel changed nothing
+    info = await call(n1, "get_node_info")
+    assert info["clock"]["events"] == events + 1  # the validly signed event is kept, its op ignored
+    again = await call(n1, "submit_workflow", name="still-works", tasks=_tasks(3), tag="local-only")
+    st = await call(n1, "wait_for_workflow", workflow_id=again["workflow_id"], timeout_s=120)
+    assert st["state"] == "completed"
+
+
+async def test_a_peer_with_the_wrong_psk_cannot_join(cluster: Cluster, tmp_path: Path) -> None:
+    from p2p.net import generate_swarm_key
+
+    key_a, key_b = tmp_path / "a.key", tmp_path / "b.key"
+    generate_swarm_key(key_a)
+    generate_swarm_key(key_b)
+    n1 = cluster.start("n1", extra=["--psk-file", str(key_a)])
+    outsider = cluster.start("out", bootstrap=[n1], extra=["--psk-file", str(key_b)])
+    member = cluster.start("mem", bootstrap=[n1], extra=["--psk-file", str(key_a)])
+    await wait_peers(n1, [member])
+    await trio.sleep(2)
+    seen = {p["peer_id"] for p in (await call(n1, "list_peers"))["peers"]}
+    assert outsider.peer_id not in seen and member.peer_id in seen
+    assert (await call(outsider, "list_peers"))["peers"] == []

@@ -1,0 +1,71 @@
+"""Two peers claim the same task during a partition; after the heal exactly one owner and one
+result stand, the same on both. Real clocks (SQLite, signatures) and real schedulers, driven
+step by step so the race happens every time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from p2p.clock import MerkleClock
+from p2p.config import SchedulerConfig
+from p2p.identity import Identity
+from p2p.peers import Heartbeat, PeerTable
+from p2p.scheduler.assignment import claim_beats
+from p2p.scheduler.ops import TaskSpec, WorkflowTag
+from p2p.scheduler.results import pack_result
+from p2p.scheduler.scheduler import Scheduler
+from p2p.scheduler.state import TaskStatus
+
+MODEL = "m"
+
+
+def _peer(tmp: Path, name: str) -> Scheduler:
+    ident = Identity.generate()
+    clock = MerkleClock.open(tmp / f"{name}.sqlite", ident)
+    hb = Heartbeat(peer_id=ident.peer_id_str, name=name, models=[MODEL], capacity=1.0)
+    return Scheduler(clock, engine=None, peers=PeerTable(lambda: hb, lease_s=30), config=SchedulerConfig())  # type: ignore[arg-type]
+
+
+def _partitioned_claims(tmp: Path) -> tuple[Scheduler, Scheduler, str]:
+    a, b = _peer(tmp, "a"), _peer(tmp, "b")
+    wid = a.submit("w", [TaskSpec(model=MODEL, input="x")], 5, WorkflowTag.P2P_ELIGIBLE)
+    b.ingest(b.clock.update(a.clock))
+    tid = f"{wid}/0"
+    for s in (a, b):  # each sees only itself, so each claims
+        s.decide([tid])
+        s.flush()  # the claim event is written and folded
+        s.decide([tid])  # now it is the owner and queues the task
+        assert s.local_queue() == 1
+        assert s.state.tasks[tid].owner().peer == s.me
+    return a, b, tid
+
+
+def _heal(a: Scheduler, b: Scheduler) -> None:
+    b.ingest(b.clock.update(a.clock))
+    a.ingest(a.clock.update(b.clock))
+
+
+def test_the_loser_of_a_concurrent_claim_drops_the_task(tmp_path: Path) -> None:
+    a, b, tid = _partitioned_claims(tmp_path)
+    _heal(a, b)
+    for s in (a, b):
+        s.decide([tid])
+    winner, loser = (a, b) if claim_beats(tid, (a.me, 1.0), (b.me, 1.0)) else (b, a)
+    assert a.state.tasks[tid].owner().peer == b.state.tasks[tid].owner().peer == winner.me
+    assert winner.local_queue() == 1 and loser.local_queue() == 0
+    assert a.clock.get_hash() == b.clock.get_hash()
+
+
+def test_when_both_ran_exactly_one_result_is_recorded(tmp_path: Path) -> None:
+    a, b, tid = _partitioned_claims(tmp_path)
+    for s, value in ((a, 1.0), (b, 2.0)):  # both finished before hearing of the other
+        s.clock.append([{"op": "task.done", "task_id": tid, "attempt": 1, "result": pack_result({"embedding": [value]})}])
+    a.ingest(a.clock.events())
+    b.ingest(b.clock.events())
+    _heal(a, b)
+    assert a.state.snapshot() == b.state.snapshot()
+    ta, tb = a.state.tasks[tid], b.state.tasks[tid]
+    assert a.state.task_status(ta) is TaskStatus.DONE
+    assert ta.result.peer == tb.result.peer and ta.result.result == tb.result.result
+    assert len(ta.valid_results) == 2  # the duplicate is kept, never used
+    assert a.clock.get_hash() == b.clock.get_hash()
