@@ -34,6 +34,7 @@ class McpConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     auth_token: str = ""
+    allowed_hosts: list[str] = Field(default_factory=list)
     status_page_size: int = Field(1000, ge=1)
 
 

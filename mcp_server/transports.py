@@ -54,18 +54,40 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-def http_app(server: Any, transport: str, host: str, port: int, token: str) -> Any:
-    """The SDK's ASGI app for ``transport``, with DNS-rebinding protection and optional auth."""
-    from mcp.server.transport_security import TransportSecuritySettings
-
+def check_bind(transport: str, host: str, token: str) -> None:
+    """Refuse a non-loopback bind without a bearer token (before anything is opened)."""
     if not is_loopback(host) and not token:
         raise ServeError(f"binding MCP {transport} to {host} needs a bearer token: set mcp.auth_token (or IPFS_ACCELERATE_MCP__AUTH_TOKEN)")
+
+
+def _host_patterns(host: str) -> tuple[list[str], list[str]]:
+    name = f"[{host}]" if ":" in host else host
+    return [f"{name}:*"], [f"http://{name}:*", f"https://{name}:*"]
+
+
+def http_app(server: Any, transport: str, host: str, port: int, token: str, allowed_hosts: list[str] = ()) -> Any:
+    """The SDK's ASGI app for ``transport``, with DNS-rebinding protection and optional auth.
+
+    The SDK protects only 127.0.0.1, localhost and ::1 by itself, so every other bind gets an
+    explicit Host/Origin allowlist: the bind address, loopback, and ``mcp.allowed_hosts``. A
+    wildcard bind (0.0.0.0, ::) with no allowed_hosts is reached under names we can't know, so
+    there the bearer token (required off loopback) is the guard and the Host check is off.
+    """
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    check_bind(transport, host, token)
     security = None
-    if host not in LOOPBACK_NAMES:  # the SDK protects only these names itself; 127.0.0.2 etc. got no Host/Origin check
+    if host not in LOOPBACK_NAMES:
+        hosts, origins = ["127.0.0.1:*", "localhost:*", "[::1]:*"], ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+        wildcard = host in ("0.0.0.0", "::")
+        for h in ([] if wildcard else [host]) + list(allowed_hosts):
+            hp, op = _host_patterns(h)
+            hosts += hp
+            origins += op
         security = TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=[f"{host}:*", "127.0.0.1:*", "localhost:*"],
-            allowed_origins=[f"http://{host}:*", "http://127.0.0.1:*", "http://localhost:*"],
+            enable_dns_rebinding_protection=not (wildcard and not allowed_hosts),
+            allowed_hosts=hosts,
+            allowed_origins=origins,
         )
     if transport == "http":
         app = server.streamable_http_app(host=host, transport_security=security)
@@ -107,6 +129,8 @@ async def serve_node(
     or SIGTERM/SIGINT."""
     from mcp_server.server import build_server
 
+    if transport in ("http", "sse"):
+        check_bind(transport, host, settings.mcp.auth_token)
     async with Node.open(settings.node_config()) as node:
         server = build_server(node, page_size=settings.mcp.status_page_size)
         async with trio.open_nursery() as nursery:
@@ -120,7 +144,7 @@ async def serve_node(
                 if on_ready:
                     await _maybe_await(on_ready(node, []))
             else:
-                app = http_app(server, transport, host, port, settings.mcp.auth_token)
+                app = http_app(server, transport, host, port, settings.mcp.auth_token, settings.mcp.allowed_hosts)
                 binds = await nursery.start(serve_http, app, host, port)
                 path = "/mcp" if transport == "http" else "/sse"
                 urls = [f"{b}{path}" for b in binds]

@@ -65,6 +65,7 @@ class Network:
         self.peers_topic = topic(self.config.network, "peers")
         self._syncing: dict[str, set[bytes]] = {}  # peer -> heads it announced that we lack
         self._sync_wake: dict[str, trio.Event] = {}
+        self._dialing: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self.blocks_served = 0
         self.blocks_fetched = 0
@@ -107,8 +108,7 @@ class Network:
             peer = await self.net.connect(multiaddr)
         except (NetError, ValueError) as exc:
             raise NodeError(f"cannot connect to {multiaddr}: {exc}") from None
-        if hasattr(self.net, "keep"):
-            self.net.keep(multiaddr)  # redial with backoff if lost
+        self.net.keep(multiaddr if "/p2p/" in multiaddr else f"{multiaddr}/p2p/{peer}")  # redialled if lost
         return str(peer)
 
     # ------------------------------------------------------------- announcing
@@ -185,17 +185,22 @@ class Network:
             except Exception:  # noqa: BLE001 - a malformed head is ignored; the rest still sync
                 continue
         self._want(hb.peer_id, heads)
-        if not self.net.is_connected(hb.peer_id) and hb.addrs and self._nursery is not None:
+        if (not self.net.is_connected(hb.peer_id) and hb.addrs and self._nursery is not None
+                and hb.peer_id not in self._dialing):
+            self._dialing.add(hb.peer_id)
             self._nursery.start_soon(self._dial_learned, hb.peer_id, hb.addrs)
 
     async def _dial_learned(self, peer: str, addrs: list[str]) -> None:
-        for addr in addrs:
-            try:
-                await self.net.connect(addr if "/p2p/" in addr else f"{addr}/p2p/{peer}")
-                log.info("dialled a peer learned from peers", peer=peer, addr=addr)
-                return
-            except Exception as exc:  # noqa: BLE001
-                log.debug("learned address failed", peer=peer, addr=addr, error=str(exc))
+        try:
+            for addr in addrs[:8]:  # a heartbeat's addrs are the peer's word: try a few, not all
+                try:
+                    await self.net.connect(addr if "/p2p/" in addr else f"{addr}/p2p/{peer}")
+                    log.info("dialled a peer learned from peers", peer=peer, addr=addr)
+                    return
+                except Exception as exc:  # noqa: BLE001
+                    log.debug("learned address failed", peer=peer, addr=addr, error=str(exc))
+        finally:
+            self._dialing.discard(peer)
 
     async def _on_peer_events(self, rx: Any) -> None:
         async for ev in rx:
@@ -247,10 +252,16 @@ class Network:
                     return
                 if not isinstance(reply, BlocksReply) or not reply.blocks:
                     return
+                before = len(self.node.clock)
                 try:
                     missing = self._merge(peer, reply.blocks)
                 except Exception:  # a bug must not let one peer's blocks stop the node
                     log.exception("merging blocks failed", peer=peer)
+                    return
+                if len(self.node.clock) == before and ancestors:
+                    # it sent blocks but none applied (rejected, or parents it can't give us):
+                    # stop asking; the next announcement or heartbeat starts a fresh attempt
+                    log.info("sync made no progress; pausing", peer=peer, missing=len(missing))
                     return
                 if missing:
                     self._syncing[peer] |= missing

@@ -137,6 +137,7 @@ class NetHost:
         self._max_frame = config.max_frame_bytes
         self._connected: set[str] = set()
         self._connected_at: dict[str, float] = {}
+        self._kept: set[str] = set()
         self._state_changed = trio.Event()
         self._peer_events: Fanout[PeerEvent] = Fanout("peer-events")
         self._topics: dict[str, Fanout[GossipMessage]] = {}
@@ -144,6 +145,14 @@ class NetHost:
         self._dialing: set[str] = set()
 
     # --- identity and addresses -------------------------------------------------------------
+
+    def keep(self, addr: str) -> None:
+        """Hold a connection to ``addr`` (ending in /p2p/<id>) for the host's life: dial now,
+        redial with backoff whenever it drops. Bootstrap addresses and peers joined by hand."""
+        if addr in self._kept or peer_id_of(addr) == self._peer_id:
+            return
+        self._kept.add(addr)
+        self._nursery.start_soon(keep_connected, self, addr, self._config.reconnect_max_backoff_s)
 
     @property
     def peer_id(self) -> str:
@@ -588,7 +597,7 @@ async def _open_host(key_pair: KeyPair, config: NetworkConfig, psk: bytes | None
         nursery.start_soon(net._connection_events, receive)
         for addr in bootstrap:
             if peer_id_of(addr) != own_id:
-                nursery.start_soon(keep_connected, net, addr, config.reconnect_max_backoff_s)
+                net.keep(addr)
         if config.mdns:
             tcp_ports = [a.value_for_protocol("tcp") for a in host.get_transport_addrs() if "/tcp/" in str(a)]
             nursery.start_soon(net._mdns_loop, int(tcp_ports[0]) if tcp_ports else 0)

@@ -52,7 +52,7 @@ class ClaimOp(_Op):
     op: Literal["task.claim"]
     task_id: str
     attempt: int = Field(ge=1)
-    capacity: float = Field(gt=0)
+    capacity: float = Field(gt=0, le=1e6)
     # Why the previous attempt was abandoned, when this claim supersedes one (lease expiry).
     supersedes: str | None = None
 

@@ -96,7 +96,7 @@ class Scheduler:
         self._handles: dict[str, Any] = {}
         self._owned: dict[str, int] = {}  # task_id -> attempt this peer owns and has not finished
         self._running: set[str] = set()
-        self._claiming: set[tuple[str, int]] = set()
+        self._claiming: dict[str, set[int]] = {}  # claims written, per task; dropped when it ends
         self._open: set[str] = set()
         self._dirty: set[str] = set()
         self._pending: list[dict[str, Any]] = []
@@ -267,6 +267,7 @@ class Scheduler:
             status = self.state.task_status(task)
             if status in TERMINAL_TASK:
                 self._open.discard(tid)
+                self._claiming.pop(tid, None)
                 self._drop_local(tid, even_if_running=False)
                 continue
             self._open.add(tid)
@@ -281,8 +282,8 @@ class Scheduler:
                     continue
                 reason = f"owner {owner.peer} silent for over {self.config.lease_s:g} s"
                 if task.attempt >= self.config.max_attempts:
-                    if self._rank_first(task, wf, live) == self.me and (tid, -1) not in self._claiming:
-                        self._claiming.add((tid, -1))
+                    if self._rank_first(task, wf, live) == self.me and -1 not in self._claiming.get(tid, ()):
+                        self._claiming.setdefault(tid, set()).add(-1)
                         self._record(
                             {"op": "task.fail", "task_id": tid, "attempt": task.attempt, "error": reason,
                              "retryable": False, "expired": True}
@@ -293,12 +294,11 @@ class Scheduler:
                 self._maybe_claim(task, wf, live, task.attempt + 1, None)
 
     def _maybe_claim(self, task: TaskState, wf: WorkflowState, live: Sequence[PeerCaps], attempt: int, why: str | None) -> None:
-        key = (task.task_id, attempt)
-        if key in self._claiming:
+        if attempt in self._claiming.get(task.task_id, ()):
             return
         if self._rank_first(task, wf, live) != self.me:
             return
-        self._claiming.add(key)
+        self._claiming.setdefault(task.task_id, set()).add(attempt)
         mine = next(p for p in live if p.peer_id == self.me)
         op: dict[str, Any] = {"op": "task.claim", "task_id": task.task_id, "attempt": attempt, "capacity": mine.capacity}
         if why:

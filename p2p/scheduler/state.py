@@ -130,17 +130,25 @@ class TaskState:
 
     @property
     def result(self) -> Outcome | None:
-        """The first valid result in causal-timestamp order; later duplicates never replace it."""
+        """The result that stands: results from the owner of their attempt (the winning claim)
+        come before those of losing claimants, then the earliest causal stamp. So a peer that
+        merely claimed too (a race, or a forger writing a shallow claim + done) never replaces
+        the owner's result; among owners' results, later duplicates never replace the first."""
         valid = self.valid_results
-        return min(valid, key=lambda o: o.stamp) if valid else None
+        if not valid:
+            return None
+        owned = [o for o in valid if (own := self.owner(o.attempt)) is not None and own.peer == o.peer]
+        return min(owned or valid, key=lambda o: o.stamp)
 
     def fail_for(self, attempt: int) -> Outcome | None:
-        """The failure recorded for an attempt, by its owner or as a lease expiry."""
+        """The failure recorded for an attempt, by its owner or as a lease expiry; the earliest
+        stamp when there are several (never arrival order)."""
         owner = self.owner(attempt)
-        for (a, peer), f in self.fails.items():
-            if a == attempt and (f.expired or (owner is not None and peer == owner.peer)):
-                return f
-        return None
+        found = [
+            f for (a, peer), f in self.fails.items()
+            if a == attempt and (f.expired or (owner is not None and peer == owner.peer))
+        ]
+        return min(found, key=lambda f: f.stamp) if found else None
 
     def errors(self) -> list[dict[str, Any]]:
         """Every failed attempt's error, oldest first."""
@@ -250,12 +258,12 @@ class State:
         return cached if cached is not None else task.status(self.workflows[task.workflow_id].cancelled, self.max_attempts)
 
     def workflow_status(self, wf: WorkflowState) -> WorkflowStatus:
-        if wf.cancelled:
-            return WorkflowStatus.CANCELLED
         counts = self.counts(wf)
         total = len(wf.task_ids)
-        if counts[TaskStatus.DONE] == total:
+        if counts[TaskStatus.DONE] == total:  # every task ran: a late cancel changes nothing
             return WorkflowStatus.COMPLETED
+        if wf.cancelled:
+            return WorkflowStatus.CANCELLED
         if counts[TaskStatus.DONE] + counts[TaskStatus.FAILED] + counts[TaskStatus.CANCELLED] == total:
             return WorkflowStatus.FAILED
         if counts[TaskStatus.QUEUED] == total and not self._claimed_per_wf.get(wf.workflow_id):
@@ -344,7 +352,10 @@ def _apply_op(state: State, op: Any, author: str, stamp: Stamp, touched: set[str
     touched.add(task.task_id)
     touched.add(f"wf:{task.workflow_id}")
     if isinstance(op, ClaimOp):
-        task.claims.setdefault(op.attempt, {}).setdefault(author, Claim(author, op.capacity, stamp, op.supersedes))
+        claims = task.claims.setdefault(op.attempt, {})
+        old = claims.get(author)
+        if old is None or stamp < old.stamp:  # a forked author's claims: the earliest stamp counts
+            claims[author] = Claim(author, op.capacity, stamp, op.supersedes)
     elif isinstance(op, StartOp):
         task.started.add((op.attempt, author))
     elif isinstance(op, DoneOp):

@@ -231,3 +231,28 @@ def test_ops_before_their_submit_wait_for_it() -> None:
     apply_event(state, b"s", "A", 0, [_submit(1)])
     assert state.orphans == {}
     assert state.task_status(state.tasks["w/0"]) is TaskStatus.CLAIMED
+
+
+def test_a_shallow_claim_and_done_cannot_replace_the_owners_result() -> None:
+    """A forger claims and completes in one event right under the submit (lower height)."""
+    dag = Dag()
+    submit = dag.add("A", [_submit(1)], [])
+    dag.add("B", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0}], [submit.idx])
+    dag.add("B", [{"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": "honest"}}], [])
+    rival = "M" if not claim_beats("w/0", ("M", 1.0), ("B", 1.0)) else "N"
+    assert not claim_beats("w/0", (rival, 1.0), ("B", 1.0))
+    dag.add(rival, [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0},
+                    {"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": "forged"}}], [submit.idx])
+    for order in causal_orders(dag, random.Random(3), 4):
+        task = fold(order).tasks["w/0"]
+        assert task.result is not None and task.result.result == {"v": "honest"}
+
+
+def test_cancelling_a_completed_workflow_leaves_it_completed() -> None:
+    dag = Dag()
+    dag.add("A", [_submit(1)], [])
+    dag.add("A", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0}], [])
+    dag.add("A", [{"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": 1}}], [])
+    dag.add("B", [{"op": "workflow.cancel", "workflow_id": "w"}], [2])
+    state = fold(dag.events)
+    assert state.workflow_status(state.workflows["w"]) is WorkflowStatus.COMPLETED
