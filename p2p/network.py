@@ -66,6 +66,7 @@ class Network:
         self._syncing: dict[str, set[bytes]] = {}  # peer -> heads it announced that we lack
         self._sync_wake: dict[str, trio.Event] = {}
         self._dialing: set[str] = set()
+        self._missing_results: dict[bytes, set[str]] = {}  # result block cid -> peers that have it
         self._nursery: trio.Nursery | None = None
         self.blocks_served = 0
         self.blocks_fetched = 0
@@ -95,6 +96,7 @@ class Network:
                 nursery.start_soon(self._on_heartbeats, peers_rx)
                 nursery.start_soon(self._on_peer_events, events_rx)
                 nursery.start_soon(self._expire_leases)
+                nursery.start_soon(self._retry_results)
                 nursery.start_soon(self._measure_rtt)
                 log.info("p2p node up", peer_id=self.node.peer_id, addrs=self.listen_addrs())
                 task_status.started()
@@ -285,9 +287,11 @@ class Network:
         self.blocks_fetched += len(result.applied)
         if result.applied:
             self.node.scheduler.ingest(result.applied)
-            results = self._result_cids(result.applied)
-            if results and self._nursery is not None:
-                self._nursery.start_soon(self._fetch_results, peer, results)
+            for cid in self._result_cids(result.applied):
+                if not self.node.clock.has(cid_from_bytes(cid)):
+                    self._missing_results.setdefault(cid, set()).add(peer)
+            if self._missing_results and self._nursery is not None:
+                self._nursery.start_soon(self._fetch_results, peer)
         return {cid_raw(c) for c in result.missing}
 
     @staticmethod
@@ -299,19 +303,21 @@ class Network:
                     out.append(cid_raw(op["result_cid"]))
         return out
 
-    async def _fetch_results(self, peer: str, cids: list[bytes]) -> None:
+    async def _fetch_results(self, peer: str) -> None:
+        """Fetch result blocks (results too large to inline) that ``peer`` told us about."""
         clock = self.node.clock
-        want = [c for c in cids if not clock.has(cid_from_bytes(c))]
+        want = [c for c, peers in self._missing_results.items() if peer in peers]
         for i in range(0, len(want), 256):
             try:
                 reply = decode_reply(await self.net.request(peer, BLOCKS_PROTOCOL, encode(BlocksRequest(cids=want[i:i + 256])), timeout=30))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - retried by _retry_results from any peer
                 log.info("result fetch failed", peer=peer, error=str(exc))
                 return
             if isinstance(reply, BlocksReply):
                 for raw_cid, data in reply.blocks:
                     try:
                         clock.add_raw_block(cid_from_bytes(raw_cid), data)
+                        self._missing_results.pop(raw_cid, None)
                     except Exception as exc:  # noqa: BLE001
                         self.rejected_blocks += 1
                         log.warning("result block rejected", peer=peer, error=str(exc))
@@ -360,6 +366,16 @@ class Network:
         return encode(BlocksReply(blocks=out))
 
     # -------------------------------------------------------------- liveness
+
+    async def _retry_results(self) -> None:
+        """Result blocks not fetched yet are asked of every connected peer (any may hold them)."""
+        while True:
+            await trio.sleep(self.config.reannounce_s)
+            if self._missing_results:
+                for peer in self.net.connected_peers():
+                    for peers in self._missing_results.values():
+                        peers.add(peer)
+                    await self._fetch_results(peer)
 
     async def _expire_leases(self) -> None:
         while True:

@@ -28,7 +28,8 @@ def mcp_group() -> None:
 def serve(ctx: click.Context, transport: str | None, host: str | None, port: int | None, **kw: Any) -> None:
     """Run this node and serve its MCP tools until stopped (SIGINT/SIGTERM, or stdin closing)."""
     settings = _settings(ctx, **node_flags(kw), **{"mcp.transport": transport, "mcp.host": host, "mcp.port": port})
-    run_server(settings, print_connect_help=False)
+    # stdout is the protocol under stdio; over HTTP/SSE it is free for the how-to-connect text
+    run_server(settings, print_connect_help=settings.mcp.transport != "stdio")
 
 
 def run_server(settings: Any, *, print_connect_help: bool) -> None:
@@ -46,10 +47,15 @@ def run_server(settings: Any, *, print_connect_help: bool) -> None:
         trio.run(partial(serve_node, settings, mcp.transport, mcp.host, mcp.port, on_ready=ready))
     except ServeError as exc:
         raise CliError(str(exc)) from None
-    except OSError as exc:
-        raise CliError(f"cannot start: {exc}") from None
     except KeyboardInterrupt:
         pass
+    except Exception as exc:  # noqa: BLE001 - a port in use, a bad multiaddr, an unreadable key
+        from p2p.errors import NodeError
+        from p2p.net import NetError
+
+        if isinstance(exc, (NodeError, NetError, OSError)):
+            raise CliError(f"cannot start: {exc}") from None
+        raise
 
 
 def connect_help(settings: Any, node: Any, urls: list[str]) -> str:
@@ -65,7 +71,7 @@ def connect_help(settings: Any, node: Any, urls: list[str]) -> str:
     lines = [
         f"ipfs-accelerate node {node.config.node_name} ({node.peer_id})",
         "",
-        f"MCP (streamable HTTP): {urls[0]}",
+        f"MCP ({'streamable HTTP' if urls[0].endswith('/mcp') else 'SSE'}): {urls[0]}",
     ]
     if node.listen_addrs():
         lines += ["", "libp2p addresses (give one to another peer with --bootstrap):"] + [f"  {a}" for a in node.listen_addrs()]
@@ -75,7 +81,7 @@ def connect_help(settings: Any, node: Any, urls: list[str]) -> str:
         json.dumps(stdio_cfg, indent=2),
         "",
         "MCP Inspector:",
-        f"  npx @modelcontextprotocol/inspector --cli {urls[0]} --transport http --method tools/list",
+        f"  npx @modelcontextprotocol/inspector --cli {urls[0]} --transport {'http' if urls[0].endswith('/mcp') else 'sse'} --method tools/list",
         "",
         "Ctrl-C stops the node.",
     ]

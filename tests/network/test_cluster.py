@@ -194,3 +194,27 @@ async def test_a_peer_with_the_wrong_psk_cannot_join(cluster: Cluster, tmp_path:
     seen = {p["peer_id"] for p in (await call(n1, "list_peers"))["peers"]}
     assert outsider.peer_id not in seen and member.peer_id in seen
     assert (await call(outsider, "list_peers"))["peers"] == []
+
+
+async def test_large_results_travel_as_blocks(tmp_path: Path, shared_cache_dir: Path) -> None:
+    """inline_result_bytes=0: every result is its own block, fetched by the submitter."""
+    c = Cluster(tmp_path, shared_cache_dir, env_extra={"IPFS_ACCELERATE_SCHEDULER__INLINE_RESULT_BYTES": "0"})
+    try:
+        n1 = c.start("n1")
+        n2 = c.start("n2", bootstrap=[n1])
+        await wait_peers(n1, [n2])
+        direct = await call(n1, "run_inference", model=DEFAULT_MODEL, inputs=[_tasks(1)[0]["input"]])
+        sub = await call(n1, "submit_workflow", name="blocks", tasks=_tasks(5), tag="p2p-only")
+        await call(n1, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=300)
+
+        async def fetched() -> bool:
+            st = await call(n1, "get_workflow_status", workflow_id=sub["workflow_id"], include_results=True)
+            return all("result" in t for t in st["tasks"])
+
+        await eventually(fetched, 30, "n1 to fetch every result block")
+        st = await call(n1, "get_workflow_status", workflow_id=sub["workflow_id"], include_results=True)
+        assert {t["peer"] for t in st["tasks"]} == {n2.peer_id}
+        a, b = direct["outputs"][0]["embedding"], st["tasks"][0]["result"]["embedding"]
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+    finally:
+        c.stop_all()
