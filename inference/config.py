@@ -16,7 +16,7 @@ class InferenceConfig(BaseModel):
     backend: Backend = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     max_batch: int = Field(32, ge=1, le=4096)
-    max_wait_ms: float = Field(5.0, ge=0, le=10_000)
+    max_wait_ms: float = Field(2.0, ge=0, le=10_000)
     threads: int = Field(0, ge=0, description="intra-op threads; 0 lets the runtime use every core")
     truncate: bool = True
     model_dirs: list[str] = Field(default_factory=list)

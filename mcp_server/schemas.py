@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 Tag = Literal["p2p-eligible", "p2p-only", "local-only"]
 WorkflowState = Literal["pending", "running", "completed", "failed", "cancelled"]
@@ -48,15 +48,23 @@ class AttemptError(BaseModel):
 
 
 class TaskStatusOut(BaseModel):
+    """One task. Fields that don't apply are absent rather than null: a page holds up to a
+    thousand of these, and nullable fields make every client's schema check several times
+    slower (each becomes an anyOf)."""
+
     task_id: str
     state: TaskState
-    peer: str | None = Field(description="Peer that ran the task (done) or owns it now.")
     attempts: int
-    result: dict[str, Any] | None = None
-    result_cid: str | None = Field(None, description="Set when the result block has not reached this peer yet.")
-    error: str | None = None
-    errors: list[AttemptError] | None = Field(None, description="Every failed attempt; present when the task was retried.")
-    stats: dict[str, Any] | None = None
+    peer: str = Field(None, description="Peer that ran the task (done) or owns it now; absent while queued.")  # type: ignore[assignment]
+    result: dict[str, Any] = Field(None, description="The output, when done and include_results=true.")  # type: ignore[assignment]
+    result_cid: str = Field(None, description="Set when the result block has not reached this peer yet.")  # type: ignore[assignment]
+    error: str = Field(None, description="Why the task failed, when it did.")  # type: ignore[assignment]
+    errors: list[AttemptError] = Field(None, description="Every failed attempt; present when the task was retried.")  # type: ignore[assignment]
+    stats: dict[str, Any] = Field(None, description="How the result was computed: ms, backend, device, task.")  # type: ignore[assignment]
+
+    @model_serializer(mode="wrap")
+    def _absent_not_null(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class WorkflowStatusOut(WorkflowSummary):

@@ -65,10 +65,10 @@ WorkflowId = Annotated[str, Field(min_length=1, description="The workflow_id ret
 Priority = Annotated[int, Field(ge=1, le=10, description="1 is the highest priority, 10 the lowest.")]
 IncludeResults = Annotated[bool, Field(description="Include each done task's result (outputs can be large).")]
 Offset = Annotated[int, Field(ge=0, description="First task of the page, in submission order.")]
-Limit = Annotated[int | None, Field(ge=1, description="Most tasks in the page; default: the server's page size.")]
+Limit = Annotated[int | None, Field(ge=1, le=10_000, description="Most tasks in the page; default: the server's page size (100).")]
 
 
-def build_server(node: Node, *, page_size: int = 1000) -> MCPServer:
+def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
     """An MCPServer whose tools drive ``node``; the caller owns the node's lifetime."""
     server = MCPServer(name="ipfs-accelerate", version=VERSION, instructions=INSTRUCTIONS)
 

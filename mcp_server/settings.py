@@ -35,7 +35,7 @@ class McpConfig(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     auth_token: str = ""
     allowed_hosts: list[str] = Field(default_factory=list)
-    status_page_size: int = Field(1000, ge=1)
+    status_page_size: int = Field(100, ge=1)
 
 
 class Settings(BaseSettings):

@@ -34,12 +34,10 @@ def task_view(state: State, task: TaskState, include_result: bool, load_block: B
     status = state.task_status(task)
     result = task.result
     owner = task.owner()
-    view: dict[str, Any] = {
-        "task_id": task.task_id,
-        "state": status.value,
-        "peer": result.peer if result else (owner.peer if owner else None),
-        "attempts": task.attempt,
-    }
+    view: dict[str, Any] = {"task_id": task.task_id, "state": status.value, "attempts": task.attempt}
+    peer = result.peer if result else (owner.peer if owner else None)
+    if peer is not None:  # absent while queued: keys that don't apply are left out
+        view["peer"] = peer
     errors = task.errors()
     if errors:
         view["errors"] = errors

@@ -125,7 +125,7 @@ async def test_kill_9_mid_workflow_loses_nothing(tmp_path: Path, shared_cache_di
         async def finish(client: Client) -> dict[str, Any]:
             before = await _call(client, "get_workflow_status", workflow_id=wid)
             assert before["total"] == n and before["completed"] < n, "killed too late to test anything"
-            return await _call(client, "wait_for_workflow", workflow_id=wid, timeout_s=600, include_results=True)
+            return await _call(client, "wait_for_workflow", workflow_id=wid, timeout_s=600, include_results=True, limit=1000)
 
         st = await _http_session(f"http://127.0.0.1:{port}/mcp", finish)
     finally:
