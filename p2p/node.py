@@ -14,11 +14,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-import dag_cbor
 import structlog
 import trio
 
-from p2p.clock import MerkleClock
+from p2p.clock import MerkleClock, codec
 from p2p.config import NodeConfig
 from p2p.control import serve_control
 from p2p.errors import NodeError
@@ -194,7 +193,7 @@ class Node:
 
     def _load_block(self, cid: Any) -> dict[str, Any] | None:
         data = self.clock.get_block(cid)
-        return None if data is None else dag_cbor.decode(data)
+        return None if data is None else codec.decode(data)
 
     async def wait_for_workflow(
         self, workflow_id: str, timeout_s: float, progress: ProgressFn | None = None

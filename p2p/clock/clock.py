@@ -124,8 +124,9 @@ class MerkleClock:
         return len(self._orphans)
 
     # -- writing ---------------------------------------------------------------------------
-    def append(self, ops: list[dict[str, Any]]) -> Event:
-        """Write a local event over all current heads; durable when this returns."""
+    def append(self, ops: list[dict[str, Any]], durable: bool = True) -> Event:
+        """Write a local event over all current heads. Durable (fsynced) when this returns, or
+        with ``durable=False`` safe from a process kill but not a power cut (see ``store``)."""
         check_ops(ops)
         if len(ops) > self.config.max_ops_per_event:
             raise ValueError(f"{len(ops)} ops exceed max_ops_per_event="
@@ -135,14 +136,14 @@ class MerkleClock:
             raise ValueError(f"event of {len(event.data)} bytes exceeds max_block_bytes="
                              f"{self.config.max_block_bytes}")
         result = MergeResult()
-        with self._writing():
+        with self._writing(durable):
             self._apply(event, result)
         return result.applied[0]
 
     def add_blocks(self, blocks: Iterable[tuple[CID, bytes]]) -> MergeResult:
         """Merge foreign event blocks in any order; see the module doc for the guarantees."""
         result = MergeResult()
-        with self._writing():
+        with self._writing(durable=False):  # refetchable from peers
             for cid, data in blocks:
                 if (isinstance(cid, CID) and cid in self._orphans) or self._is_event(cid):
                     continue
@@ -175,7 +176,7 @@ class MerkleClock:
         blocks = [(cid, data) for _, cid, data in sorted(wanted.values(), key=lambda w: w[0])]
         return self.add_blocks(blocks).applied
 
-    def put_block(self, obj: Any) -> CID:
+    def put_block(self, obj: Any, durable: bool = True) -> CID:
         """Store a plain (unsigned) DAG-CBOR block, e.g. a large result; returns its CID."""
         try:
             data = codec.encode(obj)
@@ -185,7 +186,7 @@ class MerkleClock:
             raise ValueError(f"block of {len(data)} bytes exceeds max_block_bytes="
                              f"{self.config.max_block_bytes}")
         cid = block_cid(data)
-        with self._writing():
+        with self._writing(durable):
             self._store.put_block(cid_raw(cid), data)
         return cid
 
@@ -218,10 +219,10 @@ class MerkleClock:
             return False  # not a CID: decode_event will reject it
 
     @contextmanager
-    def _writing(self) -> Iterator[None]:
+    def _writing(self, durable: bool = True) -> Iterator[None]:
         """A store transaction; on rollback, reload the in-memory heads/count/seq."""
         try:
-            with self._store.transaction():
+            with self._store.transaction(durable):
                 yield
         except BaseException:
             self._load_memo()

@@ -161,7 +161,7 @@ def _decode_event(cid: CID, data: bytes, max_bytes: int) -> Event:
     if not isinstance(sig, bytes) or len(sig) != 64:
         raise InvalidBlockError("sig must be 64 bytes")
     try:
-        unsigned = codec.encode({"parents": parents, "author": author, "seq": seq, "ops": ops})
+        unsigned = codec.encode_reference({"parents": parents, "author": author, "seq": seq, "ops": ops})
         canonical = _splice_sig(unsigned, author, parents, sig)
     except codec.CodecError as exc:
         raise InvalidBlockError(f"not DAG-CBOR: {exc}") from exc

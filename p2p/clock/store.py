@@ -9,6 +9,11 @@ Schema (``PRAGMA user_version`` = 1):
 - ``heads(cid BLOB PRIMARY KEY)`` — maintained in the same transaction as the event insert.
 
 WAL with ``synchronous=FULL``: a committed transaction survives a power cut or kill -9.
+Transactions opened with ``durable=False`` commit with ``synchronous=NORMAL`` instead: in WAL
+mode that survives kill -9 (the commit is in the WAL file, in the OS page cache) but not a
+power cut until the next durable commit syncs the WAL. The node uses it for what can be redone
+— scheduler progress (claims, results) and blocks merged from peers — and keeps FULL for what
+it promises to keep: an accepted workflow, a cancel, a priority change.
 One connection, used from one thread (the trio thread); SQLite calls are short enough (tens of
 µs) not to need a worker thread. Autocommit mode with explicit ``BEGIN IMMEDIATE``/``COMMIT``
 so a merge of many events costs one fsync.
@@ -56,7 +61,7 @@ class ClockStore:
         self._depth = 0
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, durable: bool = True) -> Iterator[None]:
         """One write transaction (re-entrant: nested uses join the outer one)."""
         if self._depth:
             self._depth += 1
@@ -65,16 +70,23 @@ class ClockStore:
             finally:
                 self._depth -= 1
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
+        if not durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")  # not allowed inside a transaction
         try:
-            yield
-        except BaseException:
-            self._depth = 0
-            self._db.execute("ROLLBACK")
-            raise
-        self._depth = 0
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+            finally:
+                self._depth = 0
+        finally:
+            if not durable:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     # -- blocks --------------------------------------------------------------------------
     def put_block(self, cid: bytes, data: bytes) -> None:

@@ -16,11 +16,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
-import dag_cbor
 import structlog
 import trio
 
-from p2p.clock import Event, MerkleClock
+from p2p.clock import Event, MerkleClock, codec
 from p2p.config import SchedulerConfig
 from p2p.errors import NodeError
 from p2p.scheduler.assignment import choose_owner
@@ -213,7 +212,7 @@ class Scheduler:
 
     def _append_batch(self, batch: list[dict[str, Any]]) -> None:
         try:
-            ev = self.clock.append(batch)
+            ev = self.clock.append(batch, durable=False)  # progress can be redone; see clock.store
         except ValueError:
             if len(batch) == 1:
                 log.error("op too large for one event; dropped", op=batch[0].get("op"), task_id=batch[0].get("task_id"))
@@ -373,10 +372,10 @@ class Scheduler:
 
     def _done_op(self, tid: str, attempt: int, result: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
         op: dict[str, Any] = {"op": "task.done", "task_id": tid, "attempt": attempt, "stats": stats}
-        if len(dag_cbor.encode(result)) <= self.config.inline_result_bytes:
+        if len(codec.encode(result)) <= self.config.inline_result_bytes:
             op["result"] = result
         else:
-            op["result_cid"] = self.clock.put_block(result)
+            op["result_cid"] = self.clock.put_block(result, durable=False)
         return op
 
     # ------------------------------------------------------------------ views
