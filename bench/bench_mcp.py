@@ -148,12 +148,12 @@ async def _status_latency(client: Any, wid: str, n_plain: int, n_results: int) -
         await call(client, "get_node_info")
         out["get_node_info"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        st = await call(client, "get_workflow_status", workflow_id=wid)
+        st = await call(client, "get_workflow_status", workflow_id=wid, limit=STATUS_TASKS)
         out["status"].append(time.perf_counter() - t)
         assert len(st["tasks"]) == STATUS_TASKS
         if i % every == 0 and len(out["status+results"]) < n_results:
             t = time.perf_counter()
-            st = await call(client, "get_workflow_status", workflow_id=wid, include_results=True)
+            st = await call(client, "get_workflow_status", workflow_id=wid, include_results=True, limit=STATUS_TASKS)
             out["status+results"].append(time.perf_counter() - t)
             assert len(st["tasks"][-1]["result"]["embedding"]) == 384
     return out
@@ -199,7 +199,8 @@ def bench_stdio(tmp: Path, cache_dir: Path) -> tuple[Path, str]:
                 if st["state"] != "completed" or st["completed"] != N_SENTENCES:
                     raise RuntimeError(f"round {r}: workflow ended {st['state']} with {st['completed']}/{N_SENTENCES}")
                 t1 = time.perf_counter()
-                full = await call(client, "get_workflow_status", workflow_id=sub["workflow_id"], include_results=True)
+                full = await call(client, "get_workflow_status", workflow_id=sub["workflow_id"], include_results=True,
+                                  limit=N_SENTENCES)
                 figures["results_s"].append(time.perf_counter() - t1)
                 assert len(full["tasks"]) == N_SENTENCES
                 figures["mcp"].append(N_SENTENCES / elapsed)

@@ -370,7 +370,7 @@ def bench_scaling(tmp: Path, cache_dir: Path) -> None:
                         st = await run_wf(c0, texts, tag, f"{kind}-{r}")
                         figs[kind].append(N_SENTENCES / (time.perf_counter() - t))
                         if kind == "two":
-                            full = await call(c0, "get_workflow_status", workflow_id=st["workflow_id"])
+                            full = await call(c0, "get_workflow_status", workflow_id=st["workflow_id"], limit=N_SENTENCES)
                             by: dict[str, int] = {}
                             for task in full["tasks"]:
                                 by[task["peer"]] = by.get(task["peer"], 0) + 1

@@ -11,17 +11,18 @@ last successful check, since any rewrite changes them.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-import threading
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import structlog
 
@@ -36,14 +37,18 @@ MANIFEST = "manifest.json"
 _STAMP = ".verified"
 _FINGERPRINTS = "fingerprints.json"
 
-_lock = threading.Lock()
-_key_locks: dict[str, threading.Lock] = {}
-_export_count = 0
 
 
-def export_count() -> int:
-    """How many exports this process has run (tests use it to prove the cache is reused)."""
-    return _export_count
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive lock on a file in the cache: one export per key at a time, across the
+    threads of this process and every process sharing the cache (``inference.cache_dir``)."""
+    with open(lock_path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +238,6 @@ def cache_root(data_dir: Path, cache_dir: str = "") -> Path:
 
 def ensure_onnx(info: ModelInfo, task: str, root: Path, opset: int, mask_id: int | None = None, rebuild: bool = False) -> OnnxArtifact:
     """The cached ONNX graph for (model, task), exporting it first if absent, partial or corrupt."""
-    global _export_count
     root = Path(root).expanduser()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -241,9 +245,7 @@ def ensure_onnx(info: ModelInfo, task: str, root: Path, opset: int, mask_id: int
         raise ModelLoadError(f"cannot create the ONNX cache in {root}: {exc.strerror or exc}") from None
     key = cache_key(model_fingerprint(info, root), task, opset, info.pooling, mask_id)
     entry = root / key
-    with _lock:
-        key_lock = _key_locks.setdefault(key, threading.Lock())
-    with key_lock:
+    with _exclusive(root / f".lock-{key}"):
         if not rebuild:
             manifest, why = verify_entry(entry)
             if manifest is not None:
@@ -266,8 +268,8 @@ def ensure_onnx(info: ModelInfo, task: str, root: Path, opset: int, mask_id: int
                     os.fsync(f.fileno())
                 files[p.relative_to(tmp).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
             manifest["files"] = files
+            manifest["export_id"] = uuid.uuid4().hex  # tells one export from the next
             _atomic_write(tmp / MANIFEST, json.dumps(manifest, indent=1))
-            _export_count += 1
             try:
                 os.rename(tmp, entry)  # atomic: readers see all of it or nothing
             except OSError:  # another process finished the same export first
