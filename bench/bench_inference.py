@@ -12,6 +12,8 @@ Then cold starts by subprocess: `ipfs-accelerate infer` on a warm cache, `ipfs-a
 
 from __future__ import annotations
 
+from bench.raw_ort import raw_ort_runner
+
 import os
 import random
 import statistics
@@ -41,32 +43,6 @@ def _data_dir() -> Path:
     from mcp_server.settings import load_settings
 
     return load_settings().data_path
-
-
-def _raw_ort(model_path: Path, texts: list[str], tok_dir: Path, max_length: int):
-    import numpy as np
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
-
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-    tok.enable_truncation(max_length=max_length)
-    tok.enable_padding(pad_id=0, pad_token="[PAD]")
-
-    def run() -> float:
-        t = time.perf_counter()
-        for i in range(0, len(texts), BATCH):
-            encs = tok.encode_batch(texts[i : i + BATCH])
-            feeds = {
-                "input_ids": np.array([e.ids for e in encs], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64),
-            }
-            sess.run(None, {n: feeds[n] for n in names})
-        return len(texts) / (time.perf_counter() - t)
-
-    return run
 
 
 def _torch(model_dir: Path, texts: list[str], max_length: int):
@@ -102,7 +78,8 @@ def throughput(data_dir: Path) -> dict[str, float]:
     texts = sentences()
     info = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
     art = ensure_onnx(info, "embedding", cache_root(data_dir), 17)
-    raw = _raw_ort(art.model_path, texts, Path(info.path), info.max_length)
+    run_raw = raw_ort_runner(art.model_path, Path(info.path), info.max_length)
+    raw = lambda: run_raw(texts)  # noqa: E731
     tor = _torch(Path(info.path), texts, info.max_length)
     figures: dict[str, list[float]] = {"executor": [], "raw_ort": [], "torch": [], "ratio": []}
 

@@ -17,6 +17,8 @@ Run alone: ``.venv/bin/python -m bench.bench_mcp``. Prints figures; never assert
 
 from __future__ import annotations
 
+from bench.raw_ort import raw_ort_runner
+
 import os
 import sqlite3
 import statistics
@@ -85,40 +87,13 @@ def tasks_of(texts: list[str]) -> list[dict[str, str]]:
 # ------------------------------------------------------------------- 1. throughput over stdio
 
 def _raw_ort(cache_dir: Path, threads: int = 0):
-    """tokenizer + session.run at batch 32 on the engine's exported graph, same session options."""
-    import numpy as np
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
-
+    """tokenizer + session.run at batch 32 on the engine's exported graph (bench.raw_ort)."""
     from inference.export import ensure_onnx
     from inference.models import resolve_model
 
     info = resolve_model(MODEL)
     art = ensure_onnx(info, "embedding", cache_dir, 17)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    if threads > 0:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(art.model_path), sess_options=opts, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    tok = Tokenizer.from_file(str(Path(info.path) / "tokenizer.json"))
-    tok.enable_truncation(max_length=info.max_length)
-    tok.enable_padding(pad_id=0, pad_token="[PAD]")
-
-    def run(texts: list[str]) -> float:
-        t = time.perf_counter()
-        for i in range(0, len(texts), BATCH):
-            encs = tok.encode_batch(texts[i : i + BATCH])
-            feeds = {
-                "input_ids": np.array([e.ids for e in encs], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64),
-            }
-            out = sess.run([art.output_name], {n: feeds[n] for n in names})[0]  # pooled + normalised
-            assert out.shape == (len(encs), 384)
-        return len(texts) / (time.perf_counter() - t)
-
+    run = raw_ort_runner(art.model_path, Path(info.path), info.max_length, threads)
     return run, art.model_path
 
 
@@ -164,7 +139,7 @@ def _latency_table(title: str, lat: dict[str, list[float]]) -> None:
     print(f"  {title}")
     print(f"    {'call':<40} {'n':>4} {'median ms':>10} {'p99 ms':>9} {'/ node_info':>12}")
     for name, label in (("get_node_info", "get_node_info (baseline)"), ("status", f"get_workflow_status {STATUS_TASKS} tasks"),
-                        ("status+results", f"  ... include_results=true")):
+                        ("status+results", "  ... include_results=true")):
         xs = lat[name]
         if xs:
             print(f"    {label:<40} {len(xs):>4} {statistics.median(xs) * 1e3:>10.2f} {pct(xs, 99) * 1e3:>9.2f} "

@@ -383,7 +383,7 @@ def bench_scaling(tmp: Path, cache_dir: Path) -> None:
     finally:
         stop_all(peers)
     one_s, two_s, ratio = (statistics.median(figs[k]) for k in ("one", "two", "ratio"))
-    print(f"  512 distinct sentences, submitted on C0; peers pinned with taskset, inference.threads = 1")
+    print("  512 distinct sentences, submitted on C0; peers pinned with taskset, inference.threads = 1")
     print(f"  {'setup':<58} {'sent/s':>7}")
     print(f"  {'1 peer (C0 on core 0), local-only':<58} {one_s:>7.0f}")
     print(f"  {'2 peers (C0 core 0 + C1 core 1), p2p-eligible from C0':<58} {two_s:>7.0f}")

@@ -15,7 +15,6 @@ Everything runs in ``run()``'s nursery and stops with it.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from contextlib import AsyncExitStack
 from pathlib import Path

@@ -72,11 +72,11 @@ class MerkleClock:
         self._load_memo()
 
     @classmethod
-    def open(cls, path: Path, identity: Identity, config: ClockConfig = ClockConfig(),
+    def open(cls, path: Path, identity: Identity, config: ClockConfig | None = None,
              *, max_orphans: int = DEFAULT_MAX_ORPHANS,
              max_orphan_bytes: int = DEFAULT_MAX_ORPHAN_BYTES) -> MerkleClock:
         """Open (or create) the clock stored in the SQLite file at ``path``."""
-        return cls(ClockStore(Path(path)), identity, config, max_orphans, max_orphan_bytes)
+        return cls(ClockStore(Path(path)), identity, config or ClockConfig(), max_orphans, max_orphan_bytes)
 
     def _load_memo(self) -> None:
         """In-memory copies of small derived values; reloaded from SQLite after a rollback."""

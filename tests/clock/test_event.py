@@ -213,7 +213,7 @@ def test_fuzz_mutated_valid_blocks(draw: st.DataObject) -> None:
     mutated = bytes(buf)
     for c in (block_cid(mutated), cid):
         try:
-            ev = decode_event(c, mutated, MAX)
+            decode_event(c, mutated, MAX)
         except InvalidBlockError:
             continue
         assert mutated == data  # only the unmodified block may pass

@@ -1,5 +1,5 @@
 """mDNS discovery between two real processes, each in a network namespace of its own joined by
-a veth pair (10.213.N.1 <-> 10.213.N.2). zeroconf multicasts on every interface it finds, so
+one bridged LAN (10.213.N.0/24, tests/netns.py). zeroconf multicasts on every interface it finds, so
 running it in the test's own namespace would send mDNS out of the machine's real interfaces;
 inside the namespaces only the veth pair (and lo) exist. Skips, saying why, where namespaces
 cannot be made (not Linux, not root, no iproute2)."""
@@ -7,9 +7,6 @@ cannot be made (not Linux, not root, no iproute2)."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,52 +14,15 @@ from pathlib import Path
 import pytest
 from netproc import spawn_peer
 
+from tests.netns import bridged_lan
+
 pytestmark = pytest.mark.slow
-
-
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
 
 
 @pytest.fixture
 def two_namespaces() -> Iterator[tuple[str, str]]:
-    if not sys.platform.startswith("linux"):
-        pytest.skip("network namespaces are Linux-only")
-    if os.geteuid() != 0:
-        pytest.skip("creating network namespaces needs root")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 ('ip') is not installed")
-    tag = os.getpid() % 100000
-    net = 10 + os.getpid() % 240
-    ns = (f"ipfsacc-{tag}-a", f"ipfsacc-{tag}-b")
-    veth = (f"ia{tag}a", f"ia{tag}b")
-    made: list[str] = []
-    try:
-        for n in ns:
-            r = _ip("netns", "add", n)
-            if r.returncode != 0:
-                pytest.skip(f"cannot create a network namespace here: {r.stderr.strip()}")
-            made.append(n)
-        steps = [
-            ("link", "add", veth[0], "type", "veth", "peer", "name", veth[1]),
-            ("link", "set", veth[0], "netns", ns[0]),
-            ("link", "set", veth[1], "netns", ns[1]),
-        ]
-        for i, n in enumerate(ns):
-            steps += [
-                ("-n", n, "addr", "add", f"10.213.{net}.{i + 1}/24", "dev", veth[i]),
-                ("-n", n, "link", "set", "lo", "up"),
-                ("-n", n, "link", "set", veth[i], "up"),
-                ("-n", n, "route", "add", "224.0.0.0/4", "dev", veth[i]),
-            ]
-        for step in steps:
-            r = _ip(*step)
-            if r.returncode != 0:
-                pytest.skip(f"cannot set up veth between namespaces ({' '.join(step)}): {r.stderr.strip()}")
-        yield ns
-    finally:
-        for n in made:
-            _ip("netns", "del", n)  # deleting a namespace deletes its veth end (and the pair)
+    with bridged_lan("net", 2, f"10.213.{10 + os.getpid() % 240}") as (a, b):
+        yield a, b
 
 
 async def test_mdns_peers_find_and_connect(tmp_path: Path, two_namespaces: tuple[str, str]) -> None:

@@ -12,12 +12,9 @@ cannot be made (not Linux, not root, no iproute2)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import DEFAULT_MODEL, REPO, VENV_BIN
+from tests.netns import bridged_lan
 from tests.procs import CLI, cli_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -39,62 +37,11 @@ MCP_CALL = str(Path(__file__).with_name("mcp_call.py"))
 PEER_ID = re.compile(r"^peer id: (\S+)", re.M)
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
-
-
 @pytest.fixture
 def lan() -> Iterator[list[str]]:
     """NODES namespaces, each with ``veth0`` at 10.77.0.(i+1)/24 bridged to the others."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("network namespaces are Linux-only")
-    if os.geteuid() != 0:
-        pytest.skip("creating network namespaces needs root")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 ('ip') is not installed")
-    tag = f"ipfsacc-mdns-{os.getpid() % 100000}"
-    switch = f"{tag}-sw"
-    nodes = [f"{tag}-n{i + 1}" for i in range(NODES)]
-    made: list[str] = []
-    try:
-        for ns in (switch, *nodes):
-            r = _ip("netns", "add", ns)
-            if r.returncode != 0:
-                pytest.skip(f"cannot create a network namespace here: {r.stderr.strip()}")
-            made.append(ns)
-        # The veth pairs are made inside the switch namespace (their peer ends created directly in
-        # the node namespaces), so no interface ever appears in the test's own namespace.
-        steps: list[tuple[str, ...]] = [
-            ("-n", switch, "link", "set", "lo", "up"),
-            ("-n", switch, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0", "stp_state", "0"),
-            ("-n", switch, "link", "set", "br0", "up"),
-        ]
-        for i, ns in enumerate(nodes):
-            port = f"sw{i + 1}"
-            steps += [
-                ("-n", switch, "link", "add", port, "type", "veth", "peer", "name", "veth0", "netns", ns),
-                ("-n", switch, "link", "set", port, "master", "br0"),
-                ("-n", switch, "link", "set", port, "up"),
-                ("-n", ns, "addr", "add", f"{SUBNET}.{i + 1}/24", "dev", "veth0"),
-                ("-n", ns, "link", "set", "lo", "up"),
-                ("-n", ns, "link", "set", "veth0", "up"),
-                ("-n", ns, "route", "add", "224.0.0.0/4", "dev", "veth0"),
-            ]
-        for step in steps:
-            r = _ip(*step)
-            if r.returncode != 0:
-                pytest.skip(f"cannot set up a bridged LAN between namespaces ({' '.join(step)}): {r.stderr.strip()}")
+    with bridged_lan("mdns", NODES, SUBNET) as nodes:
         yield nodes
-    finally:
-        for ns in made:
-            # A node that outlived its test (it runs only in these namespaces): end it by pid.
-            pids = _ip("netns", "pids", ns).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            _ip("netns", "del", ns)  # deleting a namespace deletes its veth ends (and the bridge)
 
 
 @dataclass

@@ -1,0 +1,79 @@
+"""Private switched LANs made of network namespaces, for tests that must not touch the
+machine's own interfaces (zeroconf multicasts on every interface it can see).
+
+``bridged_lan`` makes one "switch" namespace holding a Linux bridge and N node namespaces,
+each with ``veth0`` at ``<subnet>.(i+1)/24`` plugged into the bridge. The veth pairs are created
+inside the switch namespace with their other ends placed straight into the node namespaces, so
+no interface ever appears in the test's own namespace. Everything is torn down on exit, and any
+process still running inside is killed. Skips, saying why, where namespaces can't be made.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+
+def ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
+
+
+def _require_netns() -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("network namespaces are Linux-only")
+    if os.geteuid() != 0:
+        pytest.skip("creating network namespaces needs root")
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 ('ip') is not installed")
+
+
+@contextmanager
+def bridged_lan(name: str, nodes: int, subnet: str) -> Iterator[list[str]]:
+    """Yield ``nodes`` namespace names on one bridged LAN ``<subnet>.0/24`` (multicast routed)."""
+    _require_netns()
+    tag = f"ipfsacc-{name}-{os.getpid() % 100000}"
+    switch = f"{tag}-sw"
+    members = [f"{tag}-n{i + 1}" for i in range(nodes)]
+    made: list[str] = []
+    try:
+        for ns in (switch, *members):
+            r = ip("netns", "add", ns)
+            if r.returncode != 0:
+                pytest.skip(f"cannot create a network namespace here: {r.stderr.strip()}")
+            made.append(ns)
+        steps: list[tuple[str, ...]] = [
+            ("-n", switch, "link", "set", "lo", "up"),
+            ("-n", switch, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0", "stp_state", "0"),
+            ("-n", switch, "link", "set", "br0", "up"),
+        ]
+        for i, ns in enumerate(members):
+            port = f"sw{i + 1}"
+            steps += [
+                ("-n", switch, "link", "add", port, "type", "veth", "peer", "name", "veth0", "netns", ns),
+                ("-n", switch, "link", "set", port, "master", "br0"),
+                ("-n", switch, "link", "set", port, "up"),
+                ("-n", ns, "addr", "add", f"{subnet}.{i + 1}/24", "dev", "veth0"),
+                ("-n", ns, "link", "set", "lo", "up"),
+                ("-n", ns, "link", "set", "veth0", "up"),
+                ("-n", ns, "route", "add", "224.0.0.0/4", "dev", "veth0"),
+            ]
+        for step in steps:
+            r = ip(*step)
+            if r.returncode != 0:
+                pytest.skip(f"cannot set up a bridged LAN between namespaces ({' '.join(step)}): {r.stderr.strip()}")
+        yield members
+    finally:
+        for ns in made:
+            for pid in ip("netns", "pids", ns).stdout.split():  # anything that outlived its test
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            ip("netns", "del", ns)  # deleting a namespace deletes its veth ends (and the bridge)
