@@ -161,3 +161,22 @@ def test_inspector_cli_lists_tools_and_submits(tmp_path: Path, shared_cache_dir:
     out = json.loads(called.stdout)
     assert not out.get("isError"), out
     assert out["structuredContent"]["total"] == 1 and out["structuredContent"]["workflow_id"]
+
+
+async def test_sse_transport(tmp_path: Path, shared_cache_dir: Path) -> None:
+    from mcp.client.sse import sse_client
+
+    data, log, port = tmp_path / "sse-node", tmp_path / "sse.log", free_port()
+    proc = start(["mcp", "serve", "--transport", "sse", "--port", str(port), "--data-dir", str(data), "--no-network"],
+                 cli_env(shared_cache_dir), log)
+    try:
+        wait_port(port, proc, log)
+        async with Client(sse_client(f"http://127.0.0.1:{port}/sse"), mode="legacy") as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert {"submit_workflow", "wait_for_workflow"} <= names
+            sub = await _call(client, "submit_workflow", name="sse", tasks=_tasks(3))
+            st = await _call(client, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=300, include_results=True)
+    finally:
+        assert stop(proc) == 0, log.read_text()[-3000:]
+    assert st["state"] == "completed" and all(len(t["result"]["embedding"]) == 384 for t in st["tasks"])
+    assert f"http://127.0.0.1:{port}/sse" in log.read_text()  # the how-to-connect text names the URL
