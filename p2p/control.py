@@ -45,8 +45,13 @@ async def serve_control(node: "Node", *, task_status: Any = trio.TASK_STATUS_IGN
             raise NodeError(f"another node is running on {node.config.data_dir} (its control socket answers)")
         path.unlink()
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await sock.bind(str(path))
-    os.chmod(path, 0o600)
+    old_umask = os.umask(0o077)  # owner-only from birth: no window in which another user could connect
+    try:
+        await sock.bind(str(path))
+    except OSError as exc:
+        raise NodeError(f"cannot open the control socket {path}: {exc.strerror or exc} (another node on this data dir?)") from None
+    finally:
+        os.umask(old_umask)
     sock.listen(16)
     try:
         task_status.started()
@@ -56,6 +61,14 @@ async def serve_control(node: "Node", *, task_status: Any = trio.TASK_STATUS_IGN
 
 
 async def _handle(node: "Node", stream: trio.SocketStream) -> None:
+    """One request; any failure ends this connection only, never the node."""
+    try:
+        await _serve_one(node, stream)
+    except Exception:  # noqa: BLE001 - e.g. the client went away before the reply
+        log.warning("control request failed", exc_info=True)
+
+
+async def _serve_one(node: "Node", stream: trio.SocketStream) -> None:
     async with stream:
         buf = b""
         with trio.move_on_after(10):
@@ -66,6 +79,8 @@ async def _handle(node: "Node", stream: trio.SocketStream) -> None:
                 buf += chunk
         try:
             req = json.loads(buf.split(b"\n", 1)[0] or b"{}")
+            if not isinstance(req, dict):
+                raise ValueError("a request is a JSON object")
             reply = await _dispatch(node, req)
         except NodeError as exc:
             reply = {"ok": False, "error": str(exc)}

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("p2p.network")
 
 CATCH_UP_BLOCKS = 2048  # ancestors asked for per round trip when parents are missing
+MAX_HEADS = 1024  # the wire's cap; more concurrent heads than that collapse at our next append
 PING_EVERY_S = 10.0
 
 
@@ -63,7 +64,6 @@ class Network:
         self.heads_topic = topic(self.config.network, "heads")
         self.peers_topic = topic(self.config.network, "peers")
         self._syncing: dict[str, set[bytes]] = {}  # peer -> heads it announced that we lack
-        self._sync_wake: dict[str, trio.Event] = {}
         self._dialing: set[str] = set()
         self._missing_results: dict[bytes, set[str]] = {}  # result block cid -> peers that have it
         self._nursery: trio.Nursery | None = None
@@ -131,14 +131,19 @@ class Network:
         if inline and pending and sum(len(e.data) for e in pending) <= INLINE_ANNOUNCE_BYTES:
             blocks = [(cid_raw(e.cid), e.data) for e in pending]
         pending.clear()
-        return HeadsAnnouncement(peer=self.node.peer_id, heads=[cid_raw(c) for c in clock.heads()], events=len(clock), blocks=blocks)
+        return HeadsAnnouncement(peer=self.node.peer_id, heads=self._heads_raw(), events=len(clock), blocks=blocks)
+
+    def _heads_raw(self) -> list[bytes]:
+        return [cid_raw(c) for c in self.node.clock.heads()[:MAX_HEADS]]
 
     async def _announce(self, items: list[int]) -> None:
         await self.net.publish(self.heads_topic, encode(self._heads_message(inline=any(items))))
 
     async def _heartbeats(self) -> None:
         while True:
-            hb = self.node.heartbeat().model_copy(update={"heads": [str(c) for c in self.node.clock.heads()]})
+            hb = Heartbeat.model_validate(  # validated: a heartbeat peers reject would make us look dead
+                self.node.heartbeat().model_dump() | {"heads": [str(c) for c in self.node.clock.heads()[:MAX_HEADS]]}
+            )
             try:
                 await self.net.publish(self.peers_topic, hb.model_dump_json().encode())
             except Exception as exc:  # noqa: BLE001 - no peers yet, or a transient pubsub error
@@ -226,12 +231,10 @@ class Network:
         if not missing or self._nursery is None:
             return
         pending = self._syncing.get(peer)
-        if pending is not None:
+        if pending is not None:  # a sync with this peer is running: it picks these up
             pending |= missing
-            self._sync_wake[peer].set()
             return
         self._syncing[peer] = set(missing)
-        self._sync_wake[peer] = trio.Event()
         self._nursery.start_soon(self._sync_from, peer)
 
     async def _sync_from(self, peer: str) -> None:
@@ -269,7 +272,6 @@ class Network:
                     ancestors = CATCH_UP_BLOCKS  # deep history is missing: ask for it in bulk
         finally:
             self._syncing.pop(peer, None)
-            self._sync_wake.pop(peer, None)
 
     def _merge(self, peer: str, blocks: list[tuple[bytes, bytes]]) -> set[bytes]:
         clock = self.node.clock
@@ -336,7 +338,7 @@ class Network:
     def _answer(self, req: BlocksRequest | HeadsRequest) -> bytes:
         clock = self.node.clock
         if isinstance(req, HeadsRequest):
-            return encode(HeadsReply(heads=[cid_raw(c) for c in clock.heads()], events=len(clock)))
+            return encode(HeadsReply(heads=self._heads_raw(), events=len(clock)))
         limit = self.config.max_blocks_per_request + min(req.ancestors, CATCH_UP_BLOCKS)
         budget = self.config.max_frame_bytes - 4096
         out: list[tuple[bytes, bytes]] = []
@@ -367,7 +369,12 @@ class Network:
     # -------------------------------------------------------------- liveness
 
     async def _retry_results(self) -> None:
-        """Result blocks not fetched yet are asked of every connected peer (any may hold them)."""
+        """Result blocks not fetched yet are asked of every connected peer (any may hold them),
+        including those a restart left behind (their events are stored, their blocks not)."""
+        for task in self.node.scheduler.state.tasks.values():
+            res = task.result
+            if res is not None and res.result is None and res.result_cid is not None and not self.node.clock.has(res.result_cid):
+                self._missing_results.setdefault(cid_raw(res.result_cid), set())
         while True:
             await trio.sleep(self.config.reannounce_s)
             if self._missing_results:

@@ -160,6 +160,12 @@ class Node:
                 raise NodeError(f"task {i} is malformed: {exc}") from None
             if not spec.input.strip():
                 raise NodeError(f"task {i} has an empty input")
+            unknown = set(spec.params) - {"top_k"}
+            if unknown:
+                raise NodeError(f"task {i}: unknown params {sorted(unknown)}; supported: top_k (fill-mask)")
+            top_k = spec.params.get("top_k", 5)
+            if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 100:
+                raise NodeError(f"task {i}: top_k must be an integer from 1 to 100, got {top_k!r}")
             if len(spec.input) > cfg.max_input_chars:
                 raise NodeError(f"task {i} input is {len(spec.input)} characters; the maximum is {cfg.max_input_chars}")
             if spec.model not in served:
@@ -199,12 +205,13 @@ class Node:
         self, workflow_id: str, timeout_s: float, progress: ProgressFn | None = None
     ) -> None:
         """Wait until the workflow ends or the timeout passes; report progress as it moves."""
-        wf = self._workflow(workflow_id)
+        self._workflow(workflow_id)
         done_states = {WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
         last = -1
         with trio.move_on_after(max(0.0, timeout_s)):
             while True:
                 state = self.scheduler.state
+                wf = self._workflow(workflow_id)  # looked up each round: never a stale object
                 counts = workflow_summary(state, wf)
                 finished = counts["completed"] + counts["failed"] + counts["cancelled"]
                 if progress is not None and finished != last:
@@ -245,6 +252,8 @@ class Node:
         """The direct path: run on this peer now, through the same batching executor."""
         if not inputs:
             raise NodeError("inputs is empty; give at least one text")
+        if model not in self.local_models():  # names this node lists, never arbitrary paths
+            raise NodeError(f"unknown model {model!r}; this node serves: {', '.join(self.local_models()) or 'none'}")
         cap = self.config.scheduler.max_input_chars
         for i, text in enumerate(inputs):
             if len(text) > cap:

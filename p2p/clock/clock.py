@@ -199,7 +199,7 @@ class MerkleClock:
                                     f"{self.config.max_block_bytes}-byte limit")
         if not matches_sha256(cid, data):
             raise InvalidBlockError(f"bytes do not hash to {cid} (only sha2-256 CIDv1 accepted)")
-        with self._writing():
+        with self._writing(durable=False):  # refetchable from peers
             self._store.put_block(cid_raw(cid), data)
 
     def close(self) -> None:

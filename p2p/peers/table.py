@@ -33,6 +33,7 @@ class PeerTable:
         self._now = now
         self._peers: dict[str, PeerRecord] = {}
         self._alive: set[str] = set()
+        self._started = now()
 
     @property
     def self_id(self) -> str:
@@ -60,10 +61,14 @@ class PeerTable:
         return gone
 
     def is_alive(self, peer_id: str) -> bool:
+        """Heard from within ``lease_s``. A peer not heard from yet counts as last seen when this
+        table started: a node that just (re)started has not had time to hear anyone, and must
+        not declare every other owner dead and take over (or fail) their tasks."""
         if peer_id == self.self_id:
             return True
         rec = self._peers.get(peer_id)
-        return rec is not None and self._now() - rec.last_seen <= self._lease_s
+        last = rec.last_seen if rec is not None else self._started
+        return self._now() - last <= self._lease_s
 
     def live_peers(self) -> list[PeerCaps]:
         me = self._me()

@@ -9,9 +9,12 @@ the replicated DAG and other peers' events may name it as a parent.
 from __future__ import annotations
 
 import enum
+import hashlib
+import secrets
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from multiformats import CID
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 MAX_PRIORITY = 10
 MIN_PRIORITY = 1
@@ -40,7 +43,7 @@ class TaskSpec(BaseModel):
 
 class SubmitOp(_Op):
     op: Literal["workflow.submit"]
-    workflow_id: str = Field(min_length=1, max_length=128)
+    workflow_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     name: str = Field(max_length=512)
     priority: int = Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)
     tag: WorkflowTag
@@ -51,7 +54,7 @@ class SubmitOp(_Op):
 class ClaimOp(_Op):
     op: Literal["task.claim"]
     task_id: str
-    attempt: int = Field(ge=1)
+    attempt: int = Field(ge=1, le=100)
     capacity: float = Field(gt=0, le=1e6)
     # Why the previous attempt was abandoned, when this claim supersedes one (lease expiry).
     supersedes: str | None = None
@@ -68,8 +71,16 @@ class DoneOp(_Op):
     task_id: str
     attempt: int = Field(ge=1)
     result: dict[str, Any] | None = None
-    result_cid: Any = None  # a CID when the result is too large to inline
+    result_cid: Any = None  # a CID when the result is too large to inline (checked below)
     stats: dict[str, Any] = Field(default_factory=dict)
+
+
+    @field_validator("result_cid")
+    @classmethod
+    def _cid_or_none(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, CID):
+            raise ValueError("result_cid must be a CID")
+        return v
 
 
 class FailOp(_Op):
@@ -107,3 +118,13 @@ def parse_op(raw: Any) -> Any:
 
 def task_id_for(workflow_id: str, index: int) -> str:
     return f"{workflow_id}/{index}"
+
+
+def submitter_prefix(peer_id: str) -> str:
+    """The first half of every workflow id a peer may submit: 64 bits of sha256(peer id)."""
+    return hashlib.sha256(peer_id.encode()).hexdigest()[:16]
+
+
+def new_workflow_id(peer_id: str) -> str:
+    """A fresh workflow id bound to its submitter, so no other peer can submit under it."""
+    return submitter_prefix(peer_id) + secrets.token_hex(8)

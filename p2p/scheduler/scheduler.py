@@ -12,7 +12,6 @@ Everything it starts lives in the nursery of ``run()`` and stops on cancel.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol, Sequence
 
@@ -24,7 +23,7 @@ from p2p.config import SchedulerConfig
 from p2p.errors import NodeError
 from p2p.scheduler.assignment import choose_owner
 from p2p.scheduler.heap import FibonacciHeap
-from p2p.scheduler.ops import TaskSpec, WorkflowTag
+from p2p.scheduler.ops import TaskSpec, WorkflowTag, new_workflow_id
 from p2p.scheduler.results import pack_result
 from p2p.scheduler.state import TERMINAL_TASK, State, TaskState, TaskStatus, WorkflowState, apply_event
 
@@ -66,9 +65,6 @@ class _Notifier:
 
 
 # Errors a retry on another peer cannot fix.
-_PERMANENT_ERRORS = {"InvalidInputError", "UnsupportedTaskError", "InputTooLongError"}
-
-
 class Scheduler:
     def __init__(
         self,
@@ -96,6 +92,7 @@ class Scheduler:
         self._owned: dict[str, int] = {}  # task_id -> attempt this peer owns and has not finished
         self._running: set[str] = set()
         self._claiming: dict[str, set[int]] = {}  # claims written, per task; dropped when it ends
+        self._finished: dict[str, int] = {}  # attempts run here whose outcome may not be folded yet
         self._open: set[str] = set()
         self._dirty: set[str] = set()
         self._pending: list[dict[str, Any]] = []
@@ -146,7 +143,7 @@ class Scheduler:
         self, name: str, tasks: list[TaskSpec], priority: int, tag: WorkflowTag, workflow_id: str | None = None
     ) -> str:
         """Write a workflow to the clock now; it is on disk when this returns."""
-        wid = workflow_id or uuid.uuid4().hex
+        wid = workflow_id or new_workflow_id(self.me)
         op = {
             "op": "workflow.submit",
             "workflow_id": wid,
@@ -267,6 +264,7 @@ class Scheduler:
             if status in TERMINAL_TASK:
                 self._open.discard(tid)
                 self._claiming.pop(tid, None)
+                self._finished.pop(tid, None)
                 self._drop_local(tid, even_if_running=False)
                 continue
             self._open.add(tid)
@@ -280,12 +278,17 @@ class Scheduler:
                 if self.peers.is_alive(owner.peer):
                     continue
                 reason = f"owner {owner.peer} silent for over {self.config.lease_s:g} s"
-                if task.attempt >= self.config.max_attempts:
-                    if self._rank_first(task, wf, live) == self.me and -1 not in self._claiming.get(tid, ()):
-                        self._claiming.setdefault(tid, set()).add(-1)
+                last = task.attempt >= self.config.max_attempts
+                if last or self._rank_first(task, wf, live) is None:
+                    # The last attempt is lost, or no live peer may take the next one: one live
+                    # peer (eligible or not) records the expiry, so the task fails, or goes back
+                    # to queued until a peer that serves its model appears, instead of hanging.
+                    recorder = choose_owner(tid, {p.peer_id: p.capacity for p in live})
+                    if recorder == self.me and -task.attempt not in self._claiming.get(tid, ()):
+                        self._claiming.setdefault(tid, set()).add(-task.attempt)
                         self._record(
                             {"op": "task.fail", "task_id": tid, "attempt": task.attempt, "error": reason,
-                             "retryable": False, "expired": True}
+                             "retryable": not last, "expired": True}
                         )
                     continue
                 self._maybe_claim(task, wf, live, task.attempt + 1, reason)
@@ -325,7 +328,7 @@ class Scheduler:
     def _own(self, task: TaskState, wf: WorkflowState, attempt: int) -> None:
         tid = task.task_id
         key = (wf.priority, wf.order, task.index)
-        if tid in self._running:
+        if tid in self._running or self._finished.get(tid) == attempt:
             return
         if self._owned.get(tid) == attempt and tid in self._handles:
             handle = self._handles[tid]
@@ -347,7 +350,14 @@ class Scheduler:
     # ---------------------------------------------------------------- executing
 
     async def _execute(self, tid: str, attempt: int, slots: trio.Semaphore) -> None:
-        task = self.state.tasks[tid]
+        from inference.errors import InvalidInputError, UnsupportedTaskError  # a retry elsewhere can't fix these
+
+        task = self.state.tasks.get(tid)
+        if task is None:  # gone from the state since it was queued
+            self._running.discard(tid)
+            self._owned.pop(tid, None)
+            slots.release()
+            return
         spec = task.spec
         self._record({"op": "task.start", "task_id": tid, "attempt": attempt})
         started = time.perf_counter()
@@ -363,11 +373,12 @@ class Scheduler:
             log.info("task failed", task_id=tid, attempt=attempt, error=str(exc))
             self._record(
                 {"op": "task.fail", "task_id": tid, "attempt": attempt, "error": f"{name}: {exc}",
-                 "retryable": name not in _PERMANENT_ERRORS}
+                 "retryable": not isinstance(exc, (InvalidInputError, UnsupportedTaskError))}
             )
         finally:
             self._running.discard(tid)
             self._owned.pop(tid, None)
+            self._finished[tid] = attempt  # until its outcome is folded, it must not queue again
             slots.release()
 
     def _done_op(self, tid: str, attempt: int, result: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from p2p.scheduler.ops import (
     TaskSpec,
     WorkflowTag,
     parse_op,
+    submitter_prefix,
     task_id_for,
 )
 
@@ -174,7 +175,7 @@ class TaskState:
             return TaskStatus.QUEUED
         fail = self.fail_for(attempt)
         if fail is not None:
-            if not fail.retryable or fail.expired or attempt >= max_attempts:
+            if not fail.retryable or attempt >= max_attempts:
                 return TaskStatus.FAILED
             return TaskStatus.QUEUED  # the next attempt is up for claiming
         owner = self.owner()
@@ -352,6 +353,9 @@ def _apply_op(state: State, op: Any, author: str, stamp: Stamp, touched: set[str
     touched.add(task.task_id)
     touched.add(f"wf:{task.workflow_id}")
     if isinstance(op, ClaimOp):
+        if op.attempt > state.max_attempts:  # never a valid attempt on any peer (same config)
+            state.rejected.append(Rejection(stamp[1], author, op.op, "attempt beyond max_attempts"))
+            return
         claims = task.claims.setdefault(op.attempt, {})
         old = claims.get(author)
         if old is None or stamp < old.stamp:  # a forked author's claims: the earliest stamp counts
@@ -372,6 +376,10 @@ def _apply_op(state: State, op: Any, author: str, stamp: Stamp, touched: set[str
 
 
 def _submit(state: State, op: SubmitOp, author: str, stamp: Stamp, touched: set[str]) -> None:
+    if not op.workflow_id.startswith(submitter_prefix(author)):
+        # only the peer an id is bound to may define it (a set-based rule: no race on who's first)
+        state.rejected.append(Rejection(stamp[1], author, op.op, "workflow id not bound to its submitter"))
+        return
     existing = state.workflows.get(op.workflow_id)
     if existing is not None and existing.submit_stamp <= stamp:
         return  # a later duplicate id: the earlier submit defines the workflow

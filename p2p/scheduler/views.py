@@ -44,17 +44,33 @@ def task_view(state: State, task: TaskState, include_result: bool, load_block: B
     if status is TaskStatus.FAILED and errors:
         view["error"] = errors[-1]["error"]
     if result is not None:
-        view["stats"] = result.stats
+        view["stats"] = _json_safe(result.stats)
         if include_result:
-            if result.result is not None:
-                view["result"] = unpack_result(result.result)
-            else:
-                stored = load_block(result.result_cid)
-                if stored is not None:
-                    view["result"] = unpack_result(stored)
+            try:
+                if result.result is not None:
+                    view["result"] = _json_safe(unpack_result(result.result))
                 else:
-                    view["result_cid"] = str(result.result_cid)
+                    stored = load_block(result.result_cid)
+                    if stored is not None:
+                        view["result"] = _json_safe(unpack_result(stored))
+                    else:
+                        view["result_cid"] = str(result.result_cid)
+            except Exception as exc:  # a peer's malformed result breaks its own task only
+                view["error"] = f"unreadable result from {result.peer}: {type(exc).__name__}: {exc}"
     return view
+
+
+def _json_safe(value: Any) -> Any:
+    """Results and stats come from peers: keep what JSON can carry, stringify the rest."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
 
 
 def workflow_status(

@@ -218,3 +218,20 @@ async def test_large_results_travel_as_blocks(tmp_path: Path, shared_cache_dir: 
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
     finally:
         c.stop_all()
+
+
+async def test_garbage_on_the_control_socket_harms_nothing(cluster: Cluster) -> None:
+    import socket as pysocket
+
+    from p2p.control import call as control_call
+
+    n1 = cluster.start("n1")
+    path = str(n1.data_dir / "control.sock")
+    for payload in (b"[]\n", b"1\n", b"{not json\n", b'{"cmd": "nope"}\n', b""):
+        with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
+            s.connect(path)
+            s.sendall(payload)  # and hang up without reading the reply
+    assert (n1.data_dir / "control.sock").stat().st_mode & 0o077 == 0  # owner only
+    info = control_call(n1.data_dir, {"cmd": "info"})
+    assert info["ok"] and info["info"]["peer_id"] == n1.peer_id
+    assert (await call(n1, "get_node_info"))["peer_id"] == n1.peer_id

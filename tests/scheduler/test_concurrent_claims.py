@@ -69,3 +69,16 @@ def test_when_both_ran_exactly_one_result_is_recorded(tmp_path: Path) -> None:
     assert ta.result.peer == tb.result.peer and ta.result.result == tb.result.result
     assert len(ta.valid_results) == 2  # the duplicate is kept, never used
     assert a.clock.get_hash() == b.clock.get_hash()
+
+
+def test_a_restarted_node_does_not_declare_unknown_owners_dead(tmp_path: Path) -> None:
+    """Within lease_s of starting, an owner we have not heard from yet is presumed alive."""
+    clock_now = [1000.0]
+    ident = Identity.generate()
+    hb = Heartbeat(peer_id=ident.peer_id_str, name="me", models=[MODEL], capacity=1.0)
+    table = PeerTable(lambda: hb, lease_s=10, now=lambda: clock_now[0])
+    assert table.is_alive("someone-else")
+    clock_now[0] += 11
+    assert not table.is_alive("someone-else")
+    table.observe(Heartbeat(peer_id="someone-else", name="x", models=[MODEL], capacity=1.0))
+    assert table.is_alive("someone-else")

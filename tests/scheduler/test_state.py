@@ -11,9 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p.scheduler.assignment import claim_beats
+from p2p.scheduler.ops import submitter_prefix
 from p2p.scheduler.state import State, TaskStatus, WorkflowStatus, apply_event
 
 PEERS = ["peerA", "peerB", "peerC"]
+W1 = submitter_prefix("peerA") + "1" * 16  # workflow ids are bound to their submitter
+W = submitter_prefix("A") + "2" * 16
+T0, T1 = f"{W}/0", f"{W}/1"
 
 
 @dataclass
@@ -80,14 +84,14 @@ op_kinds = st.sampled_from(["claim", "start", "done", "fail", "cancel", "reprio"
 def scenarios(draw: Any) -> Dag:
     dag = Dag()
     n_tasks = draw(st.integers(1, 4))
-    dag.add("peerA", [{"op": "workflow.submit", "workflow_id": "w1", "name": "wf", "priority": 5,
+    dag.add("peerA", [{"op": "workflow.submit", "workflow_id": W1, "name": "wf", "priority": 5,
                        "tag": "p2p-eligible", "tasks": [{"model": "m", "input": f"t{i}"} for i in range(n_tasks)]}], [])
     for _ in range(draw(st.integers(1, 25))):
         author = draw(st.sampled_from(PEERS))
         ops = []
         for _ in range(draw(st.integers(1, 3))):
             kind = draw(op_kinds)
-            tid = f"w1/{draw(st.integers(0, n_tasks))}"  # n_tasks itself is an unknown task
+            tid = f"{W1}/{draw(st.integers(0, n_tasks))}"  # n_tasks itself is an unknown task
             attempt = draw(st.integers(1, 3))
             if kind == "claim":
                 ops.append({"op": "task.claim", "task_id": tid, "attempt": attempt, "capacity": float(draw(st.integers(1, 4)))})
@@ -100,9 +104,9 @@ def scenarios(draw: Any) -> Dag:
             elif kind == "expire":
                 ops.append({"op": "task.fail", "task_id": tid, "attempt": attempt, "error": "silent", "retryable": False, "expired": True})
             elif kind == "cancel":
-                ops.append({"op": "workflow.cancel", "workflow_id": draw(st.sampled_from(["w1", "nope"]))})
+                ops.append({"op": "workflow.cancel", "workflow_id": draw(st.sampled_from([W1, "nope"]))})
             elif kind == "reprio":
-                ops.append({"op": "workflow.reprioritize", "workflow_id": "w1", "priority": draw(st.integers(1, 10))})
+                ops.append({"op": "workflow.reprioritize", "workflow_id": W1, "priority": draw(st.integers(1, 10))})
             else:
                 ops.append({"op": "task.claim", "task_id": tid, "attempt": -1})
         existing = list(range(len(dag.events)))
@@ -137,31 +141,34 @@ def test_duplicate_delivery_changes_nothing(dag: Dag) -> None:
 
 
 def _submit(n: int = 2, tag: str = "p2p-eligible") -> dict[str, Any]:
-    return {"op": "workflow.submit", "workflow_id": "w", "name": "n", "priority": 5, "tag": tag,
+    return {"op": "workflow.submit", "workflow_id": W, "name": "n", "priority": 5, "tag": tag,
             "tasks": [{"model": "m", "input": f"x{i}"} for i in range(n)]}
 
 
-def test_first_result_wins_and_duplicates_never_replace_it() -> None:
+def test_the_owners_first_result_stands_and_duplicates_never_replace_it() -> None:
     dag = Dag()
     dag.add("A", [_submit(1)], [])
-    dag.add("B", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0}], [0])
-    dag.add("C", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0}], [0])
-    first = dag.add("B", [{"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": 1}}], [])
-    dag.add("C", [{"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": 2}}], [first.idx])
-    state = fold(dag.events)
-    task = state.tasks["w/0"]
-    assert state.task_status(task) is TaskStatus.DONE
-    assert task.result is not None and task.result.result == {"v": 1} and task.result.peer == "B"
-    assert len(task.valid_results) == 2  # the duplicate is kept, not used
+    dag.add("B", [{"op": "task.claim", "task_id": T0, "attempt": 1, "capacity": 1.0}], [0])
+    dag.add("C", [{"op": "task.claim", "task_id": T0, "attempt": 1, "capacity": 1.0}], [0])
+    owner, other = ("B", "C") if claim_beats(T0, ("B", 1.0), ("C", 1.0)) else ("C", "B")
+    first = dag.add(owner, [{"op": "task.done", "task_id": T0, "attempt": 1, "result": {"v": 1}}], [])
+    dag.add(other, [{"op": "task.done", "task_id": T0, "attempt": 1, "result": {"v": 2}}], [first.idx])
+    dag.add(owner, [{"op": "task.done", "task_id": T0, "attempt": 1, "result": {"v": 3}}], [])
+    for order in causal_orders(dag, random.Random(2), 4):
+        state = fold(order)
+        task = state.tasks[T0]
+        assert state.task_status(task) is TaskStatus.DONE
+        assert task.result is not None and task.result.result == {"v": 1} and task.result.peer == owner
+        assert len(task.valid_results) == 3  # the duplicates are kept, never used
 
 
 def test_done_for_someone_elses_claim_is_rejected() -> None:
     dag = Dag()
     dag.add("A", [_submit(1)], [])
-    dag.add("B", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0}], [0])
-    dag.add("C", [{"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": 9}}], [1])
+    dag.add("B", [{"op": "task.claim", "task_id": T0, "attempt": 1, "capacity": 1.0}], [0])
+    dag.add("C", [{"op": "task.done", "task_id": T0, "attempt": 1, "result": {"v": 9}}], [1])
     state = fold(dag.events)
-    assert state.task_status(state.tasks["w/0"]) is TaskStatus.CLAIMED
+    assert state.task_status(state.tasks[T0]) is TaskStatus.CLAIMED
     assert [r.reason for r in state.forged()] == ["task.done for a claim its author does not hold"]
     assert state.rejected == []  # well-formed, just not valid: kept out of the state, not malformed
 
@@ -169,26 +176,26 @@ def test_done_for_someone_elses_claim_is_rejected() -> None:
 def test_concurrent_claims_have_one_deterministic_owner() -> None:
     dag = Dag()
     dag.add("A", [_submit(1)], [])
-    dag.add("B", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 2.0}], [0])
-    dag.add("C", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 2.0}], [0])
+    dag.add("B", [{"op": "task.claim", "task_id": T0, "attempt": 1, "capacity": 2.0}], [0])
+    dag.add("C", [{"op": "task.claim", "task_id": T0, "attempt": 1, "capacity": 2.0}], [0])
     for order in causal_orders(dag, random.Random(1), 5):
-        owner = fold(order).tasks["w/0"].owner()
+        owner = fold(order).tasks[T0].owner()
         assert owner is not None
-        expected = "B" if claim_beats("w/0", ("B", 2.0), ("C", 2.0)) else "C"
+        expected = "B" if claim_beats(T0, ("B", 2.0), ("C", 2.0)) else "C"
         assert owner.peer == expected
 
 
 def test_cancel_stops_queued_tasks_but_done_stays_done() -> None:
     dag = Dag()
     dag.add("A", [_submit(2)], [])
-    dag.add("A", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0},
-                  {"op": "task.start", "task_id": "w/0", "attempt": 1}], [])
-    dag.add("A", [{"op": "workflow.cancel", "workflow_id": "w"}], [])
-    dag.add("A", [{"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": 1}}], [])
+    dag.add("A", [{"op": "task.claim", "task_id": T0, "attempt": 1, "capacity": 1.0},
+                  {"op": "task.start", "task_id": T0, "attempt": 1}], [])
+    dag.add("A", [{"op": "workflow.cancel", "workflow_id": W}], [])
+    dag.add("A", [{"op": "task.done", "task_id": T0, "attempt": 1, "result": {"v": 1}}], [])
     state = fold(dag.events)
-    wf = state.workflows["w"]
-    assert state.task_status(state.tasks["w/0"]) is TaskStatus.DONE
-    assert state.task_status(state.tasks["w/1"]) is TaskStatus.CANCELLED
+    wf = state.workflows[W]
+    assert state.task_status(state.tasks[T0]) is TaskStatus.DONE
+    assert state.task_status(state.tasks[T1]) is TaskStatus.CANCELLED
     assert state.workflow_status(wf) is WorkflowStatus.CANCELLED
 
 
@@ -196,29 +203,29 @@ def test_retry_until_max_attempts_then_fail_with_every_error() -> None:
     dag = Dag()
     dag.add("A", [_submit(1)], [])
     for attempt in (1, 2, 3):
-        dag.add("B", [{"op": "task.claim", "task_id": "w/0", "attempt": attempt, "capacity": 1.0}], [])
+        dag.add("B", [{"op": "task.claim", "task_id": T0, "attempt": attempt, "capacity": 1.0}], [])
         state = fold(dag.events)
-        assert state.task_status(state.tasks["w/0"]) is TaskStatus.CLAIMED
-        dag.add("B", [{"op": "task.fail", "task_id": "w/0", "attempt": attempt, "error": f"e{attempt}"}], [])
+        assert state.task_status(state.tasks[T0]) is TaskStatus.CLAIMED
+        dag.add("B", [{"op": "task.fail", "task_id": T0, "attempt": attempt, "error": f"e{attempt}"}], [])
         state = fold(dag.events)
         want = TaskStatus.FAILED if attempt == 3 else TaskStatus.QUEUED
-        assert state.task_status(state.tasks["w/0"]) is want
-    task = fold(dag.events).tasks["w/0"]
+        assert state.task_status(state.tasks[T0]) is want
+    task = fold(dag.events).tasks[T0]
     assert [e["error"] for e in task.errors()] == ["e1", "e2", "e3"]
-    assert fold(dag.events).workflow_status(fold(dag.events).workflows["w"]) is WorkflowStatus.FAILED
+    assert fold(dag.events).workflow_status(fold(dag.events).workflows[W]) is WorkflowStatus.FAILED
 
 
 def test_reprioritize_is_last_writer_wins_on_the_causal_stamp() -> None:
     dag = Dag()
     dag.add("A", [_submit(1)], [])
-    dag.add("A", [{"op": "workflow.reprioritize", "workflow_id": "w", "priority": 1}], [])
-    dag.add("B", [{"op": "workflow.reprioritize", "workflow_id": "w", "priority": 9}], [1])
-    assert fold(dag.events).workflows["w"].priority == 9
+    dag.add("A", [{"op": "workflow.reprioritize", "workflow_id": W, "priority": 1}], [])
+    dag.add("B", [{"op": "workflow.reprioritize", "workflow_id": W, "priority": 9}], [1])
+    assert fold(dag.events).workflows[W].priority == 9
 
 
 def test_malformed_ops_are_rejected_not_fatal() -> None:
     state = State()
-    apply_event(state, b"x", "A", 0, [{"op": "nope"}, "garbage", {"op": "task.claim", "task_id": "w/0", "attempt": 0, "capacity": 1}])
+    apply_event(state, b"x", "A", 0, [{"op": "nope"}, "garbage", {"op": "task.claim", "task_id": T0, "attempt": 0, "capacity": 1}])
     assert len(state.rejected) == 3
     assert state.workflows == {} and state.tasks == {} and state.orphans == {}
 
@@ -226,33 +233,46 @@ def test_malformed_ops_are_rejected_not_fatal() -> None:
 def test_ops_before_their_submit_wait_for_it() -> None:
     """A claim concurrent with the submit must end the same as one that follows it."""
     state = State()
-    apply_event(state, b"c", "B", 0, [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0}])
-    assert "w/0" in state.orphans and state.tasks == {}
+    apply_event(state, b"c", "B", 0, [{"op": "task.claim", "task_id": T0, "attempt": 1, "capacity": 1.0}])
+    assert T0 in state.orphans and state.tasks == {}
     apply_event(state, b"s", "A", 0, [_submit(1)])
     assert state.orphans == {}
-    assert state.task_status(state.tasks["w/0"]) is TaskStatus.CLAIMED
+    assert state.task_status(state.tasks[T0]) is TaskStatus.CLAIMED
 
 
 def test_a_shallow_claim_and_done_cannot_replace_the_owners_result() -> None:
     """A forger claims and completes in one event right under the submit (lower height)."""
     dag = Dag()
     submit = dag.add("A", [_submit(1)], [])
-    dag.add("B", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0}], [submit.idx])
-    dag.add("B", [{"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": "honest"}}], [])
-    rival = "M" if not claim_beats("w/0", ("M", 1.0), ("B", 1.0)) else "N"
-    assert not claim_beats("w/0", (rival, 1.0), ("B", 1.0))
-    dag.add(rival, [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0},
-                    {"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": "forged"}}], [submit.idx])
+    dag.add("B", [{"op": "task.claim", "task_id": T0, "attempt": 1, "capacity": 1.0}], [submit.idx])
+    dag.add("B", [{"op": "task.done", "task_id": T0, "attempt": 1, "result": {"v": "honest"}}], [])
+    rival = "M" if not claim_beats(T0, ("M", 1.0), ("B", 1.0)) else "N"
+    assert not claim_beats(T0, (rival, 1.0), ("B", 1.0))
+    dag.add(rival, [{"op": "task.claim", "task_id": T0, "attempt": 1, "capacity": 1.0},
+                    {"op": "task.done", "task_id": T0, "attempt": 1, "result": {"v": "forged"}}], [submit.idx])
     for order in causal_orders(dag, random.Random(3), 4):
-        task = fold(order).tasks["w/0"]
+        task = fold(order).tasks[T0]
         assert task.result is not None and task.result.result == {"v": "honest"}
 
 
 def test_cancelling_a_completed_workflow_leaves_it_completed() -> None:
     dag = Dag()
     dag.add("A", [_submit(1)], [])
-    dag.add("A", [{"op": "task.claim", "task_id": "w/0", "attempt": 1, "capacity": 1.0}], [])
-    dag.add("A", [{"op": "task.done", "task_id": "w/0", "attempt": 1, "result": {"v": 1}}], [])
-    dag.add("B", [{"op": "workflow.cancel", "workflow_id": "w"}], [2])
+    dag.add("A", [{"op": "task.claim", "task_id": T0, "attempt": 1, "capacity": 1.0}], [])
+    dag.add("A", [{"op": "task.done", "task_id": T0, "attempt": 1, "result": {"v": 1}}], [])
+    dag.add("B", [{"op": "workflow.cancel", "workflow_id": W}], [2])
     state = fold(dag.events)
-    assert state.workflow_status(state.workflows["w"]) is WorkflowStatus.COMPLETED
+    assert state.workflow_status(state.workflows[W]) is WorkflowStatus.COMPLETED
+
+
+def test_only_its_submitter_can_define_a_workflow_id() -> None:
+    """Another peer's submit under an id bound to A is rejected on every peer, whatever the order."""
+    dag = Dag()
+    dag.add("A", [_submit(2)], [])
+    hijack = {**_submit(1), "name": "hijacked"}
+    dag.add("M", [hijack], [])  # parents=[]: height 0, the smallest stamp there is
+    for order in causal_orders(dag, random.Random(5), 4):
+        state = fold(order)
+        wf = state.workflows[W]
+        assert wf.submitter == "A" and wf.name == "n" and len(wf.task_ids) == 2
+        assert [r.reason for r in state.rejected] == ["workflow id not bound to its submitter"]
