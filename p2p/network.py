@@ -242,13 +242,16 @@ class Network:
         try:
             ancestors = 0
             while self._syncing.get(peer):
-                want = self._syncing[peer]
+                announced = self._syncing[peer]
                 self._syncing[peer] = set()
-                want = {h for h in want if not self.node.clock.has_event(cid_from_bytes(h))}
-                want |= {cid_raw(c) for c in self.node.clock.missing()}
+                heads = sorted(h for h in announced if not self.node.clock.has_event(cid_from_bytes(h)))
+                # what this peer announced first, then parents our orphans still miss: within
+                # the server's per-request cap, so unfetchable parents can't crowd heads out
+                parents = sorted({cid_raw(c) for c in self.node.clock.missing()} - set(heads))
+                want = (heads + parents)[: self.config.max_blocks_per_request]
                 if not want:
                     continue
-                req = BlocksRequest(cids=sorted(want)[:4096], ancestors=ancestors)
+                req = BlocksRequest(cids=want, ancestors=ancestors)
                 try:
                     reply = decode_reply(await self.net.request(peer, BLOCKS_PROTOCOL, encode(req), timeout=30))
                 except Exception as exc:  # noqa: BLE001

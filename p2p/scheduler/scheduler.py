@@ -21,7 +21,7 @@ import trio
 from p2p.clock import Event, MerkleClock, codec
 from p2p.config import SchedulerConfig
 from p2p.errors import NodeError
-from p2p.scheduler.assignment import choose_owner
+from p2p.scheduler.assignment import choose_owner, rank_peers
 from p2p.scheduler.heap import FibonacciHeap
 from p2p.scheduler.ops import TaskSpec, WorkflowTag, new_workflow_id
 from p2p.scheduler.results import pack_result
@@ -93,6 +93,7 @@ class Scheduler:
         self._running: set[str] = set()
         self._claiming: dict[str, set[int]] = {}  # claims written, per task; dropped when it ends
         self._finished: dict[str, int] = {}  # attempts run here whose outcome may not be folded yet
+        self._unclaimed_since: dict[str, dict[int, float]] = {}  # task -> attempt -> first seen unclaimed
         self._open: set[str] = set()
         self._dirty: set[str] = set()
         self._pending: list[dict[str, Any]] = []
@@ -265,6 +266,7 @@ class Scheduler:
                 self._open.discard(tid)
                 self._claiming.pop(tid, None)
                 self._finished.pop(tid, None)
+                self._unclaimed_since.pop(tid, None)
                 self._drop_local(tid, even_if_running=False)
                 continue
             self._open.add(tid)
@@ -298,8 +300,20 @@ class Scheduler:
     def _maybe_claim(self, task: TaskState, wf: WorkflowState, live: Sequence[PeerCaps], attempt: int, why: str | None) -> None:
         if attempt in self._claiming.get(task.task_id, ()):
             return
-        if self._rank_first(task, wf, live) != self.me:
+        ranking = self._ranking(task, wf, live)
+        if self.me not in ranking:
             return
+        rank = ranking.index(self.me)
+        if rank > 0:
+            # Fallback: the peers ranked above us should have claimed by now; one that advertises
+            # the model but never claims (broken, or a fake identity) must not starve the task.
+            # The k-th ranked peer claims after k * lease_s of waiting; concurrent claims still
+            # resolve by score, so an honest top peer that claims late still wins.
+            now = time.monotonic()
+            first_seen = self._unclaimed_since.setdefault(task.task_id, {}).setdefault(attempt, now)
+            if now - first_seen < rank * self.config.lease_s:
+                return
+            log.info("claiming a task its higher-ranked peers left unclaimed", task_id=task.task_id, rank=rank)
         self._claiming.setdefault(task.task_id, set()).add(attempt)
         mine = next(p for p in live if p.peer_id == self.me)
         op: dict[str, Any] = {"op": "task.claim", "task_id": task.task_id, "attempt": attempt, "capacity": mine.capacity}
@@ -307,13 +321,18 @@ class Scheduler:
             op["supersedes"] = why
         self._record(op)
 
-    def _rank_first(self, task: TaskState, wf: WorkflowState, live: Sequence[PeerCaps]) -> str | None:
-        """The live, eligible peer the rendezvous rule puts first for this task."""
+    def _ranking(self, task: TaskState, wf: WorkflowState, live: Sequence[PeerCaps]) -> list[str]:
+        """The live, eligible peers in the rendezvous rule's order for this task; peers that
+        already failed it go last when others can take it."""
         eligible = {p.peer_id: p.capacity for p in live if self._allowed(p, task, wf)}
         failed = {peer for (_, peer), f in task.fails.items() if not f.expired}
         if failed and any(p not in failed for p in eligible):
             eligible = {p: c for p, c in eligible.items() if p not in failed}
-        return choose_owner(task.task_id, eligible)
+        return rank_peers(task.task_id, eligible)
+
+    def _rank_first(self, task: TaskState, wf: WorkflowState, live: Sequence[PeerCaps]) -> str | None:
+        ranking = self._ranking(task, wf, live)
+        return ranking[0] if ranking else None
 
     @staticmethod
     def _allowed(peer: PeerCaps, task: TaskState, wf: WorkflowState) -> bool:

@@ -82,3 +82,23 @@ def test_a_restarted_node_does_not_declare_unknown_owners_dead(tmp_path: Path) -
     assert not table.is_alive("someone-else")
     table.observe(Heartbeat(peer_id="someone-else", name="x", models=[MODEL], capacity=1.0))
     assert table.is_alive("someone-else")
+
+
+def test_a_task_its_top_ranked_peer_never_claims_is_claimed_after_a_deadline(tmp_path: Path) -> None:
+    """A peer that advertises the model at a huge capacity but never claims can't starve a task."""
+    a = _peer(tmp_path, "a")
+    fake = Heartbeat(peer_id=Identity.generate().peer_id_str, name="fake", models=[MODEL], capacity=1e6)
+    a.peers.observe(fake)
+    wid = a.submit("w", [TaskSpec(model=MODEL, input="x")], 5, WorkflowTag.P2P_ELIGIBLE)
+    tid = f"{wid}/0"
+    a.config = a.config.model_copy(update={"lease_s": 0.2})
+    a.decide([tid])
+    a.flush()
+    assert a.state.tasks[tid].attempt == 0  # the fake peer ranks first; we wait
+    import time
+
+    time.sleep(0.25)
+    a.peers.observe(fake)  # still "alive": it heartbeats, it just never claims
+    a.decide([tid])
+    a.flush()
+    assert a.state.tasks[tid].owner().peer == a.me
