@@ -24,7 +24,7 @@ from p2p.errors import NodeError
 from p2p.identity import Identity
 from p2p.peers import Heartbeat, PeerTable
 from p2p.scheduler.ops import MAX_PRIORITY, MIN_PRIORITY, TaskSpec, WorkflowTag
-from p2p.scheduler.scheduler import Scheduler
+from p2p.scheduler.scheduler import PeerCaps, Scheduler
 from p2p.scheduler.state import WorkflowStatus
 from p2p.scheduler.views import workflow_status, workflow_summary
 
@@ -52,9 +52,10 @@ class Node:
         self._hardware: dict[str, Any] | None = None
         self._models: list[str] | None = None
         self.network: Any = None  # p2p.network.Network when enabled
+        self._caps: PeerCaps | None = None
         sched = config.scheduler
         self.capacity = sched.capacity or derive_capacity(self.hardware())
-        self.peers = PeerTable(self.heartbeat, lease_s=sched.lease_s)
+        self.peers = PeerTable(self.caps, lease_s=sched.lease_s)
         self.scheduler = Scheduler(
             clock, engine, self.peers, sched,
             max_inflight=sched.max_inflight, max_ops_per_event=config.clock.max_ops_per_event,
@@ -110,6 +111,12 @@ class Node:
 
     def listen_addrs(self) -> list[str]:
         return self.network.listen_addrs() if self.network else []
+
+    def caps(self) -> PeerCaps:
+        """What the scheduler needs of this peer; built once (models and capacity are fixed)."""
+        if self._caps is None:
+            self._caps = PeerCaps(self.peer_id, self.capacity, frozenset(self.local_models()))
+        return self._caps
 
     def heartbeat(self) -> Heartbeat:
         return Heartbeat(

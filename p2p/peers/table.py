@@ -27,8 +27,11 @@ class PeerRecord:
 
 
 class PeerTable:
-    def __init__(self, me: Callable[[], Heartbeat], lease_s: float, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, me: Callable[[], PeerCaps], lease_s: float, now: Callable[[], float] = time.monotonic) -> None:
+        """``me`` gives this peer's capabilities; it is called on every scheduling decision,
+        so it must be cheap (no heartbeat building)."""
         self._me = me
+        self._self_id = me().peer_id
         self._lease_s = lease_s
         self._now = now
         self._peers: dict[str, PeerRecord] = {}
@@ -37,7 +40,7 @@ class PeerTable:
 
     @property
     def self_id(self) -> str:
-        return self._me().peer_id
+        return self._self_id
 
     def observe(self, hb: Heartbeat) -> bool:
         """Record a heartbeat; True when the set of live peers or their capabilities changed."""
@@ -72,7 +75,7 @@ class PeerTable:
 
     def live_peers(self) -> list[PeerCaps]:
         me = self._me()
-        out = [PeerCaps(me.peer_id, me.capacity, frozenset(me.models))]
+        out = [me]
         now = self._now()
         out.extend(r.caps for p, r in self._peers.items() if p != me.peer_id and now - r.last_seen <= self._lease_s)
         return out

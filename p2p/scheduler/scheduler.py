@@ -73,7 +73,7 @@ class Scheduler:
         peers: PeerView,
         config: SchedulerConfig,
         *,
-        max_inflight: int = 64,
+        max_inflight: int = 256,
         max_ops_per_event: int = 256,
     ) -> None:
         self.clock = clock

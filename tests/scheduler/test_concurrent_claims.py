@@ -13,7 +13,7 @@ from p2p.peers import Heartbeat, PeerTable
 from p2p.scheduler.assignment import claim_beats
 from p2p.scheduler.ops import TaskSpec, WorkflowTag
 from p2p.scheduler.results import pack_result
-from p2p.scheduler.scheduler import Scheduler
+from p2p.scheduler.scheduler import PeerCaps, Scheduler
 from p2p.scheduler.state import TaskStatus
 
 MODEL = "m"
@@ -22,8 +22,8 @@ MODEL = "m"
 def _peer(tmp: Path, name: str) -> Scheduler:
     ident = Identity.generate()
     clock = MerkleClock.open(tmp / f"{name}.sqlite", ident)
-    hb = Heartbeat(peer_id=ident.peer_id_str, name=name, models=[MODEL], capacity=1.0)
-    return Scheduler(clock, engine=None, peers=PeerTable(lambda: hb, lease_s=30), config=SchedulerConfig())  # type: ignore[arg-type]
+    me = PeerCaps(ident.peer_id_str, 1.0, frozenset([MODEL]))
+    return Scheduler(clock, engine=None, peers=PeerTable(lambda: me, lease_s=30), config=SchedulerConfig())  # type: ignore[arg-type]
 
 
 def _partitioned_claims(tmp: Path) -> tuple[Scheduler, Scheduler, str]:
@@ -75,8 +75,8 @@ def test_a_restarted_node_does_not_declare_unknown_owners_dead(tmp_path: Path) -
     """Within lease_s of starting, an owner we have not heard from yet is presumed alive."""
     clock_now = [1000.0]
     ident = Identity.generate()
-    hb = Heartbeat(peer_id=ident.peer_id_str, name="me", models=[MODEL], capacity=1.0)
-    table = PeerTable(lambda: hb, lease_s=10, now=lambda: clock_now[0])
+    me = PeerCaps(ident.peer_id_str, 1.0, frozenset([MODEL]))
+    table = PeerTable(lambda: me, lease_s=10, now=lambda: clock_now[0])
     assert table.is_alive("someone-else")
     clock_now[0] += 11
     assert not table.is_alive("someone-else")
