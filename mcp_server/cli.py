@@ -16,7 +16,7 @@ class CliError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-def _settings(ctx: click.Context, **flags: Any) -> Any:
+def cli_settings(ctx: click.Context, **flags: Any) -> Any:
     from mcp_server.settings import SettingsError, load_settings
 
     root = ctx.find_root().obj

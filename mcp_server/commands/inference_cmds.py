@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable
 
 import click
 
-from mcp_server.cli import CliError, _settings
+from mcp_server.cli import CliError, cli_settings
 
 DEMO_SENTENCES = ("A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply today.")
 
@@ -78,7 +78,7 @@ def infer(ctx: click.Context, model: str | None, task: str | None, backend: str 
     flagged when inference.truncate is true, refused otherwise)."""
     if not texts:
         raise CliError("no input text given: pass one or more TEXT arguments")
-    settings = _settings(ctx, data_dir=data_dir)
+    settings = cli_settings(ctx, data_dir=data_dir)
     result = _run_engine(settings, lambda e: e.infer(model, list(texts), task=task, backend=backend, top_k=top_k))
     if as_json:
         click.echo(json.dumps(result.to_json()))
@@ -91,7 +91,7 @@ def infer(ctx: click.Context, model: str | None, task: str | None, backend: str 
 @click.pass_context
 def hardware(ctx: click.Context, as_json: bool) -> None:
     """What this machine can run on: onnxruntime providers, torch devices, CPU cores, memory."""
-    _settings(ctx)
+    cli_settings(ctx)
     from inference.hardware import detect_hardware
 
     info = detect_hardware().to_dict()
@@ -112,7 +112,7 @@ def hardware(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def models(ctx: click.Context, as_json: bool) -> None:
     """Models this machine can serve offline, with their tasks."""
-    settings = _settings(ctx)
+    settings = cli_settings(ctx)
     from inference.models import available_models
 
     found = available_models(settings.inference.model_dirs)
@@ -130,7 +130,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def demo(ctx: click.Context, data_dir: str | None) -> None:
     """Embed three sentences with the default model and print their cosine similarities."""
-    settings = _settings(ctx, data_dir=data_dir)
+    settings = cli_settings(ctx, data_dir=data_dir)
     result = _run_engine(settings, lambda e: e.infer(None, list(DEMO_SENTENCES)))
     import numpy as np
 

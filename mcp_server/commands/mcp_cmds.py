@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from mcp_server.cli import CliError, _settings
+from mcp_server.cli import CliError, cli_settings
 from mcp_server.commands.network_flags import node_flags, node_options
 
 
@@ -27,7 +27,7 @@ def mcp_group() -> None:
 @click.pass_context
 def serve(ctx: click.Context, transport: str | None, host: str | None, port: int | None, **kw: Any) -> None:
     """Run this node and serve its MCP tools until stopped (SIGINT/SIGTERM, or stdin closing)."""
-    settings = _settings(ctx, **node_flags(kw), **{"mcp.transport": transport, "mcp.host": host, "mcp.port": port})
+    settings = cli_settings(ctx, **node_flags(kw), **{"mcp.transport": transport, "mcp.host": host, "mcp.port": port})
     # stdout is the protocol under stdio; over HTTP/SSE it is free for the how-to-connect text
     run_server(settings, print_connect_help=settings.mcp.transport != "stdio")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from mcp_server.cli import CliError, _settings
+from mcp_server.cli import CliError, cli_settings
 from mcp_server.commands.network_flags import node_flags, node_options
 
 
@@ -34,9 +34,9 @@ def start(ctx: click.Context, mcp_port: int | None, **kw: Any) -> None:
     from mcp_server.transports import ServeError, serve_node
 
     flags = node_flags(kw)
-    base = _settings(ctx).data_path
+    base = cli_settings(ctx).data_path
     _node_data_dir(flags, base)
-    settings = _settings(ctx, **flags)
+    settings = cli_settings(ctx, **flags)
 
     def ready(node: Any, urls: list[str]) -> None:
         click.echo(f"peer id: {node.peer_id}")
@@ -78,8 +78,8 @@ def join(ctx: click.Context, bootstrap: tuple[str, ...], data_dir: str | None, n
     from p2p.errors import NodeError
 
     flags: dict[str, Any] = {"data_dir": data_dir, "node_id": node_id}
-    _node_data_dir(flags, _settings(ctx).data_path)
-    settings = _settings(ctx, **flags)
+    _node_data_dir(flags, cli_settings(ctx).data_path)
+    settings = cli_settings(ctx, **flags)
     for addr in bootstrap:
         try:
             reply = call(settings.data_path, {"cmd": "connect", "multiaddr": addr})
@@ -100,8 +100,8 @@ def info(ctx: click.Context, data_dir: str | None, node_id: str | None) -> None:
     from p2p.errors import NodeError
 
     flags: dict[str, Any] = {"data_dir": data_dir, "node_id": node_id}
-    _node_data_dir(flags, _settings(ctx).data_path)
-    settings = _settings(ctx, **flags)
+    _node_data_dir(flags, cli_settings(ctx).data_path)
+    settings = cli_settings(ctx, **flags)
     try:
         reply = call(settings.data_path, {"cmd": "info"})
     except NodeError as exc:
