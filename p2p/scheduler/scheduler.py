@@ -100,7 +100,6 @@ class Scheduler:
         self._wake_decide = trio.Event()
         self._wake_flush = trio.Event()
         self._wake_work = trio.Event()
-        self.batches_flushed = 0
 
     # ----------------------------------------------------------------- folding
 
@@ -141,10 +140,10 @@ class Scheduler:
     # --------------------------------------------------------------- commands
 
     def submit(
-        self, name: str, tasks: list[TaskSpec], priority: int, tag: WorkflowTag, workflow_id: str | None = None
+        self, name: str, tasks: list[TaskSpec], priority: int, tag: WorkflowTag
     ) -> str:
         """Write a workflow to the clock now; it is on disk when this returns."""
-        wid = workflow_id or new_workflow_id(self.me)
+        wid = new_workflow_id(self.me)
         op = {
             "op": "workflow.submit",
             "workflow_id": wid,
@@ -219,7 +218,6 @@ class Scheduler:
             self._append_batch(batch[:half])
             self._append_batch(batch[half:])
             return
-        self.batches_flushed += 1
         self._after_local_append(ev)
 
     async def _decide_loop(self) -> None:
