@@ -34,6 +34,7 @@ from p2p.net.framing import (
 from p2p.net.host import NetHost, RequestHandler, StreamHandler, open_host
 from p2p.net.streams import FramedStream
 from p2p.net.pacing import Debouncer, Pacer
+from p2p.net.ratelog import PeerLogLimiter, peer_log
 from p2p.net.psk import format_swarm_key, generate_swarm_key, load_swarm_key, parse_swarm_key
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "Pacer",
     "PeerEvent",
     "PeerEventKind",
+    "PeerLogLimiter",
     "PeerNotAllowedError",
     "PskError",
     "RequestError",
@@ -65,6 +67,7 @@ __all__ = [
     "load_swarm_key",
     "open_host",
     "parse_swarm_key",
+    "peer_log",
     "read_frame",
     "write_frame",
 ]

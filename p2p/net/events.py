@@ -16,6 +16,8 @@ from typing import Generic, NamedTuple, TypeVar
 import structlog
 import trio
 
+from p2p.net.ratelog import peer_log
+
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
@@ -59,7 +61,8 @@ class Fanout(Generic[T]):
                 send.send_nowait(item)
             except trio.WouldBlock:
                 self.dropped += 1
-                log.warning("subscriber too slow, item dropped", channel=self._name)
+                # once a minute per channel, with the count: a flood must not flood stderr too
+                peer_log.warning(self._name, "subscriber too slow, item dropped", dropped_total=self.dropped)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._subscribers.discard(send)
 

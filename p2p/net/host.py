@@ -59,12 +59,14 @@ from p2p.net.addrs import (
     peer_id_of,
     strip_peer_id,
 )
-from p2p.net.bootstrap import keep_connected
+from p2p.net import libp2p_patches
+from p2p.net.bootstrap import KEPT_GIVE_UP_S, KeptPeer, keep_connected
 from p2p.net.errors import DialError, NetConfigError, PeerNotAllowedError, RequestError, describe
 from p2p.net.events import Fanout, GossipMessage, PeerEvent, PeerEventKind
 from p2p.net.framing import FrameError
 from p2p.net.logs import quiet_library_logs
 from p2p.net.mdns import mdns_discovery
+from p2p.net.ratelog import peer_log
 from p2p.net.streams import FramedStream
 
 log = structlog.get_logger(__name__)
@@ -75,6 +77,11 @@ PING_TIMEOUT_S = 5.0
 GOSSIP_HEARTBEAT_S = 1
 GOSSIP_MAX_MSGS_PER_TOPIC_PER_S = 100.0
 GOSSIP_MAX_MESSAGE_BYTES = 1 << 20  # py-libp2p's inbound pubsub RPC cap
+# At most this many peers are kept connected by redial tasks (bootstrap + connect_peer/join).
+# Each costs a task and a periodic dial; the connect_peer tool could otherwise add them forever.
+MAX_KEPT_PEERS = 256
+# At most this many mDNS-discovered peers are dialled at once (a LAN can announce thousands).
+MAX_MDNS_DIALS = 16
 
 StreamHandler = Callable[[str, FramedStream], Awaitable[None]]
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
@@ -126,7 +133,12 @@ class NetHost:
         gossipsub: GossipSub,
         config: NetworkConfig,
         nursery: trio.Nursery,
+        *,
+        max_kept_peers: int = MAX_KEPT_PEERS,
+        kept_give_up_s: float = KEPT_GIVE_UP_S,
     ) -> None:
+        if max_kept_peers < 1 or kept_give_up_s <= 0:
+            raise NetConfigError("max_kept_peers must be >= 1 and kept_give_up_s > 0")
         self._host = host
         self._pubsub = pubsub
         self._gossipsub = gossipsub
@@ -137,7 +149,10 @@ class NetHost:
         self._max_frame = config.max_frame_bytes
         self._connected: set[str] = set()
         self._connected_at: dict[str, float] = {}
-        self._kept: set[str] = set()
+        # peer id -> its kept address; one redial task per peer, insertion order = age
+        self._kept: dict[str, KeptPeer] = {}
+        self._max_kept = max_kept_peers
+        self._kept_give_up_s = kept_give_up_s
         self._state_changed = trio.Event()
         self._peer_events: Fanout[PeerEvent] = Fanout("peer-events")
         self._topics: dict[str, Fanout[GossipMessage]] = {}
@@ -146,13 +161,57 @@ class NetHost:
 
     # --- identity and addresses -------------------------------------------------------------
 
-    def keep(self, addr: str) -> None:
+    def keep(self, addr: str, *, bootstrap: bool = False) -> bool:
         """Hold a connection to ``addr`` (ending in /p2p/<id>) for the host's life: dial now,
-        redial with backoff whenever it drops. Bootstrap addresses and peers joined by hand."""
-        if addr in self._kept or peer_id_of(addr) == self._peer_id:
-            return
-        self._kept.add(addr)
-        self._nursery.start_soon(keep_connected, self, addr, self._config.reconnect_max_backoff_s)
+        redial with backoff whenever it drops. Bootstrap addresses and peers joined by hand.
+
+        One redial task per *peer*: keeping a second address of a kept peer replaces its
+        address. A non-bootstrap address that has not connected for ``kept_give_up_s`` is
+        dropped (its peer can be kept again later). At most ``max_kept_peers`` peers are kept:
+        the oldest non-bootstrap one makes room for a new one; when all are bootstrap peers the
+        new address is refused (logged, returns False). Returns True when ``addr`` is kept."""
+        peer = peer_id_of(addr)
+        if peer == self._peer_id:
+            return False
+        kept = self._kept.get(peer)
+        if kept is not None:
+            kept.addr = addr
+            kept.bootstrap = kept.bootstrap or bootstrap
+            return True
+        if len(self._kept) >= self._max_kept:
+            victim = next((k for k in self._kept.values() if not k.bootstrap), None)
+            if victim is None:
+                peer_log.warning(
+                    "kept-peers", "kept-peer limit reached; not keeping a new address",
+                    limit=self._max_kept, kept=len(self._kept), addr=addr,
+                )
+                return False
+            peer_log.warning(
+                "kept-peers", "kept-peer limit reached; the oldest hand-added peer is no longer redialled",
+                limit=self._max_kept, dropped=victim.addr, added=addr,
+            )
+            self._forget_kept(victim)
+        kept = KeptPeer(addr=addr, bootstrap=bootstrap, give_up_after_s=self._kept_give_up_s)
+        self._kept[peer] = kept
+        self._nursery.start_soon(self._run_kept, kept)
+        return True
+
+    def kept_peers(self) -> dict[str, str]:
+        """Peer id -> address of every peer a redial task keeps connected."""
+        return {peer: k.addr for peer, k in self._kept.items()}
+
+    def _forget_kept(self, kept: KeptPeer) -> None:
+        if self._kept.get(kept.peer) is kept:
+            del self._kept[kept.peer]
+        kept.cancel_scope.cancel()
+
+    async def _run_kept(self, kept: KeptPeer) -> None:
+        try:
+            with kept.cancel_scope:
+                await keep_connected(self, kept, self._config.reconnect_max_backoff_s)
+        finally:
+            if self._kept.get(kept.peer) is kept:
+                del self._kept[kept.peer]
 
     @property
     def peer_id(self) -> str:
@@ -460,6 +519,8 @@ class NetHost:
                         peer = str(info.peer_id)
                         if peer in self._connected or peer in self._dialing or not self.allowed(peer):
                             continue
+                        if len(self._dialing) >= MAX_MDNS_DIALS:  # mDNS re-announces; try later
+                            continue
                         self._dialing.add(peer)
                         nursery.start_soon(self._dial_discovered, info)
         except Exception as exc:  # noqa: BLE001 - e.g. no multicast route, port 5353 unusable
@@ -499,18 +560,30 @@ def _listen_multiaddrs(config: NetworkConfig) -> list[Multiaddr]:
 
 
 @asynccontextmanager
-async def open_host(key_pair: KeyPair, config: NetworkConfig, psk: bytes | None = None) -> AsyncIterator[NetHost]:
+async def open_host(
+    key_pair: KeyPair,
+    config: NetworkConfig,
+    psk: bytes | None = None,
+    *,
+    max_kept_peers: int = MAX_KEPT_PEERS,
+    kept_give_up_s: float = KEPT_GIVE_UP_S,
+) -> AsyncIterator[NetHost]:
     """Start a host listening on ``config.listen``; it stops (connections closed) on exit.
 
     ``psk`` is the 32-byte swarm key (see :mod:`p2p.net.psk`); ``config.psk_file`` is *not*
-    read here, so the caller decides where keys come from.
+    read here, so the caller decides where keys come from. ``max_kept_peers`` and
+    ``kept_give_up_s`` bound the redial tasks of :meth:`NetHost.keep`.
+
+    py-libp2p is patched first (:mod:`p2p.net.libp2p_patches`): no input from a peer can end
+    the host; only local errors (cannot listen, bad config, out of memory) leave this block.
 
     py-libp2p's ``host.run()`` and the services wrap whatever crosses them in (nested)
     ExceptionGroups; a lone exception -- ours or the caller's from inside the block -- is
     unwrapped again so ``except DialError`` / ``pytest.raises(ValueError)`` work as expected.
     """
     try:
-        async with _open_host(key_pair, config, psk) as net:
+        options = {"max_kept_peers": max_kept_peers, "kept_give_up_s": kept_give_up_s}
+        async with _open_host(key_pair, config, psk, options) as net:
             yield net
     except BaseExceptionGroup as group:
         leaf = _sole_exception(group)
@@ -534,8 +607,11 @@ def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException |
 
 
 @asynccontextmanager
-async def _open_host(key_pair: KeyPair, config: NetworkConfig, psk: bytes | None) -> AsyncIterator[NetHost]:
+async def _open_host(
+    key_pair: KeyPair, config: NetworkConfig, psk: bytes | None, host_options: dict[str, Any]
+) -> AsyncIterator[NetHost]:
     quiet_library_logs()
+    libp2p_patches.apply()  # before new_host: BasicHost binds its stream handler at construction
     if psk is not None and len(psk) != 32:
         raise NetConfigError(f"a swarm key is 32 bytes, got {len(psk)}")
     if psk is not None and config.quic:
@@ -592,12 +668,12 @@ async def _open_host(key_pair: KeyPair, config: NetworkConfig, psk: bytes | None
         await stack.enter_async_context(background_trio_service(gossipsub))
         await pubsub.wait_until_ready()
         nursery = await stack.enter_async_context(trio.open_nursery())
-        net = NetHost(host, pubsub, gossipsub, config, nursery)
+        net = NetHost(host, pubsub, gossipsub, config, nursery, **host_options)
         stack.callback(net._peer_events.close)
         nursery.start_soon(net._connection_events, receive)
         for addr in bootstrap:
             if peer_id_of(addr) != own_id:
-                net.keep(addr)
+                net.keep(addr, bootstrap=True)
         if config.mdns:
             tcp_ports = [a.value_for_protocol("tcp") for a in host.get_transport_addrs() if "/tcp/" in str(a)]
             nursery.start_soon(net._mdns_loop, int(tcp_ports[0]) if tcp_ports else 0)
@@ -613,6 +689,7 @@ async def _open_host(key_pair: KeyPair, config: NetworkConfig, psk: bytes | None
 __all__ = [
     "DIAL_TIMEOUT_S",
     "GOSSIP_MAX_MSGS_PER_TOPIC_PER_S",
+    "MAX_KEPT_PEERS",
     "FramedStream",
     "NetHost",
     "RequestHandler",

@@ -19,7 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 BLOCKS_PROTOCOL = "/ipfs-accelerate/blocks/1.0.0"
 MAX_CID_BYTES = 128
-INLINE_ANNOUNCE_BYTES = 256 * 1024  # gossipsub messages stay well under its 1 MiB cap
+# Gossip stays small by policy: a heads announcement inlines at most this many bytes of blocks;
+# anything larger travels on the blocks stream (BLOCKS_PROTOCOL). Small gossip RPCs keep the
+# per-peer pubsub stream responsive (big ones hold it for several yamux frames) and bound what
+# a relay buffers per subscriber.
+INLINE_ANNOUNCE_BYTES = 64 * 1024
 
 
 class WireError(ValueError):

@@ -1,0 +1,164 @@
+"""Small, documented fixes to py-libp2p 0.8.1, applied once at import by :func:`apply`.
+
+Each patch wraps one library function, keeps its behaviour for well-formed input and is small
+enough to go upstream as is. ``open_host`` calls :func:`apply` before it builds a host.
+
+1. **Whole writes on a yamux stream** (``YamuxStream.write``). The library splits a write into
+   64 KiB frames and takes the stream's write lock *per frame*, so two tasks writing to one
+   stream at once interleave their frames. Gossipsub does exactly that: every forwarded message
+   (``push_msg`` runs as its own task), every control message of the heartbeat and every
+   publish calls ``Pubsub.write_msg`` on the one outbound stream of a peer. A small RPC written
+   while a >64 KiB RPC waits for its next frame lands *inside* the big one; the receiver reads
+   the big RPC's announced length, which now holds the small RPC and misses the big one's last
+   bytes, and everything after is out of step. That is the "inner message ends 216 bytes
+   before the frame does" corruption of issue 7 (216 bytes: one heartbeat/IHAVE RPC), and the
+   next varint read from the middle of a message is what crashed honest nodes. The patch holds
+   a per-stream lock for the whole ``write`` call, so one write leaves as one contiguous run.
+
+2. **A bad pubsub RPC ends that stream, not the node** (``Pubsub.stream_handler``). The
+   library catches only stream/varint errors; ``google.protobuf.message.DecodeError`` (41
+   bytes of junk after a length prefix do it) and any error of the router's RPC handling
+   escaped through the swarm's nursery and ended the process. Now any ``Exception`` resets the
+   stream and forgets the peer's pubsub state, exactly what the library already does for the
+   errors it knew, and is logged once per peer per minute.
+
+3. **A bad forwarded message is dropped** (``Pubsub.push_msg``). It runs as a task of the
+   pubsub service, whose failure cancels the service (and the host). Messages from a remote
+   forwarder that raise (an origin id or key that does not parse, ...) are dropped and logged
+   once per peer per minute; our own publishes still raise to the caller.
+
+4. **Every inbound stream is isolated** (``BasicHost._swarm_stream_handler``). Protocol
+   negotiation and whatever handler serves the stream (identify, identify-push, ping, ours,
+   any added later) run in the connection's nursery, so one unexpected exception from either
+   ended the connection and climbed into the host. The patch resets that stream and logs the
+   peer once per minute. ``trio.Cancelled`` and ``KeyboardInterrupt``/``SystemExit`` pass;
+   ``MemoryError`` passes too (local and unrecoverable: the process must end).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import trio
+from libp2p.host.basic_host import BasicHost
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+from p2p.net.errors import describe
+from p2p.net.ratelog import peer_log
+
+_APPLIED = False
+_WRITE_LOCK_ATTR = "_p2p_whole_write_lock"
+
+# The library's own "the peer went away" errors: not worth a warning.
+_QUIET_ERRORS = ("StreamEOF", "StreamReset", "StreamClosed", "StreamError", "MuxedStreamEOF",
+                 "MuxedStreamReset", "IncompleteReadError", "RawConnError", "IOException",
+                 "ConnectionClosedError", "MuxedStreamError")
+
+
+def _peer_of(stream: Any) -> str:
+    try:
+        return str(stream.muxed_conn.peer_id)
+    except Exception:  # noqa: BLE001 - a half-built stream
+        return "?"
+
+
+def _is_quiet(exc: BaseException) -> bool:
+    return any(cls.__name__ in _QUIET_ERRORS for cls in type(exc).__mro__)
+
+
+async def _reset_quietly(stream: Any) -> None:
+    with trio.CancelScope(shield=True):
+        try:
+            await stream.reset()
+        except Exception:  # noqa: BLE001 - the connection may be gone already
+            pass
+
+
+def _report(peer: str, what: str, protocol: str, exc: BaseException) -> None:
+    if _is_quiet(exc):
+        return
+    peer_log.warning(peer, what, protocol=protocol, error=describe(exc))
+
+
+def _patch_yamux_whole_writes() -> None:
+    original = YamuxStream.write
+
+    @functools.wraps(original)
+    async def write(self: YamuxStream, data: bytes) -> None:
+        lock = self.__dict__.get(_WRITE_LOCK_ATTR)
+        if lock is None:
+            lock = trio.Lock()
+            setattr(self, _WRITE_LOCK_ATTR, lock)
+        async with lock:
+            await original(self, data)
+
+    write.__p2p_patched__ = True  # type: ignore[attr-defined]
+    YamuxStream.write = write  # type: ignore[method-assign]
+
+
+def _patch_pubsub_stream_handler() -> None:
+    async def stream_handler(self: Pubsub, stream: Any) -> None:
+        peer_id = stream.muxed_conn.peer_id
+        try:
+            await self.continuously_read_stream(stream)
+        except Exception as exc:  # noqa: BLE001 - remote input must not end the node
+            _report(str(peer_id), "pubsub stream dropped: peer sent a bad RPC", "pubsub", exc)
+            await _reset_quietly(stream)
+            self._handle_dead_peer(peer_id)
+
+    stream_handler.__doc__ = Pubsub.stream_handler.__doc__
+    Pubsub.stream_handler = stream_handler  # type: ignore[method-assign]
+
+
+def _patch_pubsub_push_msg() -> None:
+    original = Pubsub.push_msg
+
+    @functools.wraps(original)
+    async def push_msg(self: Pubsub, msg_forwarder: Any, msg: Any) -> None:
+        if msg_forwarder == self.host.get_id():
+            await original(self, msg_forwarder, msg)
+            return
+        try:
+            await original(self, msg_forwarder, msg)
+        except Exception as exc:  # noqa: BLE001 - a remote message must not end the pubsub service
+            _report(str(msg_forwarder), "gossip message dropped: it failed to process", "pubsub", exc)
+
+    Pubsub.push_msg = push_msg  # type: ignore[method-assign]
+
+
+def _patch_host_stream_handler() -> None:
+    original = BasicHost._swarm_stream_handler
+
+    @functools.wraps(original)
+    async def _swarm_stream_handler(self: BasicHost, net_stream: Any) -> None:
+        try:
+            await original(self, net_stream)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolate the failure to this stream
+            protocol = str(getattr(net_stream, "protocol_id", None) or "negotiation")
+            _report(_peer_of(net_stream), "inbound stream failed; reset", protocol, exc)
+            await _reset_quietly(net_stream)
+
+    BasicHost._swarm_stream_handler = _swarm_stream_handler  # type: ignore[method-assign]
+
+
+def apply() -> None:
+    """Apply every patch once (idempotent; safe to call from every ``open_host``)."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    _patch_yamux_whole_writes()
+    _patch_pubsub_stream_handler()
+    _patch_pubsub_push_msg()
+    _patch_host_stream_handler()
+    _APPLIED = True
+
+
+def applied() -> bool:
+    return _APPLIED
+
+
+__all__ = ["applied", "apply"]
