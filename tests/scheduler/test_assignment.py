@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from p2p.scheduler.assignment import (
     _hash_int,
     _neg_ln_h,
+    _neg_ln_int,
     choose_owner,
     claim_beats,
+    neg_ln_fixed,
     rank_peers,
     rendezvous_score,
 )
@@ -107,33 +109,53 @@ def test_claim_beats_agrees_with_ranking(task: str, peers: dict[str, float]) -> 
         assert not claim_beats(task, (a, peers[a]), (a, peers[a]))
 
 
-def _exact_tie(task: str) -> tuple[float, float]:
-    """Capacities (for peer-a, peer-b) giving both exactly the same score for ``task``.
-
-    Ties essentially never happen by chance; here we solve for them, nudging one capacity a
-    few ulps, and try other base capacities when rounding skips over the target.
-    """
-    neg_ln_a = _neg_ln_h(_hash_int(task, "peer-a"))
-    for cap_b in (1.0 + i / 8 for i in range(200)):
-        target = rendezvous_score(task, "peer-b", cap_b)
-        c = target * neg_ln_a
-        for _ in range(8):
-            s = rendezvous_score(task, "peer-a", c)
-            if s == target:
-                return c, cap_b
-            c = math.nextafter(c, math.inf if s < target else 0.0)
-    raise AssertionError("no exactly tying capacities found")
-
-
 @pytest.mark.parametrize("task", ["t", "bafy-1", "task-42"])
-def test_exact_ties_break_by_peer_id(task: str) -> None:
-    cap_a, cap_b = _exact_tie(task)
-    assert rendezvous_score(task, "peer-a", cap_a) == rendezvous_score(task, "peer-b", cap_b)
-    for peers in ({"peer-a": cap_a, "peer-b": cap_b}, {"peer-b": cap_b, "peer-a": cap_a}):
-        assert rank_peers(task, peers) == ["peer-a", "peer-b"]
-        assert choose_owner(task, peers) == "peer-a"
-    assert claim_beats(task, ("peer-a", cap_a), ("peer-b", cap_b))
-    assert not claim_beats(task, ("peer-b", cap_b), ("peer-a", cap_a))
+def test_exact_ties_break_by_peer_id(task: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exact ties never happen by chance (L has ~95+ significant bits); force one by giving every
+    pair the same L, then equal capacities tie exactly and the smaller peer id wins."""
+    import p2p.scheduler.assignment as assignment
+
+    monkeypatch.setattr(assignment, "neg_ln_fixed", lambda t, p: 12345 << 100)
+    for cap in (1.0, 0.1, 3.5):
+        for peers in ({"peer-a": cap, "peer-b": cap}, {"peer-b": cap, "peer-a": cap}):
+            assert rank_peers(task, peers) == ["peer-a", "peer-b"]
+            assert choose_owner(task, peers) == "peer-a"
+        assert claim_beats(task, ("peer-a", cap), ("peer-b", cap))
+        assert not claim_beats(task, ("peer-b", cap), ("peer-a", cap))
+    # 0.1 + 0.2 != 0.3 as floats: capacities are compared as the exact values of their floats
+    assert claim_beats(task, ("peer-z", 0.1 + 0.2), ("peer-a", 0.3))
+
+
+def test_no_float_decides_the_comparison() -> None:
+    """The decision is integer cross-multiplication; it agrees with the real-number formula
+    (here checked against float scores where they are far apart) and L is exact integers."""
+    for i in range(300):
+        task = f"task-{i}"
+        la, lb = neg_ln_fixed(task, "peer-a"), neg_ln_fixed(task, "peer-b")
+        assert isinstance(la, int) and la > 0 and isinstance(lb, int) and lb > 0
+        fa, fb = rendezvous_score(task, "peer-a", 2.0), rendezvous_score(task, "peer-b", 1.0)
+        if abs(fa - fb) > 1e-9 * max(fa, fb):
+            assert claim_beats(task, ("peer-a", 2.0), ("peer-b", 1.0)) == (fa > fb)
+    # the integer L agrees with the float formula to full double precision
+    for x in [0, 1, 2**52, 2**63 - 1, 2**63, 2**64 - 2**11, 2**64 - 1]:
+        ref = -math.log((x + 0.5) / 2**64) if x < 2**63 else -math.log1p(-((2**64 - 1 - x + 0.5) / 2**64))
+        assert math.isclose(_neg_ln_int(x) / 2**160, ref, rel_tol=1e-14), x
+
+
+@given(task=IDS, peers=st.dictionaries(IDS, CAPACITY, min_size=3, max_size=8))
+@SETTINGS
+def test_claim_beats_is_a_strict_total_order(task: str, peers: dict[str, float]) -> None:
+    items = list(peers.items())
+    for a in items:
+        assert not claim_beats(task, a, a)  # irreflexive
+        for b in items:
+            if a[0] != b[0]:
+                assert claim_beats(task, a, b) != claim_beats(task, b, a)  # total, antisymmetric
+            for c in items:
+                if claim_beats(task, a, b) and claim_beats(task, b, c):
+                    assert claim_beats(task, a, c)  # transitive
+    ranking = rank_peers(task, peers)
+    assert all(claim_beats(task, (x, peers[x]), (y, peers[y])) for x, y in zip(ranking, ranking[1:]))
 
 
 @given(peers=st.dictionaries(IDS, CAPACITY, min_size=2, max_size=8), data=st.data())
