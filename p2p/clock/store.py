@@ -11,12 +11,13 @@ Schema (``PRAGMA user_version`` = 1):
 WAL with ``synchronous=FULL``: a committed transaction survives a power cut or kill -9.
 Transactions opened with ``durable=False`` commit with ``synchronous=NORMAL`` instead: in WAL
 mode that survives kill -9 (the commit is in the WAL file, in the OS page cache) but not a
-power cut until the next durable commit syncs the WAL. The node uses it for what can be redone
-— scheduler progress (claims, results) and blocks merged from peers — and keeps FULL for what
-it promises to keep: an accepted workflow, a cancel, a priority change.
-One connection, used from one thread (the trio thread); SQLite calls are short enough (tens of
-µs) not to need a worker thread. Autocommit mode with explicit ``BEGIN IMMEDIATE``/``COMMIT``
-so a merge of many events costs one fsync.
+power cut until the next durable commit syncs the WAL.
+
+Who uses which connection (see ``writer`` and ``clock``): the clock's writer thread owns the one
+connection that writes (``ClockWriter``, batched commits); the trio thread keeps a connection for
+point reads (tens of µs, no disk wait in WAL mode: readers never block on the writer); worker
+threads use read-only connections (``readonly=True``) for bulk reads such as serving catch-ups.
+Every connection has a busy timeout, and WAL lets readers run while the writer commits.
 """
 
 from __future__ import annotations
@@ -43,12 +44,23 @@ CREATE TABLE IF NOT EXISTS heads (cid BLOB PRIMARY KEY);
 
 
 class ClockStore:
-    """Thin typed wrapper over the SQLite file; no clock logic here."""
+    """Thin typed wrapper over one connection to the SQLite file; no clock logic here."""
 
-    def __init__(self, path: Path) -> None:
+    BUSY_TIMEOUT_MS = 5000
+
+    def __init__(self, path: Path, *, readonly: bool = False, check_same_thread: bool = True) -> None:
         path = Path(path)
+        self.path = path
+        if readonly:
+            self._db = sqlite3.connect(str(path), isolation_level=None,
+                                       check_same_thread=check_same_thread)
+            self._db.execute(f"PRAGMA busy_timeout={self.BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA query_only=ON")
+            self._depth = 0
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=check_same_thread)
+        self._db.execute(f"PRAGMA busy_timeout={self.BUSY_TIMEOUT_MS}")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=OFF")
@@ -59,6 +71,10 @@ class ClockStore:
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._depth = 0
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self._db
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[None]:
@@ -96,6 +112,13 @@ class ClockStore:
         row = self._db.execute("SELECT data FROM blocks WHERE cid = ?", (cid,)).fetchone()
         return None if row is None else row[0]
 
+    def block_and_kind(self, cid: bytes) -> tuple[bytes, bool] | None:
+        """(data, whether it is an applied event) of a stored block."""
+        row = self._db.execute(
+            "SELECT b.data, EXISTS(SELECT 1 FROM events e WHERE e.cid = b.cid) FROM blocks b "
+            "WHERE b.cid = ?", (cid,)).fetchone()
+        return None if row is None else (row[0], bool(row[1]))
+
     def has_block(self, cid: bytes) -> bool:
         return self._db.execute("SELECT 1 FROM blocks WHERE cid = ?", (cid,)).fetchone() is not None
 
@@ -105,11 +128,13 @@ class ClockStore:
         """Store an event whose parents are all stored, and move the heads past it."""
         db = self._db
         db.execute("INSERT OR IGNORE INTO blocks(cid, data) VALUES (?, ?)", (cid, data))
-        db.execute("INSERT INTO events(cid, author, seq, height) VALUES (?, ?, ?, ?)",
-                   (cid, author, seq, height))
+        cur = db.execute("INSERT OR IGNORE INTO events(cid, author, seq, height) VALUES (?, ?, ?, ?)",
+                         (cid, author, seq, height))
+        if cur.rowcount != 1:
+            return  # already stored: its head bookkeeping was done then
         if parents:
             db.executemany("DELETE FROM heads WHERE cid = ?", [(p,) for p in parents])
-        db.execute("INSERT INTO heads(cid) VALUES (?)", (cid,))
+        db.execute("INSERT OR IGNORE INTO heads(cid) VALUES (?)", (cid,))
 
     def event_height(self, cid: bytes) -> int | None:
         row = self._db.execute("SELECT height FROM events WHERE cid = ?", (cid,)).fetchone()
@@ -128,15 +153,19 @@ class ClockStore:
         """(cid, height, data) in application order, read in chunks (safe against writes)."""
         last = 0
         while True:
-            rows = self._db.execute(
-                "SELECT e.ord, e.cid, e.height, b.data FROM events e "
-                "JOIN blocks b ON b.cid = e.cid WHERE e.ord > ? ORDER BY e.ord LIMIT ?",
-                (last, chunk)).fetchall()
+            rows = self.rows_after(last, chunk)
             if not rows:
                 return
             for _, cid, height, data in rows:
                 yield cid, height, data
             last = rows[-1][0]
+
+    def rows_after(self, last_ord: int, limit: int) -> list[tuple[int, bytes, int, bytes]]:
+        """(ord, cid, height, data) of up to ``limit`` events applied after ``last_ord``."""
+        return self._db.execute(
+            "SELECT e.ord, e.cid, e.height, b.data FROM events e "
+            "JOIN blocks b ON b.cid = e.cid WHERE e.ord > ? ORDER BY e.ord LIMIT ?",
+            (last_ord, limit)).fetchall()
 
     def event_count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
