@@ -105,6 +105,27 @@ def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settin
         raise SettingsError(f"cannot read settings: {exc}") from None
 
 
+def named_node_data_dir(base: str | Path, node_id: str) -> Path:
+    """The data dir of the node named ``node_id`` when no data dir is given: ``<base>/nodes/<id>``.
+
+    The one rule for it, shared by ``p2p start|join|info --node-id`` and the seed's
+    ``P2PWorkflowScheduler(node_id=...)``: one name, one data dir, so one identity. The name is a
+    single path component, so ``--node-id ../x`` cannot point outside ``<base>/nodes``.
+    """
+    if not node_id or node_id in (".", "..") or "/" in node_id or "\\" in node_id or "\0" in node_id:
+        raise SettingsError(f"node_id must be a plain name (no '/', not '.' or '..'), got {node_id!r}")
+    return Path(base).expanduser() / "nodes" / node_id
+
+
+def load_node_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:
+    """``load_settings`` for a node started by name: a ``node_id`` flag without a ``data_dir`` flag
+    puts the node in ``named_node_data_dir(<data_dir setting>, node_id)``, as ``p2p start`` does."""
+    settings = load_settings(config_file, **flags)
+    if flags.get("data_dir") is None and flags.get("node_id"):
+        settings = settings.model_copy(update={"data_dir": str(named_node_data_dir(settings.data_path, flags["node_id"]))})
+    return settings
+
+
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():

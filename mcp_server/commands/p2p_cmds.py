@@ -18,9 +18,15 @@ def p2p_group() -> None:
 
 
 def _node_data_dir(flags: dict[str, Any], base: Path) -> None:
-    """`--node-id NAME` without `--data-dir` gets its own data dir, so several nodes can share a machine."""
+    """`--node-id NAME` without `--data-dir` gets its own data dir, so several nodes can share a
+    machine; the rule is `settings.named_node_data_dir`, which the seed's Python API uses too."""
+    from mcp_server.settings import SettingsError, named_node_data_dir
+
     if flags.get("data_dir") is None and flags.get("node_id"):
-        flags["data_dir"] = str(base / "nodes" / flags["node_id"])
+        try:
+            flags["data_dir"] = str(named_node_data_dir(base, flags["node_id"]))
+        except SettingsError as exc:
+            raise CliError(str(exc)) from None
 
 
 @p2p_group.command("start")
