@@ -19,6 +19,46 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 MAX_PRIORITY = 10
 MIN_PRIORITY = 1
 
+# Length limits: every string and list a peer can put in an op is bounded, so no op can make
+# the fold hold an unbounded structure (the block size bounds bytes, not decoded objects: a
+# MiB of CBOR small ints decodes to ~30 MiB of Python objects). An op over a limit is rejected
+# by the fold like any malformed op, except error texts (``FailOp.error``, ``supersedes``),
+# which are cut to MAX_ERROR_CHARS so an honest peer's long traceback still fails its task.
+WORKFLOW_ID_PATTERN = r"^[0-9a-f]{32}$"
+TASK_ID_PATTERN = r"^[0-9a-f]{32}/(0|[1-9][0-9]{0,5})$"
+MAX_TASKS = 100_000  # tasks per submit (the block size usually binds first)
+MAX_ATTEMPT = 100
+MAX_NAME_CHARS = 512
+MAX_INPUT_CHARS = 100_000
+MAX_ERROR_CHARS = 8_192
+MAX_PARAMS = 64  # entries of params / stats
+MAX_VALUE_NODES = 200_000  # nodes in one result / params / stats value, nested
+MAX_VALUE_DEPTH = 16
+MAX_KEY_CHARS = 256
+
+
+def _check_value(value: Any, what: str, *, max_keys: int | None = None) -> Any:
+    """Bound a peer-supplied nested value: node count, depth, key length (ValueError if over)."""
+    if max_keys is not None and isinstance(value, dict) and len(value) > max_keys:
+        raise ValueError(f"{what} has {len(value)} entries, more than {max_keys}")
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_VALUE_NODES:
+            raise ValueError(f"{what} has more than {MAX_VALUE_NODES} nested values")
+        if depth > MAX_VALUE_DEPTH:
+            raise ValueError(f"{what} is nested deeper than {MAX_VALUE_DEPTH}")
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if not isinstance(k, str) or len(k) > MAX_KEY_CHARS:
+                    raise ValueError(f"{what} has a key that is not a string of at most {MAX_KEY_CHARS} chars")
+                stack.append((item, depth + 1))
+        elif isinstance(v, (list, tuple)):
+            stack.extend((item, depth + 1) for item in v)
+    return value
+
 
 class WorkflowTag(str, enum.Enum):
     """Where a workflow's tasks may run (the seed's WorkflowTag)."""
@@ -36,44 +76,66 @@ class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = Field(min_length=1, max_length=512)
-    input: str
-    task: str | None = None
+    input: str = Field(max_length=MAX_INPUT_CHARS)
+    task: str | None = Field(default=None, max_length=128)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _bounded_params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_value(v, "params", max_keys=MAX_PARAMS)
 
 
 class SubmitOp(_Op):
     op: Literal["workflow.submit"]
-    workflow_id: str = Field(pattern=r"^[0-9a-f]{32}$")
-    name: str = Field(max_length=512)
+    workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
+    name: str = Field(max_length=MAX_NAME_CHARS)
     priority: int = Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)
     tag: WorkflowTag
-    tasks: list[TaskSpec] = Field(min_length=1)
-    created_at: float = 0.0
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_TASKS)
+    created_at: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
 
 
 class ClaimOp(_Op):
     op: Literal["task.claim"]
-    task_id: str
-    attempt: int = Field(ge=1, le=100)
-    capacity: float = Field(gt=0, le=1e6)
+    task_id: str = Field(pattern=TASK_ID_PATTERN)
+    attempt: int = Field(ge=1, le=MAX_ATTEMPT)
+    capacity: float = Field(gt=0, le=1e6, allow_inf_nan=False)
     # Why the previous attempt was abandoned, when this claim supersedes one (lease expiry).
-    supersedes: str | None = None
+    supersedes: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
+    # A continuation: the owner of attempt ``attempt - 1``, which had started it, re-asserts the
+    # task it is still running after others superseded it (it was paused). See state.py.
+    continues: bool = False
+
+    @field_validator("supersedes", mode="before")
+    @classmethod
+    def _cut_supersedes(cls, v: Any) -> Any:
+        return truncate_error(v) if isinstance(v, str) else v
 
 
 class StartOp(_Op):
     op: Literal["task.start"]
-    task_id: str
-    attempt: int = Field(ge=1)
+    task_id: str = Field(pattern=TASK_ID_PATTERN)
+    attempt: int = Field(ge=1, le=MAX_ATTEMPT)
 
 
 class DoneOp(_Op):
     op: Literal["task.done"]
-    task_id: str
-    attempt: int = Field(ge=1)
+    task_id: str = Field(pattern=TASK_ID_PATTERN)
+    attempt: int = Field(ge=1, le=MAX_ATTEMPT)
     result: dict[str, Any] | None = None
     result_cid: Any = None  # a CID when the result is too large to inline (checked below)
     stats: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("result")
+    @classmethod
+    def _bounded_result(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if v is None else _check_value(v, "result")
+
+    @field_validator("stats")
+    @classmethod
+    def _bounded_stats(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_value(v, "stats", max_keys=MAX_PARAMS)
 
     @field_validator("result_cid")
     @classmethod
@@ -85,22 +147,29 @@ class DoneOp(_Op):
 
 class FailOp(_Op):
     op: Literal["task.fail"]
-    task_id: str
-    attempt: int = Field(ge=1)
-    error: str
+    task_id: str = Field(pattern=TASK_ID_PATTERN)
+    attempt: int = Field(ge=1, le=MAX_ATTEMPT)
+    error: str = Field(max_length=MAX_ERROR_CHARS)
     retryable: bool = True
     # True when a peer other than the owner records that the owner went silent on the last attempt.
     expired: bool = False
 
+    @field_validator("error", mode="before")
+    @classmethod
+    def _cut_error(cls, v: Any) -> Any:
+        # An honest peer's long traceback must still fail its task: cut (the same on every
+        # peer), never reject.
+        return truncate_error(v) if isinstance(v, str) else v
+
 
 class CancelOp(_Op):
     op: Literal["workflow.cancel"]
-    workflow_id: str
+    workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
 
 
 class ReprioritizeOp(_Op):
     op: Literal["workflow.reprioritize"]
-    workflow_id: str
+    workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
     priority: int = Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)
 
 
@@ -114,6 +183,11 @@ OP_ADAPTER: TypeAdapter[Any] = TypeAdapter(Op)
 def parse_op(raw: Any) -> Any:
     """Validate one raw op; raises pydantic.ValidationError."""
     return OP_ADAPTER.validate_python(raw)
+
+
+def truncate_error(text: str) -> str:
+    """An error text cut to what a ``task.fail``/``supersedes`` may carry."""
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 15] + "… (truncated)"
 
 
 def task_id_for(workflow_id: str, index: int) -> str:

@@ -1,34 +1,76 @@
 """Workflow and task state: a pure fold over the clock's events.
 
-Why the fold can be incremental and still converge: events are applied in causal order (the
-clock applies an event only after its parents), and every derived value is a function of the
-*set* of ops seen, never of the order in which concurrent ops arrived:
+Why the fold can be incremental and still agree on every peer: events are applied in causal
+order (the clock applies an event only after its parents), and every derived value is a
+function of the *set* of events (and of the DAG they form), never of the order in which
+concurrent events arrived. Everything a tool shows (state, attempts, peer, error, errors and
+their order, results, counts, workflow state) is read from this state, so two peers that hold
+the same events answer alike. ``tests/scheduler/test_state.py`` and
+``tests/scheduler/test_fold_*.py`` check this with hypothesis, field by field.
 
-- a task's owner for an attempt is the claim with the highest rendezvous score among that
-  attempt's claims (``assignment.claim_beats``);
-- its result is the valid ``task.done`` with the smallest ``(height, event cid, op index)``;
-- the priority is the ``workflow.reprioritize`` (or the submit) with the greatest
-  ``(height, event cid)`` — a last-writer-wins register on a causal timestamp;
-- cancel is a flag, and done beats cancel (running tasks finish; the workflow stays cancelled).
+Causal order ("X is before Y"). Each folded event gets a version vector, ``{author: highest
+seq in its past}`` (its parents' vectors merged, plus itself): a function of the DAG. A record
+X (a claim, result, fail, submit or cancel) is *before* record Y when Y's event has X's event in
+its past (``vv_Y[author_X] >= seq_X``) and X's stamp is smaller (which orders ops within one
+event). The stamp of an op is ``(height, event cid, op index)``: unique, and equal on every peer.
+This is exact for authors whose events form a chain, as the clock writes them; an author that
+forks (two events with one seq) can make peers judge its own ops' causality differently.
+Without ``parents``/``seq`` (the old call), "before" falls back to "folded before": arrival order.
 
-So two peers that hold the same events hold the same state, whatever order the events came in,
-and applying one more event never needs a re-fold. ``tests/scheduler/test_state.py`` checks
-this with hypothesis.
+Rules, all set-based:
 
-Validity rules (the clock has already checked hashes and signatures), also set-based:
+- Validity: an op about a task or workflow counts only if a submit defining it is *before* the
+  op. An honest peer only writes about a task after folding its submit, so its op always
+  follows the submit; an op that does not is never justified and is dropped (counted in
+  ``State.rejected_total``). Nothing waits for a submit: memory for unknown ids stays bounded.
 - ``task.done``/``task.start``/``task.fail`` count only when their author holds a claim on that
-  attempt somewhere in the set; others are forgeries, ignored and listed by ``State.forged()``;
-- an ``expired`` ``task.fail`` (the owner went silent on the last attempt) may come from any peer;
-- ops naming a task or workflow not seen yet wait in ``State.orphans`` until its submit arrives
-  (an honest peer never sends one, but a concurrent submit must not make the fold order-dependent);
-- two submits with one workflow id (only a faulty peer does that): the smaller stamp defines it.
+  attempt somewhere in the set; others are forgeries, kept out and listed by ``State.forged()``.
+  An ``expired`` ``task.fail`` (the owner went silent) may come from any peer.
+- Owner of an attempt: among its *live* claims, a *continuation* wins; otherwise the highest
+  rendezvous score (``assignment.claim_beats``, exact integers). A claim is *late* (not live)
+  when a result of the task or a fail of the same attempt is before it: it was written by a peer
+  that had seen the attempt end, so it cannot reopen it.
+- Continuation (pause and resume): a ``task.claim`` with ``continues: true`` on attempt k+1, by
+  the owner of attempt k that has a ``task.start`` for attempt k, is a live owner re-asserting
+  the task it is running after a peer that could not hear it (it was paused, or the judge was)
+  superseded it. It beats every other claim on attempt k+1, and its start on attempt k counts as
+  a start of k+1. A result for attempt k from its owner stands even after attempt k+1 is claimed.
+- A failure counts for an attempt when it comes from the attempt's owner, or is an expiry. It is
+  *final* when not retryable or on attempt ``max_attempts``; a task with a final failure is
+  FAILED.
+- The result that stands: a valid result not *late*, i.e. with no final failure before it; the
+  owners' results first, then the earliest stamp. A later duplicate never replaces it.
+- Priority: the ``workflow.reprioritize`` with the greatest stamp, else the submit's priority.
+- Two submits under one workflow id (only a faulty peer does that): the smaller stamp defines
+  the workflow; task ids only other submits define are kept apart (``State.undefined``).
+
+Terminal means terminal (issue 7, item 10). Task precedence: DONE (a result stands), then
+FAILED (a final failure), then CANCELLED, then queued/claimed/running. So a result arriving
+after the task failed for good — written by a peer that had seen the failure — is kept and shown
+(``late_results``) but the task stays FAILED; a failure written after a result changes nothing
+(DONE comes first). A ``workflow.cancel`` is *late*, and ignored, when every task of the
+workflow was already terminal in the cancel's past (the canceller saw it finished); any other
+cancel makes the workflow CANCELLED for good, even when running tasks then finish (their
+results are kept and shown; the tasks are DONE). A workflow is COMPLETED when every task is
+DONE and no live cancel exists, FAILED when every task is DONE or FAILED and one FAILED.
+Hence: if the events a tool has seen make a workflow terminal, any events written by peers
+that had seen those (descendants) leave it in that state. What no rule can prevent is two
+*concurrent* decisions that each alone are terminal (a cancel concurrent with the last result,
+an owner's result concurrent with a final expiry, or a higher-scoring concurrent claim whose
+result lands on an attempt another claimant failed): the set holding both resolves them by the
+precedence above, the same on every peer, and a peer that saw only one of them may have shown
+the other outcome first.
+
+Bounded memory: besides what legitimate events add (tasks, their records, one version vector
+per event), the fold keeps nothing per rejected op but a counter and the last
+``REJECTIONS_KEPT`` rejections.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from pydantic import ValidationError
 
@@ -50,6 +92,11 @@ from p2p.scheduler.ops import (
 
 # A causal timestamp: (height, event cid bytes, op index). Unique per op, equal on every peer.
 Stamp = tuple[int, bytes, int]
+# A version vector: author -> highest seq of that author's events in an event's past (inclusive).
+VV = dict[str, int]
+
+REJECTIONS_KEPT = 256
+_LEGACY = ""  # the pseudo-author of the fold-order clock used when events come without parents
 
 
 class TaskStatus(str, enum.Enum):
@@ -70,6 +117,21 @@ class WorkflowStatus(str, enum.Enum):
 
 
 TERMINAL_TASK = frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED})
+TERMINAL_WORKFLOW = frozenset({WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED})
+
+
+@dataclass(slots=True, frozen=True)
+class Where:
+    """Where an op sits in the DAG: its stamp, its event's (author, seq) and version vector."""
+
+    stamp: Stamp
+    who: str
+    seq: int
+    vv: VV = field(compare=False, hash=False, repr=False)
+
+    def before(self, other: Where) -> bool:
+        """Whether this op is causally before ``other`` (its event is in ``other``'s past)."""
+        return self.stamp < other.stamp and other.vv.get(self.who, 0) >= self.seq
 
 
 @dataclass(slots=True)
@@ -78,6 +140,8 @@ class Claim:
     capacity: float
     stamp: Stamp
     supersedes: str | None = None
+    continues: bool = False
+    where: Where | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -93,6 +157,11 @@ class Outcome:
     error: str | None = None
     retryable: bool = True
     expired: bool = False
+    where: Where | None = field(default=None, repr=False)
+
+
+def _before(a: Where | None, b: Where | None) -> bool:
+    return a is not None and b is not None and a.before(b)
 
 
 @dataclass(slots=True)
@@ -105,41 +174,62 @@ class TaskState:
     started: set[tuple[int, str]] = field(default_factory=set)
     results: dict[Stamp, Outcome] = field(default_factory=dict)  # keyed by stamp: idempotent
     fails: dict[tuple[int, str], Outcome] = field(default_factory=dict)
+    max_attempts: int = 3
 
     @property
     def attempt(self) -> int:
         """The highest attempt anyone has claimed (0: never claimed)."""
         return max(self.claims, default=0)
 
+    def holds_claim(self, peer: str, attempt: int) -> bool:
+        return peer in self.claims.get(attempt, ())
+
+    def _late_claim(self, c: Claim, attempt: int) -> bool:
+        """Written by a peer that had seen the task done or this attempt failed."""
+        if c.where is None:
+            return False
+        for o in self.results.values():
+            if _before(o.where, c.where) and self.holds_claim(o.peer, o.attempt):
+                return True
+        for (a, peer), f in self.fails.items():
+            if a == attempt and (f.expired or self.holds_claim(peer, a)) and _before(f.where, c.where):
+                return True
+        return False
+
+    def _continuation(self, c: Claim, attempt: int) -> bool:
+        if not c.continues or attempt < 2:
+            return False
+        prev = self.owner(attempt - 1)
+        return prev is not None and prev.peer == c.peer and (attempt - 1, c.peer) in self.started
+
     def owner(self, attempt: int | None = None) -> Claim | None:
-        """The winning claim of an attempt: highest rendezvous score, deterministic tiebreak."""
-        claims = self.claims.get(self.attempt if attempt is None else attempt)
+        """The winning live claim of an attempt (see the module docstring); None if none."""
+        k = self.attempt if attempt is None else attempt
+        claims = self.claims.get(k)
         if not claims:
             return None
         best: Claim | None = None
         for c in claims.values():
+            if self._late_claim(c, k):
+                continue
+            if c.continues and self._continuation(c, k):
+                return c  # at most one peer owns attempt k - 1; an author's earliest claim counts
             if best is None or claim_beats(self.task_id, (c.peer, c.capacity), (best.peer, best.capacity)):
                 best = c
         return best
 
-    def holds_claim(self, peer: str, attempt: int) -> bool:
-        return peer in self.claims.get(attempt, ())
+    def started_attempt(self, attempt: int, peer: str) -> bool:
+        """Whether ``peer`` started ``attempt`` (a continuation's start on the attempt before counts)."""
+        if (attempt, peer) in self.started:
+            return True
+        own = self.owner(attempt)
+        return own is not None and own.peer == peer and own.continues and self._continuation(own, attempt) \
+            and (attempt - 1, peer) in self.started
 
     @property
     def valid_results(self) -> list[Outcome]:
-        return [o for o in self.results.values() if self.holds_claim(o.peer, o.attempt)]
-
-    @property
-    def result(self) -> Outcome | None:
-        """The result that stands: results from the owner of their attempt (the winning claim)
-        come before those of losing claimants, then the earliest causal stamp. So a peer that
-        merely claimed too (a race, or a forger writing a shallow claim + done) never replaces
-        the owner's result; among owners' results, later duplicates never replace the first."""
-        valid = self.valid_results
-        if not valid:
-            return None
-        owned = [o for o in valid if (own := self.owner(o.attempt)) is not None and own.peer == o.peer]
-        return min(owned or valid, key=lambda o: o.stamp)
+        """Results whose author holds a claim on their attempt, oldest first."""
+        return sorted((o for o in self.results.values() if self.holds_claim(o.peer, o.attempt)), key=lambda o: o.stamp)
 
     def fail_for(self, attempt: int) -> Outcome | None:
         """The failure recorded for an attempt, by its owner or as a lease expiry; the earliest
@@ -151,36 +241,102 @@ class TaskState:
         ]
         return min(found, key=lambda f: f.stamp) if found else None
 
+    def _is_final(self, f: Outcome) -> bool:
+        return not f.retryable or f.attempt >= self.max_attempts
+
+    def final_fails(self) -> list[Outcome]:
+        """Failures that end the task for good, oldest first."""
+        out = []
+        for attempt in sorted({a for a, _ in self.fails}):
+            f = self.fail_for(attempt)
+            if f is not None and self._is_final(f):
+                out.append(f)
+        return out
+
+    def _split_results(self) -> tuple[list[Outcome], list[Outcome]]:
+        finals = self.final_fails()
+        standing, late = [], []
+        for o in self.valid_results:
+            (late if any(_before(f.where, o.where) for f in finals) else standing).append(o)
+        return standing, late
+
+    @property
+    def late_results(self) -> list[Outcome]:
+        """Valid results written after the task had failed for good: kept and shown, not used."""
+        return self._split_results()[1]
+
+    @property
+    def result(self) -> Outcome | None:
+        """The result that stands: results from the owner of their attempt (the winning claim)
+        come before those of losing claimants, then the earliest causal stamp. So a peer that
+        merely claimed too (a race, or a forger writing a shallow claim + done) never replaces
+        the owner's result; among owners' results, later duplicates never replace the first."""
+        standing = self._split_results()[0]
+        if not standing:
+            return None
+        owned = [o for o in standing if (own := self.owner(o.attempt)) is not None and own.peer == o.peer]
+        return (owned or standing)[0]
+
     def errors(self) -> list[dict[str, Any]]:
-        """Every failed attempt's error, oldest first."""
-        out = [
-            {"attempt": f.attempt, "peer": f.peer, "error": f.error, "expired": f.expired}
-            for f in sorted(self.fails.values(), key=lambda o: o.stamp)
-            if f.expired or self.holds_claim(f.peer, f.attempt)
-        ]
-        for attempt in sorted(self.claims):
-            for c in self.claims[attempt].values():
-                if c.supersedes:
-                    out.append({"attempt": attempt - 1, "peer": None, "error": c.supersedes, "expired": True})
-                    break
-        return sorted(out, key=lambda e: e["attempt"])
+        """Every failed attempt's error, by attempt; within an attempt the recorded failures by
+        stamp, then the reason a claim gave for superseding it. A function of the set alone:
+        the superseding reason is the owner's of the next attempt when it gives one, else the
+        one with the smallest stamp."""
+        keyed: list[tuple[tuple[int, int, Stamp], dict[str, Any]]] = []
+        for f in self.fails.values():
+            if f.expired or self.holds_claim(f.peer, f.attempt):
+                keyed.append(((f.attempt, 0, f.stamp),
+                              {"attempt": f.attempt, "peer": f.peer, "error": f.error, "expired": f.expired}))
+        for attempt, claims in self.claims.items():
+            with_reason = [c for c in claims.values() if c.supersedes]
+            if not with_reason:
+                continue
+            own = self.owner(attempt)
+            pick = own if own is not None and own.supersedes else min(with_reason, key=lambda c: c.stamp)
+            keyed.append(((attempt - 1, 1, pick.stamp),
+                          {"attempt": attempt - 1, "peer": None, "error": pick.supersedes, "expired": True}))
+        keyed.sort(key=lambda kv: kv[0])
+        return [v for _, v in keyed]
 
     def status(self, cancelled: bool, max_attempts: int) -> TaskStatus:
+        self.max_attempts = max_attempts
         if self.result is not None:
             return TaskStatus.DONE
+        if self.final_fails():
+            return TaskStatus.FAILED
         if cancelled:
             return TaskStatus.CANCELLED
         attempt = self.attempt
         if attempt == 0:
             return TaskStatus.QUEUED
-        fail = self.fail_for(attempt)
-        if fail is not None:
-            if not fail.retryable or attempt >= max_attempts:
-                return TaskStatus.FAILED
-            return TaskStatus.QUEUED  # the next attempt is up for claiming
+        if self.fail_for(attempt) is not None:
+            return TaskStatus.QUEUED  # retryable and not the last: the next attempt is up for claiming
         owner = self.owner()
-        assert owner is not None
-        return TaskStatus.RUNNING if (attempt, owner.peer) in self.started else TaskStatus.CLAIMED
+        if owner is None:  # only late claims: nobody live holds it
+            return TaskStatus.QUEUED
+        return TaskStatus.RUNNING if self.started_attempt(attempt, owner.peer) else TaskStatus.CLAIMED
+
+    def restricted(self, cut: Where) -> TaskState:
+        """This task as it stood in the past of ``cut`` (only records before it)."""
+        t = TaskState(self.task_id, self.workflow_id, self.index, self.spec, max_attempts=self.max_attempts)
+        for a, claims in self.claims.items():
+            kept = {p: c for p, c in claims.items() if _before(c.where, cut)}
+            if kept:
+                t.claims[a] = kept
+        t.results = {s: o for s, o in self.results.items() if _before(o.where, cut)}
+        t.fails = {k: f for k, f in self.fails.items() if _before(f.where, cut)}
+        t.started = set(self.started)  # starts never make a task terminal
+        return t
+
+
+@dataclass(slots=True)
+class SubmitRecord:
+    where: Where
+    op: SubmitOp
+
+    @property
+    def stamp(self) -> Stamp:
+        return self.where.stamp
 
 
 @dataclass(slots=True)
@@ -196,6 +352,10 @@ class WorkflowState:
     priority_stamp: Stamp
     cancelled: bool = False
     submit_stamp: Stamp = (0, b"", 0)
+    submits: list[SubmitRecord] = field(default_factory=list, repr=False)  # by stamp; [0] defines
+    reprioritized: tuple[Stamp, int] | None = None
+    cancels: int = 0  # live cancels seen
+    late_cancels: int = 0  # cancels written after the workflow had finished: ignored
 
 
 @dataclass(slots=True)
@@ -213,15 +373,27 @@ class State:
     max_attempts: int = 3
     workflows: dict[str, WorkflowState] = field(default_factory=dict)
     tasks: dict[str, TaskState] = field(default_factory=dict)
-    rejected: list[Rejection] = field(default_factory=list)  # malformed ops
-    orphans: dict[str, dict[Stamp, tuple[Any, str]]] = field(default_factory=dict)
+    # task ids only a non-defining duplicate submit defines (a faulty submitter): kept apart
+    undefined: dict[str, TaskState] = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)  # the last REJECTIONS_KEPT (or a few more)
+    rejected_total: int = 0
+    last_rejected: list[Rejection] = field(default_factory=list)  # those of the last apply_event
     events: int = 0
+    # Version vectors of folded events (by cid bytes), for causal order.
+    _vv: dict[bytes, VV] = field(default_factory=dict, repr=False)
+    _folded: int = 0  # the fold-order clock of the old, parentless call
     # Derived caches, kept current by ``refresh`` for the tasks each event touches, so status
     # and progress reads cost O(1) per task instead of re-deriving every task on each read.
     _status: dict[str, TaskStatus] = field(default_factory=dict, repr=False)
     _counts: dict[str, dict[TaskStatus, int]] = field(default_factory=dict, repr=False)
     _claimed: set[str] = field(default_factory=set, repr=False)  # tasks ever claimed
     _claimed_per_wf: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def reject(self, event_cid: bytes, author: str, op: str, reason: str) -> None:
+        rej = Rejection(event_cid, author, op, reason)
+        self.rejected_total += 1
+        self.last_rejected.append(rej)
+        self.rejected.append(rej)
 
     def refresh(self, task_ids: Iterable[str]) -> None:
         """Recompute the cached status of these tasks and their workflows' counts."""
@@ -261,11 +433,11 @@ class State:
     def workflow_status(self, wf: WorkflowState) -> WorkflowStatus:
         counts = self.counts(wf)
         total = len(wf.task_ids)
-        if counts[TaskStatus.DONE] == total:  # every task ran: a late cancel changes nothing
-            return WorkflowStatus.COMPLETED
-        if wf.cancelled:
+        if wf.cancelled:  # a live cancel is for good (a late one was never counted)
             return WorkflowStatus.CANCELLED
-        if counts[TaskStatus.DONE] + counts[TaskStatus.FAILED] + counts[TaskStatus.CANCELLED] == total:
+        if counts[TaskStatus.DONE] == total:
+            return WorkflowStatus.COMPLETED
+        if counts[TaskStatus.DONE] + counts[TaskStatus.FAILED] == total:
             return WorkflowStatus.FAILED
         if counts[TaskStatus.QUEUED] == total and not self._claimed_per_wf.get(wf.workflow_id):
             return WorkflowStatus.PENDING
@@ -281,6 +453,11 @@ class State:
             t = self.tasks[tid]
             counts[t.status(wf.cancelled, self.max_attempts)] += 1
         return counts
+
+    @property
+    def orphans(self) -> dict[str, Any]:
+        """Always empty: ops before their submit are dropped, never held (kept for callers)."""
+        return {}
 
     def snapshot(self) -> dict[str, Any]:
         """A plain, comparable picture of the whole state (tests compare peers with it)."""
@@ -299,126 +476,217 @@ class State:
                         owner.peer if owner else None,
                         (res.peer, res.attempt, repr(res.result), str(res.result_cid)) if res else None,
                         len(t.valid_results),
-                        tuple((e["attempt"], e["error"]) for e in t.errors()),
+                        tuple((o.peer, o.attempt) for o in t.late_results),
+                        tuple(tuple(sorted(e.items())) for e in t.errors()),
+                        t.spec.input,
                     )
                 )
-            out[wid] = (wf.name, wf.priority, wf.tag.value, wf.cancelled, self.workflow_status(wf).value, wf.submitter, tasks)
-        out["_orphans"] = sorted((k, len(v)) for k, v in self.orphans.items())
+            out[wid] = (wf.name, wf.priority, wf.tag.value, wf.cancelled, self.workflow_status(wf).value,
+                        wf.submitter, wf.created_at, tasks)
+        out["_undefined"] = sorted(self.undefined)
         out["_forged"] = sorted((r.event_cid, r.op, r.reason) for r in self.forged())
         return out
 
 
-def apply_event(state: State, cid: bytes, author: str, height: int, ops: Iterable[Any]) -> set[str]:
+def apply_event(
+    state: State,
+    cid: bytes,
+    author: str,
+    height: int,
+    ops: Iterable[Any],
+    *,
+    parents: Sequence[Any] | None = None,
+    seq: int | None = None,
+) -> set[str]:
     """Fold one event into ``state``; returns the ids of tasks (and ``wf:<id>``) it touched.
 
-    Parents must have been applied first (the clock guarantees causal delivery).
+    Parents must have been applied first (the clock guarantees causal delivery). Pass the
+    event's ``parents`` (CIDs or bytes) and ``seq``: causality then comes from the DAG, and the
+    state is a function of the set of events. Without them causality is the fold order (the old
+    behaviour; only for callers that fold one linear history). Folding an event twice (same cid,
+    with parents) changes nothing. ``wf:<id>`` alone means the workflow changed but none of its
+    tasks' statuses did (a reprioritise: the scheduler moves queued tasks in its heap).
     """
+    cid = bytes(cid)
+    state.last_rejected = []
+    if len(state.rejected) > 2 * REJECTIONS_KEPT:
+        del state.rejected[:-REJECTIONS_KEPT]
+    if parents is not None and seq is not None:
+        if cid in state._vv:
+            return set()
+        vv: VV = {}
+        for p in parents:
+            pv = state._vv.get(bytes(p))
+            if pv is None:  # never with causal delivery; tolerated, the event just sees less
+                continue
+            for who, s in pv.items():
+                if vv.get(who, 0) < s:
+                    vv[who] = s
+        if vv.get(author, 0) < seq:
+            vv[author] = seq
+        state._vv[cid] = vv
+        who, at = author, seq
+    else:
+        state._folded += 1
+        who, at = _LEGACY, state._folded
+        vv = {_LEGACY: at}
     state.events += 1
     touched: set[str] = set()
     for index, raw in enumerate(ops):
-        stamp: Stamp = (height, cid, index)
+        where = Where((height, cid, index), who, at, vv)
         try:
             op = parse_op(raw)
         except ValidationError as exc:
             name = raw.get("op", "?") if isinstance(raw, dict) else "?"
-            state.rejected.append(Rejection(cid, author, str(name), f"malformed op: {exc.errors()[0]['msg']}"))
+            state.reject(cid, author, str(name)[:64], f"malformed op: {exc.errors()[0]['msg']}")
             continue
-        _apply_op(state, op, author, stamp, touched)
+        except Exception as exc:  # noqa: BLE001 - a peer's op never ends the fold
+            state.reject(cid, author, "?", f"malformed op: {type(exc).__name__}")
+            continue
+        _apply_op(state, op, author, where, touched)
     state.refresh(t for t in touched if not t.startswith("wf:"))
     return touched
 
 
-def _apply_op(state: State, op: Any, author: str, stamp: Stamp, touched: set[str]) -> None:
+def _defined_by(wf: WorkflowState, index: int | None, where: Where) -> bool:
+    """Whether a submit defining the workflow (and task ``index``) is before ``where``."""
+    for rec in wf.submits:
+        if (index is None or index < len(rec.op.tasks)) and rec.where.before(where):
+            return True
+    return False
+
+
+def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str]) -> None:
+    stamp = where.stamp
     if isinstance(op, SubmitOp):
-        _submit(state, op, author, stamp, touched)
+        _submit(state, op, author, where, touched)
         return
 
     if isinstance(op, (CancelOp, ReprioritizeOp)):
         wf = state.workflows.get(op.workflow_id)
-        if wf is None:
-            state.orphans.setdefault(f"wf:{op.workflow_id}", {})[stamp] = (op, author)
+        if wf is None or not _defined_by(wf, None, where):
+            state.reject(stamp[1], author, op.op, "op does not follow its workflow's submit")
             return
-        if isinstance(op, CancelOp):
+        if isinstance(op, ReprioritizeOp):
+            if wf.reprioritized is None or stamp > wf.reprioritized[0]:
+                wf.reprioritized = (stamp, op.priority)
+                wf.priority, wf.priority_stamp = op.priority, stamp
+            touched.add(f"wf:{wf.workflow_id}")  # no task's status changes
+            return
+        if _late_cancel(state, wf, where):
+            wf.late_cancels += 1
+            return
+        wf.cancels += 1
+        if not wf.cancelled:
             wf.cancelled = True
-        elif stamp > wf.priority_stamp:
-            wf.priority, wf.priority_stamp = op.priority, stamp
-        touched.update(wf.task_ids)
+            # only tasks not yet done or failed change (to cancelled)
+            touched.update(tid for tid in wf.task_ids if state._status.get(tid) not in (TaskStatus.DONE, TaskStatus.FAILED))
         touched.add(f"wf:{wf.workflow_id}")
         return
 
-    task = state.tasks.get(op.task_id)
-    if task is None:
-        state.orphans.setdefault(op.task_id, {})[stamp] = (op, author)
+    wid, _, idx = op.task_id.partition("/")
+    wf = state.workflows.get(wid)
+    if wf is None or not _defined_by(wf, int(idx), where):
+        state.reject(stamp[1], author, op.op, "op does not follow its task's submit")
+        return
+    task = state.tasks.get(op.task_id) or state.undefined.get(op.task_id)
+    if task is None:  # cannot happen: a defining submit created it
+        state.reject(stamp[1], author, op.op, "unknown task")
         return
     touched.add(task.task_id)
     touched.add(f"wf:{task.workflow_id}")
     if isinstance(op, ClaimOp):
         if op.attempt > state.max_attempts:  # never a valid attempt on any peer (same config)
-            state.rejected.append(Rejection(stamp[1], author, op.op, "attempt beyond max_attempts"))
+            state.reject(stamp[1], author, op.op, "attempt beyond max_attempts")
             return
         claims = task.claims.setdefault(op.attempt, {})
         old = claims.get(author)
         if old is None or stamp < old.stamp:  # a forked author's claims: the earliest stamp counts
-            claims[author] = Claim(author, op.capacity, stamp, op.supersedes)
+            claims[author] = Claim(author, op.capacity, stamp, op.supersedes, op.continues, where)
     elif isinstance(op, StartOp):
         task.started.add((op.attempt, author))
     elif isinstance(op, DoneOp):
-        if op.result is not None or op.result_cid is not None:
+        if (op.result is not None or op.result_cid is not None) and stamp not in task.results:
             task.results[stamp] = Outcome(
-                author, op.attempt, stamp, result=op.result, result_cid=op.result_cid, stats=dict(op.stats)
+                author, op.attempt, stamp, result=op.result, result_cid=op.result_cid, stats=dict(op.stats), where=where
             )
     elif isinstance(op, FailOp):
         key = (op.attempt, author)
-        new = Outcome(author, op.attempt, stamp, error=op.error, retryable=op.retryable, expired=op.expired)
-        old = task.fails.get(key)
-        if old is None or new.stamp < old.stamp:
+        new = Outcome(author, op.attempt, stamp, error=op.error, retryable=op.retryable, expired=op.expired, where=where)
+        old_fail = task.fails.get(key)
+        if old_fail is None or new.stamp < old_fail.stamp:
             task.fails[key] = new
 
 
-def _submit(state: State, op: SubmitOp, author: str, stamp: Stamp, touched: set[str]) -> None:
+def _late_cancel(state: State, wf: WorkflowState, where: Where) -> bool:
+    """A cancel whose past already held every task of the workflow done or failed. Decided at
+    fold time from the cancel's past only (all folded by then), so the same on every peer."""
+    for tid in wf.task_ids:
+        task = state.tasks[tid]
+        if not task.results and not task.fails:
+            return False
+        if task.restricted(where).status(False, state.max_attempts) not in (TaskStatus.DONE, TaskStatus.FAILED):
+            return False
+    return True
+
+
+def _submit(state: State, op: SubmitOp, author: str, where: Where, touched: set[str]) -> None:
+    stamp = where.stamp
     if not op.workflow_id.startswith(submitter_prefix(author)):
         # only the peer an id is bound to may define it (a set-based rule: no race on who's first)
-        state.rejected.append(Rejection(stamp[1], author, op.op, "workflow id not bound to its submitter"))
+        state.reject(stamp[1], author, op.op, "workflow id not bound to its submitter")
         return
-    existing = state.workflows.get(op.workflow_id)
-    if existing is not None and existing.submit_stamp <= stamp:
-        return  # a later duplicate id: the earlier submit defines the workflow
-    tids = [task_id_for(op.workflow_id, i) for i in range(len(op.tasks))]
-    old_tasks = {tid: state.tasks.pop(tid) for tid in (existing.task_ids if existing else [])}
-    for tid in old_tasks:  # the caches are rebuilt for the winning definition below
+    wid = op.workflow_id
+    wf = state.workflows.get(wid)
+    rec = SubmitRecord(where, op)
+    if wf is None:
+        tids = [task_id_for(wid, i) for i in range(len(op.tasks))]
+        wf = WorkflowState(
+            workflow_id=wid, name=op.name, tag=op.tag, submitter=author, created_at=op.created_at,
+            task_ids=tids, order=len(state.workflows), priority=op.priority, priority_stamp=stamp,
+            submit_stamp=stamp, submits=[rec],
+        )
+        state.workflows[wid] = wf
+        for i, (tid, spec) in enumerate(zip(tids, op.tasks)):
+            state.tasks[tid] = TaskState(task_id=tid, workflow_id=wid, index=i, spec=spec, max_attempts=state.max_attempts)
+        touched.update(tids)
+        touched.add(f"wf:{wid}")
+        return
+    if any(r.stamp == stamp for r in wf.submits):
+        return  # the same op folded again
+    wf.submits.append(rec)
+    wf.submits.sort(key=lambda r: r.stamp)
+    _redefine(state, wf, touched)
+
+
+def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
+    """Rebuild a workflow from all its submits (a faulty submitter sent several): the smallest
+    stamp defines it; every task id any of them defines keeps what was said about it."""
+    wid = wf.workflow_id
+    first = wf.submits[0]
+    n_def = len(first.op.tasks)
+    n_all = max(len(r.op.tasks) for r in wf.submits)
+    wf.name, wf.tag, wf.created_at = first.op.name, first.op.tag, first.op.created_at
+    wf.submit_stamp = first.stamp
+    if wf.reprioritized is not None:
+        wf.priority_stamp, wf.priority = wf.reprioritized
+    else:
+        wf.priority, wf.priority_stamp = first.op.priority, first.stamp
+    old_ids = list(wf.task_ids)
+    wf.task_ids = [task_id_for(wid, i) for i in range(n_def)]
+    for i in range(n_all):
+        tid = task_id_for(wid, i)
+        task = state.tasks.pop(tid, None) or state.undefined.pop(tid, None)
+        spec = next(r.op.tasks[i] for r in wf.submits if i < len(r.op.tasks))
+        if task is None:
+            task = TaskState(task_id=tid, workflow_id=wid, index=i, spec=spec, max_attempts=state.max_attempts)
+        task.spec = spec
+        (state.tasks if i < n_def else state.undefined)[tid] = task
+    for tid in set(old_ids) | set(wf.task_ids):  # the caches are rebuilt for the definition
         state._status.pop(tid, None)
         state._claimed.discard(tid)
-    state._counts.pop(op.workflow_id, None)
-    state._claimed_per_wf.pop(op.workflow_id, None)
-    wf = WorkflowState(
-        workflow_id=op.workflow_id,
-        name=op.name,
-        tag=op.tag,
-        submitter=author,
-        created_at=op.created_at,
-        task_ids=tids,
-        order=existing.order if existing else len(state.workflows),
-        priority=op.priority,
-        priority_stamp=stamp,
-        submit_stamp=stamp,
-        cancelled=existing.cancelled if existing else False,
-    )
-    if existing is not None and existing.priority_stamp > existing.submit_stamp:
-        wf.priority, wf.priority_stamp = existing.priority, existing.priority_stamp
-    state.workflows[op.workflow_id] = wf
-    for i, (tid, spec) in enumerate(zip(tids, op.tasks)):
-        task = TaskState(task_id=tid, workflow_id=op.workflow_id, index=i, spec=spec)
-        old = old_tasks.pop(tid, None)
-        if old is not None:  # keep what was said about the task id; it is a set, not a history
-            task.claims, task.started, task.results, task.fails = old.claims, old.started, old.results, old.fails
-        state.tasks[tid] = task
-    for tid, old in old_tasks.items():  # task ids the winning submit lacks: back to waiting
-        for attempt, claims in old.claims.items():
-            for c in claims.values():
-                claim = ClaimOp(op="task.claim", task_id=tid, attempt=attempt, capacity=c.capacity, supersedes=c.supersedes)
-                state.orphans.setdefault(tid, {})[c.stamp] = (claim, c.peer)
-    touched.update(tids)
-    touched.add(f"wf:{op.workflow_id}")
-    for key in [f"wf:{op.workflow_id}", *tids]:
-        for when, (orphan, who) in sorted(state.orphans.pop(key, {}).items()):
-            _apply_op(state, orphan, who, when, touched)
+    state._counts.pop(wid, None)
+    state._claimed_per_wf.pop(wid, None)
+    touched.update(old_ids)
+    touched.update(wf.task_ids)
+    touched.add(f"wf:{wid}")

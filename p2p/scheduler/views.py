@@ -43,6 +43,9 @@ def task_view(state: State, task: TaskState, include_result: bool, load_block: B
         view["errors"] = errors
     if status is TaskStatus.FAILED and errors:
         view["error"] = errors[-1]["error"]
+    late = task.late_results if status is TaskStatus.FAILED else []
+    if late:  # results written after the task had failed for good: shown, the state stays failed
+        view["late_results"] = [{"peer": o.peer, "attempt": o.attempt} for o in late]
     if result is not None:
         view["stats"] = _json_safe(result.stats)
         if include_result:

@@ -28,6 +28,7 @@ class Ev:
     ops: list[dict[str, Any]]
     height: int = 0
     idx: int = 0
+    seq: int = 1
 
 
 @dataclass
@@ -42,16 +43,20 @@ class Dag:
         height = 1 + max((self.events[p].height for p in parents), default=-1)
         idx = len(self.events)
         cid = hashlib.sha256(repr((author, idx, ops)).encode()).digest()
-        ev = Ev(cid, author, sorted(parents), ops, height, idx)
+        seq = self.events[self.last_of[author]].seq + 1 if author in self.last_of else 1
+        ev = Ev(cid, author, sorted(parents), ops, height, idx, seq)
         self.events.append(ev)
         self.last_of[author] = idx
         return ev
 
 
-def fold(order: list[Ev], max_attempts: int = 3) -> State:
+def fold(order: list[Ev], max_attempts: int = 3, dag: Dag | None = None) -> State:
+    """Fold events the way the scheduler does: with their parents (cids) and seq."""
+    by_idx = {e.idx: e for e in (dag.events if dag else order)}
     state = State(max_attempts=max_attempts)
     for ev in order:
-        apply_event(state, ev.cid, ev.author, ev.height, ev.ops)
+        apply_event(state, ev.cid, ev.author, ev.height, ev.ops,
+                    parents=[by_idx[p].cid for p in ev.parents], seq=ev.seq)
     return state
 
 
@@ -203,7 +208,7 @@ def test_retry_until_max_attempts_then_fail_with_every_error() -> None:
     dag = Dag()
     dag.add("A", [_submit(1)], [])
     for attempt in (1, 2, 3):
-        dag.add("B", [{"op": "task.claim", "task_id": T0, "attempt": attempt, "capacity": 1.0}], [])
+        dag.add("B", [{"op": "task.claim", "task_id": T0, "attempt": attempt, "capacity": 1.0}], [0])
         state = fold(dag.events)
         assert state.task_status(state.tasks[T0]) is TaskStatus.CLAIMED
         dag.add("B", [{"op": "task.fail", "task_id": T0, "attempt": attempt, "error": f"e{attempt}"}], [])
@@ -230,14 +235,19 @@ def test_malformed_ops_are_rejected_not_fatal() -> None:
     assert state.workflows == {} and state.tasks == {} and state.orphans == {}
 
 
-def test_ops_before_their_submit_wait_for_it() -> None:
-    """A claim concurrent with the submit must end the same as one that follows it."""
-    state = State()
-    apply_event(state, b"c", "B", 0, [{"op": "task.claim", "task_id": T0, "attempt": 1, "capacity": 1.0}])
-    assert T0 in state.orphans and state.tasks == {}
-    apply_event(state, b"s", "A", 0, [_submit(1)])
-    assert state.orphans == {}
-    assert state.task_status(state.tasks[T0]) is TaskStatus.CLAIMED
+def test_ops_that_do_not_follow_their_submit_are_dropped_in_every_order() -> None:
+    """A claim concurrent with the submit is never causally justified: dropped on every peer,
+    whichever arrived first, and nothing is held for it. One that follows the submit counts."""
+    dag = Dag()
+    dag.add("B", [{"op": "task.claim", "task_id": T0, "attempt": 1, "capacity": 1.0}], [])
+    submit = dag.add("A", [_submit(1)], [])
+    dag.add("C", [{"op": "task.claim", "task_id": T0, "attempt": 1, "capacity": 1.0}], [submit.idx])
+    for order in causal_orders(dag, random.Random(4), 6):
+        state = fold(order, dag=dag)
+        assert state.orphans == {} and state.rejected_total == 1
+        assert [r.reason for r in state.rejected] == ["op does not follow its task's submit"]
+        assert state.task_status(state.tasks[T0]) is TaskStatus.CLAIMED
+        assert state.tasks[T0].owner().peer == "C"
 
 
 def test_a_shallow_claim_and_done_cannot_replace_the_owners_result() -> None:
