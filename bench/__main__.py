@@ -13,7 +13,7 @@ import bench
 def main() -> int:
     names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_"))
     only = set(sys.argv[1:])  # optional: python -m bench bench_inference
-    failed = 0
+    failed: list[str] = []
     for name in names:
         if only and name not in only:
             continue
@@ -23,10 +23,16 @@ def main() -> int:
             module = importlib.import_module(f"bench.{name}")
             module.main()
         except Exception as exc:  # one broken benchmark must not hide the others' figures
-            failed += 1
-            print(f"{name} failed: {type(exc).__name__}: {exc}", flush=True)
+            failed.append(name)
+            print(f"BENCH FAILED {name}: {type(exc).__name__}: {exc}", flush=True)
         print(f"=== {name} done in {time.perf_counter() - started:.1f} s ===\n", flush=True)
-    return 1 if failed else 0
+    if only - set(names):
+        print(f"BENCH FAILED: no benchmark named {', '.join(sorted(only - set(names)))} (have {', '.join(names)})", flush=True)
+        return 1
+    if failed:
+        print(f"BENCH FAILED: {', '.join(failed)} (their figures above, if any, are not valid)", flush=True)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

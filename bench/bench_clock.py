@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.check import require, require_count
 from p2p.clock import MerkleClock
 from p2p.identity import Identity
 
@@ -56,6 +57,7 @@ def bench_append(tmp: Path, ident: Identity, ops_per_event: int) -> tuple[Merkle
     batches = [ops[i:i + ops_per_event] for i in range(0, N_OPS, ops_per_event)]
     elapsed = _timed(lambda: [clock.append(b) for b in batches])
     blocks = [e.data for e in clock.events()]
+    require_count(len(blocks), len(batches), f"append x {ops_per_event}: events stored")
     base = _raw_sqlite(tmp / f"raw_append{ops_per_event}.db", blocks, per_commit=1)
     line = (f"append  {len(batches):>6} events x {ops_per_event:>2} ops ({EMBEDDING_BYTES} B each): "
             f"{len(batches) / elapsed:>8.0f} events/s, {N_OPS / elapsed:>8.0f} ops/s "
@@ -87,7 +89,8 @@ def main() -> None:
         raw_n = sum(1 for _ in db.execute("SELECT data FROM blocks ORDER BY rowid"))
         raw_s = time.perf_counter() - t
         db.close()
-        assert n == raw_n == N_OPS
+        require_count(n, N_OPS, "reopen+iterate: events read back")
+        require_count(raw_n, N_OPS, "raw sqlite baseline: rows read back")
         print(f"reopen+iterate {n} events: {reopen_s:.3f} s (target <= 0.5 s; raw sqlite scan "
               f"{raw_s:.3f} s, ratio {reopen_s / raw_s:.1f}x)")
 
@@ -97,7 +100,9 @@ def main() -> None:
         t = time.perf_counter()
         result = fresh.add_blocks(blocks)
         merge_s = time.perf_counter() - t
-        assert len(result.applied) == n and fresh.get_hash() == reopened.get_hash()
+        require_count(len(result.applied), n, "merge: foreign events applied")
+        require(not result.rejected, f"merge: {len(result.rejected)} blocks rejected")
+        require(fresh.get_hash() == reopened.get_hash(), "merge: the merged clock's hash differs from the source's")
         base = _raw_sqlite(tmp / "raw_merge.db", [b for _, b in blocks], per_commit=len(blocks))
         print(f"merge   {n} foreign events (add_blocks, verified): {n / merge_s:>8.0f} events/s "
               f"({merge_s:.2f} s; raw sqlite insert in one transaction {base:.3f} s, "
@@ -108,7 +113,7 @@ def main() -> None:
         t = time.perf_counter()
         result = fresh_rev.add_blocks(blocks[::-1])
         rev_s = time.perf_counter() - t
-        assert len(result.applied) == n
+        require_count(len(result.applied), n, "merge children first: foreign events applied")
         print(f"merge   {n} foreign events, children first (orphan path): "
               f"{n / rev_s:>8.0f} events/s ({rev_s:.2f} s)")
         # merge of 32-op events: verification cost with embedding-sized payloads
@@ -116,8 +121,9 @@ def main() -> None:
         blocks32 = [(e.cid, e.data) for e in c32.events()]
         fresh32 = MerkleClock.open(tmp / "merge32.db", other)
         t = time.perf_counter()
-        fresh32.add_blocks(blocks32)
+        result = fresh32.add_blocks(blocks32)
         m32 = time.perf_counter() - t
+        require_count(len(result.applied), len(blocks32), "merge of 32-op events: foreign events applied")
         mb = sum(len(b) for _, b in blocks32) / 1e6
         print(f"merge   {len(blocks32)} foreign events x 32 ops ({mb:.1f} MB): "
               f"{len(blocks32) / m32:>8.0f} events/s, {N_OPS / m32:>8.0f} ops/s, "

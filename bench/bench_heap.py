@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable
 
+from bench.check import require, require_count
 from p2p.scheduler.heap import FibonacciHeap
 
 
@@ -31,21 +32,25 @@ def _keys(n: int, seed: int) -> list[tuple[int, int]]:
     return [(rng.randint(1, 10), i) for i in range(n)]
 
 
-def push_pop_fib(keys: list[tuple[int, int]]) -> int:
+def push_pop_fib(keys: list[tuple[int, int]], out: list[int] | None = None) -> int:
     heap: FibonacciHeap[int] = FibonacciHeap()
     for i, k in enumerate(keys):
         heap.push(k, i)
     for _ in range(len(keys)):
-        heap.pop()
+        _, item = heap.pop()
+        if out is not None:
+            out.append(item)
     return 2 * len(keys)
 
 
-def push_pop_heapq(keys: list[tuple[int, int]]) -> int:
+def push_pop_heapq(keys: list[tuple[int, int]], out: list[int] | None = None) -> int:
     heap: list[tuple[tuple[int, int], int]] = []
     for i, k in enumerate(keys):
         heapq.heappush(heap, (k, i))
     for _ in range(len(keys)):
-        heapq.heappop(heap)
+        _, item = heapq.heappop(heap)
+        if out is not None:
+            out.append(item)
     return 2 * len(keys)
 
 
@@ -55,27 +60,33 @@ def _decrease_plan(n: int, m: int, seed: int) -> list[int]:
     return [rng.randrange(n) for _ in range(m)]
 
 
-def decrease_fib(keys: list[tuple[int, int]], plan: list[int]) -> int:
+def decrease_fib(keys: list[tuple[int, int]], plan: list[int], out: list[int] | None = None) -> int:
     heap: FibonacciHeap[int] = FibonacciHeap()
     handles = [heap.push(k, i) for i, k in enumerate(keys)]
-    heap.pop()  # consolidate once so decrease-keys hit real trees (as in a running queue)
+    _, first = heap.pop()  # consolidate once so decrease-keys hit real trees (as in a running queue)
     for idx in plan:
         h = handles[idx]
         if h.alive:
             prio, order = h.key
             heap.decrease_key(h, (prio - 1, order))
+    if out is not None:
+        out.append(first)
     while heap:
-        heap.pop()
+        _, item = heap.pop()
+        if out is not None:
+            out.append(item)
     return len(keys) + len(plan) + len(keys)
 
 
-def decrease_heapq(keys: list[tuple[int, int]], plan: list[int]) -> int:
+def decrease_heapq(keys: list[tuple[int, int]], plan: list[int], out: list[int] | None = None) -> int:
     heap: list[tuple[tuple[int, int], int]] = [(k, i) for i, k in enumerate(keys)]
     heapq.heapify(heap)
     current = list(keys)
     alive = [True] * len(keys)
     _, first = heapq.heappop(heap)
     alive[first] = False
+    if out is not None:
+        out.append(first)
     for idx in plan:
         if alive[idx]:
             prio, order = current[idx]
@@ -86,7 +97,24 @@ def decrease_heapq(keys: list[tuple[int, int]], plan: list[int]) -> int:
         key, idx = heapq.heappop(heap)
         if alive[idx] and current[idx] == key:
             alive[idx] = False
+            if out is not None:
+                out.append(idx)
     return len(keys) + len(plan) + len(keys)
+
+
+def verify(keys: list[tuple[int, int]], plan: list[int]) -> None:
+    """Once, untimed: both heaps drain every item, in the same (key) order, for both workloads."""
+    fib: list[int] = []
+    hq: list[int] = []
+    push_pop_fib(keys, fib)
+    push_pop_heapq(keys, hq)
+    require_count(len(fib), len(keys), "push+pop: FibonacciHeap items drained")
+    require(fib == hq == sorted(range(len(keys)), key=lambda i: keys[i]), "push+pop: pop order is not key order")
+    fib, hq = [], []
+    decrease_fib(keys, plan, fib)
+    decrease_heapq(keys, plan, hq)
+    require_count(len(fib), len(keys), "decrease-key: FibonacciHeap items drained")
+    require(fib == hq, "decrease-key: FibonacciHeap and heapq drained in different orders")
 
 
 def main() -> None:
@@ -94,6 +122,7 @@ def main() -> None:
     keys = _keys(n, seed=1)
     plan = _decrease_plan(n, m, seed=2)
 
+    verify(keys, plan)
     t_fib, ops = _best_of(lambda: push_pop_fib(keys))
     t_hq, _ = _best_of(lambda: push_pop_heapq(keys))
     print(f"push+pop {n:,}: FibonacciHeap {ops / t_fib:,.0f} ops/s, heapq {ops / t_hq:,.0f} ops/s, "

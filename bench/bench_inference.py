@@ -12,6 +12,7 @@ Then cold starts by subprocess: `ipfs-accelerate infer` on a warm cache, `ipfs-a
 
 from __future__ import annotations
 
+from bench.check import require_count
 from bench.raw_ort import raw_ort_runner
 
 import os
@@ -55,14 +56,17 @@ def _torch(model_dir: Path, texts: list[str], max_length: int):
     model = AutoModel.from_pretrained(str(model_dir)).eval()
 
     def run() -> float:
+        rows = 0
         t = time.perf_counter()
         with torch.inference_mode():
             for i in range(0, len(texts), BATCH):
                 enc = tok(texts[i : i + BATCH], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
                 h = model(**enc).last_hidden_state
                 m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-                torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=1)
-        return len(texts) / (time.perf_counter() - t)
+                rows += len(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=1))
+        elapsed = time.perf_counter() - t
+        require_count(rows, len(texts), "transformers+torch baseline: embeddings returned")
+        return len(texts) / elapsed
 
     return run
 
@@ -87,15 +91,22 @@ def throughput(data_dir: Path) -> dict[str, float]:
         async with InferenceEngine.open(InferenceConfig(max_batch=BATCH), data_dir) as engine:
             await engine.infer(None, texts[:BATCH])  # load + warm up
 
+            answered = [0]
+
             async def one(t: str) -> None:
-                await engine.infer(None, [t])
+                out = await engine.infer(None, [t])
+                if out:
+                    answered[0] += 1
 
             async def executor_round() -> float:
+                answered[0] = 0
                 start = time.perf_counter()
                 async with trio.open_nursery() as n:
                     for t in texts:
                         n.start_soon(one, t)
-                return len(texts) / (time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                require_count(answered[0], len(texts), "batching executor: requests answered")
+                return len(texts) / elapsed
 
             raw(), tor()  # warm up both
             for r in range(ROUNDS):

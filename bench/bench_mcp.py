@@ -17,6 +17,7 @@ Run alone: ``.venv/bin/python -m bench.bench_mcp``. Prints figures; never assert
 
 from __future__ import annotations
 
+from bench.check import require, require_count, require_folded
 from bench.raw_ort import raw_ort_runner
 
 import os
@@ -125,12 +126,13 @@ async def _status_latency(client: Any, wid: str, n_plain: int, n_results: int) -
         t = time.perf_counter()
         st = await call(client, "get_workflow_status", workflow_id=wid, limit=STATUS_TASKS)
         out["status"].append(time.perf_counter() - t)
-        assert len(st["tasks"]) == STATUS_TASKS
+        require_count(len(st["tasks"]), STATUS_TASKS, "get_workflow_status page")
         if i % every == 0 and len(out["status+results"]) < n_results:
             t = time.perf_counter()
             st = await call(client, "get_workflow_status", workflow_id=wid, include_results=True, limit=STATUS_TASKS)
             out["status+results"].append(time.perf_counter() - t)
-            assert len(st["tasks"][-1]["result"]["embedding"]) == 384
+            require_count(sum(len((x.get("result") or {}).get("embedding") or ()) == 384 for x in st["tasks"]),
+                          len(st["tasks"]), "get_workflow_status page with results: 384-d embeddings")
     return out
 
 
@@ -177,7 +179,7 @@ def bench_stdio(tmp: Path, cache_dir: Path) -> tuple[Path, str]:
                 full = await call(client, "get_workflow_status", workflow_id=sub["workflow_id"], include_results=True,
                                   limit=N_SENTENCES)
                 figures["results_s"].append(time.perf_counter() - t1)
-                assert len(full["tasks"]) == N_SENTENCES
+                require_count(sum(1 for x in full["tasks"] if x.get("result")), N_SENTENCES, f"round {r}: results returned")
                 figures["mcp"].append(N_SENTENCES / elapsed)
                 figures["raw"].append(raw(sentences(N_SENTENCES, seed=100 + r)))  # blocking: the server is idle
                 figures["ratio"].append(figures["mcp"][-1] / figures["raw"][-1])
@@ -186,7 +188,8 @@ def bench_stdio(tmp: Path, cache_dir: Path) -> tuple[Path, str]:
             # a 1,000-task workflow for the status latency, over this same stdio connection
             sub = await call(client, "submit_workflow", name="status-1000", tasks=tasks_of(sentences(STATUS_TASKS, seed=7)))
             st = await call(client, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=600)
-            assert st["state"] == "completed", st["state"]
+            require(st["state"] == "completed" and st["completed"] == STATUS_TASKS,
+                    f"status-1000 workflow ended {st['state']} with {st['completed']}/{STATUS_TASKS}")
             result["wid"] = sub["workflow_id"]
             result["lat"] = await _status_latency(client, sub["workflow_id"], n_plain=100, n_results=15)
 
@@ -245,14 +248,17 @@ def _task_ops(tid: str, emb: bytes) -> tuple[dict[str, Any], dict[str, Any], dic
     )
 
 
-def batched_stream(n_tasks: int = 10_000, per_wf: int = 1000, per_event: int = 256) -> list[list[dict[str, Any]]]:
+def batched_stream(peer_id: str, n_tasks: int = 10_000, per_wf: int = 1000, per_event: int = 256) -> list[list[dict[str, Any]]]:
     """What the scheduler writes for n_tasks: per workflow a submit, its claims in 256-op events,
-    then start/done in execution order (batches of 32), packed in 256-op events."""
+    then start/done in execution order (batches of 32), packed in 256-op events. Workflow ids
+    are bound to ``peer_id``, the submitter (the fold rejects any other)."""
+    from p2p.scheduler.ops import new_workflow_id
+
     emb = os.urandom(EMBEDDING_BYTES)
     events: list[list[dict[str, Any]]] = []
     texts = sentences(n_tasks, seed=3)
     for w in range(n_tasks // per_wf):
-        wid = f"wf{w:04d}" + "0" * 26
+        wid = new_workflow_id(peer_id)
         events.append([_submit_op(wid, texts[w * per_wf:(w + 1) * per_wf])])
         ops = [_task_ops(f"{wid}/{i}", emb) for i in range(per_wf)]
         claims = [o[0] for o in ops]
@@ -264,25 +270,42 @@ def batched_stream(n_tasks: int = 10_000, per_wf: int = 1000, per_event: int = 2
     return events
 
 
-def single_op_stream(n_events: int = 10_000) -> list[list[dict[str, Any]]]:
+def single_op_stream(peer_id: str, n_events: int = 10_000) -> list[list[dict[str, Any]]]:
     """n_events one-op events: one submit of (n-1)/3 tasks, then claim, start, done for each."""
+    from p2p.scheduler.ops import new_workflow_id
+
     emb = os.urandom(EMBEDDING_BYTES)
     n_tasks = (n_events - 1) // 3
-    wid = "single" + "0" * 26
+    wid = new_workflow_id(peer_id)
     events = [[_submit_op(wid, sentences(n_tasks, seed=4))]]
     for i in range(n_tasks):
         events += [[op] for op in _task_ops(f"{wid}/{i}", emb)]
     return events
 
 
-def _clock_case(tmp: Path, key: str, label: str, events: list[list[dict[str, Any]]]) -> list[str]:
+class _NoPeers:
+    """The peer view of a Scheduler that only loads (nobody is alive; nothing is decided)."""
+
+    def live_peers(self) -> list[Any]:
+        return []
+
+    def is_alive(self, peer_id: str) -> bool:
+        return False
+
+
+def _expected_tasks(events: list[list[dict[str, Any]]]) -> int:
+    return sum(len(op["tasks"]) for ops in events for op in ops if op.get("op") == "workflow.submit")
+
+
+def _clock_case(tmp: Path, key: str, label: str, events: list[list[dict[str, Any]]], ident: Any) -> list[str]:
+    """Append + fold ``events`` as ``ident``, then the fold on restart; raises BenchError unless
+    every op was accepted and every submitted task ends done (before any figure is printed)."""
     from p2p.clock import MerkleClock
     from p2p.config import SchedulerConfig
-    from p2p.identity import Identity
     from p2p.scheduler.scheduler import Scheduler
-    from p2p.scheduler.state import State, TaskStatus, apply_event
+    from p2p.scheduler.state import State, apply_event
 
-    ident = Identity.generate()
+    expected = _expected_tasks(events)
     path = tmp / f"clock-{key}.sqlite"
     clock = MerkleClock.open(path, ident)
     state = State()
@@ -295,8 +318,7 @@ def _clock_case(tmp: Path, key: str, label: str, events: list[list[dict[str, Any
         apply_event(state, bytes(ev.cid), ev.author, ev.height, ev.ops)
         t_append += t2 - t
         t_fold += time.perf_counter() - t2
-    done = sum(1 for t in state.tasks.values() if state.task_status(t) is TaskStatus.DONE)
-    assert done == len(state.tasks), (done, len(state.tasks))
+    require_folded(state, expected, f"{label}: append + fold")
     blocks = [e.data for e in clock.events()]
     mb = sum(len(b) for b in blocks) / 1e6
     clock.close()
@@ -326,7 +348,7 @@ def _clock_case(tmp: Path, key: str, label: str, events: list[list[dict[str, Any
         t = time.perf_counter()
         clock = MerkleClock.open(path, ident)
         runs["open"].append(time.perf_counter() - t)
-        sched = Scheduler(clock, None, None, SchedulerConfig())  # type: ignore[arg-type]
+        sched = Scheduler(clock, None, _NoPeers(), SchedulerConfig())  # type: ignore[arg-type]
         t = time.perf_counter()
         sched.load()
         runs["load"].append(time.perf_counter() - t)
@@ -335,9 +357,12 @@ def _clock_case(tmp: Path, key: str, label: str, events: list[list[dict[str, Any
         runs["select"].append(sel)
     # (the live state keeps result dicts in written key order, the reloaded one in DAG-CBOR order,
     # so compare the reloaded states with each other and the statuses with the live one)
-    assert fresh.snapshot() == sched.state.snapshot()
-    assert {t: fresh.task_status(x) for t, x in fresh.tasks.items()} == {t: state.task_status(x) for t, x in state.tasks.items()}
-    assert n_raw == len(events) == fresh.events
+    require_folded(fresh, expected, f"{label}: fold on restart")
+    require_folded(sched.state, expected, f"{label}: Scheduler.load()")
+    require(fresh.snapshot() == sched.state.snapshot(), f"{label}: the restart fold and Scheduler.load() disagree")
+    require({t: fresh.task_status(x) for t, x in fresh.tasks.items()} == {t: state.task_status(x) for t, x in state.tasks.items()},
+            f"{label}: the restart fold disagrees with the live fold")
+    require(n_raw == len(events) == fresh.events, f"{label}: {n_raw} raw rows, {len(events)} events written, {fresh.events} folded")
     med = {k: statistics.median(v) for k, v in runs.items()}
     restart, base_select = med["restart"], med["select"]
     n = len(events)
@@ -353,11 +378,14 @@ def _clock_case(tmp: Path, key: str, label: str, events: list[list[dict[str, Any
     ]
 
 
-def bench_clock(tmp: Path) -> None:
-    cases = (("batched", "batched (<= 256 ops/event)", batched_stream),
-             ("single", "one op per event (worst case)", single_op_stream))
+def bench_clock(tmp: Path, n: int = 10_000) -> None:
+    from p2p.identity import Identity
+
+    cases = (("batched", "batched (<= 256 ops/event)", lambda pid: batched_stream(pid, n_tasks=n, per_wf=min(1000, n))),
+             ("single", "one op per event (worst case)", lambda pid: single_op_stream(pid, n_events=n)))
     for key, label, make in cases:
-        for line in _clock_case(tmp, key, label, make()):
+        ident = Identity.generate()
+        for line in _clock_case(tmp, key, label, make(ident.peer_id_str), ident):
             print(line, flush=True)
 
 
@@ -387,6 +415,7 @@ def bench_in_memory(data_dir: Path, wid: str, cache_dir: Path) -> None:
                 out["lat"] = await _status_latency(client, wid, n_plain=200, n_results=20)
 
     trio.run(main)
+    require(out["events"] > 0, f"the reopened data dir {data_dir} holds no clock events")
     print(f"  node restart on that data dir ({out['events']} events in the clock): Node.open {out['open_s']:.3f} s")
     _latency_table("status latency in memory, Client(build_server(node)):", out["lat"])
 

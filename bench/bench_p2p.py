@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from bench.bench_mcp import CLI, MODEL, call, cli_env, pct, sentences, shared_cache_dir, tasks_of  # noqa: E402
+from bench.check import BenchError, require  # noqa: E402
 
 N_SENTENCES = 512
 REMOTE_REPS = 50
@@ -163,12 +164,17 @@ async def wait_peers_see(clients: list[Any], n_others: int, timeout: float = 30)
 async def run_wf(client: Any, texts: list[str], tag: str, name: str = "bench") -> dict[str, Any]:
     sub = await call(client, "submit_workflow", name=name, tasks=tasks_of(texts), tag=tag)
     st = await call(client, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=600)
-    if st["state"] != "completed":
-        raise RuntimeError(f"workflow {name} ended {st['state']}: {st['completed']}/{st['total']} completed")
+    require(st["state"] == "completed" and st["completed"] == st["total"] == len(texts) > 0,
+            f"workflow {name} ended {st['state']}: {st['completed']}/{st['total']} completed of {len(texts)} submitted")
     return st
 
 
+FAILED_SECTIONS: list[str] = []
+
+
 def section(title: str, fn: Any, *args: Any) -> None:
+    """Run one section; a failure is printed, the next section still runs, and main() then
+    raises so the run exits non-zero (a failed section's figures are not valid)."""
     print(f"\n[{title}]", flush=True)
     t = time.perf_counter()
     try:
@@ -176,6 +182,7 @@ def section(title: str, fn: Any, *args: Any) -> None:
     except BaseException as exc:  # noqa: BLE001 - one failed section must not hide the others
         if isinstance(exc, KeyboardInterrupt):
             raise
+        FAILED_SECTIONS.append(title)
         print(f"  FAILED: {type(exc).__name__}: {exc}")
         traceback.print_exc(limit=3, file=sys.stdout)
     print(f"  ({time.perf_counter() - t:.1f} s)", flush=True)
@@ -251,9 +258,9 @@ def bench_remote(tmp: Path, cache_dir: Path) -> None:
                         t1 = time.perf_counter()
                         st = await call(a, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=60)
                         t2 = time.perf_counter()
-                        assert st["state"] == "completed", st["state"]
+                        require(st["state"] == "completed", f"{kind} {i}: workflow ended {st['state']}")
                         want = b_peer.peer_id if kind == "remote" else a_peer.peer_id
-                        assert st["tasks"][0]["peer"] == want, (kind, st["tasks"][0]["peer"])
+                        require(st["tasks"][0]["peer"] == want, f"{kind} {i}: ran on {st['tasks'][0]['peer']}, not {want}")
                         res[kind].append(t2 - t0)
                         if kind == "remote":
                             res["submit"].append(t1 - t0)
@@ -312,7 +319,7 @@ async def breakdown(a: Any, b: Any, i: int) -> dict[str, Any]:
         n.start_soon(poll_b)
         st = await call(a, "wait_for_workflow", workflow_id=wid, timeout_s=60)
         out["visible_a"] = time.perf_counter() - t0
-        assert st["state"] == "completed"
+        require(st["state"] == "completed", f"breakdown {i}: workflow ended {st['state']}")
         with trio.move_on_after(5):
             while "done_b" not in out:
                 await trio.sleep(0.01)
@@ -374,6 +381,8 @@ def bench_scaling(tmp: Path, cache_dir: Path) -> None:
                             by: dict[str, int] = {}
                             for task in full["tasks"]:
                                 by[task["peer"]] = by.get(task["peer"], 0) + 1
+                            require(sum(by.values()) == N_SENTENCES and None not in by,
+                                    f"round {r}: {sum(by.values())} of {N_SENTENCES} tasks name the peer that ran them")
                             split.append(by)
                     figs["ratio"].append(figs["two"][-1] / figs["one"][-1])
                     print(f"    round {r + 1}: 1 peer {figs['one'][-1]:5.0f} sent/s   2 peers {figs['two'][-1]:5.0f} sent/s"
@@ -474,14 +483,15 @@ def bench_convergence(tmp: Path, cache_dir: Path) -> None:
                             wids.append(sub["workflow_id"])
                         for w in wids:
                             st = await call(clients[0], "wait_for_workflow", workflow_id=w, timeout_s=300)
-                            assert st["state"] == "completed", st["state"]
+                            require(st["state"] == "completed", f"workflow ended {st['state']}")
                         done2.set()
                     n.start_soon(submit_many)
                     r2 = await _converge(clients, t0, base + 1 + SMALL_WORKFLOWS, done2)
                 results.append((f"{SMALL_WORKFLOWS} workflows x 10 tasks", r2))
                 for c in clients:  # every peer really holds the finished work
                     lst = await call(c, "list_workflows", limit=SMALL_WORKFLOWS + 10)
-                    assert sum(w["state"] == "completed" for w in lst["workflows"]) >= SMALL_WORKFLOWS
+                    n_done = sum(w["state"] == "completed" for w in lst["workflows"])
+                    require(n_done >= SMALL_WORKFLOWS, f"{n_done} of {SMALL_WORKFLOWS} small workflows completed")
 
         trio.run(main)
     finally:
@@ -517,6 +527,8 @@ def main() -> None:
         section("remote dispatch latency", bench_remote, tmp / "remote", cache_dir)
         section("throughput scaling, 1 vs 2 pinned peers", bench_scaling, tmp / "scaling", cache_dir)
         section(f"convergence, {N_PEERS} peers", bench_convergence, tmp / "converge", cache_dir)
+    if FAILED_SECTIONS:
+        raise BenchError(f"{len(FAILED_SECTIONS)} section(s) failed: {'; '.join(FAILED_SECTIONS)}")
 
 
 if __name__ == "__main__":

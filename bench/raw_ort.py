@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from bench.check import require, require_count
+
 BATCH = 32
 
 
@@ -29,6 +31,8 @@ def raw_ort_runner(model_path: Path, tokenizer_dir: Path, max_length: int, threa
     tok.enable_padding(pad_id=0, pad_token="[PAD]")
 
     def run(texts: list[str]) -> float:
+        require(texts, "raw onnxruntime baseline: no sentences to embed")
+        rows = 0
         t = time.perf_counter()
         for i in range(0, len(texts), BATCH):
             encs = tok.encode_batch(texts[i : i + BATCH])
@@ -37,7 +41,9 @@ def raw_ort_runner(model_path: Path, tokenizer_dir: Path, max_length: int, threa
                 "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
                 "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64),
             }
-            sess.run(None, {n: feeds[n] for n in names})
-        return len(texts) / (time.perf_counter() - t)
+            rows += len(sess.run(None, {n: feeds[n] for n in names})[0])
+        elapsed = time.perf_counter() - t
+        require_count(rows, len(texts), "raw onnxruntime baseline: embeddings returned")
+        return len(texts) / elapsed
 
     return run
