@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inference.config import InferenceConfig
 
@@ -27,6 +30,8 @@ class SchedulerConfig(BaseModel):
     flush_ms: float = Field(2.0, ge=0, description="how long ops gather before one clock event")
     capacity: float = Field(0.0, ge=0, description="this peer's weight in assignment; 0 derives it from hardware")
     max_inflight: int = Field(256, ge=1, description="tasks handed to the inference engine at once")
+    task_timeout_s: float = Field(600.0, gt=0, description="an owner that has not finished a task after this long loses the attempt")
+    pause_threshold_s: float = Field(1.0, gt=0, description="a gap in this process's own running time longer than this is a pause")
 
 
 class NetworkConfig(BaseModel):
@@ -47,10 +52,33 @@ class NetworkConfig(BaseModel):
     max_frame_bytes: int = Field(8 << 20, ge=1024)
     max_blocks_per_request: int = Field(256, ge=1)
     reconnect_max_backoff_s: float = Field(30.0, gt=0)
+    peer_forget_s: float = Field(3600.0, gt=0, description="records of peers silent this long are dropped")
+    max_peers: int = Field(4096, ge=1, description="most peers the peer table holds")
+    max_missing_results: int = Field(100_000, ge=1, description="result blocks waited for at once")
+    missing_result_giveup_s: float = Field(3600.0, gt=0, description="stop asking for a result block after this long")
+
+
+# Settings every peer of a network must share: they decide how the fold and assignment read the
+# clock (attempts, leases, timeouts) and what blocks a peer accepts. Heartbeats carry them.
+CONSENSUS_KEYS = (
+    "clock.max_block_bytes",
+    "scheduler.max_attempts",
+    "scheduler.lease_s",
+    "scheduler.task_timeout_s",
+)
+
+# Headroom in a frame over the largest block: the reply's CBOR framing and the CID beside it.
+FRAME_OVERHEAD_BYTES = 4096
+
+
+class ConfigConstraintError(ValueError):
+    """A setting violates a constraint between settings; the message names the key."""
 
 
 class NodeConfig(BaseModel):
-    """Everything a Node needs; the shell builds it from the layered settings."""
+    """Everything a Node needs; the shell builds it from the layered settings. The constraints
+    between settings are checked here, in one place, so a bad combination stops start-up with
+    one line that names the key instead of showing up later as false expiries or lost blocks."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -60,3 +88,41 @@ class NodeConfig(BaseModel):
     clock: ClockConfig = Field(default_factory=ClockConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+
+    @model_validator(mode="after")
+    def _constraints(self) -> "NodeConfig":
+        for key, problem in constraint_violations(self):
+            raise ConfigConstraintError(f"{key}: {problem}")
+        return self
+
+    def consensus_settings(self) -> dict[str, Any]:
+        """The values of :data:`CONSENSUS_KEYS`, as a flat dict."""
+        out: dict[str, Any] = {}
+        for key in CONSENSUS_KEYS:
+            section, name = key.split(".")
+            out[key] = getattr(getattr(self, section), name)
+        return out
+
+    def settings_digest(self) -> str:
+        """sha256 over the canonical JSON of the consensus settings (first 32 hex digits)."""
+        blob = json.dumps(self.consensus_settings(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def constraint_violations(config: NodeConfig) -> list[tuple[str, str]]:
+    """Every violated constraint between settings as (key, why); empty when all hold."""
+    sched, net, clock = config.scheduler, config.network, config.clock
+    out: list[tuple[str, str]] = []
+    if net.heartbeat_s >= sched.lease_s:
+        out.append(("network.heartbeat_s", f"must be below scheduler.lease_s ({net.heartbeat_s:g} >= {sched.lease_s:g}); "
+                    "peers would expire between heartbeats"))
+    if net.max_frame_bytes < clock.max_block_bytes + FRAME_OVERHEAD_BYTES:
+        out.append(("network.max_frame_bytes", f"must exceed clock.max_block_bytes by {FRAME_OVERHEAD_BYTES} "
+                    f"({net.max_frame_bytes} < {clock.max_block_bytes} + {FRAME_OVERHEAD_BYTES}); the largest block could not travel"))
+    if sched.inline_result_bytes >= clock.max_block_bytes:
+        out.append(("scheduler.inline_result_bytes", f"must be below clock.max_block_bytes ({sched.inline_result_bytes} >= {clock.max_block_bytes})"))
+    if sched.pause_threshold_s >= sched.lease_s:
+        out.append(("scheduler.pause_threshold_s", f"must be below scheduler.lease_s ({sched.pause_threshold_s:g} >= {sched.lease_s:g})"))
+    if sched.task_timeout_s <= sched.lease_s:
+        out.append(("scheduler.task_timeout_s", f"must exceed scheduler.lease_s ({sched.task_timeout_s:g} <= {sched.lease_s:g})"))
+    return out

@@ -9,15 +9,24 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 import trio
 
 from p2p.errors import NodeError
 
-if TYPE_CHECKING:
-    from p2p.node import Node
+
+
+class Controlled(Protocol):
+    """What the control socket drives (the Node); a protocol, so control never imports the node."""
+
+    @property
+    def config(self) -> Any: ...
+
+    def node_info(self) -> dict[str, Any]: ...
+
+    async def connect(self, multiaddr: str) -> str: ...
 
 log = structlog.get_logger("p2p.control")
 
@@ -38,7 +47,7 @@ def _in_use(path: Path) -> bool:
             return False
 
 
-async def serve_control(node: "Node", *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_control(node: Controlled, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     path = socket_path(node.config.data_dir)
     if path.exists():
         if _in_use(path):
@@ -60,7 +69,7 @@ async def serve_control(node: "Node", *, task_status: Any = trio.TASK_STATUS_IGN
         path.unlink(missing_ok=True)
 
 
-async def _handle(node: "Node", stream: trio.SocketStream) -> None:
+async def _handle(node: Controlled, stream: trio.SocketStream) -> None:
     """One request; any failure ends this connection only, never the node."""
     try:
         await _serve_one(node, stream)
@@ -68,7 +77,7 @@ async def _handle(node: "Node", stream: trio.SocketStream) -> None:
         log.warning("control request failed", exc_info=True)
 
 
-async def _serve_one(node: "Node", stream: trio.SocketStream) -> None:
+async def _serve_one(node: Controlled, stream: trio.SocketStream) -> None:
     async with stream:
         buf = b""
         with trio.move_on_after(10):
@@ -89,14 +98,12 @@ async def _serve_one(node: "Node", stream: trio.SocketStream) -> None:
         await stream.send_all(json.dumps(reply).encode() + b"\n")
 
 
-async def _dispatch(node: "Node", req: dict[str, Any]) -> dict[str, Any]:
+async def _dispatch(node: Controlled, req: dict[str, Any]) -> dict[str, Any]:
     cmd = req.get("cmd")
     if cmd == "info":
         return {"ok": True, "info": node.node_info()}
     if cmd == "connect":
-        if node.network is None:
-            raise NodeError("the node runs without networking")
-        peer = await node.network.connect(str(req["multiaddr"]))
+        peer = await node.connect(str(req["multiaddr"]))
         return {"ok": True, "peer_id": peer}
     raise NodeError(f"unknown control command {cmd!r}")
 

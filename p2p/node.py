@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -18,13 +18,19 @@ import structlog
 import trio
 
 from p2p.clock import MerkleClock, codec
+from p2p.clock.cids import cid_raw
 from p2p.config import NodeConfig
 from p2p.control import serve_control
+from p2p.discovery import Discovery
 from p2p.errors import NodeError
 from p2p.identity import Identity
-from p2p.peers import Heartbeat, PeerTable
+from p2p.liveness import Liveness
+from p2p.net import load_swarm_key, open_host
+from p2p.peers import Heartbeat, PauseDetector, PeerCaps, PeerTable
+from p2p.protocols.wire import BLOCKS_PROTOCOL, topic
+from p2p.replication import BlockServer, GossipBroadcaster, Replicator, StreamDAGService
 from p2p.scheduler.ops import MAX_PRIORITY, MIN_PRIORITY, TaskSpec, WorkflowTag
-from p2p.scheduler.scheduler import PeerCaps, Scheduler
+from p2p.scheduler.scheduler import Scheduler
 from p2p.scheduler.state import WorkflowStatus
 from p2p.scheduler.views import workflow_status, workflow_summary
 
@@ -42,6 +48,14 @@ def derive_capacity(hardware: dict[str, Any]) -> float:
 
 
 class Node:
+    """One peer: the clock, the scheduler, the peer table and, with networking on, the libp2p
+    host with replication, liveness and discovery — all started in one nursery by :meth:`open`.
+
+    Why one object: the MCP tools, the control socket and the seed's Python API all need the
+    same few verbs (submit, status, wait, cancel, list peers) over the same state, and every
+    part the node starts must stop with it (trio's structured concurrency). The node wires the
+    components together; none of them knows the node."""
+
     def __init__(self, config: NodeConfig, identity: Identity, clock: MerkleClock, engine: Any) -> None:
         self.config = config
         self.identity = identity
@@ -51,15 +65,30 @@ class Node:
         self.started_at = time.time()
         self._hardware: dict[str, Any] | None = None
         self._models: list[str] | None = None
-        self.network: Any = None  # p2p.network.Network when enabled
+        self.net: Any = None  # p2p.net.NetHost when networking is on
+        self.network: Discovery | None = None  # connect/listen_addrs; None without networking
+        self.replicator: Replicator | None = None
+        self.liveness: Liveness | None = None
         self._caps: PeerCaps | None = None
         sched = config.scheduler
         self.capacity = sched.capacity or derive_capacity(self.hardware())
-        self.peers = PeerTable(self.caps, lease_s=sched.lease_s)
+        self.pause = PauseDetector(sched.pause_threshold_s)
+        self.consensus = config.consensus_settings()
+        self.settings_digest = config.settings_digest()
+        self.peers = PeerTable(
+            self.caps, lease_s=sched.lease_s, pause=self.pause, settings=self.consensus,
+            settings_digest=self.settings_digest, forget_s=config.network.peer_forget_s,
+            max_peers=config.network.max_peers,
+        )
         self.scheduler = Scheduler(
             clock, engine, self.peers, sched,
             max_inflight=sched.max_inflight, max_ops_per_event=config.clock.max_ops_per_event,
+            ready=self.caught_up,
         )
+
+    def caught_up(self) -> bool:
+        """Whether this peer may claim: not while catching up with its peers' history."""
+        return self.replicator is None or self.replicator.caught_up()
 
     # ------------------------------------------------------------------ life
 
@@ -84,10 +113,7 @@ class Node:
                     await nursery.start(serve_control, node)
                     await nursery.start(node.scheduler.run)
                     if config.network.enabled:
-                        from p2p.network import Network
-
-                        node.network = Network(node)
-                        await nursery.start(node.network.run)
+                        await nursery.start(node._run_network)
                     try:
                         yield node
                     finally:
@@ -95,6 +121,56 @@ class Node:
                         nursery.cancel_scope.cancel()
         finally:
             clock.close()
+
+    async def _run_network(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The libp2p host and the three components on it: replication, liveness, discovery."""
+        cfg = self.config.network
+        psk = load_swarm_key(Path(cfg.psk_file).expanduser()) if cfg.psk_file else None
+        async with AsyncExitStack() as stack:
+            net = self.net = await stack.enter_async_context(open_host(self.identity.key_pair, cfg, psk))
+            heads = await stack.enter_async_context(GossipBroadcaster.open(net, topic(cfg.network, "heads")))
+            beats = await stack.enter_async_context(GossipBroadcaster.open(net, topic(cfg.network, "peers")))
+            peer_events = await stack.enter_async_context(net.peer_events())
+            sched = self.scheduler
+            replicator = Replicator(
+                self.clock, heads, StreamDAGService(net), peer_id=self.peer_id, config=cfg,
+                ingest=sched.ingest, local_event=sched.local_event, take_unannounced=sched.take_unannounced,
+                on_results=sched.changed.fire, on_ready=sched.peers_changed, connected_peers=net.connected_peers,
+            )
+            server = BlockServer(self.clock, replicator.heads_raw, max_blocks_per_request=cfg.max_blocks_per_request,
+                                 max_frame_bytes=cfg.max_frame_bytes)
+            net.set_request_handler(BLOCKS_PROTOCOL, server.handle)
+            discovery = Discovery(net, on_connected=replicator.peer_connected)
+            liveness = Liveness(
+                self.peers, self.pause, beats, peer_id=self.peer_id, heartbeat=self.heartbeat,
+                heartbeat_s=cfg.heartbeat_s, on_peers_changed=sched.peers_changed, on_heads=replicator.want,
+                on_learned=discovery.learned, on_resumed=replicator.resumed, ping=net.ping,
+                connected_peers=net.connected_peers,
+            )
+            for raw in self._missing_result_blocks():
+                replicator.expect_result(raw, None)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(replicator.run)
+                await nursery.start(discovery.run, peer_events)
+                self.replicator, self.liveness, self.network = replicator, liveness, discovery
+                await nursery.start(liveness.run)
+                log.info("p2p node up", peer_id=self.peer_id, addrs=net.listen_addrs())
+                task_status.started()
+
+    def _missing_result_blocks(self) -> list[bytes]:
+        """Result blocks of results this peer knows of but does not hold (e.g. after a restart)."""
+        out = []
+        for task in self.scheduler.state.tasks.values():
+            res = task.result
+            if res is not None and res.result is None and res.result_cid is not None and not self.clock.has(res.result_cid):
+                out.append(cid_raw(res.result_cid))
+        return out
+
+    async def connect(self, multiaddr: str) -> str:
+        """Dial a peer and keep the connection (the connect_peer tool, `p2p join`)."""
+        if self.network is None:
+            raise NodeError("the node runs without networking; start it with networking on to connect to peers")
+        return await self.network.connect(multiaddr)
 
     # ------------------------------------------------------------ about me
 
@@ -110,7 +186,7 @@ class Node:
         return self._models
 
     def listen_addrs(self) -> list[str]:
-        return self.network.listen_addrs() if self.network else []
+        return self.net.listen_addrs() if self.net is not None else []
 
     def caps(self) -> PeerCaps:
         """What the scheduler needs of this peer; built once (models and capacity are fixed)."""
@@ -128,6 +204,9 @@ class Node:
             queue=self.scheduler.local_queue(),
             capacity=self.capacity,
             version=VERSION,
+            heads=[str(c) for c in self.clock.heads()[:1024]],
+            settings=self.consensus,
+            settings_digest=self.settings_digest,
         )
 
     # --------------------------------------------------------------- tools
@@ -301,6 +380,8 @@ class Node:
                 "models": hb.models, "queue": hb.queue, "capacity": hb.capacity,
                 "last_seen_s": round(self.peers.age_s(rec), 3),
                 "rtt_ms": None if rec.rtt_ms is None or math.isnan(rec.rtt_ms) else rec.rtt_ms,
+                "compatible": not rec.incompatible,
+                "incompatible_keys": list(rec.incompatible),
             })
         return {"self": self.self_info(), "peers": peers}
 

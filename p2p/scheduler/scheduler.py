@@ -1,10 +1,13 @@
 """The scheduler's imperative shell around the pure fold.
 
-It folds clock events into ``State``, decides which tasks this peer should claim (the
-rendezvous rule in ``assignment``), keeps the tasks it owns in a Fibonacci heap keyed by
-(priority, submit order, index), runs them through the inference engine's batching executor,
-and writes claims, starts, results and failures back to the clock — gathered for ``flush_ms``
-into one event, so the DAG grows per batch, not per task.
+It folds clock events into ``State``, asks the assignment policy (``policy``) what this peer
+should do about each task the fold touched, keeps the tasks it owns in a Fibonacci heap keyed by
+(priority, submit order, index), runs them through the inference engine's batching executor
+(each within ``task_timeout_s``), and writes claims, starts, results and failures back to the
+clock — gathered for ``flush_ms`` into one event, so the DAG grows per batch, not per task.
+
+A priority change moves only this peer's queued tasks of that workflow in the heap: folding a
+control op costs what it changes, not a pass over every task.
 
 Everything it starts lives in the nursery of ``run()`` and stops on cancel.
 """
@@ -12,7 +15,7 @@ Everything it starts lives in the nursery of ``run()`` and stops on cancel.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Iterable, Protocol, Sequence
 
 import structlog
@@ -21,22 +24,14 @@ import trio
 from p2p.clock import Event, MerkleClock, codec
 from p2p.config import SchedulerConfig
 from p2p.errors import NodeError
-from p2p.scheduler.assignment import choose_owner, rank_peers
+from p2p.peers.caps import PeerCaps
 from p2p.scheduler.heap import FibonacciHeap
 from p2p.scheduler.ops import TaskSpec, WorkflowTag, new_workflow_id
+from p2p.scheduler.policy import AssignmentPolicy, Claim, Drop, Expire, Forget, Own
 from p2p.scheduler.results import pack_result
-from p2p.scheduler.state import TERMINAL_TASK, State, TaskState, TaskStatus, WorkflowState, apply_event
+from p2p.scheduler.state import State, TaskState, apply_event
 
 log = structlog.get_logger("p2p.scheduler")
-
-
-@dataclass(frozen=True, slots=True)
-class PeerCaps:
-    """What the scheduler needs to know of a live peer (itself included)."""
-
-    peer_id: str
-    capacity: float
-    models: frozenset[str]
 
 
 class PeerView(Protocol):
@@ -64,8 +59,18 @@ class _Notifier:
         await self._event.wait()
 
 
-# Errors a retry on another peer cannot fix.
+class TaskTimeoutError(Exception):
+    """This peer's own run of a task passed ``task_timeout_s``: the attempt is given up (retryable)."""
+
+
 class Scheduler:
+    """This peer's side of the leaderless schedule: fold, decide, queue, run, record.
+
+    Why one object: the fold, the local queue and the executor must agree on which attempt this
+    peer owns at every moment (a task dropped from the queue must not start; a finished attempt
+    must not queue again before its outcome is folded). Everything else — who should run what —
+    is the policy's, and everything about the network is the replicator's."""
+
     def __init__(
         self,
         clock: MerkleClock,
@@ -75,6 +80,8 @@ class Scheduler:
         *,
         max_inflight: int = 256,
         max_ops_per_event: int = 256,
+        ready: Callable[[], bool] = lambda: True,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
         self.engine = engine
@@ -93,7 +100,8 @@ class Scheduler:
         self._running: set[str] = set()
         self._claiming: dict[str, set[int]] = {}  # claims written, per task; dropped when it ends
         self._finished: dict[str, int] = {}  # attempts run here whose outcome may not be folded yet
-        self._unclaimed_since: dict[str, dict[int, float]] = {}  # task -> attempt -> first seen unclaimed
+        self._queued_by_wf: dict[str, set[str]] = {}  # workflow -> its tasks in the local heap
+        self.policy = AssignmentPolicy(self.me, config, peers.is_alive, ready=ready, now=now)
         self._open: set[str] = set()
         self._dirty: set[str] = set()
         self._pending: list[dict[str, Any]] = []
@@ -130,7 +138,25 @@ class Scheduler:
                 if task is not None and not task.holds_claim(ev.author, op.get("attempt", 0)):
                     log.warning("op ignored: its author holds no claim on that attempt", author=ev.author,
                                 op=op["op"], task_id=task.task_id, attempt=op.get("attempt"), event_cid=str(ev.cid))
+        for key in touched:
+            if key.startswith("wf:"):
+                self._requeue_workflow(key[3:])
         return {t for t in touched if not t.startswith("wf:")}
+
+    def _requeue_workflow(self, wid: str) -> None:
+        """A workflow's priority may have changed: move its tasks in the local heap (only those)."""
+        wf = self.state.workflows.get(wid)
+        tids = self._queued_by_wf.get(wid)
+        if wf is None or not tids:
+            return
+        for tid in tids:
+            handle = self._handles.get(tid)
+            task = self.state.tasks.get(tid)
+            if handle is None or task is None:
+                continue
+            key = (wf.priority, wf.order, task.index)
+            if handle.key != key:
+                self._heap.update_key(handle, key)
 
     def peers_changed(self) -> None:
         """Liveness or capabilities changed: every open task is re-decided."""
@@ -169,6 +195,11 @@ class Scheduler:
             raise NodeError(f"{exc}: split the workflow into smaller ones (or raise clock.max_block_bytes on every peer)") from None
         self._after_local_append(ev)
         return ev
+
+    def take_unannounced(self) -> list[Event]:
+        """Local events not announced yet (the newest travel inline in the next announcement)."""
+        out, self.unannounced = self.unannounced, []
+        return out
 
     def _after_local_append(self, ev: Event) -> None:
         self.unannounced.append(ev)
@@ -242,6 +273,7 @@ class Scheduler:
                     self._wake_work = trio.Event()
                 _, tid = self._heap.pop()
                 del self._handles[tid]
+                self._unqueue(tid)
                 attempt = self._owned.get(tid)
                 if attempt is None:
                     slots.release()
@@ -252,7 +284,7 @@ class Scheduler:
     # ----------------------------------------------------------------- deciding
 
     def decide(self, task_ids: Iterable[str]) -> None:
-        """Claim what this peer should run, drop what it lost; pure reads of the state."""
+        """Apply the policy's decision for each task: claim, expire, queue here or drop."""
         live = self.peers.live_peers()
         for tid in task_ids:
             task = self.state.tasks.get(tid)
@@ -260,93 +292,53 @@ class Scheduler:
                 continue
             wf = self.state.workflows[task.workflow_id]
             status = self.state.task_status(task)
-            if status in TERMINAL_TASK:
-                self._open.discard(tid)
-                self._claiming.pop(tid, None)
-                self._finished.pop(tid, None)
-                self._unclaimed_since.pop(tid, None)
-                self._drop_local(tid, even_if_running=False)
-                continue
-            self._open.add(tid)
-            if status in (TaskStatus.CLAIMED, TaskStatus.RUNNING):
-                owner = task.owner()
-                assert owner is not None
-                if owner.peer == self.me:
-                    self._own(task, wf, task.attempt)
+            running = self._owned.get(tid) if tid in self._running else None
+            for decision in self.policy.decide(task, wf, status, live, running):
+                if isinstance(decision, Forget):
+                    self._open.discard(tid)
+                    self._claiming.pop(tid, None)
+                    self._finished.pop(tid, None)
+                    self._drop_local(tid, even_if_running=False)
                     continue
-                self._drop_local(tid, even_if_running=False)  # a concurrent claim beat ours
-                if self.peers.is_alive(owner.peer):
-                    continue
-                reason = f"owner {owner.peer} silent for over {self.config.lease_s:g} s"
-                last = task.attempt >= self.config.max_attempts
-                if last or self._rank_first(task, wf, live) is None:
-                    # The last attempt is lost, or no live peer may take the next one: one live
-                    # peer (eligible or not) records the expiry, so the task fails, or goes back
-                    # to queued until a peer that serves its model appears, instead of hanging.
-                    recorder = choose_owner(tid, {p.peer_id: p.capacity for p in live})
-                    if recorder == self.me and -task.attempt not in self._claiming.get(tid, ()):
-                        self._claiming.setdefault(tid, set()).add(-task.attempt)
-                        self._record(
-                            {"op": "task.fail", "task_id": tid, "attempt": task.attempt, "error": reason,
-                             "retryable": not last, "expired": True}
-                        )
-                    continue
-                self._maybe_claim(task, wf, live, task.attempt + 1, reason)
-            else:  # queued: never claimed, or the last attempt failed and may be retried
-                self._maybe_claim(task, wf, live, task.attempt + 1, None)
+                self._open.add(tid)
+                if isinstance(decision, Own):
+                    self._own(task, wf, decision.attempt)
+                elif isinstance(decision, Drop):
+                    self._drop_local(tid, even_if_running=False)
+                elif isinstance(decision, Claim):
+                    self._claim(task, decision, live)
+                elif isinstance(decision, Expire):
+                    if -decision.attempt not in self._claiming.get(tid, ()):
+                        self._claiming.setdefault(tid, set()).add(-decision.attempt)
+                        self._record({"op": "task.fail", "task_id": tid, "attempt": decision.attempt,
+                                      "error": decision.error, "retryable": decision.retryable, "expired": True})
 
-    def _maybe_claim(self, task: TaskState, wf: WorkflowState, live: Sequence[PeerCaps], attempt: int, why: str | None) -> None:
-        if attempt in self._claiming.get(task.task_id, ()):
+    def _claim(self, task: TaskState, claim: Claim, live: Sequence[PeerCaps]) -> None:
+        written = self._claiming.setdefault(task.task_id, set())
+        if claim.attempt in written:
             return
-        ranking = self._ranking(task, wf, live)
-        if self.me not in ranking:
-            return
-        rank = ranking.index(self.me)
-        if rank > 0:
-            # Fallback: the peers ranked above us should have claimed by now; one that advertises
-            # the model but never claims (broken, or a fake identity) must not starve the task.
-            # The k-th ranked peer claims after k * lease_s of waiting; concurrent claims still
-            # resolve by score, so an honest top peer that claims late still wins.
-            now = time.monotonic()
-            first_seen = self._unclaimed_since.setdefault(task.task_id, {}).setdefault(attempt, now)
-            if now - first_seen < rank * self.config.lease_s:
-                return
-            log.info("claiming a task its higher-ranked peers left unclaimed", task_id=task.task_id, rank=rank)
-        self._claiming.setdefault(task.task_id, set()).add(attempt)
+        written.add(claim.attempt)
         mine = next(p for p in live if p.peer_id == self.me)
-        op: dict[str, Any] = {"op": "task.claim", "task_id": task.task_id, "attempt": attempt, "capacity": mine.capacity}
-        if why:
-            op["supersedes"] = why
+        op: dict[str, Any] = {"op": "task.claim", "task_id": task.task_id, "attempt": claim.attempt, "capacity": mine.capacity}
+        if claim.supersedes:
+            op["supersedes"] = claim.supersedes
+        if claim.continues:
+            op["continues"] = True
+            log.info("re-asserting a running task another peer superseded", task_id=task.task_id, attempt=claim.attempt)
         self._record(op)
 
-    def _ranking(self, task: TaskState, wf: WorkflowState, live: Sequence[PeerCaps]) -> list[str]:
-        """The live, eligible peers in the rendezvous rule's order for this task; peers that
-        already failed it go last when others can take it."""
-        eligible = {p.peer_id: p.capacity for p in live if self._allowed(p, task, wf)}
-        failed = {peer for (_, peer), f in task.fails.items() if not f.expired}
-        if failed and any(p not in failed for p in eligible):
-            eligible = {p: c for p, c in eligible.items() if p not in failed}
-        return rank_peers(task.task_id, eligible)
-
-    def _rank_first(self, task: TaskState, wf: WorkflowState, live: Sequence[PeerCaps]) -> str | None:
-        ranking = self._ranking(task, wf, live)
-        return ranking[0] if ranking else None
-
-    @staticmethod
-    def _allowed(peer: PeerCaps, task: TaskState, wf: WorkflowState) -> bool:
-        if task.spec.model not in peer.models:
-            return False
-        if wf.tag is WorkflowTag.P2P_ONLY:
-            return peer.peer_id != wf.submitter
-        if wf.tag is WorkflowTag.LOCAL_ONLY:
-            return peer.peer_id == wf.submitter
-        return True
-
-    def _own(self, task: TaskState, wf: WorkflowState, attempt: int) -> None:
+    def _own(self, task: TaskState, wf: Any, attempt: int) -> None:
         tid = task.task_id
         key = (wf.priority, wf.order, task.index)
-        if tid in self._running or self._finished.get(tid) == attempt:
+        if tid in self._running:
             return
+        done = self._finished.get(tid)
+        if done is not None:
+            if not self._outcome_folded(task, done):
+                return  # its outcome is on its way into the clock; never queue it again meanwhile
+            del self._finished[tid]
+            if done >= attempt:
+                return
         if self._owned.get(tid) == attempt and tid in self._handles:
             handle = self._handles[tid]
             if handle.key != key:  # reprioritised
@@ -355,14 +347,30 @@ class Scheduler:
         self._owned[tid] = attempt
         if tid not in self._handles:
             self._handles[tid] = self._heap.push(key, tid)
+            self._queued_by_wf.setdefault(task.workflow_id, set()).add(tid)
             self._wake_work.set()
+
+    def _outcome_folded(self, task: TaskState, attempt: int) -> bool:
+        """Whether this peer's result or failure for ``attempt`` is in the state."""
+        if (attempt, self.me) in task.fails:
+            return True
+        return any(o.peer == self.me and o.attempt == attempt for o in task.results.values())
 
     def _drop_local(self, tid: str, *, even_if_running: bool) -> None:
         handle = self._handles.pop(tid, None)
         if handle is not None:
             self._heap.remove(handle)
+            self._unqueue(tid)
         if even_if_running or tid not in self._running:
             self._owned.pop(tid, None)
+
+    def _unqueue(self, tid: str) -> None:
+        wid = tid.rsplit("/", 1)[0]
+        tids = self._queued_by_wf.get(wid)
+        if tids is not None:
+            tids.discard(tid)
+            if not tids:
+                del self._queued_by_wf[wid]
 
     # ---------------------------------------------------------------- executing
 
@@ -380,7 +388,11 @@ class Scheduler:
         started = time.perf_counter()
         try:
             kwargs = {"top_k": int(spec.params["top_k"])} if "top_k" in spec.params else {}
-            res = await self.engine.infer(spec.model, [spec.input], spec.task, **kwargs)
+            res = None
+            with trio.move_on_after(self.config.task_timeout_s):
+                res = await self.engine.infer(spec.model, [spec.input], spec.task, **kwargs)
+            if res is None:
+                raise TaskTimeoutError(f"did not finish within task_timeout_s={self.config.task_timeout_s:g} s")
             output = res.outputs[0]
             output = output.to_json() if hasattr(output, "to_json") else output
             stats = {"ms": round((time.perf_counter() - started) * 1000, 3), "backend": res.backend, "device": res.device, "task": res.task}

@@ -4,7 +4,10 @@ step by step so the race happens every time."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from p2p.clock import MerkleClock
 from p2p.config import SchedulerConfig
@@ -19,11 +22,13 @@ from p2p.scheduler.state import TaskStatus
 MODEL = "m"
 
 
-def _peer(tmp: Path, name: str) -> Scheduler:
+def _peer(tmp: Path, name: str, now: Callable[[], float] = time.monotonic, **config: Any) -> Scheduler:
     ident = Identity.generate()
     clock = MerkleClock.open(tmp / f"{name}.sqlite", ident)
     me = PeerCaps(ident.peer_id_str, 1.0, frozenset([MODEL]))
-    return Scheduler(clock, engine=None, peers=PeerTable(lambda: me, lease_s=30), config=SchedulerConfig())  # type: ignore[arg-type]
+    cfg = SchedulerConfig(**config)
+    table = PeerTable(lambda: me, lease_s=cfg.lease_s, now=now)
+    return Scheduler(clock, engine=None, peers=table, config=cfg, now=now)  # type: ignore[arg-type]
 
 
 def _partitioned_claims(tmp: Path) -> tuple[Scheduler, Scheduler, str]:
@@ -86,18 +91,21 @@ def test_a_restarted_node_does_not_declare_unknown_owners_dead(tmp_path: Path) -
 
 def test_a_task_its_top_ranked_peer_never_claims_is_claimed_after_a_deadline(tmp_path: Path) -> None:
     """A peer that advertises the model at a huge capacity but never claims can't starve a task."""
-    a = _peer(tmp_path, "a")
+    now = [1000.0]
+    a = _peer(tmp_path, "a", now=lambda: now[0], lease_s=0.2, task_timeout_s=1.0, pause_threshold_s=0.1)
     fake = Heartbeat(peer_id=Identity.generate().peer_id_str, name="fake", models=[MODEL], capacity=1e6)
     a.peers.observe(fake)
     wid = a.submit("w", [TaskSpec(model=MODEL, input="x")], 5, WorkflowTag.P2P_ELIGIBLE)
     tid = f"{wid}/0"
-    a.config = a.config.model_copy(update={"lease_s": 0.2})
     a.decide([tid])
     a.flush()
     assert a.state.tasks[tid].attempt == 0  # the fake peer ranks first; we wait
-    import time
-
-    time.sleep(0.25)
+    now[0] += 0.19
+    a.peers.observe(fake)
+    a.decide([tid])
+    a.flush()
+    assert a.state.tasks[tid].attempt == 0  # still within one lease of waiting
+    now[0] += 0.06
     a.peers.observe(fake)  # still "alive": it heartbeats, it just never claims
     a.decide([tid])
     a.flush()

@@ -1,0 +1,31 @@
+"""The heartbeat a peer publishes every ``heartbeat_s`` on the peers topic (JSON): who it is, what
+it can run, what it has, and the settings every peer of a network must share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Scalar = int | float | str | bool
+
+
+class Heartbeat(BaseModel):
+    """Wire message on the peers topic. Every field is bounded so a peer can't flood the table
+    (the whole message is also capped by gossipsub at 1 MiB)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    peer_id: str = Field(min_length=1, max_length=128)
+    name: str = Field(max_length=256)
+    addrs: list[str] = Field(default_factory=list, max_length=64)
+    hardware: dict[str, Any] = Field(default_factory=dict)
+    models: list[str] = Field(default_factory=list, max_length=4096)
+    queue: int = Field(0, ge=0)
+    capacity: float = Field(1.0, gt=0, le=1e6)
+    version: str = Field("", max_length=64)
+    heads: list[str] = Field(default_factory=list, max_length=1024)
+    # Consensus settings (p2p.config.consensus_settings) and their digest: a peer whose digest
+    # differs from ours is left out of assignment; the values let us name the keys that differ.
+    settings: dict[str, Scalar] = Field(default_factory=dict, max_length=32)
+    settings_digest: str = Field("", max_length=64)

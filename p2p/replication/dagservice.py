@@ -1,0 +1,159 @@
+"""DAGService: blocks by CID from a peer; BlockServer: the serving side.
+
+go-ds-crdt fetches blocks through a ``DAGService`` (IPFS's Get/GetMany). Ours is addressed to a
+peer, because our blocks live with the peers that announced them: ask the announcer for the
+heads it announced, and for their ancestors in bulk when a catch-up is deep
+(``ancestors=N``: one round trip brings up to N blocks, parents after children).
+
+The production implementation speaks ``/ipfs-accelerate/blocks/1.0.0`` (one CBOR request
+frame, one CBOR reply frame; p2p.protocols.wire). :class:`LocalDAGService` calls
+:class:`BlockServer` objects directly, so replication is tested without processes.
+
+Serving a catch-up reads thousands of blocks; the server does it through the clock's
+``collect_blocks`` when it has one (a worker thread on a read connection), so a peer that
+catches up never stalls the serving node's heartbeats.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from p2p.clock.cids import cid_from_bytes, cid_raw
+from p2p.clock.event import event_parents
+from p2p.protocols.wire import (
+    BLOCKS_PROTOCOL,
+    BlocksReply,
+    BlocksRequest,
+    HeadsReply,
+    HeadsRequest,
+    WireError,
+    decode_reply,
+    decode_request,
+    encode,
+)
+
+log = structlog.get_logger("p2p.replication")
+
+CATCH_UP_BLOCKS = 2048  # ancestors asked for per round trip when parents are missing
+FETCH_TIMEOUT_S = 30.0
+
+Block = tuple[bytes, bytes]  # (binary CID, block bytes)
+
+
+class DAGService(Protocol):
+    async def get_blocks(self, peer: str, cids: list[bytes], ancestors: int = 0) -> list[Block]:
+        """Blocks ``peer`` has among ``cids`` (and up to ``ancestors`` of their ancestors)."""
+
+    async def get_heads(self, peer: str) -> list[bytes]:
+        """``peer``'s current heads."""
+
+
+class StreamDAGService:
+    """DAGService over the blocks stream protocol of a :class:`p2p.net.NetHost`."""
+
+    def __init__(self, net: Any, timeout_s: float = FETCH_TIMEOUT_S) -> None:
+        self._net = net
+        self._timeout_s = timeout_s
+
+    async def _ask(self, peer: str, msg: Any) -> Any:
+        return decode_reply(await self._net.request(peer, BLOCKS_PROTOCOL, encode(msg), timeout=self._timeout_s))
+
+    async def get_blocks(self, peer: str, cids: list[bytes], ancestors: int = 0) -> list[Block]:
+        reply = await self._ask(peer, BlocksRequest(cids=cids, ancestors=ancestors))
+        if not isinstance(reply, BlocksReply):
+            raise WireError(f"{peer} answered a blocks request with {reply.t!r}")
+        return list(reply.blocks)
+
+    async def get_heads(self, peer: str) -> list[bytes]:
+        reply = await self._ask(peer, HeadsRequest())
+        if not isinstance(reply, HeadsReply):
+            raise WireError(f"{peer} answered a heads request with {reply.t!r}")
+        return list(reply.heads)
+
+
+class BlockServer:
+    """Answers blocks and heads requests from this peer's clock, within the configured caps."""
+
+    def __init__(self, clock: Any, heads: Callable[[], list[bytes]], *, max_blocks_per_request: int,
+                 max_frame_bytes: int) -> None:
+        self._clock = clock
+        self._heads = heads
+        self._max_blocks = max_blocks_per_request
+        self._budget = max_frame_bytes - 4096  # room for the reply's framing
+
+    async def handle(self, peer: str, payload: bytes) -> bytes:
+        """The request handler: malformed input gets an empty reply and a log line, never an
+        exception into the host."""
+        try:
+            return encode(await self.answer(decode_request(payload)))
+        except WireError as exc:
+            log.warning("bad blocks request", peer=peer, error=str(exc))
+        except Exception:  # noqa: BLE001 - one peer's request must not stop the node
+            log.exception("serving blocks failed", peer=peer)
+        return encode(BlocksReply(blocks=[]))
+
+    async def answer(self, req: BlocksRequest | HeadsRequest) -> BlocksReply | HeadsReply:
+        if isinstance(req, HeadsRequest):
+            return HeadsReply(heads=self._heads(), events=len(self._clock))
+        cids = req.cids[: self._max_blocks]
+        limit = self._max_blocks + min(req.ancestors, CATCH_UP_BLOCKS)
+        collect = getattr(self._clock, "collect_blocks", None)
+        if collect is not None:
+            blocks = await collect(cids, min(req.ancestors, CATCH_UP_BLOCKS), limit, self._budget)
+        else:
+            blocks = collect_blocks_sync(self._clock, cids, req.ancestors > 0, limit, self._budget)
+        return BlocksReply(blocks=blocks)
+
+
+def collect_blocks_sync(clock: Any, cids: list[bytes], walk: bool, limit: int, budget: int) -> list[Block]:
+    """Breadth-first from ``cids`` through event parents, within ``limit`` blocks and ``budget``
+    bytes (the clock's own ``collect_blocks`` does this off the event loop)."""
+    out: list[Block] = []
+    seen: set[bytes] = set()
+    queue = deque(cids)
+    while queue and len(out) < limit:
+        raw = queue.popleft()
+        if raw in seen:
+            continue
+        seen.add(raw)
+        try:
+            cid = cid_from_bytes(raw)
+        except Exception:  # noqa: BLE001 - not a CID
+            continue
+        data = clock.get_block(cid)
+        if data is None:
+            continue
+        if budget - len(data) - 64 < 0:
+            break
+        budget -= len(data) + 64
+        out.append((raw, data))
+        if walk and clock.has_event(cid):
+            queue.extend(cid_raw(p) for p in event_parents(data))
+    return out
+
+
+class LocalDAGService:
+    """DAGService that calls peers' :class:`BlockServer` objects in-process (tests)."""
+
+    def __init__(self, servers: dict[str, BlockServer]) -> None:
+        self.servers = servers
+        self.down: set[str] = set()
+
+    def _server(self, peer: str) -> BlockServer:
+        if peer in self.down or peer not in self.servers:
+            raise ConnectionError(f"{peer} is unreachable")
+        return self.servers[peer]
+
+    async def get_blocks(self, peer: str, cids: list[bytes], ancestors: int = 0) -> list[Block]:
+        reply = await self._server(peer).answer(BlocksRequest(cids=cids, ancestors=ancestors))
+        assert isinstance(reply, BlocksReply)
+        return list(reply.blocks)
+
+    async def get_heads(self, peer: str) -> list[bytes]:
+        reply = await self._server(peer).answer(HeadsRequest())
+        assert isinstance(reply, HeadsReply)
+        return list(reply.heads)

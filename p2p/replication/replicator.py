@@ -1,0 +1,352 @@
+"""Replicator: keep this peer's clock in step with its peers'.
+
+- **Announce**: after this peer appends events, its heads go out through the ``Broadcaster``,
+  debounced (gossipsub drops bursts), with the newest events inline while they are small; again
+  every ``reannounce_s`` (anti-entropy). Heartbeats carry the heads too (``want``).
+- **Fetch**: heads a peer announced that we lack are fetched from that peer through the
+  ``DAGService``; when their parents are missing too, the next request asks for ancestors in bulk,
+  and the walk goes on round trip after round trip until nothing is missing. Progress is counted
+  in events applied *or* orphans held, because a deep walk brings children before parents: the
+  first replies apply nothing and still move the walk forward.
+- **Verify off the loop**: blocks are verified and stored by the clock (in a worker thread when
+  the clock offers ``add_blocks_async``), and folded into the scheduler in chunks, so a catch-up
+  of tens of thousands of events never holds the event loop long enough to delay a heartbeat.
+- **Caught up before claiming**: when a peer connects, or after this process was paused, the
+  replicator asks connected peers for their heads, and :meth:`caught_up` stays False until those
+  heads are applied here (or the sync with that peer ends). The scheduler claims nothing while it
+  is False: a joiner or a resumed laptop never claims on half a history.
+- **Result blocks** (results too large to inline) are fetched from the peer that announced them,
+  retried from any peer, and given up after ``missing_result_giveup_s``; at most
+  ``max_missing_results`` are waited for at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import trio
+
+from p2p.clock.cids import cid_from_bytes, cid_raw
+from p2p.config import NetworkConfig
+from p2p.net.pacing import Debouncer
+from p2p.protocols.wire import INLINE_ANNOUNCE_BYTES, HeadsAnnouncement, WireError, decode_heads, encode
+from p2p.replication.broadcaster import Broadcaster
+from p2p.replication.dagservice import CATCH_UP_BLOCKS, DAGService
+
+log = structlog.get_logger("p2p.replication")
+
+MAX_HEADS = 1024  # the wire's cap; more concurrent heads than that collapse at our next append
+INGEST_CHUNK = 256  # events folded between two checkpoints of the event loop
+GATE_TIMEOUT_S = 60.0  # longest claims wait for one peer's catch-up
+
+
+@dataclass
+class _Gate:
+    heads: set[bytes] | None  # None: the peer's heads are not known yet
+    since: float
+
+
+@dataclass
+class _Missing:
+    first_seen: float
+    peers: set[str] = field(default_factory=set)
+
+
+class Replicator:
+    """Replicates the Merkle clock over a Broadcaster and a DAGService (see the module doc)."""
+
+    def __init__(
+        self,
+        clock: Any,
+        broadcaster: Broadcaster,
+        dag: DAGService,
+        *,
+        peer_id: str,
+        config: NetworkConfig,
+        ingest: Callable[[list[Any]], None],
+        local_event: Any,
+        take_unannounced: Callable[[], list[Any]],
+        on_results: Callable[[], None] = lambda: None,
+        on_ready: Callable[[], None] = lambda: None,
+        connected_peers: Callable[[], list[str]] = list,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        self.broadcaster = broadcaster
+        self.dag = dag
+        self.peer_id = peer_id
+        self.config = config
+        self._ingest = ingest
+        self._local_event = local_event
+        self._take_unannounced = take_unannounced
+        self._on_results = on_results
+        self._on_ready = on_ready
+        self._connected = connected_peers
+        self._now = now
+        self._syncing: dict[str, set[bytes]] = {}  # peer -> heads it announced that we lack
+        self._gates: dict[str, _Gate] = {}  # peer -> heads to reach before claiming
+        self._missing_results: dict[bytes, _Missing] = {}
+        self._results_full_logged = False
+        self._nursery: trio.Nursery | None = None
+        self.synced_events = 0  # events applied from peers (metrics, tests)
+
+    # ------------------------------------------------------------------ life
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        announcer: Debouncer[int] = Debouncer(
+            self._announce, delay_s=self.config.announce_debounce_ms / 1000, min_interval_s=0.012, name="heads"
+        )
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(announcer.run)
+            nursery.start_soon(self._on_local_events, announcer)
+            nursery.start_soon(self._reannounce, announcer)
+            nursery.start_soon(self._hear)
+            nursery.start_soon(self._retry_results)
+            task_status.started()
+
+    def caught_up(self) -> bool:
+        """False while a catch-up that must finish before this peer claims is under way."""
+        if not self._gates:
+            return True
+        now = self._now()
+        for peer, gate in list(self._gates.items()):
+            if gate.heads is not None:
+                gate.heads = {h for h in gate.heads if not self._has(h)}
+            if gate.heads == set() or now - gate.since > GATE_TIMEOUT_S:
+                if gate.heads:
+                    log.warning("catch-up with a peer did not finish in time; claiming again", peer=peer,
+                                missing_heads=len(gate.heads))
+                del self._gates[peer]
+        return not self._gates
+
+    def peer_connected(self, peer: str) -> None:
+        """A new connection: ask the peer for its heads (gossip meshes take a heartbeat to form)
+        and hold claims until we hold them too."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._gate_on, peer)
+
+    def resumed(self) -> None:
+        """This process was paused: what it knows may be stale, so catch up with every connected
+        peer before claiming again."""
+        for peer in self._connected():
+            self.peer_connected(peer)
+
+    async def _gate_on(self, peer: str) -> None:
+        gate = self._gates.setdefault(peer, _Gate(None, self._now()))  # claims wait from now on
+        try:
+            heads = await self.dag.get_heads(peer)
+        except Exception as exc:  # noqa: BLE001 - unreachable or broken peer: don't wait for it
+            log.debug("heads request failed", peer=peer, error=str(exc))
+            self._release_gate(peer)
+            return
+        missing = {h for h in heads[:MAX_HEADS] if not self._has(h)}
+        gate.heads = (gate.heads or set()) | missing
+        self._gates[peer] = gate
+        if missing:
+            self.want(peer, list(missing))
+        else:
+            self._release_gate(peer)
+
+    def _release_gate(self, peer: str) -> None:
+        if self._gates.pop(peer, None) is not None and not self._gates:
+            self._on_ready()
+
+    # ------------------------------------------------------------- announcing
+
+    async def _on_local_events(self, announcer: Debouncer[int]) -> None:
+        while True:
+            await self._local_event.wait()
+            announcer.submit(1)
+
+    async def _reannounce(self, announcer: Debouncer[int]) -> None:
+        while True:
+            await trio.sleep(self.config.reannounce_s)
+            announcer.submit(0)
+
+    def heads_raw(self) -> list[bytes]:
+        return [cid_raw(c) for c in self.clock.heads()[:MAX_HEADS]]
+
+    def _announcement(self, inline: bool) -> HeadsAnnouncement:
+        pending = self._take_unannounced()
+        blocks: list[tuple[bytes, bytes]] = []
+        if inline and pending and sum(len(e.data) for e in pending) <= INLINE_ANNOUNCE_BYTES:
+            blocks = [(cid_raw(e.cid), e.data) for e in pending]
+        return HeadsAnnouncement(peer=self.peer_id, heads=self.heads_raw(), events=len(self.clock), blocks=blocks)
+
+    async def _announce(self, items: list[int]) -> None:
+        await self.broadcaster.broadcast(encode(self._announcement(inline=any(items))))
+
+    # --------------------------------------------------------------- hearing
+
+    async def _hear(self) -> None:
+        while True:
+            peer, data = await self.broadcaster.next()
+            try:
+                ann = decode_heads(data)
+                if ann.blocks:
+                    await self._merge(peer, ann.blocks)
+                self.want(peer, ann.heads)
+            except WireError as exc:
+                log.warning("bad heads announcement", peer=peer, error=str(exc))
+            except Exception:  # noqa: BLE001 - one peer's message must not stop the node
+                log.exception("heads announcement failed", peer=peer)
+
+    def want(self, peer: str, heads: Iterable[bytes]) -> None:
+        """``peer`` has these heads: fetch from it whatever of them we lack."""
+        missing = {h for h in heads if not self._has(h)}
+        if not missing or self._nursery is None:
+            return
+        pending = self._syncing.get(peer)
+        if pending is not None:  # a sync with this peer is running: it picks these up
+            pending |= missing
+            return
+        self._syncing[peer] = set(missing)
+        self._nursery.start_soon(self._sync_from, peer)
+
+    def _has(self, raw: bytes) -> bool:
+        try:
+            return bool(self.clock.has_event(cid_from_bytes(raw)))
+        except Exception:  # noqa: BLE001 - a malformed CID is never "had"; the fetch rejects it
+            return True
+
+    # --------------------------------------------------------------- fetching
+
+    async def _sync_from(self, peer: str) -> None:
+        """Fetch what ``peer`` announced until nothing it has is missing here."""
+        try:
+            deep = False
+            while True:
+                announced = self._syncing.get(peer, set())
+                self._syncing[peer] = set()
+                heads = sorted(h for h in announced if not self._has(h))
+                # what this peer announced first, then the parents our orphans still miss, within
+                # the server's per-request cap, so unfetchable parents can't crowd heads out
+                parents = sorted({cid_raw(c) for c in self.clock.missing()} - set(heads))
+                want = (heads + parents)[: self.config.max_blocks_per_request]
+                if not want:
+                    return
+                try:
+                    blocks = await self.dag.get_blocks(peer, want, CATCH_UP_BLOCKS if deep else 0)
+                except Exception as exc:  # noqa: BLE001
+                    log.info("block fetch failed", peer=peer, error=str(exc))
+                    return
+                if not blocks:
+                    return
+                before = (len(self.clock), self.clock.orphan_count())
+                try:
+                    missing = await self._merge(peer, blocks)
+                except Exception:  # a bug must not let one peer's blocks stop the node
+                    log.exception("merging blocks failed", peer=peer)
+                    return
+                after = (len(self.clock), self.clock.orphan_count())
+                if after[0] == before[0] and after[1] <= before[1] and deep:
+                    # it sent blocks but nothing applied or waited (rejected, or parents it can't
+                    # give us): stop; the next announcement or heartbeat starts a fresh attempt
+                    log.info("sync made no progress; pausing", peer=peer, missing=len(missing))
+                    return
+                deep = bool(missing)  # deep history is missing: ask for it in bulk
+        finally:
+            self._syncing.pop(peer, None)
+            # reached, or the walk ended without reaching them: claims don't wait any longer
+            self._release_gate(peer)
+
+    async def _merge(self, peer: str, blocks: list[tuple[bytes, bytes]]) -> set[bytes]:
+        pairs = []
+        for raw_cid, data in blocks:
+            try:
+                pairs.append((cid_from_bytes(raw_cid), data))
+            except Exception:  # noqa: BLE001 - not a CID: nothing to verify it against
+                log.warning("block with a malformed CID skipped", peer=peer)
+        merge_async = getattr(self.clock, "add_blocks_async", None)
+        result = await merge_async(pairs) if merge_async is not None else self.clock.add_blocks(pairs)
+        for cid, reason in result.rejected[:3]:
+            log.warning("block rejected", peer=peer, cid=str(cid), reason=reason, rejected=len(result.rejected))
+        if result.applied:
+            self.synced_events += len(result.applied)
+            for i in range(0, len(result.applied), INGEST_CHUNK):
+                self._ingest(result.applied[i:i + INGEST_CHUNK])
+                await trio.sleep(0)  # let heartbeats and tools run between chunks
+            self._note_results(peer, result.applied)
+        return {cid_raw(c) for c in result.missing}
+
+    # ---------------------------------------------------------------- results
+
+    def _note_results(self, peer: str, events: list[Any]) -> None:
+        now = self._now()
+        found = False
+        for ev in events:
+            for op in ev.ops:
+                if isinstance(op, dict) and op.get("op") == "task.done" and op.get("result_cid") is not None:
+                    try:
+                        raw = cid_raw(op["result_cid"])
+                        if self.clock.has(op["result_cid"]):
+                            continue
+                    except Exception:  # noqa: BLE001 - the fold rejects a malformed result_cid
+                        continue
+                    self.expect_result(raw, peer, now)
+                    found = True
+        if found and self._nursery is not None:
+            self._nursery.start_soon(self._fetch_results, peer)
+
+    def expect_result(self, raw: bytes, peer: str | None, now: float | None = None) -> None:
+        """Wait for a result block (``peer`` announced it; None: any peer may have it)."""
+        entry = self._missing_results.get(raw)
+        if entry is None:
+            if len(self._missing_results) >= self.config.max_missing_results:
+                if not self._results_full_logged:
+                    log.warning("too many result blocks missing; newer ones are fetched when a status asks",
+                                max_missing_results=self.config.max_missing_results)
+                    self._results_full_logged = True
+                return
+            entry = self._missing_results[raw] = _Missing(self._now() if now is None else now)
+        if peer is not None:
+            entry.peers.add(peer)
+
+    async def _fetch_results(self, peer: str) -> None:
+        """Fetch result blocks that ``peer`` is known to have."""
+        want = [c for c, m in self._missing_results.items() if peer in m.peers]
+        got = 0
+        for i in range(0, len(want), 256):
+            try:
+                blocks = await self.dag.get_blocks(peer, want[i:i + 256])
+            except Exception as exc:  # noqa: BLE001 - retried by _retry_results from any peer
+                log.info("result fetch failed", peer=peer, error=str(exc))
+                break
+            for raw_cid, data in blocks:
+                if raw_cid not in self._missing_results:
+                    continue
+                try:
+                    self.clock.add_raw_block(cid_from_bytes(raw_cid), data)
+                    self._missing_results.pop(raw_cid, None)
+                    got += 1
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("result block rejected", peer=peer, error=str(exc))
+        if got:
+            self._on_results()
+
+    async def _retry_results(self) -> None:
+        """Missing result blocks are asked of every connected peer (any may hold them) every
+        ``reannounce_s``, until they arrive or ``missing_result_giveup_s`` passes."""
+        while True:
+            await trio.sleep(self.config.reannounce_s)
+            if not self._missing_results:
+                continue
+            now = self._now()
+            stale = [c for c, m in self._missing_results.items() if now - m.first_seen > self.config.missing_result_giveup_s]
+            for c in stale:
+                del self._missing_results[c]
+            if stale:
+                log.warning("gave up waiting for result blocks no peer served", blocks=len(stale))
+            for peer in self._connected():
+                for m in self._missing_results.values():
+                    m.peers.add(peer)
+                await self._fetch_results(peer)
+
+    @property
+    def missing_results(self) -> int:
+        return len(self._missing_results)
