@@ -91,7 +91,7 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
         is quicker. The workflow is stored durably before this returns and survives restarts.
         Returns the workflow_id and counts; follow up with wait_for_workflow or get_workflow_status.
         """
-        raw = _call(node.submit_workflow, name, [t.model_dump() for t in tasks], priority, tag)
+        raw = await _acall(node.submit_workflow(name, [t.model_dump() for t in tasks], priority, tag))
         return WorkflowSummary.model_validate(raw)
 
     @server.tool(annotations=READ_ONLY)
@@ -132,13 +132,13 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
     async def cancel_workflow(workflow_id: WorkflowId) -> WorkflowSummary:
         """Cancel a workflow: queued tasks never run; tasks already running finish, but the
         workflow stays cancelled. Returns the workflow's counts after the cancel."""
-        return WorkflowSummary.model_validate(_call(node.cancel_workflow, workflow_id))
+        return WorkflowSummary.model_validate(await _acall(node.cancel_workflow(workflow_id)))
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False))
     async def set_workflow_priority(workflow_id: WorkflowId, priority: Priority) -> WorkflowSummary:
         """Change a workflow's priority (1 highest … 10 lowest); its queued tasks move in every
         peer's queue. Returns the workflow's summary."""
-        return WorkflowSummary.model_validate(_call(node.set_workflow_priority, workflow_id, priority))
+        return WorkflowSummary.model_validate(await _acall(node.set_workflow_priority(workflow_id, priority)))
 
     @server.tool(annotations=READ_ONLY)
     async def list_workflows(
@@ -188,7 +188,7 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
         """Dial another peer by multiaddr and keep it as a peer (it is redialled if lost)."""
         if node.network is None:
             raise ToolError("this node runs without networking (network.enabled = false)")
-        peer_id = await _acall(node.network.connect(multiaddr))
+        peer_id = await _acall(node.connect(multiaddr))
         return ConnectResult(peer_id=peer_id, connected=True)
 
     @server.resource("node://info", name="node-info", mime_type="application/json", description="This node's info and clock.")

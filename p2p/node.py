@@ -110,6 +110,7 @@ class Node:
                 log.info("clock loaded", events=len(clock), workflows=len(node.scheduler.state.workflows),
                          seconds=round(time.perf_counter() - t0, 3), peer_id=node.peer_id)
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(clock.watch_writer)  # a failed disk write stops the node, loudly
                     await nursery.start(serve_control, node)
                     await nursery.start(node.scheduler.run)
                     if config.network.enabled:
@@ -221,10 +222,10 @@ class Node:
                 out.setdefault(m, []).append(rec.heartbeat.peer_id)
         return out
 
-    def submit_workflow(
+    async def submit_workflow(
         self, name: str, tasks: list[dict[str, Any]], priority: int = 5, tag: str = WorkflowTag.P2P_ELIGIBLE.value
     ) -> dict[str, Any]:
-        """Validate everything, then write the workflow to the clock (durable on return)."""
+        """Validate everything, then write the workflow to the clock (fsynced before it returns)."""
         cfg = self.config.scheduler
         if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise NodeError(f"priority must be an integer from {MIN_PRIORITY} (highest) to {MAX_PRIORITY} (lowest), got {priority!r}")
@@ -260,6 +261,7 @@ class Node:
                 raise NodeError(f"task {i}: model {spec.model!r} is not served by this peer, so a local-only workflow can't run it")
             specs.append(spec)
         wid = self.scheduler.submit(name, specs, priority, wtag)
+        await self.scheduler.durable()
         log.info("workflow submitted", workflow_id=wid, tasks=len(specs), priority=priority, tag=wtag.value)
         return self.workflow_summary(wid)
 
@@ -307,17 +309,19 @@ class Node:
                     return
                 await self.scheduler.changed.wait()
 
-    def cancel_workflow(self, workflow_id: str) -> dict[str, Any]:
+    async def cancel_workflow(self, workflow_id: str) -> dict[str, Any]:
         wf = self._workflow(workflow_id)
         if not wf.cancelled:
             self.scheduler.cancel(workflow_id)
+            await self.scheduler.durable()
         return self.workflow_summary(workflow_id)
 
-    def set_workflow_priority(self, workflow_id: str, priority: int) -> dict[str, Any]:
+    async def set_workflow_priority(self, workflow_id: str, priority: int) -> dict[str, Any]:
         self._workflow(workflow_id)
         if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise NodeError(f"priority must be an integer from {MIN_PRIORITY} (highest) to {MAX_PRIORITY} (lowest), got {priority!r}")
         self.scheduler.reprioritize(workflow_id, priority)
+        await self.scheduler.durable()
         return self.workflow_summary(workflow_id)
 
     def list_workflows(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

@@ -181,7 +181,7 @@ class P2PWorkflowScheduler:
     async def submit_workflow(self, workflow: dict[str, Any]) -> str:
         """Submit ``{"name", "tasks": [{"model", "input"}...], "priority"?, "tag"?}``; returns its id."""
         tag = workflow.get("tag", WorkflowTag.P2P_ELIGIBLE)
-        summary = self.node.submit_workflow(
+        summary = await self.node.submit_workflow(
             name=str(workflow.get("name", "")),
             tasks=list(workflow.get("tasks", [])),
             priority=workflow.get("priority", 5),

@@ -168,7 +168,8 @@ class Scheduler:
     def submit(
         self, name: str, tasks: list[TaskSpec], priority: int, tag: WorkflowTag
     ) -> str:
-        """Write a workflow to the clock now; it is on disk when this returns."""
+        """Write a workflow to the clock now: folded and visible here at once, on disk after
+        ``await durable()`` (the node awaits it before answering the caller)."""
         wid = new_workflow_id(self.me)
         op = {
             "op": "workflow.submit",
@@ -188,9 +189,13 @@ class Scheduler:
     def reprioritize(self, workflow_id: str, priority: int) -> None:
         self._append_now([{"op": "workflow.reprioritize", "workflow_id": workflow_id, "priority": priority}])
 
+    async def durable(self) -> None:
+        """Return once everything written so far is fsynced (off the event loop)."""
+        await self.clock.flush_async(durable=True)
+
     def _append_now(self, ops: list[dict[str, Any]]) -> Event:
         try:
-            ev = self.clock.append(ops)
+            ev = self.clock.append(ops, durable=False)
         except ValueError as exc:  # nothing was written
             raise NodeError(f"{exc}: split the workflow into smaller ones (or raise clock.max_block_bytes on every peer)") from None
         self._after_local_append(ev)
