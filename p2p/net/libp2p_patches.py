@@ -38,6 +38,7 @@ enough to go upstream as is. ``open_host`` calls :func:`apply` before it builds 
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from typing import Any
 
 import trio
@@ -49,6 +50,9 @@ from p2p.net.errors import describe
 from p2p.net.ratelog import peer_log
 
 _APPLIED = False
+stats: Counter[str] = Counter()
+"""What the patches caught, by kind (for tests and diagnostics): ``pubsub_stream_dropped``,
+``gossip_message_dropped``, ``inbound_stream_reset``."""
 _WRITE_LOCK_ATTR = "_p2p_whole_write_lock"
 
 # The library's own "the peer went away" errors: not worth a warning.
@@ -76,9 +80,11 @@ async def _reset_quietly(stream: Any) -> None:
             pass
 
 
-def _report(peer: str, what: str, protocol: str, exc: BaseException) -> None:
+def _report(kind: str, peer: str, what: str, protocol: str, exc: BaseException) -> None:
+    """Count and log (once per peer per minute) a failure, unless it is just a peer leaving."""
     if _is_quiet(exc):
         return
+    stats[kind] += 1
     peer_log.warning(peer, what, protocol=protocol, error=describe(exc))
 
 
@@ -104,7 +110,7 @@ def _patch_pubsub_stream_handler() -> None:
         try:
             await self.continuously_read_stream(stream)
         except Exception as exc:  # noqa: BLE001 - remote input must not end the node
-            _report(str(peer_id), "pubsub stream dropped: peer sent a bad RPC", "pubsub", exc)
+            _report("pubsub_stream_dropped", str(peer_id), "pubsub stream dropped: peer sent a bad RPC", "pubsub", exc)
             await _reset_quietly(stream)
             self._handle_dead_peer(peer_id)
 
@@ -123,7 +129,7 @@ def _patch_pubsub_push_msg() -> None:
         try:
             await original(self, msg_forwarder, msg)
         except Exception as exc:  # noqa: BLE001 - a remote message must not end the pubsub service
-            _report(str(msg_forwarder), "gossip message dropped: it failed to process", "pubsub", exc)
+            _report("gossip_message_dropped", str(msg_forwarder), "gossip message dropped: it failed to process", "pubsub", exc)
 
     Pubsub.push_msg = push_msg  # type: ignore[method-assign]
 
@@ -139,7 +145,7 @@ def _patch_host_stream_handler() -> None:
             raise
         except Exception as exc:  # noqa: BLE001 - isolate the failure to this stream
             protocol = str(getattr(net_stream, "protocol_id", None) or "negotiation")
-            _report(_peer_of(net_stream), "inbound stream failed; reset", protocol, exc)
+            _report("inbound_stream_reset", _peer_of(net_stream), "inbound stream failed; reset", protocol, exc)
             await _reset_quietly(net_stream)
 
     BasicHost._swarm_stream_handler = _swarm_stream_handler  # type: ignore[method-assign]
@@ -161,4 +167,4 @@ def applied() -> bool:
     return _APPLIED
 
 
-__all__ = ["applied", "apply"]
+__all__ = ["applied", "apply", "stats"]
