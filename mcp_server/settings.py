@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from inference.config import InferenceConfig
-from p2p.config import ClockConfig, NetworkConfig, NodeConfig, SchedulerConfig
+from p2p.config import ClockConfig, NetworkConfig, NodeConfig, SchedulerConfig, constraint_violations
 
 DEFAULT_TOML = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 
@@ -96,7 +96,10 @@ def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settin
             return (init_settings, env_settings, *tomls)
 
     try:
-        return Settings.model_validate(_Layered(**_drop_none(flags)).model_dump())
+        settings = Settings.model_validate(_Layered(**_drop_none(flags)).model_dump())
+        for key, why in constraint_violations(settings):  # the one place constraints live
+            raise SettingsError(f"invalid settings: {key} {why}")
+        return settings
     except ValidationError as exc:
         raise SettingsError(_one_line(exc)) from None
     except Exception as exc:  # a TOML syntax error in a user file

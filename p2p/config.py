@@ -109,8 +109,10 @@ class NodeConfig(BaseModel):
         return hashlib.sha256(blob).hexdigest()[:32]
 
 
-def constraint_violations(config: NodeConfig) -> list[tuple[str, str]]:
-    """Every violated constraint between settings as (key, why); empty when all hold."""
+def constraint_violations(config: Any) -> list[tuple[str, str]]:
+    """Every violated constraint between settings as (key, why); empty when all hold. Takes
+    anything with ``scheduler``, ``network`` and ``clock`` sections (NodeConfig, the CLI's
+    layered settings)."""
     sched, net, clock = config.scheduler, config.network, config.clock
     out: list[tuple[str, str]] = []
     if net.heartbeat_s >= sched.lease_s:

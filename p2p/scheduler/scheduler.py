@@ -128,9 +128,9 @@ class Scheduler:
             self.changed.fire()
 
     def _fold(self, ev: Event) -> set[str]:
-        before = len(self.state.rejected)
-        touched = apply_event(self.state, bytes(ev.cid), ev.author, ev.height, ev.ops)
-        for rej in self.state.rejected[before:]:
+        touched = apply_event(self.state, bytes(ev.cid), ev.author, ev.height, ev.ops,
+                              parents=[bytes(p) for p in ev.parents], seq=ev.seq)
+        for rej in self.state.last_rejected:
             log.warning("op rejected", author=rej.author, op=rej.op, reason=rej.reason, event_cid=str(ev.cid))
         for op in ev.ops:
             if isinstance(op, dict) and op.get("op") in ("task.done", "task.fail") and not op.get("expired"):
