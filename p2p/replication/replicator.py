@@ -40,7 +40,6 @@ from p2p.replication.dagservice import CATCH_UP_BLOCKS, DAGService
 log = structlog.get_logger("p2p.replication")
 
 MAX_HEADS = 1024  # the wire's cap; more concurrent heads than that collapse at our next append
-INGEST_CHUNK = 256  # events folded between two checkpoints of the event loop
 GATE_TIMEOUT_S = 60.0  # longest claims wait for one peer's catch-up
 
 
@@ -128,6 +127,7 @@ class Replicator:
         """A new connection: ask the peer for its heads (gossip meshes take a heartbeat to form)
         and hold claims until we hold them too."""
         if self._nursery is not None:
+            self._gates.setdefault(peer, _Gate(None, self._now()))  # claims wait from now on
             self._nursery.start_soon(self._gate_on, peer)
 
     def resumed(self) -> None:
@@ -137,7 +137,7 @@ class Replicator:
             self.peer_connected(peer)
 
     async def _gate_on(self, peer: str) -> None:
-        gate = self._gates.setdefault(peer, _Gate(None, self._now()))  # claims wait from now on
+        gate = self._gates.setdefault(peer, _Gate(None, self._now()))
         try:
             heads = await self.dag.get_heads(peer)
         except Exception as exc:  # noqa: BLE001 - unreachable or broken peer: don't wait for it
@@ -268,9 +268,7 @@ class Replicator:
             log.warning("block rejected", peer=peer, cid=str(cid), reason=reason, rejected=len(result.rejected))
         if result.applied:
             self.synced_events += len(result.applied)
-            for i in range(0, len(result.applied), INGEST_CHUNK):
-                self._ingest(result.applied[i:i + INGEST_CHUNK])
-                await trio.sleep(0)  # let heartbeats and tools run between chunks
+            self._ingest(result.applied)  # at once: the fold must see events in the clock's order
             self._note_results(peer, result.applied)
         return {cid_raw(c) for c in result.missing}
 

@@ -126,7 +126,8 @@ class AssignmentPolicy:
         else:
             reason = f"owner {owner.peer} silent for over {self.config.lease_s:g} s"
         last = task.attempt >= self.config.max_attempts
-        ranking = self.ranking(task, wf, live)
+        # the owner being superseded is not a candidate for the next attempt (dead or too slow)
+        ranking = [p for p in self.ranking(task, wf, live) if p != owner.peer]
         if last or not ranking:
             # The last attempt is lost, or no live peer may take the next one: one live peer
             # (eligible or not) records the expiry, so the task fails, or goes back to queued

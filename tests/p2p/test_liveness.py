@@ -1,0 +1,155 @@
+"""Liveness without processes: a hand-driven clock, an in-memory broadcaster, real heartbeats.
+
+What is checked: a pause of our own never makes live peers look dead (the re-claim wave of
+issue 7); real silence still does, one lease after we resumed; peers with other consensus
+settings are listed, named by key, and never offered to assignment; spoofed heartbeats are
+ignored; the table forgets silent peers and holds at most max_peers.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from p2p.liveness import Liveness
+from p2p.peers import Heartbeat, PauseDetector, PeerCaps, PeerTable
+from p2p.replication.broadcaster import MemoryHub
+
+ME = PeerCaps("me", 2.0, frozenset({"m"}))
+SETTINGS = {"scheduler.lease_s": 10.0, "scheduler.max_attempts": 3}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def run(self, seconds: float, table: PeerTable, step: float = 0.25) -> None:
+        """Let time pass while the process runs (observed every ``step``, as the ticker does)."""
+        end = self.t + seconds
+        while self.t < end:
+            self.t = min(end, self.t + step)
+            table.is_alive("probe")  # any liveness read observes the clock
+
+
+def hb(peer: str, **kw: object) -> Heartbeat:
+    fields = {"peer_id": peer, "name": peer, "models": ["m"], "capacity": 1.0} | kw
+    return Heartbeat.model_validate(fields)
+
+
+def table(clock: Clock, **kw: object) -> tuple[PeerTable, PauseDetector]:
+    pause = PauseDetector(1.0, now=clock)
+    return PeerTable(lambda: ME, lease_s=10.0, now=clock, pause=pause, **kw), pause  # type: ignore[arg-type]
+
+
+def test_a_pause_of_our_own_gives_every_peer_a_fresh_lease() -> None:
+    clock = Clock()
+    t, pause = table(clock)
+    t.observe(hb("a"))
+    clock.run(3, t)
+    clock.t += 25  # SIGSTOP for 25 s: nothing observed meanwhile
+    assert t.is_alive("a"), "a peer must not be judged dead for the time we could not hear it"
+    assert pause.pauses == 1 and pause.longest_s >= 25
+    assert {p.peer_id for p in t.live_peers()} == {"me", "a"}
+    assert t.expire() == set()
+    clock.run(9.5, t)
+    assert t.is_alive("a")
+    clock.run(1, t)  # a full lease of silence that we were awake to hear
+    assert not t.is_alive("a")
+    assert t.expire() == {"a"}
+
+
+def test_real_silence_still_ends_a_lease() -> None:
+    clock = Clock()
+    t, pause = table(clock)
+    t.observe(hb("a"))
+    clock.run(10.5, t)
+    assert pause.pauses == 0
+    assert not t.is_alive("a") and t.expire() == {"a"}
+    assert [p.peer_id for p in t.live_peers()] == ["me"]
+
+
+def test_a_peer_with_other_consensus_settings_gets_no_work_and_is_named() -> None:
+    clock = Clock()
+    t, _ = table(clock, settings=SETTINGS, settings_digest="d1")
+    assert t.observe(hb("good", settings=SETTINGS, settings_digest="d1"))
+    other = SETTINGS | {"scheduler.max_attempts": 5}
+    t.observe(hb("odd", settings=other, settings_digest="d2"))
+    assert {p.peer_id for p in t.live_peers()} == {"me", "good"}
+    rec = t.get("odd")
+    assert rec is not None and rec.incompatible == ("scheduler.max_attempts",)
+    assert t.is_alive("odd")  # alive (its claims stand while it runs them), just never assigned
+    silent = t.get("good")
+    assert silent is not None and silent.incompatible == ()
+    t.observe(hb("bare"))  # no settings at all: incompatible too
+    bare = t.get("bare")
+    assert bare is not None and bare.incompatible
+
+
+def test_the_table_forgets_silent_peers_and_is_bounded() -> None:
+    clock = Clock()
+    t, _ = table(clock, forget_s=60.0, max_peers=3)
+    for p in ("a", "b"):
+        t.observe(hb(p))
+    assert len(t) == 2
+    clock.run(61, t, step=0.5)
+    t.expire()
+    assert len(t) == 0
+    for p in ("a", "b", "c"):
+        t.observe(hb(p))
+    assert not t.observe(hb("d")) and t.get("d") is None  # full of live peers: d is ignored
+    clock.run(11, t, step=0.5)
+    t.expire()
+    assert t.observe(hb("d"))  # dead records make room
+    assert t.get("d") is not None and len(t) <= 3
+
+
+async def test_heartbeats_flow_and_a_spoof_is_ignored() -> None:
+    hub = MemoryHub()
+    clock = Clock()
+    changes: list[str] = []
+    heads: list[tuple[str, int]] = []
+    learned: list[str] = []
+
+    def make(peer: str) -> tuple[Liveness, PeerTable]:
+        me = PeerCaps(peer, 1.0, frozenset({"m"}))
+        t = PeerTable(lambda: me, lease_s=10.0, now=clock, pause=PauseDetector(1.0, now=clock))
+        lv = Liveness(
+            t, PauseDetector(1.0, now=clock), hub.join(peer), peer_id=peer,
+            heartbeat=lambda: hb(peer, addrs=[f"/ip4/127.0.0.1/tcp/1/p2p/{peer}"],
+                                 heads=["bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"]),
+            heartbeat_s=0.05, on_peers_changed=lambda: changes.append(peer),
+            on_heads=lambda p, h: heads.append((p, len(h))), on_learned=lambda p, a: learned.append(p),
+        )
+        return lv, t
+
+    a, ta = make("a")
+    b, tb = make("b")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        with trio.fail_after(10):
+            while not (tb.get("a") and ta.get("b")):
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert ("b", 1) in heads and ("a", 1) in heads and "a" in learned
+    b.hear("mallory", hb("a").model_dump_json().encode())  # sender is not the peer it names
+    assert tb.get("mallory") is None
+
+
+def test_liveness_reports_a_resume_once() -> None:
+    clock = Clock()
+    resumed: list[int] = []
+    pause = PauseDetector(1.0, now=clock)
+    t = PeerTable(lambda: ME, lease_s=10.0, now=clock, pause=pause)
+    lv = Liveness(t, pause, MemoryHub().join("me"), peer_id="me", heartbeat=lambda: hb("me"), heartbeat_s=1,
+                  on_peers_changed=lambda: None, on_resumed=lambda: resumed.append(1))
+    assert not lv.check_pause()
+    clock.t += 0.5
+    assert not lv.check_pause()
+    clock.t += 30
+    t.is_alive("x")  # a liveness read sees the gap first ...
+    assert lv.check_pause()  # ... and the ticker still reports it, once
+    assert not lv.check_pause()
+    assert resumed == [1]

@@ -1,0 +1,148 @@
+"""The assignment policy with a hand-driven clock and real schedulers (clocks, signatures, fold).
+
+What is checked: an owner that heartbeats but never finishes loses the attempt after
+task_timeout_s and the next peer claims it with the reason; a paused owner that was superseded
+re-asserts its running task and keeps it (the superseder drops it); a peer that is not caught
+up claims nothing; the owner's own timeout fails the attempt, retryable, with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2p.clock import MerkleClock
+from p2p.config import SchedulerConfig
+from p2p.identity import Identity
+from p2p.peers import Heartbeat, PeerCaps, PeerTable
+from p2p.scheduler.ops import TaskSpec, WorkflowTag
+from p2p.scheduler.policy import Claim, Drop
+from p2p.scheduler.scheduler import Scheduler
+from p2p.scheduler.state import TaskStatus
+
+MODEL = "m"
+
+
+class Now:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def peer(tmp: Path, name: str, now: Callable[[], float], ready: Callable[[], bool] = lambda: True,
+         engine: Any = None, **cfg: Any) -> Scheduler:
+    ident = Identity.generate()
+    clock = MerkleClock.open(tmp / f"{name}.sqlite", ident)
+    me = PeerCaps(ident.peer_id_str, 1.0, frozenset([MODEL]))
+    config = SchedulerConfig(**({"lease_s": 10.0, "task_timeout_s": 60.0} | cfg))
+    return Scheduler(clock, engine=engine, peers=PeerTable(lambda: me, lease_s=config.lease_s, now=now),
+                     config=config, ready=ready, now=now)
+
+
+def hear(s: Scheduler, other: Scheduler) -> None:
+    """``s`` hears ``other``'s heartbeat and holds its events."""
+    s.peers.observe(Heartbeat(peer_id=other.me, name="x", models=[MODEL], capacity=1.0))
+    s.ingest(s.clock.update(other.clock))
+
+
+def own_and_start(a: Scheduler, tid: str) -> None:
+    a.decide([tid])
+    a.flush()
+    a.decide([tid])
+    assert a.state.tasks[tid].owner().peer == a.me
+    a._record({"op": "task.start", "task_id": tid, "attempt": 1})
+    a.flush()
+
+
+def test_an_owner_that_never_finishes_loses_the_attempt_after_task_timeout(tmp_path: Path) -> None:
+    now = Now()
+    a, b = peer(tmp_path, "a", now), peer(tmp_path, "b", now)
+    wid = b.submit("w", [TaskSpec(model=MODEL, input="x")], 5, WorkflowTag.P2P_ONLY)  # b never runs it
+    tid = f"{wid}/0"
+    hear(a, b)
+    own_and_start(a, tid)
+    hear(b, a)
+    assert b.state.task_status(b.state.tasks[tid]) is TaskStatus.RUNNING
+    b.decide([tid])  # first sight of it running
+    b.flush()
+    assert b.state.tasks[tid].attempt == 1
+    # a heartbeats all along but never finishes; b also has a third peer to hand it to: itself is
+    # excluded (p2p-only), so add c, which b ranks next
+    c = peer(tmp_path, "c", now)
+    hear(c, a)
+    hear(c, b)
+    for _ in range(12):
+        now.t += 10
+        for s, others in ((c, (a, b)), (b, (a, c))):
+            for o in others:
+                s.peers.observe(Heartbeat(peer_id=o.me, name="x", models=[MODEL], capacity=1.0))
+        c.decide([tid])
+        c.flush()
+    task = c.state.tasks[tid]
+    assert task.attempt == 2 and task.owner().peer == c.me
+    errors = task.errors() if callable(getattr(task, "errors", None)) else []
+    assert any("task_timeout_s" in (e.get("error") or "") for e in errors), errors
+
+
+def test_a_superseded_owner_that_is_still_running_keeps_the_task(tmp_path: Path) -> None:
+    now = Now()
+    a, b = peer(tmp_path, "a", now), peer(tmp_path, "b", now)
+    wid = b.submit("w", [TaskSpec(model=MODEL, input="x")], 5, WorkflowTag.P2P_ONLY)
+    tid = f"{wid}/0"
+    hear(a, b)
+    own_and_start(a, tid)
+    # b thinks a is dead (b was paused, say) and claims attempt 2 over it
+    b.ingest(b.clock.update(a.clock))
+    b._record({"op": "task.claim", "task_id": tid, "attempt": 2, "capacity": 1.0, "supersedes": "owner silent"})
+    b.flush()
+    hear(a, b)
+    task = a.state.tasks[tid]
+    decisions = a.policy.decide(task, a.state.workflows[wid], a.state.task_status(task), a.peers.live_peers(),
+                                running_attempt=1)
+    assert Drop() in decisions and Claim(2, continues=True) in decisions
+    a._claim(task, Claim(2, continues=True), a.peers.live_peers())
+    a.flush()
+    hear(b, a)
+    for s in (a, b):
+        assert s.state.tasks[tid].owner().peer == a.me, "the continuation beats the superseding claim"
+    b.decide([tid])
+    assert b.local_queue() == 0
+
+
+def test_a_peer_that_is_not_caught_up_claims_nothing(tmp_path: Path) -> None:
+    now = Now()
+    caught_up = [False]
+    a = peer(tmp_path, "a", now, ready=lambda: caught_up[0])
+    wid = a.submit("w", [TaskSpec(model=MODEL, input="x")], 5, WorkflowTag.LOCAL_ONLY)
+    tid = f"{wid}/0"
+    a.decide([tid])
+    a.flush()
+    assert a.state.tasks[tid].attempt == 0
+    caught_up[0] = True
+    a.decide([tid])
+    a.flush()
+    assert a.state.tasks[tid].attempt == 1
+
+
+class NeverEngine:
+    async def infer(self, *args: Any, **kwargs: Any) -> Any:
+        await trio.sleep_forever()
+
+
+async def test_the_owner_gives_up_its_own_run_after_task_timeout(tmp_path: Path) -> None:
+    a = peer(tmp_path, "a", Now(), engine=NeverEngine(), lease_s=0.05, task_timeout_s=0.2)
+    wid = a.submit("w", [TaskSpec(model=MODEL, input="x")], 5, WorkflowTag.LOCAL_ONLY)
+    tid = f"{wid}/0"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        with trio.fail_after(20):
+            while not a.state.tasks[tid].fails:
+                await a.changed.wait()
+        nursery.cancel_scope.cancel()
+    errors = a.state.tasks[tid].errors()
+    assert errors and "task_timeout_s" in errors[0]["error"], errors
