@@ -151,6 +151,12 @@ class PeerTable:
         now, since = self._clock()
         return self._silent_s(self._peers.get(peer_id), now, since) <= self._lease_s
 
+    def is_compatible(self, peer_id: str) -> bool:
+        """False for a peer whose consensus settings differ from ours; a peer not heard from
+        (offline, or not yet heard) is presumed compatible, so its work still runs."""
+        rec = self._peers.get(peer_id)
+        return rec is None or not rec.incompatible
+
     def live_peers(self) -> list[PeerCaps]:
         """This peer and every live peer whose consensus settings match ours."""
         me = self._me()

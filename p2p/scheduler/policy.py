@@ -13,6 +13,8 @@ scheduler's queue and executor so that it can be tested with an injected clock a
 - a peer still running a task whose attempt was superseded (it was paused, or judged silent by
   mistake) re-asserts it with a *continuation* claim, which the fold ranks above the superseding
   claim: the work is not done twice;
+- no work is taken from a submitter whose consensus settings differ from ours (nor offered to
+  such a peer: the peer table leaves it out of ``live``);
 - nothing is claimed or expired while ``ready()`` is False (this peer is still catching up with
   its peers' history after joining or after a pause of its own).
 
@@ -85,8 +87,10 @@ class AssignmentPolicy:
         *,
         ready: Callable[[], bool] = lambda: True,
         now: Callable[[], float] = time.monotonic,
+        compatible: Callable[[str], bool] = lambda peer: True,
     ) -> None:
         self.me = me
+        self.compatible = compatible
         self.config = config
         self.is_alive = is_alive
         self.ready = ready
@@ -163,6 +167,8 @@ class AssignmentPolicy:
                      why: str | None, ranking: list[str] | None = None) -> Claim | None:
         if not self.ready():
             return None
+        if wf.submitter != self.me and not self.compatible(wf.submitter):
+            return None  # its submitter runs other consensus settings: we take no work from it
         ranking = self.ranking(task, wf, live) if ranking is None else ranking
         if self.me not in ranking:
             return None

@@ -40,6 +40,9 @@ class PeerView(Protocol):
 
     def is_alive(self, peer_id: str) -> bool: ...
 
+    def is_compatible(self, peer_id: str) -> bool:
+        """Whether the peer shares our consensus settings."""
+
 
 class Engine(Protocol):
     async def infer(self, model: str, inputs: list[str], task: str | None = None, **options: Any) -> Any: ...
@@ -101,7 +104,8 @@ class Scheduler:
         self._claiming: dict[str, set[int]] = {}  # claims written, per task; dropped when it ends
         self._finished: dict[str, int] = {}  # attempts run here whose outcome may not be folded yet
         self._queued_by_wf: dict[str, set[str]] = {}  # workflow -> its tasks in the local heap
-        self.policy = AssignmentPolicy(self.me, config, peers.is_alive, ready=ready, now=now)
+        self.policy = AssignmentPolicy(self.me, config, peers.is_alive, ready=ready, now=now,
+                                       compatible=peers.is_compatible)
         self._open: set[str] = set()
         self._dirty: set[str] = set()
         self._pending: list[dict[str, Any]] = []
@@ -276,6 +280,10 @@ class Scheduler:
                 while not self._heap:
                     await self._wake_work.wait()
                     self._wake_work = trio.Event()
+                while not self.policy.ready():
+                    # catching up (joined, or resumed from a pause): what we own may have been
+                    # superseded meanwhile; learn that before starting anything new
+                    await trio.sleep(0.05)
                 _, tid = self._heap.pop()
                 del self._handles[tid]
                 self._unqueue(tid)
