@@ -96,7 +96,7 @@ async def test_a_deep_catch_up_goes_round_trip_after_round_trip_and_gates_claims
         joiner.rep.peer_connected(old.id)  # no announcement, no heartbeat follows: only the walk
         await trio.sleep(0)
         assert not joiner.rep.caught_up(), "a joiner must not claim before it holds its peer's heads"
-        await settle([old, joiner], timeout=120)
+        await settle([old, joiner], timeout=300)
         with trio.fail_after(10):
             while not joiner.rep.caught_up():
                 await trio.sleep(0.01)
