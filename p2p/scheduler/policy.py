@@ -95,13 +95,17 @@ class AssignmentPolicy:
         self.is_alive = is_alive
         self.ready = ready
         self.now = now
-        self._unclaimed_since: dict[tuple[str, int], float] = {}  # (task, attempt) -> first seen unclaimed
-        self._running_since: dict[tuple[str, int], float] = {}  # (task, attempt) -> first seen running
+        self._unclaimed_since: dict[str, dict[int, float]] = {}  # task -> attempt -> first seen unclaimed
+        self._running_since: dict[str, tuple[int, float]] = {}  # task -> (attempt, first seen running)
 
     def forget(self, tid: str) -> None:
-        for notes in (self._unclaimed_since, self._running_since):
-            for key in [k for k in notes if k[0] == tid]:
-                del notes[key]
+        self._unclaimed_since.pop(tid, None)
+        self._running_since.pop(tid, None)
+
+    def timed(self) -> set[str]:
+        """Tasks whose decision may change with time alone (a fallback claim or a timeout due);
+        everything else changes only with events or liveness, which re-decide it anyway."""
+        return set(self._unclaimed_since) | set(self._running_since)
 
     def decide(self, task: TaskState, wf: WorkflowState, status: TaskStatus, live: Sequence[PeerCaps],
                running_attempt: int | None = None) -> list[Decision]:
@@ -155,9 +159,11 @@ class AssignmentPolicy:
     def _timed_out(self, task: TaskState, owner: str, status: TaskStatus) -> str | None:
         if status is not TaskStatus.RUNNING:
             return None
-        key = (task.task_id, task.attempt)
         now = self.now()
-        since = self._running_since.setdefault(key, now)
+        seen = self._running_since.get(task.task_id)
+        if seen is None or seen[0] != task.attempt:
+            seen = self._running_since[task.task_id] = (task.attempt, now)
+        since = seen[1]
         limit = self.config.task_timeout_s + self.config.lease_s  # the owner's own timeout lands first
         if now - since <= limit:
             return None
@@ -178,7 +184,7 @@ class AssignmentPolicy:
             # but never claims (broken, or a fake identity) must not starve the task. Concurrent
             # claims still resolve by score, so an honest top peer that claims late still wins.
             now = self.now()
-            first_seen = self._unclaimed_since.setdefault((task.task_id, attempt), now)
+            first_seen = self._unclaimed_since.setdefault(task.task_id, {}).setdefault(attempt, now)
             if now - first_seen < rank * self.config.lease_s:
                 return None
             log.info("claiming a task its higher-ranked peers left unclaimed", task_id=task.task_id, rank=rank)

@@ -33,6 +33,8 @@ from p2p.scheduler.state import State, TaskState, apply_event
 
 log = structlog.get_logger("p2p.scheduler")
 
+DECIDE_CHUNK = 1000  # tasks decided between two checkpoints of the event loop
+
 
 class PeerView(Protocol):
     def live_peers(self) -> Sequence[PeerCaps]:
@@ -262,15 +264,21 @@ class Scheduler:
 
     async def _decide_loop(self) -> None:
         tick = max(0.05, self.config.lease_s / 4)
+        ticks = 0
         while True:
             with trio.move_on_after(tick) as timer:
                 await self._wake_decide.wait()
             self._wake_decide = trio.Event()
             if timer.cancelled_caught:
-                self._dirty |= self._open  # leases expire with time, not with events
-            dirty, self._dirty = self._dirty, set()
-            if dirty:
-                self.decide(dirty)
+                ticks += 1
+                # decisions that time alone changes: fallback claims and timeouts every tick, and
+                # once a lease everything open (owners never heard of, whose grace just ended)
+                self._dirty |= self._open if ticks % 4 == 0 else self.policy.timed() & self._open
+            dirty, self._dirty = list(self._dirty), set()
+            for i in range(0, len(dirty), DECIDE_CHUNK):
+                if i:
+                    await trio.sleep(0)  # a 10,000-task pass must not hold heartbeats back
+                self.decide(dirty[i:i + DECIDE_CHUNK])
 
     async def _work_loop(self) -> None:
         slots = trio.Semaphore(self._max_inflight)
