@@ -13,6 +13,9 @@ from inference.config import InferenceConfig
 
 
 class ClockConfig(BaseModel):
+    """Limits of the Merkle clock. ``max_block_bytes`` must match on every peer (a larger one
+    elsewhere makes events we reject), so it is a consensus setting."""
+
     model_config = ConfigDict(extra="forbid")
 
     max_block_bytes: int = Field(2 << 20, ge=1024)
@@ -20,6 +23,9 @@ class ClockConfig(BaseModel):
 
 
 class SchedulerConfig(BaseModel):
+    """How tasks are assigned, retried and run. ``max_attempts``, ``lease_s`` and
+    ``task_timeout_s`` decide how every peer reads the clock, so they are consensus settings."""
+
     model_config = ConfigDict(extra="forbid")
 
     max_tasks_per_workflow: int = Field(10_000, ge=1)
@@ -35,6 +41,8 @@ class SchedulerConfig(BaseModel):
 
 
 class NetworkConfig(BaseModel):
+    """The libp2p host, discovery, replication and the bounds on what peers can make us hold."""
+
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True

@@ -32,6 +32,8 @@ DEFAULT_MAX_PEERS = 4096
 
 @dataclass(slots=True)
 class PeerRecord:
+    """The last heartbeat of one peer and what we measured of it (kept while it may come back)."""
+
     heartbeat: Heartbeat
     last_seen: float
     rtt_ms: float | None = None

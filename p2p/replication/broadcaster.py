@@ -16,6 +16,9 @@ import trio
 
 
 class Broadcaster(Protocol):
+    """Announce to every peer; hear any peer. The one interface replication and liveness need
+    of gossip, so both run over an in-memory hub in tests."""
+
     async def broadcast(self, data: bytes) -> None:
         """Send ``data`` to every peer (best effort: gossip may drop it; callers re-announce)."""
 

@@ -45,6 +45,8 @@ Block = tuple[bytes, bytes]  # (binary CID, block bytes)
 
 
 class DAGService(Protocol):
+    """Blocks from a given peer: what replication needs of the blocks protocol."""
+
     async def get_blocks(self, peer: str, cids: list[bytes], ancestors: int = 0) -> list[Block]:
         """Blocks ``peer`` has among ``cids`` (and up to ``ancestors`` of their ancestors)."""
 

@@ -54,6 +54,8 @@ class Drop:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
+    """Claim ``attempt`` of the task (a supersede when ``supersedes`` says why)."""
+
     attempt: int
     supersedes: str | None = None  # why the previous attempt was abandoned
     continues: bool = False  # a live owner re-asserting the task it is running

@@ -37,6 +37,8 @@ DECIDE_CHUNK = 1000  # tasks decided between two checkpoints of the event loop
 
 
 class PeerView(Protocol):
+    """Who is alive and compatible, as the scheduler needs it (the PeerTable)."""
+
     def live_peers(self) -> Sequence[PeerCaps]:
         """Every peer whose heartbeat is within the lease, this peer included."""
 
@@ -47,6 +49,8 @@ class PeerView(Protocol):
 
 
 class Engine(Protocol):
+    """The inference engine, as the scheduler uses it (inference.engine.InferenceEngine)."""
+
     async def infer(self, model: str, inputs: list[str], task: str | None = None, **options: Any) -> Any: ...
 
 
