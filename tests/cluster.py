@@ -130,3 +130,180 @@ async def wait_peers(peer: Peer, others: list[Peer], timeout: float = 60) -> Non
         return want <= {p["peer_id"] for p in listed["peers"] if p["models"]}
 
     await eventually(seen, timeout, f"{peer.name} to see {[o.name for o in others]}")
+
+
+# --- Whole-status reads, field-by-field comparison and the clock's own record (issue 7 tests) ---
+
+PAGE_FIELDS = ("offset", "limit", "has_more")
+
+
+async def full_status(peer: Peer, wid: str, *, include_results: bool = True, page: int = 100) -> dict[str, Any]:
+    """Every page of ``get_workflow_status`` joined: the summary fields once, every task in order.
+
+    A summary that changes between pages (the workflow moved while we paged) is recorded under
+    ``"torn"`` so a comparison fails and the caller asks again once the network has settled."""
+    summary: dict[str, Any] | None = None
+    tasks: list[dict[str, Any]] = []
+    torn = False
+    offset = 0
+    while True:
+        st = await call(peer, "get_workflow_status", workflow_id=wid, include_results=include_results,
+                        offset=offset, limit=page)
+        tasks += st.pop("tasks")
+        more = st["has_more"]
+        head = {k: v for k, v in st.items() if k not in PAGE_FIELDS}
+        if summary is None:
+            summary = head
+        elif head != summary:
+            torn = True
+        if not more:
+            break
+        offset += page
+    assert summary is not None
+    out = {**summary, "tasks": tasks}
+    if torn:
+        out["torn"] = True
+    return out
+
+
+def status_diff(a: dict[str, Any], b: dict[str, Any], limit: int = 12) -> list[str]:
+    """Field-by-field differences between two full statuses (empty when they agree on everything)."""
+    out: list[str] = []
+    for k in sorted(set(a) | set(b)):
+        if k == "tasks":
+            continue
+        if a.get(k, "<absent>") != b.get(k, "<absent>"):
+            out.append(f"{k}: {a.get(k, '<absent>')!r} != {b.get(k, '<absent>')!r}")
+    ta, tb = a.get("tasks", []), b.get("tasks", [])
+    if len(ta) != len(tb):
+        out.append(f"len(tasks): {len(ta)} != {len(tb)}")
+    for x, y in zip(ta, tb):
+        for k in sorted(set(x) | set(y)):
+            if x.get(k, "<absent>") != y.get(k, "<absent>"):
+                vx, vy = repr(x.get(k, "<absent>"))[:160], repr(y.get(k, "<absent>"))[:160]
+                out.append(f"{x.get('task_id')}.{k}: {vx} != {vy}")
+    return out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else [])
+
+
+def clock_ops(data_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Every (author, op) in a node's clock, in the order the node applied its events.
+
+    Read-only from the node's own SQLite file (WAL: safe while the node runs). This is the
+    ground truth for "how many times did a task run": each ``task.done`` is one finished
+    execution, whatever the fold later made of it."""
+    import sqlite3
+
+    from p2p.clock import codec
+
+    db = sqlite3.connect(f"file:{data_dir / 'clock.sqlite'}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = db.execute("SELECT b.data FROM events e JOIN blocks b ON b.cid = e.cid ORDER BY e.ord").fetchall()
+    finally:
+        db.close()
+    out: list[tuple[str, dict[str, Any]]] = []
+    for (data,) in rows:
+        ev = codec.decode(data)
+        out += [(ev["author"], op) for op in ev["ops"]]
+    return out
+
+
+@dataclass
+class RunCounts:
+    """Executions and re-claims of one set of tasks, counted from the clock's ops."""
+
+    done: dict[str, int]  # task id -> task.done ops (distinct author, attempt)
+    claims: dict[str, int]  # task id -> task.claim ops
+    superseding: int  # claims that supersede an earlier attempt (lease expiry)
+    expired_fails: int  # task.fail ops with expired=True
+
+    @property
+    def ran_twice(self) -> list[str]:
+        return sorted(t for t, n in self.done.items() if n > 1)
+
+    @property
+    def reclaimed(self) -> list[str]:
+        return sorted(t for t, n in self.claims.items() if n > 1)
+
+    @property
+    def extra_runs(self) -> int:
+        return sum(n - 1 for n in self.done.values() if n > 1)
+
+
+def run_counts(ops: list[tuple[str, dict[str, Any]]], wids: set[str] | None = None) -> RunCounts:
+    done: dict[str, set[tuple[str, int]]] = {}
+    claims: dict[str, int] = {}
+    superseding = expired = 0
+    for author, op in ops:
+        tid = op.get("task_id")
+        if not isinstance(tid, str) or (wids is not None and tid.split("/")[0] not in wids):
+            continue
+        kind = op.get("op")
+        if kind == "task.done":
+            done.setdefault(tid, set()).add((author, op.get("attempt", 0)))
+        elif kind == "task.claim":
+            claims[tid] = claims.get(tid, 0) + 1
+            superseding += bool(op.get("supersedes"))
+        elif kind == "task.fail" and op.get("expired"):
+            expired += 1
+    return RunCounts({t: len(s) for t, s in done.items()}, claims, superseding, expired)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, in KiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+async def wait_done(peer: Peer, wid: str, timeout: float = 300) -> dict[str, Any]:
+    """Wait (in wait_for_workflow's 60 s slices) until ``wid`` is terminal on ``peer``; its summary."""
+    deadline = time.monotonic() + timeout
+    st: dict[str, Any] = {}
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{wid} not finished on {peer.name} after {timeout:g} s: {st}")
+        try:
+            st = await call(peer, "wait_for_workflow", workflow_id=wid, timeout_s=min(60.0, left), limit=1)
+        except AssertionError as exc:
+            if "unknown workflow id" not in str(exc):
+                raise
+            await trio.sleep(0.2)  # submitted elsewhere and not replicated here yet
+            continue
+        if st["state"] in ("completed", "failed", "cancelled"):
+            st.pop("tasks")
+            return st
+
+
+async def settled(peers: list[Peer], wids: list[str], timeout: float = 60) -> dict[str, dict[str, Any]]:
+    """Wait until every peer reports one clock hash and identical full statuses (every field of
+    every page, results included) for every workflow in ``wids``; return those statuses.
+    On timeout, the assertion names the first differing fields."""
+    last: list[str] = []
+
+    async def agree() -> bool:
+        nonlocal last
+        hashes = [(await call(p, "get_node_info"))["clock"]["hash"] for p in peers]
+        if len(set(hashes)) != 1:
+            last = [f"clock hashes differ: {dict(zip([p.name for p in peers], hashes))}"]
+            return False
+        for wid in wids:
+            ref = await full_status(peers[0], wid)
+            for p in peers[1:]:
+                other = await full_status(p, wid)
+                diff = status_diff(ref, other) + (["torn page"] if "torn" in ref or "torn" in other else [])
+                if diff:
+                    last = [f"{wid} {peers[0].name} vs {p.name}:"] + diff
+                    return False
+        after = [(await call(p, "get_node_info"))["clock"]["hash"] for p in peers]
+        if after != hashes:
+            last = ["clock moved while comparing"]
+            return False
+        return True
+
+    try:
+        await eventually(agree, timeout, "every peer to agree field by field", every=1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n" + "\n".join(last)) from None
+    return {wid: await full_status(peers[0], wid) for wid in wids}

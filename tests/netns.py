@@ -77,3 +77,81 @@ def bridged_lan(name: str, nodes: int, subnet: str) -> Iterator[list[str]]:
                 except (ProcessLookupError, ValueError):
                     pass
             ip("netns", "del", ns)  # deleting a namespace deletes its veth ends (and the bridge)
+
+
+class SplitLan:
+    """Two switched LANs joined by one veth trunk that a test can cut and restore.
+
+    The "switch" namespace holds bridges ``brl`` and ``brr`` and a veth pair ``trunkl``/``trunkr``
+    between them; ``left`` node namespaces plug into ``brl`` and ``right`` ones into ``brr``, all
+    on one /24 (so no routing changes when the trunk comes back). ``cut()`` takes the trunk down:
+    each side still reaches its own members, and nothing crosses. ``heal()`` brings it up."""
+
+    def __init__(self, switch: str, left: list[str], right: list[str]) -> None:
+        self.switch, self.left, self.right = switch, left, right
+
+    @property
+    def members(self) -> list[str]:
+        return [*self.left, *self.right]
+
+    def _trunk(self, state: str) -> None:
+        for end in ("trunkl", "trunkr"):
+            r = ip("-n", self.switch, "link", "set", end, state)
+            assert r.returncode == 0, f"ip link set {end} {state}: {r.stderr.strip()}"
+
+    def cut(self) -> None:
+        self._trunk("down")
+
+    def heal(self) -> None:
+        self._trunk("up")
+
+
+@contextmanager
+def split_lan(name: str, left: int, right: int, subnet: str) -> Iterator[SplitLan]:
+    """Yield a SplitLan of ``left`` + ``right`` namespaces, ``veth0`` at ``<subnet>.(i+1)/24``
+    (left first). Torn down on exit, processes inside killed; skips where namespaces can't be made."""
+    _require_netns()
+    tag = f"ipfsacc-{name}-{os.getpid() % 100000}"
+    switch = f"{tag}-sw"
+    members = [f"{tag}-n{i + 1}" for i in range(left + right)]
+    made: list[str] = []
+    try:
+        for ns in (switch, *members):
+            r = ip("netns", "add", ns)
+            if r.returncode != 0:
+                pytest.skip(f"cannot create a network namespace here: {r.stderr.strip()}")
+            made.append(ns)
+        steps: list[tuple[str, ...]] = [("-n", switch, "link", "set", "lo", "up")]
+        for br in ("brl", "brr"):
+            steps += [("-n", switch, "link", "add", br, "type", "bridge", "stp_state", "0"),
+                      ("-n", switch, "link", "set", br, "up")]
+        steps += [
+            ("-n", switch, "link", "add", "trunkl", "type", "veth", "peer", "name", "trunkr"),
+            ("-n", switch, "link", "set", "trunkl", "master", "brl"),
+            ("-n", switch, "link", "set", "trunkr", "master", "brr"),
+            ("-n", switch, "link", "set", "trunkl", "up"),
+            ("-n", switch, "link", "set", "trunkr", "up"),
+        ]
+        for i, ns in enumerate(members):
+            port = f"sw{i + 1}"
+            steps += [
+                ("-n", switch, "link", "add", port, "type", "veth", "peer", "name", "veth0", "netns", ns),
+                ("-n", switch, "link", "set", port, "master", "brl" if i < left else "brr"),
+                ("-n", switch, "link", "set", port, "up"),
+                ("-n", ns, "addr", "add", f"{subnet}.{i + 1}/24", "dev", "veth0"),
+                ("-n", ns, "link", "set", "lo", "up"),
+                ("-n", ns, "link", "set", "veth0", "up"),
+            ]
+        for step in steps:
+            r = ip(*step)
+            if r.returncode != 0:
+                pytest.skip(f"cannot set up split LANs between namespaces ({' '.join(step)}): {r.stderr.strip()}")
+        yield SplitLan(switch, members[:left], members[left:])
+    finally:
+        for ns in made:
+            for pid in ip("netns", "pids", ns).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            ip("netns", "del", ns)

@@ -1,0 +1,169 @@
+"""A real partition (issue 7 item 9): four nodes in network namespaces on two switched LANs joined
+by one veth trunk. With a workflow running across both halves, the trunk goes down for 30 s
+while each half submits and runs work of its own; then it comes back. Both halves keep working,
+every peer converges on one clock hash soon after healing, nothing is lost, and
+``get_workflow_status`` agrees on every peer, every field of every page, results included.
+
+MCP servers bind 127.0.0.1 inside their namespaces; ``ns_forward.py`` relays each one to a port
+in the test's namespace through a unix socket, so the usual ``tests.cluster`` helpers drive them.
+Skips, saying why, where namespaces cannot be made (not Linux, not root, no iproute2)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.cluster import Peer, call, eventually, settled, wait_done, wait_peers
+from tests.conftest import DEFAULT_MODEL, REPO, VENV_BIN
+from tests.netns import SplitLan, split_lan
+from tests.procs import CLI, cli_env, free_port, stop
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+SUBNET = "10.78.0"  # only ever configured inside the namespaces below
+NODE_MCP = 18766  # each namespace has its own port space
+P2P_PORT = 4011
+CUT_S = 30.0
+# "Converge within seconds of healing": one clock hash on every node this soon after the link is back.
+HEAL_BOUND_S = 15.0
+PYTHON = str(VENV_BIN / "python")
+FORWARD = str(Path(__file__).with_name("ns_forward.py"))
+PEER_ID = re.compile(r"^peer id: (\S+)", re.M)
+
+
+@pytest.fixture
+def lan() -> Iterator[SplitLan]:
+    with split_lan("part", 2, 2, SUBNET) as l:
+        yield l
+
+
+class NsNodes:
+    """Nodes started inside namespaces, each reachable over MCP through a relay."""
+
+    def __init__(self, root: Path, cache_dir: Path) -> None:
+        self.root, self.cache_dir = root, cache_dir
+        self.socks = Path(tempfile.mkdtemp(prefix="h5ns"))  # unix paths must stay short
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.peers: list[Peer] = []
+
+    def start(self, name: str, ns: str, ip: str, bootstrap: list[Peer]) -> Peer:
+        env = cli_env(self.cache_dir, IPFS_ACCELERATE_NETWORK__HEARTBEAT_S="0.5",
+                      IPFS_ACCELERATE_NETWORK__REANNOUNCE_S="1", IPFS_ACCELERATE_SCHEDULER__LEASE_S="3")
+        data, log = self.root / name, self.root / f"{name}.log"
+        args = ["p2p", "start", "--node-id", name, "--data-dir", str(data), "--listen", f"/ip4/{ip}/tcp/{P2P_PORT}",
+                "--no-mdns", "--mcp-port", str(NODE_MCP)]
+        for b in bootstrap:
+            args += ["--bootstrap", b.addr]
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, CLI, *args], cwd=REPO, env=env, stdout=fh,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        sock, port = self.socks / f"{name}.sock", free_port()
+        relays = [subprocess.Popen(["ip", "netns", "exec", ns, PYTHON, FORWARD, "unix2tcp", str(sock), str(NODE_MCP)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                  subprocess.Popen([PYTHON, FORWARD, "tcp2unix", str(port), str(sock)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        self.procs += relays
+        peer = Peer(name, data, port, args, log, proc)
+        self.peers.append(peer)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode}:\n{peer.log_text()[-3000:]}")
+            text = peer.log_text()
+            ids = PEER_ID.findall(text)
+            if ids and "MCP (streamable HTTP)" in text:
+                peer.peer_id = ids[-1]
+                peer.addr = f"/ip4/{ip}/tcp/{P2P_PORT}/p2p/{peer.peer_id}"
+                return peer
+            time.sleep(0.1)
+        raise AssertionError(f"{name} not up:\n{peer.log_text()[-3000:]}")
+
+    def stop_all(self) -> None:
+        for p in self.peers:
+            if p.proc is not None:
+                try:
+                    stop(p.proc, timeout=20)
+                except AssertionError:
+                    pass
+                p.proc = None
+        for r in self.procs:
+            r.kill()
+            r.wait()
+
+
+def _tasks(n: int, tag: str) -> list[dict[str, Any]]:
+    return [{"model": DEFAULT_MODEL, "input": f"{tag} partition sentence {i} about a bridge."} for i in range(n)]
+
+
+@pytest.mark.xfail(reason="issue 7 item 9: after healing, the halves wait for the redial backoff "
+                          "(measured 39 s to one clock hash after a 30 s cut)", strict=False)
+async def test_a_30_s_partition_heals_with_nothing_lost_and_one_answer(
+    tmp_path: Path, shared_cache_dir: Path, lan: SplitLan
+) -> None:
+    nodes = NsNodes(tmp_path, shared_cache_dir)
+    try:
+        n1 = nodes.start("n1", lan.left[0], f"{SUBNET}.1", [])  # one at a time: the first may export the model
+        n2 = nodes.start("n2", lan.left[1], f"{SUBNET}.2", [n1])
+        n3 = nodes.start("n3", lan.right[0], f"{SUBNET}.3", [n1])
+        n4 = nodes.start("n4", lan.right[1], f"{SUBNET}.4", [n1, n3])
+        peers = [n1, n2, n3, n4]
+        for p in peers:
+            await wait_peers(p, [o for o in peers if o is not p], timeout=120)
+
+        across = (await call(n1, "submit_workflow", name="across", tasks=_tasks(400, "x")))["workflow_id"]
+
+        async def right_side_working() -> bool:
+            st = await call(n1, "get_workflow_status", workflow_id=across, limit=400)
+            return any(t.get("peer") in (n3.peer_id, n4.peer_id) for t in st["tasks"])
+
+        await eventually(right_side_working, 120, "the right half to hold tasks of the shared workflow")
+        lan.cut()
+        cut_at = trio.current_time()
+        # Priority 1: each half's own work runs ahead of what is left of the shared workflow.
+        left = (await call(n2, "submit_workflow", name="left", tasks=_tasks(150, "l"), priority=1))["workflow_id"]
+        right = (await call(n4, "submit_workflow", name="right", tasks=_tasks(150, "r"), priority=1))["workflow_id"]
+        # Each half works on its own workflow while cut off from the other.
+        async def both_halves_work() -> bool:
+            done_l = (await call(n2, "get_workflow_status", workflow_id=left, limit=1))["completed"]
+            done_r = (await call(n4, "get_workflow_status", workflow_id=right, limit=1))["completed"]
+            return done_l >= 50 and done_r >= 50
+
+        await eventually(both_halves_work, CUT_S, "each half to run its own work during the cut")
+        worked_while_cut = trio.current_time() - cut_at
+        with pytest.raises(AssertionError):  # and the other half's work never crossed the cut
+            await call(n1, "get_workflow_status", workflow_id=right, limit=1)
+        await trio.sleep(max(0.0, CUT_S - (trio.current_time() - cut_at)))  # the stimulus: the link stays down >= 30 s
+
+        lan.heal()
+        healed_at = trio.current_time()
+
+        async def one_hash() -> bool:
+            hashes = {(await call(p, "get_node_info"))["clock"]["hash"] for p in peers}
+            return len(hashes) == 1
+
+        await eventually(one_hash, 120, "every node to hold the same clock after healing")
+        converged_s = trio.current_time() - healed_at
+        for wid in (across, left, right):
+            await wait_done(n4, wid, 300)
+        statuses = await settled(peers, [across, left, right], timeout=120)
+        agreed_s = trio.current_time() - healed_at
+        print(f"\nFIGURE partition: cut={CUT_S:g}s both_halves_50_done_in={worked_while_cut:.1f}s "
+              f"same_hash_after_heal={converged_s:.1f}s field_agreement_after_heal={agreed_s:.1f}s")
+        for wid, n in ((across, 400), (left, 150), (right, 150)):
+            st = statuses[wid]
+            assert st["state"] == "completed" and st["completed"] == n, {k: v for k, v in st.items() if k != "tasks"}
+            assert all("result" in t for t in st["tasks"]), "every result reached every peer"
+        assert converged_s <= HEAL_BOUND_S, (
+            f"the halves took {converged_s:.1f} s after healing to hold one clock (bound {HEAL_BOUND_S:g} s)")
+    finally:
+        nodes.stop_all()
+    for p in nodes.peers:
+        assert "Traceback" not in p.log_text(), p.log_text()[-3000:]
