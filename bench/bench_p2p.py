@@ -34,7 +34,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from bench.bench_mcp import CLI, MODEL, call, cli_env, pct, sentences, shared_cache_dir, tasks_of  # noqa: E402
+from bench.bench_mcp import CLI, MODEL, call, cli_env, pct, read_all, sentences, shared_cache_dir, tasks_of  # noqa: E402
 from bench.check import BenchError, require  # noqa: E402
 
 N_SENTENCES = 512
@@ -377,9 +377,9 @@ def bench_scaling(tmp: Path, cache_dir: Path) -> None:
                         st = await run_wf(c0, texts, tag, f"{kind}-{r}")
                         figs[kind].append(N_SENTENCES / (time.perf_counter() - t))
                         if kind == "two":
-                            full = await call(c0, "get_workflow_status", workflow_id=st["workflow_id"], limit=N_SENTENCES)
+                            full, _ = await read_all(c0, st["workflow_id"], N_SENTENCES, False)
                             by: dict[str, int] = {}
-                            for task in full["tasks"]:
+                            for task in full:
                                 by[task["peer"]] = by.get(task["peer"], 0) + 1
                             require(sum(by.values()) == N_SENTENCES and None not in by,
                                     f"round {r}: {sum(by.values())} of {N_SENTENCES} tasks name the peer that ran them")

@@ -61,6 +61,7 @@ class TaskStatusOut(BaseModel):
     error: str = Field(None, description="Why the task failed, when it did.")  # type: ignore[assignment]
     errors: list[AttemptError] = Field(None, description="Every failed attempt; present when the task was retried.")  # type: ignore[assignment]
     stats: dict[str, Any] = Field(None, description="How the result was computed: ms, backend, device, task.")  # type: ignore[assignment]
+    result_omitted: bool = Field(None, description="True when the result alone is too large for one reply and was left out.")  # type: ignore[assignment]
 
     @model_serializer(mode="wrap")
     def _absent_not_null(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -69,7 +70,7 @@ class TaskStatusOut(BaseModel):
 
 class WorkflowStatusOut(WorkflowSummary):
     offset: int
-    limit: int
+    limit: int = Field(description="Tasks asked for; when the page was cut to fit one reply (1 MiB), the tasks it holds.")
     has_more: bool = Field(description="More tasks follow this page; ask again with offset=offset+limit.")
     tasks: list[TaskStatusOut]
 

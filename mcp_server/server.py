@@ -7,13 +7,15 @@ shapes the answer. Bad input becomes a ``ToolError`` the agent can act on; nothi
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Callable, TypeVar
 
+import pydantic_core
 import structlog
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from mcp_server.schemas import (
     ConnectResult,
@@ -65,7 +67,94 @@ WorkflowId = Annotated[str, Field(min_length=1, description="The workflow_id ret
 Priority = Annotated[int, Field(ge=1, le=10, description="1 is the highest priority, 10 the lowest.")]
 IncludeResults = Annotated[bool, Field(description="Include each done task's result (outputs can be large).")]
 Offset = Annotated[int, Field(ge=0, description="First task of the page, in submission order.")]
-Limit = Annotated[int | None, Field(ge=1, le=10_000, description="Most tasks in the page; default: the server's page size (100).")]
+Limit = Annotated[int | None, Field(ge=1, le=10_000, description=(
+    "Most tasks in the page; default: the server's page size (100). A page is also cut to fit one "
+    "reply (under 1 MiB); then limit says how many it holds and has_more is true."))]
+
+# The SDK's streamable-HTTP client refuses a server event over 1 MiB (DEFAULT_MAX_SSE_EVENT_SIZE),
+# and one tools/call reply is one event. Pages are cut to leave room for the JSON-RPC envelope.
+MAX_REPLY_BYTES = 1 << 20
+REPLY_BUDGET = MAX_REPLY_BYTES - 16 * 1024
+MAX_WAIT_S = 3600.0
+
+
+def _check_timeout(value: float) -> float:
+    if math.isnan(value):
+        raise ValueError("timeout_s is NaN (not a number): give a number of seconds from 0 to 3600")
+    if math.isinf(value):
+        raise ValueError(f"timeout_s is {'-' if value < 0 else ''}infinite: give a number of seconds from 0 to 3600")
+    if not 0 <= value <= MAX_WAIT_S:
+        raise ValueError(f"timeout_s is {value:g}: give a number of seconds from 0 to 3600")
+    return value
+
+
+TimeoutS = Annotated[float, AfterValidator(_check_timeout),
+                     Field(description="Longest to wait, in seconds (0 to 3600).", json_schema_extra={"minimum": 0, "maximum": MAX_WAIT_S})]
+
+
+def reply_cost(obj: Any) -> int:
+    """Bytes ``obj`` adds to a tools/call reply: the SDK sends a tool's output twice, as
+    structuredContent (compact JSON) and as a text block (JSON indented by 2, then escaped into a
+    JSON string: each newline, quote and backslash gains a backslash, each line up to 8 spaces
+    of enclosing indentation). An upper bound, so a page that fits by this count fits the wire."""
+    compact = pydantic_core.to_json(obj)
+    indented = pydantic_core.to_json(obj, indent=2)
+    return (len(compact) + len(indented) + 9 * indented.count(b"\n") + indented.count(b'"')
+            + indented.count(b"\\") + 8)
+
+
+PAGE_CHUNK = 128  # tasks asked of the node at a time while filling a page
+
+
+def build_page(fetch: Callable[[int, int], dict[str, Any]], offset: int, limit: int,
+               budget: int = REPLY_BUDGET) -> dict[str, Any]:
+    """A status page of up to ``limit`` tasks from ``offset`` that fits one reply (see
+    ``reply_cost``), read from ``fetch(offset, count)`` (the node's ``workflow_status``) a chunk
+    at a time, so a page costs what it holds, not what was asked. When the size cuts the page,
+    ``limit`` says how many tasks it holds and ``has_more`` is true: the next page starts at
+    offset + limit. A single task whose result alone is too large comes without it
+    (``result_omitted``), so paging always moves on. ``fetch`` must not yield to other tasks
+    (the node's calls are synchronous), so every chunk sees the same state."""
+    raw = fetch(offset, min(limit, PAGE_CHUNK))
+    head = {k: v for k, v in raw.items() if k != "tasks"}
+    left = budget - reply_cost(head)
+    kept: list[dict[str, Any]] = []
+    chunk = raw["tasks"]
+    cut = False
+    while chunk:
+        for task in chunk:
+            left -= reply_cost(task) + 2
+            if left < 0:
+                cut = True
+                break
+            kept.append(task)
+        if cut or len(kept) >= limit:
+            break
+        chunk = fetch(offset + len(kept), min(limit - len(kept), PAGE_CHUNK))["tasks"]
+    if not cut:
+        return {**head, "limit": limit, "has_more": offset + len(kept) < head["total"], "tasks": kept}
+    if not kept:
+        first = {k: v for k, v in chunk[0].items() if k != "result"}
+        first["result_omitted"] = True
+        kept = [first]
+    log.info("status page cut to fit one reply", workflow_id=head.get("workflow_id"), asked=limit, sent=len(kept))
+    return {**head, "limit": len(kept), "has_more": True, "tasks": kept}
+
+
+def fit_page(raw: dict[str, Any], budget: int = REPLY_BUDGET) -> dict[str, Any]:
+    """``build_page`` over a page already read (all of ``raw["tasks"]`` from ``raw["offset"]``)."""
+    tasks, offset = raw["tasks"], raw["offset"]
+    total = raw.get("total", offset + len(tasks))
+
+    def fetch(at: int, count: int) -> dict[str, Any]:
+        return {**raw, "total": total, "tasks": tasks[at - offset:at - offset + count]}
+
+    page = build_page(fetch, offset, max(1, len(tasks)), budget)
+    if "total" not in raw:
+        page.pop("total")
+    if len(page["tasks"]) == len(tasks):
+        return raw
+    return page
 
 
 def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
@@ -73,8 +162,10 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
     server = MCPServer(name="ipfs-accelerate", version=VERSION, instructions=INSTRUCTIONS)
 
     def status(workflow_id: str, include_results: bool, offset: int, limit: int | None) -> WorkflowStatusOut:
-        raw = _call(node.workflow_status, workflow_id, include_results, offset, limit or page_size)
-        return WorkflowStatusOut.model_validate(raw)
+        def fetch(at: int, count: int) -> dict[str, Any]:
+            return _call(node.workflow_status, workflow_id, include_results, at, count)
+
+        return WorkflowStatusOut.model_validate(build_page(fetch, offset, limit or page_size))
 
     @server.tool(
         annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False)
@@ -112,7 +203,7 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
     async def wait_for_workflow(
         workflow_id: WorkflowId,
         ctx: Context,
-        timeout_s: Annotated[float, Field(ge=0, le=3600, description="Longest to wait, in seconds.")] = 60.0,
+        timeout_s: TimeoutS = 60.0,
         include_results: IncludeResults = False,
         offset: Offset = 0,
         limit: Limit = None,
@@ -197,6 +288,6 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
 
     @server.resource("workflow://{workflow_id}", name="workflow", mime_type="application/json", description="A workflow's status with results.")
     def workflow_resource(workflow_id: str) -> str:
-        return json.dumps(_call(node.workflow_status, workflow_id, True, 0, page_size))
+        return json.dumps(fit_page(_call(node.workflow_status, workflow_id, True, 0, page_size)))
 
     return server

@@ -8,6 +8,7 @@ trio backend, and the SDK's ASGI apps are served by hypercorn's trio worker (the
 from __future__ import annotations
 
 import hmac
+import json
 import ipaddress
 import signal
 from typing import Any, Awaitable, Callable
@@ -54,6 +55,158 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+# -------------------------------------------------------------- JSON-RPC ids the SDK misreads
+
+INVALID_REQUEST = -32600
+
+
+def bad_jsonrpc_id(message: Any) -> str | None:
+    """Why ``message`` (one decoded JSON-RPC message) has an id MCP does not allow, or None.
+
+    MCP ids are strings or integers. The SDK parses every message against a union in which a
+    notification accepts anything and ignores extra keys, so ``{"id": {...}, "method": ...}``
+    becomes a notification: over streamable HTTP the client gets a silent 202 and no answer,
+    over stdio nothing at all. Only an error response may carry ``id: null`` (JSON-RPC 2.0,
+    when the request it answers could not be read).
+    """
+    if not isinstance(message, dict) or "id" not in message:
+        return None
+    rid = message["id"]
+    if isinstance(rid, str) or (isinstance(rid, int) and not isinstance(rid, bool)):
+        return None
+    if rid is None and "error" in message and "method" not in message:
+        return None
+    kind = {dict: "an object", list: "an array", bool: "a boolean", float: "a fractional number",
+            type(None): "null"}.get(type(rid), type(rid).__name__)
+    return f"Invalid Request: a JSON-RPC id must be a string or an integer, got {kind}; nothing was done"
+
+
+def _bad_id_in(payload: Any) -> str | None:
+    for message in payload if isinstance(payload, list) else [payload]:
+        why = bad_jsonrpc_id(message)
+        if why:
+            return why
+    return None
+
+
+def jsonrpc_error(message: str, code: int = INVALID_REQUEST) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
+
+
+class JsonRpcIdGuard:
+    """ASGI middleware: a POSTed JSON-RPC message whose id is not a string or an integer gets
+    HTTP 400 with a JSON-RPC ``Invalid Request`` error (id null) instead of the SDK's 202.
+
+    The body is read once here and replayed to the app unchanged; anything that is not JSON is
+    left to the SDK, which answers it with its own parse error.
+    """
+
+    def __init__(self, app: Any, max_body_bytes: int = 4 << 20) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes  # the SDK's own request limit (DEFAULT_MAX_REQUEST_BODY_SIZE)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more and size <= self.max_body_bytes:
+            msg = await receive()
+            if msg["type"] != "http.request":  # the client left before sending its body
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            more = bool(msg.get("more_body", False))
+        body = b"".join(chunks)
+        why = None
+        if not more:  # an oversize body goes on unread: the SDK refuses it (413)
+            try:
+                import pydantic_core
+
+                why = _bad_id_in(pydantic_core.from_json(body))
+            except ValueError:
+                pass  # not JSON: the SDK answers with a parse error
+        if why:
+            log.info("json-rpc request refused", path=scope.get("path"), reason=why)
+            data = json.dumps(jsonrpc_error(why)).encode()
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+            await send({"type": "http.response.body", "body": data})
+            return
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": more}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class _GuardedLines:
+    """stdin lines for the SDK's stdio transport, minus the messages with an id MCP forbids;
+    each of those is answered with a JSON-RPC error line through the transport's own writer
+    (one writer, so lines never interleave)."""
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+        self.write_stream: Any = None
+
+    async def _lines(self) -> Any:
+        from mcp.shared.message import SessionMessage
+        from mcp_types import ErrorData, JSONRPCError
+
+        async for line in self._source:
+            why = None
+            if '"id"' in line:
+                try:
+                    why = _bad_id_in(json.loads(line))
+                except ValueError:
+                    pass  # the SDK reports unparseable lines itself
+            if why is None:
+                yield line
+                continue
+            log.info("json-rpc request refused", transport="stdio", reason=why)
+            if self.write_stream is not None:
+                await self.write_stream.send(SessionMessage(JSONRPCError(
+                    jsonrpc="2.0", id=None, error=ErrorData(code=INVALID_REQUEST, message=why))))
+
+    def __aiter__(self) -> Any:
+        return self._lines()
+
+
+async def run_stdio(server: Any) -> None:
+    """``server.run_stdio_async()`` with ids checked (see ``bad_jsonrpc_id``).
+
+    Like the SDK, fd 0 points at the null device while serving (handlers and child processes
+    must not read the wire), and is restored afterwards; the SDK claims stdout itself.
+    """
+    import io
+    import os
+
+    import anyio
+    from mcp.server.stdio import stdio_server
+
+    lowlevel = server._lowlevel_server  # the SDK's run_stdio_async does exactly this
+    private_fd = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    try:
+        text = io.TextIOWrapper(os.fdopen(private_fd, "rb", closefd=False), encoding="utf-8", errors="replace")
+        guarded = _GuardedLines(anyio.wrap_file(text))
+        async with stdio_server(stdin=guarded, stdout=None) as (read_stream, write_stream):  # type: ignore[arg-type]
+            guarded.write_stream = write_stream
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+    finally:
+        # private_fd stays open: a worker thread may still block reading it (as in the SDK)
+        os.dup2(private_fd, 0)
+
+
 def check_bind(transport: str, host: str, token: str) -> None:
     """Refuse a non-loopback bind without a bearer token (before anything is opened)."""
     if not is_loopback(host) and not token:
@@ -93,6 +246,7 @@ def http_app(server: Any, transport: str, host: str, port: int, token: str, allo
         app = server.streamable_http_app(host=host, transport_security=security)
     else:
         app = server.sse_app(host=host, transport_security=security)
+    app = JsonRpcIdGuard(app)
     return BearerAuth(app, token) if token else app
 
 
@@ -138,7 +292,7 @@ async def serve_node(
             if transport == "stdio":
                 if on_ready:
                     await _maybe_await(on_ready(node, []))
-                await server.run_stdio_async()
+                await run_stdio(server)
                 nursery.cancel_scope.cancel()
             elif transport is None:
                 if on_ready:
