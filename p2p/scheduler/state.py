@@ -23,8 +23,8 @@ Rules, all set-based:
   op. An honest peer only writes about a task after folding its submit, so its op always
   follows the submit; an op that does not is never justified and is dropped (counted in
   ``State.rejected_total``). Nothing waits for a submit: memory for unknown ids stays bounded.
-- ``task.done``/``task.start``/``task.fail`` count only when their author holds a claim on that
-  attempt somewhere in the set; others are forgeries, kept out and listed by ``State.forged()``.
+- ``task.done``/``task.fail`` count only when their author's claim on that attempt is before
+  them (claim, run, report); others are forgeries, kept out and listed by ``State.forged()``.
   An ``expired`` ``task.fail`` (the owner went silent) may come from any peer.
 - Owner of an attempt: among its *live* claims, a *continuation* wins; otherwise the highest
   rendezvous score (``assignment.claim_beats``, exact integers). A claim is *late* (not live)
@@ -184,15 +184,24 @@ class TaskState:
     def holds_claim(self, peer: str, attempt: int) -> bool:
         return peer in self.claims.get(attempt, ())
 
+    def claimed_before(self, peer: str, attempt: int, where: Where | None) -> bool:
+        """Whether ``peer``'s claim on ``attempt`` is causally before ``where`` (an outcome it
+        wrote): an honest peer claims, then runs, then reports; a report whose claim comes later
+        (or concurrently) was not justified when written, and never counts."""
+        c = self.claims.get(attempt, {}).get(peer)
+        if c is None:
+            return False
+        return where is None or c.where is None or c.where.before(where)
+
     def _late_claim(self, c: Claim, attempt: int) -> bool:
         """Written by a peer that had seen the task done or this attempt failed."""
         if c.where is None:
             return False
         for o in self.results.values():
-            if _before(o.where, c.where) and self.holds_claim(o.peer, o.attempt):
+            if _before(o.where, c.where) and self.claimed_before(o.peer, o.attempt, o.where):
                 return True
         for (a, peer), f in self.fails.items():
-            if a == attempt and (f.expired or self.holds_claim(peer, a)) and _before(f.where, c.where):
+            if a == attempt and _before(f.where, c.where) and (f.expired or self.claimed_before(peer, a, f.where)):
                 return True
         return False
 
@@ -229,7 +238,8 @@ class TaskState:
     @property
     def valid_results(self) -> list[Outcome]:
         """Results whose author holds a claim on their attempt, oldest first."""
-        return sorted((o for o in self.results.values() if self.holds_claim(o.peer, o.attempt)), key=lambda o: o.stamp)
+        return sorted((o for o in self.results.values() if self.claimed_before(o.peer, o.attempt, o.where)),
+                      key=lambda o: o.stamp)
 
     def fail_for(self, attempt: int) -> Outcome | None:
         """The failure recorded for an attempt, by its owner or as a lease expiry; the earliest
@@ -237,7 +247,8 @@ class TaskState:
         owner = self.owner(attempt)
         found = [
             f for (a, peer), f in self.fails.items()
-            if a == attempt and (f.expired or (owner is not None and peer == owner.peer))
+            if a == attempt and (f.expired or (owner is not None and peer == owner.peer
+                                               and self.claimed_before(peer, a, f.where)))
         ]
         return min(found, key=lambda f: f.stamp) if found else None
 
@@ -284,7 +295,7 @@ class TaskState:
         one with the smallest stamp."""
         keyed: list[tuple[tuple[int, int, Stamp], dict[str, Any]]] = []
         for f in self.fails.values():
-            if f.expired or self.holds_claim(f.peer, f.attempt):
+            if f.expired or self.claimed_before(f.peer, f.attempt, f.where):
                 keyed.append(((f.attempt, 0, f.stamp),
                               {"attempt": f.attempt, "peer": f.peer, "error": f.error, "expired": f.expired}))
         for attempt, claims in self.claims.items():
@@ -354,7 +365,8 @@ class WorkflowState:
     submit_stamp: Stamp = (0, b"", 0)
     submits: list[SubmitRecord] = field(default_factory=list, repr=False)  # by stamp; [0] defines
     reprioritized: tuple[Stamp, int] | None = None
-    cancels: int = 0  # live cancels seen
+    cancel_records: list[Where] = field(default_factory=list, repr=False)
+    cancels: int = 0  # live cancels
     late_cancels: int = 0  # cancels written after the workflow had finished: ignored
 
 
@@ -419,10 +431,10 @@ class State:
         out = []
         for t in self.tasks.values():
             for o in t.results.values():
-                if not t.holds_claim(o.peer, o.attempt):
+                if not t.claimed_before(o.peer, o.attempt, o.where):
                     out.append(Rejection(o.stamp[1], o.peer, "task.done", "task.done for a claim its author does not hold"))
             for f in t.fails.values():
-                if not f.expired and not t.holds_claim(f.peer, f.attempt):
+                if not f.expired and not t.claimed_before(f.peer, f.attempt, f.where):
                     out.append(Rejection(f.stamp[1], f.peer, "task.fail", "task.fail for a claim its author does not hold"))
         return out
 
@@ -573,15 +585,10 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
                 wf.priority, wf.priority_stamp = op.priority, stamp
             touched.add(f"wf:{wf.workflow_id}")  # no task's status changes
             return
-        if _late_cancel(state, wf, where):
-            wf.late_cancels += 1
-            return
-        wf.cancels += 1
-        if not wf.cancelled:
-            wf.cancelled = True
-            # only tasks not yet done or failed change (to cancelled)
-            touched.update(tid for tid in wf.task_ids if state._status.get(tid) not in (TaskStatus.DONE, TaskStatus.FAILED))
-        touched.add(f"wf:{wf.workflow_id}")
+        if any(c.stamp == stamp for c in wf.cancel_records):
+            return  # the same op folded again
+        wf.cancel_records.append(where)
+        _recheck_cancels(state, wf, touched)
         return
 
     wid, _, idx = op.task_id.partition("/")
@@ -595,6 +602,15 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
         return
     touched.add(task.task_id)
     touched.add(f"wf:{task.workflow_id}")
+    _apply_task_op(state, task, op, author, where)
+    if any(where.before(c) for c in wf.cancel_records):
+        # Only a forking author's op can be "before" a cancel folded earlier; whether that
+        # cancel is late is then decided again, from the whole set, so peers still agree.
+        _recheck_cancels(state, wf, touched)
+
+
+def _apply_task_op(state: State, task: TaskState, op: Any, author: str, where: Where) -> None:
+    stamp = where.stamp
     if isinstance(op, ClaimOp):
         if op.attempt > state.max_attempts:  # never a valid attempt on any peer (same config)
             state.reject(stamp[1], author, op.op, "attempt beyond max_attempts")
@@ -616,6 +632,18 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
         old_fail = task.fails.get(key)
         if old_fail is None or new.stamp < old_fail.stamp:
             task.fails[key] = new
+
+
+def _recheck_cancels(state: State, wf: WorkflowState, touched: set[str]) -> None:
+    """``wf.cancelled``: whether any cancel is live (not late). Only tasks not done or failed
+    change status with it, so only those are touched: a cancel costs what it changes."""
+    live = sum(1 for c in wf.cancel_records if not _late_cancel(state, wf, c))
+    wf.cancels, wf.late_cancels = live, len(wf.cancel_records) - live
+    cancelled = live > 0
+    if cancelled != wf.cancelled:
+        wf.cancelled = cancelled
+        touched.update(tid for tid in wf.task_ids if state._status.get(tid) not in (TaskStatus.DONE, TaskStatus.FAILED))
+    touched.add(f"wf:{wf.workflow_id}")
 
 
 def _late_cancel(state: State, wf: WorkflowState, where: Where) -> bool:
@@ -690,3 +718,5 @@ def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
     touched.update(old_ids)
     touched.update(wf.task_ids)
     touched.add(f"wf:{wid}")
+    if wf.cancel_records:  # lateness is judged on the defined tasks, which just changed
+        _recheck_cancels(state, wf, touched)

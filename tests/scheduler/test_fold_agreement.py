@@ -1,0 +1,312 @@
+"""Same answer everywhere: the fold and every tool answer built from it are functions of the set
+of events alone (issue 7, items 2 and 10).
+
+The generator reaches every op field and the corners: ``supersedes``, ``continues``,
+``result_cid`` results, ``stats``, concurrent claims on one attempt, forked authors (two events
+with one seq), two submits under one id, cancels and reprioritises concurrent with claims,
+expired fails, fails with ``retryable`` False, start ops, ops before their submit (events that
+do not descend from it), attempts beyond ``max_attempts``, malformed and oversize ops. Properties:
+
+- every causal delivery order, folded incrementally with reads in between or at once, gives the
+  same ``State.snapshot()``, the same ``views.workflow_status(..., include_results=True)`` for
+  every workflow, field by field, and the same ``workflow_summary``;
+- terminal means terminal: if a set of events makes a workflow completed, failed or cancelled,
+  events written by peers that had seen them never make it report another state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2p.clock.cids import block_cid
+from p2p.scheduler import views
+from p2p.scheduler.ops import submitter_prefix
+from p2p.scheduler.state import TERMINAL_WORKFLOW, State, TaskStatus, apply_event
+
+SUBMITTERS = ["peerA", "peerD"]
+WORKERS = ["peerB", "peerC"]
+WA = submitter_prefix("peerA") + "a" * 16
+WD = submitter_prefix("peerD") + "d" * 16
+UNKNOWN_WF = submitter_prefix("peerB") + "0" * 16  # well-formed, never submitted
+CIDS = [block_cid(f"result-{i}".encode()) for i in range(3)]
+
+
+@dataclass
+class Ev:
+    cid: bytes
+    author: str
+    parents: list[int]
+    ops: list[dict[str, Any]]
+    height: int
+    idx: int
+    seq: int
+
+
+@dataclass
+class Dag:
+    events: list[Ev] = field(default_factory=list)
+    last_of: dict[str, int] = field(default_factory=dict)
+
+    def add(self, author: str, ops: list[dict[str, Any]], extra_parents: list[int], fork: bool = False) -> Ev:
+        """Append an event. An author's events form a chain, as the clock writes them; with
+        ``fork`` the event reuses the seq of the author's last event and does not descend from
+        it (a faulty, forking author)."""
+        parents = set(extra_parents)
+        last = self.last_of.get(author)
+        if fork and last is not None:
+            seq = self.events[last].seq
+            parents = {p for p in parents if not self._descends(p, last)}
+        else:
+            seq = self.events[last].seq + 1 if last is not None else 1
+            if last is not None:
+                parents.add(last)
+        height = 1 + max((self.events[p].height for p in parents), default=-1)
+        idx = len(self.events)
+        cid = hashlib.sha256(repr((author, idx, ops)).encode()).digest()
+        ev = Ev(cid, author, sorted(parents), ops, height, idx, seq)
+        self.events.append(ev)
+        if not fork:
+            self.last_of[author] = idx
+        return ev
+
+    def _descends(self, idx: int, ancestor: int) -> bool:
+        stack, seen = [idx], set()
+        while stack:
+            i = stack.pop()
+            if i == ancestor:
+                return True
+            if i not in seen:
+                seen.add(i)
+                stack.extend(self.events[i].parents)
+        return False
+
+    def heads(self) -> list[int]:
+        named = {p for e in self.events for p in e.parents}
+        return [e.idx for e in self.events if e.idx not in named]
+
+
+def fold(dag: Dag, order: list[Ev], *, read_between: bool = False, max_attempts: int = 3) -> State:
+    state = State(max_attempts=max_attempts)
+    for ev in order:
+        apply_event(state, ev.cid, ev.author, ev.height, ev.ops,
+                    parents=[dag.events[p].cid for p in ev.parents], seq=ev.seq)
+        if read_between:  # reading must never change what a later read returns
+            answers(state)
+    return state
+
+
+def causal_orders(dag: Dag, rng: random.Random, n: int) -> list[list[Ev]]:
+    """n random linear extensions of the DAG (parents always before children)."""
+    out = []
+    for _ in range(n):
+        children: dict[int, list[int]] = {e.idx: [] for e in dag.events}
+        indeg = {e.idx: len(e.parents) for e in dag.events}
+        for e in dag.events:
+            for p in e.parents:
+                children[p].append(e.idx)
+        ready = [i for i, d in indeg.items() if d == 0]
+        order = []
+        while ready:
+            i = ready.pop(rng.randrange(len(ready)))
+            order.append(dag.events[i])
+            for c in children[i]:
+                indeg[c] -= 1
+                if indeg[c] == 0:
+                    ready.append(c)
+        out.append(order)
+    return out
+
+
+def _load_block(cid: Any) -> dict[str, Any] | None:
+    """The same on every peer: one result block has arrived, the others not yet."""
+    return {"text": "from a block"} if cid == CIDS[0] else None
+
+
+def answers(state: State) -> dict[str, Any]:
+    """Every tool answer built from the fold, for every workflow."""
+    out: dict[str, Any] = {}
+    for wid, wf in sorted(state.workflows.items()):
+        out[wid] = {
+            "status": views.workflow_status(state, wf, include_results=True, offset=0, limit=10**6,
+                                            load_block=_load_block),
+            "summary": views.workflow_summary(state, wf),
+            "paged": views.workflow_status(state, wf, include_results=False, offset=1, limit=2,
+                                           load_block=_load_block),
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------- generator
+
+
+def _submit(wid: str, n: int, name: str = "wf", priority: int = 5) -> dict[str, Any]:
+    return {"op": "workflow.submit", "workflow_id": wid, "name": name, "priority": priority,
+            "tag": "p2p-eligible", "created_at": 1000.0 + n,
+            "tasks": [{"model": "m", "input": f"{name}-{i}", "params": {"i": i}} for i in range(n)]}
+
+
+KINDS = ["claim", "claim", "claim", "continue", "start", "done", "done_cid", "fail", "fail_final",
+         "expire", "cancel", "reprio", "garbage", "oversize", "resubmit"]
+
+
+@st.composite
+def op_for(draw: Any, n_tasks: dict[str, int]) -> dict[str, Any]:
+    kind = draw(st.sampled_from(KINDS))
+    wid = draw(st.sampled_from([WA, WD]))
+    index = draw(st.integers(0, n_tasks[wid]))  # n_tasks itself names a task no submit defines
+    tid = f"{wid}/{index}"
+    attempt = draw(st.integers(1, 4))  # 4 > max_attempts: rejected everywhere
+    if kind in ("claim", "continue"):
+        op: dict[str, Any] = {"op": "task.claim", "task_id": tid, "attempt": attempt,
+                              "capacity": draw(st.sampled_from([1.0, 2.5, 0.1 + 0.2, 0.3]))}
+        reason = draw(st.sampled_from([None, "owner silent for over 10 s", "did not finish in time"]))
+        if reason:
+            op["supersedes"] = reason
+        if kind == "continue":
+            op["continues"] = True
+        return op
+    if kind == "start":
+        return {"op": "task.start", "task_id": tid, "attempt": attempt}
+    if kind == "done":
+        return {"op": "task.done", "task_id": tid, "attempt": attempt,
+                "result": {"v": draw(st.integers(0, 9)), "b": b"\x00\x01"}, "stats": {"ms": draw(st.integers(0, 5))}}
+    if kind == "done_cid":
+        return {"op": "task.done", "task_id": tid, "attempt": attempt, "result_cid": draw(st.sampled_from(CIDS))}
+    if kind in ("fail", "fail_final"):
+        return {"op": "task.fail", "task_id": tid, "attempt": attempt,
+                "error": draw(st.sampled_from(["boom", "oom", "bad input"])), "retryable": kind == "fail"}
+    if kind == "expire":
+        return {"op": "task.fail", "task_id": tid, "attempt": attempt, "error": "owner silent",
+                "retryable": draw(st.booleans()), "expired": True}
+    if kind == "cancel":
+        return {"op": "workflow.cancel", "workflow_id": draw(st.sampled_from([WA, WD, UNKNOWN_WF, "nope"]))}
+    if kind == "reprio":
+        return {"op": "workflow.reprioritize", "workflow_id": draw(st.sampled_from([WA, WD, UNKNOWN_WF])),
+                "priority": draw(st.integers(1, 10))}
+    if kind == "oversize":
+        return draw(st.sampled_from([
+            {"op": "task.claim", "task_id": tid + "0" * 50, "attempt": 1, "capacity": 1.0},
+            {"op": "workflow.cancel", "workflow_id": "f" * 100_000},
+            {"op": "task.done", "task_id": tid, "attempt": 1, "result": {"v": 1}, "stats": {str(i): i for i in range(100)}},
+            {"op": "task.done", "task_id": tid, "attempt": 1, "result": {"deep": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}},
+            {"op": "workflow.submit", "workflow_id": WA, "name": "n", "priority": 5, "tag": "p2p-eligible",
+             "tasks": [{"model": "m", "input": "x" * 100_001}]},
+        ]))
+    if kind == "resubmit":
+        return {"resubmit": True}
+    return draw(st.sampled_from([{"op": "nope"}, "garbage", {"op": "task.claim", "task_id": tid, "attempt": 0, "capacity": 1},
+                                 {"op": "task.claim", "task_id": tid, "attempt": 1, "capacity": float("nan")}]))
+
+
+@st.composite
+def scenarios(draw: Any, min_events: int = 1, max_events: int = 30) -> Dag:
+    dag = Dag()
+    n_tasks = {WA: draw(st.integers(1, 3)), WD: draw(st.integers(1, 3))}
+    submits = {"peerA": (WA, n_tasks[WA]), "peerD": (WD, n_tasks[WD])}
+    dag.add("peerA", [_submit(WA, n_tasks[WA], "a")], [])
+    if draw(st.booleans()):
+        dag.add("peerD", [_submit(WD, n_tasks[WD], "d")], [])
+    for _ in range(draw(st.integers(min_events, max_events))):
+        author = draw(st.sampled_from(SUBMITTERS + WORKERS + WORKERS))
+        ops = []
+        for _ in range(draw(st.integers(1, 3))):
+            op = draw(op_for(n_tasks))
+            if isinstance(op, dict) and op.get("resubmit"):
+                wid, n = submits.get(author, (WA, n_tasks[WA]))
+                # a second submit under one id, with more tasks (only the bound author's counts)
+                op = _submit(wid, n + 1, "again", priority=draw(st.integers(1, 10)))
+            ops.append(op)
+        existing = list(range(len(dag.events)))
+        # no extra parents: the event may not descend from a submit (an op before its submit)
+        extra = draw(st.lists(st.sampled_from(existing), max_size=3))
+        fork = author in WORKERS and author in dag.last_of and draw(st.integers(0, 9)) == 0
+        dag.add(author, ops, extra, fork=fork)
+    if "peerD" not in dag.last_of:
+        dag.add("peerD", [_submit(WD, n_tasks[WD], "d")], draw(st.lists(st.sampled_from(range(len(dag.events))), max_size=2)))
+    return dag
+
+
+# ------------------------------------------------------------------------------ properties
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenarios(), st.randoms(use_true_random=False))
+def test_every_causal_order_gives_the_same_answers_field_by_field(dag: Dag, rnd: random.Random) -> None:
+    orders = causal_orders(dag, rnd, 4)
+    states = [fold(dag, o, read_between=(i == 0)) for i, o in enumerate(orders)]
+    for state in states:  # the incremental caches equal a derivation from scratch
+        for wf in state.workflows.values():
+            assert state.counts(wf) == state.recount(wf)
+            for tid in wf.task_ids:
+                t = state.tasks[tid]
+                assert state.task_status(t) is t.status(wf.cancelled, state.max_attempts)
+    first_snap, first_answers = states[0].snapshot(), answers(states[0])
+    first_rejected = sorted((r.event_cid, r.op, r.reason) for r in states[0].rejected)
+    for state in states[1:]:
+        assert state.snapshot() == first_snap
+        got = answers(state)
+        assert got.keys() == first_answers.keys()
+        for wid in got:  # field by field, so a failure names the field
+            for part in ("status", "summary", "paged"):
+                want = first_answers[wid][part]
+                have = got[wid][part]
+                assert have.keys() == want.keys(), (wid, part)
+                for key in want:
+                    assert have[key] == want[key], (wid, part, key)
+        assert sorted((r.event_cid, r.op, r.reason) for r in state.rejected) == first_rejected
+        assert state.rejected_total == states[0].rejected_total
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios())
+def test_folding_an_event_again_changes_nothing(dag: Dag) -> None:
+    once = fold(dag, dag.events)
+    twice = fold(dag, dag.events + dag.events)
+    assert once.snapshot() == twice.snapshot()
+    assert answers(once) == answers(twice)
+
+
+@st.composite
+def extended(draw: Any) -> tuple[Dag, int]:
+    """A scenario, then more events written by peers that had seen all of it."""
+    dag = draw(scenarios(min_events=5, max_events=30))
+    cut = len(dag.events)
+    heads = dag.heads()
+    n_tasks = {WA: 4, WD: 4}
+    for i in range(draw(st.integers(1, 12))):
+        author = draw(st.sampled_from(SUBMITTERS + WORKERS))
+        ops = [op for op in (draw(op_for(n_tasks)) for _ in range(draw(st.integers(1, 3)))) if not (isinstance(op, dict) and op.get("resubmit"))]
+        if ops:
+            later = list(range(cut, len(dag.events)))
+            extra = draw(st.lists(st.sampled_from(later), max_size=2)) if later else []
+            dag.add(author, ops, heads + extra)
+    # every later event descends from the whole first set
+    assert all(dag._descends(e.idx, h) for e in dag.events[cut:] for h in heads)
+    return dag, cut
+
+
+@settings(max_examples=200, deadline=None)
+@given(extended(), st.randoms(use_true_random=False))
+def test_terminal_means_terminal(case: tuple[Dag, int], rnd: random.Random) -> None:
+    """For an event set E and any superset E' whose new events were written by peers that had
+    seen E: a workflow completed, failed or cancelled in E reports the same in E'."""
+    dag, cut = case
+    before = fold(dag, dag.events[:cut])
+    terminal = {wid: before.workflow_status(wf) for wid, wf in before.workflows.items()
+                if before.workflow_status(wf) in TERMINAL_WORKFLOW}
+    for order in causal_orders(dag, rnd, 2):
+        after = fold(dag, order)
+        for wid, status in terminal.items():
+            assert after.workflow_status(after.workflows[wid]) is status, wid
+        # and every task that was done or failed stays so (a cancelled task may still finish)
+        for wid in terminal:
+            for tid in before.workflows[wid].task_ids:
+                was = before.task_status(before.tasks[tid])
+                if was in (TaskStatus.DONE, TaskStatus.FAILED):
+                    assert after.task_status(after.tasks[tid]) is was, tid
