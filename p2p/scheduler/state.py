@@ -195,7 +195,7 @@ class TaskState:
 
     def _late_claim(self, c: Claim, attempt: int) -> bool:
         """Written by a peer that had seen the task done or this attempt failed."""
-        if c.where is None:
+        if c.where is None or not (self.results or self.fails):
             return False
         for o in self.results.values():
             if _before(o.where, c.where) and self.claimed_before(o.peer, o.attempt, o.where):
@@ -217,6 +217,9 @@ class TaskState:
         claims = self.claims.get(k)
         if not claims:
             return None
+        if len(claims) == 1:
+            (only,) = claims.values()
+            return None if self._late_claim(only, k) else only
         best: Claim | None = None
         for c in claims.values():
             if self._late_claim(c, k):
@@ -311,21 +314,25 @@ class TaskState:
 
     def status(self, cancelled: bool, max_attempts: int) -> TaskStatus:
         self.max_attempts = max_attempts
-        if self.result is not None:
+        if self.results and self.result is not None:
             return TaskStatus.DONE
-        if self.final_fails():
+        if self.fails and self.final_fails():
             return TaskStatus.FAILED
         if cancelled:
             return TaskStatus.CANCELLED
-        attempt = self.attempt
-        if attempt == 0:
+        if not self.claims:
             return TaskStatus.QUEUED
-        if self.fail_for(attempt) is not None:
+        attempt = max(self.claims)
+        if self.fails and self.fail_for(attempt) is not None:
             return TaskStatus.QUEUED  # retryable and not the last: the next attempt is up for claiming
-        owner = self.owner()
+        owner = self.owner(attempt)
         if owner is None:  # only late claims: nobody live holds it
             return TaskStatus.QUEUED
-        return TaskStatus.RUNNING if self.started_attempt(attempt, owner.peer) else TaskStatus.CLAIMED
+        if (attempt, owner.peer) in self.started:
+            return TaskStatus.RUNNING
+        if owner.continues and (attempt - 1, owner.peer) in self.started and self._continuation(owner, attempt):
+            return TaskStatus.RUNNING  # a continuation: its start on the attempt before counts
+        return TaskStatus.CLAIMED
 
     def restricted(self, cut: Where) -> TaskState:
         """This task as it stood in the past of ``cut`` (only records before it)."""
@@ -387,9 +394,10 @@ class State:
     tasks: dict[str, TaskState] = field(default_factory=dict)
     # task ids only a non-defining duplicate submit defines (a faulty submitter): kept apart
     undefined: dict[str, TaskState] = field(default_factory=dict)
-    rejected: list[Rejection] = field(default_factory=list)  # the last REJECTIONS_KEPT (or a few more)
+    rejected: list[Rejection] = field(default_factory=list)  # the latest, at most 2 * REJECTIONS_KEPT
     rejected_total: int = 0
-    last_rejected: list[Rejection] = field(default_factory=list)  # those of the last apply_event
+    # those of the last apply_event call (the first REJECTIONS_KEPT): what a caller logs
+    last_rejected: list[Rejection] = field(default_factory=list)
     events: int = 0
     # Version vectors of folded events (by cid bytes), for causal order.
     _vv: dict[bytes, VV] = field(default_factory=dict, repr=False)
@@ -404,8 +412,11 @@ class State:
     def reject(self, event_cid: bytes, author: str, op: str, reason: str) -> None:
         rej = Rejection(event_cid, author, op, reason)
         self.rejected_total += 1
-        self.last_rejected.append(rej)
+        if len(self.last_rejected) < REJECTIONS_KEPT:
+            self.last_rejected.append(rej)
         self.rejected.append(rej)
+        if len(self.rejected) > 2 * REJECTIONS_KEPT:
+            del self.rejected[:-REJECTIONS_KEPT]
 
     def refresh(self, task_ids: Iterable[str]) -> None:
         """Recompute the cached status of these tasks and their workflows' counts."""
@@ -521,8 +532,6 @@ def apply_event(
     """
     cid = bytes(cid)
     state.last_rejected = []
-    if len(state.rejected) > 2 * REJECTIONS_KEPT:
-        del state.rejected[:-REJECTIONS_KEPT]
     if parents is not None and seq is not None:
         if cid in state._vv:
             return set()
