@@ -425,7 +425,9 @@ class State:
             if task is None:
                 continue
             wid = task.workflow_id
-            counts = self._counts.setdefault(wid, dict.fromkeys(TaskStatus, 0))
+            counts = self._counts.get(wid)
+            if counts is None:  # built once per workflow, never per task (the hot spot)
+                counts = self._counts[wid] = dict.fromkeys(TaskStatus, 0)
             new = task.status(self.workflows[wid].cancelled, self.max_attempts)
             old = self._status.get(tid)
             if old is not new:
