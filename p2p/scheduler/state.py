@@ -16,6 +16,9 @@ event). The stamp of an op is ``(height, event cid, op index)``: unique, and equ
 This is exact for authors whose events form a chain, as the clock writes them; an author that
 forks (two events with one seq) can make peers judge its own ops' causality differently.
 Without ``parents``/``seq`` (the old call), "before" falls back to "folded before": arrival order.
+What writers must uphold (the clock does): an op is written in an event whose parents are the
+clock's heads, which cover every event this state had folded when the op was decided; an event
+written over older heads could make the writer's own honest ops look unjustified.
 
 Rules, all set-based:
 
@@ -62,8 +65,10 @@ precedence above, the same on every peer, and a peer that saw only one of them m
 the other outcome first.
 
 Bounded memory: besides what legitimate events add (tasks, their records, one version vector
-per event), the fold keeps nothing per rejected op but a counter and the last
-``REJECTIONS_KEPT`` rejections.
+per event: one small dict entry per author, a few hundred bytes per event, and events carry
+many ops), the fold keeps nothing per rejected op but a counter and the last
+``REJECTIONS_KEPT`` rejections (``State.rejected``; ``State.last_rejected`` holds those of the
+latest ``apply_event`` call, for the caller to log).
 """
 
 from __future__ import annotations
