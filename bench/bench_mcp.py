@@ -312,6 +312,9 @@ class _NoPeers:
     def is_alive(self, peer_id: str) -> bool:
         return False
 
+    def is_compatible(self, peer_id: str) -> bool:
+        return False
+
 
 def _expected_tasks(events: list[list[dict[str, Any]]]) -> int:
     return sum(len(op["tasks"]) for ops in events for op in ops if op.get("op") == "workflow.submit")
