@@ -10,44 +10,58 @@ and bytes; beyond that the oldest orphans are dropped (again: they are refetched
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from multiformats import CID
 
-from p2p.clock.cids import cid_raw
-from p2p.clock.event import Event
+from p2p.clock.cids import cid_from_bytes, cid_raw
+from p2p.clock.event import Event, load_stored_event
 
 DEFAULT_MAX_ORPHANS = 100_000
 DEFAULT_MAX_ORPHAN_BYTES = 256 << 20
 
 
 class OrphanPool:
-    """Orphans, what each still waits for, and the reverse index parent → waiting children."""
+    """Orphans, what each still waits for, and the reverse index parent → waiting children.
+
+    Compact on purpose: it holds only bytes and tuples of bytes (binary CIDs, block data), no
+    decoded ``Event``. A deep catch-up arrives children first, so the pool can hold tens of
+    thousands of events; decoded, each is dozens of objects that the cyclic GC must traverse on
+    every full collection (measured: 100-170 ms pauses with 20,000 decoded orphans, long enough
+    to stall the event loop), and hashing ``CID`` objects costs ~6 µs against a fraction of that
+    for ``bytes``. Events are verified before they get here and re-decoded (decode only, no
+    checks: ``load_stored_event``) when released."""
 
     def __init__(self, max_orphans: int = DEFAULT_MAX_ORPHANS,
                  max_bytes: int = DEFAULT_MAX_ORPHAN_BYTES) -> None:
         self._max_orphans = max_orphans
         self._max_bytes = max_bytes
-        self._orphans: OrderedDict[CID, Event] = OrderedDict()
-        self._needs: dict[CID, set[CID]] = {}
-        self._waiting: dict[CID, set[CID]] = {}
+        self._orphans: OrderedDict[bytes, bytes] = OrderedDict()  # key -> block data
+        self._needs: dict[bytes, tuple[bytes, ...]] = {}          # key -> parents still missing
+        self._waiting: dict[bytes, tuple[bytes, ...]] = {}        # parent -> children waiting
         self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._orphans)
 
     def __contains__(self, cid: object) -> bool:
+        """``cid``: a binary CID or a ``CID``."""
+        if isinstance(cid, CID):
+            cid = cid_raw(cid)
         return cid in self._orphans
 
-    def add(self, event: Event, unknown_parents: set[CID]) -> list[CID]:
-        """Hold ``event`` until ``unknown_parents`` are applied; returns CIDs evicted to make room."""
-        if event.cid in self._orphans:
+    def add(self, event: Event, key: bytes, unknown_parents: Iterable[bytes]) -> list[bytes]:
+        """Hold ``event`` (binary CID ``key``) until ``unknown_parents`` (binary CIDs) are
+        applied; returns the binary CIDs evicted to make room."""
+        if key in self._orphans:
             return []
-        self._orphans[event.cid] = event
-        self._needs[event.cid] = set(unknown_parents)
-        for parent in unknown_parents:
-            self._waiting.setdefault(parent, set()).add(event.cid)
+        self._orphans[key] = event.data
+        needs = tuple(unknown_parents)
+        self._needs[key] = needs
+        for pkey in needs:
+            self._waiting[pkey] = self._waiting.get(pkey, ()) + (key,)
         self._bytes += len(event.data)
-        evicted: list[CID] = []
+        evicted: list[bytes] = []
         while len(self._orphans) > 1 and (len(self._orphans) > self._max_orphans
                                           or self._bytes > self._max_bytes):
             oldest = next(iter(self._orphans))
@@ -55,30 +69,34 @@ class OrphanPool:
             evicted.append(oldest)
         return evicted
 
-    def _remove(self, cid: CID) -> Event:
-        event = self._orphans.pop(cid)
-        self._bytes -= len(event.data)
-        for parent in self._needs.pop(cid):
-            children = self._waiting.get(parent)
+    def _remove(self, key: bytes) -> bytes:
+        data = self._orphans.pop(key)
+        self._bytes -= len(data)
+        for pkey in self._needs.pop(key):
+            children = self._waiting.get(pkey)
             if children is not None:
-                children.discard(cid)
-                if not children:
-                    del self._waiting[parent]
-        return event
+                rest = tuple(c for c in children if c != key)
+                if rest:
+                    self._waiting[pkey] = rest
+                else:
+                    del self._waiting[pkey]
+        return data
 
-    def parent_applied(self, parent: CID) -> list[Event]:
-        """Note ``parent`` as applied; return (and release) the orphans now fully resolved."""
+    def parent_applied(self, parent: bytes) -> list[Event]:
+        """Note ``parent`` (binary CID) as applied; return (and release) the orphans now fully
+        resolved, in binary-CID order (deterministic within one wake-up)."""
         children = self._waiting.pop(parent, None)
-        if not children:
+        if children is None:
             return []
         ready: list[Event] = []
-        for child in sorted(children, key=cid_raw):  # deterministic order within one wake-up
-            needs = self._needs[child]
-            needs.discard(parent)
+        for child in sorted(set(children)):
+            needs = tuple(p for p in self._needs[child] if p != parent)
+            self._needs[child] = needs
             if not needs:
-                ready.append(self._remove(child))
+                data = self._remove(child)
+                ready.append(load_stored_event(cid_from_bytes(child), data, 0))
         return ready
 
     def missing(self) -> set[CID]:
         """Parents some orphan waits for that are not themselves held here."""
-        return {p for p in self._waiting if p not in self._orphans}
+        return {cid_from_bytes(p) for p in self._waiting if p not in self._orphans}
