@@ -149,7 +149,8 @@ async def full_status(peer: Peer, wid: str, *, include_results: bool = True, pag
     while True:
         st = await call(peer, "get_workflow_status", workflow_id=wid, include_results=include_results,
                         offset=offset, limit=page)
-        tasks += st.pop("tasks")
+        page_tasks = st.pop("tasks")
+        tasks += page_tasks
         more = st["has_more"]
         head = {k: v for k, v in st.items() if k not in PAGE_FIELDS}
         if summary is None:
@@ -158,7 +159,8 @@ async def full_status(peer: Peer, wid: str, *, include_results: bool = True, pag
             torn = True
         if not more:
             break
-        offset += page
+        assert page_tasks, f"{peer.name}: an empty page of {wid} at offset {offset} says more follow"
+        offset = st["offset"] + len(page_tasks)  # the server may cut a page short to fit one reply
     assert summary is not None
     out = {**summary, "tasks": tasks}
     if torn:
@@ -307,3 +309,12 @@ async def settled(peers: list[Peer], wids: list[str], timeout: float = 60) -> di
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n" + "\n".join(last)) from None
     return {wid: await full_status(peers[0], wid) for wid in wids}
+
+
+async def wait_known(peer: Peer, wids: list[str], timeout: float = 60) -> None:
+    """Wait until ``peer`` knows every workflow in ``wids`` (submitted elsewhere, replicated here)."""
+    async def known() -> bool:
+        listed = await call(peer, "list_workflows", limit=10_000)
+        return set(wids) <= {w["workflow_id"] for w in listed["workflows"]}
+
+    await eventually(known, timeout, f"{peer.name} to know {len(wids)} workflows")

@@ -1,0 +1,82 @@
+"""Control ops under load (issue 7 item 3): 60 ``set_workflow_priority`` calls on a running
+10,000-task workflow across three workers. Folding a reprioritise must cost what it changes,
+not a recompute of every task on every peer's event loop; a stalled loop delays heartbeats and
+delayed heartbeats turn into false lease expiries. Goal: no retries (no task claimed twice, no
+claim that supersedes another) and no "peers went silent" verdict on any node.
+
+Retries are counted from the clock once the peers hold the same events; silent-peer verdicts
+from the nodes' logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+import trio
+from mcp import Client
+
+from tests.cluster import Cluster, call, clock_ops, eventually, run_counts, wait_done, wait_peers
+from tests.conftest import DEFAULT_MODEL
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+TASKS = 10_000
+CALLS = 60
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, shared_cache_dir: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path, shared_cache_dir)
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
+@pytest.mark.xfail(reason="issue 7 item 3: each reprioritise recomputes every task on every peer's loop; "
+                          "heartbeats stall into false lease expiries", strict=False)
+async def test_priority_changes_under_load_cause_no_retries(cluster: Cluster) -> None:
+    n1 = cluster.start("n1")
+    n2 = cluster.start("n2", bootstrap=[n1])
+    n3 = cluster.start("n3", bootstrap=[n1])
+    peers = [n1, n2, n3]
+    for p in peers:
+        await wait_peers(p, [o for o in peers if o is not p])
+    tasks = [{"model": DEFAULT_MODEL, "input": f"load {i}"} for i in range(TASKS)]
+    t0 = trio.current_time()
+    wid = (await call(n1, "submit_workflow", name="load", tasks=tasks))["workflow_id"]
+
+    async def underway() -> bool:
+        return (await call(n1, "get_workflow_status", workflow_id=wid, limit=1))["completed"] >= 200
+
+    await eventually(underway, 120, "the workflow to be under way")
+    latencies: list[float] = []
+    running_at_last = False
+    async with Client(n1.url) as client:
+        for i in range(CALLS):
+            start = trio.current_time()
+            res = await client.call_tool("set_workflow_priority", {"workflow_id": wid, "priority": 1 + i % 10})
+            latencies.append(trio.current_time() - start)
+            assert not res.is_error, res.content
+            running_at_last = res.structured_content["state"] == "running"
+            await trio.sleep(0.25)  # the stimulus: a control op every quarter second
+    final = await wait_done(n1, wid, 400)
+    took = trio.current_time() - t0
+
+    async def one_clock() -> bool:
+        return len({(await call(p, "get_node_info"))["clock"]["hash"] for p in peers}) == 1
+
+    await eventually(one_clock, 120, "every peer to hold the same clock")
+    counts = run_counts(clock_ops(n1.data_dir), {wid})
+    silent = {p.name: p.log_text().count("peers went silent") for p in peers}
+    print(f"\nFIGURE control-load: tasks={TASKS} calls={CALLS} still_running_at_last_call={running_at_last} "
+          f"call_latency_max={max(latencies):.3f}s mean={sum(latencies) / len(latencies):.3f}s "
+          f"workflow_s={took:.1f} reclaimed={len(counts.reclaimed)} superseding_claims={counts.superseding} "
+          f"extra_runs={counts.extra_runs} silent_verdicts={silent}")
+    assert final["state"] == "completed" and final["completed"] == TASKS
+    assert running_at_last, "the workflow finished before the control ops did: make it longer"
+    assert len(counts.done) == TASKS
+    assert counts.superseding == 0 and not counts.reclaimed, (
+        f"{len(counts.reclaimed)} tasks claimed again, {counts.superseding} superseding claims")
+    assert not any(silent.values()), f"peers wrongly declared silent: {silent}"
