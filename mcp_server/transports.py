@@ -161,12 +161,10 @@ class _GuardedLines:
         from mcp_types import ErrorData, JSONRPCError
 
         async for line in self._source:
-            why = None
-            if '"id"' in line:
-                try:
-                    why = _bad_id_in(json.loads(line))
-                except ValueError:
-                    pass  # the SDK reports unparseable lines itself
+            try:
+                why = _bad_id_in(json.loads(line))
+            except ValueError:
+                why = None  # the SDK reports unparseable lines itself
             if why is None:
                 yield line
                 continue
