@@ -157,6 +157,18 @@ def test_node_id_is_one_path_component(home: Path) -> None:
         P2PWorkflowScheduler(node_id="x", config=make_node_config(home / "x", home))
 
 
+def test_settings_layers_as_the_cli(home: Path) -> None:
+    """Environment < settings=, and data_dir= is --data-dir (no nodes/<id> below it)."""
+    s = P2PWorkflowScheduler(node_id="n1")
+    assert s.config.network.enabled and not s.config.network.mdns  # networking on; mdns off from the env
+    assert s.data_dir == home / ".local" / "share" / "ipfs-accelerate" / "nodes" / "n1"
+    s = P2PWorkflowScheduler(node_id="n1", settings={"network": {"mdns": True}, "scheduler": {"lease_s": 20}})
+    assert s.config.network.mdns and s.config.scheduler.lease_s == 20
+    assert P2PWorkflowScheduler(node_id="n1", data_dir=home / "explicit").data_dir == home / "explicit"
+    with pytest.raises(SettingsError, match="network.nope"):
+        P2PWorkflowScheduler(node_id="n1", settings={"network": {"nope": 1}})
+
+
 def test_merkle_clock_update_and_get_hash(tmp_path: Path) -> None:
     """MerkleClock.update(other) merges, get_hash() converges (the seed's consensus hash)."""
     from p2p.identity import Identity
