@@ -1,8 +1,11 @@
 """Big gossip messages (100-900 KiB) arrive intact between real hosts, with peers joining mid-stream.
 
-Before ``p2p.net.libp2p_patches`` made yamux writes whole, this exact run (60 publishes, a
-joiner cycling in and out) gave the joiner only corrupted RPCs: 11 pubsub streams dropped on
-``DecodeError`` and 0 intact messages at the joiner (each of those errors used to end the node).
+Measured with ``python tests/net/big_gossip.py --per-publisher 60 [--without-yamux-patch]``
+(2 runs each, 2 cores): without the whole-write patch, 52 and 73 RPCs arrived malformed
+(``DecodeError``; each one used to end the receiving node), the joiner got 0 intact messages in
+53 and 49 joins, and the steady peers missed 166 and 6 of 240 messages because their pubsub
+streams were dropped. With it: 0 malformed, 0 corrupted, 0 missing, the joiner got 48 and 12.
+Corruption never showed up as a wrong payload with a valid checksum: it breaks the RPC framing.
 """
 
 from __future__ import annotations
