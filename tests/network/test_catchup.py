@@ -39,7 +39,8 @@ async def _events(peer) -> int:  # type: ignore[no-untyped-def]
     return int((await call(peer, "get_node_info"))["clock"]["events"])
 
 
-@pytest.mark.xfail(reason="issue 7 item 5: serving a deep catch-up blocks the server's event loop", strict=False)
+@pytest.mark.xfail(reason="issue 7 items 4/5: the joiner, busy folding a deep catch-up, judges its live peers "
+                          "silent (5 verdicts at 8e7adec)", strict=False)
 async def test_serving_a_20000_event_catch_up_keeps_the_server_responsive(cluster: Cluster) -> None:
     n1 = cluster.start("n1", env={"IPFS_ACCELERATE_CLOCK__MAX_OPS_PER_EVENT": "1"})
     n3 = cluster.start("n3", bootstrap=[n1])
@@ -59,6 +60,7 @@ async def test_serving_a_20000_event_catch_up_keeps_the_server_responsive(cluste
     work = [{"model": DEFAULT_MODEL, "input": f"during catch-up {j}"} for j in range(600)]
     live = (await call(n1, "submit_workflow", name="live", tasks=work, tag="p2p-only"))["workflow_id"]
 
+    quiet = {p.name: p.log_text().count("peers went silent") for p in (n1, n3)}  # verdicts before the catch-up
     n2 = cluster.start("n2", bootstrap=[n1])
     started = trio.current_time()
     latencies: list[float] = []
@@ -84,12 +86,14 @@ async def test_serving_a_20000_event_catch_up_keeps_the_server_responsive(cluste
 
     await eventually(one_clock, 120, "every peer to hold the same clock")
     counts = run_counts(clock_ops(n1.data_dir))
-    silent = {p.name: p.log_text().count("peers went silent") for p in (n1, n2, n3)}
+    silent = {p.name: p.log_text().count("peers went silent") - quiet.get(p.name, 0) for p in (n1, n2, n3)}
     print(f"\nFIGURE catch-up: events={total} caught_up_in={caught_up_s:.1f}s samples={len(latencies)} "
           f"get_node_info_max={max(latencies):.3f}s mean={sum(latencies) / len(latencies):.3f}s "
           f"server_last_seen_max={max(last_seen, default=-1):.2f}s (lease_s={LEASE_S:g}) "
-          f"superseding_claims={counts.superseding} expired_fails={counts.expired_fails} silent_verdicts={silent}")
+          f"superseding_claims={counts.superseding} expired_fails={counts.expired_fails} silent_verdicts_during_catchup={silent}")
     assert total >= EVENTS
     assert max(latencies) <= 1.0, f"get_node_info took {max(latencies):.3f} s during the catch-up"
     assert max(last_seen) < LEASE_S, "the server's heartbeats lapsed past the lease"
-    assert counts.superseding == 0 and counts.expired_fails == 0 and not any(silent.values()), (counts, silent)
+    assert counts.superseding == 0 and counts.expired_fails == 0, (
+        f"{counts.superseding} superseding claims, {counts.expired_fails} expired attempts")
+    assert not any(silent.values()), f"silent-peer verdicts during the catch-up: {silent}"
