@@ -43,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Callable, AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +117,7 @@ class MerkleClock:
         self._readers_lock = threading.Lock()
         self._closed = False
         self._last_write = 0
+        self._listeners: list[Callable[[Event], None]] = []
         self._load_memo()
 
     @classmethod
@@ -214,6 +215,13 @@ class MerkleClock:
     def pending_writes(self) -> int:
         """Rows queued to the writer and not committed yet."""
         return self._writer.last_queued - self._writer.committed
+
+    def subscribe(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener`` with every event the moment it is applied (local or merged), in
+        application order — a causal order. A consumer that folds events this way never sees a
+        child before its parents, even when a merge is applied in slices and a local append
+        lands between them (its parents are then merged events)."""
+        self._listeners.append(listener)
 
     # -- writing ---------------------------------------------------------------------------
     def append(self, ops: list[dict[str, Any]], durable: bool = True) -> Event:
@@ -592,7 +600,13 @@ class MerkleClock:
             self._count += 1
             if event.author == self.peer_id and event.seq > self._seq:
                 self._seq = event.seq
-            result.applied.append(event.with_height(height))
+            applied = event.with_height(height)
+            result.applied.append(applied)
+            for listener in self._listeners:
+                try:
+                    listener(applied)
+                except Exception:  # a listener's bug must not leave the clock half-applied
+                    log.exception("clock listener failed", cid=str(event.cid))
             stack.extend(reversed(self._orphans.parent_applied(key)))
 
     def _stored_unapplied(self, cids: dict[bytes, CID]) -> list[Event]:

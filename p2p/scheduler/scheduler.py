@@ -98,6 +98,7 @@ class Scheduler:
         self.config = config
         self.me = clock.peer_id
         self.state = State(max_attempts=config.max_attempts)
+        clock.subscribe(self._on_applied)  # fold every applied event in the clock's order
         self.changed = _Notifier()  # state changed (waiters, progress)
         self.local_event = _Notifier()  # this peer appended an event (announce heads)
         self.unannounced: list[Event] = []  # local events the network has not announced yet
@@ -127,13 +128,15 @@ class Scheduler:
             self._fold(ev)
         self._dirty.update(self.state.tasks)
 
+    def _on_applied(self, ev: Event) -> None:
+        """The clock applied ``ev`` (ours or a peer's): fold it now, in the clock's causal order."""
+        self._dirty |= self._fold(ev)
+        self._wake_decide.set()
+
     def ingest(self, events: Iterable[Event]) -> None:
-        """Fold events that arrived from peers (already verified and stored by the clock)."""
-        any_new = False
-        for ev in events:
-            self._dirty |= self._fold(ev)
-            any_new = True
-        if any_new:
+        """Events that arrived from peers were applied (and folded, as the clock applied them):
+        wake the decisions and the waiters."""
+        if any(True for _ in events):
             self._wake_decide.set()
             self.changed.fire()
 
@@ -219,8 +222,7 @@ class Scheduler:
     def _after_local_append(self, ev: Event) -> None:
         self.unannounced.append(ev)
         del self.unannounced[:-64]  # only the newest travel inline; the rest are fetched
-        self._dirty |= self._fold(ev)
-        self._wake_decide.set()
+        self._wake_decide.set()  # folded already, as the clock applied it
         self.changed.fire()
         self.local_event.fire()
 
