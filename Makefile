@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench sysdeps clean
+.PHONY: install run test bench sysdeps clean interop
 
 sysdeps:
 	@command -v cc >/dev/null 2>&1 || { echo "A C compiler is needed to build fastecdsa (libp2p): apt-get install -y build-essential" >&2; exit 1; }
@@ -25,16 +25,27 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The js-libp2p peer of tests/interop (js-libp2p 3; Node 22 itself comes from npm, pinned in
+# package.json). Best effort: without npm or a registry the interop tests skip and say why.
+INTEROP := tests/interop
+$(INTEROP)/node_modules/.installed: $(INTEROP)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  (cd $(INTEROP) && npm ci --no-audit --no-fund --loglevel=error) && touch $@ \
+	  || echo "npm install in $(INTEROP) failed; the interop tests will skip" >&2; \
+	else echo "npm not found; the interop tests (js-libp2p peer) will skip" >&2; fi
+
+interop: $(INTEROP)/node_modules/.installed
+
 # A full peer: MCP over streamable HTTP on 127.0.0.1:$(PORT), libp2p on all interfaces, mDNS on.
 PORT ?= 8000
 run: install
 	HF_HUB_OFFLINE=1 $(BIN)/ipfs-accelerate mcp serve --transport http --host 127.0.0.1 --port $(PORT)
 
-test: install
+test: install interop
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis $(INTEROP)/node_modules
