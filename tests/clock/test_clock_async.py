@@ -388,15 +388,19 @@ async def _with_lag_probe(work) -> tuple[object, float]:  # type: ignore[no-unty
     lags: list[float] = []
     done = trio.Event()
 
+    asleep = trio.Event()
+
     async def probe() -> None:
-        while not done.is_set():
+        while not done.is_set():  # the sleep that spans the end of the work is counted too
             t = time.perf_counter()
+            asleep.set()
             await trio.sleep(0.005)
             lags.append(time.perf_counter() - t - 0.005)
 
     result: list[object] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(probe)
+        await asleep.wait()  # the probe is asleep before the work starts
         result.append(await work())
         done.set()
     return result[0], max(lags, default=0.0)
