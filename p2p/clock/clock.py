@@ -112,13 +112,17 @@ class MerkleClock:
         self.config = config
         self._orphans = OrphanPool(max_orphans, max_orphan_bytes)
         self._writer = ClockWriter(store.path, max_batch=max_batch)
-        store.db.execute("PRAGMA query_only=ON")  # every write goes through the writer
         self._readers: list[ClockStore] = []
         self._readers_lock = threading.Lock()
         self._closed = False
         self._last_write = 0
         self._listeners: list[Callable[[Event], None]] = []
-        self._load_memo()
+        try:
+            store.db.execute("PRAGMA query_only=ON")  # every write goes through the writer
+            self._load_memo()
+        except BaseException:
+            self._writer.close()  # no writer thread left behind
+            raise
 
     @classmethod
     def open(cls, path: Path, identity: Identity, config: ClockConfig | None = None,
