@@ -62,6 +62,8 @@ class NetworkConfig(BaseModel):
     reconnect_max_backoff_s: float = Field(30.0, gt=0)
     peer_forget_s: float = Field(3600.0, gt=0, description="records of peers silent this long are dropped")
     max_peers: int = Field(4096, ge=1, description="most peers the peer table holds")
+    max_kept_peers: int = Field(256, ge=1, description="most peers kept connected and redialled (bootstrap + joined by hand)")
+    kept_give_up_s: float = Field(600.0, gt=0, description="a peer joined by hand and unreachable this long is no longer redialled")
     max_missing_results: int = Field(100_000, ge=1, description="result blocks waited for at once")
     missing_result_giveup_s: float = Field(3600.0, gt=0, description="stop asking for a result block after this long")
 

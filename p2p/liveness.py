@@ -23,10 +23,12 @@ from multiformats import CID
 from pydantic import ValidationError
 
 from p2p.clock.cids import cid_raw
+from p2p.net.ratelog import PeerLogLimiter
 from p2p.peers import Heartbeat, PauseDetector, PeerTable
 from p2p.replication.broadcaster import Broadcaster
 
 log = structlog.get_logger("p2p.liveness")
+peer_log = PeerLogLimiter(log)  # bad heartbeats: once per peer per minute, with a count
 
 PING_EVERY_S = 10.0
 
@@ -115,16 +117,16 @@ class Liveness:
             try:
                 self.hear(peer, data)
             except ValidationError as exc:
-                log.warning("bad heartbeat", peer=peer, error=exc.errors()[0]["msg"])
-            except Exception:  # noqa: BLE001 - one peer's message must not stop the node
-                log.exception("heartbeat failed", peer=peer)
+                peer_log.warning(peer, "bad heartbeat", error=exc.errors()[0]["msg"])
+            except Exception as exc:  # noqa: BLE001 - one peer's message must not stop the node
+                peer_log.log("error", peer, "heartbeat failed", error=repr(exc))
 
     def hear(self, sender: str, data: bytes) -> None:
         """One heartbeat from ``sender`` (the gossip message's signed origin)."""
         hb = Heartbeat.model_validate_json(data)
         if hb.peer_id != sender:
             # gossip keeps the original author in from_peer (signed by it); a mismatch is a spoof
-            log.warning("heartbeat for another peer ignored", peer=sender, claimed=hb.peer_id)
+            peer_log.warning(sender, "heartbeat for another peer ignored", claimed=hb.peer_id)
             return
         if hb.peer_id == self.peer_id:
             return

@@ -128,7 +128,8 @@ class Node:
         cfg = self.config.network
         psk = load_swarm_key(Path(cfg.psk_file).expanduser()) if cfg.psk_file else None
         async with AsyncExitStack() as stack:
-            net = self.net = await stack.enter_async_context(open_host(self.identity.key_pair, cfg, psk))
+            net = self.net = await stack.enter_async_context(open_host(
+                self.identity.key_pair, cfg, psk, max_kept_peers=cfg.max_kept_peers, kept_give_up_s=cfg.kept_give_up_s))
             heads = await stack.enter_async_context(GossipBroadcaster.open(net, topic(cfg.network, "heads")))
             beats = await stack.enter_async_context(GossipBroadcaster.open(net, topic(cfg.network, "peers")))
             peer_events = await stack.enter_async_context(net.peer_events())
@@ -293,6 +294,8 @@ class Node:
         self, workflow_id: str, timeout_s: float, progress: ProgressFn | None = None
     ) -> None:
         """Wait until the workflow ends or the timeout passes; report progress as it moves."""
+        if not isinstance(timeout_s, (int, float)) or math.isnan(timeout_s) or math.isinf(timeout_s) or timeout_s < 0:
+            raise NodeError(f"timeout_s must be a finite number of seconds >= 0, got {timeout_s!r}")
         self._workflow(workflow_id)
         done_states = {WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
         last = -1

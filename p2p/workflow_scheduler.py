@@ -17,16 +17,14 @@ as the ``async with`` block::
 ``P2PWorkflowScheduler(node_id=NAME)`` is the node ``ipfs-accelerate p2p start --node-id NAME``
 runs: the same layered settings (configs/default.toml < ``config_file`` < ``IPFS_ACCELERATE_*``
 < the ``settings`` argument), the same data dir (``<data_dir>/nodes/NAME``, one rule in
-``mcp_server.settings.named_node_data_dir``), hence the same peer identity, and networking on.
+``p2p.settings.named_node_data_dir``), hence the same peer identity, and networking on.
 
 Why no ``start()``/``stop()``: keeping a node running between two calls means leaving its
 nurseries open across tasks, which trio forbids (a cancel scope entered in one task and exited
 in another corrupts cancellation). Both raise an error that points to ``async with``.
 
-Why the settings import goes up a layer: this module is a user entry point, like the CLI, and
-must resolve a node name exactly as the CLI does; the layered loader lives in
-``mcp_server.settings`` (it imports nothing of the MCP server itself). The import happens only
-when no explicit ``NodeConfig`` is given, so the p2p library never loads it on its own.
+This module is a user entry point, like the CLI, and resolves a node name exactly as the CLI
+does, with the one layered loader (``p2p.settings``) both use.
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ from p2p.clock import MerkleClock
 from multiformats import CID
 from p2p.config import NodeConfig
 from p2p.node import Node
+from p2p.settings import load_node_settings
 from p2p.scheduler.ops import WorkflowTag
 
 __all__ = ["MerkleClock", "P2PWorkflowScheduler", "SchedulerClock", "WorkflowTag"]
@@ -136,8 +135,6 @@ class P2PWorkflowScheduler:
         over the environment (e.g. ``{"network": {"listen": ["/ip4/127.0.0.1/tcp/0"]}}``);
         ``config`` bypasses the layering entirely (a complete ``NodeConfig``)."""
         if config is None:
-            from mcp_server.settings import load_node_settings
-
             flags: dict[str, Any] = dict(settings or {})
             flags["node_id"] = node_id or None
             flags["data_dir"] = str(data_dir) if data_dir is not None else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 import trio
@@ -21,8 +21,19 @@ import trio
 from p2p.net.addrs import peer_id_of
 from p2p.net.errors import DialError, PeerNotAllowedError
 
-if TYPE_CHECKING:
-    from p2p.net.host import NetHost
+
+
+class Redialer(Protocol):
+    """What keeping a peer connected needs of the host (NetHost); a protocol, so this module
+    and the host don't import each other."""
+
+    def is_connected(self, peer_id: str) -> bool: ...
+
+    async def connect(self, multiaddr: str) -> str: ...
+
+    def connected_since(self, peer_id: str) -> float | None: ...
+
+    async def wait_disconnected(self, peer_id: str) -> None: ...
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +64,7 @@ def _jitter(delay: float) -> float:
     return delay * random.uniform(0.8, 1.2)
 
 
-async def keep_connected(net: NetHost, kept: KeptPeer | str, max_backoff_s: float) -> None:
+async def keep_connected(net: Redialer, kept: KeptPeer | str, max_backoff_s: float) -> None:
     """Hold a connection to ``kept.addr`` (must end in /p2p/<id>) until cancelled, or until a
     non-bootstrap peer has been unreachable for ``kept.give_up_after_s`` (then return)."""
     if isinstance(kept, str):

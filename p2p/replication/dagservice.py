@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from p2p.net.ratelog import PeerLogLimiter
 from p2p.clock.cids import cid_from_bytes, cid_raw
 from p2p.clock.event import event_parents
 from p2p.protocols.wire import (
@@ -37,6 +38,7 @@ from p2p.protocols.wire import (
 )
 
 log = structlog.get_logger("p2p.replication")
+peer_log = PeerLogLimiter(log)
 
 CATCH_UP_BLOCKS = 2048  # ancestors asked for per round trip when parents are missing
 FETCH_TIMEOUT_S = 30.0
@@ -93,9 +95,9 @@ class BlockServer:
         try:
             return encode(await self.answer(decode_request(payload)))
         except WireError as exc:
-            log.warning("bad blocks request", peer=peer, error=str(exc))
-        except Exception:  # noqa: BLE001 - one peer's request must not stop the node
-            log.exception("serving blocks failed", peer=peer)
+            peer_log.warning(peer, "bad blocks request", error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - one peer's request must not stop the node
+            peer_log.log("error", peer, "serving blocks failed", error=repr(exc))
         return encode(BlocksReply(blocks=[]))
 
     async def answer(self, req: BlocksRequest | HeadsRequest) -> BlocksReply | HeadsReply:

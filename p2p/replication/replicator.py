@@ -33,11 +33,13 @@ import trio
 from p2p.clock.cids import cid_from_bytes, cid_raw
 from p2p.config import NetworkConfig
 from p2p.net.pacing import Debouncer
+from p2p.net.ratelog import PeerLogLimiter
 from p2p.protocols.wire import INLINE_ANNOUNCE_BYTES, HeadsAnnouncement, WireError, decode_heads, encode
 from p2p.replication.broadcaster import Broadcaster
 from p2p.replication.dagservice import CATCH_UP_BLOCKS, DAGService
 
 log = structlog.get_logger("p2p.replication")
+peer_log = PeerLogLimiter(log)  # bad input: once per peer per minute, with a count
 
 MAX_HEADS = 1024  # the wire's cap; more concurrent heads than that collapse at our next append
 GATE_TIMEOUT_S = 60.0  # longest claims wait for one peer's catch-up
@@ -192,9 +194,9 @@ class Replicator:
                     await self._merge(peer, ann.blocks)
                 self.want(peer, ann.heads)
             except WireError as exc:
-                log.warning("bad heads announcement", peer=peer, error=str(exc))
-            except Exception:  # noqa: BLE001 - one peer's message must not stop the node
-                log.exception("heads announcement failed", peer=peer)
+                peer_log.warning(peer, "bad heads announcement", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - one peer's message must not stop the node
+                peer_log.log("error", peer, "heads announcement failed", error=repr(exc))
 
     def want(self, peer: str, heads: Iterable[bytes]) -> None:
         """``peer`` has these heads: fetch from it whatever of them we lack."""
@@ -261,11 +263,12 @@ class Replicator:
             try:
                 pairs.append((cid_from_bytes(raw_cid), data))
             except Exception:  # noqa: BLE001 - not a CID: nothing to verify it against
-                log.warning("block with a malformed CID skipped", peer=peer)
+                peer_log.warning(peer, "block with a malformed CID skipped")
         merge_async = getattr(self.clock, "add_blocks_async", None)
         result = await merge_async(pairs) if merge_async is not None else self.clock.add_blocks(pairs)
-        for cid, reason in result.rejected[:3]:
-            log.warning("block rejected", peer=peer, cid=str(cid), reason=reason, rejected=len(result.rejected))
+        if result.rejected:
+            cid, reason = result.rejected[0]
+            peer_log.warning(peer, "blocks rejected", first=str(cid), reason=reason, rejected=len(result.rejected))
         if result.applied:
             self.synced_events += len(result.applied)
             self._ingest(result.applied)  # at once: the fold must see events in the clock's order
@@ -323,7 +326,7 @@ class Replicator:
                     self._missing_results.pop(raw_cid, None)
                     got += 1
                 except Exception as exc:  # noqa: BLE001
-                    log.warning("result block rejected", peer=peer, error=str(exc))
+                    peer_log.warning(peer, "result block rejected", error=str(exc))
         if got:
             self._on_results()
 

@@ -1,0 +1,151 @@
+"""All settings, layered: configs/default.toml < --config FILE < IPFS_ACCELERATE_* < flags.
+
+Each layer's section is its own pydantic model (inference.config, p2p.config); this module only
+composes and loads them. It lives in ``p2p`` (not the MCP server) because the node's own entry
+points — the CLI's ``p2p`` commands and the seed's ``P2PWorkflowScheduler`` — load the same
+layers; the ``logging`` and ``mcp`` sections are plain schemas of the same file. Nested keys come from the environment with a double underscore, e.g.
+``IPFS_ACCELERATE_INFERENCE__MAX_BATCH=64``.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from inference.config import InferenceConfig
+from p2p.config import ClockConfig, NetworkConfig, NodeConfig, SchedulerConfig, constraint_violations
+
+DEFAULT_TOML = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+
+
+class LoggingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["console", "json"] = "console"
+
+
+class McpConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    transport: Literal["stdio", "http", "sse"] = "stdio"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    auth_token: str = ""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    status_page_size: int = Field(100, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IPFS_ACCELERATE_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: str = "~/.local/share/ipfs-accelerate"
+    node_id: str = ""
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    clock: ClockConfig = Field(default_factory=ClockConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    mcp: McpConfig = Field(default_factory=McpConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def node_name(self) -> str:
+        return self.node_id or socket.gethostname()
+
+    def node_config(self) -> NodeConfig:
+        return NodeConfig(
+            data_dir=self.data_path,
+            node_name=self.node_name,
+            inference=self.inference,
+            clock=self.clock,
+            scheduler=self.scheduler,
+            network=self.network,
+        )
+
+
+class SettingsError(ValueError):
+    """A settings file or value is wrong; the message says which and why."""
+
+
+def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:
+    """Load the layered settings; ``flags`` are nested dicts of values given on the command line."""
+    files: list[Path] = [DEFAULT_TOML] if DEFAULT_TOML.exists() else []
+    if config_file is not None:
+        path = Path(config_file).expanduser()
+        if not path.is_file():
+            raise SettingsError(f"config file not found: {path}")
+        files.append(path)
+
+    class _Layered(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            tomls = tuple(TomlConfigSettingsSource(settings_cls, toml_file=f) for f in reversed(files))
+            return (init_settings, env_settings, *tomls)
+
+    try:
+        settings = Settings.model_validate(_Layered(**_drop_none(flags)).model_dump())
+        for key, why in constraint_violations(settings):  # the one place constraints live
+            raise SettingsError(f"invalid settings: {key} {why}")
+        return settings
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc)) from None
+    except Exception as exc:  # a TOML syntax error in a user file
+        if isinstance(exc, SettingsError):
+            raise
+        raise SettingsError(f"cannot read settings: {exc}") from None
+
+
+def named_node_data_dir(base: str | Path, node_id: str) -> Path:
+    """The data dir of the node named ``node_id`` when no data dir is given: ``<base>/nodes/<id>``.
+
+    The one rule for it, shared by ``p2p start|join|info --node-id`` and the seed's
+    ``P2PWorkflowScheduler(node_id=...)``: one name, one data dir, so one identity. The name is a
+    single path component, so ``--node-id ../x`` cannot point outside ``<base>/nodes``.
+    """
+    if not node_id or node_id in (".", "..") or "/" in node_id or "\\" in node_id or "\0" in node_id:
+        raise SettingsError(f"node_id must be a plain name (no '/', not '.' or '..'), got {node_id!r}")
+    return Path(base).expanduser() / "nodes" / node_id
+
+
+def load_node_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:
+    """``load_settings`` for a node started by name: a ``node_id`` flag without a ``data_dir`` flag
+    puts the node in ``named_node_data_dir(<data_dir setting>, node_id)``, as ``p2p start`` does."""
+    settings = load_settings(config_file, **flags)
+    if flags.get("data_dir") is None and flags.get("node_id"):
+        settings = settings.model_copy(update={"data_dir": str(named_node_data_dir(settings.data_path, flags["node_id"]))})
+    return settings
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None and v != ():
+            out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    return "invalid settings: " + "; ".join(parts)
