@@ -134,7 +134,7 @@ async def test_a_30_s_partition_heals_with_nothing_lost_and_one_answer(
         async def both_halves_work() -> bool:
             done_l = (await call(n2, "get_workflow_status", workflow_id=left, limit=1))["completed"]
             done_r = (await call(n4, "get_workflow_status", workflow_id=right, limit=1))["completed"]
-            return done_l >= 50 and done_r >= 50
+            return done_l >= 10 and done_r >= 10
 
         await eventually(both_halves_work, CUT_S, "each half to run its own work during the cut")
         worked_while_cut = trio.current_time() - cut_at
@@ -155,7 +155,7 @@ async def test_a_30_s_partition_heals_with_nothing_lost_and_one_answer(
             await wait_done(n4, wid, 300)
         statuses = await settled(peers, [across, left, right], timeout=120)
         agreed_s = trio.current_time() - healed_at
-        print(f"\nFIGURE partition: cut={CUT_S:g}s both_halves_50_done_in={worked_while_cut:.1f}s "
+        print(f"\nFIGURE partition: cut={CUT_S:g}s both_halves_10_done_in={worked_while_cut:.1f}s "
               f"same_hash_after_heal={converged_s:.1f}s field_agreement_after_heal={agreed_s:.1f}s")
         for wid, n in ((across, 400), (left, 150), (right, 150)):
             st = statuses[wid]
