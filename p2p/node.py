@@ -7,6 +7,7 @@ change state validate first and write nothing when the input is bad (``NodeError
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -107,6 +108,7 @@ class Node:
                 node = cls(config, identity, clock, engine)
                 t0 = time.perf_counter()
                 node.scheduler.load()
+                gc.freeze()  # the loaded history is long-lived: keep full collections from walking it
                 log.info("clock loaded", events=len(clock), workflows=len(node.scheduler.state.workflows),
                          seconds=round(time.perf_counter() - t0, 3), peer_id=node.peer_id)
                 async with trio.open_nursery() as nursery:
@@ -137,7 +139,8 @@ class Node:
             replicator = Replicator(
                 self.clock, heads, StreamDAGService(net), peer_id=self.peer_id, config=cfg,
                 ingest=sched.ingest, local_event=sched.local_event, take_unannounced=sched.take_unannounced,
-                on_results=sched.changed.fire, on_ready=sched.peers_changed, connected_peers=net.connected_peers,
+                on_results=sched.changed.fire, on_ready=sched.peers_changed, on_heard=self.peers.touch,
+                connected_peers=net.connected_peers,
             )
             server = BlockServer(self.clock, replicator.heads_raw, max_blocks_per_request=cfg.max_blocks_per_request,
                                  max_frame_bytes=cfg.max_frame_bytes)

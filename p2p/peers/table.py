@@ -126,6 +126,15 @@ class PeerTable:
         self._alive.add(hb.peer_id)
         return changed
 
+    def touch(self, peer_id: str) -> None:
+        """Renew a known peer's lease: any authenticated message from it (a block reply, an
+        announcement) proves it alive as well as a heartbeat does — a peer busy serving us a
+        catch-up must not be judged silent because its heartbeats queued behind the blocks."""
+        rec = self._peers.get(peer_id)
+        if rec is not None:
+            now, _ = self._clock()
+            rec.last_seen = max(rec.last_seen, now)
+
     def set_rtt(self, peer_id: str, rtt_ms: float) -> None:
         rec = self._peers.get(peer_id)
         if rec is not None:

@@ -73,6 +73,7 @@ class Replicator:
         take_unannounced: Callable[[], list[Any]],
         on_results: Callable[[], None] = lambda: None,
         on_ready: Callable[[], None] = lambda: None,
+        on_heard: Callable[[str], None] = lambda peer: None,
         connected_peers: Callable[[], list[str]] = list,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -86,6 +87,7 @@ class Replicator:
         self._take_unannounced = take_unannounced
         self._on_results = on_results
         self._on_ready = on_ready
+        self._on_heard = on_heard
         self._connected = connected_peers
         self._now = now
         self._syncing: dict[str, set[bytes]] = {}  # peer -> heads it announced that we lack
@@ -190,6 +192,7 @@ class Replicator:
             peer, data = await self.broadcaster.next()
             try:
                 ann = decode_heads(data)
+                self._on_heard(peer)
                 if ann.blocks:
                     await self._merge(peer, ann.blocks)
                 self.want(peer, ann.heads)
@@ -237,6 +240,7 @@ class Replicator:
                 except Exception as exc:  # noqa: BLE001
                     log.info("block fetch failed", peer=peer, error=str(exc))
                     return
+                self._on_heard(peer)
                 if not blocks:
                     return
                 before = (len(self.clock), self.clock.orphan_count())

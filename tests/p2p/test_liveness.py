@@ -153,3 +153,17 @@ def test_liveness_reports_a_resume_once() -> None:
     assert lv.check_pause()  # ... and the ticker still reports it, once
     assert not lv.check_pause()
     assert resumed == [1]
+
+
+def test_any_message_from_a_peer_renews_its_lease() -> None:
+    clock = Clock()
+    t, _ = table(clock)
+    t.observe(hb("busy"))
+    for _ in range(6):  # its heartbeats are stuck behind a catch-up it serves us; its replies aren't
+        clock.run(3, t)
+        t.touch("busy")
+    assert t.is_alive("busy") and t.expire() == set()
+    t.touch("stranger")  # never heard: nothing to renew, nothing created
+    assert t.get("stranger") is None
+    clock.run(10.5, t)
+    assert t.expire() == {"busy"}
