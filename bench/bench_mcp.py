@@ -338,7 +338,7 @@ def _clock_case(tmp: Path, key: str, label: str, events: list[list[dict[str, Any
         t = time.perf_counter()
         ev = clock.append(ops)
         t2 = time.perf_counter()
-        apply_event(state, bytes(ev.cid), ev.author, ev.height, ev.ops)
+        apply_event(state, bytes(ev.cid), ev.author, ev.height, ev.ops, parents=[bytes(p) for p in ev.parents], seq=ev.seq)
         t_append += t2 - t
         t_fold += time.perf_counter() - t2
     require_folded(state, expected, f"{label}: append + fold")
@@ -356,7 +356,7 @@ def _clock_case(tmp: Path, key: str, label: str, events: list[list[dict[str, Any
         clock = MerkleClock.open(path, ident)
         fresh = State()
         for ev in clock.events():
-            apply_event(fresh, bytes(ev.cid), ev.author, ev.height, ev.ops)
+            apply_event(fresh, bytes(ev.cid), ev.author, ev.height, ev.ops, parents=[bytes(p) for p in ev.parents], seq=ev.seq)
         runs["restart"].append(time.perf_counter() - t)
         t = time.perf_counter()
         decoded = list(clock.events())
@@ -364,7 +364,7 @@ def _clock_case(tmp: Path, key: str, label: str, events: list[list[dict[str, Any
         t = time.perf_counter()
         again = State()
         for ev in decoded:
-            apply_event(again, bytes(ev.cid), ev.author, ev.height, ev.ops)
+            apply_event(again, bytes(ev.cid), ev.author, ev.height, ev.ops, parents=[bytes(p) for p in ev.parents], seq=ev.seq)
         runs["fold"].append(time.perf_counter() - t)
         clock.close()
         del decoded, again

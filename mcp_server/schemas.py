@@ -62,6 +62,7 @@ class TaskStatusOut(BaseModel):
     errors: list[AttemptError] = Field(None, description="Every failed attempt; present when the task was retried.")  # type: ignore[assignment]
     stats: dict[str, Any] = Field(None, description="How the result was computed: ms, backend, device, task.")  # type: ignore[assignment]
     result_omitted: bool = Field(None, description="True when the result alone is too large for one reply and was left out.")  # type: ignore[assignment]
+    late_results: list[dict[str, Any]] = Field(None, description="Results written after the task had failed for good ({peer, attempt}); kept and shown, the task stays failed.")  # type: ignore[assignment]
 
     @model_serializer(mode="wrap")
     def _absent_not_null(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -98,6 +99,8 @@ class ModelList(BaseModel):
 
 
 class PeerOut(BaseModel):
+    """A peer as this node last heard it (``self`` is this node)."""
+
     peer_id: str
     name: str
     addrs: list[str]
@@ -107,6 +110,8 @@ class PeerOut(BaseModel):
     capacity: float
     last_seen_s: float | None = None
     rtt_ms: float | None = None
+    compatible: bool = Field(True, description="False when its consensus settings differ from ours: it gets no work from us.")
+    incompatible_keys: list[str] = Field(default_factory=list, description="The consensus settings that differ.")
 
 
 class PeerList(BaseModel):

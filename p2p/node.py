@@ -317,7 +317,8 @@ class Node:
 
     async def cancel_workflow(self, workflow_id: str) -> dict[str, Any]:
         wf = self._workflow(workflow_id)
-        if not wf.cancelled:
+        terminal = {WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
+        if not wf.cancelled and self.scheduler.state.workflow_status(wf) not in terminal:
             self.scheduler.cancel(workflow_id)
             await self.scheduler.durable()
         return self.workflow_summary(workflow_id)

@@ -196,7 +196,8 @@ class AssignmentPolicy:
         """The live, eligible peers in the rendezvous rule's order for this task; peers that
         already failed it go last when others can take it."""
         eligible = {p.peer_id: p.capacity for p in live if allowed(p, task, wf)}
-        failed = {peer for (_, peer), f in task.fails.items() if not f.expired}
+        failed = {peer for (a, peer), f in task.fails.items()
+                  if not f.expired and task.claimed_before(peer, a, f.where)}  # fails that count
         if failed and any(p not in failed for p in eligible):
             eligible = {p: c for p, c in eligible.items() if p not in failed}
         return rank_peers(task.task_id, eligible)
