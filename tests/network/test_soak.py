@@ -42,6 +42,8 @@ async def _completed(peer: Peer, wids: list[str]) -> int:
     return sum([(await call(peer, "get_workflow_status", workflow_id=w, limit=1))["completed"] for w in wids])
 
 
+@pytest.mark.xfail(reason="issue 7 items 1/6/7: at 74d699f the restarted worker dies of a pubsub DecodeError; at "
+                          "8e7adec the second wave stalls (58 tasks 'running' past 400 s, 399 extra runs)", strict=False)
 async def test_soak_with_two_kill_9_restarts(cluster: Cluster) -> None:
     n1 = cluster.start("n1")
     n2 = cluster.start("n2", bootstrap=[n1])
@@ -66,6 +68,7 @@ async def test_soak_with_two_kill_9_restarts(cluster: Cluster) -> None:
         await wait_done(n1, w, 400)
     await wait_peers(n1, [n4])
     mid = {p.name: rss_kib(p.proc.pid) for p in peers if p.proc is not None}
+    print(f"\nFIGURE soak: rss_mid_kib={mid}")
 
     wave2 = await _submit_wave([n1, n2, n3], 2)
     for w in wave2:
