@@ -29,8 +29,6 @@ async def cluster(tmp_path: Path, shared_cache_dir: Path) -> AsyncIterator[Clust
         c.stop_all()
 
 
-@pytest.mark.xfail(reason="issue 7 item 3: a joiner claims on partial history and re-runs finished tasks",
-                   strict=False)
 async def test_a_joiner_reruns_nothing_that_finished(cluster: Cluster) -> None:
     n1 = cluster.start("n1")
     n2 = cluster.start("n2", bootstrap=[n1])
