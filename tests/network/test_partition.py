@@ -103,8 +103,9 @@ def _tasks(n: int, tag: str) -> list[dict[str, Any]]:
     return [{"model": DEFAULT_MODEL, "input": f"{tag} partition sentence {i} about a bridge."} for i in range(n)]
 
 
-@pytest.mark.xfail(reason="issue 7 item 9: after healing, the halves wait for the redial backoff "
-                          "(measured 39 s to one clock hash after a 30 s cut)", strict=False)
+@pytest.mark.xfail(reason="issue 7 item 9: at 74d699f one clock hash only 39 s after healing (redial backoff); "
+                          "at 8e7adec 36 tasks of a half's workflow are never claimed by anyone after healing",
+                   strict=False)
 async def test_a_30_s_partition_heals_with_nothing_lost_and_one_answer(
     tmp_path: Path, shared_cache_dir: Path, lan: SplitLan
 ) -> None:
@@ -151,6 +152,7 @@ async def test_a_30_s_partition_heals_with_nothing_lost_and_one_answer(
 
         await eventually(one_hash, 120, "every node to hold the same clock after healing")
         converged_s = trio.current_time() - healed_at
+        print(f"\nFIGURE partition: same_hash_after_heal={converged_s:.1f}s")
         for wid in (across, left, right):
             await wait_done(n4, wid, 300)
         statuses = await settled(peers, [across, left, right], timeout=120)
