@@ -59,7 +59,7 @@ class NetworkConfig(BaseModel):
     reannounce_s: float = Field(5.0, gt=0)
     max_frame_bytes: int = Field(8 << 20, ge=1024)
     max_blocks_per_request: int = Field(256, ge=1)
-    reconnect_max_backoff_s: float = Field(30.0, gt=0)
+    reconnect_max_backoff_s: float = Field(5.0, gt=0)
     peer_forget_s: float = Field(3600.0, gt=0, description="records of peers silent this long are dropped")
     max_peers: int = Field(4096, ge=1, description="most peers the peer table holds")
     max_kept_peers: int = Field(256, ge=1, description="most peers kept connected and redialled (bootstrap + joined by hand)")

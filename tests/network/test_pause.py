@@ -51,8 +51,6 @@ def _held(ops: list[tuple[str, dict[str, Any]]], wid: str, peer_id: str) -> set[
     return {t for t, a in owner.items() if a == peer_id and t not in done}
 
 
-@pytest.mark.xfail(reason="issue 7 item 4: a resumed node supersedes every live peer's claims (re-claim wave)",
-                   strict=False)
 async def test_a_paused_worker_causes_no_reclaim_wave(cluster: Cluster) -> None:
     n1 = cluster.start("n1")
     n2 = cluster.start("n2", bootstrap=[n1])
