@@ -291,14 +291,15 @@ class Scheduler:
         async with trio.open_nursery() as nursery:
             while True:
                 await slots.acquire()
-                while not self._heap:
-                    await self._wake_work.wait()
-                    self._wake_work = trio.Event()
-                while not self.policy.ready():
-                    # catching up (joined, or resumed from a pause): what we own may have been
-                    # superseded meanwhile; learn that before starting anything new
-                    await trio.sleep(0.05)
-                _, tid = self._heap.pop()
+                while not self._heap or not self.policy.ready():
+                    if not self._heap:
+                        await self._wake_work.wait()
+                        self._wake_work = trio.Event()
+                    else:
+                        # catching up (joined, or resumed from a pause): what we own may have been
+                        # superseded meanwhile (and dropped from the heap); learn that first
+                        await trio.sleep(0.05)
+                _, tid = self._heap.pop()  # non-empty: checked with no checkpoint in between
                 del self._handles[tid]
                 self._unqueue(tid)
                 attempt = self._owned.get(tid)

@@ -146,3 +146,41 @@ async def test_the_owner_gives_up_its_own_run_after_task_timeout(tmp_path: Path)
         nursery.cancel_scope.cancel()
     errors = a.state.tasks[tid].errors()
     assert errors and "task_timeout_s" in errors[0]["error"], errors
+
+
+class CountingEngine:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def infer(self, model: str, inputs: list[str], task: Any = None, **kwargs: Any) -> Any:
+        self.calls += 1
+        raise ValueError("not a model")
+
+
+async def test_tasks_dropped_while_catching_up_are_never_started(tmp_path: Path) -> None:
+    """The work loop waits while not caught up; if the fold drops the queued tasks meanwhile
+    (another peer owns them now), it must neither start them nor crash on an empty heap."""
+    ready = [True]
+    engine = CountingEngine()
+    a = peer(tmp_path, "a", Now(), ready=lambda: ready[0], engine=engine)
+    wid = a.submit("w", [TaskSpec(model=MODEL, input=f"x{i}") for i in range(3)], 5, WorkflowTag.LOCAL_ONLY)
+    tids = list(a.state.workflows[wid].task_ids)
+    async with trio.open_nursery() as nursery:
+        ready[0] = False  # paused, catching up: the work loop must wait
+        a.decide(tids)  # not ready: no claims
+        a.flush()
+        assert a.local_queue() == 0
+        ready[0] = True
+        a.decide(tids)
+        a.flush()
+        a.decide(tids)
+        assert a.local_queue() == 3  # owned and queued
+        ready[0] = False
+        await nursery.start(a.run)
+        await trio.sleep(0.2)  # the work loop is now parked on readiness with a full heap
+        for tid in tids:  # meanwhile the tasks go elsewhere (here: dropped as if superseded)
+            a._drop_local(tid, even_if_running=False)
+        ready[0] = True
+        await trio.sleep(0.3)
+        assert engine.calls == 0 and a.local_queue() == 0
+        nursery.cancel_scope.cancel()
