@@ -321,14 +321,17 @@ class Scheduler:
             wf = self.state.workflows[task.workflow_id]
             status = self.state.task_status(task)
             running = self._owned.get(tid) if tid in self._running else None
-            for decision in self.policy.decide(task, wf, status, live, running):
-                if isinstance(decision, Forget):
-                    self._open.discard(tid)
-                    self._claiming.pop(tid, None)
-                    self._finished.pop(tid, None)
-                    self._drop_local(tid, even_if_running=False)
-                    continue
-                self._open.add(tid)
+            decisions = self.policy.decide(task, wf, status, live, running)
+            if decisions and isinstance(decisions[0], Forget):
+                self._open.discard(tid)
+                self._claiming.pop(tid, None)
+                self._finished.pop(tid, None)
+                self._drop_local(tid, even_if_running=False)
+                continue
+            # open until terminal, decisions or not: a task nobody may claim yet (not caught up,
+            # not our turn) must be decided again when peers or time change
+            self._open.add(tid)
+            for decision in decisions:
                 if isinstance(decision, Own):
                     self._own(task, wf, decision.attempt)
                 elif isinstance(decision, Drop):

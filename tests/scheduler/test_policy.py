@@ -184,3 +184,24 @@ async def test_tasks_dropped_while_catching_up_are_never_started(tmp_path: Path)
         await trio.sleep(0.3)
         assert engine.calls == 0 and a.local_queue() == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_task_left_while_catching_up_is_claimed_once_caught_up(tmp_path: Path) -> None:
+    """A queued task decided while this peer could not claim (catching up) stays open, so the
+    readiness change (peers_changed, as the replicator signals it) claims it; it must not wait
+    for an event that happens to touch it (after a partition healed, 36 tasks waited forever)."""
+    ready = [False]
+    a = peer(tmp_path, "a", Now(), ready=lambda: ready[0], engine=CountingEngine(), lease_s=3600.0,
+             task_timeout_s=7200.0)
+    wid = a.submit("w", [TaskSpec(model=MODEL, input="x")], 5, WorkflowTag.LOCAL_ONLY)
+    tid = f"{wid}/0"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await trio.sleep(0.1)  # decided (the fold touched it) while not caught up: no claim
+        assert a.state.tasks[tid].attempt == 0
+        ready[0] = True
+        a.peers_changed()
+        with trio.fail_after(10):
+            while a.state.tasks[tid].attempt == 0:
+                await a.changed.wait()
+        nursery.cancel_scope.cancel()
