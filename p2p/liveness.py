@@ -49,6 +49,7 @@ class Liveness:
         on_heads: Callable[[str, list[bytes]], None] = lambda peer, heads: None,
         on_learned: Callable[[str, list[str]], None] = lambda peer, addrs: None,
         on_resumed: Callable[[], None] = lambda: None,
+        on_silent: Callable[[set[str]], Awaitable[None]] | None = None,
         ping: Callable[[str], Awaitable[float]] | None = None,
         connected_peers: Callable[[], list[str]] = list,
     ) -> None:
@@ -62,6 +63,7 @@ class Liveness:
         self._on_heads = on_heads
         self._on_learned = on_learned
         self._on_resumed = on_resumed
+        self._on_silent = on_silent
         self._ping = ping
         self._connected = connected_peers
         self._pauses_seen = pause.pauses
@@ -149,7 +151,11 @@ class Liveness:
     async def _expire(self) -> None:
         while True:
             await trio.sleep(min(1.0, self.heartbeat_s))
-            self.expire_once()
+            gone = self.expire_once()
+            if gone and self._on_silent is not None:
+                # a connection that carried nothing for a lease is presumed dead (a cut link
+                # leaves TCP retransmitting for minutes): drop it, so redial opens a fresh one
+                await self._on_silent(gone)
 
     def expire_once(self) -> set[str]:
         gone = self.table.expire()

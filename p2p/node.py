@@ -140,7 +140,8 @@ class Node:
                 self.clock, heads, StreamDAGService(net), peer_id=self.peer_id, config=cfg,
                 ingest=sched.ingest, local_event=sched.local_event, take_unannounced=sched.take_unannounced,
                 on_results=sched.changed.fire, on_ready=sched.peers_changed, on_heard=self.peers.touch,
-                connected_peers=net.connected_peers,
+                connected_peers=net.connected_peers, known_peer=lambda peer: self.peers.get(peer) is not None,
+                startup_wait_s=2 * cfg.heartbeat_s,
             )
             server = BlockServer(self.clock, replicator.heads_raw, max_blocks_per_request=cfg.max_blocks_per_request,
                                  max_frame_bytes=cfg.max_frame_bytes)
@@ -150,6 +151,7 @@ class Node:
                 self.peers, self.pause, beats, peer_id=self.peer_id, heartbeat=self.heartbeat,
                 heartbeat_s=cfg.heartbeat_s, on_peers_changed=sched.peers_changed, on_heads=replicator.want,
                 on_learned=discovery.learned, on_resumed=replicator.resumed, ping=net.ping,
+                on_silent=self._drop_connections,
                 connected_peers=net.connected_peers,
             )
             for raw in self._missing_result_blocks():
@@ -161,6 +163,14 @@ class Node:
                 await nursery.start(liveness.run)
                 log.info("p2p node up", peer_id=self.peer_id, addrs=net.listen_addrs())
                 task_status.started()
+
+    async def _drop_connections(self, peers: set[str]) -> None:
+        """Close connections to peers that went silent; kept peers are redialled with backoff,
+        so a healed partition reconnects within ``reconnect_max_backoff_s``."""
+        for peer in sorted(peers):
+            if self.net is not None and self.net.is_connected(peer):
+                log.info("closing the connection of a silent peer", peer=peer)
+                await self.net.disconnect(peer)
 
     def _missing_result_blocks(self) -> list[bytes]:
         """Result blocks of results this peer knows of but does not hold (e.g. after a restart)."""

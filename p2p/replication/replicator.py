@@ -43,12 +43,14 @@ peer_log = PeerLogLimiter(log)  # bad input: once per peer per minute, with a co
 
 MAX_HEADS = 1024  # the wire's cap; more concurrent heads than that collapse at our next append
 GATE_TIMEOUT_S = 60.0  # longest claims wait for one peer's catch-up
+STARTUP = ""  # the gate of a node that has just started and heard of no peer yet
 
 
 @dataclass
 class _Gate:
     heads: set[bytes] | None  # None: the peer's heads are not known yet
     since: float
+    hear_by: float  # its heartbeat is awaited until then (our liveness view must include it)
 
 
 @dataclass
@@ -75,6 +77,8 @@ class Replicator:
         on_ready: Callable[[], None] = lambda: None,
         on_heard: Callable[[str], None] = lambda peer: None,
         connected_peers: Callable[[], list[str]] = list,
+        known_peer: Callable[[str], bool] = lambda peer: True,
+        startup_wait_s: float = 0.0,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
@@ -89,6 +93,9 @@ class Replicator:
         self._on_ready = on_ready
         self._on_heard = on_heard
         self._connected = connected_peers
+        self._known = known_peer
+        self._startup_wait_s = startup_wait_s
+        self._hear_wait_s = 2 * config.heartbeat_s + 0.5
         self._now = now
         self._syncing: dict[str, set[bytes]] = {}  # peer -> heads it announced that we lack
         self._gates: dict[str, _Gate] = {}  # peer -> heads to reach before claiming
@@ -103,8 +110,15 @@ class Replicator:
         announcer: Debouncer[int] = Debouncer(
             self._announce, delay_s=self.config.announce_debounce_ms / 1000, min_interval_s=0.012, name="heads"
         )
+        if self._startup_wait_s > 0:
+            # a node that just started knows nobody yet: were it to claim now, it would rank only
+            # itself and take every queued task. It waits for its first peer (whose gate then
+            # takes over) or for startup_wait_s with nobody around.
+            now = self._now()
+            self._gates[STARTUP] = _Gate(set(), now, now + self._startup_wait_s)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._watch_gates)
             await nursery.start(announcer.run)
             nursery.start_soon(self._on_local_events, announcer)
             nursery.start_soon(self._reannounce, announcer)
@@ -120,18 +134,29 @@ class Replicator:
         for peer, gate in list(self._gates.items()):
             if gate.heads is not None:
                 gate.heads = {h for h in gate.heads if not self._has(h)}
-            if gate.heads == set() or now - gate.since > GATE_TIMEOUT_S:
-                if gate.heads:
-                    log.warning("catch-up with a peer did not finish in time; claiming again", peer=peer,
-                                missing_heads=len(gate.heads))
+            heard = peer != STARTUP and self._known(peer)
+            if gate.heads == set() and (heard or now > gate.hear_by):
+                del self._gates[peer]
+            elif now - gate.since > GATE_TIMEOUT_S:
+                log.warning("catch-up with a peer did not finish in time; claiming again", peer=peer,
+                            missing_heads=len(gate.heads or ()))
                 del self._gates[peer]
         return not self._gates
+
+    async def _watch_gates(self) -> None:
+        """Tell the scheduler the moment claims may resume (gates also end with time)."""
+        while True:
+            await trio.sleep(0.1)
+            if self._gates and self.caught_up():
+                self._on_ready()
 
     def peer_connected(self, peer: str) -> None:
         """A new connection: ask the peer for its heads (gossip meshes take a heartbeat to form)
         and hold claims until we hold them too."""
         if self._nursery is not None:
-            self._gates.setdefault(peer, _Gate(None, self._now()))  # claims wait from now on
+            self._gates.pop(STARTUP, None)  # a first peer: its own gate takes over
+            now = self._now()
+            self._gates.setdefault(peer, _Gate(None, now, now + self._hear_wait_s))  # claims wait from now on
             self._nursery.start_soon(self._gate_on, peer)
 
     def resumed(self) -> None:
@@ -141,7 +166,8 @@ class Replicator:
             self.peer_connected(peer)
 
     async def _gate_on(self, peer: str) -> None:
-        gate = self._gates.setdefault(peer, _Gate(None, self._now()))
+        now = self._now()
+        gate = self._gates.setdefault(peer, _Gate(None, now, now + self._hear_wait_s))
         try:
             heads = await self.dag.get_heads(peer)
         except Exception as exc:  # noqa: BLE001 - unreachable or broken peer: don't wait for it
@@ -157,8 +183,13 @@ class Replicator:
             self._release_gate(peer)
 
     def _release_gate(self, peer: str) -> None:
-        if self._gates.pop(peer, None) is not None and not self._gates:
-            self._on_ready()
+        """The sync with ``peer`` ended (reached, failed, or stopped making progress): claims no
+        longer wait for its heads; its heartbeat may still be awaited (``caught_up``)."""
+        gate = self._gates.get(peer)
+        if gate is not None:
+            gate.heads = set()
+            if self.caught_up():
+                self._on_ready()
 
     # ------------------------------------------------------------- announcing
 

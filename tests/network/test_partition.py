@@ -103,9 +103,6 @@ def _tasks(n: int, tag: str) -> list[dict[str, Any]]:
     return [{"model": DEFAULT_MODEL, "input": f"{tag} partition sentence {i} about a bridge."} for i in range(n)]
 
 
-@pytest.mark.xfail(reason="issue 7 item 9: at 74d699f one clock hash only 39 s after healing (redial backoff); "
-                          "at 8e7adec 36 tasks of a half's workflow are never claimed by anyone after healing",
-                   strict=False)
 async def test_a_30_s_partition_heals_with_nothing_lost_and_one_answer(
     tmp_path: Path, shared_cache_dir: Path, lan: SplitLan
 ) -> None:

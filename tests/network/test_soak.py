@@ -42,8 +42,6 @@ async def _completed(peer: Peer, wids: list[str]) -> int:
     return sum([(await call(peer, "get_workflow_status", workflow_id=w, limit=1))["completed"] for w in wids])
 
 
-@pytest.mark.xfail(reason="issue 7 items 1/6/7: at 74d699f the restarted worker dies of a pubsub DecodeError; at "
-                          "8e7adec the second wave stalls (58 tasks 'running' past 400 s, 399 extra runs)", strict=False)
 async def test_soak_with_two_kill_9_restarts(cluster: Cluster) -> None:
     n1 = cluster.start("n1")
     n2 = cluster.start("n2", bootstrap=[n1])

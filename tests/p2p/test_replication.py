@@ -37,7 +37,8 @@ class CountingDAG(LocalDAGService):
 
 
 class Peer:
-    def __init__(self, tmp: Path, name: str, hub: MemoryHub, dag: LocalDAGService, **net: Any) -> None:
+    def __init__(self, tmp: Path, name: str, hub: MemoryHub, dag: LocalDAGService, rep: dict[str, Any] | None = None,
+                 **net: Any) -> None:
         self.ident = Identity.generate()
         self.id = self.ident.peer_id_str
         self.clock = MerkleClock.open(tmp / f"{name}.sqlite", self.ident)
@@ -48,7 +49,7 @@ class Peer:
         self.rep = Replicator(
             self.clock, hub.join(self.id), dag, peer_id=self.id, config=cfg, ingest=self.sched.ingest,
             local_event=self.sched.local_event, take_unannounced=self.sched.take_unannounced,
-            connected_peers=lambda: [p for p in dag.servers if p != self.id],
+            connected_peers=lambda: [p for p in dag.servers if p != self.id], **(rep or {}),
         )
         dag.servers[self.id] = BlockServer(self.clock, self.rep.heads_raw, max_blocks_per_request=256,
                                            max_frame_bytes=8 << 20)
@@ -138,4 +139,31 @@ async def test_garbage_blocks_change_nothing(tmp_path: Path) -> None:
         forged = [(b"\x01q\x12 " + bytes(32), b"\xa1aa\x01"), (b"junk", b"x" * 100)]
         missing = await a.rep._merge("mallory", forged)
         assert a.clock.get_hash() == before and not missing and len(a.clock) == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_just_started_waits_for_its_first_peer_and_its_heartbeat(tmp_path: Path) -> None:
+    """Right after start a node knows nobody: claiming then would rank only itself and take
+    every queued task (a restarted soak worker re-ran 1,682 tasks that way). It waits for its
+    first peer's heads *and* heartbeat, or for the startup wait with nobody around."""
+    now = [100.0]
+    known: set[str] = set()
+    hub, dag = MemoryHub(), CountingDAG({})
+    old = Peer(tmp_path, "old", hub, dag)
+    old.submit(1)
+    new = Peer(tmp_path, "new", hub, dag, rep={"now": lambda: now[0], "startup_wait_s": 4.0,
+                                               "known_peer": lambda p: p in known})
+    alone = Peer(tmp_path, "alone", MemoryHub(), CountingDAG({}), rep={"now": lambda: now[0], "startup_wait_s": 4.0})
+    async with trio.open_nursery() as nursery:
+        for p in (old, new, alone):
+            await nursery.start(p.rep.run)
+        assert not new.rep.caught_up() and not alone.rep.caught_up()
+        now[0] += 4.5
+        assert alone.rep.caught_up()  # nobody came: it works alone
+        now[0] -= 4.5
+        new.rep.peer_connected(old.id)
+        await settle([old, new])
+        assert not new.rep.caught_up(), "heads held, but no heartbeat heard: its liveness view is incomplete"
+        known.add(old.id)
+        assert new.rep.caught_up()
         nursery.cancel_scope.cancel()
