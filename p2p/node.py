@@ -89,6 +89,8 @@ class Node:
 
     def caught_up(self) -> bool:
         """Whether this peer may claim: not while catching up with its peers' history."""
+        if self.liveness is not None:
+            self.liveness.check_pause()  # a decision right after a pause must already see it
         return self.replicator is None or self.replicator.caught_up()
 
     # ------------------------------------------------------------------ life

@@ -52,3 +52,21 @@ async def node(node_config: Any) -> AsyncIterator[Any]:
 
     async with Node.open(node_config) as n:
         yield n
+
+
+@pytest.fixture
+def cluster_env() -> dict[str, str]:
+    """Extra environment for every node of ``cluster``; a test module overrides it."""
+    return {}
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, shared_cache_dir: Path, cluster_env: dict[str, str]) -> AsyncIterator[Any]:
+    """Real ``p2p start`` processes on loopback (tests.cluster), all stopped at the end."""
+    from tests.cluster import Cluster
+
+    c = Cluster(tmp_path, shared_cache_dir, env_extra=cluster_env)
+    try:
+        yield c
+    finally:
+        c.stop_all()

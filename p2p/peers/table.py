@@ -134,6 +134,7 @@ class PeerTable:
         if rec is not None:
             now, _ = self._clock()
             rec.last_seen = max(rec.last_seen, now)
+            self._alive.add(peer_id)  # so its next silence is reported again
 
     def set_rtt(self, peer_id: str, rtt_ms: float) -> None:
         rec = self._peers.get(peer_id)

@@ -44,6 +44,7 @@ peer_log = PeerLogLimiter(log)  # bad input: once per peer per minute, with a co
 MAX_HEADS = 1024  # the wire's cap; more concurrent heads than that collapse at our next append
 GATE_TIMEOUT_S = 60.0  # longest claims wait for one peer's catch-up
 STARTUP = ""  # the gate of a node that has just started and heard of no peer yet
+RESUME = "\x00resume"  # the gate of a node that has just noticed a pause of its own
 
 
 @dataclass
@@ -99,6 +100,8 @@ class Replicator:
         self._now = now
         self._syncing: dict[str, set[bytes]] = {}  # peer -> heads it announced that we lack
         self._gates: dict[str, _Gate] = {}  # peer -> heads to reach before claiming
+        self._ready = True  # cached: the policy asks once per task, so it must cost nothing
+        self._fetching: set[str] = set()  # peers a result fetch is running for
         self._missing_results: dict[bytes, _Missing] = {}
         self._results_full_logged = False
         self._nursery: trio.Nursery | None = None
@@ -115,7 +118,7 @@ class Replicator:
             # itself and take every queued task. It waits for its first peer (whose gate then
             # takes over) or for startup_wait_s with nobody around.
             now = self._now()
-            self._gates[STARTUP] = _Gate(set(), now, now + self._startup_wait_s)
+            self._gate(STARTUP, _Gate(set(), now, now + self._startup_wait_s))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._watch_gates)
@@ -127,8 +130,15 @@ class Replicator:
             task_status.started()
 
     def caught_up(self) -> bool:
-        """False while a catch-up that must finish before this peer claims is under way."""
+        """False while a catch-up that must finish before this peer claims is under way. O(1):
+        the answer is recomputed by ``refresh_ready`` (after merges, gate changes, and every
+        0.1 s), not per call."""
+        return self._ready
+
+    def refresh_ready(self) -> bool:
+        """Re-evaluate the gates; returns (and caches) whether claims may go ahead."""
         if not self._gates:
+            self._ready = True
             return True
         now = self._now()
         for peer, gate in list(self._gates.items()):
@@ -141,13 +151,18 @@ class Replicator:
                 log.warning("catch-up with a peer did not finish in time; claiming again", peer=peer,
                             missing_heads=len(gate.heads or ()))
                 del self._gates[peer]
-        return not self._gates
+        self._ready = not self._gates
+        return self._ready
+
+    def _gate(self, key: str, gate: _Gate) -> None:
+        self._gates[key] = gate
+        self._ready = False
 
     async def _watch_gates(self) -> None:
         """Tell the scheduler the moment claims may resume (gates also end with time)."""
         while True:
             await trio.sleep(0.1)
-            if self._gates and self.caught_up():
+            if self._gates and self.refresh_ready():
                 self._on_ready()
 
     def peer_connected(self, peer: str) -> None:
@@ -156,39 +171,51 @@ class Replicator:
         if self._nursery is not None:
             self._gates.pop(STARTUP, None)  # a first peer: its own gate takes over
             now = self._now()
-            self._gates.setdefault(peer, _Gate(None, now, now + self._hear_wait_s))  # claims wait from now on
+            if peer not in self._gates:
+                self._gate(peer, _Gate(None, now, now + self._hear_wait_s))  # claims wait from now on
             self._nursery.start_soon(self._gate_on, peer)
 
     def resumed(self) -> None:
         """This process was paused: what it knows may be stale, so catch up with every connected
-        peer before claiming again."""
+        peer before claiming again — and, since peers that saw us silent may have closed our
+        connections, wait at least for a round of heartbeats (and the redials they bring)."""
+        now = self._now()
+        self._gate(RESUME, _Gate(set(), now, now + self._hear_wait_s))
         for peer in self._connected():
             self.peer_connected(peer)
 
     async def _gate_on(self, peer: str) -> None:
         now = self._now()
-        gate = self._gates.setdefault(peer, _Gate(None, now, now + self._hear_wait_s))
+        gate = self._gates.get(peer)
+        if gate is None:
+            gate = _Gate(None, now, now + self._hear_wait_s)
+            self._gate(peer, gate)
+        heads: list[bytes] = []
         try:
-            heads = await self.dag.get_heads(peer)
-        except Exception as exc:  # noqa: BLE001 - unreachable or broken peer: don't wait for it
+            with trio.fail_after(self._hear_wait_s):  # a peer that won't say its heads gets no veto
+                heads = await self.dag.get_heads(peer)
+        except (Exception, trio.TooSlowError) as exc:  # noqa: BLE001 - unreachable or broken peer
+            log.debug("heads request failed", peer=peer, error=str(exc))
+            gate.heads = set()
+            self.refresh_ready()
             log.debug("heads request failed", peer=peer, error=str(exc))
             self._release_gate(peer)
             return
+            return
         missing = {h for h in heads[:MAX_HEADS] if not self._has(h)}
         gate.heads = (gate.heads or set()) | missing
-        self._gates[peer] = gate
         if missing:
             self.want(peer, list(missing))
-        else:
-            self._release_gate(peer)
+        elif self.refresh_ready():
+            self._on_ready()
 
     def _release_gate(self, peer: str) -> None:
         """The sync with ``peer`` ended (reached, failed, or stopped making progress): claims no
         longer wait for its heads; its heartbeat may still be awaited (``caught_up``)."""
         gate = self._gates.get(peer)
-        if gate is not None:
+        if gate is not None and gate.heads is not None:  # heads not asked yet: _gate_on decides
             gate.heads = set()
-            if self.caught_up():
+            if self.refresh_ready():
                 self._on_ready()
 
     # ------------------------------------------------------------- announcing
@@ -234,14 +261,15 @@ class Replicator:
 
     def want(self, peer: str, heads: Iterable[bytes]) -> None:
         """``peer`` has these heads: fetch from it whatever of them we lack."""
-        missing = {h for h in heads if not self._has(h)}
+        missing = {h for h in list(heads)[:MAX_HEADS] if not self._has(h)}
         if not missing or self._nursery is None:
             return
-        pending = self._syncing.get(peer)
-        if pending is not None:  # a sync with this peer is running: it picks these up
-            pending |= missing
+        if peer in self._syncing:
+            # a sync with this peer is running: it picks these up. A peer's latest heads
+            # supersede what it announced before, so replace, never accumulate (bounded).
+            self._syncing[peer] = missing
             return
-        self._syncing[peer] = set(missing)
+        self._syncing[peer] = missing
         self._nursery.start_soon(self._sync_from, peer)
 
     def _has(self, raw: bytes) -> bool:
@@ -266,6 +294,9 @@ class Replicator:
                 want = (heads + parents)[: self.config.max_blocks_per_request]
                 if not want:
                     return
+                left = set(heads[self.config.max_blocks_per_request:])
+                if left:  # asked for next round, unless the peer announces newer heads meanwhile
+                    self._syncing[peer] = self._syncing.get(peer, set()) | left
                 try:
                     blocks = await self.dag.get_blocks(peer, want, CATCH_UP_BLOCKS if deep else 0)
                 except Exception as exc:  # noqa: BLE001
@@ -326,7 +357,7 @@ class Replicator:
                         continue
                     self.expect_result(raw, peer, now)
                     found = True
-        if found and self._nursery is not None:
+        if found and self._nursery is not None and peer not in self._fetching:
             self._nursery.start_soon(self._fetch_results, peer)
 
     def expect_result(self, raw: bytes, peer: str | None, now: float | None = None) -> None:
@@ -344,12 +375,23 @@ class Replicator:
             entry.peers.add(peer)
 
     async def _fetch_results(self, peer: str) -> None:
-        """Fetch result blocks that ``peer`` is known to have."""
-        want = [c for c, m in self._missing_results.items() if peer in m.peers]
+        """Fetch result blocks that ``peer`` is known to have (one fetch per peer at a time)."""
+        if peer in self._fetching:
+            return
+        self._fetching.add(peer)
+        try:
+            await self._fetch_results_from(peer)
+        finally:
+            self._fetching.discard(peer)
+
+    async def _fetch_results_from(self, peer: str) -> None:
         got = 0
-        for i in range(0, len(want), 256):
+        while True:
+            want = [c for c, m in self._missing_results.items() if peer in m.peers][:256]
+            if not want:
+                break
             try:
-                blocks = await self.dag.get_blocks(peer, want[i:i + 256])
+                blocks = await self.dag.get_blocks(peer, want)
             except Exception as exc:  # noqa: BLE001 - retried by _retry_results from any peer
                 log.info("result fetch failed", peer=peer, error=str(exc))
                 break
@@ -362,6 +404,10 @@ class Replicator:
                     got += 1
                 except Exception as exc:  # noqa: BLE001
                     peer_log.warning(peer, "result block rejected", error=str(exc))
+            for raw in want:  # still missing: it did not serve it (or served it wrong); ask others
+                entry = self._missing_results.get(raw)
+                if entry is not None:
+                    entry.peers.discard(peer)
         if got:
             self._on_results()
 

@@ -24,6 +24,7 @@ import trio
 from p2p.clock import Event, MerkleClock, codec
 from p2p.config import SchedulerConfig
 from p2p.errors import NodeError
+from p2p.net.ratelog import PeerLogLimiter
 from p2p.peers.caps import PeerCaps
 from p2p.scheduler.heap import FibonacciHeap
 from p2p.scheduler.ops import TaskSpec, WorkflowTag, new_workflow_id
@@ -34,6 +35,7 @@ from p2p.scheduler.state import State, TaskState, apply_event
 log = structlog.get_logger("p2p.scheduler")
 
 DECIDE_CHUNK = 1000  # tasks decided between two checkpoints of the event loop
+op_log = PeerLogLimiter(log)  # a peer's bad ops: once per author per minute, with a count
 
 
 class PeerView(Protocol):
@@ -144,13 +146,13 @@ class Scheduler:
         touched = apply_event(self.state, bytes(ev.cid), ev.author, ev.height, ev.ops,
                               parents=[bytes(p) for p in ev.parents], seq=ev.seq)
         for rej in self.state.last_rejected:
-            log.warning("op rejected", author=rej.author, op=rej.op, reason=rej.reason, event_cid=str(ev.cid))
+            op_log.warning(rej.author, "op rejected", op=rej.op, reason=rej.reason, event_cid=str(ev.cid))
         for op in ev.ops:
             if isinstance(op, dict) and op.get("op") in ("task.done", "task.fail") and not op.get("expired"):
                 task = self.state.tasks.get(op.get("task_id"))  # type: ignore[arg-type]
                 if task is not None and not task.holds_claim(ev.author, op.get("attempt", 0)):
-                    log.warning("op ignored: its author holds no claim on that attempt", author=ev.author,
-                                op=op["op"], task_id=task.task_id, attempt=op.get("attempt"), event_cid=str(ev.cid))
+                    op_log.warning(ev.author, "op ignored: its author holds no claim on that attempt",
+                                   op=op["op"], task_id=task.task_id, attempt=op.get("attempt"), event_cid=str(ev.cid))
         for key in touched:
             if key.startswith("wf:"):
                 self._requeue_workflow(key[3:])

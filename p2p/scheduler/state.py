@@ -226,11 +226,15 @@ class TaskState:
             (only,) = claims.values()
             return None if self._late_claim(only, k) else only
         best: Claim | None = None
+        prev: list[Claim | None] = []  # owner(k - 1), computed at most once: linear, not A ** k
         for c in claims.values():
             if self._late_claim(c, k):
                 continue
-            if c.continues and self._continuation(c, k):
-                return c  # at most one peer owns attempt k - 1; an author's earliest claim counts
+            if c.continues and k >= 2 and (k - 1, c.peer) in self.started:
+                if not prev:
+                    prev.append(self.owner(k - 1))
+                if prev[0] is not None and prev[0].peer == c.peer:
+                    return c  # at most one peer owns attempt k - 1; an author's earliest claim counts
             if best is None or claim_beats(self.task_id, (c.peer, c.capacity), (best.peer, best.capacity)):
                 best = c
         return best

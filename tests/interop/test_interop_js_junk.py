@@ -33,13 +33,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path, shared_cache_dir: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, shared_cache_dir)
-    try:
-        yield c
-    finally:
-        c.stop_all()
 
 
 async def test_js_libp2p_junk_on_every_protocol_leaves_the_node_serving(cluster: Cluster) -> None:

@@ -11,7 +11,6 @@ peer's pubsub faults once, not once per frame.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -22,13 +21,6 @@ from tests.cluster import Cluster, call, wait_peers
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path, shared_cache_dir: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, shared_cache_dir)
-    try:
-        yield c
-    finally:
-        c.stop_all()
 
 
 async def test_junk_on_every_protocol_and_layer_leaves_the_node_serving(cluster: Cluster) -> None:

@@ -6,8 +6,7 @@ peers actually end up holding the same set and render it the same way."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -21,13 +20,6 @@ def _tasks(n: int, tag: str) -> list[dict[str, Any]]:
     return [{"model": DEFAULT_MODEL, "input": f"{tag} agreement sentence {i}."} for i in range(n)]
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path, shared_cache_dir: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, shared_cache_dir)
-    try:
-        yield c
-    finally:
-        c.stop_all()
 
 
 async def test_every_peer_reports_every_field_alike(cluster: Cluster) -> None:

@@ -10,7 +10,6 @@ workflow during the catch-up, so a stall on the server would show up as a false 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
@@ -27,12 +26,8 @@ LEASE_S = 3.0
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, shared_cache_dir: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, shared_cache_dir, env_extra={"IPFS_ACCELERATE_SCHEDULER__LEASE_S": str(LEASE_S)})
-    try:
-        yield c
-    finally:
-        c.stop_all()
+def cluster_env() -> dict[str, str]:
+    return {"IPFS_ACCELERATE_SCHEDULER__LEASE_S": str(LEASE_S)}
 
 
 async def _events(peer) -> int:  # type: ignore[no-untyped-def]

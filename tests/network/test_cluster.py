@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import trio
@@ -19,13 +19,6 @@ def _tasks(n: int, tag: str = "") -> list[dict[str, Any]]:
     return [{"model": DEFAULT_MODEL, "input": f"{tag}Distributed sentence {i} about a cat on a mat."} for i in range(n)]
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path, shared_cache_dir: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, shared_cache_dir)
-    try:
-        yield c
-    finally:
-        c.stop_all()
 
 
 async def _same_view(a: Peer, b: Peer, wid: str, timeout: float = 30) -> None:

@@ -9,7 +9,6 @@ from the nodes' logs."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
@@ -25,13 +24,6 @@ TASKS = 10_000
 CALLS = 60
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path, shared_cache_dir: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, shared_cache_dir)
-    try:
-        yield c
-    finally:
-        c.stop_all()
 
 
 async def test_priority_changes_under_load_cause_no_retries(cluster: Cluster) -> None:

@@ -9,7 +9,6 @@ read once every peer holds the same events."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
@@ -20,13 +19,6 @@ from tests.conftest import DEFAULT_MODEL
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path, shared_cache_dir: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, shared_cache_dir)
-    try:
-        yield c
-    finally:
-        c.stop_all()
 
 
 async def test_a_joiner_reruns_nothing_that_finished(cluster: Cluster) -> None:

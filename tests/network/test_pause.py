@@ -10,8 +10,7 @@ issue's goal: the tasks run again are at most the tasks the paused worker held w
 from __future__ import annotations
 
 import signal
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import trio
@@ -28,12 +27,8 @@ FILLER = " ".join(["the quick brown fox jumps over the lazy dog"] * 6)
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, shared_cache_dir: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, shared_cache_dir, env_extra={"IPFS_ACCELERATE_SCHEDULER__LEASE_S": str(LEASE_S)})
-    try:
-        yield c
-    finally:
-        c.stop_all()
+def cluster_env() -> dict[str, str]:
+    return {"IPFS_ACCELERATE_SCHEDULER__LEASE_S": str(LEASE_S)}
 
 
 def _held(ops: list[tuple[str, dict[str, Any]]], wid: str, peer_id: str) -> set[str]:

@@ -7,8 +7,7 @@ its RSS after the first (memory does not grow with work already done)."""
 from __future__ import annotations
 
 import signal
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -20,13 +19,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 PER_WORKFLOW = 500
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path, shared_cache_dir: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, shared_cache_dir)
-    try:
-        yield c
-    finally:
-        c.stop_all()
 
 
 def _tasks(tag: str) -> list[dict[str, Any]]:

@@ -159,11 +159,40 @@ async def test_a_node_that_just_started_waits_for_its_first_peer_and_its_heartbe
             await nursery.start(p.rep.run)
         assert not new.rep.caught_up() and not alone.rep.caught_up()
         now[0] += 4.5
-        assert alone.rep.caught_up()  # nobody came: it works alone
+        assert alone.rep.refresh_ready()  # nobody came: it works alone
         now[0] -= 4.5
         new.rep.peer_connected(old.id)
         await settle([old, new])
-        assert not new.rep.caught_up(), "heads held, but no heartbeat heard: its liveness view is incomplete"
+        assert not new.rep.refresh_ready(), "heads held, but no heartbeat heard: its liveness view is incomplete"
         known.add(old.id)
-        assert new.rep.caught_up()
+        assert new.rep.refresh_ready() and new.rep.caught_up()
+        nursery.cancel_scope.cancel()
+
+
+class StalledDAG(CountingDAG):
+    """A peer that never answers block requests (a hostile or hung peer)."""
+
+    async def get_blocks(self, peer: str, cids: list[bytes], ancestors: int = 0) -> list[tuple[bytes, bytes]]:
+        self.requests.append((peer, len(cids), ancestors))
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_heads_announced_during_a_stalled_sync_are_bounded(tmp_path: Path) -> None:
+    """A peer that stalls its reply and keeps announcing fresh random heads cannot grow what we
+    hold for it: its latest heads replace the earlier ones, at most MAX_HEADS of them."""
+    import os
+
+    from p2p.clock.cids import block_cid, cid_raw
+    from p2p.replication.replicator import MAX_HEADS
+
+    hub, dag = MemoryHub(), StalledDAG({})
+    a = Peer(tmp_path, "a", hub, dag)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.rep.run)
+        for _ in range(20):
+            a.rep.want("mallory", [cid_raw(block_cid(os.urandom(16))) for _ in range(MAX_HEADS + 100)])
+            await trio.sleep(0)
+        assert len(dag.requests) == 1  # one sync in flight, stalled
+        assert len(a.rep._syncing["mallory"]) <= MAX_HEADS
         nursery.cancel_scope.cancel()

@@ -1,0 +1,42 @@
+"""What a fold may cost, counted in work rather than seconds: a hostile peer must not be able
+to make one ``owner()`` call explode. 40 authors claim every attempt of one task with
+``continues: true`` and a start on every attempt; resolving the owner must look at each earlier
+attempt's owner once, not once per claimant per level (that was A ** max_attempts calls)."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+from p2p.scheduler.state import TaskState
+
+from test_fold_agreement import Dag, fold  # noqa: E402  (same folder)
+from test_fold_rules import T0, W, _submit  # noqa: E402
+
+
+def test_resolving_an_owner_among_many_continuation_claims_is_linear() -> None:
+    dag = Dag()
+    root = dag.add("A", [_submit()], [])
+    authors = [f"P{i:02d}" for i in range(40)]
+    prev = [root.idx]
+    for attempt in (1, 2, 3):
+        layer = []
+        for who in authors:
+            ops = [{"op": "task.claim", "task_id": T0, "attempt": attempt, "capacity": 1.0, "continues": True},
+                   {"op": "task.start", "task_id": T0, "attempt": attempt}]
+            layer.append(dag.add(who, ops, prev).idx)
+        prev = layer
+    state = fold(dag, dag.events, max_attempts=3)
+    task = state.tasks[T0]
+    calls = 0
+    real = TaskState.owner
+
+    def counting(self: TaskState, attempt: int | None = None) -> object:
+        nonlocal calls
+        calls += 1
+        return real(self, attempt)
+
+    with mock.patch.object(TaskState, "owner", counting):
+        owner = task.owner()
+    assert owner is not None and owner.peer in authors
+    assert calls <= 1 + 3, f"owner() ran {calls} times to resolve one task's owner"
+    assert state.workflows[W].task_ids == [T0]
