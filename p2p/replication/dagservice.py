@@ -10,21 +10,18 @@ frame, one CBOR reply frame; p2p.protocols.wire). :class:`LocalDAGService` calls
 :class:`BlockServer` objects directly, so replication is tested without processes.
 
 Serving a catch-up reads thousands of blocks; the server does it through the clock's
-``collect_blocks`` when it has one (a worker thread on a read connection), so a peer that
-catches up never stalls the serving node's heartbeats.
+``collect_blocks`` (a worker thread on a read connection), so a peer that catches up never
+stalls the serving node's heartbeats.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
 
 from p2p.net.ratelog import PeerLogLimiter
-from p2p.clock.cids import cid_from_bytes, cid_raw
-from p2p.clock.event import event_parents
 from p2p.protocols.wire import (
     BLOCKS_PROTOCOL,
     BlocksReply,
@@ -105,39 +102,8 @@ class BlockServer:
             return HeadsReply(heads=self._heads(), events=len(self._clock))
         cids = req.cids[: self._max_blocks]
         limit = self._max_blocks + min(req.ancestors, CATCH_UP_BLOCKS)
-        collect = getattr(self._clock, "collect_blocks", None)
-        if collect is not None:
-            blocks = await collect(cids, min(req.ancestors, CATCH_UP_BLOCKS), limit, self._budget)
-        else:
-            blocks = collect_blocks_sync(self._clock, cids, req.ancestors > 0, limit, self._budget)
+        blocks = await self._clock.collect_blocks(cids, min(req.ancestors, CATCH_UP_BLOCKS), limit, self._budget)
         return BlocksReply(blocks=blocks)
-
-
-def collect_blocks_sync(clock: Any, cids: list[bytes], walk: bool, limit: int, budget: int) -> list[Block]:
-    """Breadth-first from ``cids`` through event parents, within ``limit`` blocks and ``budget``
-    bytes (the clock's own ``collect_blocks`` does this off the event loop)."""
-    out: list[Block] = []
-    seen: set[bytes] = set()
-    queue = deque(cids)
-    while queue and len(out) < limit:
-        raw = queue.popleft()
-        if raw in seen:
-            continue
-        seen.add(raw)
-        try:
-            cid = cid_from_bytes(raw)
-        except Exception:  # noqa: BLE001 - not a CID
-            continue
-        data = clock.get_block(cid)
-        if data is None:
-            continue
-        if budget - len(data) - 64 < 0:
-            break
-        budget -= len(data) + 64
-        out.append((raw, data))
-        if walk and clock.has_event(cid):
-            queue.extend(cid_raw(p) for p in event_parents(data))
-    return out
 
 
 class LocalDAGService:

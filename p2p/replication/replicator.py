@@ -330,8 +330,7 @@ class Replicator:
                 pairs.append((cid_from_bytes(raw_cid), data))
             except Exception:  # noqa: BLE001 - not a CID: nothing to verify it against
                 peer_log.warning(peer, "block with a malformed CID skipped")
-        merge_async = getattr(self.clock, "add_blocks_async", None)
-        result = await merge_async(pairs) if merge_async is not None else self.clock.add_blocks(pairs)
+        result = await self.clock.add_blocks_async(pairs)
         if result.rejected:
             cid, reason = result.rejected[0]
             peer_log.warning(peer, "blocks rejected", first=str(cid), reason=reason, rejected=len(result.rejected))
