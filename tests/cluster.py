@@ -318,3 +318,9 @@ async def wait_known(peer: Peer, wids: list[str], timeout: float = 60) -> None:
         return set(wids) <= {w["workflow_id"] for w in listed["workflows"]}
 
     await eventually(known, timeout, f"{peer.name} to know {len(wids)} workflows")
+
+
+async def wait_all_peers(peers: list[Peer], timeout: float = 60) -> None:
+    """Return once every peer sees every other one."""
+    for p in peers:
+        await wait_peers(p, [o for o in peers if o is not p], timeout)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import Cluster, call, eventually, settled, wait_done, wait_peers
+from tests.cluster import Cluster, call, eventually, settled, wait_done, wait_all_peers
 from tests.conftest import DEFAULT_MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -28,8 +28,7 @@ async def test_every_peer_reports_every_field_alike(cluster: Cluster) -> None:
     n2 = cluster.start("n2", bootstrap=[n1], env={"IPFS_ACCELERATE_SCHEDULER__INLINE_RESULT_BYTES": "0"})
     n3 = cluster.start("n3", bootstrap=[n1])
     peers = [n1, n2, n3]
-    for p in peers:
-        await wait_peers(p, [o for o in peers if o is not p])
+    await wait_all_peers(peers)
 
     a = (await call(n1, "submit_workflow", name="a", tasks=_tasks(150, "a"), tag="p2p-eligible"))["workflow_id"]
     b = (await call(n2, "submit_workflow", name="b", tasks=_tasks(120, "b"), tag="p2p-only", priority=7))["workflow_id"]

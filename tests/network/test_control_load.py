@@ -15,7 +15,7 @@ import pytest
 import trio
 from mcp import Client
 
-from tests.cluster import Cluster, call, clock_ops, eventually, run_counts, wait_done, wait_peers
+from tests.cluster import Cluster, call, clock_ops, eventually, run_counts, wait_done, wait_all_peers
 from tests.conftest import DEFAULT_MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -32,8 +32,7 @@ async def test_priority_changes_under_load_cause_no_retries(cluster: Cluster) ->
     n2 = cluster.start("n2", bootstrap=[n1])
     n3 = cluster.start("n3", bootstrap=[n1])
     peers = [n1, n2, n3]
-    for p in peers:
-        await wait_peers(p, [o for o in peers if o is not p])
+    await wait_all_peers(peers)
     tasks = [{"model": DEFAULT_MODEL, "input": f"load {i}"} for i in range(TASKS)]
     t0 = trio.current_time()
     wid = (await call(n1, "submit_workflow", name="load", tasks=tasks))["workflow_id"]

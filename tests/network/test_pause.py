@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.cluster import Cluster, call, clock_ops, eventually, run_counts, settled, wait_done, wait_peers
+from tests.cluster import Cluster, call, clock_ops, eventually, run_counts, settled, wait_done, wait_all_peers
 from tests.conftest import DEFAULT_MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -51,8 +51,7 @@ async def test_a_paused_worker_causes_no_reclaim_wave(cluster: Cluster) -> None:
     n2 = cluster.start("n2", bootstrap=[n1])
     n3 = cluster.start("n3", bootstrap=[n1])
     peers = [n1, n2, n3]
-    for p in peers:
-        await wait_peers(p, [o for o in peers if o is not p])
+    await wait_all_peers(peers)
     tasks = [{"model": DEFAULT_MODEL, "input": f"pause {i}: {FILLER}"} for i in range(TASKS)]
     wid = (await call(n1, "submit_workflow", name="pause", tasks=tasks))["workflow_id"]
 

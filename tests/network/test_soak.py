@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import Cluster, Peer, call, clock_ops, eventually, rss_kib, run_counts, wait_done, wait_known, wait_peers
+from tests.cluster import Cluster, Peer, call, clock_ops, eventually, rss_kib, run_counts, wait_all_peers, wait_done, wait_known, wait_peers
 from tests.conftest import DEFAULT_MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -41,8 +41,7 @@ async def test_soak_with_two_kill_9_restarts(cluster: Cluster) -> None:
     n3 = cluster.start("n3", bootstrap=[n1])
     n4 = cluster.start("n4", bootstrap=[n1, n2])
     peers = [n1, n2, n3, n4]
-    for p in peers:
-        await wait_peers(p, [o for o in peers if o is not p])
+    await wait_all_peers(peers)
 
     wave1 = await _submit_wave([n1, n2, n3], 1)
     await wait_known(n1, wave1)

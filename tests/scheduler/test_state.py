@@ -14,6 +14,8 @@ from p2p.scheduler.assignment import claim_beats
 from p2p.scheduler.ops import submitter_prefix
 from p2p.scheduler.state import State, TaskStatus, WorkflowStatus, apply_event
 
+from test_fold_agreement import causal_orders  # noqa: E402  (same folder; works on this Dag too)
+
 PEERS = ["peerA", "peerB", "peerC"]
 W1 = submitter_prefix("peerA") + "1" * 16  # workflow ids are bound to their submitter
 W = submitter_prefix("A") + "2" * 16
@@ -58,28 +60,6 @@ def fold(order: list[Ev], max_attempts: int = 3, dag: Dag | None = None) -> Stat
         apply_event(state, ev.cid, ev.author, ev.height, ev.ops,
                     parents=[by_idx[p].cid for p in ev.parents], seq=ev.seq)
     return state
-
-
-def causal_orders(dag: Dag, rng: random.Random, n: int) -> list[list[Ev]]:
-    """n random linear extensions of the DAG (parents always before children)."""
-    out = []
-    for _ in range(n):
-        children: dict[int, list[int]] = {e.idx: [] for e in dag.events}
-        indeg = {e.idx: len(e.parents) for e in dag.events}
-        for e in dag.events:
-            for p in e.parents:
-                children[p].append(e.idx)
-        ready = [i for i, d in indeg.items() if d == 0]
-        order = []
-        while ready:
-            i = ready.pop(rng.randrange(len(ready)))
-            order.append(dag.events[i])
-            for c in children[i]:
-                indeg[c] -= 1
-                if indeg[c] == 0:
-                    ready.append(c)
-        out.append(order)
-    return out
 
 
 op_kinds = st.sampled_from(["claim", "start", "done", "fail", "cancel", "reprio", "forged_done", "garbage", "expire"])
