@@ -52,7 +52,8 @@ class NetworkConfig(BaseModel):
     bootstrap: list[str] = Field(default_factory=list)
     mdns: bool = True
     quic: bool = False
-    psk_file: str = ""
+    psk_file: str = Field("", description="swarm key file; empty means <data_dir>/swarm.key, created on first start")
+    open: bool = Field(False, description="run without a network key: anyone who can reach this node may join")
     allow_peers: list[str] = Field(default_factory=list)
     heartbeat_s: float = Field(2.0, gt=0)
     announce_debounce_ms: float = Field(2.0, ge=0)

@@ -79,6 +79,15 @@ class Identity:
         return cls._load(path)
 
     @classmethod
+    def load_existing(cls, data_dir: Path) -> Identity | None:
+        """The identity in ``data_dir``, or None when it has none yet (nothing is created: a
+        command that only reads a data dir, such as ``p2p invite``, must not mint a peer)."""
+        path = Path(data_dir).expanduser() / KEY_FILE_NAME
+        if not path.exists():
+            return None
+        return cls._load(path)
+
+    @classmethod
     def _load(cls, path: Path) -> Identity:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:

@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
@@ -124,11 +125,99 @@ def named_node_data_dir(base: str | Path, node_id: str) -> Path:
 
 def load_node_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:
     """``load_settings`` for a node started by name: a ``node_id`` flag without a ``data_dir`` flag
-    puts the node in ``named_node_data_dir(<data_dir setting>, node_id)``, as ``p2p start`` does."""
+    puts the node in ``named_node_data_dir(<data_dir setting>, node_id)``, as ``p2p start`` does.
+    The network key is resolved as on the command line (:func:`apply_network_key`)."""
     settings = load_settings(config_file, **flags)
     if flags.get("data_dir") is None and flags.get("node_id"):
         settings = settings.model_copy(update={"data_dir": str(named_node_data_dir(settings.data_path, flags["node_id"]))})
-    return settings
+    return apply_network_key(settings)
+
+
+# --- the network key: private by default ---------------------------------------------------------
+
+NETWORK_KEY_FILE = "swarm.key"
+
+
+def network_key_path(settings: Settings) -> Path:
+    """The key file this node runs with: ``network.psk_file`` when set, else the data dir's own."""
+    net = settings.network
+    return Path(net.psk_file).expanduser() if net.psk_file else settings.data_path / NETWORK_KEY_FILE
+
+
+def apply_network_key(settings: Settings, invite: Any = None) -> Settings:
+    """Decide which swarm key the node starts with; return settings whose ``network.psk_file``
+    names it (and whose bootstrap list holds the invite's addresses).
+
+    Why here, before the node starts, and not in the node: the node only loads the file it is
+    given; every entry point that starts one (``p2p start``, ``mcp serve``, the seed's
+    ``P2PWorkflowScheduler``) comes through here, so "private by default" holds for all of them,
+    and every refusal happens before anything is written.
+
+    - ``network.enabled`` false: nothing to protect, nothing created (an invite is an error).
+    - ``network.open``: no key (with ``psk_file`` or an invite it is an error: they contradict).
+    - ``network.psk_file`` set: that file wins; it must parse, and an invite must carry the same
+      key (a different one is an error: which of the two networks was meant is not ours to guess).
+    - otherwise ``<data_dir>/swarm.key``: created (random, 0600) on the first start; an invite
+      writes its key there, moving a different old key aside to ``swarm.key.old-<time>``.
+    ``invite`` is a :class:`p2p.net.psk.Invite`; its network name must match ``network.network``.
+    """
+    from p2p.net.errors import PskError
+    from p2p.net.psk import key_fingerprint, load_or_create_swarm_key, load_swarm_key, reachable_first, store_swarm_key
+
+    net = settings.network
+    if invite is not None:
+        if net.open:
+            raise SettingsError("--join and --open contradict each other: an invite joins a private network; "
+                                "drop one of them (nothing was changed)")
+        if not net.enabled:
+            raise SettingsError("--join needs the network on (drop --no-network / network.enabled = false)")
+        if invite.network != net.network:
+            raise SettingsError(f"the invite is for network {invite.network!r} but this node is set to network "
+                                f"{net.network!r}: set network.network (IPFS_ACCELERATE_NETWORK__NETWORK="
+                                f"{invite.network}) to join it")
+    if not net.enabled:
+        return settings
+    if net.open:
+        if net.psk_file:
+            raise SettingsError("network.open contradicts network.psk_file (--open with --psk-file): "
+                                "an open network has no key; drop one of them")
+        return settings
+    log = structlog.get_logger("p2p.settings")
+    if net.psk_file:
+        try:
+            key = load_swarm_key(net.psk_file)
+        except PskError as exc:
+            raise SettingsError(str(exc)) from None
+        if invite is not None and invite.key != key:
+            raise SettingsError(f"the invite's network key ({invite.fingerprint}) differs from the key in "
+                                f"{net.psk_file} ({key_fingerprint(key)}): drop --psk-file to join with the "
+                                "invite's key, or drop --join to keep yours (nothing was changed)")
+        path = Path(net.psk_file).expanduser()
+    else:
+        path = settings.data_path / NETWORK_KEY_FILE
+        try:
+            if invite is not None:
+                if path.exists():
+                    load_swarm_key(path)  # a corrupt key file is reported, not overwritten
+                replaced = store_swarm_key(path, invite.key)
+                if replaced is not None:
+                    log.warning("network key replaced by the invite's; the old one is kept",
+                                path=str(path), old_key=str(replaced), fingerprint=invite.fingerprint)
+                key = invite.key
+            else:
+                key, created = load_or_create_swarm_key(path)
+                if created:
+                    log.info("network key created: this node runs a private network; "
+                             "`ipfs-accelerate p2p invite` prints a line that lets another peer join",
+                             path=str(path), fingerprint=key_fingerprint(key))
+        except PskError as exc:
+            raise SettingsError(str(exc)) from None
+        except OSError as exc:
+            raise SettingsError(f"cannot write the network key {path}: {exc}") from None
+    update: dict[str, Any] = {"psk_file": str(path)}
+    if invite is not None:
+        update["bootstrap"] = list(dict.fromkeys([*net.bootstrap, *reachable_first(invite.addrs)[:1]]))
+    return settings.model_copy(update={"network": net.model_copy(update=update)})
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

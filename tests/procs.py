@@ -21,7 +21,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_SHARED_KEY: Path | None = None
+
+
+def shared_swarm_key() -> Path:
+    """One random swarm key for every node this test process starts (made once, removed at exit).
+
+    Why: a node is private by default and creates its own key in its data dir, so nodes of one
+    test started from separate data dirs would each make a different key and never connect. The
+    harness gives them all this one (``network.psk_file`` through the environment), so the suite
+    runs the private path; tests of the default key and of invites set the variable to "" to get
+    the data dir's own key back."""
+    global _SHARED_KEY
+    if _SHARED_KEY is None or not _SHARED_KEY.exists():
+        import atexit
+        import shutil
+        import tempfile
+
+        from p2p.net.psk import generate_swarm_key
+
+        d = Path(tempfile.mkdtemp(prefix="ia-test-key-"))
+        atexit.register(shutil.rmtree, d, True)
+        generate_swarm_key(d / "swarm.key")
+        _SHARED_KEY = d / "swarm.key"
+    return _SHARED_KEY
+
+
 def cli_env(cache_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a CLI process under test: offline, the shared ONNX cache, and the
+    shared network key (see :func:`shared_swarm_key`); ``extra`` wins over all of it."""
     env = dict(os.environ)
     env.update(
         HF_HUB_OFFLINE="1",
@@ -29,6 +57,7 @@ def cli_env(cache_dir: Path, **extra: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         IPFS_ACCELERATE_INFERENCE__CACHE_DIR=str(cache_dir),
         IPFS_ACCELERATE_SCHEDULER__FLUSH_MS="2",
+        IPFS_ACCELERATE_NETWORK__PSK_FILE=str(shared_swarm_key()),
     )
     env.update(extra)
     return env

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from mcp_server.cli import CliError, cli_settings
-from mcp_server.commands.network_flags import node_flags, node_options
+from mcp_server.cli import CliError
+from mcp_server.commands.network_flags import network_lines, node_flags, node_options, node_settings
 
 
 @click.group("mcp")
@@ -27,7 +27,8 @@ def mcp_group() -> None:
 @click.pass_context
 def serve(ctx: click.Context, transport: str | None, host: str | None, port: int | None, **kw: Any) -> None:
     """Run this node and serve its MCP tools until stopped (SIGINT/SIGTERM, or stdin closing)."""
-    settings = cli_settings(ctx, **node_flags(kw), **{"mcp.transport": transport, "mcp.host": host, "mcp.port": port})
+    join = kw.pop("join", None)
+    settings = node_settings(ctx, node_flags(kw), join, **{"mcp.transport": transport, "mcp.host": host, "mcp.port": port})
     # stdout is the protocol under stdio; over HTTP/SSE it is free for the how-to-connect text
     run_server(settings, print_connect_help=settings.mcp.transport != "stdio")
 
@@ -74,7 +75,10 @@ def connect_help(settings: Any, node: Any, urls: list[str]) -> str:
         f"MCP ({'streamable HTTP' if urls[0].endswith('/mcp') else 'SSE'}): {urls[0]}",
     ]
     if node.listen_addrs():
-        lines += ["", "libp2p addresses (give one to another peer with --bootstrap):"] + [f"  {a}" for a in node.listen_addrs()]
+        lines += ["", "libp2p addresses:"] + [f"  {a}" for a in node.listen_addrs()]
+    net_lines = network_lines(settings, node)
+    if net_lines:
+        lines += [""] + net_lines
     lines += [
         "",
         "Claude Desktop / IDE config for a stdio server (its own data dir: one node per data dir):",
