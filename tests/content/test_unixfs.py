@@ -272,3 +272,22 @@ def test_a_file_growing_while_read_is_refused(tmp_path: Path) -> None:
         f.write(b"more")
     with pytest.raises(ContentChangedError, match="changed while"):
         list(blocks)
+
+
+def test_hashing_streams_a_large_file(tmp_path: Path) -> None:
+    """A 1 GB model must not be read into memory: Python allocations stay at a few chunks."""
+    import tracemalloc
+
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        for _ in range(40):
+            f.write(os.urandom(1 << 20))
+    tracemalloc.start()
+    try:
+        root = file_root(path)
+        leaf_bytes = sum(len(b) for c, b in iter_file_blocks(path) if c[1] == 0x55)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert root.size == leaf_bytes == 40 << 20
+    assert peak < 4 * CHUNK_SIZE, peak

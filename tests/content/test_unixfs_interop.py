@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from multiformats import CID
 
-from p2p.content.unixfs import CHUNK_SIZE, MAX_LINKS, dir_cid, file_cid
+from p2p.content.unixfs import CHUNK_SIZE, MAX_LINKS, dir_cid, file_cid, iter_blocks
 from tests.conftest import DEFAULT_MODEL
 
 INTEROP = Path(__file__).resolve().parent.parent / "interop"
@@ -44,10 +44,11 @@ SIZES = {
 }
 
 
-def reference(paths: list[Path]) -> dict[str, dict[str, object]]:
-    """CIDs from the js importer, one run for all paths."""
+def reference(paths: list[Path], blocks: bool = False) -> dict[str, dict[str, object]]:
+    """CIDs from the js importer, one run for all paths (with ``blocks``, every block's CID)."""
+    env = {**os.environ, "UNIXFS_BLOCKS": "1" if blocks else "0"}
     done = subprocess.run([str(NODE), str(SCRIPT), *map(str, paths)], cwd=INTEROP, capture_output=True,
-                          timeout=240, check=False, stdin=subprocess.DEVNULL)
+                          timeout=240, check=False, stdin=subprocess.DEVNULL, env=env)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     rows = [json.loads(line) for line in done.stdout.decode().splitlines()]
     assert [r["path"] for r in rows] == [str(p) for p in paths]
@@ -98,9 +99,11 @@ def test_file_cids_equal_the_js_importer(files: dict[str, Path]) -> None:
 
 def test_directory_cids_equal_the_js_importer(tmp_path: Path) -> None:
     top = make_tree(tmp_path)
-    ref = reference([top])[str(top)]
+    ref = reference([top], blocks=True)[str(top)]
     cid, entries = dir_cid(top)
     assert str(cid) == ref["cid"]
+    # the blocks a peer would serve are the very blocks an IPFS node would ask for
+    assert sorted({c.hex() for c, _ in iter_blocks(top)}) == ref["blocks"]
     theirs = ref["entries"]
     assert isinstance(theirs, dict)
     assert {e["path"]: e["cid"] for e in entries} == {k: v for k, v in theirs.items() if k in {e["path"] for e in entries}}
@@ -117,9 +120,10 @@ def test_default_model_directory_cid_equals_the_js_importer() -> None:
         model_dir = resolve_model(DEFAULT_MODEL).path
     except Exception as exc:  # the embedded model package is part of the install
         pytest.skip(f"default model not installed: {exc}")
-    ref = reference([model_dir])[str(model_dir)]
+    ref = reference([model_dir], blocks=True)[str(model_dir)]
     cid, entries = dir_cid(model_dir)
     assert str(cid) == ref["cid"]
+    assert sorted({c.hex() for c, _ in iter_blocks(model_dir)}) == ref["blocks"]
     for e in entries:
         assert ref["entries"][e["path"]] == e["cid"], e  # type: ignore[index]
     big = max(entries, key=lambda e: e["size"])  # type: ignore[arg-type,return-value]
