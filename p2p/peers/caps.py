@@ -13,3 +13,5 @@ class PeerCaps:
     peer_id: str
     capacity: float
     models: frozenset[str]
+    # (model name, content id of its files) for the models whose files this peer hashed
+    model_cids: tuple[tuple[str, str], ...] = ()

@@ -28,10 +28,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 
-__all__ = ["rendezvous_score", "rank_peers", "choose_owner", "claim_beats", "neg_ln_fixed"]
+__all__ = ["rendezvous_score", "rank_peers", "choose_owner", "claim_beats", "neg_ln_fixed", "judge_of"]
 
 # Fixed-point scale of L: 160 fractional bits. L ranges from ~2**-65 (h next to 1) to ~44.4, so
 # even the smallest L keeps ~95 significant bits; the distribution is the real-number one.
@@ -158,3 +158,20 @@ def claim_beats(task_id: str, a: tuple[str, float], b: tuple[str, float]) -> boo
     if left != right:
         return left > right
     return a[0] < b[0]
+
+
+def judge_of(task_id: str, attempt: int, candidates: Iterable[str]) -> str | None:
+    """The peer entitled to judge that ``attempt`` of ``task_id`` was lost (its owner silent or
+    too slow), among ``candidates``; None when there are none.
+
+    Unweighted rendezvous on ``task_id#attempt``: every candidate is judge of an equal share of
+    attempts whatever capacity it claims, and each attempt of a task has its own judge, so a
+    peer that judged wrongly once (the owner was alive and continued) is unlikely to judge the
+    same task again. The fold accepts an expiry from the judge alone (see ``state``)."""
+    key = f"{task_id}#{attempt}"
+    best: tuple[int, str] | None = None
+    for peer in candidates:
+        score = (neg_ln_fixed(key, peer), peer)  # smallest L is the top of an unweighted ranking
+        if best is None or score < best:
+            best = score
+    return None if best is None else best[1]

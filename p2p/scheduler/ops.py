@@ -76,6 +76,9 @@ class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = Field(min_length=1, max_length=512)
+    # The content id of the model's files as the submitter resolved them: only peers that
+    # advertised this very id for the model may claim the task (issue 8 item 3).
+    model_cid: str | None = Field(default=None, min_length=1, max_length=256)
     input: str = Field(max_length=MAX_INPUT_CHARS)
     task: str | None = Field(default=None, max_length=128)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -162,6 +165,26 @@ class FailOp(_Op):
         return truncate_error(v) if isinstance(v, str) else v
 
 
+MAX_ADVERTISED_MODELS = 256
+
+
+class AdvertOp(_Op):
+    """What a peer offers, written to the clock before its first claim and whenever it changes.
+
+    Why in the clock and not only in heartbeats: the fold must judge a claim from the events
+    alone. A claim counts only when its author advertised the task's model (and, when the task
+    pins one, the same model content id) *before* claiming, and its weight in the rendezvous is
+    at most the capacity it advertised then: a peer cannot win a race with a number it makes up
+    at claim time, and every peer sees what it advertised (list_peers shows it)."""
+
+    op: Literal["peer.advertise"]
+    capacity: float = Field(gt=0, le=1e6, allow_inf_nan=False)
+    models: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(max_length=MAX_ADVERTISED_MODELS)
+    # model name -> content id of its files as this peer serves them (issue 8 item 3)
+    model_cids: dict[str, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict,
+                                                                         max_length=MAX_ADVERTISED_MODELS)
+
+
 class CancelOp(_Op):
     op: Literal["workflow.cancel"]
     workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
@@ -174,7 +197,7 @@ class ReprioritizeOp(_Op):
 
 
 Op = Annotated[
-    Union[SubmitOp, ClaimOp, StartOp, DoneOp, FailOp, CancelOp, ReprioritizeOp],
+    Union[SubmitOp, ClaimOp, StartOp, DoneOp, FailOp, CancelOp, ReprioritizeOp, AdvertOp],
     Field(discriminator="op"),
 ]
 OP_ADAPTER: TypeAdapter[Any] = TypeAdapter(Op)

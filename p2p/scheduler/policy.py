@@ -6,13 +6,17 @@ scheduler's queue and executor so that it can be tested with an injected clock a
 - the top-ranked live, eligible, compatible peer (weighted rendezvous, ``assignment``) claims a
   queued task; the k-th ranked peer claims one its betters left unclaimed for ``k * lease_s``
   (a peer that advertises a model but never claims must not starve the task);
-- a claim whose owner is silent for ``lease_s`` is superseded by the next attempt's top peer; on
-  the last attempt (or with no peer left to take it) one live peer records the expiry;
+- a claim whose owner is silent for ``lease_s`` is recorded lost (an expiry) by the attempt's
+  *judge* (``TaskState.judge``: the fold counts an expiry from it alone). When the judge is not
+  alive either, or has not acted for two leases, this peer writes a *suspicion* (an expiry the
+  fold counts only once a second peer's concurs), and concurs with another peer's suspicion it
+  shares. Once the attempt is lost the task is queued again and the next attempt is claimed by
+  the usual rule; on the last attempt the expiry fails the task;
 - an owner that has been *running* a task for ``task_timeout_s`` (plus a lease of grace for its
   own timeout to land in the clock) loses the attempt the same way: the task's errors say why;
-- a peer still running a task whose attempt was superseded (it was paused, or judged silent by
-  mistake) re-asserts it with a *continuation* claim, which the fold ranks above the superseding
-  claim: the work is not done twice;
+- a peer still running a task whose attempt was recorded lost (it was paused, or judged silent
+  by mistake) re-asserts it with a *continuation* claim on the next attempt, which the fold
+  ranks above any other claim: the work is not done twice;
 - no work is taken from a submitter whose consensus settings differ from ours (nor offered to
   such a peer: the peer table leaves it out of ``live``);
 - nothing is claimed or expired while ``ready()`` is False (this peer is still catching up with
@@ -33,7 +37,7 @@ import structlog
 
 from p2p.config import SchedulerConfig
 from p2p.peers.caps import PeerCaps
-from p2p.scheduler.assignment import choose_owner, rank_peers
+from p2p.scheduler.assignment import rank_peers
 from p2p.scheduler.ops import WorkflowTag
 from p2p.scheduler.state import TERMINAL_TASK, TaskState, TaskStatus, WorkflowState
 
@@ -68,6 +72,7 @@ class Expire:
     attempt: int
     error: str
     retryable: bool
+    concur: bool = False  # this peer suspected before; now a second peer's suspicion is folded
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,7 @@ class AssignmentPolicy:
         ready: Callable[[], bool] = lambda: True,
         now: Callable[[], float] = time.monotonic,
         compatible: Callable[[str], bool] = lambda peer: True,
+        judge: Callable[[TaskState, int], tuple[str | None, bool]] = lambda task, attempt: (None, False),
     ) -> None:
         self.me = me
         self.compatible = compatible
@@ -97,17 +103,21 @@ class AssignmentPolicy:
         self.is_alive = is_alive
         self.ready = ready
         self.now = now
+        # (the attempt's judge, whether another peer's suspicion of it is folded)
+        self.judge = judge
+        self._suspect_since: dict[str, tuple[int, float]] = {}  # task -> (attempt, first suspected)
         self._unclaimed_since: dict[str, dict[int, float]] = {}  # task -> attempt -> first seen unclaimed
         self._running_since: dict[str, tuple[int, float]] = {}  # task -> (attempt, first seen running)
 
     def forget(self, tid: str) -> None:
         self._unclaimed_since.pop(tid, None)
         self._running_since.pop(tid, None)
+        self._suspect_since.pop(tid, None)
 
     def timed(self) -> set[str]:
         """Tasks whose decision may change with time alone (a fallback claim or a timeout due);
         everything else changes only with events or liveness, which re-decide it anyway."""
-        return set(self._unclaimed_since) | set(self._running_since)
+        return set(self._unclaimed_since) | set(self._running_since) | set(self._suspect_since)
 
     def decide(self, task: TaskState, wf: WorkflowState, status: TaskStatus, live: Sequence[PeerCaps],
                running_attempt: int | None = None) -> list[Decision]:
@@ -116,7 +126,11 @@ class AssignmentPolicy:
         if status in TERMINAL_TASK:
             self.forget(tid)
             return [Forget()]
+        if running_attempt is not None and self._may_continue(task, running_attempt):
+            # we are running an attempt that was recorded lost: re-assert it, whatever else
+            return [Claim(running_attempt + 1, continues=True)]
         if status not in (TaskStatus.CLAIMED, TaskStatus.RUNNING):  # queued
+            self._suspect_since.pop(tid, None)
             claim = self._maybe_claim(task, wf, live, task.attempt + 1, None)
             return [claim] if claim else []
         owner = task.owner()
@@ -124,39 +138,51 @@ class AssignmentPolicy:
         if owner.peer == self.me:
             return [Own(task.attempt)]
         out: list[Decision] = [Drop()]
-        if running_attempt is not None and running_attempt < task.attempt and self._may_continue(task, running_attempt):
-            out.append(Claim(task.attempt, continues=True))
-            return out
         if not self.ready():
             return out
         if self.is_alive(owner.peer):
             reason = self._timed_out(task, owner.peer, status)
             if reason is None:
+                self._suspect_since.pop(tid, None)
                 return out
         else:
             reason = f"owner {owner.peer} silent for over {self.config.lease_s:g} s"
-        last = task.attempt >= self.config.max_attempts
-        # the owner being superseded is not a candidate for the next attempt (dead or too slow)
-        ranking = [p for p in self.ranking(task, wf, live) if p != owner.peer]
-        if last or not ranking:
-            # The last attempt is lost, or no live peer may take the next one: one live peer
-            # (eligible or not) records the expiry, so the task fails, or goes back to queued
-            # until a peer that serves its model appears, instead of hanging.
-            if choose_owner(tid, {p.peer_id: p.capacity for p in live}) == self.me:
-                out.append(Expire(task.attempt, reason, retryable=not last))
-            return out
-        claim = self._maybe_claim(task, wf, live, task.attempt + 1, reason, ranking)
-        if claim:
-            out.append(claim)
+        expire = self._may_expire(task, reason)
+        if expire is not None:
+            out.append(expire)
         return out
 
+    def _may_expire(self, task: TaskState, reason: str) -> Expire | None:
+        """The owner is gone (or too slow): record it if we are the judge; otherwise suspect
+        when the judge is gone too or idle for two leases, and concur with a peer's suspicion."""
+        attempt = task.attempt
+        retryable = attempt < self.config.max_attempts
+        judge, others_suspect = self.judge(task, attempt)
+        if judge is None or judge == self.me:
+            return Expire(attempt, reason, retryable)
+        if others_suspect:
+            return Expire(attempt, f"{reason} (concurring: judge {judge} did not record it)", retryable, concur=True)
+        now = self.now()
+        since = self._suspect_since.get(task.task_id)
+        if since is None or since[0] != attempt:
+            since = self._suspect_since[task.task_id] = (attempt, now)
+        if not self.is_alive(judge) or now - since[1] > 2 * self.config.lease_s:
+            return Expire(attempt, f"{reason} (judge {judge} did not record it)", retryable)
+        return None
+
     def _may_continue(self, task: TaskState, attempt: int) -> bool:
-        """We run ``attempt`` and own it; a later attempt was claimed over us (we were judged
-        silent). Re-assert it, unless that later attempt's owner is us already."""
+        """We run ``attempt`` and owned it, and it was recorded lost (we were judged silent):
+        re-assert it on the next attempt, unless we own that already or it is past the last."""
+        if attempt >= self.config.max_attempts or task.attempt > attempt + 1:
+            return False
         prev = task.owner(attempt)
-        cur = task.owner()
-        return prev is not None and prev.peer == self.me and cur is not None and cur.peer != self.me \
-            and task.attempt == attempt + 1
+        if prev is None or prev.peer != self.me:
+            return False
+        lost = task.fail_for(attempt)
+        if lost is None or not lost.expired:
+            return False
+        cur = task.owner(attempt + 1)
+        return cur is None or cur.peer != self.me
 
     def _timed_out(self, task: TaskState, owner: str, status: TaskStatus) -> str | None:
         if status is not TaskStatus.RUNNING:
@@ -198,6 +224,9 @@ class AssignmentPolicy:
         eligible = {p.peer_id: p.capacity for p in live if allowed(p, task, wf)}
         failed = {peer for (a, peer), f in task.fails.items()
                   if not f.expired and task.claimed_before(peer, a, f.where)}  # fails that count
+        for (a, _), f in task.fails.items():  # owners whose attempt was recorded lost
+            if f.expired and task.counts(f) and (own := task.owner(a)) is not None:
+                failed.add(own.peer)
         if failed and any(p not in failed for p in eligible):
             eligible = {p: c for p, c in eligible.items() if p not in failed}
         return rank_peers(task.task_id, eligible)

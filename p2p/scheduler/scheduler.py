@@ -114,8 +114,9 @@ class Scheduler:
         self._finished: dict[str, int] = {}  # attempts run here whose outcome may not be folded yet
         self._queued_by_wf: dict[str, set[str]] = {}  # workflow -> its tasks in the local heap
         self.policy = AssignmentPolicy(self.me, config, peers.is_alive, ready=ready, now=now,
-                                       compatible=peers.is_compatible)
+                                       compatible=peers.is_compatible, judge=self._judge)
         self._open: set[str] = set()
+        self._advertised: tuple[Any, ...] | None = None  # what our last peer.advertise said
         self._dirty: set[str] = set()
         self._pending: list[dict[str, Any]] = []
         self._wake_decide = trio.Event()
@@ -316,6 +317,7 @@ class Scheduler:
     def decide(self, task_ids: Iterable[str]) -> None:
         """Apply the policy's decision for each task: claim, expire, queue here or drop."""
         live = self.peers.live_peers()
+        self._advertise(next((p for p in live if p.peer_id == self.me), None))
         for tid in task_ids:
             task = self.state.tasks.get(tid)
             if task is None:
@@ -341,10 +343,30 @@ class Scheduler:
                 elif isinstance(decision, Claim):
                     self._claim(task, decision, live)
                 elif isinstance(decision, Expire):
-                    if -decision.attempt not in self._claiming.get(tid, ()):
-                        self._claiming.setdefault(tid, set()).add(-decision.attempt)
+                    key = -(2 * decision.attempt + decision.concur)  # a suspicion, then perhaps a concurrence
+                    if key not in self._claiming.get(tid, ()):
+                        self._claiming.setdefault(tid, set()).add(key)
                         self._record({"op": "task.fail", "task_id": tid, "attempt": decision.attempt,
                                       "error": decision.error, "retryable": decision.retryable, "expired": True})
+
+    def _judge(self, task: TaskState, attempt: int) -> tuple[str | None, bool]:
+        """The attempt's judge in our state, and whether another peer's suspicion is folded."""
+        return task.judge(attempt), any(f.expired and a == attempt and p != self.me for (a, p), f in task.fails.items())
+
+    def _advertise(self, mine: PeerCaps | None) -> None:
+        """Write a ``peer.advertise`` when what we offer differs from what we last advertised:
+        the fold counts a claim only after its author advertised the model (and weighs it by
+        the capacity advertised), so it goes out before, or with, our first claim."""
+        if mine is None:
+            return
+        want = (mine.capacity, tuple(sorted(mine.models)), tuple(sorted(mine.model_cids)))
+        if self._advertised == want:
+            return
+        adv = self.state.latest_advert(self.me)
+        if adv is None or (adv.capacity, tuple(sorted(adv.models)), tuple(sorted(adv.model_cids.items()))) != want:
+            self._record({"op": "peer.advertise", "capacity": mine.capacity, "models": list(want[1]),
+                          "model_cids": dict(want[2])})
+        self._advertised = want
 
     def _claim(self, task: TaskState, claim: Claim, live: Sequence[PeerCaps]) -> None:
         written = self._claiming.setdefault(task.task_id, set())

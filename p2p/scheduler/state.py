@@ -79,8 +79,9 @@ from typing import Any, Iterable, Sequence
 
 from pydantic import ValidationError
 
-from p2p.scheduler.assignment import claim_beats
+from p2p.scheduler.assignment import claim_beats, judge_of
 from p2p.scheduler.ops import (
+    AdvertOp,
     CancelOp,
     ClaimOp,
     DoneOp,
@@ -165,8 +166,38 @@ class Outcome:
     where: Where | None = field(default=None, repr=False)
 
 
+@dataclass(slots=True, eq=False)
+class Advert:
+    """A ``peer.advertise`` as folded: what its author offered from then on."""
+
+    where: Where
+    capacity: float
+    models: frozenset[str]
+    model_cids: dict[str, str]
+
+
 def _before(a: Where | None, b: Where | None) -> bool:
     return a is not None and b is not None and a.before(b)
+
+
+@dataclass(slots=True, eq=False)
+class Shared:
+    """What every task's rules read besides the task's own records: the peers' adverts. The
+    epoch moves whenever an advert is folded, so cached verdicts are recomputed."""
+
+    adverts: dict[str, list[Advert]] = field(default_factory=dict)
+    epoch: int = 0
+
+    def advert_before(self, peer: str, where: Where | None) -> Advert | None:
+        """``peer``'s latest ``peer.advertise`` causally before ``where``, over every advert
+        held (a function of the set, never of which arrived first)."""
+        if where is None:
+            ads = self.adverts.get(peer)
+            return ads[-1] if ads else None
+        for adv in reversed(self.adverts.get(peer, ())):
+            if adv.where.before(where):
+                return adv
+        return None
 
 
 @dataclass(slots=True)
@@ -176,10 +207,33 @@ class TaskState:
     index: int
     spec: TaskSpec
     claims: dict[int, dict[str, Claim]] = field(default_factory=dict)
-    started: set[tuple[int, str]] = field(default_factory=set)
+    started: dict[tuple[int, str], Where | None] = field(default_factory=dict)  # earliest start
     results: dict[Stamp, Outcome] = field(default_factory=dict)  # keyed by stamp: idempotent
+    # (attempt, peer) -> its failure; expiries too, whether they count or not (``counts``)
     fails: dict[tuple[int, str], Outcome] = field(default_factory=dict)
     max_attempts: int = 3
+    submitter: str = ""
+    submit_where: Where | None = field(default=None, repr=False)
+    shared: Shared = field(default_factory=Shared, repr=False)
+    # owners as this object's records give them: cleared on any change
+    _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+    _memo_epoch: int = field(default=-1, repr=False)
+    # verdicts on one claim or expiry, which depend only on that record's past (and the
+    # adverts): shared with the restricted views of this task, so each is derived once
+    _verdicts: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def changed(self) -> None:
+        self._memo.clear()
+        self._verdicts.clear()
+
+    def _cache(self) -> dict[Any, Any]:
+        if self._memo_epoch != self.shared.epoch:
+            self._memo.clear()
+            self._memo_epoch = self.shared.epoch
+            if self._verdicts.get("epoch") != self.shared.epoch:
+                self._verdicts.clear()
+                self._verdicts["epoch"] = self.shared.epoch
+        return self._memo
 
     @property
     def attempt(self) -> int:
@@ -189,24 +243,130 @@ class TaskState:
     def holds_claim(self, peer: str, attempt: int) -> bool:
         return peer in self.claims.get(attempt, ())
 
+    # ------------------------------------------------------------ what counts
+
+    def refusal(self, c: Claim, attempt: int) -> str | None:
+        """Why claim ``c`` on ``attempt`` does not count (None when it does): its author had not
+        advertised the task's model (or the pinned content id) before it, or it claims attempt
+        k+1 while attempt k had not ended in its past (a takeover needs a counted failure or
+        expiry first). Its weight is then at most the capacity advertised before it."""
+        self._cache()
+        memo = self._verdicts
+        key = ("refusal", attempt, c.peer, c.stamp)
+        if key in memo:
+            return memo[key]
+        why: str | None = None
+        adv = self.shared.advert_before(c.peer, c.where)
+        spec = self.spec
+        if adv is None:
+            why = "claim without a peer.advertise of its author before it"
+        elif spec.model not in adv.models:
+            why = f"claim for model {spec.model[:128]!r}, which its author did not advertise"
+        elif spec.model_cid is not None and adv.model_cids.get(spec.model) != spec.model_cid:
+            why = (f"claim for model {spec.model[:128]!r} pinned to {spec.model_cid[:80]}, but its author advertised "
+                   f"{str(adv.model_cids.get(spec.model))[:80]} (other files under the same name)")
+        elif attempt >= 2 and c.where is not None and not self.ended_before(attempt - 1, c.where):
+            why = f"claim on attempt {attempt} while attempt {attempt - 1} had not failed or expired before it"
+        memo[key] = why
+        return why
+
+    def weight(self, c: Claim) -> float:
+        """A claim's weight in the race: its word, capped by what its author advertised before."""
+        adv = self.shared.advert_before(c.peer, c.where)
+        return c.capacity if adv is None else min(c.capacity, adv.capacity)
+
+    def counts(self, f: Outcome) -> bool:
+        """Whether failure ``f`` counts for its attempt. An owner's own failure does (when its
+        claim is before it). An expiry says "the owner is gone": silence is not in the events,
+        so the fold checks the *right* to say it. The attempt must have had an owner in the
+        expiry's past, not the expirer; and the expirer must be that attempt's judge
+        (``judge``: one peer per attempt by rendezvous among the peers active in the workflow,
+        read from the owner claim's past), or concur with another peer's expiry of the same
+        attempt written before it. So one admitted peer expires only the attempts it judges (a
+        1/N share, a fresh judge per attempt), a live owner answers a wrong expiry with a
+        continuation, and a judge that is gone too is replaced by two peers that agree. A
+        function of the expiry's past, so of the set."""
+        if not f.expired:
+            return self.claimed_before(f.peer, f.attempt, f.where)
+        return self.expiry_verdict(f) is None
+
+    def expiry_verdict(self, f: Outcome) -> str | None:
+        """Why expiry ``f`` does not count (None when it does)."""
+        self._cache()
+        memo = self._verdicts
+        key = ("expiry", f.stamp)
+        if key in memo:
+            return memo[key]
+        view = self if f.where is None else self.restricted(f.where)
+        own = view.owner(f.attempt)
+        why: str | None
+        if own is None:
+            why = f"expiry of attempt {f.attempt}, which nobody owned before it"
+        elif own.peer == f.peer:
+            why = "a peer does not expire its own attempt (it fails it)"
+        else:
+            judge = view.judge(f.attempt, own)
+            if judge is None or judge == f.peer:
+                why = None
+            elif any(g.expired and g.attempt == f.attempt and g.peer != f.peer and _before(g.where, f.where)
+                     for g in self.fails.values()):
+                why = None  # a second peer concurs
+            else:
+                why = f"expiry of attempt {f.attempt} not counted: its judge is {judge}; another peer must concur"
+        memo[key] = why
+        return why
+
+    def judge_candidates(self, attempt: int, owner: Claim) -> set[str]:
+        """Who may judge ``attempt`` lost: the workflow's submitter and every peer the owner's
+        claim shows active since the submit (it had seen an event of that peer the submit had
+        not), minus the owners of this and earlier attempts. Taken from the *claim's* past,
+        which a judge cannot choose, so an expirer cannot shrink the set by writing over old
+        parents; peers gone before the workflow existed are not in it. Two version vectors
+        decide it, so forks and arrival order do not."""
+        cands = {self.submitter} if self.submitter else set()
+        c, sub = owner.where, self.submit_where
+        if c is not None and sub is not None:
+            cands.update(who for who, seq in c.vv.items() if seq > sub.vv.get(who, 0) and who != _LEGACY)
+        for k in range(1, attempt + 1):
+            own = self.owner(k)
+            if own is not None:
+                cands.discard(own.peer)
+        return cands
+
+    def judge(self, attempt: int, owner: Claim | None = None) -> str | None:
+        """The peer whose expiry of ``attempt`` counts alone; None when any peer's does (only
+        the owner was ever a candidate, or the old parentless fold)."""
+        owner = owner if owner is not None else self.owner(attempt)
+        if owner is None or owner.where is None or owner.where.who == _LEGACY:
+            return None
+        return judge_of(self.task_id, attempt, self.judge_candidates(attempt, owner))
+
     def claimed_before(self, peer: str, attempt: int, where: Where | None) -> bool:
-        """Whether ``peer``'s claim on ``attempt`` is causally before ``where`` (an outcome it
-        wrote): an honest peer claims, then runs, then reports; a report whose claim comes later
-        (or concurrently) was not justified when written, and never counts."""
+        """Whether ``peer``'s claim on ``attempt`` counts and is causally before ``where`` (an
+        outcome it wrote): an honest peer claims, then runs, then reports; a report whose claim
+        comes later (or concurrently), or does not count, never counts either."""
         c = self.claims.get(attempt, {}).get(peer)
-        if c is None:
+        if c is None or self.refusal(c, attempt) is not None:
             return False
         return where is None or c.where is None or c.where.before(where)
 
     def _late_claim(self, c: Claim, attempt: int) -> bool:
-        """Written by a peer that had seen the task done or this attempt failed."""
-        if c.where is None or not (self.results or self.fails):
+        """Written by a peer that had seen the task done, this attempt failed, or another
+        claimant of this attempt start it (an owner that started is never displaced by a
+        claim written after its start; a continuation is that owner itself, so exempt)."""
+        if c.where is None:
+            return False
+        if not c.continues:
+            for (a, peer), w in self.started.items():
+                if a == attempt and peer != c.peer and _before(w, c.where) and self.claimed_before(peer, a, w):
+                    return True
+        if not (self.results or self.fails):
             return False
         for o in self.results.values():
             if _before(o.where, c.where) and self.claimed_before(o.peer, o.attempt, o.where):
                 return True
         for (a, peer), f in self.fails.items():
-            if a == attempt and _before(f.where, c.where) and (f.expired or self.claimed_before(peer, a, f.where)):
+            if a == attempt and _before(f.where, c.where) and self.counts(f):
                 return True
         return False
 
@@ -222,21 +382,25 @@ class TaskState:
         claims = self.claims.get(k)
         if not claims:
             return None
-        if len(claims) == 1:
-            (only,) = claims.values()
-            return None if self._late_claim(only, k) else only
+        memo = self._cache()
+        key = ("owner", k)
+        if key in memo:
+            return memo[key]
+        memo[key] = None  # a cycle through a refusal or an expiry resolves to "no owner yet"
         best: Claim | None = None
         prev: list[Claim | None] = []  # owner(k - 1), computed at most once: linear, not A ** k
         for c in claims.values():
-            if self._late_claim(c, k):
+            if self.refusal(c, k) is not None or self._late_claim(c, k):
                 continue
             if c.continues and k >= 2 and (k - 1, c.peer) in self.started:
                 if not prev:
                     prev.append(self.owner(k - 1))
                 if prev[0] is not None and prev[0].peer == c.peer:
-                    return c  # at most one peer owns attempt k - 1; an author's earliest claim counts
-            if best is None or claim_beats(self.task_id, (c.peer, c.capacity), (best.peer, best.capacity)):
+                    best = c  # at most one peer owns attempt k - 1; an author's earliest claim counts
+                    break
+            if best is None or claim_beats(self.task_id, (c.peer, self.weight(c)), (best.peer, self.weight(best))):
                 best = c
+        memo[key] = best
         return best
 
     def started_attempt(self, attempt: int, peer: str) -> bool:
@@ -254,14 +418,20 @@ class TaskState:
                       key=lambda o: o.stamp)
 
     def fail_for(self, attempt: int) -> Outcome | None:
-        """The failure recorded for an attempt, by its owner or as a lease expiry; the earliest
-        stamp when there are several (never arrival order)."""
-        owner = self.owner(attempt)
-        found = [
-            f for (a, peer), f in self.fails.items()
-            if a == attempt and (f.expired or (owner is not None and peer == owner.peer
-                                               and self.claimed_before(peer, a, f.where)))
-        ]
+        """The failure recorded for an attempt, by its owner or as a counted expiry; the
+        earliest stamp when there are several (never arrival order)."""
+        owner = None
+        found = []
+        for (a, peer), f in self.fails.items():
+            if a != attempt:
+                continue
+            if f.expired:
+                if self.counts(f):
+                    found.append(f)
+                continue
+            owner = owner or self.owner(attempt)
+            if owner is not None and peer == owner.peer and self.claimed_before(peer, a, f.where):
+                found.append(f)
         return min(found, key=lambda f: f.stamp) if found else None
 
     def _is_final(self, f: Outcome) -> bool:
@@ -301,17 +471,17 @@ class TaskState:
         return (owned or standing)[0]
 
     def errors(self) -> list[dict[str, Any]]:
-        """Every failed attempt's error, by attempt; within an attempt the recorded failures by
-        stamp, then the reason a claim gave for superseding it. A function of the set alone:
-        the superseding reason is the owner's of the next attempt when it gives one, else the
-        one with the smallest stamp."""
+        """Every failed attempt's error, by attempt; within an attempt the failures that count
+        by stamp, then the reason an old-style superseding claim gave. A function of the set
+        alone: the superseding reason is the owner's of the next attempt when it gives one,
+        else the one with the smallest stamp."""
         keyed: list[tuple[tuple[int, int, Stamp], dict[str, Any]]] = []
         for f in self.fails.values():
-            if f.expired or self.claimed_before(f.peer, f.attempt, f.where):
+            if self.counts(f):
                 keyed.append(((f.attempt, 0, f.stamp),
                               {"attempt": f.attempt, "peer": f.peer, "error": f.error, "expired": f.expired}))
         for attempt, claims in self.claims.items():
-            with_reason = [c for c in claims.values() if c.supersedes]
+            with_reason = [c for c in claims.values() if c.supersedes and self.refusal(c, attempt) is None]
             if not with_reason:
                 continue
             own = self.owner(attempt)
@@ -322,7 +492,9 @@ class TaskState:
         return [v for _, v in keyed]
 
     def status(self, cancelled: bool, max_attempts: int) -> TaskStatus:
-        self.max_attempts = max_attempts
+        if self.max_attempts != max_attempts:
+            self.max_attempts = max_attempts
+            self.changed()
         if self.results and self.result is not None:
             return TaskStatus.DONE
         if self.fails and self.final_fails():
@@ -335,7 +507,7 @@ class TaskState:
         if self.fails and self.fail_for(attempt) is not None:
             return TaskStatus.QUEUED  # retryable and not the last: the next attempt is up for claiming
         owner = self.owner(attempt)
-        if owner is None:  # only late claims: nobody live holds it
+        if owner is None:  # only late or refused claims: nobody live holds it
             return TaskStatus.QUEUED
         if (attempt, owner.peer) in self.started:
             return TaskStatus.RUNNING
@@ -345,15 +517,41 @@ class TaskState:
 
     def restricted(self, cut: Where) -> TaskState:
         """This task as it stood in the past of ``cut`` (only records before it)."""
-        t = TaskState(self.task_id, self.workflow_id, self.index, self.spec, max_attempts=self.max_attempts)
+        self._cache()
+        t = TaskState(self.task_id, self.workflow_id, self.index, self.spec, max_attempts=self.max_attempts,
+                      submitter=self.submitter, submit_where=self.submit_where, shared=self.shared,
+                      _verdicts=self._verdicts)
         for a, claims in self.claims.items():
             kept = {p: c for p, c in claims.items() if _before(c.where, cut)}
             if kept:
                 t.claims[a] = kept
         t.results = {s: o for s, o in self.results.items() if _before(o.where, cut)}
         t.fails = {k: f for k, f in self.fails.items() if _before(f.where, cut)}
-        t.started = set(self.started)  # starts never make a task terminal
+        t.started = {k: w for k, w in self.started.items() if w is None or _before(w, cut)}
         return t
+
+    def ended_before(self, attempt: int, where: Where) -> bool:
+        """Whether ``attempt`` had ended in the past of ``where``: its owner failed it, or an
+        expiry that counts recorded it lost. Only then may anyone claim the next attempt."""
+        candidates = [f for (a, _), f in self.fails.items() if a == attempt and _before(f.where, where)]
+        if not candidates:
+            return False
+        return self.restricted(where).fail_for(attempt) is not None
+
+    def refusals(self) -> list[tuple[Stamp, str, str, str]]:
+        """(stamp, author, op, reason) of every claim and expiry of this task that does not count."""
+        out = []
+        for attempt, claims in self.claims.items():
+            for c in claims.values():
+                why = self.refusal(c, attempt)
+                if why is not None:
+                    out.append((c.stamp, c.peer, "task.claim", why))
+        for f in self.fails.values():
+            if f.expired:
+                why = self.expiry_verdict(f)
+                if why is not None:
+                    out.append((f.stamp, f.peer, "task.fail", why))
+        return out
 
 
 @dataclass(slots=True)
@@ -405,6 +603,9 @@ class State:
     undefined: dict[str, TaskState] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)  # the latest, at most 2 * REJECTIONS_KEPT
     rejected_total: int = 0
+    # the peers' peer.advertise ops, by stamp (a chain per author: rarely more than a few)
+    shared: Shared = field(default_factory=Shared, repr=False)
+    _claimed_by: dict[str, set[str]] = field(default_factory=dict, repr=False)  # author -> tasks it claimed
     # those of the last apply_event call (the first REJECTIONS_KEPT): what a caller logs
     last_rejected: list[Rejection] = field(default_factory=list)
     events: int = 0
@@ -427,6 +628,13 @@ class State:
         if len(self.rejected) > 2 * REJECTIONS_KEPT:
             del self.rejected[:-REJECTIONS_KEPT]
 
+    def note(self, event_cid: bytes, author: str, op: str, reason: str) -> None:
+        """An op kept but not counting (a refused claim, an expiry without the right to it):
+        for the caller to log, like a rejection, but not a rejection: whether it counts is
+        decided from the whole set (``refused``), so a later fork cannot make peers disagree."""
+        if len(self.last_rejected) < REJECTIONS_KEPT:
+            self.last_rejected.append(Rejection(event_cid, author, op, reason))
+
     def refresh(self, task_ids: Iterable[str]) -> None:
         """Recompute the cached status of these tasks and their workflows' counts."""
         for tid in task_ids:
@@ -447,6 +655,22 @@ class State:
             if task.claims and tid not in self._claimed:
                 self._claimed.add(tid)
                 self._claimed_per_wf[wid] = self._claimed_per_wf.get(wid, 0) + 1
+
+    @property
+    def adverts(self) -> dict[str, list[Advert]]:
+        return self.shared.adverts
+
+    def latest_advert(self, peer: str) -> Advert | None:
+        return self.shared.advert_before(peer, None)
+
+    def refused(self) -> list[Rejection]:
+        """Claims and expiries that do not count (no advert, a takeover without a lost attempt,
+        an expiry its author had no right to make), with the reason: a function of the set."""
+        out = []
+        for t in self.tasks.values():
+            for stamp, author, op, why in t.refusals():
+                out.append(Rejection(stamp[1], author, op, why))
+        return out
 
     def forged(self) -> list[Rejection]:
         """Ops from a peer that holds no claim on the attempt they speak for."""
@@ -518,7 +742,10 @@ class State:
             out[wid] = (wf.name, wf.priority, wf.tag.value, wf.cancelled, self.workflow_status(wf).value,
                         wf.submitter, wf.created_at, tasks)
         out["_undefined"] = sorted(self.undefined)
+        out["_adverts"] = sorted((p, a[-1].capacity, sorted(a[-1].models), sorted(a[-1].model_cids.items()))
+                                 for p, a in self.adverts.items())
         out["_forged"] = sorted((r.event_cid, r.op, r.reason) for r in self.forged())
+        out["_refused"] = sorted((r.event_cid, r.author, r.op, r.reason) for r in self.refused())
         return out
 
 
@@ -594,10 +821,31 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
         _submit(state, op, author, where, touched)
         return
 
+    if isinstance(op, AdvertOp):
+        ads = state.shared.adverts.setdefault(author, [])
+        if any(a.where.stamp == stamp for a in ads):
+            return  # the same op folded again
+        ads.append(Advert(where, op.capacity, frozenset(op.models), dict(op.model_cids)))
+        ads.sort(key=lambda a: a.where.stamp)
+        state.shared.epoch += 1
+        # Only a forking author's claims can be folded before an advert that is "before" them;
+        # their tasks are re-derived (an honest author's advert precedes its claims).
+        for tid in state._claimed_by.get(author, ()):
+            task = state.tasks.get(tid)
+            if task is not None and any(c.peer == author and where.before(c.where)
+                                        for claims in task.claims.values() for c in claims.values() if c.where):
+                touched.add(tid)
+        return
+
     if isinstance(op, (CancelOp, ReprioritizeOp)):
         wf = state.workflows.get(op.workflow_id)
         if wf is None or not _defined_by(wf, None, where):
             state.reject(stamp[1], author, op.op, "op does not follow its workflow's submit")
+            return
+        if author != wf.submitter:
+            # only the submitter steers its workflow (issue 8): the id is bound to it, so this
+            # is the same peer on every peer's view
+            state.reject(stamp[1], author, op.op, f"only the workflow's submitter {wf.submitter} may {op.op.split('.')[1]} it")
             return
         if isinstance(op, ReprioritizeOp):
             if wf.reprioritized is None or stamp > wf.reprioritized[0]:
@@ -639,19 +887,34 @@ def _apply_task_op(state: State, task: TaskState, op: Any, author: str, where: W
         old = claims.get(author)
         if old is None or stamp < old.stamp:  # a forked author's claims: the earliest stamp counts
             claims[author] = Claim(author, op.capacity, stamp, op.supersedes, op.continues, where)
+            task.changed()
+            state._claimed_by.setdefault(author, set()).add(task.task_id)
+            why = task.refusal(claims[author], op.attempt)
+            if why is not None:  # kept, never counted (State.refused says why); logged here
+                state.note(stamp[1], author, op.op, why)
     elif isinstance(op, StartOp):
-        task.started.add((op.attempt, author))
+        key = (op.attempt, author)
+        old_start = task.started.get(key)
+        if key not in task.started or (old_start is not None and stamp < old_start.stamp):
+            task.started[key] = where
+            task.changed()
     elif isinstance(op, DoneOp):
         if (op.result is not None or op.result_cid is not None) and stamp not in task.results:
             task.results[stamp] = Outcome(
                 author, op.attempt, stamp, result=op.result, result_cid=op.result_cid, stats=dict(op.stats), where=where
             )
+            task.changed()
     elif isinstance(op, FailOp):
         key = (op.attempt, author)
         new = Outcome(author, op.attempt, stamp, error=op.error, retryable=op.retryable, expired=op.expired, where=where)
         old_fail = task.fails.get(key)
         if old_fail is None or new.stamp < old_fail.stamp:
             task.fails[key] = new
+            task.changed()
+            if new.expired:
+                why = task.expiry_verdict(new)
+                if why is not None:  # kept (a second peer may concur), not counted; logged here
+                    state.note(stamp[1], author, op.op, why)
 
 
 def _recheck_cancels(state: State, wf: WorkflowState, touched: set[str]) -> None:
@@ -696,7 +959,8 @@ def _submit(state: State, op: SubmitOp, author: str, where: Where, touched: set[
         )
         state.workflows[wid] = wf
         for i, (tid, spec) in enumerate(zip(tids, op.tasks)):
-            state.tasks[tid] = TaskState(task_id=tid, workflow_id=wid, index=i, spec=spec, max_attempts=state.max_attempts)
+            state.tasks[tid] = TaskState(task_id=tid, workflow_id=wid, index=i, spec=spec, max_attempts=state.max_attempts,
+                                         submitter=author, submit_where=where, shared=state.shared)
         touched.update(tids)
         touched.add(f"wf:{wid}")
         return
@@ -725,10 +989,13 @@ def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
     for i in range(n_all):
         tid = task_id_for(wid, i)
         task = state.tasks.pop(tid, None) or state.undefined.pop(tid, None)
-        spec = next(r.op.tasks[i] for r in wf.submits if i < len(r.op.tasks))
+        rec = next(r for r in wf.submits if i < len(r.op.tasks))
+        spec = rec.op.tasks[i]
         if task is None:
-            task = TaskState(task_id=tid, workflow_id=wid, index=i, spec=spec, max_attempts=state.max_attempts)
-        task.spec = spec
+            task = TaskState(task_id=tid, workflow_id=wid, index=i, spec=spec, max_attempts=state.max_attempts,
+                             submitter=wf.submitter, shared=state.shared)
+        task.spec, task.submit_where = spec, rec.where
+        task.changed()
         (state.tasks if i < n_def else state.undefined)[tid] = task
     for tid in set(old_ids) | set(wf.task_ids):  # the caches are rebuilt for the definition
         state._status.pop(tid, None)

@@ -48,15 +48,23 @@ class Ev:
     seq: int
 
 
+ADVERT = {"op": "peer.advertise", "capacity": 1e6, "models": ["m"]}
+
+
 @dataclass
 class Dag:
     events: list[Ev] = field(default_factory=list)
     last_of: dict[str, int] = field(default_factory=dict)
+    # authors whose first event starts with ADVERT (as a node advertises before claiming);
+    # None: every author. A claim counts only after its author advertised the model.
+    advertisers: set[str] | None = None
 
     def add(self, author: str, ops: list[dict[str, Any]], extra_parents: list[int], fork: bool = False) -> Ev:
         """Append an event. An author's events form a chain, as the clock writes them; with
         ``fork`` the event reuses the seq of the author's last event and does not descend from
         it (a faulty, forking author)."""
+        if author not in self.last_of and (self.advertisers is None or author in self.advertisers):
+            ops = [ADVERT, *ops]
         parents = set(extra_parents)
         last = self.last_of.get(author)
         if fork and last is not None:
@@ -145,14 +153,15 @@ def answers(state: State) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- generator
 
 
-def _submit(wid: str, n: int, name: str = "wf", priority: int = 5) -> dict[str, Any]:
+def _submit(wid: str, n: int, name: str = "wf", priority: int = 5, pin: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"model": "m"} if pin is None else {"model": "m", "model_cid": pin}
     return {"op": "workflow.submit", "workflow_id": wid, "name": name, "priority": priority,
             "tag": "p2p-eligible", "created_at": 1000.0 + n,
-            "tasks": [{"model": "m", "input": f"{name}-{i}", "params": {"i": i}} for i in range(n)]}
+            "tasks": [{**spec, "input": f"{name}-{i}", "params": {"i": i}} for i in range(n)]}
 
 
 KINDS = ["claim", "claim", "claim", "continue", "start", "done", "done_cid", "fail", "fail_final",
-         "expire", "cancel", "reprio", "garbage", "oversize", "resubmit"]
+         "expire", "expire", "cancel", "reprio", "garbage", "oversize", "resubmit", "advert"]
 
 
 @st.composite
@@ -200,16 +209,24 @@ def op_for(draw: Any, n_tasks: dict[str, int]) -> dict[str, Any]:
         ]))
     if kind == "resubmit":
         return {"resubmit": True}
+    if kind == "advert":  # another model, a pinned content id, a smaller capacity
+        adv: dict[str, Any] = {"op": "peer.advertise", "capacity": draw(st.sampled_from([0.5, 1.0, 2.5])),
+                               "models": draw(st.sampled_from([["m"], ["other"], ["m", "other"]]))}
+        if draw(st.booleans()):
+            adv["model_cids"] = {"m": draw(st.sampled_from(["bafy-m1", "bafy-m2"]))}
+        return adv
     return draw(st.sampled_from([{"op": "nope"}, "garbage", {"op": "task.claim", "task_id": tid, "attempt": 0, "capacity": 1},
                                  {"op": "task.claim", "task_id": tid, "attempt": 1, "capacity": float("nan")}]))
 
 
 @st.composite
 def scenarios(draw: Any, min_events: int = 1, max_events: int = 30) -> Dag:
-    dag = Dag()
+    # most authors advertise the model first; some never do, so their claims never count
+    dag = Dag(advertisers=set(draw(st.lists(st.sampled_from(SUBMITTERS + WORKERS), min_size=3, unique=True))))
     n_tasks = {WA: draw(st.integers(1, 3)), WD: draw(st.integers(1, 3))}
     submits = {"peerA": (WA, n_tasks[WA]), "peerD": (WD, n_tasks[WD])}
-    dag.add("peerA", [_submit(WA, n_tasks[WA], "a")], [])
+    pin = draw(st.sampled_from([None, None, "bafy-m1"]))  # tasks pinned to a model content id
+    dag.add("peerA", [_submit(WA, n_tasks[WA], "a", pin=pin)], [])
     if draw(st.booleans()):
         dag.add("peerD", [_submit(WD, n_tasks[WD], "d")], [])
     for _ in range(draw(st.integers(min_events, max_events))):

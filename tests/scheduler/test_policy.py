@@ -81,8 +81,12 @@ def test_an_owner_that_never_finishes_loses_the_attempt_after_task_timeout(tmp_p
         for s, others in ((c, (a, b)), (b, (a, c))):
             for o in others:
                 s.peers.observe(Heartbeat(peer_id=o.me, name="x", models=[MODEL], capacity=1.0))
-        c.decide([tid])
-        c.flush()
+            s.ingest(s.clock.update(others[1].clock))
+            # b is the attempt's judge (the submitter; a owns it): it records the loss, then c,
+            # the only other peer that may run it, claims the next attempt
+            s.decide([tid])
+            s.flush()
+    c.ingest(c.clock.update(b.clock))
     task = c.state.tasks[tid]
     assert task.attempt == 2 and task.owner().peer == c.me
     errors = task.errors() if callable(getattr(task, "errors", None)) else []
@@ -96,22 +100,31 @@ def test_a_superseded_owner_that_is_still_running_keeps_the_task(tmp_path: Path)
     tid = f"{wid}/0"
     hear(a, b)
     own_and_start(a, tid)
-    # b thinks a is dead (b was paused, say) and claims attempt 2 over it
+    # b, the attempt's judge, thinks a is dead (b was paused, say) and records attempt 1 lost;
+    # c claims attempt 2
     b.ingest(b.clock.update(a.clock))
-    b._record({"op": "task.claim", "task_id": tid, "attempt": 2, "capacity": 1.0, "supersedes": "owner silent"})
+    b._record({"op": "task.fail", "task_id": tid, "attempt": 1, "error": "owner silent", "expired": True})
     b.flush()
+    c = peer(tmp_path, "c", now)
+    hear(c, a)
+    hear(c, b)
+    c.decide([tid])
+    c.flush()
+    assert c.state.tasks[tid].owner().peer == c.me
     hear(a, b)
+    hear(a, c)
     task = a.state.tasks[tid]
     decisions = a.policy.decide(task, a.state.workflows[wid], a.state.task_status(task), a.peers.live_peers(),
                                 running_attempt=1)
-    assert Drop() in decisions and Claim(2, continues=True) in decisions
+    assert decisions == [Claim(2, continues=True)]
     a._claim(task, Claim(2, continues=True), a.peers.live_peers())
     a.flush()
     hear(b, a)
-    for s in (a, b):
-        assert s.state.tasks[tid].owner().peer == a.me, "the continuation beats the superseding claim"
-    b.decide([tid])
-    assert b.local_queue() == 0
+    hear(c, a)
+    for s in (a, b, c):
+        assert s.state.tasks[tid].owner().peer == a.me, "the continuation beats the other claim"
+    c.decide([tid])
+    assert c.local_queue() == 0
 
 
 def test_a_peer_that_is_not_caught_up_claims_nothing(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from p2p.scheduler.assignment import claim_beats
 from p2p.scheduler.ops import submitter_prefix
 from p2p.scheduler.state import State, TaskStatus, WorkflowStatus, apply_event
 
-from test_fold_agreement import causal_orders  # noqa: E402  (same folder; works on this Dag too)
+from test_fold_agreement import ADVERT, causal_orders  # noqa: E402  (same folder; works on this Dag too)
 
 PEERS = ["peerA", "peerB", "peerC"]
 W1 = submitter_prefix("peerA") + "1" * 16  # workflow ids are bound to their submitter
@@ -39,6 +39,8 @@ class Dag:
     last_of: dict[str, int] = field(default_factory=dict)
 
     def add(self, author: str, ops: list[dict[str, Any]], extra_parents: list[int]) -> Ev:
+        if author not in self.last_of:
+            ops = [ADVERT, *ops]  # every author advertises the model first, as a node does
         parents = set(extra_parents)
         if author in self.last_of:
             parents.add(self.last_of[author])  # an author's events form a chain, as in the clock
@@ -200,12 +202,16 @@ def test_retry_until_max_attempts_then_fail_with_every_error() -> None:
     assert fold(dag.events).workflow_status(fold(dag.events).workflows[W]) is WorkflowStatus.FAILED
 
 
-def test_reprioritize_is_last_writer_wins_on_the_causal_stamp() -> None:
+def test_reprioritize_is_last_writer_wins_on_the_causal_stamp_and_only_the_submitter_counts() -> None:
     dag = Dag()
     dag.add("A", [_submit(1)], [])
     dag.add("A", [{"op": "workflow.reprioritize", "workflow_id": W, "priority": 1}], [])
-    dag.add("B", [{"op": "workflow.reprioritize", "workflow_id": W, "priority": 9}], [1])
+    dag.add("A", [{"op": "workflow.reprioritize", "workflow_id": W, "priority": 9}], [])
     assert fold(dag.events).workflows[W].priority == 9
+    dag.add("B", [{"op": "workflow.reprioritize", "workflow_id": W, "priority": 2}], [2])
+    state = fold(dag.events)
+    assert state.workflows[W].priority == 9
+    assert [r.reason for r in state.rejected] == ["only the workflow's submitter A may reprioritize it"]
 
 
 def test_malformed_ops_are_rejected_not_fatal() -> None:
