@@ -237,8 +237,14 @@ class TaskState:
 
     @property
     def attempt(self) -> int:
-        """The highest attempt anyone has claimed (0: never claimed)."""
-        return max(self.claims, default=0)
+        """The highest attempt with a claim that counts (0: never claimed). A refused claim
+        (no advert, a takeover of an attempt that had not ended) moves nothing."""
+        memo = self._cache()
+        got = memo.get("attempt")
+        if got is None:
+            got = memo["attempt"] = max((k for k, claims in self.claims.items()
+                                         if any(self.refusal(c, k) is None for c in claims.values())), default=0)
+        return got
 
     def holds_claim(self, peer: str, attempt: int) -> bool:
         return peer in self.claims.get(attempt, ())
@@ -346,19 +352,31 @@ class TaskState:
         outcome it wrote): an honest peer claims, then runs, then reports; a report whose claim
         comes later (or concurrently), or does not count, never counts either."""
         c = self.claims.get(attempt, {}).get(peer)
-        if c is None or self.refusal(c, attempt) is not None:
+        if c is None or self.refusal(c, attempt) is not None or self._late(c, attempt):
             return False
         return where is None or c.where is None or c.where.before(where)
 
+    def _late(self, c: Claim, attempt: int) -> bool:
+        """``_late_claim``, memoised (it recurses only into records before ``c``)."""
+        memo = self._cache()
+        key = ("late", attempt, c.peer)
+        got = memo.get(key)
+        if got is None:
+            memo[key] = False  # a cycle (forks only) resolves to "not late"
+            got = memo[key] = self._late_claim(c, attempt)
+        return got
+
     def _late_claim(self, c: Claim, attempt: int) -> bool:
         """Written by a peer that had seen the task done, this attempt failed, or another
-        claimant of this attempt start it (an owner that started is never displaced by a
-        claim written after its start; a continuation is that owner itself, so exempt)."""
+        counting claim on this attempt: an honest peer claims only a queued task, so a claim
+        over a known one is a takeover, and whatever its capacity it never displaces the claim
+        before it (nor an owner that started or finished). Only concurrent claims race, by
+        score. A continuation is the previous owner itself, so exempt."""
         if c.where is None:
             return False
         if not c.continues:
-            for (a, peer), w in self.started.items():
-                if a == attempt and peer != c.peer and _before(w, c.where) and self.claimed_before(peer, a, w):
+            for peer, other in self.claims.get(attempt, {}).items():
+                if peer != c.peer and _before(other.where, c.where) and self.refusal(other, attempt) is None:
                     return True
         if not (self.results or self.fails):
             return False
@@ -390,7 +408,7 @@ class TaskState:
         best: Claim | None = None
         prev: list[Claim | None] = []  # owner(k - 1), computed at most once: linear, not A ** k
         for c in claims.values():
-            if self.refusal(c, k) is not None or self._late_claim(c, k):
+            if self.refusal(c, k) is not None or self._late(c, k):
                 continue
             if c.continues and k >= 2 and (k - 1, c.peer) in self.started:
                 if not prev:
@@ -501,9 +519,9 @@ class TaskState:
             return TaskStatus.FAILED
         if cancelled:
             return TaskStatus.CANCELLED
-        if not self.claims:
+        attempt = self.attempt
+        if not attempt:
             return TaskStatus.QUEUED
-        attempt = max(self.claims)
         if self.fails and self.fail_for(attempt) is not None:
             return TaskStatus.QUEUED  # retryable and not the last: the next attempt is up for claiming
         owner = self.owner(attempt)
@@ -652,7 +670,7 @@ class State:
                     counts[old] -= 1
                 counts[new] += 1
                 self._status[tid] = new
-            if task.claims and tid not in self._claimed:
+            if task.claims and tid not in self._claimed and task.attempt:
                 self._claimed.add(tid)
                 self._claimed_per_wf[wid] = self._claimed_per_wf.get(wid, 0) + 1
 
