@@ -149,13 +149,16 @@ class Liveness:
             self._on_learned(hb.peer_id, hb.addrs)
 
     async def _expire(self) -> None:
-        while True:
-            await trio.sleep(min(1.0, self.heartbeat_s))
-            gone = self.expire_once()
-            if gone and self._on_silent is not None:
-                # a connection that carried nothing for a lease is presumed dead (a cut link
-                # leaves TCP retransmitting for minutes): drop it, so redial opens a fresh one
-                await self._on_silent(gone)
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(min(1.0, self.heartbeat_s))
+                gone = self.expire_once()
+                if gone and self._on_silent is not None:
+                    # a connection that carried nothing for a lease is presumed dead (a cut link
+                    # leaves TCP retransmitting for minutes): drop it, so redial opens a fresh
+                    # one. In the background: closing takes up to seconds (see
+                    # NetHost.disconnect), and other peers' leases must keep ending meanwhile.
+                    nursery.start_soon(self._on_silent, gone)
 
     def expire_once(self) -> set[str]:
         gone = self.table.expire()

@@ -168,11 +168,17 @@ class Node:
 
     async def _drop_connections(self, peers: set[str]) -> None:
         """Close connections to peers that went silent; kept peers are redialled with backoff,
-        so a healed partition reconnects within ``reconnect_max_backoff_s``."""
-        for peer in sorted(peers):
-            if self.net is not None and self.net.is_connected(peer):
-                log.info("closing the connection of a silent peer", peer=peer)
-                await self.net.disconnect(peer)
+        so a healed partition reconnects within ``reconnect_max_backoff_s``. All at once: each
+        close is bounded (``NetHost.disconnect`` aborts one stuck on a dead link), but one
+        after another they would add up, and a dead connection still counts as connected."""
+        net = self.net
+        if net is None:
+            return
+        async with trio.open_nursery() as nursery:
+            for peer in sorted(peers):
+                if net.is_connected(peer):
+                    log.info("closing the connection of a silent peer", peer=peer)
+                    nursery.start_soon(net.disconnect, peer)
 
     def _missing_result_blocks(self) -> list[bytes]:
         """Result blocks of results this peer knows of but does not hold (e.g. after a restart)."""
