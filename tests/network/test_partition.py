@@ -103,7 +103,6 @@ def _tasks(n: int, tag: str) -> list[dict[str, Any]]:
     return [{"model": DEFAULT_MODEL, "input": f"{tag} partition sentence {i} about a bridge."} for i in range(n)]
 
 
-@pytest.mark.xfail(reason="issue 7 item 9, not met: both halves keep working and nothing is lost, but one clock hash takes 29.5-37.6 s after a 30 s cut heals (bound 15 s): connections over the cut link are not re-established quickly enough", strict=False)
 async def test_a_30_s_partition_heals_with_nothing_lost_and_one_answer(
     tmp_path: Path, shared_cache_dir: Path, lan: SplitLan
 ) -> None:
