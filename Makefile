@@ -37,9 +37,12 @@ $(INTEROP)/node_modules/.installed: $(INTEROP)/package.json
 interop: $(INTEROP)/node_modules/.installed
 
 # A full peer: MCP over streamable HTTP on 127.0.0.1:$(PORT), libp2p on all interfaces, mDNS on.
+# Private: the first start creates <data dir>/swarm.key; `ipfs-accelerate p2p invite` prints the
+# line another machine joins with (`make run ARGS="--join INVITE"`, or `p2p start --join INVITE`).
 PORT ?= 8000
+ARGS ?=
 run: install
-	HF_HUB_OFFLINE=1 $(BIN)/ipfs-accelerate mcp serve --transport http --host 127.0.0.1 --port $(PORT)
+	HF_HUB_OFFLINE=1 $(BIN)/ipfs-accelerate mcp serve --transport http --host 127.0.0.1 --port $(PORT) $(ARGS)
 
 test: install interop
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -ra $(PYTEST_ARGS)

@@ -69,6 +69,11 @@ def connect_help(settings: Any, node: Any, urls: list[str]) -> str:
             }
         }
     }
+    psk = node.config.network.psk_file if node.config.network.enabled else ""
+    if psk:  # the stdio node has its own data dir; this key puts it in this node's network
+        stdio_cfg["mcpServers"]["ipfs-accelerate"]["args"] += ["--psk-file", str(psk)]
+    elif node.config.network.enabled:
+        stdio_cfg["mcpServers"]["ipfs-accelerate"]["args"] += ["--open"]
     lines = [
         f"ipfs-accelerate node {node.config.node_name} ({node.peer_id})",
         "",
