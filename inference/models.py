@@ -196,10 +196,12 @@ def _model_dir_models(model_dirs: Iterable[str]) -> dict[str, Path]:
 
 
 def _catalogue(model_dirs: Iterable[str]) -> list[tuple[str, Path, str]]:
-    """Every model found, in resolution order: built-in, model_dirs, HF cache."""
+    """Every model found, in resolution order: model_dirs, built-in, HF cache. What the
+    operator configured comes first: a folder named like the built-in model (a fine-tune, say)
+    is what this node serves under that name, and its content id tells peers it differs."""
     rows: list[tuple[str, Path, str]] = []
-    rows += [(n, p, "builtin") for n, p in _builtin_models().items()]
     rows += [(n, p, "model_dir") for n, p in _model_dir_models(model_dirs).items()]
+    rows += [(n, p, "builtin") for n, p in _builtin_models().items()]
     rows += [(n, p, "hf_cache") for n, p in _hf_cache_models().items()]
     return rows
 
@@ -207,12 +209,14 @@ def _catalogue(model_dirs: Iterable[str]) -> list[tuple[str, Path, str]]:
 def available_models(model_dirs: Iterable[str] = ()) -> list[ModelInfo]:
     """What this machine can serve now, with the tasks of each; models with no supported task are left out."""
     seen: set[Path] = set()
+    names: set[str] = set()
     out: list[ModelInfo] = []
     for name, path, source in _catalogue(model_dirs):
         key = path.resolve()
-        if key in seen:
+        if key in seen or name.lower() in names:  # one model per name: the first in resolution order
             continue
         seen.add(key)
+        names.add(name.lower())
         info = describe(name, path, source)
         if info.tasks:
             out.append(info)

@@ -22,6 +22,10 @@ class TaskInput(BaseModel):
         None, description="What to compute; inferred from the model when omitted."
     )
     params: dict[str, Any] = Field(default_factory=dict, description="Task options, e.g. {\"top_k\": 5} for fill-mask.")
+    model_cid: str | None = Field(
+        None, max_length=256,
+        description="Content id of the model's files (list_peers shows each peer's); only peers serving exactly these files "
+                    "run the task. Default: this node's own files, else what most peers serve.")
 
 
 class WorkflowSummary(BaseModel):
@@ -106,6 +110,7 @@ class PeerOut(BaseModel):
     addrs: list[str]
     hardware: dict[str, Any]
     models: list[str]
+    model_cids: dict[str, str] = Field(default_factory=dict, description="Model -> content id of the files it serves.")
     queue: int
     capacity: float
     last_seen_s: float | None = None

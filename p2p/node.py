@@ -21,6 +21,7 @@ import trio
 from p2p.clock import MerkleClock, codec
 from p2p.clock.cids import cid_raw
 from p2p.config import NodeConfig
+from p2p.content import CidCache, ContentError, dir_cid
 from p2p.control import serve_control
 from p2p.discovery import Discovery
 from p2p.errors import NodeError
@@ -66,6 +67,7 @@ class Node:
         self.started_at = time.time()
         self._hardware: dict[str, Any] | None = None
         self._models: list[str] | None = None
+        self.model_cids: dict[str, str] = {}  # model name -> UnixFS CID of its files (hash_models)
         self.net: Any = None  # p2p.net.NetHost when networking is on
         self.network: Discovery | None = None  # connect/listen_addrs; None without networking
         self.replicator: Replicator | None = None
@@ -108,6 +110,7 @@ class Node:
         try:
             async with InferenceEngine.open(config.inference, data_dir) as engine:
                 node = cls(config, identity, clock, engine)
+                await node.hash_models()
                 t0 = time.perf_counter()
                 node.scheduler.load()
                 gc.freeze()  # the loaded history is long-lived: keep full collections from walking it
@@ -211,10 +214,34 @@ class Node:
     def listen_addrs(self) -> list[str]:
         return self.net.listen_addrs() if self.net is not None else []
 
+    async def hash_models(self) -> None:
+        """The content id of every served model's files (the CID ``ipfs add -r`` gives), in a
+        worker thread: tasks pin it, and only peers that advertise the same may claim them.
+        Cached across starts by (path, size, mtime, inode), so only a changed model is hashed
+        again. A model that cannot be hashed is served without one (it takes only unpinned tasks)."""
+        cache_dir = Path(os.environ.get("IPFS_ACCELERATE_CONTENT_CACHE") or Path.home() / ".cache" / "ipfs-accelerate")
+        infos = [m for m in self.engine.available_models() if getattr(m, "path", None) is not None]
+
+        def hash_all() -> dict[str, str]:
+            cache = CidCache(cache_dir)
+            out = {}
+            for m in infos:
+                try:
+                    out[m.name] = str(dir_cid(Path(m.path), cache)[0])
+                except (ContentError, OSError) as exc:
+                    log.warning("model not content-addressed; it takes only unpinned tasks", model=m.name, error=str(exc))
+            return out
+
+        t0 = time.perf_counter()
+        self.model_cids = await trio.to_thread.run_sync(hash_all)
+        self._caps = None
+        log.info("models content-addressed", models=self.model_cids, seconds=round(time.perf_counter() - t0, 3))
+
     def caps(self) -> PeerCaps:
         """What the scheduler needs of this peer; built once (models and capacity are fixed)."""
         if self._caps is None:
-            self._caps = PeerCaps(self.peer_id, self.capacity, frozenset(self.local_models()))
+            self._caps = PeerCaps(self.peer_id, self.capacity, frozenset(self.local_models()),
+                                  tuple(sorted((m, c) for m, c in self.model_cids.items() if m in self.local_models())))
         return self._caps
 
     def heartbeat(self) -> Heartbeat:
@@ -224,6 +251,7 @@ class Node:
             addrs=self.listen_addrs(),
             hardware=self.hardware(),
             models=self.local_models(),
+            model_cids=self.model_cids,
             queue=self.scheduler.local_queue(),
             capacity=self.capacity,
             version=VERSION,
@@ -281,11 +309,41 @@ class Node:
                 raise NodeError(f"unknown model {spec.model!r} in task {i}; available: {', '.join(sorted(served)) or 'none'}")
             if wtag is WorkflowTag.LOCAL_ONLY and spec.model not in local:
                 raise NodeError(f"task {i}: model {spec.model!r} is not served by this peer, so a local-only workflow can't run it")
-            specs.append(spec)
+            specs.append(self._pin_model(spec, i, local))
         wid = self.scheduler.submit(name, specs, priority, wtag)
         await self.scheduler.durable()
         log.info("workflow submitted", workflow_id=wid, tasks=len(specs), priority=priority, tag=wtag.value)
         return self.workflow_summary(wid)
+
+    def model_cids_known(self, model: str) -> dict[str, list[str]]:
+        """Content id -> peers that advertise ``model`` with it (this peer first)."""
+        out: dict[str, list[str]] = {}
+        if model in self.model_cids and model in self.local_models():
+            out[self.model_cids[model]] = [self.peer_id]
+        for rec in self.peers.records():
+            hb = rec.heartbeat
+            cid = hb.model_cids.get(model)
+            if hb.peer_id != self.peer_id and cid is not None and model in hb.models:
+                out.setdefault(cid, []).append(hb.peer_id)
+        return out
+
+    def _pin_model(self, spec: TaskSpec, i: int, local: set[str]) -> TaskSpec:
+        """Pin a task to the content id of its model as this submitter resolves it: its own
+        files when it serves the model, else the id most peers advertise (ties: the smallest).
+        Only peers that advertise that id may claim the task. A given ``model_cid`` must be
+        one some peer (or this one) advertises."""
+        known = self.model_cids_known(spec.model)
+        if spec.model_cid is not None:
+            if spec.model_cid not in known:
+                have = ", ".join(f"{c} ({len(p)} peer(s))" for c, p in sorted(known.items())) or "none"
+                raise NodeError(f"task {i}: no peer serves model {spec.model!r} with content id {spec.model_cid}; known: {have}")
+            return spec
+        if spec.model in local and spec.model in self.model_cids:
+            return spec.model_copy(update={"model_cid": self.model_cids[spec.model]})
+        if not known:
+            return spec  # nobody hashed it: unpinned, any peer serving the name may run it
+        best = min(known, key=lambda c: (-len(known[c]), c))
+        return spec.model_copy(update={"model_cid": best})
 
     def _workflow(self, workflow_id: str) -> Any:
         wf = self.scheduler.state.workflows.get(workflow_id)
@@ -333,8 +391,17 @@ class Node:
                     return
                 await self.scheduler.changed.wait()
 
+    def _check_submitter(self, wf: Any, verb: str) -> None:
+        """Only the submitter steers a workflow; the fold ignores anyone else's cancel or
+        reprioritise, so refuse here, with the reason, rather than write an op that counts
+        for nothing."""
+        if wf.submitter != self.peer_id:
+            raise NodeError(f"workflow {wf.workflow_id} was submitted by peer {wf.submitter}; only that peer may {verb} it "
+                            f"(this is peer {self.peer_id})")
+
     async def cancel_workflow(self, workflow_id: str) -> dict[str, Any]:
         wf = self._workflow(workflow_id)
+        self._check_submitter(wf, "cancel")
         terminal = {WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
         if not wf.cancelled and self.scheduler.state.workflow_status(wf) not in terminal:
             self.scheduler.cancel(workflow_id)
@@ -342,9 +409,10 @@ class Node:
         return self.workflow_summary(workflow_id)
 
     async def set_workflow_priority(self, workflow_id: str, priority: int) -> dict[str, Any]:
-        self._workflow(workflow_id)
+        wf = self._workflow(workflow_id)
         if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise NodeError(f"priority must be an integer from {MIN_PRIORITY} (highest) to {MAX_PRIORITY} (lowest), got {priority!r}")
+        self._check_submitter(wf, "reprioritise")
         self.scheduler.reprioritize(workflow_id, priority)
         await self.scheduler.durable()
         return self.workflow_summary(workflow_id)
@@ -394,6 +462,7 @@ class Node:
             "addrs": self.listen_addrs(),
             "hardware": self.hardware(),
             "models": self.local_models(),
+            "model_cids": self.model_cids,
             "queue": self.scheduler.local_queue(),
             "capacity": self.capacity,
         }
@@ -406,7 +475,7 @@ class Node:
                 continue
             peers.append({
                 "peer_id": hb.peer_id, "name": hb.name, "addrs": hb.addrs, "hardware": hb.hardware,
-                "models": hb.models, "queue": hb.queue, "capacity": hb.capacity,
+                "models": hb.models, "model_cids": hb.model_cids, "queue": hb.queue, "capacity": hb.capacity,
                 "last_seen_s": round(self.peers.age_s(rec), 3),
                 "rtt_ms": None if rec.rtt_ms is None or math.isnan(rec.rtt_ms) else rec.rtt_ms,
                 "compatible": not rec.incompatible,

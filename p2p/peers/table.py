@@ -42,7 +42,7 @@ class PeerRecord:
 
     def __post_init__(self) -> None:
         hb = self.heartbeat
-        self.caps = PeerCaps(hb.peer_id, hb.capacity, frozenset(hb.models))
+        self.caps = PeerCaps(hb.peer_id, hb.capacity, frozenset(hb.models), tuple(sorted(hb.model_cids.items())))
 
 
 def differing_keys(mine: dict[str, Any], theirs: dict[str, Any]) -> tuple[str, ...]:

@@ -3,7 +3,7 @@ it can run, what it has, and the settings every peer of a network must share."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,9 @@ class Heartbeat(BaseModel):
     addrs: list[str] = Field(default_factory=list, max_length=64)
     hardware: dict[str, Any] = Field(default_factory=dict)
     models: list[str] = Field(default_factory=list, max_length=4096)
+    # model name -> content id of its files (UnixFS CID, p2p.content): tasks pin it
+    model_cids: dict[Annotated[str, Field(max_length=512)], Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=4096)
     queue: int = Field(0, ge=0)
     capacity: float = Field(1.0, gt=0, le=1e6)
     version: str = Field("", max_length=64)

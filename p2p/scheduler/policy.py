@@ -236,6 +236,8 @@ def allowed(peer: PeerCaps, task: TaskState, wf: WorkflowState) -> bool:
     """Whether ``peer`` may run ``task`` at all: it serves the model and the tag allows it."""
     if task.spec.model not in peer.models:
         return False
+    if task.spec.model_cid is not None and dict(peer.model_cids).get(task.spec.model) != task.spec.model_cid:
+        return False  # other files under the same name (a fine-tune, a corrupted copy)
     if wf.tag is WorkflowTag.P2P_ONLY:
         return peer.peer_id != wf.submitter
     if wf.tag is WorkflowTag.LOCAL_ONLY:
