@@ -177,12 +177,13 @@ def apply_network_key(settings: Settings, invite: Any = None) -> Settings:
                                 f"{invite.network}) to join it")
     if not net.enabled:
         return settings
+    log = structlog.get_logger("p2p.settings")
     if net.open:
         if net.psk_file:
             raise SettingsError("network.open contradicts network.psk_file (--open with --psk-file): "
                                 "an open network has no key; drop one of them")
+        log.warning("open network (network.open): no key, anyone who can reach this node may join")
         return settings
-    log = structlog.get_logger("p2p.settings")
     if net.psk_file:
         try:
             key = load_swarm_key(net.psk_file)
