@@ -152,6 +152,13 @@ class Liveness:
         async with trio.open_nursery() as nursery:
             while True:
                 await trio.sleep(min(1.0, self.heartbeat_s))
+                if self._ping is not None:
+                    # re-check before any verdict (issue 7 item 4): a peer whose lease lapsed is
+                    # pinged; it stays alive meanwhile, and is judged silent only if it does
+                    # not answer within a lease
+                    for peer in self.table.lapsing():
+                        self.table.start_check(peer, self.table.lease_s)
+                        nursery.start_soon(self._recheck, peer)
                 gone = self.expire_once()
                 if gone and self._on_silent is not None:
                     # a connection that carried nothing for a lease is presumed dead (a cut link
@@ -159,6 +166,19 @@ class Liveness:
                     # one. In the background: closing takes up to seconds (see
                     # NetHost.disconnect), and other peers' leases must keep ending meanwhile.
                     nursery.start_soon(self._on_silent, gone)
+
+    async def _recheck(self, peer: str) -> None:
+        assert self._ping is not None
+        try:
+            with trio.move_on_after(self.table.lease_s):
+                rtt = await self._ping(peer)
+                self.table.touch(peer)
+                self.table.set_rtt(peer, rtt)
+                log.info("a peer whose heartbeats lapsed answered a ping; still alive", peer=peer, rtt_ms=round(rtt, 1))
+        except Exception as exc:  # noqa: BLE001 - no connection, a reset: it did not answer
+            log.debug("re-check ping failed", peer=peer, error=str(exc))
+        finally:
+            self.table.end_check(peer)
 
     def expire_once(self) -> set[str]:
         gone = self.table.expire()

@@ -80,12 +80,19 @@ class PeerTable:
         self._max_peers = max_peers
         self._peers: dict[str, PeerRecord] = {}
         self._alive: set[str] = set()
+        # peers whose lease lapsed and that are being asked directly (a ping) before any verdict:
+        # peer -> when the benefit of the doubt ends
+        self._checking: dict[str, float] = {}
         self._started = now()
         self._full_logged = False
 
     @property
     def self_id(self) -> str:
         return self._self_id
+
+    @property
+    def lease_s(self) -> float:
+        return self._lease_s
 
     def _clock(self) -> tuple[float, float]:
         """(now, the moment silence starts counting from at the earliest)."""
@@ -97,6 +104,30 @@ class PeerTable:
     def _silent_s(self, rec: PeerRecord | None, now: float, since: float) -> float:
         last = rec.last_seen if rec is not None else since
         return now - max(last, since)
+
+    def _lapsed(self, peer: str, rec: PeerRecord | None, now: float, since: float) -> bool:
+        """Silent past its lease and not under a re-check still running."""
+        if self._silent_s(rec, now, since) <= self._lease_s:
+            return False
+        until = self._checking.get(peer)
+        return until is None or now >= until
+
+    def lapsing(self) -> list[str]:
+        """Live peers whose lease just ran out and that no re-check is asking yet."""
+        now, since = self._clock()
+        return [p for p in self._alive if p not in self._checking
+                and self._silent_s(self._peers.get(p), now, since) > self._lease_s]
+
+    def start_check(self, peer_id: str, grace_s: float) -> None:
+        """Give ``peer_id`` up to ``grace_s`` more while it is asked directly whether it is alive:
+        a lapsed lease is often our own backlog (heartbeats queued behind a catch-up on a busy
+        machine), not the peer's death, and a false verdict costs re-runs and a connection."""
+        now, _ = self._clock()
+        self._checking[peer_id] = now + grace_s
+
+    def end_check(self, peer_id: str) -> None:
+        """The re-check ended: a peer that answered was ``touch``ed; one that did not is silent now."""
+        self._checking.pop(peer_id, None)
 
     def observe(self, hb: Heartbeat) -> bool:
         """Record a heartbeat; True when the set of live, compatible peers or their
@@ -145,7 +176,7 @@ class PeerTable:
         """Peers that went silent since the last call (their leases ended); forgets records
         silent for ``forget_s``."""
         now, since = self._clock()
-        gone = {p for p in self._alive if self._silent_s(self._peers.get(p), now, since) > self._lease_s}
+        gone = {p for p in self._alive if self._lapsed(p, self._peers.get(p), now, since)}
         self._alive -= gone
         self._prune(now)
         return gone
@@ -161,7 +192,7 @@ class PeerTable:
         if peer_id == self.self_id:
             return True
         now, since = self._clock()
-        return self._silent_s(self._peers.get(peer_id), now, since) <= self._lease_s
+        return not self._lapsed(peer_id, self._peers.get(peer_id), now, since)
 
     def is_compatible(self, peer_id: str) -> bool:
         """False for a peer whose consensus settings differ from ours; a peer not heard from
@@ -176,7 +207,7 @@ class PeerTable:
         now, since = self._clock()
         out.extend(
             r.caps for p, r in self._peers.items()
-            if p != me.peer_id and not r.incompatible and self._silent_s(r, now, since) <= self._lease_s
+            if p != me.peer_id and not r.incompatible and not self._lapsed(p, r, now, since)
         )
         return out
 

@@ -167,3 +167,51 @@ def test_any_message_from_a_peer_renews_its_lease() -> None:
     assert t.get("stranger") is None
     clock.run(10.5, t)
     assert t.expire() == {"busy"}
+
+
+def test_a_lapsed_lease_is_rechecked_before_any_verdict() -> None:
+    """A peer whose heartbeats lapsed (our own backlog, often) stays alive while it is asked
+    directly; one that answers keeps its lease, one that does not is silent after the grace."""
+    clock = Clock()
+    t, _ = table(clock)
+    t.observe(hb("slow"))
+    t.observe(hb("dead"))
+    clock.run(10.5, t)
+    assert sorted(t.lapsing()) == ["dead", "slow"]
+    for p in ("slow", "dead"):
+        t.start_check(p, 10.0)
+    assert t.lapsing() == [] and t.expire() == set()
+    assert {p.peer_id for p in t.live_peers()} == {"me", "slow", "dead"} and t.is_alive("dead")
+    clock.run(2, t)
+    t.touch("slow")  # it answered the ping
+    t.end_check("slow")
+    clock.run(8.5, t)  # the grace ends without an answer from "dead"
+    assert t.expire() == {"dead"}
+    assert t.is_alive("slow") and not t.is_alive("dead")
+    t.end_check("dead")
+    assert t.expire() == set()
+
+
+async def test_liveness_pings_a_lapsed_peer_and_only_an_unanswered_one_goes_silent() -> None:
+    clock = Clock()
+    t, pause = table(clock)
+    answered: list[str] = []
+
+    async def ping(peer: str) -> float:
+        if peer == "dead":
+            raise ConnectionError("no route")
+        answered.append(peer)
+        return 1.5
+
+    silent: list[set[str]] = []
+    lv = Liveness(t, pause, MemoryHub().join("me"), peer_id="me", heartbeat=lambda: hb("me"), heartbeat_s=1.0,
+                  on_peers_changed=lambda: None, ping=ping)
+    t.observe(hb("slow"))
+    t.observe(hb("dead"))
+    clock.run(10.5, t)
+    for peer in t.lapsing():
+        t.start_check(peer, t.lease_s)
+        await lv._recheck(peer)
+    silent.append(lv.expire_once())
+    assert answered == ["slow"] and silent == [{"dead"}]
+    assert t.is_alive("slow")
