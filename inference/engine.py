@@ -24,6 +24,8 @@ from inference.config import InferenceConfig
 from inference.errors import InferenceError, InvalidInputError, UnsupportedTaskError, unwrap_group
 from inference.executor import BatchCallError, BatchingExecutor
 from inference.hardware import HardwareInfo, hardware
+from inference.memory import Trimmer
+from inference.memory import configure as configure_malloc
 from inference.models import ModelInfo, available_models, resolve_model
 from inference.runner import ModelRunner, load_runner
 from inference.tasks import DEFAULT_TOP_K, TaskOutput, normalize_task
@@ -75,10 +77,15 @@ class InferenceEngine:
     @classmethod
     @asynccontextmanager
     async def open(cls, config: InferenceConfig | None = None, data_dir: Path | str = "~/.local/share/ipfs-accelerate") -> AsyncIterator["InferenceEngine"]:
-        """The engine, its executor lanes and its model loads live exactly as long as this block."""
+        """The engine, its executor lanes and its model loads live exactly as long as this block.
+
+        It also sets the process's malloc up for a long run and trims it while it lives
+        (inference.memory: without it RSS climbs with work already done)."""
         cfg = config or InferenceConfig()
+        configure_malloc()
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(Trimmer().run, name="malloc-trim")
                 async with BatchingExecutor.open(cfg.max_batch, cfg.max_wait_ms) as executor:
                     engine = cls(cfg, Path(data_dir), executor, nursery)
                     try:
