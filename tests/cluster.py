@@ -55,7 +55,10 @@ class Cluster:
         return cli_env(self.cache_dir, **{**base, **self.env_extra, **extra})
 
     def start(self, name: str, *, bootstrap: list[Peer] = (), extra: list[str] = (), env: dict[str, str] | None = None,
-              mdns: bool = False, port: int = 0) -> Peer:
+              mdns: bool = False, port: int = 0, open: bool = False) -> Peer:
+        """Start (or restart) peer ``name``. Every peer runs with the harness's one network key
+        (``tests.procs.shared_swarm_key``) unless ``open`` (an open network: no key, for peers
+        that cannot speak py-libp2p's private network, such as js-libp2p) or ``env`` says else."""
         peer = self.peers.get(name)
         if peer is None:
             data = self.root / name
@@ -64,10 +67,13 @@ class Cluster:
                     "--mcp-port", str(free_port())]
             for b in bootstrap:
                 args += ["--bootstrap", b.addr]
+            if open:
+                args.append("--open")
             args += list(extra)
             peer = Peer(name, data, int(args[args.index("--mcp-port") + 1]), args, self.root / f"{name}.log")
             self.peers[name] = peer
-        peer.proc = start(peer.args, self.env(**(env or {})), peer.log)
+        keyless = {"IPFS_ACCELERATE_NETWORK__PSK_FILE": ""} if "--open" in peer.args else {}
+        peer.proc = start(peer.args, self.env(**{**keyless, **(env or {})}), peer.log)
         self._await_up(peer)
         return peer
 
