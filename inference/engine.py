@@ -76,11 +76,14 @@ class InferenceEngine:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, config: InferenceConfig | None = None, data_dir: Path | str = "~/.local/share/ipfs-accelerate") -> AsyncIterator["InferenceEngine"]:
+    async def open(cls, config: InferenceConfig | None = None, data_dir: Path | str = "~/.local/share/ipfs-accelerate",
+                   *, preload: bool = False) -> AsyncIterator["InferenceEngine"]:
         """The engine, its executor lanes and its model loads live exactly as long as this block.
 
         It also sets the process's malloc up for a long run and trims it while it lives
-        (inference.memory: without it RSS climbs with work already done)."""
+        (inference.memory: without it RSS climbs with work already done). ``preload`` loads the
+        default model before the block starts (see ``warm``): a long-running node pays its
+        warm-up once, at start, instead of growing by a model's size on its first task."""
         cfg = config or InferenceConfig()
         configure_malloc()
         try:
@@ -88,6 +91,8 @@ class InferenceEngine:
                 nursery.start_soon(Trimmer().run, name="malloc-trim")
                 async with BatchingExecutor.open(cfg.max_batch, cfg.max_wait_ms) as executor:
                     engine = cls(cfg, Path(data_dir), executor, nursery)
+                    if preload:
+                        await engine.warm()
                     try:
                         yield engine
                     finally:
@@ -189,6 +194,18 @@ class InferenceEngine:
         finally:
             del self._loading[key]  # a failed load is retried by the next request
             pending.done.set()
+
+    async def warm(self, model: str | None = None) -> bool:
+        """Load ``model`` (default: config.default_model) for its own task and run one input
+        through it, so its weights and the runtime's buffers are in place; False (logged) when it
+        cannot be loaded here — the first request then tries again and reports why."""
+        try:
+            # a full batch of sentence-length inputs: the runtime sizes its buffers for it now
+            await self.infer(model, ["a warm-up sentence of about the length most inputs have."] * self.config.max_batch)
+        except InferenceError as exc:
+            log.warning("model.preload_failed", model=model or self.config.default_model, error=str(exc))
+            return False
+        return True
 
     async def infer(
         self,

@@ -1,6 +1,7 @@
-"""inference.memory: glibc malloc settings and trimming give freed memory back to the OS.
+"""inference.memory (glibc malloc settings and trimming give freed memory back to the OS) and the
+engine's preload: the two things that keep a node's RSS flat across work already done.
 
-Run in a fresh interpreter each, so what other tests allocated does not blur the figures."""
+The trim figures come from a fresh interpreter, so what other tests allocated does not blur them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from inference import memory
 
-pytestmark = pytest.mark.skipif(memory._glibc() is None, reason="glibc only (mallopt, malloc_trim)")
+glibc_only = pytest.mark.skipif(memory._glibc() is None, reason="glibc only (mallopt, malloc_trim)")
 
 # 200 MB of 4 KiB buffers (above pymalloc's limit, so glibc's), one in 64 kept: the heap is then
 # mostly free but pinned by live chunks all along it, which glibc's own top-of-heap trim cannot
@@ -39,6 +40,7 @@ def _child() -> tuple[int, int, int, bool]:
     return int(held), int(freed), int(trimmed), again == "True"
 
 
+@glibc_only
 def test_trim_returns_a_fragmented_heap_to_the_os() -> None:
     held, freed, trimmed, again = _child()
     assert held - trimmed > 150, f"RSS {held} MiB with the buffers, {trimmed} MiB after trimming"
@@ -46,6 +48,31 @@ def test_trim_returns_a_fragmented_heap_to_the_os() -> None:
     assert not again, "a second step with RSS unchanged trimmed again"
 
 
+@glibc_only
 def test_configure_is_idempotent() -> None:
     assert memory.configure() is True
     assert memory.configure() is True
+
+
+async def test_preload_loads_the_default_model_before_the_block(onnx_data_dir) -> None:
+    """A node pays its model's memory at start (RSS then stays flat across work): the model is
+    loaded and has run a full batch before the caller's block begins; the first request reuses it."""
+    from inference.config import InferenceConfig
+    from inference.engine import InferenceEngine
+
+    async with InferenceEngine.open(InferenceConfig(max_batch=8), onnx_data_dir, preload=True) as engine:
+        loaded = engine.loaded_models()
+        assert [(m["task"], m["batches"], m["items"]) for m in loaded] == [("embedding", 1, 8)]
+        await engine.infer(None, ["hello"])
+        assert engine.load_count == 1
+
+
+async def test_preload_of_a_missing_model_does_not_stop_the_engine(onnx_data_dir) -> None:
+    from inference.config import InferenceConfig
+    from inference.engine import InferenceEngine
+    from inference.errors import ModelNotFoundError
+
+    async with InferenceEngine.open(InferenceConfig(default_model="nobody/no-such-model"), onnx_data_dir, preload=True) as engine:
+        assert engine.loaded_models() == []
+        with pytest.raises(ModelNotFoundError):
+            await engine.infer(None, ["hello"])  # the request still gets the clear error
