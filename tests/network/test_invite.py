@@ -179,8 +179,8 @@ def test_join_with_another_key_in_psk_file_is_refused(tmp_path: Path) -> None:
 
 def test_join_over_another_data_dir_key_keeps_the_old_one(tmp_path: Path) -> None:
     """Joining another network (or a rotated key) replaces the data dir's key; the old one stays
-    beside it. Checked up to start-up with --no-network's twin: the node refuses a bad listen
-    address after the key step, so nothing runs."""
+    beside it. The node is given a listen address it refuses after the key step, so the key
+    handling runs for real and no node is left running."""
     data = tmp_path / "node"
     data.mkdir()
     old = secrets.token_bytes(32)
