@@ -86,8 +86,11 @@ class Node:
         self.scheduler = Scheduler(
             clock, engine, self.peers, sched,
             max_inflight=sched.max_inflight, max_ops_per_event=config.clock.max_ops_per_event,
-            ready=self.caught_up,
+            ready=self.caught_up, lagging=self._lagging,
         )
+
+    def _lagging(self, peer: str) -> bool:
+        return self.replicator is not None and self.replicator.lagging(peer)
 
     def caught_up(self) -> bool:
         """Whether this peer may claim: not while catching up with its peers' history."""
@@ -108,7 +111,7 @@ class Node:
         identity = Identity.load_or_create(data_dir)
         clock = MerkleClock.open(data_dir / "clock.sqlite", identity, config.clock)
         try:
-            async with InferenceEngine.open(config.inference, data_dir) as engine:
+            async with InferenceEngine.open(config.inference, data_dir, preload=True) as engine:
                 node = cls(config, identity, clock, engine)
                 await node.hash_models()
                 t0 = time.perf_counter()

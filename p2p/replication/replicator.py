@@ -272,6 +272,12 @@ class Replicator:
         self._syncing[peer] = missing
         self._nursery.start_soon(self._sync_from, peer)
 
+    def lagging(self, peer: str) -> bool:
+        """Whether ``peer`` announced events we do not hold yet (a sync from it is running):
+        what it wrote — its claims, say — may be on its way, so nothing it left undone should
+        be taken over on the strength of our stale view."""
+        return peer in self._syncing
+
     def _has(self, raw: bytes) -> bool:
         try:
             return bool(self.clock.has_event(cid_from_bytes(raw)))

@@ -96,6 +96,7 @@ class AssignmentPolicy:
         now: Callable[[], float] = time.monotonic,
         compatible: Callable[[str], bool] = lambda peer: True,
         judge: Callable[[TaskState, int], tuple[str | None, bool]] = lambda task, attempt: (None, False),
+        lagging: Callable[[str], bool] = lambda peer: False,
     ) -> None:
         self.me = me
         self.compatible = compatible
@@ -105,6 +106,7 @@ class AssignmentPolicy:
         self.now = now
         # (the attempt's judge, whether another peer's suspicion of it is folded)
         self.judge = judge
+        self.lagging = lagging  # peers whose announced events we do not hold yet
         self._suspect_since: dict[str, tuple[int, float]] = {}  # task -> (attempt, first suspected)
         self._unclaimed_since: dict[str, dict[int, float]] = {}  # task -> attempt -> first seen unclaimed
         self._running_since: dict[str, tuple[int, float]] = {}  # task -> (attempt, first seen running)
@@ -214,6 +216,10 @@ class AssignmentPolicy:
             now = self.now()
             first_seen = self._unclaimed_since.setdefault(task.task_id, {}).setdefault(attempt, now)
             if now - first_seen < rank * self.config.lease_s:
+                return None
+            if any(self.lagging(p) for p in ranking[:rank]):
+                # a peer above us wrote events we have not received: its claim may be among
+                # them (a slow replication under load must not turn into thousands of re-runs)
                 return None
             log.info("claiming a task its higher-ranked peers left unclaimed", task_id=task.task_id, rank=rank)
         return Claim(attempt, why)

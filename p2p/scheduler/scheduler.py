@@ -93,6 +93,7 @@ class Scheduler:
         max_ops_per_event: int = 256,
         ready: Callable[[], bool] = lambda: True,
         now: Callable[[], float] = time.monotonic,
+        lagging: Callable[[str], bool] = lambda peer: False,
     ) -> None:
         self.clock = clock
         self.engine = engine
@@ -114,7 +115,7 @@ class Scheduler:
         self._finished: dict[str, int] = {}  # attempts run here whose outcome may not be folded yet
         self._queued_by_wf: dict[str, set[str]] = {}  # workflow -> its tasks in the local heap
         self.policy = AssignmentPolicy(self.me, config, peers.is_alive, ready=ready, now=now,
-                                       compatible=peers.is_compatible, judge=self._judge)
+                                       compatible=peers.is_compatible, judge=self._judge, lagging=lagging)
         self._open: set[str] = set()
         self._advertised: tuple[Any, ...] | None = None  # what our last peer.advertise said
         self._dirty: set[str] = set()

@@ -35,13 +35,13 @@ class Now:
 
 
 def peer(tmp: Path, name: str, now: Callable[[], float], ready: Callable[[], bool] = lambda: True,
-         engine: Any = None, **cfg: Any) -> Scheduler:
+         engine: Any = None, lagging: Callable[[str], bool] = lambda p: False, **cfg: Any) -> Scheduler:
     ident = Identity.generate()
     clock = MerkleClock.open(tmp / f"{name}.sqlite", ident)
     me = PeerCaps(ident.peer_id_str, 1.0, frozenset([MODEL]))
     config = SchedulerConfig(**({"lease_s": 10.0, "task_timeout_s": 60.0} | cfg))
     return Scheduler(clock, engine=engine, peers=PeerTable(lambda: me, lease_s=config.lease_s, now=now),
-                     config=config, ready=ready, now=now)
+                     config=config, ready=ready, now=now, lagging=lagging)
 
 
 def hear(s: Scheduler, other: Scheduler) -> None:
@@ -218,3 +218,30 @@ async def test_a_task_left_while_catching_up_is_claimed_once_caught_up(tmp_path:
             while a.state.tasks[tid].attempt == 0:
                 await a.changed.wait()
         nursery.cancel_scope.cancel()
+
+
+def test_a_task_left_unclaimed_is_not_taken_over_while_its_betters_events_are_on_their_way(tmp_path: Path) -> None:
+    """The k-th ranked peer claims a task its betters left unclaimed after k leases, but not
+    while a better peer has announced events it does not hold yet: its claim may be in them."""
+    now = Now()
+    behind: set[str] = set()
+    a = peer(tmp_path, "a", now, lagging=lambda p: p in behind)
+    b = peer(tmp_path, "b", now)
+    wid = a.submit("w", [TaskSpec(model=MODEL, input=f"x{i}") for i in range(12)], 5, WorkflowTag.P2P_ELIGIBLE)
+    hear(a, b)
+    hear(b, a)
+    tids = [f"{wid}/{i}" for i in range(12)]
+    mine = [t for t in tids if a.policy.ranking(a.state.tasks[t], a.state.workflows[wid], a.peers.live_peers())[0] == a.me]
+    theirs = [t for t in tids if t not in mine]
+    assert theirs, "b must rank first for some task"
+    behind.add(b.me)
+    for _ in range(4):  # far past one lease: b's tasks are still unclaimed here
+        now.t += 10
+        a.peers.observe(Heartbeat(peer_id=b.me, name="x", models=[MODEL], capacity=1.0))
+        a.decide(tids)
+        a.flush()
+    assert all(a.state.tasks[t].attempt == 0 for t in theirs), "claimed while b's events were on their way"
+    behind.clear()
+    a.decide(tids)
+    a.flush()
+    assert all(a.state.tasks[t].owner().peer == a.me for t in theirs)
