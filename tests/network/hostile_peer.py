@@ -34,6 +34,8 @@ Commands (``cmd``):
 - ``steer``: ``workflow.cancel`` and ``workflow.reprioritize`` (to ``priority``) of a workflow;
 - ``flood``: once every task of ``workflow_id`` has an owner (or is finished) in its fold, a
   ``task.fail{expired}`` for each attempt in ``attempts`` of every task, ``batch`` ops an event;
+- ``persist``: expire each attempt of every open task the moment another peer owns it, round
+  after round, until the workflow ends;
 - ``race``: backdated, a ``peer.advertise`` (``adv_capacity``) and a claim on attempt 1 of every
   task (``claim_capacity``), then a zero-vector result for each claim;
 - ``late``: once every task has an honest owner in its fold, over its heads: a
@@ -216,6 +218,37 @@ class Hostile:
         out = await self.write(self.chunks(ops, int(cmd.get("batch", 250))))
         return {**out, "open_tasks": open_before, "judged_here": judged}
 
+    async def persist(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Expire each attempt of every open task as soon as someone else owns it (over its
+        heads, so from round 2 on it is active in the workflow), until the workflow is over or
+        ``timeout`` passes: a patient attacker, one attempt per round."""
+        wf = await self.workflow(cmd["workflow_id"])
+        sent: set[tuple[str, int]] = set()
+        events: list[str] = []
+        with trio.move_on_after(float(cmd.get("timeout", 90))):
+            while self.open_tasks(wf):
+                ops = []
+                for tid in wf.task_ids:
+                    t = self.state.tasks[tid]
+                    k = t.attempt
+                    if not k or (tid, k) in sent or self.state.task_status(t) in TERMINAL_TASK:
+                        continue
+                    own = t.owner(k)
+                    if own is None or own.peer == self.me or t.fail_for(k) is not None:
+                        continue
+                    ops.append({"op": "task.fail", "task_id": tid, "attempt": k, "retryable": k < 3,
+                                "error": "owner silent (says the hostile peer)", "expired": True})
+                    sent.add((tid, k))
+                if ops:
+                    events += (await self.write(self.chunks(ops, 250)))["events"]
+                else:
+                    with trio.move_on_after(0.5):
+                        await self.node.scheduler.changed.wait()
+        by_attempt: dict[int, int] = {}
+        for _, k in sent:
+            by_attempt[k] = by_attempt.get(k, 0) + 1
+        return {"events": events, "ops": len(sent), "by_attempt": by_attempt}
+
     async def race(self, cmd: dict[str, Any]) -> dict[str, Any]:
         wf = await self.workflow(cmd["workflow_id"])
         open_before = self.open_tasks(wf)
@@ -259,7 +292,7 @@ async def serve(args: argparse.Namespace) -> None:
     async with HostileNode.open(settings.node_config()) as node:
         hostile = Hostile(node)
         handlers = {"info": hostile.info, "beat": hostile.beat, "touch": hostile.touch, "steer": hostile.steer,
-                    "flood": hostile.flood, "race": hostile.race, "late": hostile.late, "rewrite": hostile.rewrite}
+                    "flood": hostile.flood, "persist": hostile.persist, "race": hostile.race, "late": hostile.late, "rewrite": hostile.rewrite}
         out = sys.stdout
         out.write(json.dumps({"ready": True, "peer_id": node.peer_id, "addrs": node.listen_addrs()}) + "\n")
         out.flush()

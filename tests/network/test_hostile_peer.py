@@ -15,7 +15,8 @@ with the project's own ``State`` to name the judge of each attempt and what was 
 4. claims and zero results for every attempt of every task of a completed workflow: written
    over everything it holds (nothing changes), and backdated to the submit (every result is
    replaced: xfail, strict, until the fold answers backdated claims; see the test);
-5. a flood of expiries (attempts 1-3 of every task of a running 300-task workflow).
+5. a flood of expiries (attempts 1-3 of every task of a running 300-task workflow), and a
+   patient expirer that ends each attempt the moment it is owned.
 
 What each measured is printed as a ``FIGURE hostile ...`` line (``pytest -s`` shows them).
 """
@@ -227,6 +228,21 @@ def _hostile_refusals(net: Net, state: State) -> Counter[str]:
     return out
 
 
+def _right(task: Any, f: Any, hostile: str) -> str:
+    """Why the fold let the hostile expiry ``f`` count, read from the expiry's own past: it was the
+    attempt's judge there, or no judge was named (only the owner was a candidate), or another
+    peer had expired the attempt before it; anything else is a broken rule."""
+    judge = task.restricted(f.where).judge(f.attempt)
+    if judge == hostile:
+        return "judge"
+    if judge is None:
+        return "none named"
+    if any(g.expired and g.attempt == f.attempt and g.peer != f.peer and g.where is not None and g.where.before(f.where)
+           for g in task.fails.values()):
+        return "concurring"
+    return f"NO RIGHT ({task.task_id} attempt {f.attempt}, judge {judge})"
+
+
 async def _submit(peer: Peer, name: str, n: int, long: bool = False) -> str:
     return (await call(peer, "submit_workflow", name=name, tasks=_tasks(n, name, long)))["workflow_id"]
 
@@ -343,7 +359,8 @@ async def test_claims_written_after_seeing_honest_claims_never_win(net: Net) -> 
         state = fold_clock(p.data_dir)
         takeovers = [r for r in state.refused() if r.author == h.peer_id and r.op == "task.claim"
                      and "attempt 2 while attempt 1 had not failed or expired" in r.reason]
-        owned = [tid for tid in state.workflows[wid].task_ids if state.tasks[tid].owner(1).peer == h.peer_id]
+        owned = [tid for tid in state.workflows[wid].task_ids
+                 if (o := state.tasks[tid].owner(1)) is not None and o.peer == h.peer_id]
         assert len(takeovers) >= n and not owned, (p.name, len(takeovers), owned[:3])
     _alive(net)
     print(f"\nFIGURE hostile late: tasks={n} late_claims={n} (attempt 1) + {n} takeovers (attempt 2) "
@@ -392,6 +409,48 @@ async def test_rewriting_a_completed_workflow_with_backdated_claims_changes_noth
     assert not diffs, "\n".join(diffs)
 
 
+async def test_expiring_every_attempt_as_soon_as_it_is_owned_fails_nothing(net: Net) -> None:
+    """A patient attacker: each attempt of every open task is expired the moment another peer
+    owns it (one attempt per round, over its heads, so from round 2 it is active in the workflow
+    and a candidate judge). An attempt may end only where the hostile peer is its judge or the
+    fold names none (the submitter owning its own task before anyone else wrote to the workflow:
+    measured, every such attempt 1). Whether a task then fails for good is a race between the
+    owner's result and the hostile expiry of the last attempt, where it judges that: when it
+    happens the test reports xfail with the numbers (the rule allows it; see the report)."""
+    await _ready(net)
+    n1 = net.honest[0]
+    h = net.hostile
+    n = 150
+    wid = await _submit(n1, "persist", n, long=True)
+    rep = await h.cmd("persist", workflow_id=wid, timeout=120)
+    for p in net.honest:
+        await wait_done(p, wid, 240)
+    await wait_holds(net, rep["events"])
+    final = (await settled(net.honest, [wid], timeout=90))[wid]
+    state = fold_clock(n1.data_dir)
+    tasks = [state.tasks[tid] for tid in state.workflows[wid].task_ids]
+    ended: Counter[str] = Counter()  # the hostile expiries that count, by the right the fold found in their past
+    for t in tasks:
+        for f in t.fails.values():
+            if f.peer != h.peer_id or not t.counts(f):
+                continue
+            ended[_right(t, f, h.peer_id)] += 1
+    failed = [t for t in final["tasks"] if t["state"] == "failed"]
+    raised = Counter(t["attempts"] for t in final["tasks"])
+    _alive(net)
+    print(f"\nFIGURE hostile persist: tasks={n} expiries={rep['ops']} by_attempt={rep['by_attempt']} "
+          f"counted={sum(ended.values())} by_right={dict(ended)} attempts={dict(raised)} "
+          f"failed={len(failed)} state={final['state']} errors_of_failed={[t.get('error') for t in failed[:2]]}")
+    assert not [k for k in ended if k.startswith("NO RIGHT")], ended
+    last = {t.task_id for t in tasks if t.owner(3) is not None and t.judge(3) in (h.peer_id, None)}
+    print(f"FIGURE hostile persist: the hostile peer may end the last attempt of {len(last)} tasks "
+          f"(judge of attempt 3, or none named); each fails for good if its expiry lands before the owner's result")
+    if failed:  # the rule allows it (the judge of the last attempt); whether it happens is a race with the owner
+        pytest.xfail(f"{len(failed)}/{n} tasks failed for good through expiries of the hostile peer as judge of "
+                     f"their last attempt: {[t['task_id'] for t in failed[:3]]}")
+    assert final["state"] == "completed"
+
+
 async def test_an_expiry_flood_fails_nothing(net: Net) -> None:
     """The hostile peer serves the model in its heartbeats (so honest peers rank it, wait for it,
     then claim its share a lease later, with its advert in their past: it is a candidate judge
@@ -422,21 +481,24 @@ async def test_an_expiry_flood_fails_nothing(net: Net) -> None:
         judged = {t.task_id for t in tasks if t.judge(1) == h.peer_id}
         anyone = {t.task_id for t in tasks if t.judge(1) is None}
         counted = {t.task_id for t in tasks if any(f.peer == h.peer_id and t.counts(f) for f in t.fails.values())}
+        rights = Counter(_right(t, f, h.peer_id) for t in tasks for f in t.fails.values()
+                         if f.peer == h.peer_id and t.counts(f))
+        ended_any = {t.task_id for t in tasks if any(t.counts(f) for f in t.fails.values())}
         continued = {t.task_id for t in tasks if t.attempt > 1 and (o := t.owner()) is not None and o.continues}
         owners = Counter(t.owner(1).peer for t in tasks if t.owner(1) is not None)
         runs = run_counts(clock_ops(n1.data_dir), {wid})
         twice = set(runs.ran_twice)
-        refused = [r for r in state.refused() if r.author == h.peer_id and r.op == "task.fail"]
+        refused = [f for t in tasks for f in t.fails.values() if f.peer == h.peer_id and f.expired and not t.counts(f)]
         _alive(net)
         names = {p.peer_id: p.name for p in net.honest}
         print(f"\nFIGURE hostile flood: tasks={n} expiries={rep['ops']} in {len(rep['events'])} events "
               f"({rep['seconds']:.3f} s) open_when_written={rep['open_tasks']} hostile_judge_of={len(judged)} "
               f"judge_none(anyone)={len(anyone)} counted={len(counted)} (judged {len(counted & judged)}, "
-              f"anyone {len(counted & anyone)}) refused={len(refused)} attempts_raised={len(raised)} "
+              f"anyone {len(counted & anyone)}; by right in the expiry's past {dict(rights)}) refused={len(refused)} attempts_raised={len(raised)} "
               f"(judged {len(raised & judged)}, anyone {len(raised & anyone)}) continuations={len(continued)} "
               f"ran_twice={len(twice)} (of them with a counted hostile expiry {len(twice & counted)}) failed=0 owners_attempt1={ {names.get(k, 'hostile'): v for k, v in owners.items()} }")
-        assert raised <= judged | anyone, sorted(raised - judged - anyone)[:5]
-        assert counted <= judged | anyone, sorted(counted - judged - anyone)[:5]
+        assert not [k for k in rights if k.startswith("NO RIGHT")], rights
+        assert raised <= ended_any, sorted(raised - ended_any)[:5]
         assert len(refused) + len(counted) == 3 * n, (len(refused), len(counted))
     finally:
         await h.cmd("beat", models=[], capacity=2.0)
