@@ -160,10 +160,12 @@ class AssignmentPolicy:
         attempt = task.attempt
         retryable = attempt < self.config.max_attempts
         judge, others_suspect = self.judge(task, attempt)
-        if judge is None or judge == self.me:
+        if judge is not None and judge == self.me:
             return Expire(attempt, reason, retryable)
         if others_suspect:
             return Expire(attempt, f"{reason} (concurring: judge {judge} did not record it)", retryable, concur=True)
+        if judge is None:  # nobody may judge alone: suspect at once, a second peer concurs
+            return Expire(attempt, f"{reason} (no judge: a second peer must concur)", retryable)
         now = self.now()
         since = self._suspect_since.get(task.task_id)
         if since is None or since[0] != attempt:

@@ -310,13 +310,17 @@ class TaskState:
             why = f"expiry of attempt {f.attempt}, which nobody owned before it"
         elif own.peer == f.peer:
             why = "a peer does not expire its own attempt (it fails it)"
+        elif own.where is None or own.where.who == _LEGACY:
+            why = None  # the old parentless fold: no causality to judge by
         else:
             judge = view.judge(f.attempt, own)
-            if judge is None or judge == f.peer:
+            if judge is not None and judge == f.peer:
                 why = None
             elif any(g.expired and g.attempt == f.attempt and g.peer != f.peer and _before(g.where, f.where)
                      for g in self.fails.values()):
                 why = None  # a second peer concurs
+            elif judge is None:
+                why = f"expiry of attempt {f.attempt} not counted: it has no judge (only its owner was active); another peer must concur"
             else:
                 why = f"expiry of attempt {f.attempt} not counted: its judge is {judge}; another peer must concur"
         memo[key] = why
@@ -340,8 +344,8 @@ class TaskState:
         return cands
 
     def judge(self, attempt: int, owner: Claim | None = None) -> str | None:
-        """The peer whose expiry of ``attempt`` counts alone; None when any peer's does (only
-        the owner was ever a candidate, or the old parentless fold)."""
+        """The peer whose expiry of ``attempt`` counts alone; None when there is none (only the
+        owner was active when it claimed, or the old parentless fold): then two peers must agree."""
         owner = owner if owner is not None else self.owner(attempt)
         if owner is None or owner.where is None or owner.where.who == _LEGACY:
             return None

@@ -36,7 +36,7 @@ pytestmark = [
 
 
 async def test_js_libp2p_junk_on_every_protocol_leaves_the_node_serving(cluster: Cluster) -> None:
-    n1 = cluster.start("n1")
+    n1 = cluster.start("n1", open=True)  # js-libp2p cannot speak py-libp2p's private-network layer
     with trio.fail_after(180):
         done = await trio.run_process(
             [str(NODE), str(HERE / "junk_peer.mjs"), n1.addr], capture_stdout=True, capture_stderr=True,
@@ -52,7 +52,7 @@ async def test_js_libp2p_junk_on_every_protocol_leaves_the_node_serving(cluster:
     await call(n1, "get_node_info")  # a round trip after the junk: still serving MCP
     assert n1.proc is not None and n1.proc.poll() is None, n1.log_text()[-4000:]
 
-    n2 = cluster.start("n2", bootstrap=[n1])
+    n2 = cluster.start("n2", bootstrap=[n1], open=True)
     await wait_peers(n1, [n2])
     await wait_peers(n2, [n1])
     assert n1.proc.poll() is None

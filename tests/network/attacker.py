@@ -9,6 +9,8 @@ a ``task.done`` for a task the attacker never claimed. Prints one JSON line with
 from __future__ import annotations
 
 import json
+from pathlib import Path
+import os
 import sys
 
 import trio
@@ -17,7 +19,7 @@ from p2p.clock.cids import block_cid, cid_raw
 from p2p.clock.event import create_event
 from p2p.config import NetworkConfig
 from p2p.identity import Identity
-from p2p.net import open_host
+from p2p.net import load_swarm_key, open_host
 from p2p.protocols.wire import BLOCKS_PROTOCOL, BlocksReply, BlocksRequest, HeadsReply, decode_request, encode
 
 
@@ -39,7 +41,10 @@ async def main(victim: str, workflow_id: str) -> None:
         return encode(HeadsReply(heads=list(blocks), events=2))
 
     cfg = NetworkConfig(listen=["/ip4/127.0.0.1/tcp/0"], mdns=False)
-    async with open_host(me.key_pair, cfg) as net:
+    # an admitted attacker: it holds the network key the harness gives every node
+    psk_path = os.environ.get("IPFS_ACCELERATE_NETWORK__PSK_FILE")
+    psk = load_swarm_key(Path(psk_path)) if psk_path else None
+    async with open_host(me.key_pair, cfg, psk) as net:
         net.set_request_handler(BLOCKS_PROTOCOL, serve)
         await net.connect(victim)
         print(json.dumps({"peer": me.peer_id_str, "bad_sig": str(block_cid(tampered)), "forged_done": str(forged.cid)}), flush=True)

@@ -33,15 +33,17 @@ async def test_every_peer_reports_every_field_alike(cluster: Cluster) -> None:
     a = (await call(n1, "submit_workflow", name="a", tasks=_tasks(150, "a"), tag="p2p-eligible"))["workflow_id"]
     b = (await call(n2, "submit_workflow", name="b", tasks=_tasks(120, "b"), tag="p2p-only", priority=7))["workflow_id"]
     c = (await call(n3, "submit_workflow", name="c", tasks=_tasks(3000, "c"), priority=10))["workflow_id"]
-    await call(n1, "set_workflow_priority", workflow_id=b, priority=2)  # a control op from a non-submitter
+    await call(n2, "set_workflow_priority", workflow_id=b, priority=2)  # its submitter reprioritises it
+    with pytest.raises(AssertionError, match="only that peer may reprioritise"):  # and nobody else may
+        await call(n1, "set_workflow_priority", workflow_id=b, priority=9)
 
-    async def c_started() -> bool:  # under way, and known to n2, which cancels it
+    async def c_started() -> bool:  # under way, and known to n2 (its submitter n3 cancels it)
         if (await call(n3, "get_workflow_status", workflow_id=c, limit=1))["completed"] < 1:
             return False
-        return c in {w["workflow_id"] for w in (await call(n2, "list_workflows"))["workflows"]}
+        return c in {w["workflow_id"] for w in (await call(n2, "list_workflows"))["workflows"]}  # and known to n2
 
     await eventually(c_started, 120, "workflow c to make progress")
-    await call(n2, "cancel_workflow", workflow_id=c)
+    await call(n3, "cancel_workflow", workflow_id=c)
     for wid in (a, b, c):
         await wait_done(n1, wid, 300)
 
