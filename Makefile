@@ -45,7 +45,7 @@ run: install
 	HF_HUB_OFFLINE=1 $(BIN)/ipfs-accelerate mcp serve --transport http --host 127.0.0.1 --port $(PORT) $(ARGS)
 
 test: install interop
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -ra --durations=40 $(PYTEST_ARGS)
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench

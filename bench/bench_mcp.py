@@ -275,7 +275,8 @@ def batched_stream(peer_id: str, n_tasks: int = 10_000, per_wf: int = 1000, per_
     from p2p.scheduler.ops import new_workflow_id
 
     emb = os.urandom(EMBEDDING_BYTES)
-    events: list[list[dict[str, Any]]] = []
+    # the fold counts a claim only after its author advertised the model
+    events: list[list[dict[str, Any]]] = [[{"op": "peer.advertise", "capacity": 2.0, "models": [MODEL]}]]
     texts = sentences(n_tasks, seed=3)
     for w in range(n_tasks // per_wf):
         wid = new_workflow_id(peer_id)

@@ -185,6 +185,36 @@ class AdvertOp(_Op):
                                                                          max_length=MAX_ADVERTISED_MODELS)
 
 
+MAX_ACCEPTS = 4096
+
+
+class AcceptOp(_Op):
+    """The submitter seals results it saw stand: ``[task index, result event cid, op index]``.
+
+    Why: which of two *concurrent* claims wins is decided by score, and a peer can make its
+    claim look concurrent by writing it over old parents (backdating), so without a seal a
+    finished task's result could still be replaced. The submitter owns its workflow (only it
+    cancels or reprioritises), so its seal is what "accepted" means: once sealed, a result
+    stands whatever arrives later."""
+
+    op: Literal["workflow.accept"]
+    workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
+    results: list[tuple[Annotated[int, Field(ge=0, le=MAX_TASKS)], Any, Annotated[int, Field(ge=0, le=100_000)]]] = Field(
+        min_length=1, max_length=MAX_ACCEPTS)
+
+    @field_validator("results")
+    @classmethod
+    def _cids(cls, v: list[tuple[int, Any, int]]) -> list[tuple[int, Any, int]]:
+        out = []
+        for index, cid, op_index in v:
+            if isinstance(cid, CID):
+                cid = bytes(cid)
+            if not isinstance(cid, (bytes, bytearray)) or len(cid) > 128:
+                raise ValueError("a result reference needs the result event's CID")
+            out.append((index, bytes(cid), op_index))
+        return out
+
+
 class CancelOp(_Op):
     op: Literal["workflow.cancel"]
     workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
@@ -197,7 +227,7 @@ class ReprioritizeOp(_Op):
 
 
 Op = Annotated[
-    Union[SubmitOp, ClaimOp, StartOp, DoneOp, FailOp, CancelOp, ReprioritizeOp, AdvertOp],
+    Union[SubmitOp, ClaimOp, StartOp, DoneOp, FailOp, CancelOp, ReprioritizeOp, AdvertOp, AcceptOp],
     Field(discriminator="op"),
 ]
 OP_ADAPTER: TypeAdapter[Any] = TypeAdapter(Op)

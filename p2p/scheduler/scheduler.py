@@ -27,10 +27,10 @@ from p2p.errors import NodeError
 from p2p.net.ratelog import PeerLogLimiter
 from p2p.peers.caps import PeerCaps
 from p2p.scheduler.heap import FibonacciHeap
-from p2p.scheduler.ops import TaskSpec, WorkflowTag, new_workflow_id
+from p2p.scheduler.ops import MAX_ACCEPTS, TaskSpec, WorkflowTag, new_workflow_id
 from p2p.scheduler.policy import AssignmentPolicy, Claim, Drop, Expire, Forget, Own
 from p2p.scheduler.results import pack_result
-from p2p.scheduler.state import State, TaskState, apply_event
+from p2p.scheduler.state import State, TaskState, TaskStatus, apply_event
 
 log = structlog.get_logger("p2p.scheduler")
 
@@ -118,6 +118,7 @@ class Scheduler:
                                        compatible=peers.is_compatible, judge=self._judge, lagging=lagging)
         self._open: set[str] = set()
         self._advertised: tuple[Any, ...] | None = None  # what our last peer.advertise said
+        self._sealing: set[str] = set()  # our workflows' done tasks whose seal is written, not yet folded
         self._dirty: set[str] = set()
         self._pending: list[dict[str, Any]] = []
         self._wake_decide = trio.Event()
@@ -319,6 +320,7 @@ class Scheduler:
         """Apply the policy's decision for each task: claim, expire, queue here or drop."""
         live = self.peers.live_peers()
         self._advertise(next((p for p in live if p.peer_id == self.me), None))
+        seals: dict[str, list[list[Any]]] = {}
         for tid in task_ids:
             task = self.state.tasks.get(tid)
             if task is None:
@@ -328,6 +330,8 @@ class Scheduler:
             running = self._owned.get(tid) if tid in self._running else None
             decisions = self.policy.decide(task, wf, status, live, running)
             if decisions and isinstance(decisions[0], Forget):
+                if wf.submitter == self.me and status is TaskStatus.DONE:
+                    self._seal(task, wf, seals)
                 self._open.discard(tid)
                 self._claiming.pop(tid, None)
                 self._finished.pop(tid, None)
@@ -349,6 +353,20 @@ class Scheduler:
                         self._claiming.setdefault(tid, set()).add(key)
                         self._record({"op": "task.fail", "task_id": tid, "attempt": decision.attempt,
                                       "error": decision.error, "retryable": decision.retryable, "expired": True})
+        for wid, entries in seals.items():
+            for i in range(0, len(entries), MAX_ACCEPTS):
+                self._record({"op": "workflow.accept", "workflow_id": wid, "results": entries[i:i + MAX_ACCEPTS]})
+
+    def _seal(self, task: TaskState, wf: Any, seals: dict[str, list[list[Any]]]) -> None:
+        """Our workflow's task is done: seal the result that stands (``workflow.accept``), once."""
+        if task.accepts:
+            self._sealing.discard(task.task_id)
+            return
+        res = task.result
+        if res is None or task.task_id in self._sealing:
+            return
+        self._sealing.add(task.task_id)
+        seals.setdefault(wf.workflow_id, []).append([task.index, res.stamp[1], res.stamp[2]])
 
     def _judge(self, task: TaskState, attempt: int) -> tuple[str | None, bool]:
         """The attempt's judge in our state, and whether another peer's suspicion is folded."""

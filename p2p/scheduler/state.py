@@ -81,6 +81,7 @@ from pydantic import ValidationError
 
 from p2p.scheduler.assignment import claim_beats, judge_of
 from p2p.scheduler.ops import (
+    AcceptOp,
     AdvertOp,
     CancelOp,
     ClaimOp,
@@ -212,6 +213,8 @@ class TaskState:
     # (attempt, peer) -> its failure; expiries too, whether they count or not (``counts``)
     fails: dict[tuple[int, str], Outcome] = field(default_factory=dict)
     max_attempts: int = 3
+    # the submitter's seals: accept op stamp -> (sealed result's stamp, where the seal is)
+    accepts: dict[Stamp, tuple[tuple[bytes, int], Where]] = field(default_factory=dict)
     submitter: str = ""
     submit_where: Where | None = field(default=None, repr=False)
     shared: Shared = field(default_factory=Shared, repr=False)
@@ -378,7 +381,7 @@ class TaskState:
         score. A continuation is the previous owner itself, so exempt."""
         if c.where is None:
             return False
-        if not c.continues:
+        if not self._continuation(c, attempt):  # only a genuine continuation is exempt
             for peer, other in self.claims.get(attempt, {}).items():
                 if peer != c.peer and _before(other.where, c.where) and self.refusal(other, attempt) is None:
                     return True
@@ -486,11 +489,25 @@ class TaskState:
         come before those of losing claimants, then the earliest causal stamp. So a peer that
         merely claimed too (a race, or a forger writing a shallow claim + done) never replaces
         the owner's result; among owners' results, later duplicates never replace the first."""
+        sealed = self.sealed()
+        if sealed is not None:
+            return sealed
         standing = self._split_results()[0]
         if not standing:
             return None
         owned = [o for o in standing if (own := self.owner(o.attempt)) is not None and own.peer == o.peer]
         return (owned or standing)[0]
+
+    def sealed(self) -> Outcome | None:
+        """The result the submitter sealed (``workflow.accept``): the earliest seal naming a
+        valid result in its own past. It stands whatever arrives later, concurrent or not."""
+        for stamp in sorted(self.accepts):
+            (cid, index), where = self.accepts[stamp]
+            for o in self.results.values():
+                if o.stamp[1] == cid and o.stamp[2] == index and _before(o.where, where) \
+                        and self.claimed_before(o.peer, o.attempt, o.where):
+                    return o
+        return None
 
     def errors(self) -> list[dict[str, Any]]:
         """Every failed attempt's error, by attempt; within an attempt the failures that count
@@ -857,6 +874,26 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
             if task is not None and any(c.peer == author and where.before(c.where)
                                         for claims in task.claims.values() for c in claims.values() if c.where):
                 touched.add(tid)
+        return
+
+    if isinstance(op, AcceptOp):
+        wf = state.workflows.get(op.workflow_id)
+        if wf is None or not _defined_by(wf, None, where):
+            state.reject(stamp[1], author, op.op, "op does not follow its workflow's submit")
+            return
+        if author != wf.submitter:
+            state.reject(stamp[1], author, op.op, f"only the workflow's submitter {wf.submitter} may accept its results")
+            return
+        for index, cid, op_index in op.results:
+            if index >= len(wf.task_ids):
+                continue
+            task = state.tasks[wf.task_ids[index]]
+            key = (stamp[0], stamp[1], stamp[2] * 100_000 + index)  # one seal per task per op
+            if key not in task.accepts:
+                task.accepts[key] = ((cid, op_index), where)
+                task.changed()
+                touched.add(task.task_id)
+        touched.add(f"wf:{wf.workflow_id}")
         return
 
     if isinstance(op, (CancelOp, ReprioritizeOp)):

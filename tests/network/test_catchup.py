@@ -34,7 +34,6 @@ async def _events(peer) -> int:  # type: ignore[no-untyped-def]
     return int((await call(peer, "get_node_info"))["clock"]["events"])
 
 
-@pytest.mark.xfail(reason="issue 7 item 13, not met under a CPU hog: the server stays responsive (get_node_info <= 0.063 s) but the catching-up joiner judged a live peer silent once with another process busy on one core", strict=False)
 async def test_serving_a_20000_event_catch_up_keeps_the_server_responsive(cluster: Cluster) -> None:
     n1 = cluster.start("n1", env={"IPFS_ACCELERATE_CLOCK__MAX_OPS_PER_EVENT": "1"})
     n3 = cluster.start("n3", bootstrap=[n1])

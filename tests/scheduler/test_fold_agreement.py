@@ -161,7 +161,7 @@ def _submit(wid: str, n: int, name: str = "wf", priority: int = 5, pin: str | No
 
 
 KINDS = ["claim", "claim", "claim", "continue", "start", "done", "done_cid", "fail", "fail_final",
-         "expire", "expire", "cancel", "reprio", "garbage", "oversize", "resubmit", "advert"]
+         "expire", "expire", "cancel", "reprio", "garbage", "oversize", "resubmit", "advert", "accept"]
 
 
 @st.composite
@@ -209,6 +209,8 @@ def op_for(draw: Any, n_tasks: dict[str, int]) -> dict[str, Any]:
         ]))
     if kind == "resubmit":
         return {"resubmit": True}
+    if kind == "accept":  # resolved against the DAG by scenarios(): a seal of an existing result
+        return {"accept": True, "wid": wid}
     if kind == "advert":  # another model, a pinned content id, a smaller capacity
         adv: dict[str, Any] = {"op": "peer.advertise", "capacity": draw(st.sampled_from([0.5, 1.0, 2.5])),
                                "models": draw(st.sampled_from([["m"], ["other"], ["m", "other"]]))}
@@ -217,6 +219,16 @@ def op_for(draw: Any, n_tasks: dict[str, int]) -> dict[str, Any]:
         return adv
     return draw(st.sampled_from([{"op": "nope"}, "garbage", {"op": "task.claim", "task_id": tid, "attempt": 0, "capacity": 1},
                                  {"op": "task.claim", "task_id": tid, "attempt": 1, "capacity": float("nan")}]))
+
+
+def _seal(draw: Any, dag: Dag, wid: str) -> dict[str, Any]:
+    """A workflow.accept naming an existing task.done (or a made-up one), by whoever writes it."""
+    dones = [(e, i, op) for e in dag.events for i, op in enumerate(e.ops)
+             if isinstance(op, dict) and op.get("op") == "task.done" and str(op.get("task_id", "")).startswith(wid)]
+    if dones and draw(st.integers(0, 4)):
+        e, i, op = draw(st.sampled_from(dones))
+        return {"op": "workflow.accept", "workflow_id": wid, "results": [[int(op["task_id"].split("/")[1]), e.cid, i]]}
+    return {"op": "workflow.accept", "workflow_id": wid, "results": [[0, b"no such event", 0]]}
 
 
 @st.composite
@@ -238,6 +250,8 @@ def scenarios(draw: Any, min_events: int = 1, max_events: int = 30) -> Dag:
                 wid, n = submits.get(author, (WA, n_tasks[WA]))
                 # a second submit under one id, with more tasks (only the bound author's counts)
                 op = _submit(wid, n + 1, "again", priority=draw(st.integers(1, 10)))
+            if isinstance(op, dict) and op.get("accept"):
+                op = _seal(draw, dag, op["wid"])
             ops.append(op)
         existing = list(range(len(dag.events)))
         # no extra parents: the event may not descend from a submit (an op before its submit)
@@ -298,7 +312,9 @@ def extended(draw: Any) -> tuple[Dag, int]:
     n_tasks = {WA: 4, WD: 4}
     for i in range(draw(st.integers(1, 12))):
         author = draw(st.sampled_from(SUBMITTERS + WORKERS))
-        ops = [op for op in (draw(op_for(n_tasks)) for _ in range(draw(st.integers(1, 3)))) if not (isinstance(op, dict) and op.get("resubmit"))]
+        ops = [_seal(draw, dag, op["wid"]) if isinstance(op, dict) and op.get("accept") else op
+               for op in (draw(op_for(n_tasks)) for _ in range(draw(st.integers(1, 3))))
+               if not (isinstance(op, dict) and op.get("resubmit"))]
         if ops:
             later = list(range(cut, len(dag.events)))
             extra = draw(st.lists(st.sampled_from(later), max_size=2)) if later else []

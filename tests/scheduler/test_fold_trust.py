@@ -26,7 +26,7 @@ from p2p.scheduler.assignment import claim_beats, judge_of
 from p2p.scheduler.ops import submitter_prefix
 from p2p.scheduler.state import State, TaskStatus, WorkflowStatus
 
-from test_fold_agreement import WA, WD, Dag, causal_orders, fold, op_for, scenarios  # noqa: E402
+from test_fold_agreement import WA, WD, Dag, _seal, causal_orders, fold, op_for, scenarios  # noqa: E402
 from test_fold_rules import T0, W, _submit, claim, done, expire, start  # noqa: E402
 
 HOSTILE = "H"
@@ -214,7 +214,8 @@ def attacked(draw: Any) -> tuple[Dag, int]:
     heads = dag.heads()
     n_tasks = {WA: 4, WD: 4}
     for _ in range(draw(st.integers(1, 8))):
-        ops = [op for op in (draw(op_for(n_tasks)) for _ in range(draw(st.integers(1, 4))))
+        ops = [_seal(draw, dag, op["wid"]) if isinstance(op, dict) and op.get("accept") else op
+               for op in (draw(op_for(n_tasks)) for _ in range(draw(st.integers(1, 4))))
                if not (isinstance(op, dict) and op.get("resubmit"))]
         if ops:
             later = list(range(cut, len(dag.events)))
@@ -253,3 +254,31 @@ def test_a_hostile_author_changes_nothing_it_has_no_right_to(case: tuple[Dag, in
                     assert s2 is not TaskStatus.FAILED, tid
                     own1, own2 = t1.owner(), t2.owner()
                     assert own2 is not None and own2.peer == own1.peer and t2.attempt == t1.attempt, tid
+
+
+def test_a_sealed_result_stands_even_against_a_backdated_claim() -> None:
+    """H writes, over the submit alone (backdated, as if concurrent with everything), a claim
+    that outscores the owner's and a zero result. Before the submitter sealed the honest result
+    such a race is decided by score; once it sealed it, nothing changes it, in any order. A
+    seal from anyone else, or of a result not in the seal's past, counts for nothing."""
+    h_peer = next(p for p in ("H", "H1", "H2", "H3", "H4", "H5", "H6") if claim_beats(T0, (p, 1.0), ("B", 1.0)))
+    dag = Dag()
+    s = dag.add("A", [_submit()], [])
+    b = dag.add("B", [claim(1), start(1), done(1, "honest")], [s.idx])
+    seal = {"op": "workflow.accept", "workflow_id": W, "results": [[0, b.cid, 3]]}  # op 0 is B's advert
+    dag.add("M", [{"op": "workflow.accept", "workflow_id": W, "results": [[0, b.cid, 3]]}], [b.idx])
+    dag.add(h_peer, [claim(1), done(1, "zeros")], [s.idx])  # backdated: its first event, over the submit
+    unsealed = fold(dag, dag.events)
+    assert unsealed.tasks[T0].result.result == {"v": "zeros"}  # the race it fakes, by score
+    assert [r.reason for r in unsealed.rejected] == ["only the workflow's submitter A may accept its results"]
+    dag.add("A", [seal], [b.idx])
+    for order in causal_orders(dag, random.Random(6), 6):
+        state = fold(dag, order)
+        assert state.tasks[T0].result.result == {"v": "honest"} and state.tasks[T0].result.peer == "B"
+    # a seal of a result that is not in its past names nothing
+    dag2 = Dag()
+    s = dag2.add("A", [_submit()], [])
+    b = dag2.add("B", [claim(1), start(1), done(1, "honest")], [s.idx])
+    dag2.add("A", [{"op": "workflow.accept", "workflow_id": W, "results": [[0, b.cid, 3]]}], [s.idx])
+    dag2.add(h_peer, [claim(1), done(1, "zeros")], [s.idx])
+    assert fold(dag2, dag2.events).tasks[T0].result.result == {"v": "zeros"}
