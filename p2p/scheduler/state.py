@@ -854,6 +854,20 @@ def _defined_by(wf: WorkflowState, index: int | None, where: Where) -> bool:
     return False
 
 
+def _steered_workflow(state: State, op: Any, author: str, where: Where, verb: str) -> WorkflowState | None:
+    """The workflow a control op (cancel, reprioritise, accept) steers, or None (rejected, with
+    the reason) when it does not follow the submit or its author is not the submitter. Only the
+    submitter steers its workflow (issue 8): the id is bound to it, so every peer agrees who."""
+    wf = state.workflows.get(op.workflow_id)
+    if wf is None or not _defined_by(wf, None, where):
+        state.reject(where.stamp[1], author, op.op, "op does not follow its workflow's submit")
+        return None
+    if author != wf.submitter:
+        state.reject(where.stamp[1], author, op.op, f"only the workflow's submitter {wf.submitter} may {verb} it")
+        return None
+    return wf
+
+
 def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str]) -> None:
     stamp = where.stamp
     if isinstance(op, SubmitOp):
@@ -877,12 +891,8 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
         return
 
     if isinstance(op, AcceptOp):
-        wf = state.workflows.get(op.workflow_id)
-        if wf is None or not _defined_by(wf, None, where):
-            state.reject(stamp[1], author, op.op, "op does not follow its workflow's submit")
-            return
-        if author != wf.submitter:
-            state.reject(stamp[1], author, op.op, f"only the workflow's submitter {wf.submitter} may accept its results")
+        wf = _steered_workflow(state, op, author, where, "accept the results of")
+        if wf is None:
             return
         for index, cid, op_index in op.results:
             if index >= len(wf.task_ids):
@@ -897,14 +907,8 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
         return
 
     if isinstance(op, (CancelOp, ReprioritizeOp)):
-        wf = state.workflows.get(op.workflow_id)
-        if wf is None or not _defined_by(wf, None, where):
-            state.reject(stamp[1], author, op.op, "op does not follow its workflow's submit")
-            return
-        if author != wf.submitter:
-            # only the submitter steers its workflow (issue 8): the id is bound to it, so this
-            # is the same peer on every peer's view
-            state.reject(stamp[1], author, op.op, f"only the workflow's submitter {wf.submitter} may {op.op.split('.')[1]} it")
+        wf = _steered_workflow(state, op, author, where, op.op.split(".")[1])
+        if wf is None:
             return
         if isinstance(op, ReprioritizeOp):
             if wf.reprioritized is None or stamp > wf.reprioritized[0]:

@@ -303,22 +303,29 @@ def test_folding_an_event_again_changes_nothing(dag: Dag) -> None:
     assert answers(once) == answers(twice)
 
 
+def add_over(draw: Any, dag: Dag, cut: int, authors: list[str], events: int, max_ops: int, max_extra: int) -> None:
+    """Append events written over all of ``dag.events[:cut]`` (its heads), by ``authors``, with
+    ops from ``op_for``, each perhaps also over some of the events added since the cut."""
+    heads = [h for h in dag.heads() if h < cut] if cut < len(dag.events) else dag.heads()
+    n_tasks = {WA: 4, WD: 4}
+    for _ in range(events):
+        author = draw(st.sampled_from(authors))
+        ops = [_seal(draw, dag, op["wid"]) if isinstance(op, dict) and op.get("accept") else op
+               for op in (draw(op_for(n_tasks)) for _ in range(draw(st.integers(1, max_ops))))
+               if not (isinstance(op, dict) and op.get("resubmit"))]
+        if ops:
+            later = list(range(cut, len(dag.events)))
+            extra = draw(st.lists(st.sampled_from(later), max_size=max_extra)) if later else []
+            dag.add(author, ops, heads + extra)
+
+
 @st.composite
 def extended(draw: Any) -> tuple[Dag, int]:
     """A scenario, then more events written by peers that had seen all of it."""
     dag = draw(scenarios(min_events=5, max_events=30))
     cut = len(dag.events)
     heads = dag.heads()
-    n_tasks = {WA: 4, WD: 4}
-    for i in range(draw(st.integers(1, 12))):
-        author = draw(st.sampled_from(SUBMITTERS + WORKERS))
-        ops = [_seal(draw, dag, op["wid"]) if isinstance(op, dict) and op.get("accept") else op
-               for op in (draw(op_for(n_tasks)) for _ in range(draw(st.integers(1, 3))))
-               if not (isinstance(op, dict) and op.get("resubmit"))]
-        if ops:
-            later = list(range(cut, len(dag.events)))
-            extra = draw(st.lists(st.sampled_from(later), max_size=2)) if later else []
-            dag.add(author, ops, heads + extra)
+    add_over(draw, dag, cut, SUBMITTERS + WORKERS, draw(st.integers(1, 12)), 3, 2)
     # every later event descends from the whole first set
     assert all(dag._descends(e.idx, h) for e in dag.events[cut:] for h in heads)
     return dag, cut

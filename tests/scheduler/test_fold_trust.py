@@ -26,7 +26,7 @@ from p2p.scheduler.assignment import claim_beats, judge_of
 from p2p.scheduler.ops import submitter_prefix
 from p2p.scheduler.state import State, TaskStatus, WorkflowStatus
 
-from test_fold_agreement import WA, WD, Dag, _seal, causal_orders, fold, op_for, scenarios  # noqa: E402
+from test_fold_agreement import Dag, add_over, causal_orders, fold, scenarios  # noqa: E402
 from test_fold_rules import T0, W, _submit, claim, done, expire, start  # noqa: E402
 
 HOSTILE = "H"
@@ -211,16 +211,7 @@ def attacked(draw: Any) -> tuple[Dag, int]:
     """Honest events, then a hostile author's events written over all of them."""
     dag = draw(scenarios(min_events=3, max_events=25))
     cut = len(dag.events)
-    heads = dag.heads()
-    n_tasks = {WA: 4, WD: 4}
-    for _ in range(draw(st.integers(1, 8))):
-        ops = [_seal(draw, dag, op["wid"]) if isinstance(op, dict) and op.get("accept") else op
-               for op in (draw(op_for(n_tasks)) for _ in range(draw(st.integers(1, 4))))
-               if not (isinstance(op, dict) and op.get("resubmit"))]
-        if ops:
-            later = list(range(cut, len(dag.events)))
-            extra = draw(st.lists(st.sampled_from(later), max_size=1)) if later else []
-            dag.add(HOSTILE, ops, heads + extra)
+    add_over(draw, dag, cut, [HOSTILE], draw(st.integers(1, 8)), 4, 1)
     return dag, cut
 
 
@@ -270,7 +261,7 @@ def test_a_sealed_result_stands_even_against_a_backdated_claim() -> None:
     dag.add(h_peer, [claim(1), done(1, "zeros")], [s.idx])  # backdated: its first event, over the submit
     unsealed = fold(dag, dag.events)
     assert unsealed.tasks[T0].result.result == {"v": "zeros"}  # the race it fakes, by score
-    assert [r.reason for r in unsealed.rejected] == ["only the workflow's submitter A may accept its results"]
+    assert [r.reason for r in unsealed.rejected] == ["only the workflow's submitter A may accept the results of it"]
     dag.add("A", [seal], [b.idx])
     for order in causal_orders(dag, random.Random(6), 6):
         state = fold(dag, order)
