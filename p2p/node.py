@@ -111,7 +111,7 @@ class Node:
         identity = Identity.load_or_create(data_dir)
         clock = MerkleClock.open(data_dir / "clock.sqlite", identity, config.clock)
         try:
-            async with InferenceEngine.open(config.inference, data_dir, preload=True) as engine:
+            async with InferenceEngine.open(config.inference, data_dir) as engine:
                 node = cls(config, identity, clock, engine)
                 await node.hash_models()
                 t0 = time.perf_counter()
@@ -121,6 +121,9 @@ class Node:
                          seconds=round(time.perf_counter() - t0, 3), peer_id=node.peer_id)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(clock.watch_writer)  # a failed disk write stops the node, loudly
+                    # load the default model now, in the background: a long-running node pays its
+                    # warm-up at start (not by growing on its first task), and nothing waits for it
+                    nursery.start_soon(engine.warm)
                     await nursery.start(serve_control, node)
                     await nursery.start(node.scheduler.run)
                     if config.network.enabled:
