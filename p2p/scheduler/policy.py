@@ -158,20 +158,24 @@ class AssignmentPolicy:
         """The owner is gone (or too slow): record it if we are the judge; otherwise suspect
         when the judge is gone too or idle for two leases, and concur with a peer's suspicion."""
         attempt = task.attempt
-        retryable = attempt < self.config.max_attempts
+        last = attempt >= self.config.max_attempts
+        retryable = not last  # informative only: the fold never takes an expiry's word for it
         judge, others_suspect = self.judge(task, attempt)
-        if judge is not None and judge == self.me:
-            return Expire(attempt, reason, retryable)
-        if others_suspect:
-            return Expire(attempt, f"{reason} (concurring: judge {judge} did not record it)", retryable, concur=True)
-        if judge is None:  # nobody may judge alone: suspect at once, a second peer concurs
-            return Expire(attempt, f"{reason} (no judge: a second peer must concur)", retryable)
+        if not last and self.me in (judge, task.submitter):
+            return Expire(attempt, reason, retryable)  # counts alone
         now = self.now()
         since = self._suspect_since.get(task.task_id)
         if since is None or since[0] != attempt:
             since = self._suspect_since[task.task_id] = (attempt, now)
-        if not self.is_alive(judge) or now - since[1] > 2 * self.config.lease_s:
-            return Expire(attempt, f"{reason} (judge {judge} did not record it)", retryable)
+        waited = now - since[1] > 2 * self.config.lease_s
+        judge_gone = judge is None or not self.is_alive(judge)
+        if others_suspect and (judge_gone or waited or last):
+            # concur with another peer's suspicion we share; not at once while a live judge
+            # may still act (a flood of suspicions must not turn every blip into an expiry)
+            return Expire(attempt, f"{reason} (concurring with another peer)", retryable, concur=True)
+        if judge_gone or waited or (last and judge == self.me):
+            why = "the last attempt: a second peer must concur" if last else f"judge {judge} did not record it"
+            return Expire(attempt, f"{reason} ({why})", retryable)
         return None
 
     def _may_continue(self, task: TaskState, attempt: int) -> bool:
@@ -230,9 +234,9 @@ class AssignmentPolicy:
         """The live, eligible peers in the rendezvous rule's order for this task; peers that
         already failed it go last when others can take it."""
         eligible = {p.peer_id: p.capacity for p in live if allowed(p, task, wf)}
-        failed = {peer for (a, peer), f in task.fails.items()
+        failed = {peer for (a, peer, _), f in task.fails.items()
                   if not f.expired and task.claimed_before(peer, a, f.where)}  # fails that count
-        for (a, _), f in task.fails.items():  # owners whose attempt was recorded lost
+        for (a, _, _), f in task.fails.items():  # owners whose attempt was recorded lost
             if f.expired and task.counts(f) and (own := task.owner(a)) is not None:
                 failed.add(own.peer)
         if failed and any(p not in failed for p in eligible):

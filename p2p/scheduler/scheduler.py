@@ -360,8 +360,9 @@ class Scheduler:
     def _seal(self, task: TaskState, wf: Any, seals: dict[str, list[list[Any]]]) -> None:
         """Our workflow's task is done: seal the result that stands (``workflow.accept``), once."""
         if task.accepts:
-            self._sealing.discard(task.task_id)
-            return
+            self._sealing.discard(task.task_id)  # our seal is folded
+            if task.sealed() is not None:
+                return
         res = task.result
         if res is None or task.task_id in self._sealing:
             return
@@ -370,7 +371,7 @@ class Scheduler:
 
     def _judge(self, task: TaskState, attempt: int) -> tuple[str | None, bool]:
         """The attempt's judge in our state, and whether another peer's suspicion is folded."""
-        return task.judge(attempt), any(f.expired and a == attempt and p != self.me for (a, p), f in task.fails.items())
+        return task.judge(attempt), any(f.expired and a == attempt and p != self.me for (a, p, _), f in task.fails.items())
 
     def _advertise(self, mine: PeerCaps | None) -> None:
         """Write a ``peer.advertise`` when what we offer differs from what we last advertised:
@@ -426,7 +427,7 @@ class Scheduler:
 
     def _outcome_folded(self, task: TaskState, attempt: int) -> bool:
         """Whether this peer's result or failure for ``attempt`` is in the state."""
-        if (attempt, self.me) in task.fails:
+        if any(a == attempt and p == self.me for a, p, _ in task.fails):
             return True
         return any(o.peer == self.me and o.attempt == attempt for o in task.results.values())
 

@@ -73,6 +73,7 @@ latest ``apply_event`` call, for the caller to log).
 
 from __future__ import annotations
 
+import bisect
 import enum
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -211,7 +212,10 @@ class TaskState:
     started: dict[tuple[int, str], Where | None] = field(default_factory=dict)  # earliest start
     results: dict[Stamp, Outcome] = field(default_factory=dict)  # keyed by stamp: idempotent
     # (attempt, peer) -> its failure; expiries too, whether they count or not (``counts``)
-    fails: dict[tuple[int, str], Outcome] = field(default_factory=dict)
+    # (attempt, author, stamp) -> a failure; every one is kept (a backdated copy of its own
+    # fail must not replace the original, which later claims were justified by); expiries
+    # too, whether they count or not (``counts``)
+    fails: dict[tuple[int, str, Stamp], Outcome] = field(default_factory=dict)
     max_attempts: int = 3
     # the submitter's seals: accept op stamp -> (sealed result's stamp, where the seal is)
     accepts: dict[Stamp, tuple[tuple[bytes, int], Where]] = field(default_factory=dict)
@@ -265,7 +269,7 @@ class TaskState:
         if key in memo:
             return memo[key]
         why: str | None = None
-        adv = self.shared.advert_before(c.peer, c.where)
+        adv = self._advert(c)
         spec = self.spec
         if adv is None:
             why = "claim without a peer.advertise of its author before it"
@@ -279,9 +283,17 @@ class TaskState:
         memo[key] = why
         return why
 
+    def _advert(self, c: Claim) -> Advert | None:
+        """The advert before claim ``c`` (memoised: a peer may have advertised many times)."""
+        self._cache()
+        key = ("advert", c.peer, c.stamp)
+        if key not in self._verdicts:
+            self._verdicts[key] = self.shared.advert_before(c.peer, c.where)
+        return self._verdicts[key]
+
     def weight(self, c: Claim) -> float:
         """A claim's weight in the race: its word, capped by what its author advertised before."""
-        adv = self.shared.advert_before(c.peer, c.where)
+        adv = self._advert(c)
         return c.capacity if adv is None else min(c.capacity, adv.capacity)
 
     def counts(self, f: Outcome) -> bool:
@@ -317,11 +329,14 @@ class TaskState:
             why = None  # the old parentless fold: no causality to judge by
         else:
             judge = view.judge(f.attempt, own)
-            if judge is not None and judge == f.peer:
-                why = None
+            last = f.attempt >= self.max_attempts  # it fails the task for good: two peers must agree
+            if not last and f.peer in (judge, self.submitter):
+                why = None  # the judge, or the submitter, which steers its workflow anyway
             elif any(g.expired and g.attempt == f.attempt and g.peer != f.peer and _before(g.where, f.where)
                      for g in self.fails.values()):
                 why = None  # a second peer concurs
+            elif last:
+                why = f"expiry of the last attempt ({f.attempt}) not counted: it fails the task for good, so another peer must concur"
             elif judge is None:
                 why = f"expiry of attempt {f.attempt} not counted: it has no judge (only its owner was active); another peer must concur"
             else:
@@ -390,7 +405,7 @@ class TaskState:
         for o in self.results.values():
             if _before(o.where, c.where) and self.claimed_before(o.peer, o.attempt, o.where):
                 return True
-        for (a, peer), f in self.fails.items():
+        for (a, peer, _), f in self.fails.items():
             if a == attempt and _before(f.where, c.where) and self.counts(f):
                 return True
         return False
@@ -447,7 +462,7 @@ class TaskState:
         earliest stamp when there are several (never arrival order)."""
         owner = None
         found = []
-        for (a, peer), f in self.fails.items():
+        for (a, peer, _), f in self.fails.items():
             if a != attempt:
                 continue
             if f.expired:
@@ -460,12 +475,14 @@ class TaskState:
         return min(found, key=lambda f: f.stamp) if found else None
 
     def _is_final(self, f: Outcome) -> bool:
-        return not f.retryable or f.attempt >= self.max_attempts
+        """Final on the last attempt, or when the owner itself says a retry cannot help; an
+        expiry's ``retryable`` is another peer's word about someone else's run: ignored."""
+        return f.attempt >= self.max_attempts or (not f.expired and not f.retryable)
 
     def final_fails(self) -> list[Outcome]:
         """Failures that end the task for good, oldest first."""
         out = []
-        for attempt in sorted({a for a, _ in self.fails}):
+        for attempt in sorted({k[0] for k in self.fails}):
             f = self.fail_for(attempt)
             if f is not None and self._is_final(f):
                 out.append(f)
@@ -567,12 +584,13 @@ class TaskState:
         t.results = {s: o for s, o in self.results.items() if _before(o.where, cut)}
         t.fails = {k: f for k, f in self.fails.items() if _before(f.where, cut)}
         t.started = {k: w for k, w in self.started.items() if w is None or _before(w, cut)}
+        t.accepts = {k: v for k, v in self.accepts.items() if _before(v[1], cut)}
         return t
 
     def ended_before(self, attempt: int, where: Where) -> bool:
         """Whether ``attempt`` had ended in the past of ``where``: its owner failed it, or an
         expiry that counts recorded it lost. Only then may anyone claim the next attempt."""
-        candidates = [f for (a, _), f in self.fails.items() if a == attempt and _before(f.where, where)]
+        candidates = [f for (a, _, _), f in self.fails.items() if a == attempt and _before(f.where, where)]
         if not candidates:
             return False
         return self.restricted(where).fail_for(attempt) is not None
@@ -645,6 +663,7 @@ class State:
     # the peers' peer.advertise ops, by stamp (a chain per author: rarely more than a few)
     shared: Shared = field(default_factory=Shared, repr=False)
     _claimed_by: dict[str, set[str]] = field(default_factory=dict, repr=False)  # author -> tasks it claimed
+    _max_seq: dict[str, int] = field(default_factory=dict, repr=False)  # author -> highest seq folded
     # those of the last apply_event call (the first REJECTIONS_KEPT): what a caller logs
     last_rejected: list[Rejection] = field(default_factory=list)
     events: int = 0
@@ -842,6 +861,8 @@ def apply_event(
             state.reject(cid, author, "?", f"malformed op: {type(exc).__name__}")
             continue
         _apply_op(state, op, author, where, touched)
+    if who != _LEGACY and state._max_seq.get(author, 0) < at:
+        state._max_seq[author] = at
     state.refresh(t for t in touched if not t.startswith("wf:"))
     return touched
 
@@ -876,18 +897,20 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
 
     if isinstance(op, AdvertOp):
         ads = state.shared.adverts.setdefault(author, [])
-        if any(a.where.stamp == stamp for a in ads):
+        i = bisect.bisect_left(ads, stamp, key=lambda a: a.where.stamp)
+        if i < len(ads) and ads[i].where.stamp == stamp:
             return  # the same op folded again
-        ads.append(Advert(where, op.capacity, frozenset(op.models), dict(op.model_cids)))
-        ads.sort(key=lambda a: a.where.stamp)
-        state.shared.epoch += 1
-        # Only a forking author's claims can be folded before an advert that is "before" them;
-        # their tasks are re-derived (an honest author's advert precedes its claims).
-        for tid in state._claimed_by.get(author, ()):
-            task = state.tasks.get(tid)
-            if task is not None and any(c.peer == author and where.before(c.where)
-                                        for claims in task.claims.values() for c in claims.values() if c.where):
-                touched.add(tid)
+        ads.insert(i, Advert(where, op.capacity, frozenset(op.models), dict(op.model_cids)))
+        if where.seq <= state._max_seq.get(author, 0) and where.who != _LEGACY:
+            # Only a forking author (this seq, or a later one, was folded already) can have
+            # claims folded before an advert that is "before" them: re-derive every verdict,
+            # and its tasks. An honest author's advert precedes its claims: O(1).
+            state.shared.epoch += 1
+            for tid in state._claimed_by.get(author, ()):
+                task = state.tasks.get(tid)
+                if task is not None and any(c.peer == author and where.before(c.where)
+                                            for claims in task.claims.values() for c in claims.values() if c.where):
+                    touched.add(tid)
         return
 
     if isinstance(op, AcceptOp):
@@ -968,10 +991,9 @@ def _apply_task_op(state: State, task: TaskState, op: Any, author: str, where: W
             )
             task.changed()
     elif isinstance(op, FailOp):
-        key = (op.attempt, author)
+        key = (op.attempt, author, stamp)
         new = Outcome(author, op.attempt, stamp, error=op.error, retryable=op.retryable, expired=op.expired, where=where)
-        old_fail = task.fails.get(key)
-        if old_fail is None or new.stamp < old_fail.stamp:
+        if key not in task.fails:
             task.fails[key] = new
             task.changed()
             if new.expired:

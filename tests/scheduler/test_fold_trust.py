@@ -273,3 +273,97 @@ def test_a_sealed_result_stands_even_against_a_backdated_claim() -> None:
     dag2.add("A", [{"op": "workflow.accept", "workflow_id": W, "results": [[0, b.cid, 3]]}], [s.idx])
     dag2.add(h_peer, [claim(1), done(1, "zeros")], [s.idx])
     assert fold(dag2, dag2.events).tasks[T0].result.result == {"v": "zeros"}
+
+
+# ------------------------------------------------------------- the reviewer's corners (issue 8)
+
+
+def _two_candidates() -> tuple[Dag, Any, str, str]:
+    """A submits, C is active since the submit, B owns attempt 1 and started: (dag, b-event,
+    judge of attempt 1 among {A, C}, the other candidate)."""
+    dag = Dag()
+    s = dag.add("A", [_submit()], [])
+    c = dag.add("C", [{"op": "peer.advertise", "capacity": 1.0, "models": ["m"]}], [s.idx])
+    b = dag.add("B", [claim(1), start(1)], [c.idx])
+    judge = judge_of(T0, 1, {"A", "C"})
+    return dag, b, judge, ("C" if judge == "A" else "A")
+
+
+def test_an_expiry_saying_not_retryable_is_not_final() -> None:
+    """An expiry is another peer's word about someone else's run: its judge cannot fail the
+    task for good on attempt 1 by saying a retry cannot help."""
+    dag, b, judge, _ = _two_candidates()
+    dag.add(judge, [{**expire(1), "retryable": False}], [b.idx])
+    state = fold(dag, dag.events)
+    assert state.task_status(state.tasks[T0]) is TaskStatus.QUEUED  # lost, retried: not failed
+
+
+def test_the_last_attempt_is_failed_only_by_two_peers_that_agree() -> None:
+    dag = Dag()
+    s = dag.add("A", [_submit()], [])
+    c = dag.add("C", [{"op": "peer.advertise", "capacity": 1.0, "models": ["m"]}], [s.idx])
+    prev = c
+    for a in (1, 2):  # B fails its own first two attempts (say, out of memory)
+        prev = dag.add("B", [claim(a), {"op": "task.fail", "task_id": T0, "attempt": a, "error": "oom"}], [prev.idx])
+    b3 = dag.add("B", [claim(3), start(3)], [prev.idx])
+    judge = fold(dag, dag.events).tasks[T0].judge(3)
+    assert judge in ("A", "C")
+    lone = dag.add(judge, [expire(3)], [b3.idx])
+    state = fold(dag, dag.events)
+    assert state.task_status(state.tasks[T0]) is TaskStatus.RUNNING, "the judge alone failed the last attempt"
+    other = "C" if judge == "A" else "A"
+    dag.add(other, [expire(3)], [lone.idx])
+    state = fold(dag, dag.events)
+    assert state.task_status(state.tasks[T0]) is TaskStatus.FAILED
+
+
+def test_the_submitter_records_an_attempt_lost_even_when_another_peer_judges() -> None:
+    """A judge that is alive but never acts (hostile, or broken) cannot hold a task: the
+    submitter, which steers its workflow anyway, records the loss alone."""
+    judge = next(p for p in (f"C{i}" for i in range(200)) if judge_of(T0, 1, {"A", p}) == p)
+    dag = Dag()
+    s = dag.add("A", [_submit()], [])
+    c = dag.add(judge, [{"op": "peer.advertise", "capacity": 1.0, "models": ["m"]}], [s.idx])
+    b = dag.add("B", [claim(1), start(1)], [c.idx])
+    assert fold(dag, dag.events).tasks[T0].judge(1) == judge != "A"
+    dag.add("A", [expire(1)], [b.idx])
+    state = fold(dag, dag.events)
+    assert state.task_status(state.tasks[T0]) is TaskStatus.QUEUED
+
+
+def test_a_backdated_copy_of_a_fail_does_not_reopen_finished_work() -> None:
+    """H owned attempt 1 and failed it; P took attempt 2 and finished, and the submitter sealed
+    it. H then writes the same fail again over its claim alone (a smaller stamp): every record
+    is kept, so P's claim stays justified and the workflow stays completed."""
+    dag = Dag()
+    s = dag.add("A", [_submit()], [])
+    h1 = dag.add(HOSTILE, [claim(1)], [s.idx])
+    hf = dag.add(HOSTILE, [{"op": "task.fail", "task_id": T0, "attempt": 1, "error": "oom"}], [h1.idx])
+    p2 = dag.add("P", [claim(2), start(2), done(2, "honest")], [hf.idx])
+    dag.add("A", [{"op": "workflow.accept", "workflow_id": W, "results": [[0, p2.cid, 4]]}], [p2.idx])
+    before = fold(dag, dag.events)
+    assert before.workflow_status(before.workflows[W]) is WorkflowStatus.COMPLETED
+    forked = Dag(events=list(dag.events), last_of=dict(dag.last_of))
+    forked.add(HOSTILE, [{"op": "task.fail", "task_id": T0, "attempt": 1, "error": "again"}], [h1.idx], fork=True)
+    for order in causal_orders(forked, random.Random(8), 4):
+        state = fold(forked, order)
+        assert state.workflow_status(state.workflows[W]) is WorkflowStatus.COMPLETED
+        assert state.tasks[T0].result.result == {"v": "honest"}
+
+
+def test_an_honest_authors_adverts_cost_no_re_derivation() -> None:
+    """A peer re-advertising (capacity or models changed) does not make the fold re-derive
+    every task it ever claimed; only a forking author's advert can be 'before' a claim folded
+    already, and only then is anything re-derived."""
+    n = 50
+    dag = Dag()
+    s = dag.add("A", [_submit(n)], [])
+    b = dag.add("B", [{**claim(1), "task_id": _tid(i)} for i in range(n)], [s.idx])
+    state = fold(dag, dag.events)
+    epoch = state.shared.epoch
+    dag.add("B", [{"op": "peer.advertise", "capacity": c, "models": ["m"]} for c in (1.0, 2.0, 3.0)], [b.idx])
+    from p2p.scheduler.state import apply_event
+    ev = dag.events[-1]
+    touched = apply_event(state, ev.cid, ev.author, ev.height, ev.ops, parents=[dag.events[p].cid for p in ev.parents], seq=ev.seq)
+    assert state.shared.epoch == epoch and touched == set()
+    assert state.latest_advert("B").capacity == 3.0
