@@ -26,23 +26,33 @@ Rules, all set-based:
   op. An honest peer only writes about a task after folding its submit, so its op always
   follows the submit; an op that does not is never justified and is dropped (counted in
   ``State.rejected_total``). Nothing waits for a submit: memory for unknown ids stays bounded.
-- ``task.done``/``task.fail`` count only when their author's claim on that attempt is before
-  them (claim, run, report); others are forgeries, kept out and listed by ``State.forged()``.
-  An ``expired`` ``task.fail`` (the owner went silent) may come from any peer.
+- ``task.done``/``task.fail`` count only when their author's live claim on that attempt is
+  before them (claim, run, report); others are forgeries, kept out and listed by
+  ``State.forged()``.
+- Authorisation (issue 8): only the submitter's ``workflow.cancel``/``reprioritize``/``accept``
+  count. A claim counts only after its author's ``peer.advertise`` listed the task's model (and
+  the content id it pins), and weighs at most the capacity advertised then; a claim on attempt
+  k+1 needs attempt k ended (a counted failure) in its past. Refused claims are kept and listed
+  by ``State.refused()``; these verdicts are read-time functions of the set, memoised per task.
 - Owner of an attempt: among its *live* claims, a *continuation* wins; otherwise the highest
   rendezvous score (``assignment.claim_beats``, exact integers). A claim is *late* (not live)
-  when a result of the task or a fail of the same attempt is before it: it was written by a peer
-  that had seen the attempt end, so it cannot reopen it.
+  when a result of the task, a counted fail of the same attempt, or another counting claim on
+  the same attempt is before it: it was written by a peer that had seen the attempt taken or
+  ended, so it cannot take it over or reopen it.
 - Continuation (pause and resume): a ``task.claim`` with ``continues: true`` on attempt k+1, by
   the owner of attempt k that has a ``task.start`` for attempt k, is a live owner re-asserting
-  the task it is running after a peer that could not hear it (it was paused, or the judge was)
-  superseded it. It beats every other claim on attempt k+1, and its start on attempt k counts as
-  a start of k+1. A result for attempt k from its owner stands even after attempt k+1 is claimed.
-- A failure counts for an attempt when it comes from the attempt's owner, or is an expiry. It is
-  *final* when not retryable or on attempt ``max_attempts``; a task with a final failure is
-  FAILED.
-- The result that stands: a valid result not *late*, i.e. with no final failure before it; the
-  owners' results first, then the earliest stamp. A later duplicate never replaces it.
+  the task it is running after its attempt was recorded lost (it was paused, or the judge
+  could not hear it). It beats every other claim on attempt k+1, and its start on attempt k
+  counts as a start of k+1. A result for attempt k from its owner stands even after attempt k+1
+  is claimed.
+- A failure counts for an attempt when it comes from the attempt's owner, or is an expiry that
+  counts (``TaskState.counts``: from the attempt's judge or the submitter, or with a second
+  peer concurring; the last attempt always takes two). It is *final* on attempt
+  ``max_attempts``, or when the owner says not retryable; a task with a final failure is FAILED.
+  Every failure is kept: a backdated copy never replaces the original.
+- The result that stands: the one the submitter sealed (``workflow.accept``) when there is one;
+  else a valid result not *late*, i.e. with no final failure before it, the owners' results
+  first, then the earliest stamp. A later duplicate never replaces it.
 - Priority: the ``workflow.reprioritize`` with the greatest stamp, else the submit's priority.
 - Two submits under one workflow id (only a faulty peer does that): the smaller stamp defines
   the workflow; task ids only other submits define are kept apart (``State.undefined``).
