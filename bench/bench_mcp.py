@@ -253,6 +253,9 @@ def _raw_sqlite_select(path: Path) -> tuple[float, int]:
     return time.perf_counter() - t, n
 
 
+_ADVERT = {"op": "peer.advertise", "capacity": 2.0, "models": [MODEL]}
+
+
 def _submit_op(wid: str, texts: list[str]) -> dict[str, Any]:
     return {"op": "workflow.submit", "workflow_id": wid, "name": wid, "priority": 5, "tag": "p2p-eligible",
             "tasks": [{"model": MODEL, "input": t} for t in texts], "created_at": time.time()}
@@ -275,8 +278,7 @@ def batched_stream(peer_id: str, n_tasks: int = 10_000, per_wf: int = 1000, per_
     from p2p.scheduler.ops import new_workflow_id
 
     emb = os.urandom(EMBEDDING_BYTES)
-    # the fold counts a claim only after its author advertised the model
-    events: list[list[dict[str, Any]]] = [[{"op": "peer.advertise", "capacity": 2.0, "models": [MODEL]}]]
+    events: list[list[dict[str, Any]]] = [[_ADVERT]]  # the fold counts a claim only after its author's advert
     texts = sentences(n_tasks, seed=3)
     for w in range(n_tasks // per_wf):
         wid = new_workflow_id(peer_id)
@@ -298,7 +300,7 @@ def single_op_stream(peer_id: str, n_events: int = 10_000) -> list[list[dict[str
     emb = os.urandom(EMBEDDING_BYTES)
     n_tasks = (n_events - 1) // 3
     wid = new_workflow_id(peer_id)
-    events = [[_submit_op(wid, sentences(n_tasks, seed=4))]]
+    events = [[_submit_op(wid, sentences(n_tasks, seed=4))], [_ADVERT]]  # a claim counts after its author's advert
     for i in range(n_tasks):
         events += [[op] for op in _task_ops(f"{wid}/{i}", emb)]
     return events
