@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.cluster import Cluster, Peer, call, eventually, wait_peers
+from tests.cluster import Cluster, Peer, call, eventually, wait_all_peers, wait_peers
 from tests.conftest import DEFAULT_MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -58,7 +58,9 @@ async def test_kill_9_a_worker_mid_workflow(cluster: Cluster) -> None:
     n1 = cluster.start("n1")
     n2 = cluster.start("n2", bootstrap=[n1], env=slow)
     n3 = cluster.start("n3", bootstrap=[n1], env=slow)
-    await wait_peers(n1, [n2, n3])
+    # every peer knows every other before the submit: a worker that has not heard of n3 yet
+    # would claim n3's share itself, and a claim written over a known claim is late
+    await wait_all_peers([n1, n2, n3])
     sub = await call(n1, "submit_workflow", name="failover", tasks=_tasks(80), tag="p2p-only")
     wid = sub["workflow_id"]
 
