@@ -13,6 +13,7 @@ multistream-select, Noise and Yamux, and writes malformed bytes where a peer's i
 from __future__ import annotations
 
 import random
+from typing import Any
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -93,28 +94,46 @@ async def junk_on_streams(host: IHost, victim_addr: str, protocols: list[str], t
     for protocol in protocols:
         for name, payload in STREAM_JUNK.items():
             label = f"{protocol} {name}"
-            try:
-                with trio.fail_after(timeout):
-                    if not host.get_network().get_connections(info.peer_id):
-                        await host.connect(info)
-                    stream = await host.new_stream(info.peer_id, [TProtocol(protocol)])
-                    try:
-                        await stream.write(payload)
-                        report.sent.append(label)  # written: the victim's parser gets it
-                        await stream.close_write()
-                        with trio.move_on_after(1):  # let the victim parse it; read what it says
-                            while await stream.read(65536):
-                                pass
-                    except Exception:  # noqa: BLE001 - reset/closed by the victim after the junk: good
-                        pass
-                    finally:
-                        try:
-                            await stream.reset()
-                        except Exception:  # noqa: BLE001
-                            pass
-            except Exception as exc:  # noqa: BLE001 - refused/reset by the victim: good
-                report.refused.append(f"{label}: {type(exc).__name__}")
+            for tries_left in (2, 1, 0):  # the victim may be dropping our last connection right now
+                try:
+                    await _send_junk(host, info, protocol, payload, timeout)
+                    report.sent.append(label)  # written: the victim's parser got it
+                    break
+                except Exception as exc:  # noqa: BLE001 - refused/reset by the victim: good
+                    if not tries_left:
+                        report.refused.append(f"{label}: {type(exc).__name__}")
+                    else:
+                        await trio.sleep(0.2)
     return report
+
+
+async def _send_junk(host: IHost, info: Any, protocol: str, payload: bytes, timeout: float) -> None:
+    """One junk payload on a fresh stream (dialling again if the victim dropped us); raises if
+    the stream could not be opened or written."""
+    with trio.fail_after(timeout):
+        if not host.get_network().get_connections(info.peer_id):
+            await host.connect(info)
+        stream = await host.new_stream(info.peer_id, [TProtocol(protocol)])
+        try:
+            await stream.write(payload)
+        except BaseException:
+            try:
+                await stream.reset()
+            except Exception:  # noqa: BLE001
+                pass
+            raise
+        try:
+            await stream.close_write()
+            with trio.move_on_after(1):  # let the victim parse it; read what it says
+                while await stream.read(65536):
+                    pass
+        except Exception:  # noqa: BLE001 - reset/closed by the victim after the junk: good
+            pass
+        finally:
+            try:
+                await stream.reset()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 async def junk_under_streams(host: IHost, victim_addr: str) -> JunkReport:

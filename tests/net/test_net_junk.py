@@ -17,6 +17,7 @@ import pytest
 from junk_peer import junk_host, junk_on_raw_tcp, junk_on_streams, junk_under_streams, victim_protocols
 from p2p.protocols.wire import BLOCKS_PROTOCOL
 from tests.cluster import Cluster, call, wait_peers
+from tests.conftest import DEFAULT_MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -28,6 +29,9 @@ async def test_junk_on_every_protocol_and_layer_leaves_the_node_serving(cluster:
     # drops it before any protocol, which tests/network/test_invite*.py show)
     n1 = cluster.start("n1", open=True)
     assert n1.proc is not None
+    # the node warms its model in the background after start; let that finish first, so the
+    # junk meets a node at rest rather than one busy loading a model (attacker dials time out)
+    await call(n1, "run_inference", model=DEFAULT_MODEL, inputs=["warm"])
 
     async def alive(after: str) -> None:
         """Still running after an MCP round trip (a crash from the junk has had time to happen)."""
