@@ -180,9 +180,10 @@ class InferenceEngine:
 
     async def _load(self, key: tuple[str, str, str], info: ModelInfo, task: str, backend: str, pending: _PendingLoad) -> None:
         try:
-            runner = await trio.to_thread.run_sync(
-                load_runner, info, task, backend, self.config, self.data_dir, abandon_on_cancel=True
-            )
+            # Never abandoned: a load left running in a thread when the process exits aborts the
+            # interpreter inside onnxruntime/torch (SIGABRT; seen when stdin closed during the
+            # start-up warm-up). Shutdown waits for the load instead, a few seconds at most.
+            runner = await trio.to_thread.run_sync(load_runner, info, task, backend, self.config, self.data_dir)
             self._runners[key] = runner
             pending.runner = runner
         except InferenceError as exc:

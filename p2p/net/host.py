@@ -555,6 +555,7 @@ class NetHost:
                 async with trio.open_nursery() as nursery:
                     async for info in found:
                         peer = str(info.peer_id)
+                        log.debug("mdns found", peer=peer, connected=peer in self._connected, dialing=peer in self._dialing)
                         if peer in self._connected or peer in self._dialing or not self.allowed(peer):
                             continue
                         if len(self._dialing) >= MAX_MDNS_DIALS:  # mDNS re-announces; try later
