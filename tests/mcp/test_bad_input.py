@@ -91,7 +91,8 @@ async def test_streamable_http_refuses_ids_mcp_forbids(http_url: str) -> None:
         assert "NaN" in reply["result"]["content"][0]["text"], reply
         # over the SDK's body limit: the guard does not buffer it all, the SDK refuses it (413)
         big = b'{"jsonrpc":"2.0","id":{"x":1},"method":"tools/list","pad":"' + b"a" * (5 << 20) + b'"}'
-        r = await http.post(http_url, headers=session, content=big)
+        # (the server answers before reading the whole body and drops the connection: don't reuse it)
+        r = await http.post(http_url, headers={**session, "connection": "close"}, content=big)
         assert r.status_code == 413, (r.status_code, r.text[:200])
         # not JSON at all: the SDK's own parse error, untouched
         r = await http.post(http_url, headers=session, content=b"{not json")
