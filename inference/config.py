@@ -20,5 +20,9 @@ class InferenceConfig(BaseModel):
     threads: int = Field(0, ge=0, description="intra-op threads; 0 lets the runtime use every core")
     truncate: bool = True
     model_dirs: list[str] = Field(default_factory=list)
+    serve: list[str] = Field(default_factory=lambda: ["*"], description=(
+        "model ids this node serves; \"*\" every model found; [] none but those pulled from peers"))
+    max_model_bytes: int = Field(16 << 30, ge=0, description="largest model pull_model accepts; 0: no limit")
+    share_models: bool = Field(True, description="serve our models' blocks to peers that pull them")
     onnx_opset: int = Field(17, ge=11, le=23)
     cache_dir: str = Field("", description="ONNX export cache; empty means <data_dir>/onnx")

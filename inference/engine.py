@@ -21,7 +21,7 @@ import structlog
 import trio
 
 from inference.config import InferenceConfig
-from inference.errors import InferenceError, InvalidInputError, UnsupportedTaskError, unwrap_group
+from inference.errors import InferenceError, InvalidInputError, ModelNotFoundError, UnsupportedTaskError, unwrap_group
 from inference.executor import BatchCallError, BatchingExecutor
 from inference.hardware import HardwareInfo, hardware
 from inference.memory import Trimmer
@@ -72,6 +72,9 @@ class InferenceEngine:
         self._runners: dict[tuple[str, str, str], ModelRunner] = {}
         self._loading: dict[tuple[str, str, str], _PendingLoad] = {}
         self._resolved: dict[str, ModelInfo] = {}
+        # models pulled from peers (p2p.content) land here; searched after the configured dirs
+        self.pulled_dir = self.data_dir / "models"
+        self.model_dirs = [*config.model_dirs, str(self.pulled_dir)]
         self.load_count = 0  # loads started; tests check that concurrent first requests share one
 
     @classmethod
@@ -111,12 +114,28 @@ class InferenceEngine:
         ref = model or self.config.default_model
         info = self._resolved.get(ref)
         if info is None:
-            info = resolve_model(ref, self.config.model_dirs)
+            info = resolve_model(ref, self.model_dirs)
+            if not self.serves(info):
+                raise ModelNotFoundError(ref, [m.name for m in self.available_models()],
+                                         "not in inference.serve; pull_model fetches it from peers")
             self._resolved[ref] = info
         return info
 
+    def serves(self, info: ModelInfo) -> bool:
+        """Whether ``inference.serve`` lets this node serve ``info``: "*" all, else the ids listed;
+        a model pulled from peers (under ``pulled_dir``) always."""
+        serve = self.config.serve
+        if "*" in serve or info.name in serve:
+            return True
+        return info.path.resolve().is_relative_to(self.pulled_dir.resolve())
+
     def available_models(self) -> list[ModelInfo]:
-        return available_models(self.config.model_dirs)
+        return [m for m in available_models(self.model_dirs) if self.serves(m)]
+
+    def models_changed(self) -> None:
+        """A model was pulled (or removed): resolve names afresh (a pulled copy in ``pulled_dir``
+        now answers to its name; loaded runners are keyed by path, so none is reused wrongly)."""
+        self._resolved.clear()
 
     def hardware(self, include_torch: bool | None = None) -> HardwareInfo:
         """What this machine can run on. By default torch is probed only when this engine may
@@ -200,6 +219,10 @@ class InferenceEngine:
         """Load ``model`` (default: config.default_model) for its own task and run one input
         through it, so its weights and the runtime's buffers are in place; False (logged) when it
         cannot be loaded here — the first request then tries again and reports why."""
+        try:
+            self.resolve(model)
+        except InferenceError:
+            return False  # not served here (inference.serve): nothing to warm
         try:
             # a full batch of sentence-length inputs: the runtime sizes its buffers for it now
             await self.infer(model, ["a warm-up sentence of about the length most inputs have."] * self.config.max_batch)

@@ -92,14 +92,47 @@ class InferenceOut(BaseModel):
     outputs: list[dict[str, Any]]
 
 
+class ModelFile(BaseModel):
+    path: str = Field(description="Path inside the model folder ('/' separated).")
+    size: int
+    cid: str = Field(description="The CID `ipfs add --cid-version=1` gives the file.")
+
+
 class ModelOut(BaseModel):
+    """One model as served under one content id (two peers with other files under the same
+    name give two rows)."""
+
     model: str
-    local: bool = Field(description="True when this node serves the model itself.")
-    peers: list[str] = Field(description="Peer ids serving the model.")
+    cid: str | None = Field(description="The folder's CID, as `ipfs add -r --hidden --cid-version=1` gives it; "
+                                        "null when no peer content-addressed it.")
+    files: list[ModelFile] = Field(description="The folder's files; known for the models this node serves.")
+    local: bool = Field(description="True when this node serves the model itself (with these files).")
+    peers: list[str] = Field(description="Other peers that advertise the model with this content id.")
 
 
 class ModelList(BaseModel):
     models: list[ModelOut]
+
+
+class PullStatsOut(BaseModel):
+    total_bytes: int
+    blocks_total: int
+    blocks_fetched: int = Field(description="Blocks fetched from peers in this pull.")
+    bytes_fetched: int
+    blocks_reused: int = Field(description="Verified blocks already in the block store (an earlier, interrupted pull).")
+    bad_blocks: dict[str, int] = Field(description="Peer -> blocks it sent that failed verification (it was dropped).")
+    dropped_peers: dict[str, str] = Field(description="Peer -> why it was dropped from this pull.")
+    fetched_from: dict[str, int] = Field(description="Peer -> blocks it gave.")
+    seconds: float
+
+
+class PullResult(BaseModel):
+    model: str
+    cid: str
+    path: str = Field(description="Where the model's files are now.")
+    already_local: bool = Field(description="True when this node already served these files: nothing was fetched.")
+    files: list[ModelFile]
+    stats: PullStatsOut | None = None
 
 
 class PeerOut(BaseModel):

@@ -24,6 +24,7 @@ from mcp_server.schemas import (
     ModelOut,
     NodeInfo,
     PeerList,
+    PullResult,
     Tag,
     TaskInput,
     WorkflowList,
@@ -44,7 +45,7 @@ texts you need now. For many texts, submit_workflow (one task per text) returns 
 at once; the peers share the work. Follow it with wait_for_workflow (progress notifications,
 returns at completion or timeout) or get_workflow_status, and read results with
 include_results=true, paging large workflows with offset/limit. list_models shows which models
-the network serves; list_peers and get_node_info show the peers and this node's clock."""
+the network serves (with content ids); pull_model fetches one from peers; list_peers and get_node_info show the peers and this node's clock."""
 
 READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
 
@@ -256,9 +257,22 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
     @server.tool(annotations=READ_ONLY)
     async def list_models() -> ModelList:
         """List the models this node and its live peers can run, with the peers serving each."""
-        local = set(node.local_models())
-        models = [ModelOut(model=m, local=m in local, peers=p) for m, p in sorted(node.all_models().items())]
-        return ModelList(models=models)
+        return ModelList(models=[ModelOut.model_validate(m) for m in node.list_models()])
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=True))
+    async def pull_model(
+        model: Annotated[str, Field(min_length=1, max_length=512, description="A model name or a model folder CID; list_models shows both.")],
+        ctx: Context,
+    ) -> PullResult:
+        """Fetch a model's files from the peers that serve it, then serve it from this node at once.
+
+        Every block is verified against the model's content id; an interrupted pull resumes
+        without fetching again what it has. Sends progress notifications (bytes done/total).
+        """
+        async def progress(done: int, total: int, message: str) -> None:
+            await ctx.report_progress(done, total, message)
+
+        return PullResult.model_validate(await _acall(node.pull_model(model, progress)))
 
     @server.tool(annotations=READ_ONLY)
     async def list_peers() -> PeerList:

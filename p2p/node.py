@@ -68,6 +68,10 @@ class Node:
         self._hardware: dict[str, Any] | None = None
         self._models: list[str] | None = None
         self.model_cids: dict[str, str] = {}  # model name -> UnixFS CID of its files (hash_models)
+        self.model_files: dict[str, list[dict[str, Any]]] = {}  # model name -> [{path, size, cid}]
+        self.model_paths: dict[str, Path] = {}  # model name -> its folder (what the content server reads)
+        self.content_server: Any = None  # p2p.content.exchange.ContentServer, with networking on
+        self._pulling: set[str] = set()  # root CIDs being pulled now
         self.net: Any = None  # p2p.net.NetHost when networking is on
         self.network: Discovery | None = None  # connect/listen_addrs; None without networking
         self.replicator: Replicator | None = None
@@ -157,6 +161,14 @@ class Node:
             server = BlockServer(self.clock, replicator.heads_raw, max_blocks_per_request=cfg.max_blocks_per_request,
                                  max_frame_bytes=cfg.max_frame_bytes)
             net.set_request_handler(BLOCKS_PROTOCOL, server.handle)
+            if self.config.inference.share_models:
+                from p2p.content.exchange import ContentServer
+                from p2p.protocols.content import CONTENT_PROTOCOL
+
+                self.content_server = ContentServer(
+                    lambda: {self.model_cids[m]: self.model_paths[m] for m in self.local_models()
+                             if m in self.model_cids and m in self.model_paths})
+                net.set_stream_handler(CONTENT_PROTOCOL, self.content_server.handle)
             discovery = Discovery(net, on_connected=replicator.peer_connected)
             liveness = Liveness(
                 self.peers, self.pause, beats, peer_id=self.peer_id, heartbeat=self.heartbeat,
@@ -233,7 +245,10 @@ class Node:
             out = {}
             for m in infos:
                 try:
-                    out[m.name] = str(dir_cid(Path(m.path), cache)[0])
+                    cid, files = dir_cid(Path(m.path), cache)
+                    out[m.name] = str(cid)
+                    self.model_files[m.name] = files
+                    self.model_paths[m.name] = Path(m.path)
                 except (ContentError, OSError) as exc:
                     log.warning("model not content-addressed; it takes only unpinned tasks", model=m.name, error=str(exc))
             return out
@@ -332,6 +347,87 @@ class Node:
             if hb.peer_id != self.peer_id and cid is not None and model in hb.models:
                 out.setdefault(cid, []).append(hb.peer_id)
         return out
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Every model this node or a live peer serves, one row per (name, content id): the files
+        (known for this node's own models), whether this node serves it, and the peers that
+        advertise exactly that content."""
+        rows: dict[tuple[str, str | None], dict[str, Any]] = {}
+        local = set(self.local_models())
+        for m in sorted(self.all_models()):
+            known = self.model_cids_known(m)
+            if not known:  # nobody content-addressed it: one row by name
+                rows[(m, None)] = {"model": m, "cid": None, "files": [], "local": m in local,
+                                   "peers": self.all_models()[m]}
+            for cid, peers in sorted(known.items()):
+                mine = m in local and self.model_cids.get(m) == cid
+                rows[(m, cid)] = {"model": m, "cid": cid, "files": self.model_files.get(m, []) if mine else [],
+                                  "local": mine, "peers": list(peers)}
+        return list(rows.values())
+
+    async def pull_model(self, ref: str, progress: ProgressFn | None = None) -> dict[str, Any]:
+        """Fetch a model (a name or a content id) from the peers that advertise it, verify every
+        block, install it under the engine's pulled-models folder and serve and advertise it at
+        once. Resumes from the block store after a crash; see p2p.content.exchange."""
+        from p2p.content.exchange import BlockStore, PullError, cid_from_str, fetch_dag, install
+
+        ref = (ref or "").strip()
+        if not ref:
+            raise NodeError("give a model name or a content id to pull")
+        if self.net is None:
+            raise NodeError("the node runs without networking; start it with networking on to pull models")
+        offers: dict[str, tuple[set[str], set[str]]] = {}  # cid -> (names, peers other than us)
+        for m in self.all_models():
+            for cid, peers in self.model_cids_known(m).items():
+                names, others = offers.setdefault(cid, (set(), set()))
+                names.add(m)
+                others.update(p for p in peers if p != self.peer_id)
+        served = ", ".join(f"{m} ({c})" for c, (ns, _) in sorted(offers.items()) for m in sorted(ns)) or "none"
+        if ref in offers:
+            cid, name = ref, min(offers[ref][0])
+        else:
+            by_name = {c: p for c, p in self.model_cids_known(ref).items() if c in offers}
+            if not by_name:
+                raise NodeError(f"no peer serves a model named or with content id {ref!r}; the network serves: {served}")
+            cid = min(by_name, key=lambda c: (-len(by_name[c]), c))
+            name = ref
+        if name in self.local_models() and self.model_cids.get(name) == cid:
+            return {"model": name, "cid": cid, "path": str(self.model_paths.get(name, "")), "already_local": True,
+                    "files": self.model_files.get(name, []), "stats": None}
+        parts = name.split("/")
+        if len(parts) > 2 or any(not p or p in (".", "..") or not all(ch.isalnum() or ch in "._-" for ch in p) for p in parts):
+            raise NodeError(f"model name {name!r} cannot be a folder name here (1 or 2 segments of letters, digits, . _ -)")
+        peers = sorted(p for p in offers[cid][1] if self.net.is_connected(p))
+        if not peers:
+            raise NodeError(f"no connected peer serves {name} ({cid}) now; the network serves: {served}")
+        if cid in self._pulling:
+            raise NodeError(f"a pull of {name} ({cid}) is already running on this node")
+        data_dir = Path(self.config.data_dir).expanduser()
+        store = BlockStore(data_dir / "blocks")
+        root = cid_from_str(cid)
+        final = Path(self.engine.pulled_dir) / name
+        self._pulling.add(cid)
+        try:
+            try:
+                stats, cids = await fetch_dag(self.net, root, peers, store, max_bytes=self.config.inference.max_model_bytes,
+                                              free_dir=data_dir, progress=progress)
+                staging = data_dir / "pull-staging" / cid
+                await trio.to_thread.run_sync(install, store, root, staging, final)
+            except PullError as exc:
+                raise NodeError(f"pulling {name} ({cid}) failed: {exc}") from None
+            await trio.to_thread.run_sync(store.remove, cids)
+        finally:
+            self._pulling.discard(cid)
+        self.engine.models_changed()
+        self._models = None
+        await self.hash_models()
+        if self.model_cids.get(name) != cid:
+            raise NodeError(f"{name} was installed at {final} but this node serves other files under that name "
+                            f"({self.model_cids.get(name)}); check inference.model_dirs")
+        self.scheduler.peers_changed()  # advertise the model now; open tasks for it are decided again
+        log.info("model pulled", model=name, cid=cid, **{k: v for k, v in stats.to_dict().items() if k != "root"})
+        return {"model": name, "cid": cid, "path": str(final), "already_local": False,
+                "files": self.model_files.get(name, []), "stats": stats.to_dict()}
 
     def _pin_model(self, spec: TaskSpec, i: int, local: set[str]) -> TaskSpec:
         """Pin a task to the content id of its model as this submitter resolves it: its own

