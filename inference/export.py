@@ -7,6 +7,12 @@ into place in one step, with a manifest of every file's size and SHA-256 written
 the manifest is checked and a partial or corrupt entry is rebuilt instead of crashing later in
 onnxruntime. Full re-hashing is skipped while the file's (size, mtime, inode) still match the
 last successful check, since any rewrite changes them.
+
+The export itself runs in a child process (``_export_in_child``): tracing a model with torch
+holds the GIL for seconds at a time, and a node exporting in a thread of its own process
+stopped answering its peers (a 15 s export starved the event loop: heartbeats and block
+transfers stalled, peers judged the node silent and ran a third of a workflow twice). The
+child also keeps torch out of a node that only ever runs ONNX.
 """
 
 from __future__ import annotations
@@ -231,6 +237,26 @@ def _export(info: ModelInfo, task: str, opset: int, mask_id: int | None, target:
     }
 
 
+def _child_init() -> None:
+    """stdout belongs to the MCP stdio transport of the parent: the child writes only to stderr."""
+    os.dup2(2, 1)
+
+
+def _export_in_child(info: ModelInfo, task: str, opset: int, mask_id: int | None, target: Path) -> dict[str, Any]:
+    """``_export`` in a fresh (spawned) process; its errors come back as they were raised."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that runs threads and trio
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_child_init) as pool:
+        try:
+            return pool.submit(_export, info, task, opset, mask_id, target).result()
+        except BrokenProcessPool:
+            raise ModelLoadError(f"ONNX export of {info.name} ({task}) failed: the export process died "
+                                 "(out of memory?)") from None
+
+
 def cache_root(data_dir: Path, cache_dir: str = "") -> Path:
     """Where exports live: ``cache_dir`` when set (several nodes may share it), else ``<data_dir>/onnx``."""
     return Path(cache_dir).expanduser() if cache_dir else Path(data_dir).expanduser() / "onnx"
@@ -261,7 +287,7 @@ def ensure_onnx(info: ModelInfo, task: str, root: Path, opset: int, mask_id: int
         tmp.mkdir(parents=True)
         started = time.perf_counter()
         try:
-            manifest = _export(info, task, opset, mask_id, tmp)
+            manifest = _export_in_child(info, task, opset, mask_id, tmp)
             files = {}
             for p in _model_files(tmp):
                 with open(p, "rb") as f:
