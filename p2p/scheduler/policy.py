@@ -5,7 +5,9 @@ scheduler's queue and executor so that it can be tested with an injected clock a
 
 - the top-ranked live, eligible, compatible peer (weighted rendezvous, ``assignment``) claims a
   queued task; the k-th ranked peer claims one its betters left unclaimed for ``k * lease_s``
-  (a peer that advertises a model but never claims must not starve the task);
+  (a peer that advertises a model but never claims must not starve the task), and
+  ``UNHEARD_GRACE_LEASES`` leases longer while the top peer has shown no sign of holding the
+  workflow at all;
 - a claim whose owner is silent for ``lease_s`` is recorded lost (an expiry) by the attempt's
   *judge* (``TaskState.judge``: the fold counts an expiry from it alone). When the judge is not
   alive either, or has not acted for two leases, this peer writes a *suspicion* (an expiry the
@@ -42,6 +44,13 @@ from p2p.scheduler.ops import WorkflowTag
 from p2p.scheduler.state import TERMINAL_TASK, TaskState, TaskStatus, WorkflowState
 
 log = structlog.get_logger("p2p.scheduler")
+
+# Extra leases a fallback claim waits while the top-ranked peer has written nothing about the
+# workflow (no claim, start, result or failure of any of its tasks). A 10,000-task submit is a
+# 2 MiB block: under load it reached the other peers only after the submitter's own fallback
+# timer (one lease) had run out, and the submitter took a third of the workflow they would
+# also claim. A top peer that holds the workflow shows it within a lease by claiming its share.
+UNHEARD_GRACE_LEASES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +230,13 @@ class AssignmentPolicy:
             # claims still resolve by score, so an honest top peer that claims late still wins.
             now = self.now()
             first_seen = self._unclaimed_since.setdefault(task.task_id, {}).setdefault(attempt, now)
-            if now - first_seen < rank * self.config.lease_s:
+            wait = rank * self.config.lease_s
+            top = ranking[0]
+            if top != wf.submitter and top not in wf.heard_from:
+                # Nothing shows the top peer even holds the workflow yet (a big submit still on
+                # its way to it): give it UNHEARD_GRACE_LEASES more leases before taking its work.
+                wait += UNHEARD_GRACE_LEASES * self.config.lease_s
+            if now - first_seen < wait:
                 return None
             if any(self.lagging(p) for p in ranking[:rank]):
                 # a peer above us wrote events we have not received: its claim may be among

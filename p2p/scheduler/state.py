@@ -649,6 +649,9 @@ class WorkflowState:
     cancel_records: list[Where] = field(default_factory=list, repr=False)
     cancels: int = 0  # live cancels
     late_cancels: int = 0  # cancels written after the workflow had finished: ignored
+    # Authors of any task op of this workflow: peers known to hold its submit. A local hint for
+    # the policy's fallback claims (never read by the fold's verdicts, so it need not agree).
+    heard_from: set[str] = field(default_factory=set, repr=False)
 
 
 @dataclass(slots=True)
@@ -966,6 +969,7 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
         return
     touched.add(task.task_id)
     touched.add(f"wf:{task.workflow_id}")
+    wf.heard_from.add(author)
     _apply_task_op(state, task, op, author, where)
     if any(where.before(c) for c in wf.cancel_records):
         # Only a forking author's op can be "before" a cancel folded earlier; whether that

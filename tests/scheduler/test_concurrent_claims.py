@@ -14,6 +14,7 @@ from p2p.config import SchedulerConfig
 from p2p.identity import Identity
 from p2p.peers import Heartbeat, PeerTable
 from p2p.scheduler.assignment import claim_beats
+from p2p.scheduler.policy import UNHEARD_GRACE_LEASES
 from p2p.scheduler.ops import TaskSpec, WorkflowTag
 from p2p.scheduler.results import pack_result
 from p2p.scheduler.scheduler import PeerCaps, Scheduler
@@ -107,6 +108,12 @@ def test_a_task_its_top_ranked_peer_never_claims_is_claimed_after_a_deadline(tmp
     assert a.state.tasks[tid].attempt == 0  # still within one lease of waiting
     now[0] += 0.06
     a.peers.observe(fake)  # still "alive": it heartbeats, it just never claims
+    a.decide([tid])
+    a.flush()
+    # it never wrote a word about the workflow either: the wait is UNHEARD_GRACE_LEASES longer
+    assert a.state.tasks[tid].attempt == 0
+    now[0] += UNHEARD_GRACE_LEASES * 0.2
+    a.peers.observe(fake)
     a.decide([tid])
     a.flush()
     assert a.state.tasks[tid].owner().peer == a.me

@@ -19,7 +19,7 @@ from p2p.config import SchedulerConfig
 from p2p.identity import Identity
 from p2p.peers import Heartbeat, PeerCaps, PeerTable
 from p2p.scheduler.ops import TaskSpec, WorkflowTag
-from p2p.scheduler.policy import Claim, Drop
+from p2p.scheduler.policy import UNHEARD_GRACE_LEASES, Claim, Drop
 from p2p.scheduler.scheduler import Scheduler
 from p2p.scheduler.state import TaskStatus
 
@@ -242,6 +242,66 @@ def test_a_task_left_unclaimed_is_not_taken_over_while_its_betters_events_are_on
         a.flush()
     assert all(a.state.tasks[t].attempt == 0 for t in theirs), "claimed while b's events were on their way"
     behind.clear()
+    now.t += UNHEARD_GRACE_LEASES * 10  # b never wrote a word about the workflow: the longer wait
+    a.peers.observe(Heartbeat(peer_id=b.me, name="x", models=[MODEL], capacity=1.0))
     a.decide(tids)
     a.flush()
     assert all(a.state.tasks[t].owner().peer == a.me for t in theirs)
+
+
+def test_a_fallback_claim_waits_longer_while_the_top_peer_shows_no_sign_of_the_workflow(tmp_path: Path) -> None:
+    """A big submit can reach the top-ranked peer after one lease has passed: the fallback
+    waits UNHEARD_GRACE_LEASES more leases until that peer has written anything about the
+    workflow, and only one lease once it has (it then holds the workflow and simply left it)."""
+    now = Now()
+    a = peer(tmp_path, "a", now)
+    b = peer(tmp_path, "b", now)
+    wid = a.submit("w", [TaskSpec(model=MODEL, input=f"x{i}") for i in range(16)], 5, WorkflowTag.P2P_ELIGIBLE)
+    hear(a, b)
+    tids = [f"{wid}/{i}" for i in range(16)]
+    theirs = [t for t in tids
+              if a.policy.ranking(a.state.tasks[t], a.state.workflows[wid], a.peers.live_peers())[0] == b.me]
+    assert len(theirs) >= 2, "b must rank first for two tasks"
+
+    def tick(seconds: float) -> None:
+        now.t += seconds
+        a.peers.observe(Heartbeat(peer_id=b.me, name="x", models=[MODEL], capacity=1.0))
+        a.decide(tids)
+        a.flush()
+
+    tick(0)
+    tick(10.5)  # past one lease: b has not shown that it even holds the workflow
+    assert all(a.state.tasks[t].attempt == 0 for t in theirs), "took work b may not have received yet"
+    # b receives the workflow and claims one of its tasks: it holds the workflow
+    hear(b, a)
+    b.decide(theirs[:1])
+    b.flush()
+    hear(a, b)
+    assert b.me in a.state.workflows[wid].heard_from
+    tick(0)
+    rest = theirs[1:]
+    assert all(a.state.tasks[t].owner().peer == a.me for t in rest), "b holds the workflow and left these"
+    assert a.state.tasks[theirs[0]].owner().peer == b.me
+
+
+def test_a_top_peer_that_never_shows_up_loses_its_tasks_after_the_longer_wait(tmp_path: Path) -> None:
+    now = Now()
+    a = peer(tmp_path, "a", now)
+    b = peer(tmp_path, "b", now)
+    wid = a.submit("w", [TaskSpec(model=MODEL, input=f"x{i}") for i in range(16)], 5, WorkflowTag.P2P_ELIGIBLE)
+    hear(a, b)
+    tids = [f"{wid}/{i}" for i in range(16)]
+    theirs = [t for t in tids
+              if a.policy.ranking(a.state.tasks[t], a.state.workflows[wid], a.peers.live_peers())[0] == b.me]
+    assert theirs
+    for seconds in (0, 10.5, 10 * UNHEARD_GRACE_LEASES - 1):
+        now.t += seconds
+        a.peers.observe(Heartbeat(peer_id=b.me, name="x", models=[MODEL], capacity=1.0))
+        a.decide(tids)
+        a.flush()
+        assert all(a.state.tasks[t].attempt == 0 for t in theirs)
+    now.t += 1
+    a.peers.observe(Heartbeat(peer_id=b.me, name="x", models=[MODEL], capacity=1.0))
+    a.decide(tids)
+    a.flush()
+    assert all(a.state.tasks[t].owner().peer == a.me for t in theirs), "a silent-on-the-workflow peer must not starve it"
