@@ -275,16 +275,20 @@ class ContentServer:
                 self._index[root] = index
         return self._index[root]
 
+    async def blocks(self, want: Want) -> list[bytes | None]:
+        """The wanted blocks in order (None: not one of a served model's), read in a thread."""
+        index = await self._index_for(want.root)
+        locs = [None if index is None else index.get(c) for c in want.cids]
+
+        def read_all() -> list[bytes | None]:
+            return [None if loc is None else _read(loc) for loc in locs]
+
+        return await trio.to_thread.run_sync(read_all)
+
     async def handle(self, peer: str, stream: Any) -> None:
         async for payload in stream.frames():
             want = decode_want(payload)
-            index = await self._index_for(want.root)
-            locs = [None if index is None else index.get(c) for c in want.cids]
-
-            def read_all() -> list[bytes | None]:
-                return [None if loc is None else _read(loc) for loc in locs]
-
-            blocks = await trio.to_thread.run_sync(read_all)
+            blocks = await self.blocks(want)
             for cid, block in zip(want.cids, blocks):
                 await stream.write_frame(encode_block(cid, block))
                 if block is not None:
