@@ -128,9 +128,25 @@ def rank_peers(task_id: str, peers: Mapping[str, float]) -> list[str]:
 
     The sort key is total, so the result does not depend on the mapping's iteration order.
     """
-    scored = [(-_exact_score(task_id, pid, cap), pid) for pid, cap in peers.items()]
-    scored.sort()
-    return [pid for _, pid in scored]
+    # (peer, p, q * L) with capacity = p / q: compared by cross-multiplying integers, the same
+    # order as sorting by the exact Fractions without their gcd work (the scheduler ranks
+    # every open task on every peer change; this was a tenth of a busy node's event loop)
+    scored = []
+    for pid, cap in peers.items():
+        p, q = _ratio(cap)
+        scored.append((pid, p, q * neg_ln_fixed(task_id, pid)))
+    scored.sort(key=_SCORE_ORDER)
+    return [pid for pid, _, _ in scored]
+
+
+def _score_cmp(a: tuple[str, int, int], b: tuple[str, int, int]) -> int:
+    left, right = a[1] * b[2], b[1] * a[2]  # score_a = p_a / den_a > score_b  <=>  left > right
+    if left != right:
+        return -1 if left > right else 1
+    return -1 if a[0] < b[0] else (1 if a[0] > b[0] else 0)
+
+
+_SCORE_ORDER = functools.cmp_to_key(_score_cmp)
 
 
 def choose_owner(task_id: str, peers: Mapping[str, float]) -> str | None:

@@ -253,3 +253,15 @@ def test_scores_do_not_tie() -> None:
 def test_different_pairs_score_differently(task: str, a: str, b: str) -> None:
     if a != b:
         assert rendezvous_score(task, a, 1.0) != rendezvous_score(task, b, 1.0)
+
+
+@given(st.text(min_size=1, max_size=20),
+       st.dictionaries(st.text(min_size=1, max_size=8),
+                       st.floats(min_value=1e-6, max_value=1e6, allow_nan=False, allow_infinity=False), max_size=6))
+def test_rank_peers_orders_by_the_exact_fractions(task: str, peers: dict[str, float]) -> None:
+    from fractions import Fraction
+
+    from p2p.scheduler.assignment import neg_ln_fixed
+
+    expect = sorted(peers, key=lambda pid: (-Fraction(peers[pid]) / neg_ln_fixed(task, pid), pid))
+    assert rank_peers(task, peers) == expect
