@@ -233,28 +233,52 @@ def _export(info: ModelInfo, task: str, opset: int, mask_id: int | None, target:
         "input_names": names,
         "output_names": ["output"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
 
 
-def _child_init() -> None:
-    """stdout belongs to the MCP stdio transport of the parent: the child writes only to stderr."""
-    os.dup2(2, 1)
-
-
 def _export_in_child(info: ModelInfo, task: str, opset: int, mask_id: int | None, target: Path) -> dict[str, Any]:
-    """``_export`` in a fresh (spawned) process; its errors come back as they were raised."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+    """``_export`` in a fresh interpreter (``python -m inference.export``): arguments in on
+    stdin (pickle), the manifest back on stdout (JSON). A plain subprocess, not
+    multiprocessing: spawn re-imports the parent's ``__main__``, which need not be guarded."""
+    import pickle
+    import subprocess
+    import sys
 
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that runs threads and trio
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_child_init) as pool:
-        try:
-            return pool.submit(_export, info, task, opset, mask_id, target).result()
-        except BrokenProcessPool:
-            raise ModelLoadError(f"ONNX export of {info.name} ({task}) failed: the export process died "
-                                 "(out of memory?)") from None
+    proc = subprocess.run(
+        [sys.executable, "-m", "inference.export"],
+        input=pickle.dumps((info, task, opset, mask_id, str(target))),
+        stdout=subprocess.PIPE, stderr=None, check=False,  # its logs go to our stderr
+    )
+    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+    try:
+        reply = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        reply = {}
+    if proc.returncode == 0 and "manifest" in reply:
+        return dict(reply["manifest"])
+    why = reply.get("error") or f"the export process exited with {proc.returncode} (out of memory?)"
+    raise ModelLoadError(f"ONNX export of {info.name} ({task}) failed: {why}")
+
+
+def _child_main() -> int:
+    """The child side of ``_export_in_child``: the only line it writes to stdout is its reply."""
+    import pickle
+    import sys
+
+    out = sys.stdout
+    sys.stdout = sys.stderr  # anything torch prints goes to stderr
+    try:
+        info, task, opset, mask_id, target = pickle.loads(sys.stdin.buffer.read())
+        manifest = _export(info, task, opset, mask_id, Path(target))
+        reply: dict[str, Any] = {"manifest": manifest}
+        code = 0
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reply, code = {"error": first}, 1
+    out.write(json.dumps(reply) + "\n")
+    out.flush()
+    return code
 
 
 def cache_root(data_dir: Path, cache_dir: str = "") -> Path:
@@ -312,3 +336,7 @@ def ensure_onnx(info: ModelInfo, task: str, root: Path, opset: int, mask_id: int
             raise ModelLoadError(f"ONNX cache entry {entry} is invalid right after export: {why}")
         log.info("onnx.exported", model=info.name, task=task, path=str(entry), seconds=round(time.perf_counter() - started, 2))
         return _artifact(entry, manifest, True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child_main())
