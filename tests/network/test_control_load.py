@@ -26,7 +26,6 @@ CALLS = 60
 
 
 
-@pytest.mark.xfail(reason="issue 7 item 3, regressed this stop: on an idle machine 4,999 of 10,000 tasks were claimed twice and 2,936 ran twice (1,024 expiry ops, 1 silent verdict); the submitter claimed tasks another worker also ranked first, and its claim events reached that worker only after it claimed. Under a CPU hog: 1,632 extra runs. Cause not yet found (suspects: the model-CID eligibility at submit time, the seal traffic)", strict=False)
 async def test_priority_changes_under_load_cause_no_retries(cluster: Cluster) -> None:
     n1 = cluster.start("n1")
     n2 = cluster.start("n2", bootstrap=[n1])
