@@ -83,6 +83,17 @@ CLOSE_GRACE_S = 2.0
 # After the abort (sockets closed under the library), the library's own close finishes within
 # this; it normally takes ~0.2 s (two fixed 0.1 s sleeps).
 ABORT_WAIT_S = 5.0
+# A TCP connection whose sent data stays unacknowledged this long is dropped by the kernel
+# (TCP_USER_TIMEOUT; keepalive probes count too, so an idle link is checked as well). Without
+# it a cut link keeps a connection "up" for many minutes, retransmitting with exponential
+# backoff: after a 30 s partition healed, the halves resumed only on TCP's next retransmission
+# (~30 s later), and nothing redialled because nothing had disconnected. Dropped, the
+# connection is redialled (kept peers, with backoff) as soon as the link is back. A live peer
+# ACKs within milliseconds even when its process is stopped or busy (the kernel ACKs; a full
+# receive window is answered by window probes, which keep the connection alive).
+TCP_USER_TIMEOUT_S = 10.0
+TCP_KEEPALIVE_IDLE_S = 5
+TCP_KEEPALIVE_INTERVAL_S = 2
 GOSSIP_HEARTBEAT_S = 1
 GOSSIP_MAX_MSGS_PER_TOPIC_PER_S = 100.0
 GOSSIP_MAX_MESSAGE_BYTES = 1 << 20  # py-libp2p's inbound pubsub RPC cap
@@ -114,6 +125,7 @@ class _ConnectionNotifee(INotifee):
             pass
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
+        _bound_dead_link_time(conn)
         self._push(conn)
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
@@ -598,6 +610,25 @@ def _tcp_sockets(conn: object) -> list[trio.SocketStream]:
         attrs = getattr(obj, "__dict__", {})
         todo.extend(attrs[name] for name in _TRANSPORT_ATTRS if attrs.get(name) is not None)
     return found
+
+
+def _bound_dead_link_time(conn: INetConn) -> int:
+    """Set :data:`TCP_USER_TIMEOUT_S` (and keepalive) on the TCP sockets under ``conn``, inbound
+    and outbound alike; returns how many. Platforms without the options keep TCP's defaults."""
+    n = 0
+    for stream in _tcp_sockets(conn):
+        sock = stream.socket
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for name, value in (("TCP_KEEPIDLE", TCP_KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", TCP_KEEPALIVE_INTERVAL_S),
+                                ("TCP_USER_TIMEOUT", int(TCP_USER_TIMEOUT_S * 1000))):
+                opt = getattr(socket, name, None)
+                if opt is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+            n += 1
+        except OSError as exc:  # a socket already closed, an option the kernel refuses
+            log.debug("tcp timeouts not set", error=str(exc))
+    return n
 
 
 def _abort_transports(conns: list[INetConn]) -> int:

@@ -1,8 +1,15 @@
 """A real partition (issue 7 item 9): four nodes in network namespaces on two switched LANs joined
 by one veth trunk. With a workflow running across both halves, the trunk goes down for 30 s
-while each half submits and runs work of its own; then it comes back. Both halves keep working,
-every peer converges on one clock hash soon after healing, nothing is lost, and
-``get_workflow_status`` agrees on every peer, every field of every page, results included.
+while each half submits and runs work of its own; then it comes back. Both halves keep working;
+soon after healing every node holds every clock event that any node held when the link came
+back (read from the nodes' SQLite files, read-only); nothing is lost; and once the work is done
+every peer holds one clock hash and ``get_workflow_status`` agrees on every peer, every field of
+every page, results included.
+
+Why not "one clock hash soon after healing": the work keeps running after healing, every
+finished task is a new event, so four hashes sampled one after another match only once the
+work is over; that measured "the work finished", not "the halves healed" (it failed once in CI
+at 31.8 s with the exchange itself done in a few seconds).
 
 MCP servers bind 127.0.0.1 inside their namespaces; ``ns_forward.py`` relays each one to a port
 in the test's namespace through a unix socket, so the usual ``tests.cluster`` helpers drive them.
@@ -11,6 +18,7 @@ Skips, saying why, where namespaces cannot be made (not Linux, not root, no ipro
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -32,7 +40,8 @@ SUBNET = "10.78.0"  # only ever configured inside the namespaces below
 NODE_MCP = 18766  # each namespace has its own port space
 P2P_PORT = 4011
 CUT_S = 30.0
-# "Converge within seconds of healing": one clock hash on every node this soon after the link is back.
+# "Converge within seconds of healing": every node holds every event any node held at healing
+# this soon after the link is back.
 HEAL_BOUND_S = 15.0
 PYTHON = str(VENV_BIN / "python")
 FORWARD = str(Path(__file__).with_name("ns_forward.py"))
@@ -99,6 +108,22 @@ class NsNodes:
             r.wait()
 
 
+def _read_cids(db: Path, table: str, cids: list[bytes] | None = None) -> set[bytes]:
+    """CIDs in ``table`` of a node's clock file, opened read-only (the node keeps writing)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        if cids is None:
+            return {bytes(r[0]) for r in con.execute(f"SELECT cid FROM {table}")}  # noqa: S608 - fixed names
+        found: set[bytes] = set()
+        for i in range(0, len(cids), 500):
+            chunk = cids[i:i + 500]
+            q = f"SELECT cid FROM {table} WHERE cid IN ({','.join('?' * len(chunk))})"  # noqa: S608
+            found |= {bytes(r[0]) for r in con.execute(q, chunk)}
+        return found
+    finally:
+        con.close()
+
+
 def _tasks(n: int, tag: str) -> list[dict[str, Any]]:
     return [{"model": DEFAULT_MODEL, "input": f"{tag} partition sentence {i} about a bridge."} for i in range(n)]
 
@@ -142,26 +167,40 @@ async def test_a_30_s_partition_heals_with_nothing_lost_and_one_answer(
 
         lan.heal()
         healed_at = trio.current_time()
+        dbs = {p.name: p.data_dir / "clock.sqlite" for p in peers}
+        # Every event any node held at healing: the union of the heads (each head stands for its
+        # whole past; a node stores an event only once it holds the event's parents).
+        at_heal: set[bytes] = set()
+        for db in dbs.values():
+            at_heal |= await trio.to_thread.run_sync(_read_cids, db, "heads")
+        want = sorted(at_heal)
+        missing: dict[str, int] = {}
 
-        async def one_hash() -> bool:
-            hashes = {(await call(p, "get_node_info"))["clock"]["hash"] for p in peers}
-            return len(hashes) == 1
+        async def everyone_holds_the_heal_time_events() -> bool:
+            for name, db in dbs.items():
+                held = await trio.to_thread.run_sync(_read_cids, db, "events", want)
+                missing[name] = len(want) - len(held)
+            return not any(missing.values())
 
-        await eventually(one_hash, 120, "every node to hold the same clock after healing")
+        try:
+            await eventually(everyone_holds_the_heal_time_events, 120,
+                             "every node to hold every event any node held at healing")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; heads missing per node: {missing}") from None
         converged_s = trio.current_time() - healed_at
-        print(f"\nFIGURE partition: same_hash_after_heal={converged_s:.1f}s")
+        print(f"\nFIGURE partition: heal_time_events_everywhere_after={converged_s:.1f}s")
         for wid in (across, left, right):
             await wait_done(n4, wid, 300)
-        statuses = await settled(peers, [across, left, right], timeout=120)
+        statuses = await settled(peers, [across, left, right], timeout=120)  # one clock hash, too
         agreed_s = trio.current_time() - healed_at
         print(f"\nFIGURE partition: cut={CUT_S:g}s both_halves_10_done_in={worked_while_cut:.1f}s "
-              f"same_hash_after_heal={converged_s:.1f}s field_agreement_after_heal={agreed_s:.1f}s")
+              f"heal_time_events_everywhere_after={converged_s:.1f}s one_hash_and_field_agreement_after_heal={agreed_s:.1f}s")
         for wid, n in ((across, 400), (left, 150), (right, 150)):
             st = statuses[wid]
             assert st["state"] == "completed" and st["completed"] == n, {k: v for k, v in st.items() if k != "tasks"}
             assert all("result" in t for t in st["tasks"]), "every result reached every peer"
         assert converged_s <= HEAL_BOUND_S, (
-            f"the halves took {converged_s:.1f} s after healing to hold one clock (bound {HEAL_BOUND_S:g} s)")
+            f"the halves took {converged_s:.1f} s after healing to hold each other's events (bound {HEAL_BOUND_S:g} s)")
     finally:
         nodes.stop_all()
     for p in nodes.peers:
