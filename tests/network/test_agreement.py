@@ -32,7 +32,7 @@ async def test_every_peer_reports_every_field_alike(cluster: Cluster) -> None:
 
     a = (await call(n1, "submit_workflow", name="a", tasks=_tasks(150, "a"), tag="p2p-eligible"))["workflow_id"]
     b = (await call(n2, "submit_workflow", name="b", tasks=_tasks(120, "b"), tag="p2p-only", priority=7))["workflow_id"]
-    c = (await call(n3, "submit_workflow", name="c", tasks=_tasks(3000, "c"), priority=10))["workflow_id"]
+    c = (await call(n3, "submit_workflow", name="c", tasks=_tasks(1000, "c"), priority=10))["workflow_id"]  # 10 pages
     await call(n2, "set_workflow_priority", workflow_id=b, priority=2)  # its submitter reprioritises it
     with pytest.raises(AssertionError, match="only that peer may reprioritise"):  # and nobody else may
         await call(n1, "set_workflow_priority", workflow_id=b, priority=9)
