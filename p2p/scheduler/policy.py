@@ -16,6 +16,8 @@ scheduler's queue and executor so that it can be tested with an injected clock a
   the usual rule; on the last attempt the expiry fails the task;
 - an owner that has been *running* a task for ``task_timeout_s`` (plus a lease of grace for its
   own timeout to land in the clock) loses the attempt the same way: the task's errors say why;
+  so does an owner that holds a claim and has started or finished no task at all for that long
+  (``_hoarded``: claiming without working must not hold tasks for ever);
 - a peer still running a task whose attempt was recorded lost (it was paused, or judged silent
   by mistake) re-asserts it with a *continuation* claim on the next attempt, which the fold
   ranks above any other claim: the work is not done twice;
@@ -119,10 +121,13 @@ class AssignmentPolicy:
         self._suspect_since: dict[str, tuple[int, float]] = {}  # task -> (attempt, first suspected)
         self._unclaimed_since: dict[str, dict[int, float]] = {}  # task -> attempt -> first seen unclaimed
         self._running_since: dict[str, tuple[int, float]] = {}  # task -> (attempt, first seen running)
+        self._claimed_since: dict[str, tuple[int, float]] = {}  # task -> (attempt, first seen claimed)
+        self._worked_at: dict[str, float] = {}  # peer -> when we last saw it start or finish a task
 
     def forget(self, tid: str) -> None:
         self._unclaimed_since.pop(tid, None)
         self._running_since.pop(tid, None)
+        self._claimed_since.pop(tid, None)
         self._suspect_since.pop(tid, None)
 
     def timed(self) -> set[str]:
@@ -201,7 +206,14 @@ class AssignmentPolicy:
         cur = task.owner(attempt + 1)
         return cur is None or cur.peer != self.me
 
+    def worked(self, peer: str) -> None:
+        """``peer`` was seen making progress now (an event of its with a start, result or
+        failure of its own was folded)."""
+        self._worked_at[peer] = self.now()
+
     def _timed_out(self, task: TaskState, owner: str, status: TaskStatus) -> str | None:
+        if status is TaskStatus.CLAIMED:
+            return self._hoarded(task, owner)
         if status is not TaskStatus.RUNNING:
             return None
         now = self.now()
@@ -213,6 +225,23 @@ class AssignmentPolicy:
         if now - since <= limit:
             return None
         return f"owner {owner} did not finish within task_timeout_s={self.config.task_timeout_s:g} s"
+
+    def _hoarded(self, task: TaskState, owner: str) -> str | None:
+        """A live owner that claimed the task and has started or finished nothing at all for
+        ``task_timeout_s`` (plus a lease) since we saw the claim loses the attempt. An honest
+        owner with a long local queue keeps starting tasks, so it keeps its claims however many
+        it holds; a peer that claims (say, with a huge advertised capacity) and never works
+        would otherwise hold every task it outranks, alive and heartbeating, for ever.
+        Re-decided once a lease (not in ``timed``: it would put every claimed task there)."""
+        now = self.now()
+        seen = self._claimed_since.get(task.task_id)
+        if seen is None or seen[0] != task.attempt:
+            seen = self._claimed_since[task.task_id] = (task.attempt, now)
+        since = max(seen[1], self._worked_at.get(owner, seen[1]))
+        if now - since <= self.config.task_timeout_s + self.config.lease_s:
+            return None
+        return (f"owner {owner} claimed it and started or finished no task for over "
+                f"task_timeout_s={self.config.task_timeout_s:g} s")
 
     def _maybe_claim(self, task: TaskState, wf: WorkflowState, live: Sequence[PeerCaps], attempt: int,
                      why: str | None, ranking: list[str] | None = None) -> Claim | None:

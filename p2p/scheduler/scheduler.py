@@ -150,6 +150,8 @@ class Scheduler:
             self.changed.fire()
 
     def _fold(self, ev: Event) -> set[str]:
+        if self._is_progress(ev):
+            self.policy.worked(ev.author)  # its claims are not hoarded (policy._hoarded)
         touched = apply_event(self.state, bytes(ev.cid), ev.author, ev.height, ev.ops,
                               parents=[bytes(p) for p in ev.parents], seq=ev.seq)
         for rej in self.state.last_rejected:
@@ -164,6 +166,21 @@ class Scheduler:
             if key.startswith("wf:"):
                 self._requeue_workflow(key[3:])
         return {t for t in touched if not t.startswith("wf:")}
+
+    def _is_progress(self, ev: Event) -> bool:
+        """Whether ``ev`` shows its author working: a result or failure of its own, or a start
+        it had not written before (repeating one start is not work)."""
+        for op in ev.ops:
+            if not isinstance(op, dict):
+                continue
+            kind = op.get("op")
+            if kind in ("task.done", "task.fail") and not op.get("expired"):
+                return True
+            if kind == "task.start":
+                task = self.state.tasks.get(op.get("task_id"))  # type: ignore[arg-type]
+                if task is not None and (op.get("attempt"), ev.author) not in task.started:
+                    return True
+        return False
 
     def _requeue_workflow(self, wid: str) -> None:
         """A workflow's priority may have changed: move its tasks in the local heap (only those)."""

@@ -305,3 +305,76 @@ def test_a_top_peer_that_never_shows_up_loses_its_tasks_after_the_longer_wait(tm
     a.decide(tids)
     a.flush()
     assert all(a.state.tasks[t].owner().peer == a.me for t in theirs), "a silent-on-the-workflow peer must not starve it"
+
+
+def _claimed_by_b(tmp_path: Path, n: int = 12) -> tuple[Now, Scheduler, Scheduler, list[str]]:
+    now = Now()
+    a = peer(tmp_path, "a", now)
+    b = peer(tmp_path, "b", now)
+    wid = a.submit("w", [TaskSpec(model=MODEL, input=f"x{i}") for i in range(n)], 5, WorkflowTag.P2P_ELIGIBLE)
+    hear(a, b)
+    hear(b, a)
+    tids = [f"{wid}/{i}" for i in range(n)]
+    b.decide(tids)
+    b.flush()
+    hear(a, b)
+    theirs = [t for t in tids if (o := a.state.tasks[t].owner()) is not None and o.peer == b.me]
+    assert len(theirs) >= 2, "b must own two tasks"
+    return now, a, b, theirs
+
+
+def test_an_owner_that_claims_and_never_works_loses_its_claims(tmp_path: Path) -> None:
+    """A live peer that claimed tasks and starts none of them (huge advertised capacity, then
+    nothing) loses each attempt after task_timeout_s and a lease; the task goes back to work."""
+    now, a, b, theirs = _claimed_by_b(tmp_path)
+    for step in (0, 30, 35):  # 65 s: within task_timeout_s (60) + a lease (10)
+        now.t += step
+        a.peers.observe(Heartbeat(peer_id=b.me, name="x", models=[MODEL], capacity=1.0))
+        a.decide(theirs)
+        a.flush()
+        assert all(a.state.tasks[t].owner(1).peer == b.me and not a.state.tasks[t].fails for t in theirs)
+    now.t += 6
+    a.peers.observe(Heartbeat(peer_id=b.me, name="x", models=[MODEL], capacity=1.0))
+    a.decide(theirs)
+    a.flush()
+    for t in theirs:
+        task = a.state.tasks[t]
+        lost = task.fail_for(1)
+        assert lost is not None and lost.expired and task.counts(lost), task.errors()
+        assert "started or finished no task" in lost.error
+    a.decide(theirs)  # queued again: the submitter takes them (b, which lost them, ranks last)
+    a.flush()
+    assert all(a.state.tasks[t].owner(2).peer == a.me for t in theirs)
+
+
+def test_an_owner_that_keeps_working_keeps_its_claims_however_long_its_queue(tmp_path: Path) -> None:
+    """b works through its queue one task per 20 s: after 120 s (twice task_timeout_s) the
+    tasks it still holds are its own, and nobody recorded them lost."""
+    now, a, b, theirs = _claimed_by_b(tmp_path, n=40)
+    assert len(theirs) >= 8, "b must own eight tasks"
+    work, held = theirs[:6], theirs[6:]
+    for tid in work:
+        now.t += 20
+        b._record({"op": "task.start", "task_id": tid, "attempt": 1})
+        b._record({"op": "task.done", "task_id": tid, "attempt": 1, "result": {"v": 1}})
+        b.flush()
+        hear(a, b)
+        a.peers.observe(Heartbeat(peer_id=b.me, name="x", models=[MODEL], capacity=1.0))
+        a.decide(held)
+        a.flush()
+    assert all(not a.state.tasks[t].fails and a.state.tasks[t].owner(1).peer == b.me for t in held)
+
+
+def test_repeating_one_start_is_not_progress(tmp_path: Path) -> None:
+    """Writing the same start again and again (to look busy) does not keep other claims."""
+    now, a, b, theirs = _claimed_by_b(tmp_path)
+    first, rest = theirs[0], theirs[1:]
+    for _ in range(6):  # the first start is progress; the five copies after it are not
+        now.t += 20
+        b._record({"op": "task.start", "task_id": first, "attempt": 1})
+        b.flush()
+        hear(a, b)
+        a.peers.observe(Heartbeat(peer_id=b.me, name="x", models=[MODEL], capacity=1.0))
+        a.decide(rest)
+        a.flush()
+    assert all(a.state.tasks[t].fail_for(1) is not None for t in rest), "a repeated start kept the hoard"
