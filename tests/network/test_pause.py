@@ -1,7 +1,7 @@
 """Pause and resume (issue 7 item 4): a worker frozen with SIGSTOP for 2x lease_s, like a closed
-laptop lid, then resumed with SIGCONT, in the middle of a 1,500-task workflow on three workers. The count matters: with 600 the
-other workers ran out of unclaimed work during the pause and re-ran every task the paused one
-held (179 of 179, at the bound); with 1,500 none (measured).
+laptop lid, then resumed with SIGCONT, in the middle of a 1,500-task workflow on three workers.
+The count matters: with 600 the other workers ran out of unclaimed work during the pause and
+re-ran every task the paused one held (179 of 179, at the bound); with 1,500 none (measured).
 
 What is counted comes from the clock itself (every peer's ops, read from the SQLite file once
 the peers agree): a task "ran twice" when two different (author, attempt) pairs recorded a
