@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import shutil
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -422,6 +423,12 @@ class Node:
         self._models = None
         await self.hash_models()
         if self.model_cids.get(name) != cid:
+            if self.model_paths.get(name) == final:  # the installed files hash to another CID: never serve them
+                await trio.to_thread.run_sync(shutil.rmtree, final, True)
+                self.engine.models_changed()
+                self._models = None
+                await self.hash_models()
+                raise NodeError(f"pulling {name} ({cid}) failed: the installed files hash to another CID; removed them")
             raise NodeError(f"{name} was installed at {final} but this node serves other files under that name "
                             f"({self.model_cids.get(name)}); check inference.model_dirs")
         self.scheduler.peers_changed()  # advertise the model now; open tasks for it are decided again
