@@ -370,7 +370,7 @@ class Node:
         """Fetch a model (a name or a content id) from the peers that advertise it, verify every
         block, install it under the engine's pulled-models folder and serve and advertise it at
         once. Resumes from the block store after a crash; see p2p.content.exchange."""
-        from p2p.content.exchange import BlockStore, PullError, cid_from_str, fetch_dag, install
+        from p2p.content.exchange import BlockStore, DiskFullError, PullError, cid_from_str, fetch_dag, install
 
         ref = (ref or "").strip()
         if not ref:
@@ -408,6 +408,7 @@ class Node:
         root = cid_from_str(cid)
         final = Path(self.engine.pulled_dir) / name
         self._pulling.add(cid)
+        cids: set[bytes] = set()
         try:
             try:
                 stats, cids = await fetch_dag(self.net, root, peers, store, max_bytes=self.config.inference.max_model_bytes,
@@ -415,6 +416,8 @@ class Node:
                 staging = data_dir / "pull-staging" / cid
                 await trio.to_thread.run_sync(install, store, root, staging, final)
             except PullError as exc:
+                if isinstance(exc, DiskFullError):  # free the space: the blocks too, not just the staged files
+                    await trio.to_thread.run_sync(store.remove, cids | {root})
                 raise NodeError(f"pulling {name} ({cid}) failed: {exc}") from None
             await trio.to_thread.run_sync(store.remove, cids)
         finally:

@@ -1,0 +1,136 @@
+"""The pieces of a pull that need no network (p2p.content.exchange): the server's block index,
+the block store, dag-pb decoding, assembly and its failures (a damaged block, a full disk)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from p2p.content import dir_cid, iter_blocks
+from p2p.content.exchange import (
+    BlockStore,
+    PullError,
+    _read,
+    build_index,
+    decode_node,
+    install,
+    verify,
+)
+from p2p.content.unixfs import CHUNK_SIZE, to_cid
+from p2p.protocols.content import Want, decode_block, decode_want, encode_block, encode_want
+from p2p.protocols.wire import WireError
+
+SIZES = [0, 1, 1000, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 17]
+
+
+def _folder(root: Path, sizes: list[int]) -> Path:
+    root.mkdir(parents=True)
+    (root / "sub" / "deeper").mkdir(parents=True)
+    for i, n in enumerate(sizes):
+        where = root if i % 3 == 0 else root / "sub" if i % 3 == 1 else root / "sub" / "deeper"
+        (where / f"f{i}.bin").write_bytes(os.urandom(n))
+    return root
+
+
+def _store_all(folder: Path, store: BlockStore) -> bytes:
+    root, index = build_index(folder)
+    for cid, loc in index.items():
+        block = _read(loc)
+        assert verify(cid, block)
+        store.put(cid, block)
+    return root
+
+
+def test_index_holds_every_block_of_the_dag_and_install_rebuilds_the_same_folder(tmp_path: Path) -> None:
+    src = _folder(tmp_path / "src", SIZES)
+    root, index = build_index(src)
+    assert to_cid(root) == dir_cid(src)[0]
+    assert set(index) == {c for c, _ in iter_blocks(src)}
+    store = BlockStore(tmp_path / "blocks")
+    _store_all(src, store)
+    install(store, root, tmp_path / "staging", tmp_path / "out" / "org" / "model")
+    assert dir_cid(tmp_path / "out" / "org" / "model") == dir_cid(src)
+    assert not (tmp_path / "staging").exists()
+    # installing again over the same files is a no-op; over other files it is refused
+    install(store, root, tmp_path / "staging", tmp_path / "out" / "org" / "model")
+    other = _folder(tmp_path / "other", [5])
+    with pytest.raises(PullError, match="already holds other files"):
+        install(store, root, tmp_path / "staging", other)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(0, 2 * CHUNK_SIZE + 3), min_size=1, max_size=5))
+def test_decoded_directory_links_are_the_files(tmp_path_factory: pytest.TempPathFactory, sizes: list[int]) -> None:
+    src = _folder(tmp_path_factory.mktemp("h") / "src", sizes)
+    root, index = build_index(src)
+    node = decode_node(index[root])  # type: ignore[arg-type]
+    names = sorted(p.name for p in src.iterdir())
+    assert node.kind == 1 and [n for _, n, _ in node.links] == names
+
+
+def test_block_store_drops_a_damaged_block_and_install_refuses_to_use_it(tmp_path: Path) -> None:
+    src = _folder(tmp_path / "src", [3 * CHUNK_SIZE + 5])
+    store = BlockStore(tmp_path / "blocks")
+    root = _store_all(src, store)
+    leaf = next(p for p in (tmp_path / "blocks").iterdir() if bytes.fromhex(p.name)[1] == 0x55)
+    data = bytearray(leaf.read_bytes())
+    data[0] ^= 1
+    leaf.write_bytes(bytes(data))
+    with pytest.raises(PullError, match="missing or damaged"):
+        install(store, root, tmp_path / "staging", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "staging").exists()
+    assert not leaf.exists(), "a damaged block stays in the store"
+
+
+def test_verify_refuses_wrong_bytes_and_unsupported_cids() -> None:
+    from p2p.content.unixfs import raw_cid
+
+    cid = raw_cid(b"hello")
+    assert verify(cid, b"hello") and not verify(cid, b"hellp")
+    assert not verify(b"\x01\x55\x13\x20" + cid[4:], b"hello"), "another hash function is not ours to check"
+
+
+def test_wire_round_trips_and_refuses_garbage() -> None:
+    want = Want(b"\x01\x70" + b"r" * 34, [b"\x01\x55" + b"x" * 34])
+    assert decode_want(encode_want(want)) == want
+    assert decode_block(encode_block(want.cids[0], b"data")) == (want.cids[0], b"data")
+    assert decode_block(encode_block(want.cids[0], None)) == (want.cids[0], None)
+    for bad in (b"", b"\xff", encode_want(want)[:-3]):
+        with pytest.raises(WireError):
+            decode_want(bad)
+    for bad in (b"\x00", b"\x02\x24" + b"x" * 40, b"\x01\x02ab" + b"extra"):
+        with pytest.raises(WireError):
+            decode_block(bad)
+
+
+def test_a_full_disk_during_install_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    """A real write failure: the child process may write files of at most 1 MiB (RLIMIT_FSIZE,
+    SIGXFSZ ignored, so write() fails with EFBIG as a full quota would)."""
+    src = _folder(tmp_path / "src", [5 * CHUNK_SIZE + 3, 10])
+    store = BlockStore(tmp_path / "blocks")
+    root = _store_all(src, store)
+    code = textwrap.dedent(f"""
+        import resource, signal, sys
+        from pathlib import Path
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        from p2p.content.exchange import BlockStore, DiskFullError, install
+        try:
+            install(BlockStore(Path({str(tmp_path / 'blocks')!r})), bytes.fromhex({root.hex()!r}),
+                    Path({str(tmp_path / 'staging')!r}), Path({str(tmp_path / 'out')!r}))
+        except DiskFullError as exc:
+            print("DISKFULL", exc)
+            sys.exit(3)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "disk is full" in done.stdout
+    assert not (tmp_path / "staging").exists() and not (tmp_path / "out").exists()
