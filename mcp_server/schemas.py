@@ -105,7 +105,7 @@ class ModelOut(BaseModel):
     model: str
     cid: str | None = Field(description="The folder's CID, as `ipfs add -r --hidden --cid-version=1` gives it; "
                                         "null when no peer content-addressed it.")
-    files: list[ModelFile] = Field(description="The folder's files; known for the models this node serves.")
+    files: list[ModelFile] = Field(description="The folder's files (read from a peer for a model only peers serve; empty if none can answer now).")
     local: bool = Field(description="True when this node serves the model itself (with these files).")
     peers: list[str] = Field(description="Other peers that advertise the model with this content id.")
 

@@ -257,7 +257,7 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
     @server.tool(annotations=READ_ONLY)
     async def list_models() -> ModelList:
         """List the models this node and its live peers can run, with the peers serving each."""
-        return ModelList(models=[ModelOut.model_validate(m) for m in node.list_models()])
+        return ModelList(models=[ModelOut.model_validate(m) for m in await node.list_models()])
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=True))
     async def pull_model(

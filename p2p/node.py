@@ -73,6 +73,7 @@ class Node:
         self.model_paths: dict[str, Path] = {}  # model name -> its folder (what the content server reads)
         self.content_server: Any = None  # p2p.content.exchange.ContentServer, with networking on
         self._pulling: set[str] = set()  # root CIDs being pulled now
+        self._files_by_cid: dict[str, list[dict[str, Any]]] = {}  # remote models' files (content never changes)
         self.net: Any = None  # p2p.net.NetHost when networking is on
         self.network: Discovery | None = None  # connect/listen_addrs; None without networking
         self.replicator: Replicator | None = None
@@ -349,10 +350,11 @@ class Node:
                 out.setdefault(cid, []).append(hb.peer_id)
         return out
 
-    def list_models(self) -> list[dict[str, Any]]:
-        """Every model this node or a live peer serves, one row per (name, content id): the files
-        (known for this node's own models), whether this node serves it, and the peers that
-        advertise exactly that content."""
+    async def list_models(self) -> list[dict[str, Any]]:
+        """Every model this node or a live peer serves, one row per (name, content id): the files,
+        whether this node serves it, and the peers that advertise exactly that content. A remote
+        model's files are read from one of its peers (directory and file root nodes, verified;
+        cached by CID, as content never changes); empty when no peer can answer now."""
         rows: dict[tuple[str, str | None], dict[str, Any]] = {}
         local = set(self.local_models())
         for m in sorted(self.all_models()):
@@ -362,9 +364,26 @@ class Node:
                                    "peers": self.all_models()[m]}
             for cid, peers in sorted(known.items()):
                 mine = m in local and self.model_cids.get(m) == cid
-                rows[(m, cid)] = {"model": m, "cid": cid, "files": self.model_files.get(m, []) if mine else [],
-                                  "local": mine, "peers": list(peers)}
+                files = self.model_files.get(m, []) if mine else await self._remote_files(cid, peers)
+                rows[(m, cid)] = {"model": m, "cid": cid, "files": files, "local": mine, "peers": list(peers)}
         return list(rows.values())
+
+    async def _remote_files(self, cid: str, peers: list[str]) -> list[dict[str, Any]]:
+        from p2p.content.exchange import PullError, cid_from_str, describe_remote
+
+        cache = self._files_by_cid
+        if cid in cache:
+            return cache[cid]
+        net = self.net
+        for peer in peers:
+            if net is None or peer == self.peer_id or not net.is_connected(peer):
+                continue
+            try:
+                cache[cid] = await describe_remote(net, cid_from_str(cid), peer)
+                return cache[cid]
+            except (PullError, ContentError) as exc:
+                log.info("could not list a remote model's files", cid=cid, peer=peer, error=str(exc))
+        return []
 
     async def pull_model(self, ref: str, progress: ProgressFn | None = None) -> dict[str, Any]:
         """Fetch a model (a name or a content id) from the peers that advertise it, verify every

@@ -605,3 +605,51 @@ def install(store: BlockStore, root: bytes, staging: Path, final: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+async def describe_remote(net: Any, root: bytes, peer: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The files (``[{path, size, cid}]``) of the model folder ``root`` as ``peer`` serves it,
+    from its directory nodes and its files' root nodes only (a few KiB; leaves are never
+    fetched: a one-block file's size is its link's Tsize). Every block is verified.
+    PullError if the peer fails or sends a wrong block."""
+    out: list[dict[str, Any]] = []
+    try:
+        with trio.fail_after(timeout):
+            async with net.open_stream(peer, CONTENT_PROTOCOL) as stream:
+                async def get(cids: list[bytes]) -> dict[bytes, bytes]:
+                    got: dict[bytes, bytes] = {}
+                    for i in range(0, len(cids), MAX_WANT):
+                        part = cids[i:i + MAX_WANT]
+                        await stream.write_frame(encode_want(Want(root, part)))
+                        for cid in part:
+                            rcid, data = decode_block(await stream.read_frame())
+                            if rcid != cid or data is None or not verify(cid, data):
+                                raise PullError(f"peer {peer} sent a wrong or no block for {to_cid(cid)}")
+                            got[cid] = data
+                    return got
+
+                dirs: list[tuple[str, bytes]] = [("", root)]
+                while dirs:
+                    blocks = await get(list(dict.fromkeys(c for _, c in dirs)))
+                    pb: list[tuple[str, bytes]] = []
+                    for prefix, cid in dirs:
+                        for child, name, tsize in decode_node(blocks[cid]).links:
+                            path = prefix + _safe_name(name)
+                            if _is_pb(child):
+                                pb.append((path, child))
+                            else:
+                                out.append({"path": path, "size": tsize, "cid": str(to_cid(child))})
+                    dirs = []
+                    if pb:
+                        nodes = await get(list(dict.fromkeys(c for _, c in pb)))
+                        for path, cid in pb:
+                            node = decode_node(nodes[cid])
+                            if node.kind == _UNIXFS_DIRECTORY:
+                                dirs.append((path + "/", cid))
+                            else:
+                                out.append({"path": path, "size": node.filesize, "cid": str(to_cid(cid))})
+    except PullError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - timeout, reset, malformed: this peer cannot describe it now
+        raise PullError(f"peer {peer} could not list the files of {to_cid(root)}: {type(exc).__name__}: {exc}") from None
+    return sorted(out, key=lambda f: f["path"].encode())

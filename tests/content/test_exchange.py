@@ -134,3 +134,65 @@ def test_a_full_disk_during_install_is_a_clear_error_and_leaves_nothing(tmp_path
     assert done.returncode == 3, done.stdout + done.stderr
     assert "disk is full" in done.stdout
     assert not (tmp_path / "staging").exists() and not (tmp_path / "out").exists()
+
+
+# --- over real libp2p hosts (two in this process, loopback; a small folder) -----------------
+
+
+async def _hosts(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from contextlib import AsyncExitStack
+
+    from p2p.config import NetworkConfig
+    from p2p.identity import Identity
+    from p2p.net import open_host
+
+    cfg = NetworkConfig(enabled=True, mdns=False, listen=["/ip4/127.0.0.1/tcp/0"])
+    stack = AsyncExitStack()
+    hosts = []
+    for name in ("a", "b", "c"):
+        ident = Identity.load_or_create(tmp_path / f"id-{name}")
+        hosts.append(await stack.enter_async_context(open_host(ident.key_pair, cfg)))
+    return stack, hosts
+
+
+async def test_fetch_describe_and_a_tampering_server_over_libp2p(tmp_path: Path) -> None:
+    from p2p.content.exchange import ContentServer, describe_remote, fetch_dag
+    from p2p.protocols.content import CONTENT_PROTOCOL
+
+    class Tampering(ContentServer):
+        async def blocks(self, want: Want) -> list[bytes | None]:
+            return [None if b is None else b[:-1] + bytes([b[-1] ^ 1]) if b else b"\x00" for b in await super().blocks(want)]
+
+    src = _folder(tmp_path / "src", SIZES)
+    cid = str(dir_cid(src)[0])
+    root = bytes(dir_cid(src)[0])
+    stack, (good, bad, client) = await _hosts(tmp_path)
+    async with stack:
+        good.set_stream_handler(CONTENT_PROTOCOL, ContentServer(lambda: {cid: src}).handle)
+        bad.set_stream_handler(CONTENT_PROTOCOL, Tampering(lambda: {cid: src}).handle)
+        g = await client.connect(good.listen_addrs()[0])
+        b = await client.connect(bad.listen_addrs()[0])
+
+        files = await describe_remote(client, root, g)
+        assert files == dir_cid(src)[1]
+        with pytest.raises(PullError, match="wrong or no block"):
+            await describe_remote(client, root, b)
+
+        store = BlockStore(tmp_path / "blocks")
+        stats, cids = await fetch_dag(client, root, [b, g], store, batch=2)
+        assert stats.bad_blocks.get(b, 0) >= 1 and b in stats.dropped_peers and stats.fetched_from.get(b, 0) == 0
+        assert stats.blocks_fetched == stats.blocks_total == len(cids)
+        install(store, root, tmp_path / "staging", tmp_path / "out")
+        assert str(dir_cid(tmp_path / "out")[0]) == cid
+
+        # only the tamperer: the pull fails, and says why
+        with pytest.raises(PullError, match="root block"):
+            await fetch_dag(client, root, [b], BlockStore(tmp_path / "blocks2"))
+        # a root the server does not serve: not here
+        other = bytes(dir_cid(_folder(tmp_path / "other", [7]))[0])
+        with pytest.raises(PullError, match="no peer gave the root block"):
+            await fetch_dag(client, other, [g], BlockStore(tmp_path / "blocks3"))
+        # over max_model_bytes: refused once the root is known, nothing else fetched
+        with pytest.raises(PullError, match="max_model_bytes"):
+            await fetch_dag(client, root, [g], BlockStore(tmp_path / "blocks4"), max_bytes=1000)
+        assert not [p for p in (tmp_path / "blocks4").iterdir()]

@@ -70,9 +70,10 @@ async def test_a_node_serving_nothing_pulls_the_default_model_and_runs_its_tasks
     seed_info = await call(seed, "list_peers")
     cid = seed_info["self"]["model_cids"][DEFAULT_MODEL]
     row = _row(before, DEFAULT_MODEL, cid)
-    assert row["local"] is False and row["peers"] == [seed.peer_id] and row["files"] == []
     seed_row = _row(await call(seed, "list_models"), DEFAULT_MODEL, cid)
     assert seed_row["local"] and {f["path"] for f in seed_row["files"]} >= {"config.json", "model.safetensors", "1_Pooling/config.json"}
+    # a model only a peer serves: its files read from that peer (verified directory and file nodes)
+    assert row["local"] is False and row["peers"] == [seed.peer_id] and row["files"] == seed_row["files"], row
 
     # bad input first: nothing is written
     for bad in ("no-such/model", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"):
