@@ -117,7 +117,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
     settings = cli_settings(ctx)
     from inference.models import available_models
 
-    found = available_models(settings.inference.model_dirs)
+    found = available_models([*settings.inference.model_dirs, str(settings.data_path / "models")])  # + pulled ones
     if as_json:
         click.echo(json.dumps([m.to_dict() for m in found]))
         return
