@@ -55,7 +55,7 @@ class Cluster:
         return cli_env(self.cache_dir, **{**base, **self.env_extra, **extra})
 
     def start(self, name: str, *, bootstrap: list[Peer] = (), extra: list[str] = (), env: dict[str, str] | None = None,
-              mdns: bool = False, port: int = 0, open: bool = False) -> Peer:
+              mdns: bool = False, port: int = 0, open: bool = False, _no_wait: bool = False) -> Peer:
         """Start (or restart) peer ``name``. Every peer runs with the harness's one network key
         (``tests.procs.shared_swarm_key``) unless ``open`` (an open network: no key, for peers
         that cannot speak py-libp2p's private network, such as js-libp2p) or ``env`` says else."""
@@ -74,8 +74,19 @@ class Cluster:
             self.peers[name] = peer
         keyless = {"IPFS_ACCELERATE_NETWORK__PSK_FILE": ""} if "--open" in peer.args else {}
         peer.proc = start(peer.args, self.env(**{**keyless, **(env or {})}), peer.log)
-        self._await_up(peer)
+        if not _no_wait:
+            self._await_up(peer)
         return peer
+
+    def start_many(self, *specs: dict[str, Any]) -> list[Peer]:
+        """Start several peers at once and wait until all are up; each spec is :meth:`start`'s
+        keyword arguments plus ``name``. Why: a start is ~2 s of imports and loading, mostly
+        waiting, and peers that only need an already running bootstrap peer need not queue."""
+        peers = [self.start(spec["name"], **{k: v for k, v in spec.items() if k != "name"}, _no_wait=True)
+                 for spec in specs]
+        for peer in peers:
+            self._await_up(peer)
+        return peers
 
     def _await_up(self, peer: Peer, timeout: float = 120) -> None:
         assert peer.proc is not None

@@ -25,8 +25,9 @@ def _tasks(n: int, tag: str) -> list[dict[str, Any]]:
 async def test_every_peer_reports_every_field_alike(cluster: Cluster) -> None:
     # Small result blocks for one peer's work so result_cid/result fetches are exercised too.
     n1 = cluster.start("n1")
-    n2 = cluster.start("n2", bootstrap=[n1], env={"IPFS_ACCELERATE_SCHEDULER__INLINE_RESULT_BYTES": "0"})
-    n3 = cluster.start("n3", bootstrap=[n1])
+    n2, n3 = cluster.start_many(
+        {"name": "n2", "bootstrap": [n1], "env": {"IPFS_ACCELERATE_SCHEDULER__INLINE_RESULT_BYTES": "0"}},
+        {"name": "n3", "bootstrap": [n1]})
     peers = [n1, n2, n3]
     await wait_all_peers(peers)
 

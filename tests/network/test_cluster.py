@@ -56,8 +56,7 @@ async def test_three_peers_share_a_p2p_only_workflow(cluster: Cluster) -> None:
 async def test_kill_9_a_worker_mid_workflow(cluster: Cluster) -> None:
     slow = {"IPFS_ACCELERATE_SCHEDULER__MAX_INFLIGHT": "1"}
     n1 = cluster.start("n1")
-    n2 = cluster.start("n2", bootstrap=[n1], env=slow)
-    n3 = cluster.start("n3", bootstrap=[n1], env=slow)
+    n2, n3 = cluster.start_many({"name": "n2", "bootstrap": [n1], "env": slow}, {"name": "n3", "bootstrap": [n1], "env": slow})
     # every peer knows every other before the submit: a worker that has not heard of n3 yet
     # would claim n3's share itself, and a claim written over a known claim is late
     await wait_all_peers([n1, n2, n3])
@@ -119,8 +118,7 @@ async def test_a_late_joiner_picks_up_pending_work(cluster: Cluster) -> None:
 async def test_join_a_running_node_from_the_cli(cluster: Cluster) -> None:
     from tests.procs import CLI
 
-    n1 = cluster.start("n1")
-    n2 = cluster.start("n2")
+    n1, n2 = cluster.start_many({"name": "n1"}, {"name": "n2"})
     proc = await trio.run_process([CLI, "p2p", "join", "--data-dir", str(n2.data_dir), "--bootstrap", n1.addr],
                                   capture_stdout=True, capture_stderr=True, env=cluster.env(), check=False)
     assert proc.returncode == 0, proc.stderr.decode()
@@ -133,8 +131,7 @@ async def test_join_a_running_node_from_the_cli(cluster: Cluster) -> None:
 
 
 async def test_connect_peer_tool(cluster: Cluster) -> None:
-    n1 = cluster.start("n1")
-    n2 = cluster.start("n2")
+    n1, n2 = cluster.start_many({"name": "n1"}, {"name": "n2"})
     res = await call(n2, "connect_peer", multiaddr=n1.addr)
     assert res == {"peer_id": n1.peer_id, "connected": True}
     await wait_peers(n2, [n1])
@@ -186,8 +183,8 @@ async def test_a_peer_with_the_wrong_psk_cannot_join(cluster: Cluster, tmp_path:
     generate_swarm_key(key_a)
     generate_swarm_key(key_b)
     n1 = cluster.start("n1", extra=["--psk-file", str(key_a)])
-    outsider = cluster.start("out", bootstrap=[n1], extra=["--psk-file", str(key_b)])
-    member = cluster.start("mem", bootstrap=[n1], extra=["--psk-file", str(key_a)])
+    outsider, member = cluster.start_many({"name": "out", "bootstrap": [n1], "extra": ["--psk-file", str(key_b)]},
+                                          {"name": "mem", "bootstrap": [n1], "extra": ["--psk-file", str(key_a)]})
     await wait_peers(n1, [member])
     await trio.sleep(2)
     seen = {p["peer_id"] for p in (await call(n1, "list_peers"))["peers"]}

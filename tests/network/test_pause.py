@@ -50,8 +50,7 @@ def _held(ops: list[tuple[str, dict[str, Any]]], wid: str, peer_id: str) -> set[
 
 async def test_a_paused_worker_causes_no_reclaim_wave(cluster: Cluster) -> None:
     n1 = cluster.start("n1")
-    n2 = cluster.start("n2", bootstrap=[n1])
-    n3 = cluster.start("n3", bootstrap=[n1])
+    n2, n3 = cluster.start_many({"name": "n2", "bootstrap": [n1]}, {"name": "n3", "bootstrap": [n1]})
     peers = [n1, n2, n3]
     await wait_all_peers(peers)
     tasks = [{"model": DEFAULT_MODEL, "input": f"pause {i}: {FILLER}"} for i in range(TASKS)]
