@@ -254,7 +254,8 @@ class Hostile:
         open_before = self.open_tasks(wf)
         claims = [{"op": "task.claim", "task_id": tid, "attempt": 1, "capacity": float(cmd["claim_capacity"])}
                   for tid in wf.task_ids]
-        dones = [self.zero_done(tid, 1) for tid in wf.task_ids]
+        # "hoard": claim everything first and never work (no start, no result)
+        dones = [] if cmd.get("hoard") else [self.zero_done(tid, 1) for tid in wf.task_ids]
         batches = [[self.advert(wf, float(cmd["adv_capacity"]))]] + self.chunks(claims, CLAIM_BATCH) + self.chunks(dones, DONE_BATCH)
         out = await self.write(batches, backdate_to=self.submit_event(wf))
         return {**out, "open_tasks": open_before}

@@ -119,11 +119,16 @@ class Net:
     hostile: Hostile
 
 
+HOARD_TIMEOUT_S = 20.0
+
+
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory, shared_cache_dir: Path) -> Iterator[Net]:
     """One network for every attack (each on its own workflows): n1, n2, n3 and the hostile peer."""
     root = tmp_path_factory.mktemp("hostile")
-    cluster = Cluster(root, shared_cache_dir)
+    # a short task_timeout_s (a consensus setting: the hostile peer runs it too) so that a
+    # hoarder's claims are recorded lost within the test (test_claiming_everything_and_never_working...)
+    cluster = Cluster(root, shared_cache_dir, env_extra={"IPFS_ACCELERATE_SCHEDULER__TASK_TIMEOUT_S": str(HOARD_TIMEOUT_S)})
     hostile: Hostile | None = None
     try:
         n1 = cluster.start("n1")
@@ -341,6 +346,35 @@ async def test_capacity_1e6_claims_racing_honest_peers(net: Net) -> None:
     refused = _hostile_refusals(net, fold_clock(n1.data_dir))
     _alive(net)
     print("\nFIGURE hostile race: " + " | ".join(figures) + f" | refused={dict(refused)}")
+
+
+async def test_claiming_everything_and_never_working_holds_nothing_for_long(net: Net) -> None:
+    """Backdated to the submit, at an advertised capacity of 1e6, the hostile peer claims every
+    task and then does nothing (no start, no result) while it keeps heartbeating. After
+    task_timeout_s without any work of its own, each attempt it holds is recorded lost by its
+    judge and the honest peers run the task: the workflow completes with the model's vectors."""
+    await _ready(net)
+    n1 = net.honest[0]
+    h = net.hostile
+    n = 1000
+    wid = await _submit(n1, "hoard", n)  # most tasks still wait when its claims land
+    rep = await h.cmd("race", workflow_id=wid, adv_capacity=1e6, claim_capacity=1e6, hoard=True)
+    final = await _finish(net, wid, n)
+    await wait_holds(net, rep["events"])
+    final = (await settled(net.honest, [wid], timeout=90))[wid]
+    state = fold_clock(n1.data_dir)
+    tasks = [state.tasks[tid] for tid in state.workflows[wid].task_ids]
+    # attempts 1 it won and nobody had started (a started honest loser finishes: its result stands)
+    held = [t for t in tasks if (o := t.owner(1)) is not None and o.peer == h.peer_id
+            and not any(a == 1 for a, _ in t.started)]
+    lost = [t for t in held if (f := t.fail_for(1)) is not None and f.expired and t.counts(f)
+            and "started or finished no task" in f.error]
+    _alive(net)
+    print(f"\nFIGURE hostile hoard: tasks={n} hoarded_attempt_1={len(held)} recorded_lost={len(lost)} "
+          f"task_timeout_s={HOARD_TIMEOUT_S:g} state={final['state']}")
+    assert held, "the hoarder owned no attempt: the attack did not land"
+    assert len(lost) == len(held), [t.errors() for t in held if t not in lost][:2]
+    assert all(t["peer"] != h.peer_id and _norm(t) > 0.5 for t in final["tasks"])
 
 
 async def test_claims_written_after_seeing_honest_claims_never_win(net: Net) -> None:
