@@ -170,7 +170,10 @@ async def test_node_info_peers_models_and_resources(node: Any) -> None:
         assert peers["self"]["peer_id"] == node.peer_id and peers["peers"] == []
         assert DEFAULT_MODEL in peers["self"]["models"]
         models = await _call(client, "list_models")
-        assert {"model": DEFAULT_MODEL, "local": True, "peers": [node.peer_id]} in models["models"]
+        row = next(m for m in models["models"] if m["model"] == DEFAULT_MODEL)
+        assert row["local"] and row["peers"] == [node.peer_id] and row["files"]
+        assert row["cid"] == peers["self"]["model_cids"][DEFAULT_MODEL]
+        assert all(f["cid"].startswith("baf") and f["size"] > 0 for f in row["files"])
         res = await client.read_resource("node://info")
         assert json.loads(res.contents[0].text)["peer_id"] == node.peer_id
         res = await client.read_resource(f"workflow://{sub['workflow_id']}")
