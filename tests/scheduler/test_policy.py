@@ -249,10 +249,8 @@ def test_a_task_left_unclaimed_is_not_taken_over_while_its_betters_events_are_on
     assert all(a.state.tasks[t].owner().peer == a.me for t in theirs)
 
 
-def test_a_fallback_claim_waits_longer_while_the_top_peer_shows_no_sign_of_the_workflow(tmp_path: Path) -> None:
-    """A big submit can reach the top-ranked peer after one lease has passed: the fallback
-    waits UNHEARD_GRACE_LEASES more leases until that peer has written anything about the
-    workflow, and only one lease once it has (it then holds the workflow and simply left it)."""
+def _b_ranks_first(tmp_path: Path) -> tuple[Now, Scheduler, Scheduler, str, list[str], list[str]]:
+    """a submits 16 tasks and hears b (alive, serving the model); the tasks b ranks first for."""
     now = Now()
     a = peer(tmp_path, "a", now)
     b = peer(tmp_path, "b", now)
@@ -262,6 +260,14 @@ def test_a_fallback_claim_waits_longer_while_the_top_peer_shows_no_sign_of_the_w
     theirs = [t for t in tids
               if a.policy.ranking(a.state.tasks[t], a.state.workflows[wid], a.peers.live_peers())[0] == b.me]
     assert len(theirs) >= 2, "b must rank first for two tasks"
+    return now, a, b, wid, tids, theirs
+
+
+def test_a_fallback_claim_waits_longer_while_the_top_peer_shows_no_sign_of_the_workflow(tmp_path: Path) -> None:
+    """A big submit can reach the top-ranked peer after one lease has passed: the fallback
+    waits UNHEARD_GRACE_LEASES more leases until that peer has written anything about the
+    workflow, and only one lease once it has (it then holds the workflow and simply left it)."""
+    now, a, b, wid, tids, theirs = _b_ranks_first(tmp_path)
 
     def tick(seconds: float) -> None:
         now.t += seconds
@@ -285,15 +291,7 @@ def test_a_fallback_claim_waits_longer_while_the_top_peer_shows_no_sign_of_the_w
 
 
 def test_a_top_peer_that_never_shows_up_loses_its_tasks_after_the_longer_wait(tmp_path: Path) -> None:
-    now = Now()
-    a = peer(tmp_path, "a", now)
-    b = peer(tmp_path, "b", now)
-    wid = a.submit("w", [TaskSpec(model=MODEL, input=f"x{i}") for i in range(16)], 5, WorkflowTag.P2P_ELIGIBLE)
-    hear(a, b)
-    tids = [f"{wid}/{i}" for i in range(16)]
-    theirs = [t for t in tids
-              if a.policy.ranking(a.state.tasks[t], a.state.workflows[wid], a.peers.live_peers())[0] == b.me]
-    assert theirs
+    now, a, b, wid, tids, theirs = _b_ranks_first(tmp_path)
     for seconds in (0, 10.5, 10 * UNHEARD_GRACE_LEASES - 1):
         now.t += seconds
         a.peers.observe(Heartbeat(peer_id=b.me, name="x", models=[MODEL], capacity=1.0))
