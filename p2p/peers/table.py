@@ -126,8 +126,13 @@ class PeerTable:
         self._checking[peer_id] = now + grace_s
 
     def end_check(self, peer_id: str) -> None:
-        """The re-check ended: a peer that answered was ``touch``ed; one that did not is silent now."""
-        self._checking.pop(peer_id, None)
+        """The re-check ended: a peer that answered was ``touch``ed (which ended its check); one
+        that did not is silent now. Its check stays recorded as over (not removed): removed, the
+        next tick found the peer lapsing again and started another check before ``expire`` ran,
+        so a peer that never answered was re-checked for ever and never judged silent."""
+        if peer_id in self._checking:
+            now, _ = self._clock()
+            self._checking[peer_id] = min(self._checking[peer_id], now)
 
     def observe(self, hb: Heartbeat) -> bool:
         """Record a heartbeat; True when the set of live, compatible peers or their
@@ -155,6 +160,7 @@ class PeerTable:
         was_live = hb.peer_id in self._alive and old is not None and not old.incompatible
         changed = not was_live or old is None or old.caps != rec.caps or bool(bad) != bool(old.incompatible)
         self._alive.add(hb.peer_id)
+        self._checking.pop(hb.peer_id, None)
         return changed
 
     def touch(self, peer_id: str) -> None:
@@ -166,6 +172,7 @@ class PeerTable:
             now, _ = self._clock()
             rec.last_seen = max(rec.last_seen, now)
             self._alive.add(peer_id)  # so its next silence is reported again
+            self._checking.pop(peer_id, None)  # it answered: a later silence is checked afresh
 
     def set_rtt(self, peer_id: str, rtt_ms: float) -> None:
         rec = self._peers.get(peer_id)
@@ -178,6 +185,8 @@ class PeerTable:
         now, since = self._clock()
         gone = {p for p in self._alive if self._lapsed(p, self._peers.get(p), now, since)}
         self._alive -= gone
+        for p in gone:
+            self._checking.pop(p, None)
         self._prune(now)
         return gone
 

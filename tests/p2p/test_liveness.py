@@ -215,3 +215,37 @@ async def test_liveness_pings_a_lapsed_peer_and_only_an_unanswered_one_goes_sile
     silent.append(lv.expire_once())
     assert answered == ["slow"] and silent == [{"dead"}]
     assert t.is_alive("slow")
+
+
+async def test_an_unanswered_recheck_ends_in_a_verdict_in_the_loops_own_order() -> None:
+    """Liveness._expire's order each tick: start a re-check of every lapsing peer, then expire.
+    A ping that fails at once (no route, a reset) ends its check at once; the next tick must
+    judge that peer, not start another check (it did, for ever: a dead peer on a cut link was
+    never judged silent)."""
+    clock = Clock()
+    t, pause = table(clock)
+
+    async def ping(peer: str) -> float:
+        raise ConnectionError("no route")
+
+    lv = Liveness(t, pause, MemoryHub().join("me"), peer_id="me", heartbeat=lambda: hb("me"), heartbeat_s=1.0,
+                  on_peers_changed=lambda: None, ping=ping)
+    t.observe(hb("dead"))
+    clock.run(10.5, t)
+    gone: set[str] = set()
+    for _ in range(15):  # fifteen 1 s ticks
+        checks = t.lapsing()
+        for peer in checks:
+            t.start_check(peer, t.lease_s)
+        gone |= lv.expire_once()
+        for peer in checks:  # start_soon'd: the pings run after this tick's expire
+            await lv._recheck(peer)
+        if gone:
+            break
+        clock.run(1.0, t)
+    assert gone == {"dead"}, "a peer that never answered was re-checked for ever"
+    assert not t.is_alive("dead")
+    t.observe(hb("dead"))  # it comes back: alive again, and a later silence is checked afresh
+    assert t.is_alive("dead")
+    clock.run(10.5, t)
+    assert t.lapsing() == ["dead"]
