@@ -127,12 +127,12 @@ class PeerTable:
 
     def end_check(self, peer_id: str) -> None:
         """The re-check ended: a peer that answered was ``touch``ed (which ended its check); one
-        that did not is silent now. Its check stays recorded as over (not removed): removed, the
-        next tick found the peer lapsing again and started another check before ``expire`` ran,
-        so a peer that never answered was re-checked for ever and never judged silent."""
-        if peer_id in self._checking:
-            now, _ = self._clock()
-            self._checking[peer_id] = min(self._checking[peer_id], now)
+        that did not is judged silent once the grace ``start_check`` gave it runs out. The check
+        stays recorded until then (not removed): removed, the next tick found the peer lapsing
+        again and started another check before ``expire`` ran, so a peer that never answered was
+        re-checked for ever and never judged silent."""
+        # the deadline start_check set stays as it was: a ping gives up sooner (5 s) than the
+        # grace (a lease), and a heartbeat queued behind our backlog may still land in time
 
     def observe(self, hb: Heartbeat) -> bool:
         """Record a heartbeat; True when the set of live, compatible peers or their

@@ -233,6 +233,8 @@ class AssignmentPolicy:
         it holds; a peer that claims (say, with a huge advertised capacity) and never works
         would otherwise hold every task it outranks, alive and heartbeating, for ever.
         Re-decided once a lease (not in ``timed``: it would put every claimed task there)."""
+        if self.lagging(owner):
+            return None  # its starts may be among the events it announced and we lack
         now = self.now()
         seen = self._claimed_since.get(task.task_id)
         if seen is None or seen[0] != task.attempt:

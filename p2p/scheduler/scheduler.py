@@ -168,18 +168,24 @@ class Scheduler:
         return {t for t in touched if not t.startswith("wf:")}
 
     def _is_progress(self, ev: Event) -> bool:
-        """Whether ``ev`` shows its author working: a result or failure of its own, or a start
-        it had not written before (repeating one start is not work)."""
+        """Whether ``ev`` shows its author working on an attempt it owns: a result or failure,
+        or a start it had not written before (repeating one start is not work; an op on a task
+        it does not own, which the fold ignores, is not work either)."""
         for op in ev.ops:
             if not isinstance(op, dict):
                 continue
             kind = op.get("op")
-            if kind in ("task.done", "task.fail") and not op.get("expired"):
+            if kind not in ("task.start", "task.done", "task.fail") or op.get("expired"):
+                continue
+            task = self.state.tasks.get(op.get("task_id"))  # type: ignore[arg-type]
+            attempt = op.get("attempt")
+            if task is None or not isinstance(attempt, int):
+                continue
+            owner = task.owner(attempt)
+            if owner is None or owner.peer != ev.author:
+                continue  # an op on a task it does not own (or an unknown one) is not its work
+            if kind != "task.start" or (attempt, ev.author) not in task.started:
                 return True
-            if kind == "task.start":
-                task = self.state.tasks.get(op.get("task_id"))  # type: ignore[arg-type]
-                if task is not None and (op.get("attempt"), ev.author) not in task.started:
-                    return True
         return False
 
     def _requeue_workflow(self, wid: str) -> None:

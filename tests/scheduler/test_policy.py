@@ -376,3 +376,24 @@ def test_repeating_one_start_is_not_progress(tmp_path: Path) -> None:
         a.decide(rest)
         a.flush()
     assert all(a.state.tasks[t].fail_for(1) is not None for t in rest), "a repeated start kept the hoard"
+
+
+def test_ops_on_tasks_it_does_not_own_are_not_progress(tmp_path: Path) -> None:
+    """A hoarder that writes a failure, a result and a start for tasks it does not own (the fold
+    ignores them) every 20 s still loses the claims it holds."""
+    now, a, b, theirs = _claimed_by_b(tmp_path)
+    wid = theirs[0].split("/")[0]
+    not_b = [t for t in a.state.workflows[wid].task_ids if t not in theirs]
+    assert not_b
+    for i in range(6):
+        now.t += 20
+        other = not_b[i % len(not_b)]
+        b._record({"op": "task.fail", "task_id": other, "attempt": 1, "error": "x"})
+        b._record({"op": "task.done", "task_id": other, "attempt": 1, "result": {"v": 0}})
+        b._record({"op": "task.start", "task_id": other, "attempt": 1})
+        b.flush()
+        hear(a, b)
+        a.peers.observe(Heartbeat(peer_id=b.me, name="x", models=[MODEL], capacity=1.0))
+        a.decide(theirs)
+        a.flush()
+    assert all(a.state.tasks[t].fail_for(1) is not None for t in theirs), "ops on others' tasks kept the hoard"
