@@ -22,6 +22,7 @@ import trio
 
 from inference.config import InferenceConfig
 from inference.errors import InferenceError, InvalidInputError, ModelNotFoundError, UnsupportedTaskError, unwrap_group
+from inference.export import EXPORT_OWNER, kill_exports
 from inference.executor import BatchCallError, BatchingExecutor
 from inference.hardware import HardwareInfo, hardware
 from inference.memory import Trimmer
@@ -99,6 +100,7 @@ class InferenceEngine:
                     try:
                         yield engine
                     finally:
+                        kill_exports(engine)  # a load waiting on an export child fails now, not in minutes
                         nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # The nurseries wrap whatever the caller's block raised; give the caller its own error back.
@@ -201,7 +203,9 @@ class InferenceEngine:
         try:
             # Never abandoned: a load left running in a thread when the process exits aborts the
             # interpreter inside onnxruntime/torch (SIGABRT; seen when stdin closed during the
-            # start-up warm-up). Shutdown waits for the load instead, a few seconds at most.
+            # start-up warm-up). Shutdown waits for the load instead: an ONNX session or torch
+            # weights take seconds; an export child (15-20 s) is killed at shutdown (kill_exports).
+            EXPORT_OWNER.set(self)  # this task's context, copied into the load's thread
             runner = await trio.to_thread.run_sync(load_runner, info, task, backend, self.config, self.data_dir)
             self._runners[key] = runner
             pending.runner = runner

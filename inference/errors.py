@@ -44,6 +44,11 @@ class ModelLoadError(InferenceError):
     """The model files exist but could not be loaded or exported."""
 
 
+class LoadCancelledError(ModelLoadError):
+    """The engine closed while the model was loading (its export child was killed): no other
+    backend is tried."""
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of an exception's text, with its type when the text is empty."""
     text = str(exc).strip().splitlines()

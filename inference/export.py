@@ -17,6 +17,7 @@ child also keeps torch out of a node that only ever runs ONNX.
 
 from __future__ import annotations
 
+import contextvars
 import fcntl
 import hashlib
 import json
@@ -32,7 +33,7 @@ from typing import Any, Iterator
 
 import structlog
 
-from inference.errors import ModelLoadError
+from inference.errors import LoadCancelledError, ModelLoadError
 from inference.models import ModelInfo
 
 log = structlog.get_logger()
@@ -237,27 +238,66 @@ def _export(info: ModelInfo, task: str, opset: int, mask_id: int | None, target:
     }
 
 
+# Export children still running, by owner (an engine): ``kill_exports`` ends an engine's when
+# it closes (a load is never abandoned, so without it shutdown would wait for a whole export).
+# The owner travels in a context variable: trio.to_thread runs the load in a copy of the
+# calling task's context.
+EXPORT_OWNER: contextvars.ContextVar[object] = contextvars.ContextVar("export_owner", default=None)
+_CHILDREN: dict[Any, object] = {}
+EXPORT_TIMEOUT_S = 1800.0  # a hung export fails the load instead of holding its lock for ever
+
+
+def kill_exports(owner: object) -> None:
+    """Kill the export children started on behalf of ``owner``: their loads fail at once."""
+    for proc, who in list(_CHILDREN.items()):
+        if who is owner:
+            _CHILDREN[proc] = _KILLED
+            try:
+                proc.kill()
+            except OSError:
+                pass
+
+
+_KILLED = object()  # the owner of a child kill_exports ended
+
+
 def _export_in_child(info: ModelInfo, task: str, opset: int, mask_id: int | None, target: Path) -> dict[str, Any]:
-    """``_export`` in a fresh interpreter (``python -m inference.export``): arguments in on
-    stdin (pickle), the manifest back on stdout (JSON). A plain subprocess, not
-    multiprocessing: spawn re-imports the parent's ``__main__``, which need not be guarded."""
+    """``_export`` in a fresh interpreter (``python -P -m inference.export``): arguments in on
+    stdin (pickle), the manifest back on stdout (the last JSON line). A plain subprocess, not
+    multiprocessing: spawn re-imports the parent's ``__main__``, which need not be guarded.
+    ``-P`` with an explicit PYTHONPATH: the child runs this very package, never an
+    ``inference/`` that happens to sit in the working directory."""
     import pickle
     import subprocess
     import sys
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "inference.export"],
-        input=pickle.dumps((info, task, opset, mask_id, str(target))),
-        stdout=subprocess.PIPE, stderr=None, check=False,  # its logs go to our stderr
-    )
-    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "inference.export"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=None, env=env)  # its logs go to our stderr
+    _CHILDREN[proc] = EXPORT_OWNER.get()
     try:
-        reply = json.loads(lines[-1]) if lines else {}
-    except ValueError:
-        reply = {}
+        out, _ = proc.communicate(pickle.dumps((info, task, opset, mask_id, str(target))), timeout=EXPORT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise ModelLoadError(f"ONNX export of {info.name} ({task}) took over {EXPORT_TIMEOUT_S:g} s; killed") from None
+    finally:
+        killed = _CHILDREN.pop(proc, None) is _KILLED
+    if killed:
+        raise LoadCancelledError(f"loading {info.name} ({task}) stopped: the engine closed during its ONNX export")
+    reply: dict[str, Any] = {}
+    for line in reversed(out.decode("utf-8", "replace").splitlines()):  # a library may print after it
+        try:
+            got = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(got, dict) and ("manifest" in got or "error" in got):
+            reply = got
+            break
     if proc.returncode == 0 and "manifest" in reply:
         return dict(reply["manifest"])
-    why = reply.get("error") or f"the export process exited with {proc.returncode} (out of memory?)"
+    why = reply.get("error") or f"the export process exited with {proc.returncode} (killed, or out of memory?)"
     raise ModelLoadError(f"ONNX export of {info.name} ({task}) failed: {why}")
 
 

@@ -15,7 +15,7 @@ import structlog
 
 from inference.backends import Backend
 from inference.config import InferenceConfig
-from inference.errors import BackendUnavailableError, InferenceError, ModelLoadError
+from inference.errors import BackendUnavailableError, InferenceError, LoadCancelledError, ModelLoadError
 from inference.models import ModelInfo, labels_of
 from inference.tasks import (
     EMBEDDING,
@@ -109,7 +109,7 @@ def load_runner(info: ModelInfo, task: str, backend: str, config: InferenceConfi
         try:
             be = _onnx_backend(info, task, config, data_dir, mask_id)
         except (BackendUnavailableError, ModelLoadError) as exc:
-            if backend == "onnx":
+            if backend == "onnx" or isinstance(exc, LoadCancelledError):
                 raise
             log.warning("backend.onnx_unusable_using_torch", model=info.name, task=task, reason=str(exc))
             from inference.backends.torch_backend import TorchBackend
