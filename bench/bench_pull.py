@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -48,6 +49,20 @@ def _net_config():  # type: ignore[no-untyped-def]
 
     return NetworkConfig(enabled=True, mdns=False, listen=["/ip4/127.0.0.1/tcp/0"])
 
+
+
+async def _raw_copy(net: Any, peer: Any) -> int:
+    """Bytes received by asking ``peer`` for the raw copy (every block, framed, then EOF)."""
+    from p2p.net.framing import StreamEnded
+
+    got = 0
+    async with net.open_stream(peer, RAW_PROTOCOL) as stream:
+        await stream.write_frame(b"go")
+        while True:
+            try:
+                got += len(await stream.read_frame())
+            except StreamEnded:
+                return got
 
 async def _serve(folder: Path, key_file: Path) -> None:
     from p2p.content import dir_cid
@@ -88,14 +103,7 @@ async def _pull_rounds(addr: str, cid: str, folder_bytes: int, key_file: Path, w
         root = cid_from_str(cid)
         for i in range(ROUNDS):
             t0 = time.perf_counter()
-            got = 0
-            async with net.open_stream(peer, RAW_PROTOCOL) as stream:
-                await stream.write_frame(b"go")
-                while True:
-                    try:
-                        got += len(await stream.read_frame())
-                    except StreamEnded:
-                        break
+            got = await _raw_copy(net, peer)
             best["raw"] = min(best["raw"], time.perf_counter() - t0)
             require(got == folder_bytes, f"the raw copy moved {got} of {folder_bytes} bytes")
 
@@ -146,14 +154,7 @@ async def _bitswap_probe(folder: Path) -> tuple[float, float, int]:
         a.set_stream_handler(RAW_PROTOCOL, raw)
         peer = await b.connect(a.listen_addrs()[0])
         t0 = time.perf_counter()
-        got = 0
-        async with b.open_stream(peer, RAW_PROTOCOL) as stream:
-            await stream.write_frame(b"go")
-            while True:
-                try:
-                    got += len(await stream.read_frame())
-                except StreamEnded:
-                    break
+        got = await _raw_copy(b, peer)
         t_raw = time.perf_counter() - t0
         require(got == total, f"the raw copy moved {got} of {total} bytes")
         store = MemoryBlockStore()
