@@ -607,6 +607,13 @@ def install(store: BlockStore, root: bytes, staging: Path, final: Path) -> None:
         raise
 
 
+# What describe_remote walks at most: a model folder has tens of files; a hostile DAG whose
+# folders link one sub-folder under many names would otherwise multiply entries level by level
+# on the event loop (1,000 links, 3 levels: 10^9 entries from three blocks).
+MAX_LISTED_ENTRIES = 10_000
+MAX_LISTED_DEPTH = 16
+
+
 async def describe_remote(net: Any, root: bytes, peer: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """The files (``[{path, size, cid}]``) of the model folder ``root`` as ``peer`` serves it,
     from its directory nodes and its files' root nodes only (a few KiB; leaves are never
@@ -629,11 +636,19 @@ async def describe_remote(net: Any, root: bytes, peer: str, timeout: float = 10.
                     return got
 
                 dirs: list[tuple[str, bytes]] = [("", root)]
+                entries = depth = 0
                 while dirs:
+                    depth += 1
+                    if depth > MAX_LISTED_DEPTH:
+                        raise PullError(f"{to_cid(root)} from {peer} nests folders over {MAX_LISTED_DEPTH} deep")
+                    await trio.lowlevel.checkpoint()
                     blocks = await get(list(dict.fromkeys(c for _, c in dirs)))
                     pb: list[tuple[str, bytes]] = []
                     for prefix, cid in dirs:
                         for child, name, tsize in decode_node(blocks[cid]).links:
+                            entries += 1
+                            if entries > MAX_LISTED_ENTRIES:  # names repeating one sub-folder multiply
+                                raise PullError(f"{to_cid(root)} from {peer} lists over {MAX_LISTED_ENTRIES} entries")
                             path = prefix + _safe_name(name)
                             if _is_pb(child):
                                 pb.append((path, child))

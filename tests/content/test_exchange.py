@@ -196,3 +196,33 @@ async def test_fetch_describe_and_a_tampering_server_over_libp2p(tmp_path: Path)
         with pytest.raises(PullError, match="max_model_bytes"):
             await fetch_dag(client, root, [g], BlockStore(tmp_path / "blocks4"), max_bytes=1000)
         assert not [p for p in (tmp_path / "blocks4").iterdir()]
+
+
+async def test_a_folder_that_repeats_one_sub_folder_under_many_names_is_refused(tmp_path: Path) -> None:
+    """Three small blocks: a folder linking one sub-folder under 200 names, three levels deep
+    (8 million paths). Listing it stops at MAX_LISTED_ENTRIES with a clear error instead of
+    multiplying entries on the event loop."""
+    from p2p.content.exchange import MAX_LISTED_ENTRIES, ContentServer, describe_remote
+    from p2p.content.unixfs import encode_link, encode_node, pb_cid
+    from p2p.protocols.content import CONTENT_PROTOCOL
+
+    directory = b"\x08\x01"
+    blocks: dict[bytes, bytes] = {}
+    child = encode_node([], directory)
+    blocks[pb_cid(child)] = child
+    for _ in range(3):
+        links = [encode_link(pb_cid(child), f"a{i:03d}".encode(), len(child)) for i in range(200)]
+        child = encode_node(links, directory)
+        blocks[pb_cid(child)] = child
+    root = pb_cid(child)
+
+    class Crafted(ContentServer):
+        async def blocks(self, want: Want) -> list[bytes | None]:
+            return [blocks.get(c) for c in want.cids]
+
+    stack, (server, _, client) = await _hosts(tmp_path)
+    async with stack:
+        server.set_stream_handler(CONTENT_PROTOCOL, Crafted(lambda: {}).handle)
+        peer = await client.connect(server.listen_addrs()[0])
+        with pytest.raises(PullError, match=f"over {MAX_LISTED_ENTRIES} entries"):
+            await describe_remote(client, root, peer)
