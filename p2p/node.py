@@ -433,7 +433,7 @@ class Node:
                 stats, cids = await fetch_dag(self.net, root, peers, store, max_bytes=self.config.inference.max_model_bytes,
                                               free_dir=data_dir, progress=progress)
                 staging = data_dir / "pull-staging" / cid
-                await trio.to_thread.run_sync(install, store, root, staging, final)
+                await trio.to_thread.run_sync(install, store, root, staging, final, stats.total_bytes)
             except PullError as exc:
                 if isinstance(exc, DiskFullError):  # free the space: the blocks too, not just the staged files
                     await trio.to_thread.run_sync(store.remove, cids | {root})

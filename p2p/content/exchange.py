@@ -546,19 +546,40 @@ def _safe_name(name: str) -> str:
     return name
 
 
-def _write_file(store: BlockStore, cid: bytes, out: Any) -> None:
+MAX_DAG_DEPTH = 32  # a file's balanced DAG of 174 links per node is 4 deep at 90 GB
+
+
+@dataclass
+class _Budget:
+    """Bytes ``install`` may still write: a DAG whose nodes link the same leaves many times
+    (cheap to fetch: each block once) must not write without end."""
+
+    left: int
+
+    def spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise PullError("the model's files are larger than its root block declared (or than max_model_bytes)")
+
+
+def _write_file(store: BlockStore, cid: bytes, out: Any, budget: _Budget, depth: int = 0) -> None:
+    if depth > MAX_DAG_DEPTH:
+        raise PullError(f"a file's DAG nests over {MAX_DAG_DEPTH} levels")
     data = store.get(cid)
     if data is None:
         raise PullError(f"block {to_cid(cid)} is missing or damaged in the block store; pull again to fetch it")
     if not _is_pb(cid):
+        budget.spend(len(data))
         out.write(data)
         return
     node = decode_node(data)
     for child, _, _ in node.links:
-        _write_file(store, child, out)
+        _write_file(store, child, out, budget, depth + 1)
 
 
-def _assemble_dir(store: BlockStore, cid: bytes, where: Path) -> None:
+def _assemble_dir(store: BlockStore, cid: bytes, where: Path, budget: _Budget, depth: int = 0) -> None:
+    if depth > MAX_DAG_DEPTH:
+        raise PullError(f"the model's folders nest over {MAX_DAG_DEPTH} levels")
     data = store.get(cid)
     if data is None:
         raise PullError(f"block {to_cid(cid)} went missing from the block store during assembly")
@@ -570,20 +591,21 @@ def _assemble_dir(store: BlockStore, cid: bytes, where: Path) -> None:
             if cdata is None:
                 raise PullError(f"block {to_cid(child)} went missing from the block store during assembly")
             if decode_node(cdata).kind == _UNIXFS_DIRECTORY:
-                _assemble_dir(store, child, target)
+                _assemble_dir(store, child, target, budget, depth + 1)
                 continue
         with open(target, "wb") as out:
-            _write_file(store, child, out)
+            _write_file(store, child, out, budget)
             out.flush()
             os.fsync(out.fileno())
 
 
-def install(store: BlockStore, root: bytes, staging: Path, final: Path) -> None:
+def install(store: BlockStore, root: bytes, staging: Path, final: Path, max_bytes: int | None = None) -> None:
     """Assemble the files of ``root`` from the store in ``staging`` and rename it to ``final``
     (blocking: run in a thread). Every block is verified again as it is read (one damaged in the
     store since it was fetched is refused), so the files are the DAG's by construction; the node
     re-hashes the installed folder as it serves it (Node.hash_models) and checks its CID again.
-    On any failure the staging folder is removed and ``final`` is untouched."""
+    On any failure the staging folder is removed and ``final`` is untouched. ``max_bytes``:
+    the most it writes (the size the root declared, checked against max_model_bytes)."""
     if final.exists():
         got = dir_root(final)[0].cid
         if got == root:
@@ -592,7 +614,7 @@ def install(store: BlockStore, root: bytes, staging: Path, final: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         try:
-            _assemble_dir(store, root, staging)
+            _assemble_dir(store, root, staging, _Budget(max_bytes if max_bytes is not None else 1 << 62))
         except OSError as exc:
             _raise_disk(exc, "the model's files")
         final.parent.mkdir(parents=True, exist_ok=True)

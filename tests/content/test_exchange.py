@@ -226,3 +226,23 @@ async def test_a_folder_that_repeats_one_sub_folder_under_many_names_is_refused(
         peer = await client.connect(server.listen_addrs()[0])
         with pytest.raises(PullError, match=f"over {MAX_LISTED_ENTRIES} entries"):
             await describe_remote(client, root, peer)
+
+
+def test_a_file_that_links_the_same_leaf_many_times_cannot_write_past_its_declared_size(tmp_path: Path) -> None:
+    """Fetching costs one block per distinct CID, but assembly writes every link: a file node
+    linking one 256 KiB leaf 174 times, twice over, would write 7.6 GB from two blocks. Install
+    stops at the size the pull declared and leaves nothing."""
+    from p2p.content.unixfs import encode_link, encode_node, file_data, pb_cid, raw_cid
+
+    store = BlockStore(tmp_path / "blocks")
+    leaf = os.urandom(CHUNK_SIZE)
+    store.put(raw_cid(leaf), leaf)
+    inner = encode_node([encode_link(raw_cid(leaf), b"", len(leaf))] * 174, file_data(174 * len(leaf), [len(leaf)] * 174))
+    store.put(pb_cid(inner), inner)
+    top = encode_node([encode_link(pb_cid(inner), b"", len(inner))] * 174, file_data(174 * 174 * len(leaf), [174 * len(leaf)] * 174))
+    store.put(pb_cid(top), top)
+    folder = encode_node([encode_link(pb_cid(top), b"big.bin", 10_000)], b"\x08\x01")
+    store.put(pb_cid(folder), folder)
+    with pytest.raises(PullError, match="larger than its root block declared"):
+        install(store, pb_cid(folder), tmp_path / "staging", tmp_path / "out", max_bytes=10_000_000)
+    assert not (tmp_path / "staging").exists() and not (tmp_path / "out").exists()
