@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import structlog
 import trio
+from multiformats import CID
 
 from p2p.clock import MerkleClock, codec
 from p2p.clock.cids import cid_raw
@@ -398,15 +399,23 @@ class Node:
             raise NodeError("the node runs without networking; start it with networking on to pull models")
         offers: dict[str, tuple[set[str], set[str]]] = {}  # cid -> (names, peers other than us)
         for m in self.all_models():
-            for cid, peers in self.model_cids_known(m).items():
+            for raw, peers in self.model_cids_known(m).items():
+                cid = _canonical_cid(raw)
+                if cid is None:  # an advert that is not a CID (a hostile or broken peer): skipped
+                    continue
                 names, others = offers.setdefault(cid, (set(), set()))
                 names.add(m)
                 others.update(p for p in peers if p != self.peer_id)
         served = ", ".join(f"{m} ({c})" for c, (ns, _) in sorted(offers.items()) for m in sorted(ns)) or "none"
-        if ref in offers:
-            cid, name = ref, min(offers[ref][0])
+        if (_canonical_cid(ref) or ref) in offers:
+            cid = _canonical_cid(ref) or ref
+            name = min(offers[cid][0])
         else:
-            by_name = {c: p for c, p in self.model_cids_known(ref).items() if c in offers}
+            by_name: dict[str, set[str]] = {}
+            for raw, peers in self.model_cids_known(ref).items():
+                c = _canonical_cid(raw)
+                if c is not None and c in offers:
+                    by_name.setdefault(c, set()).update(peers)
             if not by_name:
                 raise NodeError(f"no peer serves a model named or with content id {ref!r}; the network serves: {served}")
             cid = min(by_name, key=lambda c: (-len(by_name[c]), c))
@@ -631,3 +640,15 @@ class Node:
             "workflows": len(self.scheduler.state.workflows),
             "queue": self.scheduler.local_queue(),
         }
+
+
+def _canonical_cid(text: str) -> str | None:
+    """``text`` as the one printed form of its CID (base32 CIDv1), None if it is not a CID: a
+    peer could otherwise advertise one CID in two spellings (upper case, another base) and
+    win the tie-break by string order, or one that does not parse and fail every pull."""
+    try:
+        from p2p.content.unixfs import to_cid
+
+        return str(to_cid(bytes(CID.decode(text.strip()))))
+    except Exception:  # noqa: BLE001 - multiformats raises several types
+        return None

@@ -246,3 +246,16 @@ def test_a_file_that_links_the_same_leaf_many_times_cannot_write_past_its_declar
     with pytest.raises(PullError, match="larger than its root block declared"):
         install(store, pb_cid(folder), tmp_path / "staging", tmp_path / "out", max_bytes=10_000_000)
     assert not (tmp_path / "staging").exists() and not (tmp_path / "out").exists()
+
+
+def test_advertised_cids_are_compared_in_one_spelling() -> None:
+    """pull_model reads peers' adverts: one CID in another spelling is the same CID, and an
+    advert that is not a CID is skipped rather than picked (it sorted first by string order)."""
+    from p2p.node import _canonical_cid
+
+    c = "bafybeic234pczxcoymcd45btdcudyiu3pv65px67kzjqhvawjkmhq65o6m"
+    assert _canonical_cid(c) == c
+    assert _canonical_cid(c.upper()) == c  # multibase B: base32 upper case
+    assert _canonical_cid(f"  {c} ") == c
+    for junk in ("0garbage", "", "bafy", "Qm" + "1" * 44):
+        assert _canonical_cid(junk) is None, junk
