@@ -89,8 +89,10 @@ ABORT_WAIT_S = 5.0
 # backoff: after a 30 s partition healed, the halves resumed only on TCP's next retransmission
 # (~30 s later), and nothing redialled because nothing had disconnected. Dropped, the
 # connection is redialled (kept peers, with backoff) as soon as the link is back. A live peer
-# ACKs within milliseconds even when its process is stopped or busy (the kernel ACKs; a full
-# receive window is answered by window probes, which keep the connection alive).
+# ACKs within milliseconds even when its process is busy (the kernel ACKs). One cost: Linux
+# also aborts a connection whose peer's receive window stays full this long (a peer stopped
+# or stalled for over 10 s while we push blocks at it: measured, a 2 s timeout fired 2.4 s
+# into a zero window); that peer is redialled when it resumes and the data sent again.
 TCP_USER_TIMEOUT_S = 10.0
 TCP_KEEPALIVE_IDLE_S = 5
 TCP_KEEPALIVE_INTERVAL_S = 2
