@@ -22,6 +22,7 @@ import hashlib
 import os
 import shutil
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -190,7 +191,7 @@ class BlockStore:
     def put(self, cid: bytes, data: bytes) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         final = self._path(cid)
-        tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+        tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # two threads, one CID
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -247,6 +248,10 @@ def _read(loc: Location) -> bytes:
         return os.pread(f.fileno(), length, offset)
 
 
+SERVE_SLICE = 8  # blocks read and sent at a time (2 MiB of leaves)
+SERVE_SLOTS_PER_PEER = 4  # slices of one peer held in memory at once, over all its streams
+
+
 class ContentServer:
     """Serves the blocks of this node's models to pullers (``CONTENT_PROTOCOL``).
 
@@ -258,6 +263,7 @@ class ContentServer:
         self._models = models
         self._index: dict[bytes, dict[bytes, Location]] = {}
         self._lock = trio.Lock()
+        self._slots: dict[str, trio.Semaphore] = {}  # peer -> slices it may hold in memory
         self.blocks_served = 0
         self.bytes_served = 0
 
@@ -287,14 +293,21 @@ class ContentServer:
         return await trio.to_thread.run_sync(read_all)
 
     async def handle(self, peer: str, stream: Any) -> None:
+        # A want names up to MAX_WANT blocks (64 MiB of 256 KiB leaves): read and sent a slice
+        # at a time, at most SERVE_SLOTS_PER_PEER slices of one peer in memory at once, so a
+        # peer that opens many streams and never reads its replies holds a few MiB, not N x 64.
+        slots = self._slots.setdefault(peer, trio.Semaphore(SERVE_SLOTS_PER_PEER))
         async for payload in stream.frames():
             want = decode_want(payload)
-            blocks = await self.blocks(want)
-            for cid, block in zip(want.cids, blocks):
-                await stream.write_frame(encode_block(cid, block))
-                if block is not None:
-                    self.blocks_served += 1
-                    self.bytes_served += len(block)
+            for i in range(0, len(want.cids), SERVE_SLICE):
+                part = Want(want.root, want.cids[i:i + SERVE_SLICE])
+                async with slots:
+                    blocks = await self.blocks(part)
+                    for cid, block in zip(part.cids, blocks):
+                        await stream.write_frame(encode_block(cid, block))
+                        if block is not None:
+                            self.blocks_served += 1
+                            self.bytes_served += len(block)
 
 
 # --- pulling -------------------------------------------------------------------------------
