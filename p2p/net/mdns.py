@@ -108,18 +108,27 @@ async def mdns_discovery(
 async def _redeliver_loop(
     discovery: MDNSDiscovery, known: dict[ID, PeerInfo], deliver: Callable[[PeerInfo], None]
 ) -> None:
-    """Hand every known peer that is still advertised to the consumer again, with backoff."""
-    delay = REDELIVER_FIRST_S
+    """Hand every known peer that is still advertised to the consumer again, with a backoff of
+    its own (2 s doubling to 60 s from when it was found: a peer found late is retried soon,
+    whatever the others' backoff has grown to)."""
+    due: dict[ID, tuple[float, float]] = {}  # peer -> (next delivery, its current delay)
     while True:
-        await trio.sleep(delay)
-        delay = min(delay * 2, REDELIVER_MAX_S)
+        await trio.sleep(REDELIVER_FIRST_S)
+        now = trio.current_time()
         # The listener's dict is written from zeroconf's threads; list() copies it in one step.
         live = {peer_id for peer_id, _ in list(discovery.listener.discovered_services.values())}
         for peer_id, info in list(known.items()):
-            if peer_id in live:
-                deliver(info)
-            else:  # the service went away (removed or expired): forget it until it is found again
+            if peer_id not in live:  # the service went away: forget it until it is found again
                 known.pop(peer_id, None)
+                due.pop(peer_id, None)
+                continue
+            at, delay = due.setdefault(peer_id, (now, REDELIVER_FIRST_S))  # first again at this tick
+            if now >= at:
+                deliver(info)
+                delay = min(delay * 2, REDELIVER_MAX_S)
+                due[peer_id] = (now + delay, delay)
+        for peer_id in [p for p in due if p not in known]:
+            del due[peer_id]
 
 
 async def _cleanup_loop(discovery: MDNSDiscovery) -> None:
