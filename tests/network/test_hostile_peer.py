@@ -352,14 +352,19 @@ async def test_claiming_everything_and_never_working_holds_nothing_for_long(net:
     """Backdated to the submit, at an advertised capacity of 1e6, the hostile peer claims every
     task and then does nothing (no start, no result) while it keeps heartbeating. After
     task_timeout_s without any work of its own, each attempt it holds is recorded lost by its
-    judge and the honest peers run the task: the workflow completes with the model's vectors."""
+    judge and the honest peers run the task: the workflow completes with the model's vectors.
+    The target waits behind a priority-1 workflow on every honest peer, so its tasks are still
+    unstarted when the hostile claims land (a race it wins by score, whatever the timing)."""
     await _ready(net)
     n1 = net.honest[0]
     h = net.hostile
-    n = 1000
-    wid = await _submit(n1, "hoard", n)  # most tasks still wait when its claims land
+    n = 300
+    busy = (await call(n1, "submit_workflow", name="hoard-busy", tasks=_tasks(1500, "hoard-busy", long=True),
+                       priority=1))["workflow_id"]
+    wid = (await call(n1, "submit_workflow", name="hoard", tasks=_tasks(n, "hoard"), priority=10))["workflow_id"]
     rep = await h.cmd("race", workflow_id=wid, adv_capacity=1e6, claim_capacity=1e6, hoard=True)
     final = await _finish(net, wid, n)
+    await _finish(net, busy, 1500)
     await wait_holds(net, rep["events"])
     final = (await settled(net.honest, [wid], timeout=90))[wid]
     state = fold_clock(n1.data_dir)
