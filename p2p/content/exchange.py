@@ -339,6 +339,10 @@ class _Fetch:
     def __init__(self, net: Any, root: bytes, store: BlockStore, stats: PullStats, progress: ProgressFn | None,
                  batch: int) -> None:
         self.net, self.root, self.store, self.stats, self.progress = net, root, store, stats, progress
+        # workers report concurrently: one at a time, and never a figure below one already sent
+        # (a report read before another worker's and sent after it went backwards)
+        self._report_lock = trio.Lock()
+        self._reported = -1
         self.batch = batch
         self.todo: deque[bytes] = deque()
         self.seen: set[bytes] = {root}
@@ -346,6 +350,16 @@ class _Fetch:
         self.done_bytes = 0
         self.changed = trio.Event()
         self.fatal: BaseException | None = None
+
+    async def _report(self) -> None:
+        if self.progress is None:
+            return
+        async with self._report_lock:
+            done = self.done_bytes
+            if done <= self._reported:
+                return
+            self._reported = done
+            await self.progress(done, self.stats.total_bytes, f"{done / 1e6:.1f}/{self.stats.total_bytes / 1e6:.1f} MB")
 
     def _wake(self) -> None:
         self.changed.set()
@@ -422,9 +436,7 @@ class _Fetch:
                         batch = bad
                         raise _PeerFault(f"sent {len(bad)} block(s) that fail verification")
                     batch = []
-                    if self.progress is not None:
-                        await self.progress(self.done_bytes, self.stats.total_bytes,
-                                            f"{self.done_bytes / 1e6:.1f}/{self.stats.total_bytes / 1e6:.1f} MB")
+                    await self._report()
                     self._wake()
         except DiskFullError as exc:
             self.fatal = exc
