@@ -288,9 +288,22 @@ class ContentServer:
         locs = [None if index is None else index.get(c) for c in want.cids]
 
         def read_all() -> list[bytes | None]:
-            return [None if loc is None else _read(loc) for loc in locs]
+            # checked before sending: files changed on disk since they were indexed must not
+            # go out as the CID's bytes (our peers would drop us as a tamperer)
+            out: list[bytes | None] = []
+            for cid, loc in zip(want.cids, locs):
+                try:
+                    block = None if loc is None else _read(loc)
+                except OSError:  # removed or unreadable since indexed
+                    block = None
+                out.append(block if block is not None and verify(cid, block) else None)
+            return out
 
-        return await trio.to_thread.run_sync(read_all)
+        got = await trio.to_thread.run_sync(read_all)
+        if any(loc is not None and b is None for loc, b in zip(locs, got)):
+            self._index.pop(want.root, None)  # re-indexed (and re-checked against the root) next time
+            log.warning("a served model's files changed on disk; those blocks are not served", root=str(to_cid(want.root)))
+        return got
 
     async def handle(self, peer: str, stream: Any) -> None:
         # A want names up to MAX_WANT blocks (64 MiB of 256 KiB leaves): read and sent a slice

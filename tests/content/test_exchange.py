@@ -259,3 +259,26 @@ def test_advertised_cids_are_compared_in_one_spelling() -> None:
     assert _canonical_cid(f"  {c} ") == c
     for junk in ("0garbage", "", "bafy", "Qm" + "1" * 44):
         assert _canonical_cid(junk) is None, junk
+
+
+async def test_a_served_file_changed_on_disk_is_not_sent_as_its_cid(tmp_path: Path) -> None:
+    """The server indexes a model once; a file rewritten since must not go out under the old
+    CIDs (peers would drop this honest server as a tamperer): those blocks are withheld and
+    the index is rebuilt (and checked against the root) on the next want."""
+    from p2p.content.exchange import ContentServer
+
+    src = _folder(tmp_path / "src", SIZES)
+    root, index = build_index(src)
+    cid = str(to_cid(root))
+    server = ContentServer(lambda: {cid: src})
+    cids = list(index)
+    first = await server.blocks(Want(root, cids))
+    assert all(b is not None and verify(c, b) for c, b in zip(cids, first))
+    victim = max((p for p in src.rglob("*.bin")), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[0] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    again = await server.blocks(Want(root, cids))
+    assert any(b is None for b in again), "a changed block went out"
+    assert all(b is None or verify(c, b) for c, b in zip(cids, again))
+    assert await server.blocks(Want(root, cids[:1])) == [None]  # re-indexed: the root no longer matches
