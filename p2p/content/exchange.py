@@ -600,12 +600,19 @@ class _Budget:
             raise PullError("the model's files are larger than its root block declared (or than max_model_bytes)")
 
 
-def _write_file(store: BlockStore, cid: bytes, out: Any, budget: _Budget, depth: int = 0) -> None:
+def _stored(store: BlockStore, cid: bytes, depth: int) -> bytes:
+    """A verified block for assembly at ``depth``: PullError when the DAG nests too deep or the
+    block is missing or damaged."""
     if depth > MAX_DAG_DEPTH:
-        raise PullError(f"a file's DAG nests over {MAX_DAG_DEPTH} levels")
+        raise PullError(f"the model's DAG nests over {MAX_DAG_DEPTH} levels")
     data = store.get(cid)
     if data is None:
         raise PullError(f"block {to_cid(cid)} is missing or damaged in the block store; pull again to fetch it")
+    return data
+
+
+def _write_file(store: BlockStore, cid: bytes, out: Any, budget: _Budget, depth: int = 0) -> None:
+    data = _stored(store, cid, depth)
     if not _is_pb(cid):
         budget.spend(len(data))
         out.write(data)
@@ -616,19 +623,12 @@ def _write_file(store: BlockStore, cid: bytes, out: Any, budget: _Budget, depth:
 
 
 def _assemble_dir(store: BlockStore, cid: bytes, where: Path, budget: _Budget, depth: int = 0) -> None:
-    if depth > MAX_DAG_DEPTH:
-        raise PullError(f"the model's folders nest over {MAX_DAG_DEPTH} levels")
-    data = store.get(cid)
-    if data is None:
-        raise PullError(f"block {to_cid(cid)} went missing from the block store during assembly")
+    data = _stored(store, cid, depth)
     where.mkdir(parents=True, exist_ok=True)
     for child, name, _ in decode_node(data).links:
         target = where / _safe_name(name)
         if _is_pb(child):
-            cdata = store.get(child)
-            if cdata is None:
-                raise PullError(f"block {to_cid(child)} went missing from the block store during assembly")
-            if decode_node(cdata).kind == _UNIXFS_DIRECTORY:
+            if decode_node(_stored(store, child, depth + 1)).kind == _UNIXFS_DIRECTORY:
                 _assemble_dir(store, child, target, budget, depth + 1)
                 continue
         with open(target, "wb") as out:
