@@ -38,6 +38,7 @@ class SchedulerConfig(BaseModel):
     max_inflight: int = Field(256, ge=1, description="tasks handed to the inference engine at once")
     task_timeout_s: float = Field(600.0, gt=0, description="an owner that has not finished a task after this long loses the attempt")
     pause_threshold_s: float = Field(1.0, gt=0, description="a gap in this process's own running time longer than this is a pause")
+    max_outvoted: int = Field(3, ge=0, description="a peer whose replicated results were outvoted more often than this gets no more work assigned by this node")
 
 
 class NetworkConfig(BaseModel):
@@ -67,6 +68,19 @@ class NetworkConfig(BaseModel):
     kept_give_up_s: float = Field(600.0, gt=0, description="a peer joined by hand and unreachable this long is no longer redialled")
     max_missing_results: int = Field(100_000, ge=1, description="result blocks waited for at once")
     missing_result_giveup_s: float = Field(3600.0, gt=0, description="stop asking for a result block after this long")
+
+
+class CacheConfig(BaseModel):
+    """The encrypted result cache (p2p.cache): a task whose result this network already computed
+    completes without inference. Entries are sealed under a key derived from the network key;
+    with no network key (``network.open``) they stay on this node."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_bytes: int = Field(256 << 20, ge=4096, le=1 << 44, description="sealed entries kept (LRU beyond it)")
+    remote_timeout_s: float = Field(1.0, gt=0, le=30, description="the longest a lookup waits for peers' answers")
+    remote_peers: int = Field(3, ge=0, le=16, description="peers asked at once on a local miss (0: never ask)")
 
 
 # Settings every peer of a network must share: they decide how the fold and assignment read the
@@ -99,6 +113,7 @@ class NodeConfig(BaseModel):
     clock: ClockConfig = Field(default_factory=ClockConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     @model_validator(mode="after")
     def _constraints(self) -> "NodeConfig":

@@ -32,3 +32,6 @@ class Heartbeat(BaseModel):
     # differs from ours is left out of assignment; the values let us name the keys that differ.
     settings: dict[str, Scalar] = Field(default_factory=dict, max_length=32)
     settings_digest: str = Field("", max_length=64)
+    # Entries of this peer's shared result cache (p2p.cache): peers ask only those that offer
+    # some. 0 for a peer whose cache is off or local (an open network's): it is never asked.
+    cache_entries: int = Field(0, ge=0, le=1 << 40)
