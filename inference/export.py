@@ -301,6 +301,9 @@ def _export_in_child(info: ModelInfo, task: str, opset: int, mask_id: int | None
     raise ModelLoadError(f"ONNX export of {info.name} ({task}) failed: {why}")
 
 
+EXPORT_NICE = 15
+
+
 def _child_main() -> int:
     """The child side of ``_export_in_child``: the only line it writes to stdout is its reply."""
     import pickle
@@ -308,6 +311,13 @@ def _child_main() -> int:
 
     out = sys.stdout
     sys.stdout = sys.stderr  # anything torch prints goes to stderr
+    try:
+        # A one-off batch job beside a latency-bound node: at the lowest useful priority, so a
+        # 20 s export on a small machine never starves the node's event loop (under a busy
+        # core it did: heartbeats lapsed, block transfers stalled, peers were judged silent)
+        os.nice(EXPORT_NICE)
+    except OSError:
+        pass
     try:
         info, task, opset, mask_id, target = pickle.loads(sys.stdin.buffer.read())
         manifest = _export(info, task, opset, mask_id, Path(target))

@@ -170,13 +170,15 @@ class Liveness:
     async def _recheck(self, peer: str) -> None:
         assert self._ping is not None
         try:
-            with trio.move_on_after(self.table.lease_s):
+            with trio.move_on_after(self.table.lease_s) as scope:
                 rtt = await self._ping(peer)
                 self.table.touch(peer)
                 self.table.set_rtt(peer, rtt)
                 log.info("a peer whose heartbeats lapsed answered a ping; still alive", peer=peer, rtt_ms=round(rtt, 1))
+            if scope.cancelled_caught:
+                log.info("re-check ping unanswered within a lease", peer=peer)
         except Exception as exc:  # noqa: BLE001 - no connection, a reset: it did not answer
-            log.debug("re-check ping failed", peer=peer, error=str(exc))
+            log.info("re-check ping failed", peer=peer, error=str(exc) or type(exc).__name__)
         finally:
             self.table.end_check(peer)
 

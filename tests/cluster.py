@@ -38,6 +38,13 @@ class Peer:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def liveness_lines(self, limit: int = 40) -> str:
+        """This node's log lines about leases, re-checks and pauses: what a failed liveness
+        assertion needs to be diagnosed from a CI log alone."""
+        keys = ("went silent", "re-check", "answered a ping", "pause", "resum", "peer alive", "disconnect")
+        lines = [ln for ln in self.log_text().splitlines() if any(k in ln for k in keys)]
+        return f"--- {self.name} ({self.peer_id}) ---\n" + "\n".join(lines[-limit:])
+
 
 @dataclass
 class Cluster:

@@ -91,4 +91,4 @@ async def test_serving_a_20000_event_catch_up_keeps_the_server_responsive(cluste
     assert max(last_seen) < LEASE_S, "the server's heartbeats lapsed past the lease"
     assert counts.superseding == 0 and counts.expired_fails == 0, (
         f"{counts.superseding} superseding claims, {counts.expired_fails} expired attempts")
-    assert not any(silent.values()), f"silent-peer verdicts during the catch-up: {silent}"
+    assert not any(silent.values()), f"silent-peer verdicts during the catch-up: {silent}\n" + "\n".join(p.liveness_lines() for p in (n1, n2, n3))

@@ -66,7 +66,8 @@ async def test_priority_changes_under_load_cause_no_retries(cluster: Cluster) ->
     assert final["state"] == "completed" and final["completed"] == TASKS
     assert running_at_last, "the workflow finished before the control ops did: make it longer"
     assert len(counts.done) == TASKS
+    why = "\n".join(p.liveness_lines() for p in peers)
     assert counts.superseding == 0 and counts.expired_fails == 0 and not counts.reclaimed, (
         f"{len(counts.reclaimed)} tasks claimed again, {counts.superseding} superseding claims, "
-        f"{counts.expired_fails} expiries (or suspicions)")
-    assert not any(silent.values()), f"peers wrongly declared silent: {silent}"
+        f"{counts.expired_fails} expiries (or suspicions)\n{why}")
+    assert not any(silent.values()), f"peers wrongly declared silent: {silent}\n{why}"
