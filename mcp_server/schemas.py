@@ -36,6 +36,8 @@ class WorkflowSummary(BaseModel):
     tag: Tag
     submitter: str = Field(description="Peer id of the node the workflow was submitted to.")
     created_at: float = Field(description="Unix time of submission.")
+    replicas: int = Field(1, description="Distinct peers that must agree on each task's result.")
+    cache: bool = Field(True, description="False when peers must run every task afresh (no result cache).")
     total: int
     completed: int
     failed: int
@@ -67,6 +69,10 @@ class TaskStatusOut(BaseModel):
     stats: dict[str, Any] = Field(None, description="How the result was computed: ms, backend, device, task.")  # type: ignore[assignment]
     result_omitted: bool = Field(None, description="True when the result alone is too large for one reply and was left out.")  # type: ignore[assignment]
     late_results: list[dict[str, Any]] = Field(None, description="Results written after the task had failed for good ({peer, attempt}); kept and shown, the task stays failed.")  # type: ignore[assignment]
+    cached: bool = Field(None, description="True when the result came from the result cache (stats are the original run's).")  # type: ignore[assignment]
+    peers: list[str] = Field(None, description="With replicas > 1: the peers whose results agreed (the result shown is theirs).")  # type: ignore[assignment]
+    disputed_by: list[str] = Field(None, description="With replicas > 1: peers whose results disagreed with the accepted one (or, when the task failed, every peer that ran it).")  # type: ignore[assignment]
+    waiting: str = Field(None, description="Why a queued task is not running yet, when it is waiting on something (e.g. too few eligible peers for its replicas).")  # type: ignore[assignment]
 
     @model_serializer(mode="wrap")
     def _absent_not_null(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -150,6 +156,8 @@ class PeerOut(BaseModel):
     rtt_ms: float | None = None
     compatible: bool = Field(True, description="False when its consensus settings differ from ours: it gets no work from us.")
     incompatible_keys: list[str] = Field(default_factory=list, description="The consensus settings that differ.")
+    outvoted: int = Field(0, description="Replicated tasks where its result disagreed with the accepted one; "
+                                         "beyond scheduler.max_outvoted this node assigns it no more work.")
 
 
 class PeerList(BaseModel):

@@ -176,6 +176,8 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
         tasks: Annotated[list[TaskInput], Field(description="The tasks, one text input each; at least one.")],
         priority: Priority = 5,
         tag: Annotated[Tag, Field(description="p2p-eligible: any peer, this one included; p2p-only: never this peer; local-only: only this peer.")] = "p2p-eligible",
+        replicas: Annotated[int, Field(ge=1, le=5, description="Run each task on this many distinct peers and accept a result only when they agree (1 to 5; 2 or more guards against a wrong or hostile peer).")] = 1,
+        cache: Annotated[bool, Field(description="false: run every task afresh, never answering from the network's result cache.")] = True,
     ) -> WorkflowSummary:
         """Submit a batch of inference tasks to the peer-to-peer network and return at once.
 
@@ -183,7 +185,7 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
         is quicker. The workflow is stored durably before this returns and survives restarts.
         Returns the workflow_id and counts; follow up with wait_for_workflow or get_workflow_status.
         """
-        raw = await _acall(node.submit_workflow(name, [t.model_dump() for t in tasks], priority, tag))
+        raw = await _acall(node.submit_workflow(name, [t.model_dump() for t in tasks], priority, tag, replicas, cache))
         return WorkflowSummary.model_validate(raw)
 
     @server.tool(annotations=READ_ONLY)

@@ -24,6 +24,7 @@ from p2p.clock import MerkleClock, codec
 from p2p.clock.cids import cid_raw
 from p2p.config import NodeConfig
 from p2p.content import CidCache, ContentError, dir_cid
+from p2p.cache.cache import cache_offers, open_node_cache
 from p2p.control import serve_control
 from p2p.discovery import Discovery
 from p2p.errors import NodeError
@@ -33,7 +34,7 @@ from p2p.net import load_swarm_key, open_host
 from p2p.peers import Heartbeat, PauseDetector, PeerCaps, PeerTable
 from p2p.protocols.wire import BLOCKS_PROTOCOL, topic
 from p2p.replication import BlockServer, GossipBroadcaster, Replicator, StreamDAGService
-from p2p.scheduler.ops import MAX_PRIORITY, MIN_PRIORITY, TaskSpec, WorkflowTag
+from p2p.scheduler.ops import MAX_PRIORITY, MAX_REPLICAS, MIN_PRIORITY, TaskSpec, WorkflowTag
 from p2p.scheduler.scheduler import Scheduler
 from p2p.scheduler.state import WorkflowStatus
 from p2p.scheduler.views import workflow_status, workflow_summary
@@ -90,10 +91,11 @@ class Node:
             settings_digest=self.settings_digest, forget_s=config.network.peer_forget_s,
             max_peers=config.network.max_peers,
         )
+        self.cache = open_node_cache(config)  # p2p.cache.ResultCache; None with cache.enabled off
         self.scheduler = Scheduler(
             clock, engine, self.peers, sched,
             max_inflight=sched.max_inflight, max_ops_per_event=config.clock.max_ops_per_event,
-            ready=self.caught_up, lagging=self._lagging,
+            ready=self.caught_up, lagging=self._lagging, cache=self.cache,
         )
 
     def _lagging(self, peer: str) -> bool:
@@ -140,6 +142,8 @@ class Node:
                     finally:
                         node.scheduler.flush()
                         nursery.cancel_scope.cancel()
+                if node.cache is not None:
+                    node.cache.close()
         finally:
             clock.close()
 
@@ -172,9 +176,17 @@ class Node:
                     lambda: {self.model_cids[m]: self.model_paths[m] for m in self.local_models()
                              if m in self.model_cids and m in self.model_paths})
                 net.set_stream_handler(CONTENT_PROTOCOL, self.content_server.handle)
+            heartbeat = self.heartbeat
+            cache_server = self.cache.attach(
+                net, lambda: cache_offers(self.peers, net, self.peer_id), max_frame_bytes=cfg.max_frame_bytes) if self.cache else None
+            if cache_server is not None:  # a shared cache (network key): answer peers, advertise its size
+                from p2p.protocols.cache import CACHE_PROTOCOL
+
+                net.set_request_handler(CACHE_PROTOCOL, cache_server.handle)
+                heartbeat = lambda: self.heartbeat().model_copy(update={"cache_entries": self.cache.advertised_entries()})  # noqa: E731
             discovery = Discovery(net, on_connected=replicator.peer_connected)
             liveness = Liveness(
-                self.peers, self.pause, beats, peer_id=self.peer_id, heartbeat=self.heartbeat,
+                self.peers, self.pause, beats, peer_id=self.peer_id, heartbeat=heartbeat,
                 heartbeat_s=cfg.heartbeat_s, on_peers_changed=sched.peers_changed, on_heads=replicator.want,
                 on_learned=discovery.learned, on_resumed=replicator.resumed, ping=net.ping,
                 on_silent=self._drop_connections,
@@ -297,10 +309,15 @@ class Node:
         return out
 
     async def submit_workflow(
-        self, name: str, tasks: list[dict[str, Any]], priority: int = 5, tag: str = WorkflowTag.P2P_ELIGIBLE.value
+        self, name: str, tasks: list[dict[str, Any]], priority: int = 5, tag: str = WorkflowTag.P2P_ELIGIBLE.value,
+        replicas: int = 1, cache: bool = True,
     ) -> dict[str, Any]:
         """Validate everything, then write the workflow to the clock (fsynced before it returns)."""
         cfg = self.config.scheduler
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= MAX_REPLICAS:
+            raise NodeError(f"replicas must be an integer from 1 to {MAX_REPLICAS}, got {replicas!r}")
+        if not isinstance(cache, bool):
+            raise NodeError(f"cache must be true or false, got {cache!r}")
         if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise NodeError(f"priority must be an integer from {MIN_PRIORITY} (highest) to {MAX_PRIORITY} (lowest), got {priority!r}")
         try:
@@ -334,10 +351,27 @@ class Node:
             if wtag is WorkflowTag.LOCAL_ONLY and spec.model not in local:
                 raise NodeError(f"task {i}: model {spec.model!r} is not served by this peer, so a local-only workflow can't run it")
             specs.append(self._pin_model(spec, i, local))
-        wid = self.scheduler.submit(name, specs, priority, wtag)
+        if replicas > 1:
+            self._check_replicas(specs, replicas, wtag)
+        wid = self.scheduler.submit(name, specs, priority, wtag, replicas=replicas, cache=cache)
         await self.scheduler.durable()
         log.info("workflow submitted", workflow_id=wid, tasks=len(specs), priority=priority, tag=wtag.value)
         return self.workflow_summary(wid)
+
+    def _check_replicas(self, specs: list[TaskSpec], replicas: int, tag: WorkflowTag) -> None:
+        """Refuse ``replicas`` the network could never satisfy: each task needs that many
+        distinct peers serving its model (with the pinned content id), the submitter excluded
+        from p2p-only workflows. Peers known now, live or recently heard, count."""
+        if tag is WorkflowTag.LOCAL_ONLY:
+            raise NodeError(f"replicas={replicas} needs {replicas} distinct peers, but a local-only workflow runs on this peer alone")
+        for model, cid in sorted({(s.model, s.model_cid) for s in specs}, key=lambda mc: (mc[0], mc[1] or "")):
+            peers = self.model_cids_known(model).get(cid, []) if cid is not None else self.all_models().get(model, [])
+            eligible = [p for p in dict.fromkeys(peers) if not (tag is WorkflowTag.P2P_ONLY and p == self.peer_id)]
+            if len(eligible) < replicas:
+                what = f"model {model!r}" + (f" ({cid})" if cid else "")
+                raise NodeError(f"replicas={replicas} needs {replicas} distinct peers serving {what}, but the network has "
+                                f"{len(eligible)} eligible peer(s){': ' + ', '.join(eligible) if eligible else ''}; "
+                                f"use replicas <= {max(1, len(eligible))} or wait for more peers")
 
     def model_cids_known(self, model: str) -> dict[str, list[str]]:
         """Content id -> peers that advertise ``model`` with it (this peer first)."""
@@ -502,8 +536,30 @@ class Node:
         if limit < 0:
             raise NodeError("limit must be >= 0")
         return workflow_status(
-            self.scheduler.state, wf, include_results=include_results, offset=offset, limit=limit, load_block=self._load_block
+            self.scheduler.state, wf, include_results=include_results, offset=offset, limit=limit, load_block=self._load_block,
+            waiting=self._waiting_reason() if wf.replicas > 1 else None,
         )
+
+    def _waiting_reason(self) -> Callable[[Any, Any], str | None]:
+        """For one status page: why a replicated task waits when fewer than ``replicas``
+        eligible peers (serving its model and content id, allowed by the tag, not outvoted too
+        often) are alive. Counted once per (model, content id, tag) per page."""
+        from p2p.scheduler.policy import allowed
+
+        live = self.scheduler.peers.live_peers()
+        limit = self.config.scheduler.max_outvoted
+        outvoted = self.scheduler.state.outvoted
+        seen: dict[tuple[str, str | None, str], str | None] = {}
+
+        def why(task: Any, wf: Any) -> str | None:
+            key = (task.spec.model, task.spec.model_cid, wf.tag.value)
+            if key not in seen:
+                ok = [p.peer_id for p in live if allowed(p, task, wf) and outvoted.get(p.peer_id, 0) <= limit]
+                seen[key] = None if len(ok) >= wf.replicas else (
+                    f"needs {wf.replicas} distinct peers serving {task.spec.model!r}; {len(ok)} eligible peer(s) alive now")
+            return seen[key]
+
+        return why
 
     def _load_block(self, cid: Any) -> dict[str, Any] | None:
         data = self.clock.get_block(cid)
@@ -620,6 +676,7 @@ class Node:
                 "rtt_ms": None if rec.rtt_ms is None or math.isnan(rec.rtt_ms) else rec.rtt_ms,
                 "compatible": not rec.incompatible,
                 "incompatible_keys": list(rec.incompatible),
+                "outvoted": self.scheduler.state.outvoted.get(hb.peer_id, 0),
             })
         return {"self": self.self_info(), "peers": peers}
 
@@ -639,6 +696,7 @@ class Node:
             "clock": self.clock_info(),
             "workflows": len(self.scheduler.state.workflows),
             "queue": self.scheduler.local_queue(),
+            "cache": self.cache.info() if self.cache is not None else {"enabled": False},
         }
 
 

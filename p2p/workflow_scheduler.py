@@ -176,13 +176,16 @@ class P2PWorkflowScheduler:
         return await cm.__aexit__(*exc)
 
     async def submit_workflow(self, workflow: dict[str, Any]) -> str:
-        """Submit ``{"name", "tasks": [{"model", "input"}...], "priority"?, "tag"?}``; returns its id."""
+        """Submit ``{"name", "tasks": [{"model", "input"}...], "priority"?, "tag"?, "replicas"?, "cache"?}``;
+        returns its id."""
         tag = workflow.get("tag", WorkflowTag.P2P_ELIGIBLE)
         summary = await self.node.submit_workflow(
             name=str(workflow.get("name", "")),
             tasks=list(workflow.get("tasks", [])),
             priority=workflow.get("priority", 5),
             tag=tag.value if isinstance(tag, WorkflowTag) else str(tag),
+            replicas=workflow.get("replicas", 1),
+            cache=workflow.get("cache", True),
         )
         return str(summary["workflow_id"])
 

@@ -35,6 +35,7 @@ MAX_PARAMS = 64  # entries of params / stats
 MAX_VALUE_NODES = 200_000  # nodes in one result / params / stats value, nested
 MAX_VALUE_DEPTH = 16
 MAX_KEY_CHARS = 256
+MAX_REPLICAS = 5
 
 
 def _check_value(value: Any, what: str, *, max_keys: int | None = None) -> Any:
@@ -97,6 +98,11 @@ class SubmitOp(_Op):
     tag: WorkflowTag
     tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_TASKS)
     created_at: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    # Each task runs on this many distinct peers and a result stands when they agree (issue 8
+    # item 4); see p2p/scheduler/replicas.py. 1 keeps the single-run layout of old submits.
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
+    # False: peers run every task afresh, never answering from the result cache
+    cache: bool = True
 
 
 class ClaimOp(_Op):
@@ -129,6 +135,8 @@ class DoneOp(_Op):
     result: dict[str, Any] | None = None
     result_cid: Any = None  # a CID when the result is too large to inline (checked below)
     stats: dict[str, Any] = Field(default_factory=dict)
+    # answered from the result cache (the original run's stats are kept in ``stats``)
+    cached: bool = False
 
     @field_validator("result")
     @classmethod
@@ -199,7 +207,7 @@ class AcceptOp(_Op):
 
     op: Literal["workflow.accept"]
     workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
-    results: list[tuple[Annotated[int, Field(ge=0, le=MAX_TASKS)], Any, Annotated[int, Field(ge=0, le=100_000)]]] = Field(
+    results: list[tuple[Annotated[int, Field(ge=0, le=MAX_TASKS * (MAX_REPLICAS + 2))], Any, Annotated[int, Field(ge=0, le=100_000)]]] = Field(
         min_length=1, max_length=MAX_ACCEPTS)
 
     @field_validator("results")

@@ -43,6 +43,7 @@ from p2p.config import SchedulerConfig
 from p2p.peers.caps import PeerCaps
 from p2p.scheduler.assignment import rank_peers
 from p2p.scheduler.ops import WorkflowTag
+from p2p.scheduler.replicas import split_index
 from p2p.scheduler.state import TERMINAL_TASK, TaskState, TaskStatus, WorkflowState
 
 log = structlog.get_logger("p2p.scheduler")
@@ -108,6 +109,8 @@ class AssignmentPolicy:
         compatible: Callable[[str], bool] = lambda peer: True,
         judge: Callable[[TaskState, int], tuple[str | None, bool]] = lambda task, attempt: (None, False),
         lagging: Callable[[str], bool] = lambda peer: False,
+        siblings: Callable[[TaskState], list[TaskState]] = lambda task: [],
+        outvoted: Callable[[str], int] = lambda peer: 0,
     ) -> None:
         self.me = me
         self.compatible = compatible
@@ -118,6 +121,8 @@ class AssignmentPolicy:
         # (the attempt's judge, whether another peer's suspicion of it is folded)
         self.judge = judge
         self.lagging = lagging  # peers whose announced events we do not hold yet
+        self.siblings = siblings  # the other slots of a replicated task
+        self.outvoted = outvoted  # how often a peer's replicated results were outvoted
         self._suspect_since: dict[str, tuple[int, float]] = {}  # task -> (attempt, first suspected)
         self._unclaimed_since: dict[str, dict[int, float]] = {}  # task -> attempt -> first seen unclaimed
         self._running_since: dict[str, tuple[int, float]] = {}  # task -> (attempt, first seen running)
@@ -280,6 +285,10 @@ class AssignmentPolicy:
         """The live, eligible peers in the rendezvous rule's order for this task; peers that
         already failed it go last when others can take it."""
         eligible = {p.peer_id: p.capacity for p in live if allowed(p, task, wf)}
+        limit = self.config.max_outvoted
+        if any(self.outvoted(p) > limit for p in eligible):
+            # outvoted too often (wrong results caught by replicas): no more work from this node
+            eligible = {p: c for p, c in eligible.items() if self.outvoted(p) <= limit}
         failed = {peer for (a, peer, _), f in task.fails.items()
                   if not f.expired and task.claimed_before(peer, a, f.where)}  # fails that count
         for (a, _, _), f in task.fails.items():  # owners whose attempt was recorded lost
@@ -287,7 +296,27 @@ class AssignmentPolicy:
                 failed.add(own.peer)
         if failed and any(p not in failed for p in eligible):
             eligible = {p: c for p, c in eligible.items() if p not in failed}
+        if wf.replicas > 1:
+            return self._replica_ranking(task, wf, eligible)
         return rank_peers(task.task_id, eligible)
+
+    def _replica_ranking(self, task: TaskState, wf: WorkflowState, eligible: dict[str, float]) -> list[str]:
+        """Slot ``s`` of a replicated task: the peers in the rendezvous order of the *task*
+        (slot 0's id), rotated by ``s``, so each slot's top peer is a different one from the
+        start; then without the peers that hold a claim or a result on another slot (each peer
+        runs one slot of a task). Rotating before removing keeps a slot's top peer where it was
+        when another peer claims a sibling slot."""
+        order = rank_peers(wf.task_ids[split_index(task.index, len(wf.task_ids))[0]], eligible)
+        if not order:
+            return order
+        shift = task.replica % len(order)
+        order = order[shift:] + order[:shift]
+        busy: set[str] = set()
+        for sib in self.siblings(task):
+            for attempt, claims in sib.claims.items():
+                busy.update(p for p, c in claims.items() if sib.refusal(c, attempt) is None)
+            busy.update(o.peer for o in sib.results.values())
+        return [p for p in order if p not in busy]
 
 
 def allowed(peer: PeerCaps, task: TaskState, wf: WorkflowState) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any, Iterable, Protocol, Sequence
 
 import structlog
@@ -31,6 +32,9 @@ from p2p.scheduler.ops import MAX_ACCEPTS, TaskSpec, WorkflowTag, new_workflow_i
 from p2p.scheduler.policy import AssignmentPolicy, Claim, Drop, Expire, Forget, Own
 from p2p.scheduler.results import pack_result
 from p2p.scheduler.state import State, TaskState, TaskStatus, apply_event
+
+# Replicated results travel inside the done op (up to this size), so that the fold can compare them.
+REPLICA_INLINE_BYTES = 256 << 10
 
 log = structlog.get_logger("p2p.scheduler")
 
@@ -94,9 +98,11 @@ class Scheduler:
         ready: Callable[[], bool] = lambda: True,
         now: Callable[[], float] = time.monotonic,
         lagging: Callable[[str], bool] = lambda peer: False,
+        cache: Any = None,
     ) -> None:
         self.clock = clock
         self.engine = engine
+        self.cache = cache  # p2p.cache.ResultCache, or None: every task runs inference
         self.peers = peers
         self.config = config
         self.me = clock.peer_id
@@ -119,7 +125,9 @@ class Scheduler:
         # a fifth of a busy node's event loop (profiled under 10,000 tasks)
         self._queued_key: dict[str, tuple[int, int]] = {}
         self.policy = AssignmentPolicy(self.me, config, peers.is_alive, ready=ready, now=now,
-                                       compatible=peers.is_compatible, judge=self._judge, lagging=lagging)
+                                       compatible=peers.is_compatible, judge=self._judge, lagging=lagging,
+                                       siblings=lambda task: self.state.siblings(task),
+                                       outvoted=lambda peer: self.state.outvoted.get(peer, 0))
         self._open: set[str] = set()
         self._advertised: tuple[Any, ...] | None = None  # what our last peer.advertise said
         self._sealing: set[str] = set()  # our workflows' done tasks whose seal is written, not yet folded
@@ -212,7 +220,7 @@ class Scheduler:
     # --------------------------------------------------------------- commands
 
     def submit(
-        self, name: str, tasks: list[TaskSpec], priority: int, tag: WorkflowTag
+        self, name: str, tasks: list[TaskSpec], priority: int, tag: WorkflowTag, *, replicas: int = 1, cache: bool = True
     ) -> str:
         """Write a workflow to the clock now: folded and visible here at once, on disk after
         ``await durable()`` (the node awaits it before answering the caller)."""
@@ -226,6 +234,10 @@ class Scheduler:
             "tasks": [t.model_dump(exclude_defaults=True) for t in tasks],
             "created_at": time.time(),
         }
+        if replicas != 1:  # defaults stay off the wire: an old peer's submit encodes the same
+            op["replicas"] = replicas
+        if not cache:
+            op["cache"] = False
         self._append_now([op])
         return wid
 
@@ -490,18 +502,50 @@ class Scheduler:
             return
         spec = task.spec
         self._record({"op": "task.start", "task_id": tid, "attempt": attempt})
-        started = time.perf_counter()
+        wf = self.state.workflows.get(task.workflow_id)
+        # the result cache, unless the workflow opted out. Only replica slot 0 may be answered
+        # from it: a cached result counts as one replica, never as all of them.
+        cache = self.cache if self.cache is not None and wf is not None and wf.cache else None
+        lookup = cache is not None and task.replica == 0
         try:
-            kwargs = {"top_k": int(spec.params["top_k"])} if "top_k" in spec.params else {}
-            res = None
-            with trio.move_on_after(self.config.task_timeout_s):
-                res = await self.engine.infer(spec.model, [spec.input], spec.task, **kwargs)
-            if res is None:
-                raise TaskTimeoutError(f"did not finish within task_timeout_s={self.config.task_timeout_s:g} s")
-            output = res.outputs[0]
-            output = output.to_json() if hasattr(output, "to_json") else output
-            stats = {"ms": round((time.perf_counter() - started) * 1000, 3), "backend": res.backend, "device": res.device, "task": res.task}
-            self._record(self._done_op(tid, attempt, pack_result(output), stats))
+            key = None
+            if cache is not None:
+                try:
+                    key = await cache.key_for(spec)
+                except Exception as exc:  # noqa: BLE001 - a cache fault never fails a task: it runs
+                    log.warning("no cache key for a task; it runs uncached", task_id=tid, error=str(exc))
+            async with AsyncExitStack() as held:
+                if lookup and key is not None:
+                    # a task with the same key running here is waited for (then found in the
+                    # cache): repeated inputs run once
+                    await held.enter_async_context(cache.computing(key))
+                    try:
+                        hit = await cache.get(key)
+                    except Exception as exc:  # noqa: BLE001 - a cache fault never fails a task: it runs
+                        log.warning("cache lookup failed; the task runs", task_id=tid, error=str(exc))
+                        hit = None
+                    if hit is not None:
+                        op = self._done_op(tid, attempt, hit.result, dict(hit.stats))
+                        op["cached"] = True  # with the original run's stats
+                        self._record(op)
+                        return
+                kwargs = {"top_k": int(spec.params["top_k"])} if "top_k" in spec.params else {}
+                started = time.perf_counter()  # the run itself, not the wait for a twin's result
+                res = None
+                with trio.move_on_after(self.config.task_timeout_s):
+                    res = await self.engine.infer(spec.model, [spec.input], spec.task, **kwargs)
+                if res is None:
+                    raise TaskTimeoutError(f"did not finish within task_timeout_s={self.config.task_timeout_s:g} s")
+                output = res.outputs[0]
+                output = output.to_json() if hasattr(output, "to_json") else output
+                stats = {"ms": round((time.perf_counter() - started) * 1000, 3), "backend": res.backend, "device": res.device, "task": res.task}
+                packed = pack_result(output)
+                if key is not None:  # stored first: a task seen done here is in the cache too
+                    try:
+                        await cache.put(key, packed, stats)
+                    except Exception as exc:  # noqa: BLE001 - the result stands; only the cache missed it
+                        log.warning("could not store a result in the cache", task_id=tid, error=str(exc))
+                self._record(self._done_op(tid, attempt, packed, stats))
         except Exception as exc:  # the error is the task's outcome, recorded for every peer to see
             name = type(exc).__name__
             log.info("task failed", task_id=tid, attempt=attempt, error=str(exc))
@@ -517,7 +561,12 @@ class Scheduler:
 
     def _done_op(self, tid: str, attempt: int, result: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
         op: dict[str, Any] = {"op": "task.done", "task_id": tid, "attempt": attempt, "stats": stats}
-        if len(codec.encode(result)) <= self.config.inline_result_bytes:
+        task = self.state.tasks.get(tid)
+        wf = self.state.workflows.get(task.workflow_id) if task is not None else None
+        # replicated results are compared by the fold, which reads only what events carry: inline
+        limit = max(self.config.inline_result_bytes, REPLICA_INLINE_BYTES) if wf is not None and wf.replicas > 1 \
+            else self.config.inline_result_bytes
+        if len(codec.encode(result)) <= limit:
             op["result"] = result
         else:
             op["result_cid"] = self.clock.put_block(result, durable=False)

@@ -91,6 +91,7 @@ from typing import Any, Iterable, Sequence
 from pydantic import ValidationError
 
 from p2p.scheduler.assignment import claim_beats, judge_of
+from p2p.scheduler.replicas import SlotView, Verdict, Vote, decide, slot_index, slots_for, split_index
 from p2p.scheduler.ops import (
     AcceptOp,
     AdvertOp,
@@ -175,6 +176,7 @@ class Outcome:
     error: str | None = None
     retryable: bool = True
     expired: bool = False
+    cached: bool = False
     where: Where | None = field(default=None, repr=False)
 
 
@@ -218,6 +220,9 @@ class TaskState:
     workflow_id: str
     index: int
     spec: TaskSpec
+    # Which of its logical task's replica slots this is (0 for every task of a workflow with
+    # replicas=1); see p2p/scheduler/replicas.py
+    replica: int = 0
     claims: dict[int, dict[str, Claim]] = field(default_factory=dict)
     started: dict[tuple[int, str], Where | None] = field(default_factory=dict)  # earliest start
     results: dict[Stamp, Outcome] = field(default_factory=dict)  # keyed by stamp: idempotent
@@ -584,7 +589,7 @@ class TaskState:
     def restricted(self, cut: Where) -> TaskState:
         """This task as it stood in the past of ``cut`` (only records before it)."""
         self._cache()
-        t = TaskState(self.task_id, self.workflow_id, self.index, self.spec, max_attempts=self.max_attempts,
+        t = TaskState(self.task_id, self.workflow_id, self.index, self.spec, replica=self.replica, max_attempts=self.max_attempts,
                       submitter=self.submitter, submit_where=self.submit_where, shared=self.shared,
                       _verdicts=self._verdicts)
         for a, claims in self.claims.items():
@@ -647,11 +652,28 @@ class WorkflowState:
     submits: list[SubmitRecord] = field(default_factory=list, repr=False)  # by stamp; [0] defines
     reprioritized: tuple[Stamp, int] | None = None
     cancel_records: list[Where] = field(default_factory=list, repr=False)
+    replicas: int = 1  # distinct peers that must agree on each task's result
+    cache: bool = True  # peers may answer its tasks from the result cache
     cancels: int = 0  # live cancels
     late_cancels: int = 0  # cancels written after the workflow had finished: ignored
     # Authors of any task op of this workflow: peers known to hold its submit. A local hint for
     # the policy's fallback claims (never read by the fold's verdicts, so it need not agree).
     heard_from: set[str] = field(default_factory=set, repr=False)
+
+    @property
+    def slots(self) -> int:
+        """Slots per task (``replicas.slots_for``): 1 without replication."""
+        return slots_for(self.replicas)
+
+    def slot_ids(self, index: int) -> list[str]:
+        """The task ids of logical task ``index``'s slots, slot 0 (the task's own id) first."""
+        n = len(self.task_ids)
+        return [task_id_for(self.workflow_id, slot_index(index, s, n)) for s in range(self.slots)]
+
+    def physical_ids(self) -> list[str]:
+        """Every task id the fold keeps for this workflow: all slots of all tasks."""
+        n = len(self.task_ids)
+        return [task_id_for(self.workflow_id, p) for p in range(n * self.slots)]
 
 
 @dataclass(slots=True)
@@ -689,6 +711,12 @@ class State:
     _counts: dict[str, dict[TaskStatus, int]] = field(default_factory=dict, repr=False)
     _claimed: set[str] = field(default_factory=set, repr=False)  # tasks ever claimed
     _claimed_per_wf: dict[str, int] = field(default_factory=dict, repr=False)
+    # Replicated workflows (replicas.py): each logical task's verdict and status (keyed by the
+    # id of its slot 0; ``_status`` holds every slot's own status, which the scheduler acts on),
+    # and how often each peer's result was outvoted.
+    _verdict: dict[str, Verdict] = field(default_factory=dict, repr=False)
+    _lstatus: dict[str, TaskStatus] = field(default_factory=dict, repr=False)
+    outvoted: dict[str, int] = field(default_factory=dict)
 
     def reject(self, event_cid: bytes, author: str, op: str, reason: str) -> None:
         rej = Rejection(event_cid, author, op, reason)
@@ -708,24 +736,129 @@ class State:
 
     def refresh(self, task_ids: Iterable[str]) -> None:
         """Recompute the cached status of these tasks and their workflows' counts."""
+        decided: set[str] = set()  # replicated logical tasks already re-decided in this call
         for tid in task_ids:
             task = self.tasks.get(tid)
             if task is None:
                 continue
             wid = task.workflow_id
-            counts = self._counts.get(wid)
-            if counts is None:  # built once per workflow, never per task (the issue's hot spot)
-                counts = self._counts[wid] = dict.fromkeys(TaskStatus, 0)
-            new = task.status(self.workflows[wid].cancelled, self.max_attempts)
-            old = self._status.get(tid)
-            if old is not new:
-                if old is not None:
-                    counts[old] -= 1
-                counts[new] += 1
-                self._status[tid] = new
-            if task.claims and tid not in self._claimed and task.attempt:
-                self._claimed.add(tid)
-                self._claimed_per_wf[wid] = self._claimed_per_wf.get(wid, 0) + 1
+            wf = self.workflows[wid]
+            if wf.replicas > 1:
+                self._refresh_replicated(task, wf, decided)
+                continue
+            new = task.status(wf.cancelled, self.max_attempts)
+            self._count(wid, tid, self._status.get(tid), new)
+            self._status[tid] = new
+            self._note_claimed(task, tid, wid)
+
+    def _count(self, wid: str, tid: str, old: TaskStatus | None, new: TaskStatus) -> None:
+        counts = self._counts.get(wid)
+        if counts is None:  # built once per workflow, never per task (the issue's hot spot)
+            counts = self._counts[wid] = dict.fromkeys(TaskStatus, 0)
+        if old is not new:
+            if old is not None:
+                counts[old] -= 1
+            counts[new] += 1
+
+    def _note_claimed(self, task: TaskState, key: str, wid: str) -> None:
+        if task.claims and key not in self._claimed and task.attempt:
+            self._claimed.add(key)
+            self._claimed_per_wf[wid] = self._claimed_per_wf.get(wid, 0) + 1
+
+    # ------------------------------------------------------------ replicas
+
+    def slots_of(self, wf: WorkflowState, index: int) -> list[TaskState]:
+        return [self.tasks[t] for t in wf.slot_ids(index)]
+
+    def group_verdict(self, wf: WorkflowState, slots: Sequence[TaskState]) -> Verdict:
+        """Decide a replicated task from its slots' own statuses and standing results."""
+        views = []
+        for t in slots:
+            st = t.status(False, self.max_attempts)
+            if st is TaskStatus.DONE:
+                r = t.result
+                assert r is not None
+                views.append(SlotView(vote=Vote(t.replica, r.peer, r.result, r.result_cid)))
+            elif st is TaskStatus.FAILED:
+                errs = t.errors()
+                views.append(SlotView(failed=errs[-1]["error"] if errs else "failed", failed_peer=errs[-1]["peer"] if errs else None))
+            else:
+                views.append(SlotView())
+        return decide(wf.replicas, views)
+
+    def _slot_status(self, task: TaskState, wf: WorkflowState, v: Verdict) -> TaskStatus:
+        """A slot's own status: a dormant reserve slot, or any slot of a decided task that has
+        not finished, is CANCELLED (nobody runs it); otherwise the task's usual status."""
+        base = task.status(wf.cancelled, self.max_attempts)
+        if (task.replica >= v.open or v.decided) and base not in (TaskStatus.DONE, TaskStatus.FAILED):
+            return TaskStatus.CANCELLED
+        return base
+
+    def _logical(self, wf: WorkflowState, v: Verdict, slots: Sequence[TaskState]) -> TaskStatus:
+        if v.accepted is not None:
+            return TaskStatus.DONE
+        if v.error is not None:
+            return TaskStatus.FAILED
+        if wf.cancelled:
+            return TaskStatus.CANCELLED
+        states = {t.status(False, self.max_attempts) for t in slots[:v.open]}
+        if TaskStatus.RUNNING in states or TaskStatus.DONE in states:
+            return TaskStatus.RUNNING
+        if TaskStatus.CLAIMED in states:
+            return TaskStatus.CLAIMED
+        return TaskStatus.QUEUED
+
+    def _refresh_replicated(self, task: TaskState, wf: WorkflowState, decided: set[str]) -> None:
+        n = len(wf.task_ids)
+        index, _ = split_index(task.index, n)
+        lid = wf.task_ids[index]
+        if lid not in decided:
+            decided.add(lid)
+            slots = self.slots_of(wf, index)
+            v = self.group_verdict(wf, slots)
+            old = self._verdict.get(lid)
+            if old is not None and old.accepted is not None:
+                for p in old.disputed_by:
+                    self.outvoted[p] -= 1
+                    if not self.outvoted[p]:
+                        del self.outvoted[p]
+            if v.accepted is not None:
+                for p in v.disputed_by:
+                    self.outvoted[p] = self.outvoted.get(p, 0) + 1
+            self._verdict[lid] = v
+            new = self._logical(wf, v, slots)
+            self._count(wf.workflow_id, lid, self._lstatus.get(lid), new)
+            self._lstatus[lid] = new
+            for t in slots:
+                self._note_claimed(t, lid, wf.workflow_id)
+                self._status[t.task_id] = self._slot_status(t, wf, v)
+        # (every slot of a touched task is touched with it: its status was set above)
+
+    def verdict(self, wf: WorkflowState, index: int) -> Verdict:
+        """The current verdict on logical task ``index`` of a replicated workflow."""
+        lid = wf.task_ids[index]
+        v = self._verdict.get(lid)
+        return v if v is not None else self.group_verdict(wf, self.slots_of(wf, index))
+
+    def logical_status(self, task: TaskState) -> TaskStatus:
+        """The status a tool shows for a task (slot 0's id): its verdict's, when replicated."""
+        wf = self.workflows[task.workflow_id]
+        if wf.replicas <= 1:
+            return self.task_status(task)
+        got = self._lstatus.get(task.task_id)
+        if got is not None:
+            return got
+        index = split_index(task.index, len(wf.task_ids))[0]
+        slots = self.slots_of(wf, index)
+        return self._logical(wf, self.group_verdict(wf, slots), slots)
+
+    def siblings(self, task: TaskState) -> list[TaskState]:
+        """The other slots of a replicated task (empty without replication)."""
+        wf = self.workflows.get(task.workflow_id)
+        if wf is None or wf.replicas <= 1 or task.task_id not in self.tasks:
+            return []
+        index = split_index(task.index, len(wf.task_ids))[0]
+        return [t for t in self.slots_of(wf, index) if t is not task]
 
     @property
     def adverts(self) -> dict[str, list[Advert]]:
@@ -756,8 +889,15 @@ class State:
         return out
 
     def task_status(self, task: TaskState) -> TaskStatus:
+        """A task's (a slot's) own status: what the scheduler acts on."""
         cached = self._status.get(task.task_id)
-        return cached if cached is not None else task.status(self.workflows[task.workflow_id].cancelled, self.max_attempts)
+        if cached is not None:
+            return cached
+        wf = self.workflows[task.workflow_id]
+        if wf.replicas > 1:
+            index = split_index(task.index, len(wf.task_ids))[0]
+            return self._slot_status(task, wf, self.verdict(wf, index))
+        return task.status(wf.cancelled, self.max_attempts)
 
     def workflow_status(self, wf: WorkflowState) -> WorkflowStatus:
         counts = self.counts(wf)
@@ -778,9 +918,13 @@ class State:
     def recount(self, wf: WorkflowState) -> dict[TaskStatus, int]:
         """Counts derived from scratch (tests check the caches against this)."""
         counts = dict.fromkeys(TaskStatus, 0)
-        for tid in wf.task_ids:
+        for i, tid in enumerate(wf.task_ids):
             t = self.tasks[tid]
-            counts[t.status(wf.cancelled, self.max_attempts)] += 1
+            if wf.replicas > 1:
+                slots = self.slots_of(wf, i)
+                counts[self._logical(wf, self.group_verdict(wf, slots), slots)] += 1
+            else:
+                counts[t.status(wf.cancelled, self.max_attempts)] += 1
         return counts
 
     @property
@@ -792,8 +936,12 @@ class State:
         """A plain, comparable picture of the whole state (tests compare peers with it)."""
         out: dict[str, Any] = {}
         for wid, wf in sorted(self.workflows.items()):
-            tasks = []
-            for tid in wf.task_ids:
+            tasks: list[Any] = []
+            for i, lid in enumerate(wf.task_ids if wf.replicas > 1 else ()):
+                v = self.verdict(wf, i)
+                tasks.append((lid, self.logical_status(self.tasks[lid]).value, v.open,
+                              (v.accepted.slot, v.accepted.peer) if v.accepted else None, v.error, v.peers, v.disputed_by))
+            for tid in (wf.physical_ids() if wf.replicas > 1 else wf.task_ids):
                 t = self.tasks[tid]
                 res = t.result
                 owner = t.owner()
@@ -813,6 +961,7 @@ class State:
             out[wid] = (wf.name, wf.priority, wf.tag.value, wf.cancelled, self.workflow_status(wf).value,
                         wf.submitter, wf.created_at, tasks)
         out["_undefined"] = sorted(self.undefined)
+        out["_outvoted"] = sorted(self.outvoted.items())
         out["_adverts"] = sorted((p, a[-1].capacity, sorted(a[-1].models), sorted(a[-1].model_cids.items()))
                                  for p, a in self.adverts.items())
         out["_forged"] = sorted((r.event_cid, r.op, r.reason) for r in self.forged())
@@ -883,7 +1032,7 @@ def apply_event(
 def _defined_by(wf: WorkflowState, index: int | None, where: Where) -> bool:
     """Whether a submit defining the workflow (and task ``index``) is before ``where``."""
     for rec in wf.submits:
-        if (index is None or index < len(rec.op.tasks)) and rec.where.before(where):
+        if (index is None or index < len(rec.op.tasks) * slots_for(rec.op.replicas)) and rec.where.before(where):
             return True
     return False
 
@@ -930,10 +1079,11 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
         wf = _steered_workflow(state, op, author, where, "accept the results of")
         if wf is None:
             return
+        n_slots = len(wf.task_ids) * wf.slots
         for index, cid, op_index in op.results:
-            if index >= len(wf.task_ids):
+            if index >= n_slots:
                 continue
-            task = state.tasks[wf.task_ids[index]]
+            task = state.tasks[task_id_for(wf.workflow_id, index)]
             key = (stamp[0], stamp[1], stamp[2] * 100_000 + index)  # one seal per task per op
             if key not in task.accepts:
                 task.accepts[key] = ((cid, op_index), where)
@@ -971,6 +1121,9 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
     touched.add(f"wf:{task.workflow_id}")
     wf.heard_from.add(author)
     _apply_task_op(state, task, op, author, where)
+    if wf.replicas > 1 and task.task_id in state.tasks:
+        # a slot's outcome decides its task's verdict, which opens or closes the other slots
+        touched.update(wf.slot_ids(split_index(task.index, len(wf.task_ids))[0]))
     if any(where.before(c) for c in wf.cancel_records):
         # Only a forking author's op can be "before" a cancel folded earlier; whether that
         # cancel is late is then decided again, from the whole set, so peers still agree.
@@ -1001,7 +1154,8 @@ def _apply_task_op(state: State, task: TaskState, op: Any, author: str, where: W
     elif isinstance(op, DoneOp):
         if (op.result is not None or op.result_cid is not None) and stamp not in task.results:
             task.results[stamp] = Outcome(
-                author, op.attempt, stamp, result=op.result, result_cid=op.result_cid, stats=dict(op.stats), where=where
+                author, op.attempt, stamp, result=op.result, result_cid=op.result_cid, stats=dict(op.stats),
+                cached=op.cached, where=where
             )
             task.changed()
     elif isinstance(op, FailOp):
@@ -1024,14 +1178,22 @@ def _recheck_cancels(state: State, wf: WorkflowState, touched: set[str]) -> None
     cancelled = live > 0
     if cancelled != wf.cancelled:
         wf.cancelled = cancelled
-        touched.update(tid for tid in wf.task_ids if state._status.get(tid) not in (TaskStatus.DONE, TaskStatus.FAILED))
+        ids = wf.physical_ids() if wf.replicas > 1 else wf.task_ids
+        touched.update(tid for tid in ids if state._status.get(tid) not in (TaskStatus.DONE, TaskStatus.FAILED))
     touched.add(f"wf:{wf.workflow_id}")
 
 
 def _late_cancel(state: State, wf: WorkflowState, where: Where) -> bool:
     """A cancel whose past already held every task of the workflow done or failed. Decided at
     fold time from the cancel's past only (all folded by then), so the same on every peer."""
-    for tid in wf.task_ids:
+    for i, tid in enumerate(wf.task_ids):
+        if wf.replicas > 1:
+            slots = state.slots_of(wf, i)
+            if not any(t.results or t.fails for t in slots):
+                return False
+            if not state.group_verdict(wf, [t.restricted(where) for t in slots]).decided:
+                return False
+            continue
         task = state.tasks[tid]
         if not task.results and not task.fails:
             return False
@@ -1050,17 +1212,21 @@ def _submit(state: State, op: SubmitOp, author: str, where: Where, touched: set[
     wf = state.workflows.get(wid)
     rec = SubmitRecord(where, op)
     if wf is None:
-        tids = [task_id_for(wid, i) for i in range(len(op.tasks))]
+        n = len(op.tasks)
+        tids = [task_id_for(wid, i) for i in range(n)]
         wf = WorkflowState(
             workflow_id=wid, name=op.name, tag=op.tag, submitter=author, created_at=op.created_at,
             task_ids=tids, order=len(state.workflows), priority=op.priority, priority_stamp=stamp,
-            submit_stamp=stamp, submits=[rec],
+            submit_stamp=stamp, submits=[rec], replicas=op.replicas, cache=op.cache,
         )
         state.workflows[wid] = wf
-        for i, (tid, spec) in enumerate(zip(tids, op.tasks)):
-            state.tasks[tid] = TaskState(task_id=tid, workflow_id=wid, index=i, spec=spec, max_attempts=state.max_attempts,
-                                         submitter=author, submit_where=where, shared=state.shared)
-        touched.update(tids)
+        physical = wf.physical_ids()
+        for p, tid in enumerate(physical):
+            i, slot = split_index(p, n)
+            state.tasks[tid] = TaskState(task_id=tid, workflow_id=wid, index=p, spec=op.tasks[i], replica=slot,
+                                         max_attempts=state.max_attempts, submitter=author, submit_where=where,
+                                         shared=state.shared)
+        touched.update(physical)
         touched.add(f"wf:{wid}")
         return
     if any(r.stamp == stamp for r in wf.submits):
@@ -1075,34 +1241,44 @@ def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
     stamp defines it; every task id any of them defines keeps what was said about it."""
     wid = wf.workflow_id
     first = wf.submits[0]
-    n_def = len(first.op.tasks)
-    n_all = max(len(r.op.tasks) for r in wf.submits)
+    n_def = len(first.op.tasks) * slots_for(first.op.replicas)
+    n_all = max(len(r.op.tasks) * slots_for(r.op.replicas) for r in wf.submits)
+    old_ids = wf.physical_ids()
     wf.name, wf.tag, wf.created_at = first.op.name, first.op.tag, first.op.created_at
+    wf.replicas, wf.cache = first.op.replicas, first.op.cache
     wf.submit_stamp = first.stamp
     if wf.reprioritized is not None:
         wf.priority_stamp, wf.priority = wf.reprioritized
     else:
         wf.priority, wf.priority_stamp = first.op.priority, first.stamp
-    old_ids = list(wf.task_ids)
-    wf.task_ids = [task_id_for(wid, i) for i in range(n_def)]
+    wf.task_ids = [task_id_for(wid, i) for i in range(len(first.op.tasks))]
     for i in range(n_all):
         tid = task_id_for(wid, i)
         task = state.tasks.pop(tid, None) or state.undefined.pop(tid, None)
-        rec = next(r for r in wf.submits if i < len(r.op.tasks))
-        spec = rec.op.tasks[i]
+        rec = next(r for r in wf.submits if i < len(r.op.tasks) * slots_for(r.op.replicas))
+        logical, slot = split_index(i, len(rec.op.tasks))
+        spec = rec.op.tasks[logical]
         if task is None:
             task = TaskState(task_id=tid, workflow_id=wid, index=i, spec=spec, max_attempts=state.max_attempts,
                              submitter=wf.submitter, shared=state.shared)
-        task.spec, task.submit_where = spec, rec.where
+        task.spec, task.submit_where, task.replica = spec, rec.where, slot
         task.changed()
         (state.tasks if i < n_def else state.undefined)[tid] = task
-    for tid in set(old_ids) | set(wf.task_ids):  # the caches are rebuilt for the definition
+    for tid in set(old_ids) | set(wf.physical_ids()):  # the caches are rebuilt for the definition
         state._status.pop(tid, None)
+        state._lstatus.pop(tid, None)
         state._claimed.discard(tid)
     state._counts.pop(wid, None)
     state._claimed_per_wf.pop(wid, None)
+    for tid in old_ids:
+        v = state._verdict.pop(tid, None)
+        if v is not None and v.accepted is not None:
+            for p in v.disputed_by:
+                state.outvoted[p] -= 1
+                if not state.outvoted[p]:
+                    del state.outvoted[p]
     touched.update(old_ids)
-    touched.update(wf.task_ids)
+    touched.update(wf.physical_ids())
     touched.add(f"wf:{wid}")
     if wf.cancel_records:  # lateness is judged on the defined tasks, which just changed
         _recheck_cancels(state, wf, touched)

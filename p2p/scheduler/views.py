@@ -21,6 +21,8 @@ def workflow_summary(state: State, wf: WorkflowState) -> dict[str, Any]:
         "tag": wf.tag.value,
         "submitter": wf.submitter,
         "created_at": wf.created_at,
+        "replicas": wf.replicas,
+        "cache": wf.cache,
         "total": len(wf.task_ids),
         "completed": counts[TaskStatus.DONE],
         "failed": counts[TaskStatus.FAILED],
@@ -30,7 +32,15 @@ def workflow_summary(state: State, wf: WorkflowState) -> dict[str, Any]:
     }
 
 
-def task_view(state: State, task: TaskState, include_result: bool, load_block: BlockLoader) -> dict[str, Any]:
+# Why a queued task waits, when something other than its turn holds it (None: nothing to say).
+Waiting = Callable[[TaskState, WorkflowState], str | None]
+
+
+def task_view(state: State, task: TaskState, include_result: bool, load_block: BlockLoader,
+              waiting: Waiting | None = None) -> dict[str, Any]:
+    wf = state.workflows[task.workflow_id]
+    if wf.replicas > 1:
+        return _replicated_view(state, wf, task, include_result, load_block, waiting)
     status = state.task_status(task)
     result = task.result
     owner = task.owner()
@@ -38,16 +48,56 @@ def task_view(state: State, task: TaskState, include_result: bool, load_block: B
     peer = result.peer if result else (owner.peer if owner else None)
     if peer is not None:  # absent while queued: keys that don't apply are left out
         view["peer"] = peer
-    errors = task.errors()
+    if status is TaskStatus.QUEUED and waiting is not None and (why := waiting(task, wf)):
+        view["waiting"] = why
+    _outcome_fields(view, status, task.errors(), task.late_results if status is TaskStatus.FAILED else [],
+                    result, include_result, load_block)
+    return view
+
+
+def _replicated_view(state: State, wf: WorkflowState, task: TaskState, include_result: bool,
+                     load_block: BlockLoader, waiting: Waiting | None) -> dict[str, Any]:
+    """One task of a replicated workflow, from its slots: the verdict's state and result, the
+    peers that agreed (``peers``) and those outvoted (``disputed_by``), every slot's errors."""
+    index = task.index % len(wf.task_ids)
+    slots = state.slots_of(wf, index)
+    v = state.verdict(wf, index)
+    status = state.logical_status(task)
+    opened = slots[:v.open]
+    view: dict[str, Any] = {"task_id": task.task_id, "state": status.value,
+                            "attempts": max((t.attempt for t in opened), default=0)}
+    result = slots[v.accepted.slot].result if v.accepted is not None else None
+    if result is not None:
+        view["peer"] = result.peer
+    if v.peers:
+        view["peers"] = list(v.peers)
+    elif not v.decided:
+        running = [o.peer for t in opened if (o := t.owner()) is not None]
+        if running:
+            view["peers"] = running
+    if v.disputed_by:
+        view["disputed_by"] = list(v.disputed_by)
+    if status is TaskStatus.QUEUED and waiting is not None and (why := waiting(task, wf)):
+        view["waiting"] = why
+    errors = sorted((e for t in opened for e in t.errors()), key=lambda e: (e["attempt"], str(e["peer"])))
+    if v.error is not None:
+        errors.append({"attempt": view["attempts"], "peer": None, "error": v.error, "expired": False})
+    _outcome_fields(view, status, errors, [], result, include_result, load_block)
+    return view
+
+
+def _outcome_fields(view: dict[str, Any], status: TaskStatus, errors: list[dict[str, Any]], late: list[Any],
+                    result: Any, include_result: bool, load_block: BlockLoader) -> None:
     if errors:
         view["errors"] = errors
     if status is TaskStatus.FAILED and errors:
         view["error"] = errors[-1]["error"]
-    late = task.late_results if status is TaskStatus.FAILED else []
     if late:  # results written after the task had failed for good: shown, the state stays failed
         view["late_results"] = [{"peer": o.peer, "attempt": o.attempt} for o in late]
     if result is not None:
         view["stats"] = _json_safe(result.stats)
+        if result.cached:
+            view["cached"] = True
         if include_result:
             try:
                 if result.result is not None:
@@ -60,7 +110,6 @@ def task_view(state: State, task: TaskState, include_result: bool, load_block: B
                         view["result_cid"] = str(result.result_cid)
             except Exception as exc:  # a peer's malformed result breaks its own task only
                 view["error"] = f"unreadable result from {result.peer}: {type(exc).__name__}: {exc}"
-    return view
 
 
 def _json_safe(value: Any) -> Any:
@@ -84,11 +133,12 @@ def workflow_status(
     offset: int,
     limit: int,
     load_block: BlockLoader,
+    waiting: Waiting | None = None,
 ) -> dict[str, Any]:
     out = workflow_summary(state, wf)
     page = wf.task_ids[offset : offset + limit]
     out["offset"] = offset
     out["limit"] = limit
-    out["tasks"] = [task_view(state, state.tasks[tid], include_results, load_block) for tid in page]
+    out["tasks"] = [task_view(state, state.tasks[tid], include_results, load_block, waiting) for tid in page]
     out["has_more"] = offset + len(page) < len(wf.task_ids)
     return out

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from p2p.clock.cids import block_cid
 from p2p.scheduler import views
 from p2p.scheduler.ops import submitter_prefix
+from p2p.scheduler.replicas import slots_for
 from p2p.scheduler.state import TERMINAL_WORKFLOW, State, TaskStatus, apply_event
 
 SUBMITTERS = ["peerA", "peerD"]
@@ -153,15 +154,19 @@ def answers(state: State) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- generator
 
 
-def _submit(wid: str, n: int, name: str = "wf", priority: int = 5, pin: str | None = None) -> dict[str, Any]:
+def _submit(wid: str, n: int, name: str = "wf", priority: int = 5, pin: str | None = None,
+            replicas: int = 1) -> dict[str, Any]:
     spec: dict[str, Any] = {"model": "m"} if pin is None else {"model": "m", "model_cid": pin}
-    return {"op": "workflow.submit", "workflow_id": wid, "name": name, "priority": priority,
-            "tag": "p2p-eligible", "created_at": 1000.0 + n,
-            "tasks": [{**spec, "input": f"{name}-{i}", "params": {"i": i}} for i in range(n)]}
+    op = {"op": "workflow.submit", "workflow_id": wid, "name": name, "priority": priority,
+          "tag": "p2p-eligible", "created_at": 1000.0 + n,
+          "tasks": [{**spec, "input": f"{name}-{i}", "params": {"i": i}} for i in range(n)]}
+    if replicas != 1:
+        op["replicas"] = replicas
+    return op
 
 
 KINDS = ["claim", "claim", "claim", "continue", "start", "done", "done_cid", "fail", "fail_final",
-         "expire", "expire", "cancel", "reprio", "garbage", "oversize", "resubmit", "advert", "accept"]
+         "expire", "expire", "cancel", "reprio", "garbage", "oversize", "resubmit", "advert", "accept", "run", "run"]
 
 
 @st.composite
@@ -183,8 +188,9 @@ def op_for(draw: Any, n_tasks: dict[str, int]) -> dict[str, Any]:
     if kind == "start":
         return {"op": "task.start", "task_id": tid, "attempt": attempt}
     if kind == "done":
+        # few distinct values, so replicas agree as often as they disagree
         return {"op": "task.done", "task_id": tid, "attempt": attempt,
-                "result": {"v": draw(st.integers(0, 9)), "b": b"\x00\x01"}, "stats": {"ms": draw(st.integers(0, 5))}}
+                "result": {"v": draw(st.integers(0, 3)), "b": b"\x00\x01"}, "stats": {"ms": draw(st.integers(0, 5))}}
     if kind == "done_cid":
         return {"op": "task.done", "task_id": tid, "attempt": attempt, "result_cid": draw(st.sampled_from(CIDS))}
     if kind in ("fail", "fail_final"):
@@ -209,6 +215,10 @@ def op_for(draw: Any, n_tasks: dict[str, int]) -> dict[str, Any]:
         ]))
     if kind == "resubmit":
         return {"resubmit": True}
+    if kind == "run":  # an honest run in one event: claim, start, done (replicas reach a verdict)
+        return {"run": [{"op": "task.claim", "task_id": tid, "attempt": 1, "capacity": 1.0},
+                        {"op": "task.start", "task_id": tid, "attempt": 1},
+                        {"op": "task.done", "task_id": tid, "attempt": 1, "result": {"v": draw(st.integers(0, 2))}}]}
     if kind == "accept":  # resolved against the DAG by scenarios(): a seal of an existing result
         return {"accept": True, "wid": wid}
     if kind == "advert":  # another model, a pinned content id, a smaller capacity
@@ -235,15 +245,19 @@ def _seal(draw: Any, dag: Dag, wid: str) -> dict[str, Any]:
 def scenarios(draw: Any, min_events: int = 1, max_events: int = 30) -> Dag:
     # most authors advertise the model first; some never do, so their claims never count
     dag = Dag(advertisers=set(draw(st.lists(st.sampled_from(SUBMITTERS + WORKERS), min_size=3, unique=True))))
-    n_tasks = {WA: draw(st.integers(1, 3)), WD: draw(st.integers(1, 3))}
-    submits = {"peerA": (WA, n_tasks[WA]), "peerD": (WD, n_tasks[WD])}
+    logical = {WA: draw(st.integers(1, 3)), WD: draw(st.integers(1, 3))}
+    replicas = draw(st.sampled_from([1, 1, 2, 3]))  # WA's tasks run on this many distinct peers
+    # ops name task ids over every slot of a replicated workflow (and one beyond)
+    n_tasks = {WA: logical[WA] * slots_for(replicas), WD: logical[WD]}
+    submits = {"peerA": (WA, logical[WA]), "peerD": (WD, logical[WD])}
     pin = draw(st.sampled_from([None, None, "bafy-m1"]))  # tasks pinned to a model content id
-    dag.add("peerA", [_submit(WA, n_tasks[WA], "a", pin=pin)], [])
+    dag.add("peerA", [_submit(WA, logical[WA], "a", pin=pin, replicas=replicas)], [])
     if draw(st.booleans()):
-        dag.add("peerD", [_submit(WD, n_tasks[WD], "d")], [])
+        dag.add("peerD", [_submit(WD, logical[WD], "d")], [])
     for _ in range(draw(st.integers(min_events, max_events))):
         author = draw(st.sampled_from(SUBMITTERS + WORKERS + WORKERS))
         ops = []
+        ran = False
         for _ in range(draw(st.integers(1, 3))):
             op = draw(op_for(n_tasks))
             if isinstance(op, dict) and op.get("resubmit"):
@@ -252,14 +266,25 @@ def scenarios(draw: Any, min_events: int = 1, max_events: int = 30) -> Dag:
                 op = _submit(wid, n + 1, "again", priority=draw(st.integers(1, 10)))
             if isinstance(op, dict) and op.get("accept"):
                 op = _seal(draw, dag, op["wid"])
+            if isinstance(op, dict) and "run" in op:
+                run = op["run"]
+                if replicas > 1 and run[0]["task_id"].startswith(WA) and draw(st.booleans()):
+                    # aim at one of WA's first two tasks, any slot: replicas meet on one task
+                    index = draw(st.integers(0, min(1, logical[WA] - 1))) + draw(st.integers(0, slots_for(replicas) - 1)) * logical[WA]
+                    run = [{**o, "task_id": f"{WA}/{index}"} for o in run]
+                ops.extend(run)
+                ran = True
+                continue
             ops.append(op)
         existing = list(range(len(dag.events)))
         # no extra parents: the event may not descend from a submit (an op before its submit)
         extra = draw(st.lists(st.sampled_from(existing), max_size=3))
+        if ran:
+            extra.append(len(dag.events) - 1)  # an honest run follows what its author holds
         fork = author in WORKERS and author in dag.last_of and draw(st.integers(0, 9)) == 0
         dag.add(author, ops, extra, fork=fork)
     if "peerD" not in dag.last_of:
-        dag.add("peerD", [_submit(WD, n_tasks[WD], "d")], draw(st.lists(st.sampled_from(range(len(dag.events))), max_size=2)))
+        dag.add("peerD", [_submit(WD, logical[WD], "d")], draw(st.lists(st.sampled_from(range(len(dag.events))), max_size=2)))
     return dag
 
 
@@ -274,6 +299,14 @@ def test_every_causal_order_gives_the_same_answers_field_by_field(dag: Dag, rnd:
     for state in states:  # the incremental caches equal a derivation from scratch
         for wf in state.workflows.values():
             assert state.counts(wf) == state.recount(wf)
+            if wf.replicas > 1:
+                for i in range(len(wf.task_ids)):
+                    slots = state.slots_of(wf, i)
+                    verdict = state.group_verdict(wf, slots)
+                    assert state._verdict[wf.task_ids[i]] == verdict
+                    for t in slots:
+                        assert state.task_status(t) is state._slot_status(t, wf, verdict)
+                continue
             for tid in wf.task_ids:
                 t = state.tasks[tid]
                 assert state.task_status(t) is t.status(wf.cancelled, state.max_attempts)
