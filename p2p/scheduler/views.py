@@ -77,7 +77,7 @@ def _replicated_view(state: State, wf: WorkflowState, task: TaskState, include_r
             view["peers"] = running
     if v.disputed_by:
         view["disputed_by"] = list(v.disputed_by)
-    if status is TaskStatus.QUEUED and waiting is not None and (why := waiting(task, wf)):
+    if not v.decided and not wf.cancelled and waiting is not None and (why := waiting(task, wf)):
         view["waiting"] = why
     errors = sorted((e for t in opened for e in t.errors()), key=lambda e: (e["attempt"], str(e["peer"])))
     if v.error is not None:

@@ -37,7 +37,8 @@ Commands (``cmd``):
 - ``persist``: expire each attempt of every open task the moment another peer owns it, round
   after round, until the workflow ends;
 - ``race``: backdated, a ``peer.advertise`` (``adv_capacity``) and a claim on attempt 1 of every
-  task (``claim_capacity``), then a zero-vector result for each claim;
+  task (``claim_capacity``), then a zero-vector result for each claim; of a replicated workflow,
+  slot 0 of each task, or every slot with ``"slots": "all"``;
 - ``late``: once every task has an honest owner in its fold, over its heads: a
   ``peer.advertise`` (``capacity``), then for every task it does not own a claim on attempt 1
   and on attempt 2 (a takeover), each with a zero-vector result;
@@ -252,10 +253,12 @@ class Hostile:
     async def race(self, cmd: dict[str, Any]) -> dict[str, Any]:
         wf = await self.workflow(cmd["workflow_id"])
         open_before = self.open_tasks(wf)
+        # a replicated workflow: slot 0 of each task (the default), or every slot ("slots": "all")
+        targets = wf.physical_ids() if cmd.get("slots") == "all" else wf.task_ids
         claims = [{"op": "task.claim", "task_id": tid, "attempt": 1, "capacity": float(cmd["claim_capacity"])}
-                  for tid in wf.task_ids]
+                  for tid in targets]
         # "hoard": claim everything first and never work (no start, no result)
-        dones = [] if cmd.get("hoard") else [self.zero_done(tid, 1) for tid in wf.task_ids]
+        dones = [] if cmd.get("hoard") else [self.zero_done(tid, 1) for tid in targets]
         batches = [[self.advert(wf, float(cmd["adv_capacity"]))]] + self.chunks(claims, CLAIM_BATCH) + self.chunks(dones, DONE_BATCH)
         out = await self.write(batches, backdate_to=self.submit_event(wf))
         return {**out, "open_tasks": open_before}
