@@ -94,3 +94,29 @@ async def test_honest_replicas_agree_and_match_sentence_transformers(cluster: Cl
     assert st["state"] == "completed", st
     row = (await call(n1, "get_workflow_status", workflow_id=wid2))["tasks"][0]
     assert sorted(row["peers"]) == sorted([n2.peer_id, n3.peer_id]) and "waiting" not in row, row
+
+
+async def test_the_cli_submits_with_replicas_and_refuses_what_the_network_cannot_satisfy(cluster: Cluster) -> None:
+    import json
+    import subprocess
+
+    import trio
+
+    from tests.procs import CLI
+
+    n1 = cluster.start("solo")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CLI, "workflow", "submit", "--url", n1.url, "--model", DEFAULT_MODEL, *args],
+                              capture_output=True, text=True, timeout=300)
+
+    done = await trio.to_thread.run_sync(cli, "--json", "first sentence", "second sentence")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["state"] == "completed" and out["completed"] == 2 and out["replicas"] == 1, out
+    refused = await trio.to_thread.run_sync(cli, "--replicas", "2", "a sentence")
+    assert refused.returncode != 0 and "replicas=2 needs 2 distinct peers" in refused.stderr and "1 eligible" in refused.stderr, refused.stderr
+    bad = await trio.to_thread.run_sync(cli, "--replicas", "6", "a sentence")
+    assert bad.returncode != 0 and "--replicas" in bad.stderr, bad.stderr
+    listed = await call(n1, "list_workflows")
+    assert len(listed["workflows"]) == 1  # the refused submits wrote nothing

@@ -1,0 +1,96 @@
+"""CLI commands for workflows on a running node: ``workflow submit``.
+
+They talk to the node over its MCP endpoint (``--url``, default ``http://<mcp.host>:<mcp.port>/mcp``)
+with the SDK client, exactly as an agent would: the CLI is one more MCP client, never a second
+writer of the node's clock. Results and summaries go to stdout; progress to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mcp_server.cli import CliError, cli_settings
+
+
+@click.group("workflow")
+def workflow_group() -> None:
+    """Submit workflows to a running node (`p2p start` or `mcp serve --transport http`)."""
+
+
+@workflow_group.command("submit")
+@click.argument("texts", nargs=-1)
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Read the inputs from a text file, one per line (blank lines skipped).")
+@click.option("--model", required=True, help="The model every task runs (list_models shows them).")
+@click.option("--task", default=None, help="embedding, text-classification or fill-mask (default: the model's).")
+@click.option("--name", default="cli", show_default=True, help="A label shown in listings.")
+@click.option("--priority", type=click.IntRange(1, 10), default=5, show_default=True, help="1 is the highest.")
+@click.option("--tag", type=click.Choice(["p2p-eligible", "p2p-only", "local-only"]), default="p2p-eligible", show_default=True)
+@click.option("--replicas", type=click.IntRange(1, 5), default=1, show_default=True,
+              help="Run each task on this many distinct peers; a result stands only when they agree.")
+@click.option("--no-cache", is_flag=True, help="Run every task afresh, never from the result cache.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the workflow to finish (progress bar).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1, 86_400), default=3600, show_default=True)
+@click.option("--url", default=None, help="MCP URL of the running node (default: http://<mcp.host>:<mcp.port>/mcp).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON object.")
+@click.pass_context
+def submit(ctx: click.Context, texts: tuple[str, ...], file: Path | None, model: str, task: str | None, name: str,
+           priority: int, tag: str, replicas: int, no_cache: bool, wait: bool, timeout_s: float, url: str | None,
+           as_json: bool) -> None:
+    """Submit TEXTS (or --file's lines) as one workflow of MODEL tasks, and wait for it."""
+    inputs = list(texts)
+    if file is not None:
+        inputs += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not inputs:
+        raise CliError("no inputs: give TEXTS or --file")
+    settings = cli_settings(ctx)
+    url = url or f"http://{settings.mcp.host}:{settings.mcp.port}/mcp"
+    tasks = [{"model": model, "input": t, **({"task": task} if task else {})} for t in inputs]
+    import trio
+    from mcp import Client
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    async def main() -> Any:
+        with trio.fail_after(timeout_s):
+            async with Client(url) as client:
+                res = await client.call_tool("submit_workflow", {"name": name, "tasks": tasks, "priority": priority,
+                                                                 "tag": tag, "replicas": replicas, "cache": not no_cache})
+                if res.is_error or not wait:
+                    return res
+                wid = (res.structured_content or {})["workflow_id"]
+                with Progress(TextColumn(f"{wid[:12]}…"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                              console=Console(stderr=True), disable=as_json) as bar:
+                    job = bar.add_task("run", total=len(tasks))
+
+                    async def progress(done: float, total: float | None, message: str | None) -> None:
+                        bar.update(job, completed=done, total=total)
+
+                    while True:
+                        res = await client.call_tool("wait_for_workflow", {"workflow_id": wid, "timeout_s": 60, "limit": 1},
+                                                     read_timeout_seconds=120, progress_callback=progress)
+                        if res.is_error or (res.structured_content or {}).get("state") in ("completed", "failed", "cancelled"):
+                            return res
+
+    try:
+        res = trio.run(main)
+    except trio.TooSlowError:
+        raise CliError(f"the workflow did not finish within {timeout_s:g} s (it goes on; see get_workflow_status)") from None
+    except Exception as exc:  # noqa: BLE001 - a node that is not running, a refused connection...
+        raise CliError(f"cannot reach the node at {url}: {type(exc).__name__}: {exc} (is `ipfs-accelerate p2p start` running?)") from None
+    if res.is_error:
+        raise CliError("; ".join(getattr(c, "text", str(c)) for c in res.content))
+    out = dict(res.structured_content or {})
+    out.pop("tasks", None)
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"{out['workflow_id']}: {out['state']} — {out['completed']}/{out['total']} done, {out['failed']} failed"
+               + (f", replicas={out['replicas']}" if out.get("replicas", 1) > 1 else ""))
+
+
+COMMANDS = [workflow_group]
