@@ -272,7 +272,8 @@ def _export_in_child(info: ModelInfo, task: str, opset: int, mask_id: int | None
     import sys
 
     package_root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, *filter(None, [os.environ.get("PYTHONPATH")])]),
+           PARENT_ENV: str(os.getpid())}
     proc = subprocess.Popen([sys.executable, "-P", "-m", "inference.export"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=None, env=env)  # its logs go to our stderr
     _CHILDREN[proc] = EXPORT_OWNER.get()
@@ -302,6 +303,29 @@ def _export_in_child(info: ModelInfo, task: str, opset: int, mask_id: int | None
 
 
 EXPORT_NICE = 15
+PARENT_ENV = "IPFS_ACCELERATE_EXPORT_PARENT"
+PARENT_POLL_S = 0.5
+
+
+def _exit_with_parent() -> None:
+    """End this export when the process that asked for it is gone. A parent killed with -9
+    cannot kill its child on the way out, and an orphaned export would go on using a core and
+    gigabytes for minutes, then write into a cache nobody is waiting on. The parent's pid comes
+    in the environment (so a parent that died before this started is noticed too); polling
+    ``getppid`` works everywhere, unlike PR_SET_PDEATHSIG, which fires when the *thread* that
+    spawned us ends."""
+    import threading
+
+    want = os.environ.get(PARENT_ENV)
+    if not want or not want.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(want):
+            time.sleep(PARENT_POLL_S)
+        os._exit(70)  # the parent is gone: nobody reads our reply
+
+    threading.Thread(target=watch, name="export-parent-watch", daemon=True).start()
 
 
 def _child_main() -> int:
@@ -311,6 +335,7 @@ def _child_main() -> int:
 
     out = sys.stdout
     sys.stdout = sys.stderr  # anything torch prints goes to stderr
+    _exit_with_parent()
     try:
         # A one-off batch job beside a latency-bound node: at the lowest useful priority, so a
         # 20 s export on a small machine never starves the node's event loop (under a busy
