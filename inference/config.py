@@ -24,5 +24,6 @@ class InferenceConfig(BaseModel):
         "model ids this node serves; \"*\" every model found; [] none but those pulled from peers"))
     max_model_bytes: int = Field(16 << 30, ge=0, description="largest model pull_model accepts; 0: no limit")
     share_models: bool = Field(True, description="serve our models' blocks to peers that pull them")
+    auto_pull: bool = Field(False, description="when idle, pull a model that queued tasks this peer may run need (p2p.content.autopull)")
     onnx_opset: int = Field(17, ge=11, le=23)
     cache_dir: str = Field("", description="ONNX export cache; empty means <data_dir>/onnx")

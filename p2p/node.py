@@ -199,8 +199,23 @@ class Node:
                 await nursery.start(discovery.run, peer_events)
                 self.replicator, self.liveness, self.network = replicator, liveness, discovery
                 await nursery.start(liveness.run)
+                if self.config.inference.auto_pull:
+                    nursery.start_soon(self._auto_puller().run)
                 log.info("p2p node up", peer_id=self.peer_id, addrs=net.listen_addrs())
                 task_status.started()
+
+    def _auto_puller(self) -> Any:
+        """``inference.auto_pull``: when idle, pull the model most open tasks we may run need."""
+        from p2p.content.autopull import AutoPuller, wanted
+
+        def offered(model: str, cid: str) -> bool:
+            return any(p != self.peer_id for p in self.model_cids_known(model).get(cid, []))
+
+        def wants() -> list[Any]:
+            sched = self.scheduler
+            return wanted(sched.state, sched.open_task_ids(), self.peer_id, set(self.local_models()), offered)
+
+        return AutoPuller(wants=wants, idle=lambda: self.scheduler.local_queue() == 0, pull=self.pull_model)
 
     async def _drop_connections(self, peers: set[str]) -> None:
         """Close connections to peers that went silent; kept peers are redialled with backoff,

@@ -574,6 +574,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ views
 
+    def open_task_ids(self) -> list[str]:
+        """Tasks not finished anywhere (queued, claimed or running), as last decided."""
+        return list(self._open)
+
     def local_queue(self) -> int:
         """Tasks this peer owns and has not finished (queued here or running)."""
         return len(self._owned)

@@ -162,3 +162,20 @@ async def test_a_model_over_max_model_bytes_is_refused_before_download(cluster: 
     res = await _pull(leech, DEFAULT_MODEL)
     assert res.is_error and "max_model_bytes" in res.content[0].text, res.content
     assert not _blocks(leech) and not (leech.data_dir / "models").exists()
+
+
+async def test_an_idle_node_with_auto_pull_fetches_the_model_queued_work_needs(cluster: Cluster) -> None:
+    """``inference.auto_pull``: the leech serves nothing; a p2p-only workflow on the seed (which
+    may not run it) needs the default model; the idle leech pulls it by itself and runs it all."""
+    seed = cluster.start("seed")
+    leech = cluster.start("leech", bootstrap=[seed], env={**LEECH_ENV, "IPFS_ACCELERATE_INFERENCE__AUTO_PULL": "true"})
+    await _sees(leech, seed, serving=True)
+    assert (await call(leech, "get_node_info"))["models"] == []
+    wid = (await call(seed, "submit_workflow", name="auto", tag="p2p-only",
+                      tasks=[{"model": DEFAULT_MODEL, "input": t} for t in TEXTS]))["workflow_id"]
+    st = await wait_done(seed, wid, 240)
+    assert st["state"] == "completed" and st["completed"] == len(TEXTS), st
+    full = await call(seed, "get_workflow_status", workflow_id=wid, include_results=True, limit=len(TEXTS))
+    assert {t["peer"] for t in full["tasks"]} == {leech.peer_id}
+    assert DEFAULT_MODEL in (await call(leech, "get_node_info"))["models"]
+    assert "auto-pulling a model queued tasks need" in leech.log_text()
