@@ -36,10 +36,14 @@ from p2p.protocols.wire import BLOCKS_PROTOCOL, topic
 from p2p.replication import BlockServer, GossipBroadcaster, Replicator, StreamDAGService
 from p2p.scheduler.ops import MAX_PRIORITY, MAX_REPLICAS, MIN_PRIORITY, TaskSpec, WorkflowTag
 from p2p.scheduler.scheduler import Scheduler
-from p2p.scheduler.state import WorkflowStatus
+from p2p.scheduler.state import TaskStatus, WorkflowStatus
 from p2p.scheduler.views import workflow_status, workflow_summary
 
 log = structlog.get_logger("p2p.node")
+
+# A replicated workflow may keep this many times scheduler.max_tasks_per_workflow task slots (each
+# slot is a task to the fold: 10,000 tasks x 7 slots took 3 s to fold and 78 MiB on every peer).
+SLOTS_PER_WORKFLOW_FACTOR = 4
 
 VERSION = "0.1.0"
 ProgressFn = Callable[[int, int, str], Awaitable[None]]
@@ -367,6 +371,11 @@ class Node:
                 raise NodeError(f"task {i}: model {spec.model!r} is not served by this peer, so a local-only workflow can't run it")
             specs.append(self._pin_model(spec, i, local))
         if replicas > 1:
+            slots = replicas + 2  # replicas.slots_for: the fold keeps N + 2 slots per task
+            if len(specs) * slots > cfg.max_tasks_per_workflow * SLOTS_PER_WORKFLOW_FACTOR:
+                raise NodeError(f"replicas={replicas} keeps {slots} slots per task: {len(specs)} tasks need "
+                                f"{len(specs) * slots} slots, over the {cfg.max_tasks_per_workflow * SLOTS_PER_WORKFLOW_FACTOR} "
+                                f"a workflow may hold; split the workflow or use fewer replicas")
             self._check_replicas(specs, replicas, wtag)
         wid = self.scheduler.submit(name, specs, priority, wtag, replicas=replicas, cache=cache)
         await self.scheduler.durable()
@@ -556,23 +565,41 @@ class Node:
         )
 
     def _waiting_reason(self) -> Callable[[Any, Any], str | None]:
-        """For one status page: why a replicated task waits when fewer than ``replicas``
-        eligible peers (serving its model and content id, allowed by the tag, not outvoted too
-        often) are alive. Counted once per (model, content id, tag) per page."""
+        """For one status page: why an undecided replicated task waits, when its open slots
+        that nobody holds outnumber the eligible live peers (serving its model and content id,
+        allowed by the tag, not outvoted too often) that hold no slot of it yet; each peer runs
+        one slot of a task, so it waits for more peers (or for one to come back)."""
         from p2p.scheduler.policy import allowed
+        from p2p.scheduler.replicas import split_index
 
+        state = self.scheduler.state
         live = self.scheduler.peers.live_peers()
         limit = self.config.scheduler.max_outvoted
-        outvoted = self.scheduler.state.outvoted
-        seen: dict[tuple[str, str | None, str], str | None] = {}
+        eligible: dict[tuple[str, str | None, str], list[str]] = {}
 
         def why(task: Any, wf: Any) -> str | None:
             key = (task.spec.model, task.spec.model_cid, wf.tag.value)
-            if key not in seen:
-                ok = [p.peer_id for p in live if allowed(p, task, wf) and outvoted.get(p.peer_id, 0) <= limit]
-                seen[key] = None if len(ok) >= wf.replicas else (
-                    f"needs {wf.replicas} distinct peers serving {task.spec.model!r}; {len(ok)} eligible peer(s) alive now")
-            return seen[key]
+            if key not in eligible:
+                eligible[key] = [p.peer_id for p in live if allowed(p, task, wf) and state.outvoted.get(p.peer_id, 0) <= limit]
+            index = split_index(task.index, len(wf.task_ids))[0]
+            v = state.verdict(wf, index)
+            if v.decided:
+                return None
+            held: set[str] = set()
+            free = 0
+            for t in state.slots_of(wf, index)[:v.open]:
+                res, own = t.result, t.owner()
+                if res is not None:
+                    held.add(res.peer)
+                elif own is not None and t.fail_for(t.attempt) is None:
+                    held.add(own.peer)
+                elif state.task_status(t) not in (TaskStatus.DONE, TaskStatus.FAILED):
+                    free += 1
+            avail = [p for p in eligible[key] if p not in held]
+            if free <= len(avail):
+                return None
+            return (f"needs {free} more distinct peer(s) serving {task.spec.model!r} for its replicas; "
+                    f"{len(avail)} eligible peer(s) alive that hold none of its replicas")
 
         return why
 

@@ -14,7 +14,7 @@ import secrets
 from typing import Annotated, Any, Literal, Union
 
 from multiformats import CID
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 MAX_PRIORITY = 10
 MIN_PRIORITY = 1
@@ -103,6 +103,14 @@ class SubmitOp(_Op):
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
     # False: peers run every task afresh, never answering from the result cache
     cache: bool = True
+
+    @model_validator(mode="after")
+    def _bounded_slots(self) -> "SubmitOp":
+        # replicas multiply the tasks the fold keeps (N + 2 slots each): bound the product
+        slots = 1 if self.replicas <= 1 else self.replicas + 2
+        if len(self.tasks) * slots > MAX_TASKS:
+            raise ValueError(f"{len(self.tasks)} tasks x {slots} replica slots is over {MAX_TASKS} task slots")
+        return self
 
 
 class ClaimOp(_Op):

@@ -294,18 +294,21 @@ class AssignmentPolicy:
         for (a, _, _), f in task.fails.items():  # owners whose attempt was recorded lost
             if f.expired and task.counts(f) and (own := task.owner(a)) is not None:
                 failed.add(own.peer)
+        if wf.replicas > 1:
+            return self._replica_ranking(task, wf, eligible, failed)
         if failed and any(p not in failed for p in eligible):
             eligible = {p: c for p, c in eligible.items() if p not in failed}
-        if wf.replicas > 1:
-            return self._replica_ranking(task, wf, eligible)
         return rank_peers(task.task_id, eligible)
 
-    def _replica_ranking(self, task: TaskState, wf: WorkflowState, eligible: dict[str, float]) -> list[str]:
+    def _replica_ranking(self, task: TaskState, wf: WorkflowState, eligible: dict[str, float],
+                         failed: set[str]) -> list[str]:
         """Slot ``s`` of a replicated task: the peers in the rendezvous order of the *task*
         (slot 0's id), rotated by ``s``, so each slot's top peer is a different one from the
-        start; then without the peers that hold a claim or a result on another slot (each peer
-        runs one slot of a task). Rotating before removing keeps a slot's top peer where it was
-        when another peer claims a sibling slot."""
+        start; then without the peers that hold another slot (own its current attempt, not
+        ended, or whose result stands there: each peer runs one slot of a task, and the fold
+        refuses the claim otherwise); peers that failed this slot go last. Rotating before
+        removing keeps a slot's top peer where it was when another peer claims a sibling slot;
+        a peer that only lost a race on a sibling holds nothing and stays in."""
         order = rank_peers(wf.task_ids[split_index(task.index, len(wf.task_ids))[0]], eligible)
         if not order:
             return order
@@ -313,10 +316,14 @@ class AssignmentPolicy:
         order = order[shift:] + order[:shift]
         busy: set[str] = set()
         for sib in self.siblings(task):
-            for attempt, claims in sib.claims.items():
-                busy.update(p for p, c in claims.items() if sib.refusal(c, attempt) is None)
-            busy.update(o.peer for o in sib.results.values())
-        return [p for p in order if p not in busy]
+            res = sib.result
+            if res is not None:
+                busy.add(res.peer)
+            own = sib.owner()
+            if own is not None and sib.fail_for(sib.attempt) is None:
+                busy.add(own.peer)
+        order = [p for p in order if p not in busy]
+        return [p for p in order if p not in failed] + [p for p in order if p in failed]
 
 
 def allowed(peer: PeerCaps, task: TaskState, wf: WorkflowState) -> bool:

@@ -31,6 +31,7 @@ from p2p.scheduler.heap import FibonacciHeap
 from p2p.scheduler.ops import MAX_ACCEPTS, TaskSpec, WorkflowTag, new_workflow_id
 from p2p.scheduler.policy import AssignmentPolicy, Claim, Drop, Expire, Forget, Own
 from p2p.scheduler.results import pack_result
+from p2p.scheduler.replicas import split_index
 from p2p.scheduler.state import State, TaskState, TaskStatus, apply_event
 
 # Replicated results travel inside the done op (up to this size), so that the fold can compare them.
@@ -370,7 +371,7 @@ class Scheduler:
             running = self._owned.get(tid) if tid in self._running else None
             decisions = self.policy.decide(task, wf, status, live, running)
             if decisions and isinstance(decisions[0], Forget):
-                if wf.submitter == self.me and status is TaskStatus.DONE:
+                if wf.submitter == self.me and status is TaskStatus.DONE and self._sealable(task, wf):
                     self._seal(task, wf, seals)
                 self._open.discard(tid)
                 self._claiming.pop(tid, None)
@@ -396,6 +397,13 @@ class Scheduler:
         for wid, entries in seals.items():
             for i in range(0, len(entries), MAX_ACCEPTS):
                 self._record({"op": "workflow.accept", "workflow_id": wid, "results": entries[i:i + MAX_ACCEPTS]})
+
+    def _sealable(self, task: TaskState, wf: Any) -> bool:
+        """A replica's result is sealed only once its task's verdict accepted a result: a seal
+        makes a result stand for good, and until the replicas agree nobody knows which should."""
+        if wf.replicas <= 1:
+            return True
+        return self.state.verdict(wf, split_index(task.index, len(wf.task_ids))[0]).accepted is not None
 
     def _seal(self, task: TaskState, wf: Any, seals: dict[str, list[list[Any]]]) -> None:
         """Our workflow's task is done: seal the result that stands (``workflow.accept``), once."""
@@ -506,7 +514,10 @@ class Scheduler:
         # the result cache, unless the workflow opted out. Only replica slot 0 may be answered
         # from it: a cached result counts as one replica, never as all of them.
         cache = self.cache if self.cache is not None and wf is not None and wf.cache else None
-        lookup = cache is not None and task.replica == 0
+        # never for a replicated workflow: a cache entry carries no author (any member can seal
+        # one), so a cached answer is nobody's independent replica (found by review: one peer's
+        # sealed wrong vector, answered from the cache by an honest peer, agreed with its own)
+        lookup = cache is not None and wf is not None and wf.replicas == 1
         try:
             key = None
             if cache is not None:

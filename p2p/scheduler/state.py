@@ -201,6 +201,9 @@ class Shared:
 
     adverts: dict[str, list[Advert]] = field(default_factory=dict)
     epoch: int = 0
+    # the replicated-slot rule of State (``_replica_refusal``): why a claim on a slot does not
+    # count, judged from the claim's past; None without replicated workflows
+    replica_check: Any = None
 
     def advert_before(self, peer: str, where: Where | None) -> Advert | None:
         """``peer``'s latest ``peer.advertise`` causally before ``where``, over every advert
@@ -221,8 +224,9 @@ class TaskState:
     index: int
     spec: TaskSpec
     # Which of its logical task's replica slots this is (0 for every task of a workflow with
-    # replicas=1); see p2p/scheduler/replicas.py
+    # replicas=1), and whether its workflow is replicated; see p2p/scheduler/replicas.py
     replica: int = 0
+    replicated: bool = False
     claims: dict[int, dict[str, Claim]] = field(default_factory=dict)
     started: dict[tuple[int, str], Where | None] = field(default_factory=dict)  # earliest start
     results: dict[Stamp, Outcome] = field(default_factory=dict)  # keyed by stamp: idempotent
@@ -295,6 +299,9 @@ class TaskState:
                    f"{str(adv.model_cids.get(spec.model))[:80]} (other files under the same name)")
         elif attempt >= 2 and c.where is not None and not self.ended_before(attempt - 1, c.where):
             why = f"claim on attempt {attempt} while attempt {attempt - 1} had not failed or expired before it"
+        elif self.replicated and c.where is not None and self.shared.replica_check is not None:
+            memo[key] = None  # a cycle (forks only) resolves to "counts"
+            why = self.shared.replica_check(self, c)
         memo[key] = why
         return why
 
@@ -528,6 +535,10 @@ class TaskState:
         if not standing:
             return None
         owned = [o for o in standing if (own := self.owner(o.attempt)) is not None and own.peer == o.peer]
+        if self.replicated:
+            # a replica's vote is its owner's: a losing claimant's result standing in until the
+            # owner reports would let the owner, reporting later, undo a verdict already shown
+            return owned[0] if owned else None
         return (owned or standing)[0]
 
     def sealed(self) -> Outcome | None:
@@ -589,7 +600,8 @@ class TaskState:
     def restricted(self, cut: Where) -> TaskState:
         """This task as it stood in the past of ``cut`` (only records before it)."""
         self._cache()
-        t = TaskState(self.task_id, self.workflow_id, self.index, self.spec, replica=self.replica, max_attempts=self.max_attempts,
+        t = TaskState(self.task_id, self.workflow_id, self.index, self.spec, replica=self.replica,
+                      replicated=self.replicated, max_attempts=self.max_attempts,
                       submitter=self.submitter, submit_where=self.submit_where, shared=self.shared,
                       _verdicts=self._verdicts)
         for a, claims in self.claims.items():
@@ -716,7 +728,11 @@ class State:
     # and how often each peer's result was outvoted.
     _verdict: dict[str, Verdict] = field(default_factory=dict, repr=False)
     _lstatus: dict[str, TaskStatus] = field(default_factory=dict, repr=False)
+    _verdict_sig: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False)
     outvoted: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.shared.replica_check = self._replica_refusal
 
     def reject(self, event_cid: bytes, author: str, op: str, reason: str) -> None:
         rej = Rejection(event_cid, author, op, reason)
@@ -772,19 +788,65 @@ class State:
 
     def group_verdict(self, wf: WorkflowState, slots: Sequence[TaskState]) -> Verdict:
         """Decide a replicated task from its slots' own statuses and standing results."""
-        views = []
+        return decide(wf.replicas, [self._slot_view(t) for t in slots])
+
+    def _slot_view(self, t: TaskState) -> SlotView:
+        """A slot's vote: its owner's result, or its owner's final failure (by error class);
+        void for a cached result or a last attempt others recorded lost."""
+        st = t.status(False, self.max_attempts)
+        if st is TaskStatus.DONE:
+            r = t.result
+            assert r is not None
+            if r.cached:
+                return SlotView(void=True)
+            return SlotView(vote=Vote(t.replica, r.peer, r.result, r.result_cid))
+        if st is TaskStatus.FAILED:
+            f = t.final_fails()[0]
+            if f.expired:
+                return SlotView(void=True)
+            return SlotView(vote=Vote(t.replica, f.peer, None, error=f.error.split(":", 1)[0].strip()[:128] or "failed",
+                                      message=f.error))
+        return SlotView()
+
+    def _slot_signature(self, slots: Sequence[TaskState]) -> tuple[Any, ...]:
+        """What a verdict depends on: each slot's status and its vote's stamp."""
+        out: list[Any] = []
         for t in slots:
             st = t.status(False, self.max_attempts)
             if st is TaskStatus.DONE:
                 r = t.result
-                assert r is not None
-                views.append(SlotView(vote=Vote(t.replica, r.peer, r.result, r.result_cid)))
+                out.append((st, r.stamp if r is not None else None))
             elif st is TaskStatus.FAILED:
-                errs = t.errors()
-                views.append(SlotView(failed=errs[-1]["error"] if errs else "failed", failed_peer=errs[-1]["peer"] if errs else None))
+                out.append((st, t.final_fails()[0].stamp))
             else:
-                views.append(SlotView())
-        return decide(wf.replicas, views)
+                out.append((st, None))
+        return tuple(out)
+
+    def _replica_refusal(self, task: TaskState, c: Claim) -> str | None:
+        """Why claim ``c`` on a replicated slot does not count, judged from the claim's past
+        (so the same on every peer, and final once the claim is folded): the slot was not
+        open there (a reserve nobody needed yet, or a task already decided), or its author
+        then held another slot of the task (owned an attempt not ended, or its result stood).
+        A peer that only lost a race on a sibling holds nothing and may take another slot."""
+        wf = self.workflows.get(task.workflow_id)
+        if wf is None or wf.replicas <= 1 or c.where is None or task.task_id not in self.tasks:
+            return None
+        index = split_index(task.index, len(wf.task_ids))[0]
+        past = [t.restricted(c.where) for t in self.slots_of(wf, index)]
+        v = self.group_verdict(wf, past)
+        if v.decided:
+            return "claim on a replica of a task already decided in its past"
+        if task.replica >= v.open:
+            return f"claim on replica slot {task.replica}, which was not open in its past ({v.open} were)"
+        for t in past:
+            if t.replica == task.replica:
+                continue
+            r = t.result
+            own = t.owner()
+            if (r is not None and r.peer == c.peer) or (
+                    own is not None and own.peer == c.peer and t.fail_for(t.attempt) is None):
+                return f"claim on replica slot {task.replica} by a peer holding slot {t.replica} of the same task"
+        return None
 
     def _slot_status(self, task: TaskState, wf: WorkflowState, v: Verdict) -> TaskStatus:
         """A slot's own status: a dormant reserve slot, or any slot of a decided task that has
@@ -815,8 +877,11 @@ class State:
         if lid not in decided:
             decided.add(lid)
             slots = self.slots_of(wf, index)
-            v = self.group_verdict(wf, slots)
+            sig = self._slot_signature(slots)
             old = self._verdict.get(lid)
+            # ops that change no slot's status or vote (most do not) cost no agreement check
+            v = old if old is not None and self._verdict_sig.get(lid) == sig else self.group_verdict(wf, slots)
+            self._verdict_sig[lid] = sig
             if old is not None and old.accepted is not None:
                 for p in old.disputed_by:
                     self.outvoted[p] -= 1
@@ -1025,8 +1090,25 @@ def apply_event(
         _apply_op(state, op, author, where, touched)
     if who != _LEGACY and state._max_seq.get(author, 0) < at:
         state._max_seq[author] = at
+    _with_siblings(state, touched)
     state.refresh(t for t in touched if not t.startswith("wf:"))
     return touched
+
+
+def _with_siblings(state: State, touched: set[str]) -> None:
+    """Every slot of a replicated task one op touched: its verdict opens, closes or decides the
+    others, and the scheduler must re-decide each (a seal or a re-epoch touch one slot only)."""
+    extra: set[str] = set()
+    for tid in touched:
+        if tid.startswith("wf:"):
+            continue
+        task = state.tasks.get(tid)
+        if task is None or not task.replicated:
+            continue
+        wf = state.workflows.get(task.workflow_id)
+        if wf is not None and wf.replicas > 1:
+            extra.update(wf.slot_ids(split_index(task.index, len(wf.task_ids))[0]))
+    touched |= extra
 
 
 def _defined_by(wf: WorkflowState, index: int | None, where: Where) -> bool:
@@ -1121,9 +1203,6 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
     touched.add(f"wf:{task.workflow_id}")
     wf.heard_from.add(author)
     _apply_task_op(state, task, op, author, where)
-    if wf.replicas > 1 and task.task_id in state.tasks:
-        # a slot's outcome decides its task's verdict, which opens or closes the other slots
-        touched.update(wf.slot_ids(split_index(task.index, len(wf.task_ids))[0]))
     if any(where.before(c) for c in wf.cancel_records):
         # Only a forking author's op can be "before" a cancel folded earlier; whether that
         # cancel is late is then decided again, from the whole set, so peers still agree.
@@ -1224,8 +1303,8 @@ def _submit(state: State, op: SubmitOp, author: str, where: Where, touched: set[
         for p, tid in enumerate(physical):
             i, slot = split_index(p, n)
             state.tasks[tid] = TaskState(task_id=tid, workflow_id=wid, index=p, spec=op.tasks[i], replica=slot,
-                                         max_attempts=state.max_attempts, submitter=author, submit_where=where,
-                                         shared=state.shared)
+                                         replicated=wf.replicas > 1, max_attempts=state.max_attempts, submitter=author,
+                                         submit_where=where, shared=state.shared)
         touched.update(physical)
         touched.add(f"wf:{wid}")
         return
@@ -1262,6 +1341,7 @@ def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
             task = TaskState(task_id=tid, workflow_id=wid, index=i, spec=spec, max_attempts=state.max_attempts,
                              submitter=wf.submitter, shared=state.shared)
         task.spec, task.submit_where, task.replica = spec, rec.where, slot
+        task.replicated = wf.replicas > 1
         task.changed()
         (state.tasks if i < n_def else state.undefined)[tid] = task
     for tid in set(old_ids) | set(wf.physical_ids()):  # the caches are rebuilt for the definition
@@ -1271,6 +1351,7 @@ def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
     state._counts.pop(wid, None)
     state._claimed_per_wf.pop(wid, None)
     for tid in old_ids:
+        state._verdict_sig.pop(tid, None)
         v = state._verdict.pop(tid, None)
         if v is not None and v.accepted is not None:
             for p in v.disputed_by:

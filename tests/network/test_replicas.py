@@ -83,7 +83,7 @@ async def test_honest_replicas_agree_and_match_sentence_transformers(cluster: Cl
 
         async def says_why() -> bool:
             row = (await call(n1, "get_workflow_status", workflow_id=wid2))["tasks"][0]
-            return "needs 2 distinct peers" in row.get("waiting", "") and "1 eligible" in row["waiting"]
+            return "more distinct peer(s)" in row.get("waiting", "") and "0 eligible" in row["waiting"]
 
         await eventually(says_why, 60, "the status to say why the task waits")
         row = (await call(n1, "get_workflow_status", workflow_id=wid2))["tasks"][0]

@@ -108,14 +108,45 @@ def test_a_peer_on_two_slots_votes_once() -> None:
     """H took both open slots with the same wrong vector: one vote, so a reserve opens."""
     verdict = decide(2, [v(0, "H", ZERO), v(1, "H", ZERO), SlotView(), SlotView()])
     assert not verdict.decided and verdict.open == 3
+    verdict = decide(2, [v(0, "H", ZERO), v(1, "H", ZERO), v(2, "C", GOOD), SlotView()])
+    assert not verdict.decided and verdict.open == 4  # votes H, C: no two agree yet
     verdict = decide(2, [v(0, "H", ZERO), v(1, "H", ZERO), v(2, "C", GOOD), v(3, "D", GOOD)])
-    # 4 open slots need 3 agreeing: C and D are only 2 of them, H's second slot is void
-    assert verdict.error is not None
+    # H's second slot is void: C and D are two of three distinct votes, a strict majority
+    assert verdict.accepted is not None and verdict.peers == ("C", "D") and verdict.disputed_by == ("H",)
+    alone = decide(2, [v(0, "H", ZERO), v(1, "H", ZERO), v(2, "H", ZERO), v(3, "H", ZERO)])
+    assert alone.error is not None and alone.accepted is None  # one peer never decides alone
 
 
-def test_a_slot_that_failed_for_good_fails_the_task() -> None:
-    verdict = decide(2, [v(0, "B", GOOD), SlotView(failed="InvalidInputError: empty"), SlotView(), SlotView()])
-    assert verdict.error == "InvalidInputError: empty"
+def fail(slot: int, peer: str, error: str) -> SlotView:
+    return SlotView(vote=Vote(slot, peer, None, error=error.split(":")[0], message=error))
+
+
+def test_one_peers_final_failure_is_a_vote_not_a_verdict() -> None:
+    """A non-retryable failure is its owner's word: it opens a reserve like a wrong result, and
+    fails the task only when distinct peers agree on the same error class."""
+    one = decide(2, [v(0, "B", GOOD), fail(1, "H", "InvalidInputError: empty"), SlotView(), SlotView()])
+    assert not one.decided and one.open == 3
+    outvoted = decide(2, [v(0, "B", GOOD), fail(1, "H", "InvalidInputError: empty"), v(2, "C", GOOD), SlotView()])
+    assert outvoted.accepted is not None and outvoted.disputed_by == ("H",)
+    both = decide(2, [fail(0, "B", "InvalidInputError: empty input"), fail(1, "C", "InvalidInputError: empty"),
+                      SlotView(), SlotView()])
+    assert both.error == "InvalidInputError: empty input" and both.peers == ("B", "C") and both.accepted is None
+
+
+def test_a_cached_or_expired_slot_is_void_and_never_a_vote() -> None:
+    verdict = decide(2, [SlotView(void=True), v(1, "C", GOOD), SlotView(), SlotView()])
+    assert not verdict.decided and verdict.open == 3
+    verdict = decide(2, [SlotView(void=True), v(1, "C", GOOD), v(2, "D", GOOD), SlotView()])
+    assert verdict.accepted is not None and verdict.peers == ("C", "D")
+
+
+def test_a_scaled_vector_or_extra_fields_do_not_agree() -> None:
+    assert not results_agree(GOOD, emb(BASE * np.float32(1e30)))  # same direction, not the same embedding
+    assert not results_agree(GOOD, {**GOOD, "label": "pwned"}) and not results_agree(GOOD, {**GOOD, "truncated": True})
+    f1 = {"predictions": [{"token": "paris", "score": 0.8}, {"token": "lyon", "score": 0.1}]}
+    junk = {"predictions": [{"token": "paris", "score": 0.8}, {"token": "<script>", "score": 0.1}]}
+    nan = {"predictions": [{"token": "paris", "score": float("nan")}, {"token": "lyon", "score": 0.1}]}
+    assert not results_agree(f1, junk) and not results_agree(f1, nan)
 
 
 def test_agreement_tolerances_per_task_kind() -> None:
@@ -127,7 +158,7 @@ def test_agreement_tolerances_per_task_kind() -> None:
     assert results_agree(c1, c2) and not results_agree(c1, c3)
     assert not results_agree(c1, {**c2, "label": "NEGATIVE"})
     f1 = {"predictions": [{"token": "paris", "score": 0.8}, {"token": "lyon", "score": 0.1}]}
-    f2 = {"predictions": [{"token": "paris", "score": 0.7}, {"token": "nice", "score": 0.2}]}
+    f2 = {"predictions": [{"token": "paris", "score": 0.8004}, {"token": "lyon", "score": 0.0998}]}
     assert results_agree(f1, f2) and not results_agree(f1, {"predictions": [{"token": "rome", "score": 0.8}]})
     assert not results_agree(GOOD, c1) and not results_agree({"predictions": []}, {"predictions": []})
     assert results_agree({"x": 1}, {"x": 1}) and not results_agree({"x": 1}, {"x": 2})
@@ -292,6 +323,115 @@ def test_seals_name_slots_by_their_task_index() -> None:
     state = all_orders_agree(dag)
     assert state.tasks[tid(2, 1, 0)].sealed() is not None and state.tasks[tid(2, 1, 1)].sealed() is not None
     assert status(state)["tasks"][1]["peers"] == ["B", "C"]
+
+
+def claim_only(task: str, attempt: int = 1) -> list[dict[str, Any]]:
+    return run(task, GOOD, attempt)[:1]
+
+
+def test_claims_on_a_dormant_reserve_or_a_second_slot_do_not_count() -> None:
+    """H pre-claims both reserves the moment the submit arrives, and takes slot 0 with a wrong
+    vector; honest C runs slot 1. Its reserve claims were written before those slots opened: they
+    do not count, so when slot 2 opens an honest peer takes it and the majority outvotes H. B,
+    holding slot 0 of task 1, then claims slot 1 too: refused (one slot per peer)."""
+    dag = Dag()
+    s = dag.add("A", [submit(2, 2)], [])
+    h = dag.add("H", claim_only(tid(2, 0, 2)) + claim_only(tid(2, 0, 3)) + run(tid(2, 0, 0), ZERO), [s.idx])
+    c = dag.add("C", run(tid(2, 0, 1), GOOD), [s.idx])
+    b = dag.add("B", run(tid(2, 1, 0), GOOD), [s.idx])
+    dag.add("B", claim_only(tid(2, 1, 1)), [b.idx])
+    mid = fold(dag, dag.events)
+    assert mid.task_status(mid.tasks[tid(2, 0, 2)]) is TaskStatus.QUEUED  # opened, and H's claim void
+    assert mid.task_status(mid.tasks[tid(2, 1, 1)]) is TaskStatus.QUEUED  # B's second slot void
+    refused = sorted((r.author, r.reason.split(",")[0]) for r in mid.refused())
+    assert refused == [("B", "claim on replica slot 1 by a peer holding slot 0 of the same task"),
+                       ("H", "claim on replica slot 2"), ("H", "claim on replica slot 3")]
+    dag.add("D", run(tid(2, 0, 2), GOOD), [h.idx, c.idx])
+    state = all_orders_agree(dag)
+    row = status(state)["tasks"][0]
+    assert row["state"] == "done" and row["peers"] == ["C", "D"] and row["disputed_by"] == ["H"]
+    assert state.outvoted == {"H": 1}
+
+
+def test_a_peer_that_only_lost_a_race_on_one_slot_may_take_another() -> None:
+    dag = Dag()
+    s = dag.add("A", [submit(1, 2)], [])
+    dag.add("B", claim_only(tid(1, 0, 0)), [s.idx])
+    dag.add("C", claim_only(tid(1, 0, 0)), [s.idx])  # concurrent: one of them loses the race
+    state = fold(dag, dag.events)
+    owner = state.tasks[tid(1, 0, 0)].owner()
+    assert owner is not None
+    loser = "C" if owner.peer == "B" else "B"
+    dag.add(loser, run(tid(1, 0, 1), GOOD), [e.idx for e in dag.events])
+    state = fold(dag, dag.events)
+    assert state.tasks[tid(1, 0, 1)].owner().peer == loser and not [r for r in state.refused() if r.author == loser]
+
+
+def test_a_losing_claimants_result_is_not_a_vote_so_a_verdict_never_flips() -> None:
+    """H wins slot 1's race and holds back; C, which lost the race but ran the slot, reports.
+    Only the owner's result is the slot's vote: the task waits for H (or for H's attempt to be
+    recorded lost), instead of completing on C's result and flipping back when H reports."""
+    dag = Dag()
+    s = dag.add("A", [submit(1, 2)], [])
+    b = dag.add("B", run(tid(1, 0, 0), GOOD), [s.idx])
+    task1 = tid(1, 0, 1)
+    h = dag.add("H", claim_only(task1), [s.idx])
+    c = dag.add("C", run(task1, GOOD), [s.idx])
+    state = fold(dag, dag.events)
+    if state.tasks[task1].owner().peer != "H":  # make H the winner whatever the hash order
+        dag.events.pop()
+        dag.events.pop()
+        dag.last_of.pop("H")
+        dag.last_of.pop("C")
+        h = dag.add("H", claim_only(task1), [s.idx])
+        c = dag.add("C", [{**run(task1, GOOD)[0], "capacity": 0.01}] + run(task1, GOOD)[1:], [s.idx])
+        state = fold(dag, dag.events)
+    assert state.tasks[task1].owner().peer == "H"
+    assert status(state)["state"] == "running"
+    dag.add("H", [{"op": "task.start", "task_id": task1, "attempt": 1},
+                  {"op": "task.done", "task_id": task1, "attempt": 1, "result": ZERO}], [h.idx, c.idx, b.idx])
+    state = all_orders_agree(dag)
+    assert status(state)["tasks"][0]["state"] == "running"  # disagreement: a reserve opens
+    assert state.task_status(state.tasks[tid(1, 0, 2)]) is TaskStatus.QUEUED
+
+
+def test_a_seal_touches_every_slot_of_its_task() -> None:
+    from p2p.scheduler.state import apply_event
+
+    dag = Dag()
+    s = dag.add("A", [submit(1, 2)], [])
+    b = dag.add("B", run(tid(1, 0, 0), GOOD), [s.idx])
+    state = fold(dag, dag.events)
+    seal = dag.add("A", [{"op": "workflow.accept", "workflow_id": W, "results": [[0, b.cid, 3]]}], [b.idx])
+    touched = apply_event(state, seal.cid, "A", seal.height, seal.ops, parents=[dag.events[p].cid for p in seal.parents], seq=seal.seq)
+    assert {tid(1, 0, k) for k in range(4)} <= touched
+
+
+def test_a_cached_result_is_no_replica() -> None:
+    """B answered slot 0 from the result cache (any member can seal an entry, so nobody vouches
+    for it) and H returned the same wrong vector on slot 1: no agreement; a reserve opens."""
+    dag = Dag()
+    s = dag.add("A", [submit(1, 2)], [])
+    dag.add("B", run(tid(1, 0, 0), ZERO)[:2] + [{**run(tid(1, 0, 0), ZERO)[2], "cached": True}], [s.idx])
+    dag.add("H", run(tid(1, 0, 1), ZERO), [s.idx])
+    state = all_orders_agree(dag)
+    assert status(state)["tasks"][0]["state"] == "running"
+    assert state.task_status(state.tasks[tid(1, 0, 2)]) is TaskStatus.QUEUED and state.outvoted == {}
+
+
+def test_a_submit_over_the_slot_bound_is_malformed() -> None:
+    from pydantic import ValidationError
+
+    from p2p.scheduler.ops import MAX_TASKS, parse_op
+
+    op = submit(MAX_TASKS // 6, 5)
+    try:
+        parse_op(op)
+    except ValidationError as exc:
+        assert "replica slots" in str(exc)
+    else:
+        raise AssertionError("a submit of 7 x 16,666 slots was accepted")
+    parse_op(submit(MAX_TASKS // 7, 5))
 
 
 # ------------------------------------------------------------------------------ the policy
