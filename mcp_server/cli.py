@@ -16,6 +16,23 @@ class CliError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+def node_call(main: Any, url: str, timeout_s: float, too_slow: str) -> Any:
+    """Run ``main`` (an async MCP client session against the node at ``url``) in a one-shot trio
+    loop and return its tool result's structured content; every failure is one CliError line:
+    ``too_slow`` past the timeout, the node unreachable, or the tool's own error."""
+    import trio
+
+    try:
+        res = trio.run(main)
+    except trio.TooSlowError:
+        raise CliError(f"{too_slow} within {timeout_s:g} s") from None
+    except Exception as exc:  # noqa: BLE001 - a node that is not running, a refused connection...
+        raise CliError(f"cannot reach the node at {url}: {type(exc).__name__}: {exc} (is `ipfs-accelerate p2p start` running?)") from None
+    if res.is_error:
+        raise CliError("; ".join(getattr(c, "text", str(c)) for c in res.content))
+    return dict(res.structured_content or {})
+
+
 def cli_settings(ctx: click.Context, **flags: Any) -> Any:
     from mcp_server.settings import SettingsError, load_settings
 

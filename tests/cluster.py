@@ -282,6 +282,16 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+async def call_error(peer: Peer, tool: str, /, **args: Any) -> str:
+    """A tool call that must fail: its error text."""
+    from mcp import Client
+
+    async with Client(peer.url) as client:
+        res = await client.call_tool(tool, args)
+    assert res.is_error, f"{tool} on {peer.name} succeeded: {res.structured_content}"
+    return " ".join(getattr(c, "text", "") for c in res.content)
+
+
 async def wait_done(peer: Peer, wid: str, timeout: float = 300) -> dict[str, Any]:
     """Wait (in wait_for_workflow's 60 s slices) until ``wid`` is terminal on ``peer``; its summary."""
     deadline = time.monotonic() + timeout

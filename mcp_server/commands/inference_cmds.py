@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable
 
 import click
 
-from mcp_server.cli import CliError, cli_settings
+from mcp_server.cli import CliError, cli_settings, node_call
 
 DEMO_SENTENCES = ("A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply today.")
 
@@ -156,15 +156,7 @@ def pull(ctx: click.Context, model: str, url: str | None, timeout_s: float, as_j
                     return await client.call_tool("pull_model", {"model": model}, read_timeout_seconds=timeout_s,
                                                   progress_callback=progress)
 
-    try:
-        res = trio.run(main)
-    except trio.TooSlowError:
-        raise CliError(f"the pull did not finish within {timeout_s:g} s (it goes on resuming next time)") from None
-    except Exception as exc:  # noqa: BLE001 - a node that is not running, a refused connection...
-        raise CliError(f"cannot reach the node at {url}: {type(exc).__name__}: {exc} (is `ipfs-accelerate p2p start` running?)") from None
-    if res.is_error:
-        raise CliError("; ".join(getattr(c, "text", str(c)) for c in res.content))
-    out = res.structured_content or {}
+    out = node_call(main, url, timeout_s, "the pull did not finish (it goes on resuming next time)")
     if as_json:
         click.echo(json.dumps(out))
         return

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from mcp_server.cli import CliError, cli_settings
+from mcp_server.cli import CliError, cli_settings, node_call
 
 
 @click.group("workflow")
@@ -76,15 +76,7 @@ def submit(ctx: click.Context, texts: tuple[str, ...], file: Path | None, model:
                         if res.is_error or (res.structured_content or {}).get("state") in ("completed", "failed", "cancelled"):
                             return res
 
-    try:
-        res = trio.run(main)
-    except trio.TooSlowError:
-        raise CliError(f"the workflow did not finish within {timeout_s:g} s (it goes on; see get_workflow_status)") from None
-    except Exception as exc:  # noqa: BLE001 - a node that is not running, a refused connection...
-        raise CliError(f"cannot reach the node at {url}: {type(exc).__name__}: {exc} (is `ipfs-accelerate p2p start` running?)") from None
-    if res.is_error:
-        raise CliError("; ".join(getattr(c, "text", str(c)) for c in res.content))
-    out = dict(res.structured_content or {})
+    out = node_call(main, url, timeout_s, "the workflow did not finish (it goes on; see get_workflow_status)")
     out.pop("tasks", None)
     if as_json:
         click.echo(json.dumps(out))

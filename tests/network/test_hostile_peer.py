@@ -39,13 +39,12 @@ from typing import Any, Iterator
 
 import pytest
 import trio
-from mcp import Client
 
 from p2p.clock.cids import cid_from_bytes
 from p2p.clock.event import load_stored_event
 from p2p.scheduler.assignment import claim_beats
 from p2p.scheduler.state import State, apply_event
-from tests.cluster import Cluster, Peer, call, clock_ops, eventually, full_status, run_counts, settled, status_diff, \
+from tests.cluster import Cluster, Peer, call, call_error, clock_ops, eventually, full_status, run_counts, settled, status_diff, \
     wait_done, wait_known, wait_peers
 from tests.conftest import DEFAULT_MODEL, REPO
 
@@ -195,15 +194,6 @@ async def wait_holds(net: Net, cids: list[str], timeout: float = 60) -> None:
             return want <= events_by(p.data_dir, net.hostile.peer_id)
 
         await eventually(holds, timeout, f"{p.name} to hold the hostile peer's {len(want)} events")
-
-
-async def call_error(peer: Peer, tool: str, /, **args: Any) -> str:
-    """A tool call that must fail: its error text."""
-    async with Client(peer.url) as client:
-        res = await client.call_tool(tool, args)
-    text = " ".join(getattr(c, "text", "") for c in res.content)
-    assert res.is_error, f"{tool} on {peer.name} succeeded: {res.structured_content}"
-    return text
 
 
 # Longer inputs make each task cost something, so a workflow is still running when an attack lands.

@@ -11,21 +11,10 @@ import signal
 import numpy as np
 import pytest
 
-from typing import Any
-
-from mcp import Client
-
-from tests.cluster import Cluster, Peer, call, eventually, settled, wait_all_peers, wait_done
+from tests.cluster import Cluster, call, call_error, eventually, settled, wait_all_peers, wait_done
 from tests.conftest import DEFAULT_MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
-
-async def call_error(peer: Peer, tool: str, /, **args: Any) -> str:
-    async with Client(peer.url) as client:
-        res = await client.call_tool(tool, args)
-    assert res.is_error, f"{tool} on {peer.name} succeeded: {res.structured_content}"
-    return " ".join(getattr(c, "text", "") for c in res.content)
-
 
 TEXTS = [f"Two peers must agree on this sentence, number {i}, about rivers." for i in range(16)]
 
