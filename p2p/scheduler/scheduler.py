@@ -511,8 +511,7 @@ class Scheduler:
         spec = task.spec
         self._record({"op": "task.start", "task_id": tid, "attempt": attempt})
         wf = self.state.workflows.get(task.workflow_id)
-        # the result cache, unless the workflow opted out. Only replica slot 0 may be answered
-        # from it: a cached result counts as one replica, never as all of them.
+        # the result cache (read and written), unless the workflow opted out
         cache = self.cache if self.cache is not None and wf is not None and wf.cache else None
         # never for a replicated workflow: a cache entry carries no author (any member can seal
         # one), so a cached answer is nobody's independent replica (found by review: one peer's
