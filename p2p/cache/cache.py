@@ -20,11 +20,22 @@ from p2p.cache.keys import CacheKeys, cache_key, cache_keys
 from p2p.cache.remote import CacheServer, PeerOffer, ask_peers
 from p2p.cache.seal import AuthError, decode_entry, encode_entry, seal, unseal
 from p2p.cache.store import CacheStore
-from p2p.protocols.cache import MAX_ENTRY_BYTES
+from p2p.protocols.cache import MAX_ENTRY_BYTES, MAX_KEYS
 
 log = structlog.get_logger("p2p.cache")
 
 STORE_FILE = "cache.sqlite"
+BATCH_S = 0.005  # remote lookups started within this window travel in one request per peer
+
+
+class _Wait:
+    """One key's remote lookup in a batch: set ``done`` once asked (``entry`` None: a miss)."""
+
+    __slots__ = ("done", "entry")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.entry: CacheEntry | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,8 @@ class ResultCache:
         self.bad_peers: dict[str, int] = {}  # peer -> entries from it that failed authentication
         self._flights: dict[bytes, list[Any]] = {}  # key -> [lock, holders and waiters]
         self._net: Any = None
+        self._batch: dict[bytes, _Wait] = {}  # keys waiting to be asked of peers
+        self._leading = False  # a lookup is gathering the batch
         self._offers: Callable[[], list[PeerOffer]] = list
         self.server: CacheServer | None = None
 
@@ -146,28 +159,78 @@ class ResultCache:
         return entry
 
     async def get_remote(self, key: bytes) -> CacheEntry | None:
+        """``key`` from a peer that advertises a shared cache, verified and stored here; None
+        when nobody has it within ``remote_timeout_s``. Keys asked at the same moment travel
+        together: the first asker waits ``BATCH_S`` for the others, then asks for them all."""
         if not self.shared or self._net is None:
             return None
-        offers = [o for o in self._offers() if o.peer_id not in self.bad_peers]
-        if not offers:
-            return None
-        got = await ask_peers(self._net, offers, key, peers=self.remote_peers, timeout_s=self.remote_timeout_s,
-                              verify=lambda peer, sealed: self._verify_remote(peer, key, sealed))
-        if got is None:
-            return None
-        peer, sealed, entry = got
-        await trio.to_thread.run_sync(self.store.put, key, sealed)
-        return CacheEntry(entry.result, entry.stats, source=peer)
+        wait = self._batch.get(key)
+        if wait is None:
+            wait = self._batch[key] = _Wait()
+        if not self._leading:
+            self._leading = True
+            try:
+                await trio.sleep(BATCH_S)
+            finally:
+                self._leading = False
+            batch, self._batch = self._batch, {}
+            await self._fetch(batch)
+        with trio.move_on_after(self.remote_timeout_s + BATCH_S + 1.0):  # a cancelled leader: a miss
+            await wait.done.wait()
+        return wait.entry
 
-    async def _verify_remote(self, peer: str, key: bytes, sealed: bytes) -> CacheEntry | None:
+    async def _fetch(self, batch: dict[bytes, "_Wait"]) -> None:
+        """Ask peers for every key of ``batch``; store what verifies; wake every waiter."""
         try:
-            return await trio.to_thread.run_sync(self._open_sync, key, sealed)
-        except (AuthError, ValueError) as exc:
-            self.auth_failures += 1
-            self.bad_peers[peer] = self.bad_peers.get(peer, 0) + 1
-            log.warning("a peer's cache entry failed authentication; dropped, and the peer is not asked again",
-                        peer=peer, key=key.hex()[:16], error=str(exc))
-            return None
+            offers = [o for o in self._offers() if o.peer_id not in self.bad_peers]
+            keys = list(batch)
+            found: dict[bytes, tuple[str, bytes, CacheEntry]] = {}
+            log.debug("cache lookup at peers", keys=len(keys), peers=[o.peer_id for o in offers],
+                      skipped=sorted(self.bad_peers))
+            if offers:
+                async with trio.open_nursery() as nursery:
+                    for i in range(0, len(keys), MAX_KEYS):
+                        nursery.start_soon(self._fetch_some, offers, keys[i:i + MAX_KEYS], found)
+            if found:
+                await trio.to_thread.run_sync(self._put_many_sync, [(k, sealed) for k, (_, sealed, _) in found.items()])
+            for key, (peer, _, entry) in found.items():
+                batch[key].entry = CacheEntry(entry.result, entry.stats, source=peer)
+        finally:
+            for wait in batch.values():
+                wait.done.set()
+
+    async def _fetch_some(self, offers: list[PeerOffer], keys: list[bytes], found: dict[bytes, Any]) -> None:
+        found.update(await ask_peers(self._net, offers, keys, peers=self.remote_peers, timeout_s=self.remote_timeout_s,
+                                     verify=self._verify_remote))
+
+    def _put_many_sync(self, entries: list[tuple[bytes, bytes]]) -> None:
+        for key, sealed in entries:
+            self.store.put(key, sealed)
+
+    def _open_many_sync(self, items: list[tuple[bytes, bytes]]) -> list[CacheEntry | str]:
+        out: list[CacheEntry | str] = []
+        for key, sealed in items:
+            try:
+                out.append(self._open_sync(key, sealed))
+            except (AuthError, ValueError) as exc:
+                out.append(str(exc))
+        return out
+
+    async def _verify_remote(self, peer: str, items: list[tuple[bytes, bytes]]) -> list[CacheEntry | None]:
+        """Open a peer's entries (in a thread): one that fails is dropped, counted, and the peer
+        noted (never asked again)."""
+        opened = await trio.to_thread.run_sync(self._open_many_sync, items)
+        out: list[CacheEntry | None] = []
+        for (key, _), got in zip(items, opened):
+            if isinstance(got, str):
+                self.auth_failures += 1
+                self.bad_peers[peer] = self.bad_peers.get(peer, 0) + 1
+                log.warning("a peer's cache entry failed authentication; dropped, and the peer is not asked again",
+                            peer=peer, key=key.hex()[:16], error=got)
+                out.append(None)
+            else:
+                out.append(got)
+        return out
 
     # ---------------------------------------------------------------- stores
 
@@ -195,25 +258,28 @@ class ResultCache:
         self.server = CacheServer(self._serve_read, max_frame_bytes)
         return self.server
 
-    async def _serve_read(self, key: bytes) -> bytes | None:
-        """A sealed entry to send a peer, checked first: one that fails is dropped, not sent."""
+    async def _serve_read(self, keys: list[bytes]) -> list[bytes | None]:
+        """Sealed entries to send a peer, each checked first: one that fails is dropped, not sent."""
 
-        def read() -> tuple[bytes | None, bool]:
-            sealed = self.store.get(key)
-            if sealed is None:
-                return None, False
-            try:
-                self._open_sync(key, sealed)
-            except (AuthError, ValueError):
-                self.store.delete(key)
-                return None, True
-            return sealed, False
+        def read() -> tuple[list[bytes | None], int]:
+            out: list[bytes | None] = []
+            failed = 0
+            for key in keys:
+                sealed = self.store.get(key)
+                if sealed is not None:
+                    try:
+                        self._open_sync(key, sealed)
+                    except (AuthError, ValueError):
+                        self.store.delete(key)
+                        sealed, failed = None, failed + 1
+                out.append(sealed)
+            return out, failed
 
-        sealed, failed = await trio.to_thread.run_sync(read)
+        out, failed = await trio.to_thread.run_sync(read)
         if failed:
-            self.auth_failures += 1
-            log.warning("a cache entry on disk failed authentication; dropped, not sent", key=key.hex()[:16])
-        return sealed
+            self.auth_failures += failed
+            log.warning("cache entries on disk failed authentication; dropped, not sent", count=failed)
+        return out
 
     def advertised_entries(self) -> int:
         """What the heartbeat advertises: entries peers may ask for (0 for a local cache)."""

@@ -9,6 +9,10 @@ entries before sending, so a bad one is a forgery or a broken member).
 The server answers from the local store, per peer at most ``SERVE_SLOTS_PER_PEER`` requests at
 once and ``SERVE_SLOTS`` over all peers; each entry it sends is opened first (off the event
 loop): an entry of ours that fails authentication is dropped and counted, never sent.
+
+Lookups are batched: the keys that tasks ask for within ``BATCH_S`` travel in one request per
+peer (a workflow's tasks start together; one stream per task was 64 streams at once, and
+py-libp2p's stream set-up under that load let lookups pass their timeout).
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ class PeerOffer:
 class CacheServer:
     """Answers cache requests from the local store (see the module docstring for the limits)."""
 
-    def __init__(self, read: Callable[[bytes], Awaitable[bytes | None]], max_frame_bytes: int) -> None:
-        self._read = read  # verified sealed entry by key, or None
+    def __init__(self, read: Callable[[list[bytes]], Awaitable[list[bytes | None]]], max_frame_bytes: int) -> None:
+        self._read = read  # verified sealed entries by key (None: not here), read in one go
         self._max_reply = max_frame_bytes - FRAME_HEADROOM
         self._per_peer: dict[str, trio.Semaphore] = {}
         self._all = trio.Semaphore(SERVE_SLOTS)
@@ -56,8 +60,7 @@ class CacheServer:
                 self.requests += 1
                 out: list[bytes | None] = []
                 budget = self._max_reply
-                for key in keys:
-                    sealed = await self._read(key)
+                for sealed in await self._read(keys):
                     if sealed is not None and (len(sealed) > MAX_ENTRY_BYTES or len(sealed) + 64 > budget):
                         sealed = None  # does not fit this reply: the peer computes it instead
                     if sealed is not None:
@@ -70,16 +73,20 @@ class CacheServer:
                 self._per_peer.pop(peer, None)  # nothing of this peer in flight: no record kept
 
 
-async def ask_peers(net: Any, offers: list[PeerOffer], key: bytes, *, peers: int, timeout_s: float,
-                    verify: Callable[[str, bytes], Awaitable[Any | None]]) -> tuple[str, bytes, Any] | None:
-    """Ask up to ``peers`` of ``offers`` (most entries first) for ``key`` at once; the first entry
-    that ``verify`` accepts wins: ``(peer, sealed, verified entry)``. None when nobody has it, or
-    after ``timeout_s``. ``verify(peer, sealed)`` opens the entry and does the counting."""
+Verify = Callable[[str, list[tuple[bytes, bytes]]], Awaitable[list[Any | None]]]
+
+
+async def ask_peers(net: Any, offers: list[PeerOffer], keys: list[bytes], *, peers: int, timeout_s: float,
+                    verify: Verify) -> dict[bytes, tuple[str, bytes, Any]]:
+    """Ask up to ``peers`` of ``offers`` (most entries first) for ``keys`` at once (one request
+    each); per key, the first entry that ``verify`` accepts wins: ``{key: (peer, sealed,
+    verified entry)}``. Returns once every key is found, every peer answered, or ``timeout_s``
+    passed. ``verify(peer, [(key, sealed), ...])`` opens the entries and does the counting."""
     chosen = sorted(offers, key=lambda o: (-o.entries, o.peer_id))[:peers]
-    if not chosen:
-        return None
-    found: list[tuple[str, bytes, Any]] = []
-    request = encode_get([key])
+    found: dict[bytes, tuple[str, bytes, Any]] = {}
+    if not chosen or not keys:
+        return found
+    request = encode_get(keys)
 
     async def ask(peer: str, cancel: trio.CancelScope) -> None:
         from p2p.net.errors import NetError
@@ -87,19 +94,21 @@ async def ask_peers(net: Any, offers: list[PeerOffer], key: bytes, *, peers: int
 
         try:
             reply = await net.request(peer, CACHE_PROTOCOL, request, timeout=timeout_s)
-            sealed = decode_got(reply, 1)[0]
+            entries = decode_got(reply, len(keys))
         except (NetError, WireError) as exc:
             log.debug("cache request failed", peer=peer, error=str(exc))
             return
-        if sealed is None:
+        got = [(k, e) for k, e in zip(keys, entries) if e is not None and k not in found]
+        if not got:
             return
-        entry = await verify(peer, sealed)
-        if entry is not None and not found:
-            found.append((peer, sealed, entry))
+        for (key, sealed), entry in zip(got, await verify(peer, got)):
+            if entry is not None and key not in found:
+                found[key] = (peer, sealed, entry)
+        if len(found) == len(keys):
             cancel.cancel()
 
     with trio.move_on_after(timeout_s):
         async with trio.open_nursery() as nursery:
             for offer in chosen:
                 nursery.start_soon(ask, offer.peer_id, nursery.cancel_scope)
-    return found[0] if found else None
+    return found
