@@ -164,6 +164,8 @@ class ResultCache:
         together: the first asker waits ``BATCH_S`` for the others, then asks for them all."""
         if not self.shared or self._net is None:
             return None
+        if not any(o.peer_id not in self.bad_peers for o in self._offers()):
+            return None  # nobody to ask: no batching delay
         wait = self._batch.get(key)
         if wait is None:
             wait = self._batch[key] = _Wait()
