@@ -51,8 +51,9 @@ Rules, all set-based:
   ``max_attempts``, or when the owner says not retryable; a task with a final failure is FAILED.
   Every failure is kept: a backdated copy never replaces the original.
 - The result that stands: the one the submitter sealed (``workflow.accept``) when there is one;
-  else a valid result not *late*, i.e. with no final failure before it, the owners' results
-  first, then the earliest stamp. A later duplicate never replaces it.
+  else a valid result not *late*, i.e. with no final failure before it, from its attempt's owner
+  (a losing claimant's result is kept, never used), the earliest stamp. A later duplicate never
+  replaces it.
 - Priority: the ``workflow.reprioritize`` with the greatest stamp, else the submit's priority.
 - Two submits under one workflow id (only a faulty peer does that): the smaller stamp defines
   the workflow; task ids only other submits define are kept apart (``State.undefined``).
@@ -524,22 +525,24 @@ class TaskState:
 
     @property
     def result(self) -> Outcome | None:
-        """The result that stands: results from the owner of their attempt (the winning claim)
-        come before those of losing claimants, then the earliest causal stamp. So a peer that
-        merely claimed too (a race, or a forger writing a shallow claim + done) never replaces
-        the owner's result; among owners' results, later duplicates never replace the first."""
+        """The result that stands: the sealed one, else the earliest valid result from the owner
+        of its attempt (the winning claim). A peer that merely claimed too (a race it lost, or a
+        forger writing a shallow claim + done) never provides it, not even until the owner
+        reports; among owners' results, later duplicates never replace the first."""
         sealed = self.sealed()
         if sealed is not None:
             return sealed
         standing = self._split_results()[0]
         if not standing:
             return None
+        # Only an attempt's owner's result stands. A losing claimant's result standing in until
+        # the owner reports made the task DONE, so the owner dropped it and the submitter sealed
+        # the loser's answer: a hostile peer claiming everything and answering at once got its
+        # zero vectors accepted on every task it was faster on, whatever races it lost (found
+        # under a CPU hog, where honest owners were slower). For a replica it also kept a verdict
+        # from flipping when the owner reported later.
         owned = [o for o in standing if (own := self.owner(o.attempt)) is not None and own.peer == o.peer]
-        if self.replicated:
-            # a replica's vote is its owner's: a losing claimant's result standing in until the
-            # owner reports would let the owner, reporting later, undo a verdict already shown
-            return owned[0] if owned else None
-        return (owned or standing)[0]
+        return owned[0] if owned else None
 
     def sealed(self) -> Outcome | None:
         """The result the submitter sealed (``workflow.accept``): the earliest seal naming a
