@@ -185,6 +185,7 @@ class NodeInfo(BaseModel):
     clock: ClockInfo
     workflows: int
     queue: int
+    cache: dict[str, Any] = Field(default_factory=dict, description="The result cache: enabled, shared, entries, bytes, hits, misses, remote hits, authentication failures.")
 
 
 class ConnectResult(BaseModel):

@@ -71,6 +71,7 @@ class Node:
         self.clock = clock
         self.engine = engine
         self.peer_id = identity.peer_id_str
+        self._beat_seq = time.time_ns()  # Heartbeat.seq: rises per heartbeat and across restarts
         self.started_at = time.time()
         self._hardware: dict[str, Any] | None = None
         self._models: list[str] | None = None
@@ -300,7 +301,9 @@ class Node:
         return self._caps
 
     def heartbeat(self) -> Heartbeat:
+        self._beat_seq += 1
         return Heartbeat(
+            seq=self._beat_seq,
             peer_id=self.peer_id,
             name=self.config.node_name,
             addrs=self.listen_addrs(),

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from inference.config import InferenceConfig
-from p2p.config import ClockConfig, NetworkConfig, NodeConfig, SchedulerConfig, constraint_violations
+from p2p.config import CacheConfig, ClockConfig, NetworkConfig, NodeConfig, SchedulerConfig, constraint_violations
 
 DEFAULT_TOML = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 
@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     clock: ClockConfig = Field(default_factory=ClockConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     mcp: McpConfig = Field(default_factory=McpConfig)
 
     @property
@@ -69,6 +70,7 @@ class Settings(BaseSettings):
             clock=self.clock,
             scheduler=self.scheduler,
             network=self.network,
+            cache=self.cache,
         )
 
 

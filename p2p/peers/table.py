@@ -139,6 +139,8 @@ class PeerTable:
         capabilities changed (the scheduler then re-decides open tasks)."""
         now, _ = self._clock()
         old = self._peers.get(hb.peer_id)
+        if old is not None and hb.seq and old.heartbeat.seq and hb.seq < old.heartbeat.seq:
+            return False  # an older heartbeat delivered late: what it says is out of date
         if old is None and len(self._peers) >= self._max_peers:
             self._prune(now, force=True)
             if len(self._peers) >= self._max_peers:

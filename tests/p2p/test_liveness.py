@@ -252,3 +252,17 @@ async def test_an_unanswered_recheck_ends_in_a_verdict_in_the_loops_own_order() 
     assert t.is_alive("dead")
     clock.run(10.5, t)
     assert t.lapsing() == ["dead"]
+
+
+def test_an_older_heartbeat_delivered_late_does_not_replace_a_newer_one() -> None:
+    """Gossip may deliver heartbeats out of order: the table keeps the newest (by ``seq``), so a
+    late one cannot roll back what a peer offers (its models, its cache entries, its queue)."""
+    peers, _ = table(Clock())
+    assert peers.observe(hb("p", seq=2, models=["m"], cache_entries=8))
+    assert not peers.observe(hb("p", seq=1, models=[], cache_entries=0))
+    rec = peers.get("p")
+    assert rec is not None and rec.heartbeat.models == ["m"] and rec.heartbeat.cache_entries == 8
+    assert peers.observe(hb("p", seq=3, models=[], cache_entries=0))  # a newer one does
+    assert peers.get("p").heartbeat.models == []
+    peers.observe(hb("p", seq=0, models=["m"]))  # a peer that does not number them: last heard
+    assert peers.get("p").heartbeat.models == ["m"]
