@@ -379,16 +379,23 @@ async def test_wrong_results_are_outvoted_with_replicas(net: Net) -> None:
     peer outvoted, past the threshold after which it assigns it no work. Every slot at once: it
     is one peer with one vote however many slots it holds, so no zero vector is ever accepted
     (a task it holds wholly fails with "replicas disagree" rather than carry its answer; the
-    fold-level property is in tests/scheduler/test_replicas.py). Measured here: its results
-    stand on the two dormant reserve slots of every task, which never open, while the honest
-    replicas of the open slots ran and were sealed before its claims arrived."""
+    fold-level property is in tests/scheduler/test_replicas.py; its claims on the dormant
+    reserves do not count). Both targets wait behind a priority-1 workflow, so the claims land
+    before any replica ran."""
     await _ready(net)
     n1 = net.honest[0]
     h = net.hostile
     n = 40
-    wid = (await call(n1, "submit_workflow", name="outvote", replicas=2, tasks=_tasks(n, "outvote", long=True)))["workflow_id"]
+    # the target waits behind a priority-1 workflow on every honest peer, so its replicas are
+    # unstarted (and unsealed) when the hostile claims land: the race is decided by score, not
+    # by who finished first (idle peers had run and sealed it before the claims arrived)
+    busy = (await call(n1, "submit_workflow", name="outvote-busy", tasks=_tasks(800, "outvote-busy", long=True),
+                       priority=1))["workflow_id"]
+    wid = (await call(n1, "submit_workflow", name="outvote", replicas=2, priority=10,
+                      tasks=_tasks(n, "outvote", long=True)))["workflow_id"]
     rep = await h.cmd("race", workflow_id=wid, adv_capacity=1e6, claim_capacity=1e6)
     final = await _finish(net, wid, n)
+    await _finish(net, busy, 800)
     await wait_holds(net, rep["events"])
     final = (await settled(net.honest, [wid], timeout=90))[wid]
     disputed = [t for t in final["tasks"] if h.peer_id in t.get("disputed_by", [])]
@@ -400,10 +407,14 @@ async def test_wrong_results_are_outvoted_with_replicas(net: Net) -> None:
         listed = {q["peer_id"]: q for q in (await call(p, "list_peers"))["peers"]}
         assert listed[h.peer_id]["outvoted"] >= len(disputed) > 3, (p.name, listed[h.peer_id]["outvoted"])
 
-    wid2 = (await call(n1, "submit_workflow", name="outvote-all", replicas=2, tasks=_tasks(20, "outvote-all", long=True)))["workflow_id"]
+    busy2 = (await call(n1, "submit_workflow", name="outvote-all-busy", tasks=_tasks(400, "outvote-all-busy", long=True),
+                        priority=1))["workflow_id"]
+    wid2 = (await call(n1, "submit_workflow", name="outvote-all", replicas=2, priority=10,
+                       tasks=_tasks(20, "outvote-all", long=True)))["workflow_id"]
     rep2 = await h.cmd("race", workflow_id=wid2, adv_capacity=1e6, claim_capacity=1e6, slots="all")
     for p in net.honest:
         await wait_done(p, wid2, 300)
+    await _finish(net, busy2, 400)
     await wait_holds(net, rep2["events"])
     final2 = (await settled(net.honest, [wid2], timeout=90))[wid2]
     outcomes: Counter[str] = Counter()
