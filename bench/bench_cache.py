@@ -67,8 +67,8 @@ def main() -> None:
     key = tmp / "swarm.key"
     generate_swarm_key(key)
     cache_dir = shared_cache_dir()
-    peers = start_peers([{"name": "a", "IPFS_ACCELERATE_NETWORK__PSK_FILE": str(key)},
-                         {"name": "b", "bootstrap": 0, "IPFS_ACCELERATE_NETWORK__PSK_FILE": str(key)}], tmp, cache_dir)
+    on = {"IPFS_ACCELERATE_NETWORK__PSK_FILE": str(key), "IPFS_ACCELERATE_CACHE__ENABLED": "true"}  # off by default
+    peers = start_peers([{"name": "a", **on}, {"name": "b", "bootstrap": 0, **on}], tmp, cache_dir)
     times: dict[str, list[float]] = {"off": [], "on": [], "repeat": [], "remote": []}
     try:
         async def run() -> None:

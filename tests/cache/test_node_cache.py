@@ -16,6 +16,15 @@ from tests.conftest import DEFAULT_MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
+
+@pytest.fixture
+def node_config(tmp_path: Path, shared_cache_dir: Path) -> Any:
+    """The conftest node, with the result cache on (it is off by default)."""
+    from p2p.config import CacheConfig
+    from tests.conftest import make_node_config
+
+    return make_node_config(tmp_path / "node", shared_cache_dir).model_copy(update={"cache": CacheConfig(enabled=True)})
+
 UNIQUE = [f"Result cache sentence number {i} about herons and otters." for i in range(6)]
 
 

@@ -71,6 +71,7 @@ async def _serve(args: argparse.Namespace) -> None:
     settings = load_node_settings(
         data_dir=str(args.data_dir), node_id="tamperer",
         network={"listen": ["/ip4/127.0.0.1/tcp/0"], "bootstrap": list(args.bootstrap), "mdns": False},
+        cache={"enabled": True},
     )
     seeded = await _seed(settings.node_config())
     async with Node.open(settings.node_config()) as node:
@@ -109,6 +110,11 @@ if __name__ != "__main__":
     from tests.procs import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def cluster_env() -> dict[str, str]:
+    return {"IPFS_ACCELERATE_CACHE__ENABLED": "true"}  # off by default (p2p.config.CacheConfig)
 
 
 async def _info(data_dir: Path) -> dict[str, Any]:
