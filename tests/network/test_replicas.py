@@ -109,3 +109,29 @@ async def test_the_cli_submits_with_replicas_and_refuses_what_the_network_cannot
     assert bad.returncode != 0 and "--replicas" in bad.stderr, bad.stderr
     listed = await call(n1, "list_workflows")
     assert len(listed["workflows"]) == 1  # the refused submits wrote nothing
+
+
+async def test_a_replica_owner_killed_with_minus_9_is_replaced_by_a_peer_holding_no_other_replica(cluster: Cluster) -> None:
+    """kill -9 of a peer mid-workflow: the replicas it held are recorded lost by their judges
+    and re-run by the one peer that holds no other replica of each task; the workflow completes,
+    every task agreed by two distinct live peers, nothing disputed."""
+    n1 = cluster.start("n1")
+    n2, n3 = cluster.start_many({"name": "n2", "bootstrap": [n1]}, {"name": "n3", "bootstrap": [n1]})
+    await wait_all_peers([n1, n2, n3])
+    filler = " ".join(["the river runs past the mill and under the old stone bridge"] * 6)
+    n = 300
+    wid = (await call(n1, "submit_workflow", name="kill", replicas=2,
+                      tasks=[{"model": DEFAULT_MODEL, "input": f"{i}: {filler}"} for i in range(n)]))["workflow_id"]
+
+    async def underway() -> bool:
+        return (await call(n1, "get_workflow_status", workflow_id=wid, limit=1))["completed"] >= 20
+
+    await eventually(underway, 120, "the workflow to be under way")
+    cluster.kill(n3, signal.SIGKILL)
+    st = await wait_done(n1, wid, 300)
+    assert st["state"] == "completed" and st["completed"] == n, st
+    rows = (await settled([n1, n2], [wid], timeout=120))[wid]["tasks"]
+    assert all(len(set(r["peers"])) == 2 and "disputed_by" not in r for r in rows)
+    rerun = [r for r in rows if any(e.get("expired") for e in r.get("errors", []))]
+    assert rerun, "no replica of n3 was lost: kill it earlier"
+    assert all(n3.peer_id not in r["peers"] for r in rerun)
