@@ -374,7 +374,9 @@ class Node:
                 raise NodeError(f"task {i}: model {spec.model!r} is not served by this peer, so a local-only workflow can't run it")
             specs.append(self._pin_model(spec, i, local))
         if replicas > 1:
-            slots = replicas + 2  # replicas.slots_for: the fold keeps N + 2 slots per task
+            from p2p.scheduler.replicas import slots_for
+
+            slots = slots_for(replicas)  # the fold keeps N + 2 slots per task
             if len(specs) * slots > cfg.max_tasks_per_workflow * SLOTS_PER_WORKFLOW_FACTOR:
                 raise NodeError(f"replicas={replicas} keeps {slots} slots per task: {len(specs)} tasks need "
                                 f"{len(specs) * slots} slots, over the {cfg.max_tasks_per_workflow * SLOTS_PER_WORKFLOW_FACTOR} "

@@ -107,7 +107,9 @@ class SubmitOp(_Op):
     @model_validator(mode="after")
     def _bounded_slots(self) -> "SubmitOp":
         # replicas multiply the tasks the fold keeps (N + 2 slots each): bound the product
-        slots = 1 if self.replicas <= 1 else self.replicas + 2
+        from p2p.scheduler.replicas import slots_for  # the layout rule lives there
+
+        slots = slots_for(self.replicas)
         if len(self.tasks) * slots > MAX_TASKS:
             raise ValueError(f"{len(self.tasks)} tasks x {slots} replica slots is over {MAX_TASKS} task slots")
         return self
