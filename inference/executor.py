@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator, Callable, Hashable, Sequence
 import structlog
 import trio
 
+from inference import observe
 from inference.errors import InferenceError, one_line, unwrap_group
 
 log = structlog.get_logger()
@@ -136,7 +137,9 @@ class _Lane:
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(items))
         try:
+            t0 = trio.current_time()
             results = await trio.to_thread.run_sync(self._call, items, limiter=self._limiter)
+            observe.record_batch(self.key, len(items), trio.current_time() - t0)
         except Exception as exc:
             log.warning("executor.batch_failed_isolating", lane=str(self.key), items=len(items), error=one_line(exc))
             self.stats.isolated_reruns += 1
