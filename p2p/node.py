@@ -140,6 +140,8 @@ class Node:
                     nursery.start_soon(engine.warm)
                     await nursery.start(serve_control, node)
                     await nursery.start(node.scheduler.run)
+                    if node.cache is not None:  # staged writes, peers' key indexes
+                        await nursery.start(node.cache.run)
                     if config.network.enabled:
                         await nursery.start(node._run_network)
                     try:
@@ -316,6 +318,8 @@ class Node:
             heads=[str(c) for c in self.clock.heads()[:1024]],
             settings=self.consensus,
             settings_digest=self.settings_digest,
+            cache_entries=self.cache.advertised_entries() if self.cache is not None else 0,
+            cache_seq=self.cache.advertised_seq() if self.cache is not None else 0,
         )
 
     # --------------------------------------------------------------- tools

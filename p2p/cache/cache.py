@@ -1,8 +1,15 @@
 """``ResultCache``: what the scheduler asks before inference and tells after it.
 
-Lookups go local first, then to a few peers that advertise a shared cache; a hit carries the
-original run's result and stats. Every disk read, write and every seal/unseal runs in a worker
-thread (``trio.to_thread``): the event loop never waits on SQLite or AES.
+Lookups go local first, then to peers known to hold the key (:mod:`p2p.cache.index`); a hit
+carries the original run's result and stats. Every disk read, write and every seal/unseal runs
+in a worker thread (``trio.to_thread``): the event loop never waits on SQLite or AES.
+
+What a task pays on the hot path, where most lookups miss (docs/architecture.md §14): its key
+(an HMAC of a short input, computed in place: cheaper than a thread hop), a miss answered from
+the in-memory key prefixes (no disk, no thread, no request unless a peer holds the key), and a
+store that is staged in memory and written with others in one transaction (``run``: one thread
+hop and one commit per ``FLUSH_S``). A staged entry is found by lookups here at once; a node
+killed before the write loses it, which costs a recomputation, never a result.
 """
 
 from __future__ import annotations
@@ -16,16 +23,22 @@ from typing import Any
 import structlog
 import trio
 
+from p2p.cache.index import KeyIndex
 from p2p.cache.keys import CacheKeys, cache_key, cache_keys
-from p2p.cache.remote import CacheServer, PeerOffer, ask_peers
+from p2p.cache.remote import CacheServer, PeerOffer, ask_peer, fetch_index
 from p2p.cache.seal import AuthError, decode_entry, encode_entry, seal, unseal
 from p2p.cache.store import CacheStore
-from p2p.protocols.cache import MAX_ENTRY_BYTES, MAX_KEYS
+from p2p.protocols.cache import MAX_ENTRY_BYTES, MAX_KEYS, MAX_PREFIXES
 
 log = structlog.get_logger("p2p.cache")
 
 STORE_FILE = "cache.sqlite"
 BATCH_S = 0.005  # remote lookups started within this window travel in one request per peer
+FLUSH_S = 0.05  # staged entries are written together this often
+MAX_STAGED = 4096  # past this many unwritten entries, a store waits for its own write
+INLINE_KEY_CHARS = 16384  # a task's key is computed in place below this input size, in a thread above
+INDEX_POLL_S = 1.0  # how often peers' advertised index positions are compared with ours
+INDEX_ROUNDS = 64  # most index replies taken from one peer in one go (64 x 16,384 prefixes)
 
 
 class _Wait:
@@ -72,6 +85,11 @@ class ResultCache:
         self._leading = False  # a lookup is gathering the batch
         self._offers: Callable[[], list[PeerOffer]] = list
         self.server: CacheServer | None = None
+        self.index = KeyIndex()
+        self._staged: dict[bytes, CacheEntry] = {}  # stored here, not yet written (see ``run``)
+        self._staged_wanted = trio.Event()
+        self._running = False
+        self.remote_asks = 0  # lookup requests sent to peers (each for up to MAX_KEYS keys)
 
     @classmethod
     def open(cls, data_dir: Path, network_key: bytes | None, *, max_bytes: int, remote_timeout_s: float = 1.0,
@@ -82,6 +100,7 @@ class ResultCache:
         return cls(keys, store, remote_timeout_s=remote_timeout_s, remote_peers=remote_peers)
 
     def close(self) -> None:
+        self.flush()
         self.store.close()
 
     @property
@@ -97,6 +116,8 @@ class ResultCache:
         return cache_key(self.keys, spec.model_cid or spec.model, spec.task, dict(spec.params), spec.input)
 
     async def key_for(self, spec: Any) -> bytes:
+        if len(spec.input) <= INLINE_KEY_CHARS:  # an HMAC of a few KiB: cheaper than the thread hop
+            return self.key_sync(spec)
         return await trio.to_thread.run_sync(self.key_sync, spec)
 
     @asynccontextmanager
@@ -138,6 +159,11 @@ class ResultCache:
             return None, True
 
     async def get_local(self, key: bytes) -> CacheEntry | None:
+        staged = self._staged.get(key)
+        if staged is not None:
+            return staged
+        if not self.store.may_hold(key):  # the common miss: no disk read, no thread
+            return None
         entry, failed = await trio.to_thread.run_sync(self._get_local_sync, key)
         if failed:
             self.auth_failures += 1
@@ -159,13 +185,13 @@ class ResultCache:
         return entry
 
     async def get_remote(self, key: bytes) -> CacheEntry | None:
-        """``key`` from a peer that advertises a shared cache, verified and stored here; None
-        when nobody has it within ``remote_timeout_s``. Keys asked at the same moment travel
-        together: the first asker waits ``BATCH_S`` for the others, then asks for them all."""
-        if not self.shared or self._net is None:
+        """``key`` from a peer known to hold it (its key index), verified and stored here; None
+        when none does, or none answers within ``remote_timeout_s``. Keys asked at the same
+        moment travel together: the first asker waits ``BATCH_S`` for the others."""
+        if not self.shared or self._net is None or self.remote_peers == 0:
             return None
-        if not any(o.peer_id not in self.bad_peers for o in self._offers()):
-            return None  # nobody to ask: no batching delay
+        if not any(p not in self.bad_peers for p in self.index.holders(key)):
+            return None  # nobody holds it: no request, no batching delay
         wait = self._batch.get(key)
         if wait is None:
             wait = self._batch[key] = _Wait()
@@ -182,17 +208,21 @@ class ResultCache:
         return wait.entry
 
     async def _fetch(self, batch: dict[bytes, "_Wait"]) -> None:
-        """Ask peers for every key of ``batch``; store what verifies; wake every waiter."""
+        """Ask each key of ``batch`` of up to ``remote_peers`` of its holders (one request per
+        peer for all its keys); store what verifies; wake every waiter."""
         try:
-            offers = [o for o in self._offers() if o.peer_id not in self.bad_peers]
-            keys = list(batch)
+            asks: dict[str, list[bytes]] = {}
+            for key in batch:
+                for peer in [p for p in self.index.holders(key) if p not in self.bad_peers][:self.remote_peers]:
+                    asks.setdefault(peer, []).append(key)
             found: dict[bytes, tuple[str, bytes, CacheEntry]] = {}
-            log.debug("cache lookup at peers", keys=len(keys), peers=[o.peer_id for o in offers],
-                      skipped=sorted(self.bad_peers))
-            if offers:
+            log.debug("cache lookup at peers", keys=len(batch), peers=sorted(asks))
+            with trio.move_on_after(self.remote_timeout_s):
                 async with trio.open_nursery() as nursery:
-                    for i in range(0, len(keys), MAX_KEYS):
-                        nursery.start_soon(self._fetch_some, offers, keys[i:i + MAX_KEYS], found)
+                    for peer, keys in asks.items():
+                        for i in range(0, len(keys), MAX_KEYS):
+                            self.remote_asks += 1
+                            nursery.start_soon(self._fetch_some, peer, keys[i:i + MAX_KEYS], found)
             if found:
                 await trio.to_thread.run_sync(self._put_many_sync, [(k, sealed) for k, (_, sealed, _) in found.items()])
             for key, (peer, _, entry) in found.items():
@@ -201,13 +231,13 @@ class ResultCache:
             for wait in batch.values():
                 wait.done.set()
 
-    async def _fetch_some(self, offers: list[PeerOffer], keys: list[bytes], found: dict[bytes, Any]) -> None:
-        found.update(await ask_peers(self._net, offers, keys, peers=self.remote_peers, timeout_s=self.remote_timeout_s,
-                                     verify=self._verify_remote))
+    async def _fetch_some(self, peer: str, keys: list[bytes], found: dict[bytes, Any]) -> None:
+        got = await ask_peer(self._net, peer, keys, timeout_s=self.remote_timeout_s, verify=self._verify_remote)
+        for key, value in got.items():
+            found.setdefault(key, value)
 
-    def _put_many_sync(self, entries: list[tuple[bytes, bytes]]) -> None:
-        for key, sealed in entries:
-            self.store.put(key, sealed)
+    def _put_many_sync(self, entries: list[tuple[bytes, bytes]]) -> int:
+        return sum(self.store.put_many(entries))
 
     def _open_many_sync(self, items: list[tuple[bytes, bytes]]) -> list[CacheEntry | str]:
         out: list[CacheEntry | str] = []
@@ -236,18 +266,81 @@ class ResultCache:
 
     # ---------------------------------------------------------------- stores
 
-    def _put_sync(self, key: bytes, result: dict[str, Any], stats: dict[str, Any]) -> bool:
-        sealed = seal(self.keys.entry, key, encode_entry(result, stats))
-        if len(sealed) > MAX_ENTRY_BYTES:
-            return False  # too large to travel: recomputed rather than cached
-        return self.store.put(key, sealed)
+    def _seal_sync(self, key: bytes, entry: CacheEntry) -> bytes | None:
+        sealed = seal(self.keys.entry, key, encode_entry(entry.result, entry.stats))
+        return sealed if len(sealed) <= MAX_ENTRY_BYTES else None  # too large to travel: recomputed
+
+    def _write_sync(self, staged: list[tuple[bytes, CacheEntry]]) -> int:
+        """Seal and write entries in one transaction: how many were kept."""
+        sealed = [(k, s) for k, e in staged if (s := self._seal_sync(k, e)) is not None]
+        return self._put_many_sync(sealed)
 
     async def put(self, key: bytes, result: dict[str, Any], stats: dict[str, Any]) -> bool:
-        """Seal and store a result of a real run (False when it is too large to keep)."""
-        ok = await trio.to_thread.run_sync(self._put_sync, key, result, stats)
-        if ok:
-            self.stored += 1
-        return ok
+        """Keep the result of a real run. While ``run`` is running, the entry is staged (found
+        by lookups here at once) and written with others; otherwise it is written now. False
+        when it is too large to keep (known only when written now)."""
+        entry = CacheEntry(result, stats)
+        if self._running and len(self._staged) < MAX_STAGED:
+            self._staged[key] = entry
+            self._staged_wanted.set()
+            return True
+        kept = await trio.to_thread.run_sync(self._write_sync, [(key, entry)])
+        self.stored += kept
+        return kept > 0
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The cache's own tasks, in the node's nursery: write staged entries, and follow the
+        key index of the peers that offer a shared cache."""
+        self._running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                if self.shared:
+                    nursery.start_soon(self._follow_index)
+                task_status.started()
+        finally:
+            self._running = False
+
+    async def _writer(self) -> None:
+        while True:
+            await self._staged_wanted.wait()
+            await trio.sleep(FLUSH_S)  # gather what the next tasks store
+            self._staged_wanted = trio.Event()
+            staged = list(self._staged.items())
+            try:
+                self.stored += await trio.to_thread.run_sync(self._write_sync, staged)
+            except Exception as exc:  # noqa: BLE001 - a cache write fault loses entries, never results
+                log.warning("could not write cache entries; they will be recomputed", entries=len(staged), error=str(exc))
+            for key, entry in staged:
+                if self._staged.get(key) is entry:
+                    del self._staged[key]
+
+    async def _follow_index(self) -> None:
+        while True:
+            await self.sync_index()
+            await trio.sleep(INDEX_POLL_S)
+
+    async def sync_index(self) -> None:
+        """For each peer whose heartbeat advertises entries past what we hold of its key index,
+        ask it for the keys stored since (forgetting peers no longer offered)."""
+        from p2p.net.errors import NetError
+        from p2p.protocols.wire import WireError
+
+        offers = self._offers() if self._net is not None else []
+        self.index.retain({o.peer_id for o in offers})
+        for offer in offers:
+            if offer.peer_id in self.bad_peers or not self.index.behind(offer.peer_id, offer.seq):
+                continue
+            try:
+                for _ in range(INDEX_ROUNDS):
+                    epoch, seq = self.index.position(offer.peer_id)
+                    epoch, seq, more, prefixes = await fetch_index(
+                        self._net, offer.peer_id, epoch, seq, timeout_s=max(self.remote_timeout_s, 5.0))
+                    self.index.learn(offer.peer_id, epoch, seq, prefixes)
+                    if not more:
+                        break
+            except (NetError, WireError) as exc:
+                log.debug("cache index request failed", peer=offer.peer_id, error=str(exc))
 
     # --------------------------------------------------------------- network
 
@@ -257,8 +350,15 @@ class ResultCache:
         if not self.shared:
             return None
         self._net, self._offers = net, offers
-        self.server = CacheServer(self._serve_read, max_frame_bytes)
+        self.server = CacheServer(self._serve_read, self._serve_index, max_frame_bytes)
         return self.server
+
+    async def _serve_index(self, epoch: bytes, seq: int) -> tuple[bytes, int, bool, list[bytes]]:
+        """The key prefixes stored after ``seq`` (from the start when asked under another epoch)."""
+        store = self.store
+        start = seq if epoch == store.epoch else 0
+        prefixes, last, more = await trio.to_thread.run_sync(store.since, start, MAX_PREFIXES)
+        return store.epoch, last, more, prefixes
 
     async def _serve_read(self, keys: list[bytes]) -> list[bytes | None]:
         """Sealed entries to send a peer, each checked first: one that fails is dropped, not sent."""
@@ -287,6 +387,17 @@ class ResultCache:
         """What the heartbeat advertises: entries peers may ask for (0 for a local cache)."""
         return self.store.entries if self.shared else 0
 
+    def advertised_seq(self) -> int:
+        """The seq of the newest written entry (0 for a local cache): peers behind it ask for
+        the keys stored since."""
+        return self.store.seq if self.shared else 0
+
+    def flush(self) -> None:
+        """Write what is still staged (blocking: at shutdown, once the node's tasks ended)."""
+        staged, self._staged = list(self._staged.items()), {}
+        if staged:
+            self.stored += self._write_sync(staged)
+
     def info(self) -> dict[str, Any]:
         return {
             "entries": self.store.entries,
@@ -295,6 +406,9 @@ class ResultCache:
             "hits": self.hits,
             "misses": self.misses,
             "remote_hits": self.remote_hits,
+            "remote_asks": self.remote_asks,
+            "staged": len(self._staged),
+            "index_peers": len(self.index.peers()),
             "auth_failures": self.auth_failures,
             "stored": self.stored,
             "evictions": self.store.evictions,
@@ -320,5 +434,5 @@ def open_node_cache(config: Any) -> ResultCache | None:
 
 def cache_offers(peers: Any, net: Any, me: str) -> list[PeerOffer]:
     """Live, connected peers (``peers``: the PeerTable) whose heartbeat offers a shared cache."""
-    return [PeerOffer(r.heartbeat.peer_id, r.heartbeat.cache_entries) for r in peers.records()
+    return [PeerOffer(r.heartbeat.peer_id, r.heartbeat.cache_entries, r.heartbeat.cache_seq) for r in peers.records()
             if r.heartbeat.cache_entries > 0 and r.heartbeat.peer_id != me and net.is_connected(r.heartbeat.peer_id)]

@@ -35,6 +35,9 @@ class Heartbeat(BaseModel):
     # Entries of this peer's shared result cache (p2p.cache): peers ask only those that offer
     # some. 0 for a peer whose cache is off or local (an open network's): it is never asked.
     cache_entries: int = Field(0, ge=0, le=1 << 40)
+    # The seq of the newest entry of that cache: a peer whose key index of ours is behind it asks
+    # for the keys stored since (p2p.cache.index). 0 from a peer that does not follow indexes.
+    cache_seq: int = Field(0, ge=0, le=1 << 62)
     # Rises with every heartbeat a peer sends (and across its restarts: it starts from the wall
     # clock in ns). Gossip may deliver an older heartbeat after a newer one; the peer table keeps
     # the newest. 0 from a peer that does not number them: then the last one heard is kept.

@@ -149,16 +149,20 @@ async def test_lru_keeps_the_cache_within_max_bytes(tmp_path: Path, max_bytes: i
 
 
 class ForgingNet:
-    """A network whose one peer answers every cache request with a forged entry (a member's
-    real entry for another key: well-formed, sealed under the right key, for the wrong request)."""
+    """A network whose one peer claims (in its key index) to hold ``claims`` and answers every
+    lookup with a forged entry (a member's real entry for another key: well-formed, sealed
+    under the right key, for the wrong request)."""
 
-    def __init__(self, forged: bytes) -> None:
+    def __init__(self, forged: bytes, claims: list[bytes]) -> None:
         self.forged = forged
+        self.claims = claims
         self.asked: list[str] = []
 
     async def request(self, peer: str, protocol: str, payload: bytes, timeout: float) -> bytes:
-        from p2p.protocols.cache import decode_get, encode_got
+        from p2p.protocols.cache import decode_get, encode_got, encode_keys, request_kind
 
+        if request_kind(payload) == "since":
+            return encode_keys(b"\x01" * 8, len(self.claims), False, [k[:8] for k in self.claims])
         self.asked.append(peer)
         return encode_got([self.forged for _ in decode_get(payload)])
 
@@ -167,12 +171,14 @@ async def test_a_peer_that_sent_a_forged_entry_is_noted_and_not_asked_again(tmp_
     from p2p.cache.remote import PeerOffer
 
     cache = ResultCache.open(tmp_path, NET_KEY, max_bytes=1 << 20)
-    k1, k2 = await cache.key_for(Spec("one")), await cache.key_for(Spec("two"))
+    k1, k2, k3 = [await cache.key_for(Spec(t)) for t in ("one", "two", "three")]
     await cache.put(k1, *_result()[:2])
-    net = ForgingNet(cache.store.get(k1))
-    cache.attach(net, lambda: [PeerOffer("forger", 10)], max_frame_bytes=1 << 20)
+    net = ForgingNet(cache.store.get(k1), claims=[k2])
+    cache.attach(net, lambda: [PeerOffer("forger", 10, seq=1)], max_frame_bytes=1 << 20)
+    await cache.sync_index()
+    assert await cache.get(k3) is None and net.asked == [], "a key no peer holds is asked of nobody"
     assert await cache.get(k2) is None
     assert net.asked == ["forger"] and cache.auth_failures == 1 and cache.bad_peers == {"forger": 1}
-    assert not cache.store.has(k2) and cache.remote_hits == 0 and cache.misses == 1
+    assert not cache.store.has(k2) and cache.remote_hits == 0 and cache.misses == 2
     assert await cache.get(k2) is None and net.asked == ["forger"]  # not asked again
     cache.close()
