@@ -69,7 +69,7 @@ from p2p.net.framing import FrameError
 from p2p.net.logs import quiet_library_logs
 from p2p.net.mdns import mdns_discovery
 from p2p.net.ratelog import peer_log
-from p2p.net.streams import FramedStream
+from p2p.net.streams import FramedStream, Traffic
 
 log = structlog.get_logger(__name__)
 
@@ -181,6 +181,7 @@ class NetHost:
         self._topics: dict[str, Fanout[GossipMessage]] = {}
         self._subscribe_lock = trio.Lock()
         self._dialing: set[str] = set()
+        self.traffic = Traffic()  # payload bytes and messages moved (read by the metrics)
 
     # --- identity and addresses -------------------------------------------------------------
 
@@ -403,6 +404,8 @@ class NetHost:
         if len(data) > GOSSIP_MAX_MESSAGE_BYTES - 1024:
             raise ValueError(f"gossip message of {len(data)} bytes is over the ~1 MiB pubsub limit")
         await self._pubsub.publish(topic, data)
+        self.traffic.gossip_messages_out += 1
+        self.traffic.gossip_bytes_out += len(data)
 
     @asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[trio.MemoryReceiveChannel[GossipMessage]]:
@@ -434,6 +437,8 @@ class NetHost:
                     continue
                 if origin == self._peer_id or not self.allowed(origin):
                     continue
+                self.traffic.gossip_messages_in += 1
+                self.traffic.gossip_bytes_in += len(msg.data)
                 fanout.publish(GossipMessage(origin, bytes(msg.data)))
         except Exception as exc:  # noqa: BLE001 - keep the host up; subscribers just stop hearing
             log.warning("gossip subscription ended", topic=topic, error=describe(exc))
@@ -456,7 +461,7 @@ class NetHost:
 
         async def _serve(raw: INetStream) -> None:
             peer = str(raw.muxed_conn.peer_id)
-            stream = FramedStream(raw, peer, protocol_id, self._max_frame)
+            stream = FramedStream(raw, peer, protocol_id, self._max_frame, self.traffic)
             if not self.allowed(peer):
                 log.info("refusing stream from peer not in allow_peers", peer=peer, protocol=protocol_id)
                 await stream.reset()
@@ -496,7 +501,7 @@ class NetHost:
             raw = await self._host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])
         except Exception as exc:  # noqa: BLE001
             raise RequestError(f"cannot open {protocol_id} to {peer_id}: {describe(exc)}") from None
-        stream = FramedStream(raw, peer_id, protocol_id, self._max_frame)
+        stream = FramedStream(raw, peer_id, protocol_id, self._max_frame, self.traffic)
         try:
             yield stream
         except BaseException:
