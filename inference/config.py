@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Backend = Literal["auto", "onnx", "torch"]
 
@@ -27,3 +27,26 @@ class InferenceConfig(BaseModel):
     auto_pull: bool = Field(False, description="when idle, pull a model that queued tasks this peer may run need (p2p.content.autopull)")
     onnx_opset: int = Field(17, ge=11, le=23)
     cache_dir: str = Field("", description="ONNX export cache; empty means <data_dir>/onnx")
+    # The worker pool (inference.pool): see configs/default.toml for what was measured.
+    pool: bool = Field(False, description=(
+        "run inference in an autoscaled pool of worker processes; false runs it in threads of this process"))
+    workers_min: int = Field(1, ge=1, le=256, description="workers kept once the first inference started one")
+    workers_max: int = Field(1, ge=1, le=256, description="most workers the pool scales up to on queue depth")
+    worker_idle_s: float = Field(30.0, gt=0, le=86_400, description="a worker idle this long is stopped (down to workers_min)")
+
+    @field_validator("workers_max")
+    @classmethod
+    def _max_at_least_min(cls, v: int, info: ValidationInfo) -> int:
+        lo = info.data.get("workers_min")
+        if lo is not None and v < lo:
+            raise ValueError(f"inference.workers_max ({v}) is below inference.workers_min ({lo}); "
+                             "set workers_min <= workers_max")
+        return v
+
+    def worker_threads(self, cores: int) -> int:
+        """Intra-op threads each worker's runtime uses: ``threads`` when set, else the usable
+        cores shared out among ``workers_max`` workers (so a full pool does not oversubscribe)."""
+        if self.threads > 0:
+            return self.threads
+        return max(1, cores // self.workers_max)
+
