@@ -216,8 +216,11 @@ def _host_patterns(host: str) -> tuple[list[str], list[str]]:
     return [f"{name}:*"], [f"http://{name}:*", f"https://{name}:*"]
 
 
-def http_app(server: Any, transport: str, host: str, port: int, token: str, allowed_hosts: list[str] = ()) -> Any:
-    """The SDK's ASGI app for ``transport``, with DNS-rebinding protection and optional auth.
+def http_app(server: Any, transport: str, host: str, port: int, token: str, allowed_hosts: list[str] = (),
+             metrics: Any = None) -> Any:
+    """The SDK's ASGI app for ``transport``, with DNS-rebinding protection and optional auth;
+    with ``metrics`` (a :class:`mcp_server.metrics.NodeMetrics`) also ``GET /metrics``, behind
+    the same token and the same Host/Origin check.
 
     The SDK protects only 127.0.0.1, localhost and ::1 by itself, so every other bind gets an
     explicit Host/Origin allowlist: the bind address, loopback, and ``mcp.allowed_hosts``. A
@@ -245,6 +248,16 @@ def http_app(server: Any, transport: str, host: str, port: int, token: str, allo
     else:
         app = server.sse_app(host=host, transport_security=security)
     app = JsonRpcIdGuard(app)
+    if metrics is not None:
+        from mcp_server.metrics import MetricsRoute
+
+        # the SDK's own default for a 127.0.0.1/localhost/::1 bind, which it applies only to its routes
+        loopback = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+            allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+        )
+        app = MetricsRoute(app, metrics, security if security is not None else loopback)
     return BearerAuth(app, token) if token else app
 
 
@@ -296,13 +309,28 @@ async def serve_node(
                 if on_ready:
                     await _maybe_await(on_ready(node, []))
             else:
-                app = http_app(server, transport, host, port, settings.mcp.auth_token, settings.mcp.allowed_hosts)
+                metrics = await nursery.start(_hold_metrics, node)
+                app = http_app(server, transport, host, port, settings.mcp.auth_token, settings.mcp.allowed_hosts,
+                               metrics=metrics)
                 binds = await nursery.start(serve_http, app, host, port)
                 path = "/mcp" if transport == "http" else "/sse"
                 urls = [f"{b}{path}" for b in binds]
                 log.info("mcp serving", transport=transport, urls=urls, peer_id=node.peer_id)
                 if on_ready:
                     await _maybe_await(on_ready(node, urls))
+
+
+async def _hold_metrics(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """The node's metrics (``/metrics`` on the HTTP port) for as long as the server runs; only
+    HTTP/SSE servers pay for them (prometheus_client is imported here, not by stdio nodes)."""
+    from mcp_server.metrics import NodeMetrics
+
+    metrics = NodeMetrics(node)
+    try:
+        task_status.started(metrics)
+        await trio.sleep_forever()
+    finally:
+        metrics.close()
 
 
 async def _maybe_await(x: Any) -> None:
