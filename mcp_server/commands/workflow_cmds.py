@@ -1,4 +1,4 @@
-"""CLI commands for workflows on a running node: ``workflow submit``.
+"""CLI commands for workflows on a running node: ``workflow submit``, ``workflow results``.
 
 They talk to the node over its MCP endpoint (``--url``, default ``http://<mcp.host>:<mcp.port>/mcp``)
 with the SDK client, exactly as an agent would: the CLI is one more MCP client, never a second
@@ -18,7 +18,7 @@ from mcp_server.cli import CliError, cli_settings, node_call
 
 @click.group("workflow")
 def workflow_group() -> None:
-    """Submit workflows to a running node (`p2p start` or `mcp serve --transport http`)."""
+    """Submit workflows to a running node (`p2p start` or `mcp serve --transport http`) and export their results."""
 
 
 @workflow_group.command("submit")
@@ -83,6 +83,56 @@ def submit(ctx: click.Context, texts: tuple[str, ...], file: Path | None, model:
         return
     click.echo(f"{out['workflow_id']}: {out['state']} — {out['completed']}/{out['total']} done, {out['failed']} failed"
                + (f", replicas={out['replicas']}" if out.get("replicas", 1) > 1 else ""))
+
+
+@workflow_group.command("results")
+@click.argument("workflow_id")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The file to write: .jsonl, .npy or .parquet. The node writes it, so it is a path on the node's "
+                   "machine (made absolute here).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "npy", "parquet"]), default=None,
+              help="The format (default: from --out's extension).")
+@click.option("--partial", is_flag=True, help="Export a workflow that is not completed; tasks without a result are "
+                                              "marked (jsonl/parquet: output null, state, error; npy: a NaN row).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1, 86_400), default=3600, show_default=True)
+@click.option("--url", default=None, help="MCP URL of the running node (default: http://<mcp.host>:<mcp.port>/mcp).")
+@click.option("--json", "as_json", is_flag=True, help="Print the tool's reply as one JSON object.")
+@click.pass_context
+def results(ctx: click.Context, workflow_id: str, out: Path, fmt: str | None, partial: bool, overwrite: bool,
+            timeout_s: float, url: str | None, as_json: bool) -> None:
+    """Export WORKFLOW_ID's results to --out, one row per task in task order (a progress bar on stderr)."""
+    settings = cli_settings(ctx)
+    url = url or f"http://{settings.mcp.host}:{settings.mcp.port}/mcp"
+    path = str(out.expanduser().absolute())
+    args: dict[str, Any] = {"workflow_id": workflow_id, "path": path, "partial": partial, "overwrite": overwrite}
+    if fmt is not None:
+        args["format"] = fmt
+    import trio
+    from mcp import Client
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    async def main() -> Any:
+        with trio.fail_after(timeout_s):
+            async with Client(url) as client:
+                with Progress(TextColumn(f"{workflow_id[:12]}… → {out.name}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), console=Console(stderr=True), disable=as_json) as bar:
+                    job = bar.add_task("export", total=None)
+
+                    async def progress(done: float, total: float | None, message: str | None) -> None:
+                        bar.update(job, completed=done, total=total)
+
+                    return await client.call_tool("export_workflow_results", args, read_timeout_seconds=timeout_s,
+                                                  progress_callback=progress)
+
+    res = node_call(main, url, timeout_s, "the export did not finish")
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    shape = f", shape {res['shape'][0]}x{res['shape'][1]}" if res.get("shape") else ""
+    missing = f" ({res['without_output']} without a result)" if res.get("without_output") else ""
+    click.echo(f"{res['path']}: {res['rows']} rows{missing}, {res['format']}{shape}, {res['bytes']:,} bytes")
 
 
 COMMANDS = [workflow_group]
