@@ -568,9 +568,9 @@ class Node:
         limit = len(wf.task_ids) if limit is None else limit
         if limit < 0:
             raise NodeError("limit must be >= 0")
-        return workflow_status(
+        return workflow_status(  # O(1) + O(page): counts are kept by the fold, the page is a slice
             self.scheduler.state, wf, include_results=include_results, offset=offset, limit=limit, load_block=self._load_block,
-            waiting=self._waiting_reason() if wf.replicas > 1 else None,
+            waiting=self._waiting_reason() if wf.replicas > 1 and limit > 0 else None,
         )
 
     def _waiting_reason(self) -> Callable[[Any, Any], str | None]:
@@ -670,13 +670,8 @@ class Node:
         if limit < 1:
             raise NodeError("limit must be >= 1")
         st = self.scheduler.state
-        out = []
-        for wf in sorted(st.workflows.values(), key=lambda w: (-w.created_at, w.workflow_id)):
-            if state is None or st.workflow_status(wf).value == state:
-                out.append(workflow_summary(st, wf))
-                if len(out) >= limit:
-                    break
-        return out
+        # newest first, read off the fold's listing index: O(limit), never a sort of every workflow
+        return [workflow_summary(st, wf) for wf in st.listed(None if state is None else WorkflowStatus(state), limit)]
 
     async def run_inference(self, model: str, inputs: list[str], task: str | None = None) -> dict[str, Any]:
         """The direct path: run on this peer now, through the same batching executor."""

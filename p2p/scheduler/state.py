@@ -733,6 +733,13 @@ class State:
     _lstatus: dict[str, TaskStatus] = field(default_factory=dict, repr=False)
     _verdict_sig: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False)
     outvoted: dict[str, int] = field(default_factory=dict)
+    # The listing index (``listed``): every workflow's key (-created_at, id), newest first, in
+    # one sorted list and in its status's, kept by ``apply_event`` for the workflows an event
+    # touched, so a listing costs what it returns, not a sort of every workflow. Derived from
+    # the state alone, so every peer holding the same events lists the same workflows.
+    _listing: list[tuple[float, str]] = field(default_factory=list, repr=False)
+    _listing_by: dict[WorkflowStatus, list[tuple[float, str]]] = field(default_factory=dict, repr=False)
+    _listed_as: dict[str, tuple[tuple[float, str], WorkflowStatus]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.shared.replica_check = self._replica_refusal
@@ -980,6 +987,31 @@ class State:
             return WorkflowStatus.PENDING
         return WorkflowStatus.RUNNING
 
+    def listed(self, status: WorkflowStatus | None = None, limit: int | None = None) -> list[WorkflowState]:
+        """Workflows newest first (created_at, then id), only those in ``status`` when given:
+        the first ``limit`` of them, read off the listing index in O(limit)."""
+        keys = self._listing if status is None else self._listing_by.get(status, [])
+        return [self.workflows[wid] for _, wid in (keys if limit is None else keys[:limit])]
+
+    def reindex(self, workflow_ids: Iterable[str]) -> None:
+        """File these workflows in the listing index under their current key and status."""
+        for wid in workflow_ids:
+            wf = self.workflows.get(wid)
+            if wf is None:
+                continue
+            now = ((-wf.created_at, wid), self.workflow_status(wf))
+            was = self._listed_as.get(wid)
+            if was == now:
+                continue
+            if was is not None:
+                _unfile(self._listing_by[was[1]], was[0])
+                if was[0] != now[0]:
+                    _unfile(self._listing, was[0])
+            if was is None or was[0] != now[0]:
+                bisect.insort(self._listing, now[0])
+            bisect.insort(self._listing_by.setdefault(now[1], []), now[0])
+            self._listed_as[wid] = now
+
     def counts(self, wf: WorkflowState) -> dict[TaskStatus, int]:
         return dict(self._counts.get(wf.workflow_id) or dict.fromkeys(TaskStatus, 0))
 
@@ -1095,7 +1127,14 @@ def apply_event(
         state._max_seq[author] = at
     _with_siblings(state, touched)
     state.refresh(t for t in touched if not t.startswith("wf:"))
+    state.reindex({t[3:] if t.startswith("wf:") else t.partition("/")[0] for t in touched})
     return touched
+
+
+def _unfile(keys: list[tuple[float, str]], key: tuple[float, str]) -> None:
+    i = bisect.bisect_left(keys, key)
+    if i < len(keys) and keys[i] == key:
+        del keys[i]
 
 
 def _with_siblings(state: State, touched: set[str]) -> None:
