@@ -68,9 +68,10 @@ WorkflowId = Annotated[str, Field(min_length=1, description="The workflow_id ret
 Priority = Annotated[int, Field(ge=1, le=10, description="1 is the highest priority, 10 the lowest.")]
 IncludeResults = Annotated[bool, Field(description="Include each done task's result (outputs can be large).")]
 Offset = Annotated[int, Field(ge=0, description="First task of the page, in submission order.")]
-Limit = Annotated[int | None, Field(ge=1, le=10_000, description=(
-    "Most tasks in the page; default: the server's page size (100). A page is also cut to fit one "
-    "reply (under 1 MiB); then limit says how many it holds and has_more is true."))]
+Limit = Annotated[int | None, Field(ge=0, le=10_000, description=(
+    "Most tasks in the page; default: the server's page size (100); 0: the counts and state only, "
+    "no tasks (the cheapest call, whatever the workflow's size: use it to poll progress). A page "
+    "is also cut to fit one reply (under 1 MiB); then limit says how many it holds and has_more is true."))]
 
 # The SDK's streamable-HTTP client refuses a server event over 1 MiB (DEFAULT_MAX_SSE_EVENT_SIZE),
 # and one tools/call reply is one event. Pages are cut to leave room for the JSON-RPC envelope.
@@ -166,7 +167,9 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
         def fetch(at: int, count: int) -> dict[str, Any]:
             return _call(node.workflow_status, workflow_id, include_results, at, count)
 
-        return WorkflowStatusOut.model_validate(build_page(fetch, offset, limit or page_size))
+        if limit == 0:  # counts and state only: O(1), nothing to fit into the reply
+            return WorkflowStatusOut.model_validate(fetch(offset, 0))
+        return WorkflowStatusOut.model_validate(build_page(fetch, offset, page_size if limit is None else limit))
 
     @server.tool(
         annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False)

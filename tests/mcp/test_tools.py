@@ -143,6 +143,29 @@ async def test_cancel_priority_list_and_paging(tmp_path: Any, shared_cache_dir: 
             listed = await _call(client, "list_workflows", state="cancelled")
             assert [w["workflow_id"] for w in listed["workflows"]] == [a["workflow_id"]]
             assert len((await _call(client, "list_workflows", limit=1))["workflows"]) == 1
+            newest = [w["workflow_id"] for w in (await _call(client, "list_workflows"))["workflows"]]
+            assert newest == [b["workflow_id"], a["workflow_id"]]
+            await _check_counts_only(client, a["workflow_id"], 40)
+
+
+def _tally(tasks: list[dict[str, Any]]) -> dict[str, int]:
+    """A summary's counts, from its tasks' states."""
+    states = [t["state"] for t in tasks]
+    return {"completed": states.count("done"), "failed": states.count("failed"), "cancelled": states.count("cancelled"),
+            "running": states.count("running"), "pending": states.count("queued") + states.count("claimed")}
+
+
+async def _check_counts_only(client: Client, wid: str, total: int) -> None:
+    """limit=0 (get_workflow_status and wait_for_workflow): the counts and state of a full page's
+    tasks, and no task."""
+    full = await _call(client, "get_workflow_status", workflow_id=wid, limit=total)
+    assert len(full["tasks"]) == total and full["has_more"] is False
+    for tool, extra in (("get_workflow_status", {}), ("wait_for_workflow", {"timeout_s": 0})):
+        only = await _call(client, tool, workflow_id=wid, limit=0, **extra)
+        assert only["tasks"] == [] and only["limit"] == 0 and only["total"] == total, tool
+        assert {k: only[k] for k in _tally(full["tasks"])} == _tally(full["tasks"]), tool
+        assert only["state"] == full["state"], tool
+    assert "limit" in await _error(client, "get_workflow_status", workflow_id=wid, limit=-1)
 
 
 async def test_wait_times_out_with_the_current_state(tmp_path: Any, shared_cache_dir: Any) -> None:
@@ -155,6 +178,7 @@ async def test_wait_times_out_with_the_current_state(tmp_path: Any, shared_cache
             sub = await _call(client, "submit_workflow", name="stuck", tasks=_tasks(2), tag="p2p-only")
             st = await _call(client, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=0.5)
             assert st["state"] == "pending" and st["completed"] == 0 and st["pending"] == 2
+            await _check_counts_only(client, sub["workflow_id"], 2)
 
 
 async def test_node_info_peers_models_and_resources(node: Any) -> None:
