@@ -58,6 +58,22 @@ def _cached(tasks: list[dict[str, Any]]) -> int:
     return sum(1 for t in tasks if t.get("cached"))
 
 
+async def _index_caught_up(tmp: Path) -> None:
+    """Until B's key index of A's cache holds every entry A has written (B asks A only for keys
+    its index holds; A advertises new entries with its next heartbeat, B follows within a second)."""
+    import trio
+
+    from p2p.control import call as control
+
+    with trio.fail_after(60):
+        while True:
+            a_info = (await trio.to_thread.run_sync(control, tmp / "a", {"cmd": "info"}))["info"]["cache"]
+            b_info = (await trio.to_thread.run_sync(control, tmp / "b", {"cmd": "info"}))["info"]["cache"]
+            if a_info["staged"] == 0 and b_info["index_prefixes"] >= a_info["entries"]:
+                return
+            await trio.sleep(0.1)
+
+
 def main() -> None:
     import trio
 
@@ -98,6 +114,7 @@ def main() -> None:
                     t, tasks = await _timed(a, on_texts, f"repeat-{r}", cache=True)
                     times["repeat"].append(t)
                     require(_cached(tasks) == N_TASKS, f"repeat-{r}: {_cached(tasks)} of {N_TASKS} from the cache")
+                    await _index_caught_up(tmp)
                     t, tasks = await _timed(b, on_texts, f"remote-{r}", cache=True)
                     times["remote"].append(t)
                     if _cached(tasks) != N_TASKS:

@@ -92,7 +92,9 @@ class Node:
         self.consensus = config.consensus_settings()
         self.settings_digest = config.settings_digest()
         self.peers = PeerTable(
-            self.caps, lease_s=sched.lease_s, pause=self.pause, settings=self.consensus,
+            # without networking there are no peers to misjudge, and no ticker observes the
+            # clock: reads far apart would be logged as pauses of ours
+            self.caps, lease_s=sched.lease_s, pause=self.pause if config.network.enabled else None, settings=self.consensus,
             settings_digest=self.settings_digest, forget_s=config.network.peer_forget_s,
             max_peers=config.network.max_peers,
         )

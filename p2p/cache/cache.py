@@ -409,6 +409,7 @@ class ResultCache:
             "remote_asks": self.remote_asks,
             "staged": len(self._staged),
             "index_peers": len(self.index.peers()),
+            "index_prefixes": sum(self.index.prefixes(p) for p in self.index.peers()),
             "auth_failures": self.auth_failures,
             "stored": self.stored,
             "evictions": self.store.evictions,

@@ -162,9 +162,9 @@ async def test_staged_entries_are_found_at_once_written_together_and_flushed_at_
         got = await cache.get(keys[4])
         assert got is not None and got.result == _result(4)[0], "a staged entry is found at once"
         with trio.fail_after(30):
-            while not all(cache.store.has(k) for k in keys[:10]):
+            while cache.info()["staged"]:  # emptied once the write returned
                 await trio.sleep(0.01)
-        assert cache.stored == 10 and cache.store.seq == 10
+        assert cache.stored == 10 and cache.store.seq == 10 and all(cache.store.has(k) for k in keys[:10])
         for i, k in enumerate(keys[10:]):
             await cache.put(k, *_result(i)[:2])
         nursery.cancel_scope.cancel()

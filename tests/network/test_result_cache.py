@@ -1,7 +1,8 @@
 """The result cache between real peers (issue 10 item 3): real `p2p start` processes on loopback.
 
-- A peer that never ran a workflow gets every result from a peer's cache: ``cached: true``,
-  the original results and stats, counted as remote hits; ``cache: false`` runs them all.
+- A peer that never ran a workflow, once it holds the other's key index, gets every result from
+  that peer's cache: ``cached: true``, the original results and stats, counted as remote hits;
+  ``cache: false`` runs them all.
 - A tampering peer cannot poison the cache: a real node built from the project's own modules
   (``p2p.node.Node``, same network key, heartbeats advertising its cache) whose cache server
   flips one byte of every sealed entry it sends. The asker counts the authentication failure,
@@ -65,7 +66,7 @@ async def _seed(config: Any) -> int:
 
 async def _serve(args: argparse.Namespace) -> None:
     from p2p.node import Node
-    from p2p.protocols.cache import CACHE_PROTOCOL, decode_get, decode_got, encode_got
+    from p2p.protocols.cache import CACHE_PROTOCOL, decode_get, decode_got, encode_got, request_kind
     from p2p.settings import load_node_settings
 
     settings = load_node_settings(
@@ -79,6 +80,8 @@ async def _serve(args: argparse.Namespace) -> None:
         honest = node.cache.server
 
         async def flipping(peer: str, payload: bytes) -> bytes:
+            if request_kind(payload) == "since":  # its key index is honest: it holds every key asked
+                return await honest.handle(peer, payload)
             entries = decode_got(await honest.handle(peer, payload), len(decode_get(payload)))
             return encode_got([None if e is None else e[:-20] + bytes([e[-20] ^ 0x01]) + e[-19:] for e in entries])
 
@@ -123,6 +126,17 @@ async def _info(data_dir: Path) -> dict[str, Any]:
     return reply["info"]["cache"]
 
 
+async def _wait_index(peer: Peer, peers: int) -> None:
+    """Until ``peer`` holds the key index of ``peers`` peers' caches (it asks only peers whose
+    index holds a key: a node that just joined answers from its own runs until then)."""
+    from tests.cluster import eventually
+
+    async def indexed() -> bool:
+        return (await _info(peer.data_dir))["index_peers"] >= peers
+
+    await eventually(indexed, 60, f"{peer.name} to hold {peers} peer(s)' cache index")
+
+
 async def _run(peer: Peer, *, cache: bool = True) -> list[dict[str, Any]]:
     sub = await call(peer, "submit_workflow", name="cached", tag="local-only", cache=cache,
                      tasks=[{"model": DEFAULT_MODEL, "input": t} for t in TEXTS])
@@ -151,6 +165,7 @@ async def test_a_new_peer_is_answered_from_a_peers_cache(cluster: Cluster) -> No
 
     b = cluster.start("b", bootstrap=[a])
     await wait_peers(b, [a])
+    await _wait_index(b, 1)
     got = await _run(b)
     assert all(t.get("cached") for t in got), got
     for x, y in zip(first, got):  # the original results and stats, bit for bit
@@ -203,6 +218,7 @@ async def test_a_tampering_peer_cannot_poison_the_cache(cluster: Cluster) -> Non
         from tests.cluster import eventually
 
         await eventually(sees_its_cache, 60, "the victim to see the tamperer")
+        await _wait_index(victim, 1)
         got = await _run(victim)
         assert not any(t.get("cached") for t in got), "a forged entry was accepted"
         for t in got:  # run for real: a genuine embedding
