@@ -6,13 +6,18 @@
 It resolves the model, loads it lazily once per (model, task, backend) — concurrent first
 requests share one load, which runs in the engine's nursery so a cancelled first caller does
 not abort it for the others — and sends inputs through the batching executor.
+
+Two ways to run (``inference.pool``): in threads of this process (the model loaded here), or in
+an autoscaled pool of worker processes (inference.pool), each loading the model once on its
+first batch. ``workers_info`` and ``capacity`` describe either.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -65,8 +70,10 @@ class _PendingLoad:
 
 
 class InferenceEngine:
-    def __init__(self, config: InferenceConfig, data_dir: Path, executor: BatchingExecutor, nursery: trio.Nursery) -> None:
+    def __init__(self, config: InferenceConfig, data_dir: Path, executor: BatchingExecutor, nursery: trio.Nursery,
+                 pool: Any = None) -> None:
         self.config = config
+        self.pool = pool  # inference.pool.WorkerPool when config.pool, else None (in-process)
         self.data_dir = Path(data_dir).expanduser()
         self.executor = executor
         self._nursery = nursery
@@ -76,7 +83,7 @@ class InferenceEngine:
         # models pulled from peers (p2p.content) land here; searched after the configured dirs
         self.pulled_dir = self.data_dir / "models"
         self.model_dirs = [*config.model_dirs, str(self.pulled_dir)]
-        self.load_count = 0  # loads started; tests check that concurrent first requests share one
+        self._load_count = 0  # loads started; tests check that concurrent first requests share one
 
     @classmethod
     @asynccontextmanager
@@ -91,10 +98,17 @@ class InferenceEngine:
         cfg = config or InferenceConfig()
         configure_malloc()
         try:
-            async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
                 nursery.start_soon(Trimmer().run, name="malloc-trim")
+                pool = None
+                if cfg.pool:
+                    from inference.pool import WorkerPool
+
+                    pool = await stack.enter_async_context(WorkerPool.open(cfg, Path(data_dir).expanduser()))
                 async with BatchingExecutor.open(cfg.max_batch, cfg.max_wait_ms) as executor:
-                    engine = cls(cfg, Path(data_dir), executor, nursery)
+                    engine = cls(cfg, Path(data_dir), executor, nursery, pool)
+                    if pool is not None:
+                        pool.queue_depth = executor.queued
                     if preload:
                         await engine.warm()
                     try:
@@ -146,8 +160,52 @@ class InferenceEngine:
             include_torch = self.config.backend == "torch" or "torch" in sys.modules
         return hardware(include_torch)
 
+    @property
+    def load_count(self) -> int:
+        """Model loads started: here, or in the pool's workers (one per worker and model)."""
+        return self.pool.load_count if self.pool is not None else self._load_count
+
+    def workers_info(self) -> dict[str, Any]:
+        """Live workers, target, queue depth and per-worker model/pid/batches, for get_node_info,
+        list_peers and /metrics. In-process mode reports its one "worker": this process."""
+        if self.pool is not None:
+            return self.pool.info()
+        busy = sum(1 for lane in self.executor._lanes.values() if lane._limiter.borrowed_tokens)
+        return {
+            "mode": "in-process", "live": 1 if self._runners else 0, "busy": busy, "starting": len(self._loading),
+            "target": 1, "min": 1, "max": 1, "idle_s": None, "threads_per_worker": self.config.threads or None,
+            "queue_depth": self.executor.queued(), "spawned": 0, "crashes": 0,
+            "workers": [] if not self._runners else [{
+                "pid": os.getpid(), "busy": busy > 0, "idle_s": None,
+                "models": sorted({r.info.name for r in self._runners.values()}),
+                "batches": sum(r.batches for r in self._runners.values()),
+                "items": sum(r.items for r in self._runners.values()),
+            }],
+        }
+
+    def capacity(self, base: float) -> float:
+        """The capacity to advertise, given ``base`` (p2p.node.derive_capacity: the usable cores).
+
+        In-process: ``base``. In the pool: the share of ``base`` the live workers use
+        (``threads_per_worker`` cores each), counting at least ``workers_min`` — what the pool
+        keeps and can run at once without starting anything — and never more than ``base``."""
+        if self.pool is None:
+            return float(base)
+        workers = max(len(self.pool.workers), self.config.workers_min)
+        return float(min(base, max(1, workers * self.pool.threads)))
+
     def loaded_models(self) -> list[dict[str, Any]]:
         """Models loaded in this engine, with their backend, device and usage counters."""
+        if self.pool is not None:
+            return [
+                {
+                    "model": lane.model, "task": lane.task, "backend": lane.backend_used or lane.backend,
+                    "requested_backend": lane.backend, "device": lane.device, "path": lane.path,
+                    "batches": lane.batches, "items": lane.items,
+                    "workers": sorted(w.pid for w in self.pool.workers if key in w.lanes),
+                }
+                for key, lane in self.pool.lanes.items() if lane.batches
+            ]
         return [
             {
                 "model": r.info.name,
@@ -191,7 +249,7 @@ class InferenceEngine:
         pending = self._loading.get(key)
         if pending is None:
             pending = self._loading[key] = _PendingLoad()
-            self.load_count += 1
+            self._load_count += 1
             self._nursery.start_soon(self._load, key, info, task, backend, pending)
         await pending.done.wait()
         if pending.error is not None:
@@ -261,6 +319,8 @@ class InferenceEngine:
         info = self.resolve(model)
         task_name = self._task_for(info, task)
         backend_name = self._backend_for(backend)
+        if self.pool is not None:
+            return await self._infer_in_pool(info, task_name, backend_name, inputs, top_k)
         runner = await self._runner(info, task_name, backend_name)
         results = await self.executor.submit((str(info.path), task_name, backend_name), runner.run_batch, list(inputs))
         for i, r in enumerate(results):
@@ -270,3 +330,16 @@ class InferenceEngine:
                 raise r
         outputs = [runner.postprocess(r, top_k) for r in results]
         return InferenceResult(info.name, task_name, runner.backend_name, runner.device, outputs)
+
+    async def _infer_in_pool(self, info: ModelInfo, task: str, backend: str, inputs: list[str], top_k: int) -> InferenceResult:
+        """The pool's path: items are (text, top_k); a worker encodes, runs and shapes them."""
+        key = (str(info.path), task, backend)
+        lane = self.pool.lane(key, info, task, backend)
+        results = await self.executor.submit(key, lane, [(t, top_k) for t in inputs])
+        for i, r in enumerate(results):
+            if isinstance(r, BatchCallError):
+                raise BatchCallError(f"input {i}: {r}")
+            if isinstance(r, BaseException):
+                raise r
+        meta = self.pool.lanes[key]
+        return InferenceResult(info.name, task, meta.backend_used or backend, meta.device, list(results))

@@ -9,6 +9,13 @@ batch, which starts as soon as the thread returns (their wait deadline has usual
 A bad item fails only its own request: the batch function returns an exception in that item's
 slot, and if the whole call raises, its items are rerun one by one to find the culprit.
 
+A lane's target is either a plain function run in a thread (in-process inference), or a
+``Dispatcher`` (inference.pool: worker processes). With a dispatcher the lane first waits for a
+free worker, then takes up to ``max_batch`` items — while every worker is busy, requests keep
+queueing into full batches — and runs as many batches at once as there are free workers. A batch
+whose worker died (``RetryBatchError``) goes back to the head of its lane and runs again; after
+``MAX_BATCH_RETRIES`` its items fail with that (retryable) error.
+
 Structured concurrency: lanes are tasks in the executor's nursery, which lives inside
 ``async with BatchingExecutor.open(...)``; leaving the block (or cancelling it) stops them and
 fails whatever was still queued.
@@ -19,7 +26,7 @@ from __future__ import annotations
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, AsyncIterator, Callable, Hashable, Sequence
+from typing import Any, AsyncIterator, Callable, Hashable, Protocol, Sequence, runtime_checkable
 
 import structlog
 import trio
@@ -30,6 +37,27 @@ from inference.errors import InferenceError, one_line, unwrap_group
 log = structlog.get_logger()
 
 BatchFn = Callable[[list[Any]], Sequence[Any]]
+MAX_BATCH_RETRIES = 1  # reruns of a batch whose worker died under it
+
+
+@runtime_checkable
+class Dispatcher(Protocol):
+    """Where a lane's batches run when not in a thread of this process (inference.pool)."""
+
+    def demand(self) -> None:
+        """Items were queued: the dispatcher may scale up."""
+
+    async def acquire(self) -> Any:
+        """A free slot (a worker), waited for."""
+
+    def release(self, slot: Any) -> None: ...
+
+    async def run(self, slot: Any, items: list[Any]) -> Sequence[Any]:
+        """One result per item; raises RetryBatchError when the batch should run again elsewhere."""
+
+
+class RetryBatchError(InferenceError):
+    """The batch did not run through no fault of its items (its worker died): run it again."""
 
 
 class ExecutorClosedError(InferenceError):
@@ -53,7 +81,7 @@ class LaneStats:
 
 
 class _Request:
-    __slots__ = ("items", "results", "remaining", "done", "cancelled", "arrived")
+    __slots__ = ("items", "results", "remaining", "done", "cancelled", "arrived", "retries")
 
     def __init__(self, items: list[Any], arrived: float) -> None:
         self.items = items
@@ -62,12 +90,16 @@ class _Request:
         self.done = trio.Event()
         self.cancelled = False
         self.arrived = arrived
+        self.retries = 0  # reruns of a batch holding its items after the batch's worker died
 
 
 class _Lane:
-    def __init__(self, key: Hashable, fn: BatchFn, max_batch: int, max_wait_s: float) -> None:
+    def __init__(self, key: Hashable, fn: BatchFn | Dispatcher, max_batch: int, max_wait_s: float,
+                 nursery: trio.Nursery) -> None:
         self.key = key
         self.fn = fn
+        self.dispatcher = fn if isinstance(fn, Dispatcher) else None
+        self.nursery = nursery
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.pending: deque[tuple[_Request, int]] = deque()
@@ -81,6 +113,11 @@ class _Lane:
         self.stats.requests += 1
         self.stats.items += len(req.items)
         self._wake.set()
+        if self.dispatcher is not None:
+            self.dispatcher.demand()
+
+    def queued(self) -> int:
+        return len(self.pending)
 
     async def _wait_for_more(self, deadline: float | None) -> None:
         self._wake = trio.Event()
@@ -103,13 +140,26 @@ class _Lane:
             while True:
                 while not self.pending:
                     await self._wait_for_more(None)
-                if self.max_wait_s > 0 and len(self.pending) < self.max_batch:
+                slot = None
+                if self.dispatcher is not None:
+                    try:
+                        slot = await self.dispatcher.acquire()
+                    except InferenceError as exc:  # no worker can run it: the waiting items fail
+                        for req, i in self._take():
+                            self._deliver(req, i, exc)
+                        continue
+                if self.pending and self.max_wait_s > 0 and len(self.pending) < self.max_batch:
                     deadline = self.pending[0][0].arrived + self.max_wait_s
                     while len(self.pending) < self.max_batch and trio.current_time() < deadline:
                         await self._wait_for_more(deadline)
                 batch = self._take()
-                if batch:
-                    await self._run(batch)
+                if self.dispatcher is None:
+                    if batch:
+                        await self._run(batch)
+                elif batch:
+                    self.nursery.start_soon(self._run_on, slot, batch)
+                else:
+                    self.dispatcher.release(slot)
         finally:
             self.closed = True
             err = ExecutorClosedError("the inference executor stopped before this request ran")
@@ -146,6 +196,59 @@ class _Lane:
             results = await trio.to_thread.run_sync(self._isolate, items, limiter=self._limiter)
         for (req, i), res in zip(batch, results):
             self._deliver(req, i, res)
+
+    async def _run_on(self, slot: Any, batch: list[tuple[_Request, int]]) -> None:
+        """One batch on a dispatcher's slot (released after); a batch whose worker died goes
+        back to the head of the lane (its items keep their order), once, then fails retryably."""
+        assert self.dispatcher is not None
+        items = [req.items[i] for req, i in batch]
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, len(items))
+        try:
+            try:
+                t0 = trio.current_time()
+                results = list(await self.dispatcher.run(slot, items))
+                if len(results) != len(items):
+                    raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
+                observe.record_batch(self.key, len(items), trio.current_time() - t0)
+            except RetryBatchError as exc:
+                self._retry(batch, exc)
+                return
+            except Exception as exc:
+                log.warning("executor.batch_failed_isolating", lane=str(self.key), items=len(items), error=one_line(exc))
+                self.stats.isolated_reruns += 1
+                results = []
+                for item in items:
+                    try:
+                        results.append((await self.dispatcher.run(slot, [item]))[0])
+                    except RetryBatchError as exc2:  # the worker died: the rest go back to the lane
+                        self._retry(batch[len(results):], exc2)
+                        batch = batch[:len(results)]
+                        break
+                    except Exception as exc2:
+                        results.append(BatchCallError(f"model call failed: {one_line(exc2)}"))
+        finally:
+            self.dispatcher.release(slot)
+        for (req, i), res in zip(batch, results):
+            self._deliver(req, i, res)
+
+    def _retry(self, batch: list[tuple[_Request, int]], exc: RetryBatchError) -> None:
+        again: list[tuple[_Request, int]] = []
+        for req, i in batch:
+            if req.cancelled:
+                continue
+            if req.retries < MAX_BATCH_RETRIES and not self.closed:
+                again.append((req, i))
+            else:
+                self._deliver(req, i, type(exc)(f"{exc}; it had been rerun {req.retries} time(s) already: "
+                                                "retry the request"))
+        for req in {id(r): r for r, _ in again}.values():
+            req.retries += 1
+        log.warning("executor.batch_retried", lane=str(self.key), items=len(again), failed=len(batch) - len(again),
+                    error=one_line(exc))
+        self.pending.extendleft(reversed(again))
+        self._wake.set()
+        self.dispatcher.demand()  # type: ignore[union-attr]
 
     @staticmethod
     def _deliver(req: _Request, i: int, result: Any) -> None:
@@ -185,11 +288,12 @@ class BatchingExecutor:
                 raise
             raise leaf from None
 
-    async def submit(self, key: Hashable, fn: BatchFn, items: list[Any]) -> list[Any]:
+    async def submit(self, key: Hashable, fn: BatchFn | Dispatcher, items: list[Any]) -> list[Any]:
         """Run ``items`` through ``fn`` (batched with other callers of ``key``); one result per item, in order.
 
         A result is the value or the exception for that item; the caller decides what to raise.
-        ``fn`` is bound to the lane on its first use: one key, one function.
+        ``fn`` (a function, or a Dispatcher) is bound to the lane on its first use: one key, one
+        function.
         """
         if not items:
             return []
@@ -197,7 +301,7 @@ class BatchingExecutor:
         if lane is None or lane.closed:
             if self._closed or lane is not None:
                 raise ExecutorClosedError("the inference executor is closed")
-            lane = self._lanes[key] = _Lane(key, fn, self.max_batch, self.max_wait_s)
+            lane = self._lanes[key] = _Lane(key, fn, self.max_batch, self.max_wait_s, self._nursery)
             self._nursery.start_soon(lane.serve, name=f"batch-lane:{key}")
         req = _Request(list(items), trio.current_time())
         lane.put(req)
@@ -214,6 +318,10 @@ class BatchingExecutor:
             lane = self._lanes.get(key)
             return lane.stats.to_dict() if lane else LaneStats().to_dict()
         return {str(k): lane.stats.to_dict() for k, lane in self._lanes.items()}
+
+    def queued(self) -> int:
+        """Items waiting in every lane for a batch (the pool's queue depth)."""
+        return sum(lane.queued() for lane in self._lanes.values())
 
     @property
     def batch_count(self) -> int:
