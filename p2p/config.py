@@ -68,6 +68,9 @@ class NetworkConfig(BaseModel):
     kept_give_up_s: float = Field(600.0, gt=0, description="a peer joined by hand and unreachable this long is no longer redialled")
     max_missing_results: int = Field(100_000, ge=1, description="result blocks waited for at once")
     missing_result_giveup_s: float = Field(3600.0, gt=0, description="stop asking for a result block after this long")
+    direct_push: bool = Field(True, description="push each new event's heads at once on a direct stream to every connected peer")
+    push_queue: int = Field(64, ge=1, le=4096, description="announcements queued per peer for push; a slow peer loses the oldest")
+    gossip_heads: bool = Field(True, description="heads also travel by gossip (topic and heartbeats); false: push and connect-time sync only (tests)")
 
 
 class CacheConfig(BaseModel):

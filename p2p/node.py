@@ -33,7 +33,7 @@ from p2p.liveness import Liveness
 from p2p.net import load_swarm_key, open_host
 from p2p.peers import Heartbeat, PauseDetector, PeerCaps, PeerTable
 from p2p.protocols.wire import BLOCKS_PROTOCOL, topic
-from p2p.replication import BlockServer, GossipBroadcaster, Replicator, StreamDAGService
+from p2p.replication import BlockServer, GossipBroadcaster, PushBroadcaster, Replicator, StreamDAGService
 from p2p.scheduler.ops import MAX_PRIORITY, MAX_REPLICAS, MIN_PRIORITY, TaskSpec, WorkflowTag
 from p2p.scheduler.scheduler import Scheduler
 from p2p.scheduler.state import TaskStatus, WorkflowStatus
@@ -166,13 +166,14 @@ class Node:
             heads = await stack.enter_async_context(GossipBroadcaster.open(net, topic(cfg.network, "heads")))
             beats = await stack.enter_async_context(GossipBroadcaster.open(net, topic(cfg.network, "peers")))
             peer_events = await stack.enter_async_context(net.peer_events())
+            push = await stack.enter_async_context(PushBroadcaster.open(net, queue=cfg.push_queue)) if cfg.direct_push else None
             sched = self.scheduler
             replicator = Replicator(
                 self.clock, heads, StreamDAGService(net), peer_id=self.peer_id, config=cfg,
                 ingest=sched.ingest, local_event=sched.local_event, take_unannounced=sched.take_unannounced,
                 on_results=sched.changed.fire, on_ready=sched.peers_changed, on_heard=self.peers.touch,
                 connected_peers=net.connected_peers, known_peer=lambda peer: self.peers.get(peer) is not None,
-                startup_wait_s=2 * cfg.heartbeat_s,
+                startup_wait_s=2 * cfg.heartbeat_s, direct=push, gossip=cfg.gossip_heads,
             )
             server = BlockServer(self.clock, replicator.heads_raw, max_blocks_per_request=cfg.max_blocks_per_request,
                                  max_frame_bytes=cfg.max_frame_bytes)
@@ -196,13 +197,15 @@ class Node:
             discovery = Discovery(net, on_connected=replicator.peer_connected)
             liveness = Liveness(
                 self.peers, self.pause, beats, peer_id=self.peer_id, heartbeat=heartbeat,
-                heartbeat_s=cfg.heartbeat_s, on_peers_changed=sched.peers_changed, on_heads=replicator.want,
+                heartbeat_s=cfg.heartbeat_s, on_peers_changed=sched.peers_changed,
+                on_heads=replicator.want if cfg.gossip_heads else lambda peer, heads: None,
                 on_learned=discovery.learned, on_resumed=replicator.resumed, ping=net.ping,
                 on_silent=self._drop_connections,
                 connected_peers=net.connected_peers,
             )
             for raw in self._missing_result_blocks():
                 replicator.expect_result(raw, None)
+            stack.callback(lambda: log.info("replication stats", **replicator.stats()))  # on the way out
             async with trio.open_nursery() as nursery:
                 await nursery.start(replicator.run)
                 await nursery.start(discovery.run, peer_events)

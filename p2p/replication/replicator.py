@@ -2,7 +2,13 @@
 
 - **Announce**: after this peer appends events, its heads go out through the ``Broadcaster``,
   debounced (gossipsub drops bursts), with the newest events inline while they are small; again
-  every ``reannounce_s`` (anti-entropy). Heartbeats carry the heads too (``want``).
+  every ``reannounce_s`` (anti-entropy). Heartbeats carry the heads too (``want``). With a
+  ``direct`` broadcaster (:mod:`p2p.replication.push`), each local append is also pushed at
+  once, without the debounce, to every connected peer: a claim or a result reaches the
+  submitter in one stream write, not a gossip round. Gossip stays the mesh (peers we are not
+  connected to) and, with the re-announcements (sent on both), the anti-entropy.
+- **Hear** announcements from both, through one path (the same decoding and verification);
+  inline blocks already held, or being merged from the other path's copy, are skipped.
 - **Fetch**: heads a peer announced that we lack are fetched from that peer through the
   ``DAGService``; when their parents are missing too, the next request asks for ancestors in bulk,
   and the walk goes on round trip after round trip until nothing is missing. Progress is counted
@@ -81,6 +87,8 @@ class Replicator:
         known_peer: Callable[[str], bool] = lambda peer: True,
         startup_wait_s: float = 0.0,
         now: Callable[[], float] = time.monotonic,
+        direct: Any = None,
+        gossip: bool = True,
     ) -> None:
         self.clock = clock
         self.broadcaster = broadcaster
@@ -106,6 +114,16 @@ class Replicator:
         self._results_full_logged = False
         self._nursery: trio.Nursery | None = None
         self.synced_events = 0  # events applied from peers (metrics, tests)
+        # direct push (p2p.replication.push.PushBroadcaster) or None; ``gossip`` False: heads go
+        # only by push (and the connect-time heads request); tests prove push delivers with it
+        self.direct = direct
+        self._gossip = gossip
+        self._pending_gossip: list[Any] = []  # local events not yet inline in a gossip announcement
+        self._pending_push: list[Any] = []  # ... nor in a pushed one
+        self._merging: set[bytes] = set()  # inline blocks being merged now (the other path's copy waits)
+        self.heard = {"gossip": 0, "push": 0}  # announcements heard per path
+        self.gossip_announcements = 0
+        self.push_announcements = 0
 
     # ------------------------------------------------------------------ life
 
@@ -125,7 +143,10 @@ class Replicator:
             await nursery.start(announcer.run)
             nursery.start_soon(self._on_local_events, announcer)
             nursery.start_soon(self._reannounce, announcer)
-            nursery.start_soon(self._hear)
+            nursery.start_soon(self._hear, self.broadcaster, "gossip")
+            if self.direct is not None:
+                nursery.start_soon(self._hear, self.direct, "push")
+                nursery.start_soon(self._push_local_events)
             nursery.start_soon(self._retry_results)
             task_status.started()
 
@@ -168,6 +189,8 @@ class Replicator:
     def peer_connected(self, peer: str) -> None:
         """A new connection: ask the peer for its heads (gossip meshes take a heartbeat to form)
         and hold claims until we hold them too."""
+        if self.direct is not None and hasattr(self.direct, "warm"):
+            self.direct.warm(peer)  # the push stream is ready before the next append
         if self._nursery is not None:
             self._gates.pop(STARTUP, None)  # a first peer: its own gate takes over
             now = self._now()
@@ -233,35 +256,96 @@ class Replicator:
     def heads_raw(self) -> list[bytes]:
         return [cid_raw(c) for c in self.clock.heads()[:MAX_HEADS]]
 
-    def _announcement(self, inline: bool) -> HeadsAnnouncement:
-        pending = self._take_unannounced()
+    def _drain(self) -> None:
+        """Move the scheduler's unannounced events to each path's own list (newest 64 kept)."""
+        new = self._take_unannounced()
+        if new:
+            self._pending_gossip = (self._pending_gossip + new)[-64:]
+            if self.direct is not None:
+                self._pending_push = (self._pending_push + new)[-64:]
+
+    def _announcement(self, pending: list[Any]) -> HeadsAnnouncement:
         blocks: list[tuple[bytes, bytes]] = []
-        if inline and pending and sum(len(e.data) for e in pending) <= INLINE_ANNOUNCE_BYTES:
+        if pending and sum(len(e.data) for e in pending) <= INLINE_ANNOUNCE_BYTES:
             blocks = [(cid_raw(e.cid), e.data) for e in pending]
         return HeadsAnnouncement(peer=self.peer_id, heads=self.heads_raw(), events=len(self.clock), blocks=blocks)
 
     async def _announce(self, items: list[int]) -> None:
-        await self.broadcaster.broadcast(encode(self._announcement(inline=any(items))))
+        """The debounced announcement: gossip (local events and re-announcements) and, for a
+        re-announcement alone, push too (anti-entropy on both paths)."""
+        self._drain()
+        pending, self._pending_gossip = self._pending_gossip, []
+        data = encode(self._announcement(pending if any(items) else []))
+        if self.direct is not None and not any(items):
+            await self.direct.broadcast(data)
+            self.push_announcements += 1
+        if self._gossip:
+            await self.broadcaster.broadcast(data)
+            self.gossip_announcements += 1
+
+    async def _push_local_events(self) -> None:
+        """Every local append is pushed at once (no debounce): one announcement carries what
+        was appended since the last one, so a burst coalesces by itself while we are busy."""
+        assert self.direct is not None
+        while True:
+            await self._local_event.wait()
+            self._drain()
+            if not self._pending_push:
+                continue
+            pending, self._pending_push = self._pending_push, []
+            await self.direct.broadcast(encode(self._announcement(pending)))
+            self.push_announcements += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Replication counters for metrics: events applied from peers, announcements sent and
+        heard per path, and the push broadcaster's own counters (``push``) when it is on."""
+        out: dict[str, Any] = {
+            "synced_events": self.synced_events,
+            "gossip_announcements": self.gossip_announcements,
+            "push_announcements": self.push_announcements,
+            "heard_gossip": self.heard["gossip"],
+            "heard_push": self.heard["push"],
+            "syncing_peers": len(self._syncing),
+            "missing_results": len(self._missing_results),
+        }
+        if self.direct is not None and hasattr(self.direct, "stats"):
+            out["push"] = self.direct.stats()
+        return out
 
     # --------------------------------------------------------------- hearing
 
-    async def _hear(self) -> None:
+    async def _hear(self, broadcaster: Broadcaster, path: str) -> None:
         while True:
-            peer, data = await self.broadcaster.next()
+            peer, data = await broadcaster.next()
             try:
                 ann = decode_heads(data)
                 self._on_heard(peer)
-                if ann.blocks:
-                    await self._merge(peer, ann.blocks)
+                self.heard[path] += 1
+                # the other path's copy of the same announcement: its blocks are held or on their way
+                blocks = [b for b in ann.blocks if b[0] not in self._merging and not self._has_block(b[0])]
+                if blocks:
+                    cids = {b[0] for b in blocks}
+                    self._merging |= cids
+                    try:
+                        await self._merge(peer, blocks)
+                    finally:
+                        self._merging -= cids
                 self.want(peer, ann.heads)
             except WireError as exc:
-                peer_log.warning(peer, "bad heads announcement", error=str(exc))
+                peer_log.warning(peer, "bad heads announcement", error=str(exc), path=path)
             except Exception as exc:  # noqa: BLE001 - one peer's message must not stop the node
-                peer_log.log("error", peer, "heads announcement failed", error=repr(exc))
+                peer_log.log("error", peer, "heads announcement failed", error=repr(exc), path=path)
+
+    def _has_block(self, raw: bytes) -> bool:
+        """Whether an inline block is stored here already (applied, or an orphan waiting)."""
+        try:
+            return bool(self.clock.has(cid_from_bytes(raw)))
+        except Exception:  # noqa: BLE001 - a malformed CID: the merge skips it with a log line
+            return False
 
     def want(self, peer: str, heads: Iterable[bytes]) -> None:
         """``peer`` has these heads: fetch from it whatever of them we lack."""
-        missing = {h for h in list(heads)[:MAX_HEADS] if not self._has(h)}
+        missing = {h for h in list(heads)[:MAX_HEADS] if h not in self._merging and not self._has(h)}
         if not missing or self._nursery is None:
             return
         if peer in self._syncing:
