@@ -283,6 +283,7 @@ class ResultCache:
         if self._running and len(self._staged) < MAX_STAGED:
             self._staged[key] = entry
             self._staged_wanted.set()
+            self.stored += 1  # taken back if it turns out too large to keep
             return True
         kept = await trio.to_thread.run_sync(self._write_sync, [(key, entry)])
         self.stored += kept
@@ -308,8 +309,9 @@ class ResultCache:
             self._staged_wanted = trio.Event()
             staged = list(self._staged.items())
             try:
-                self.stored += await trio.to_thread.run_sync(self._write_sync, staged)
+                self.stored -= len(staged) - await trio.to_thread.run_sync(self._write_sync, staged)
             except Exception as exc:  # noqa: BLE001 - a cache write fault loses entries, never results
+                self.stored -= len(staged)
                 log.warning("could not write cache entries; they will be recomputed", entries=len(staged), error=str(exc))
             for key, entry in staged:
                 if self._staged.get(key) is entry:
@@ -396,7 +398,7 @@ class ResultCache:
         """Write what is still staged (blocking: at shutdown, once the node's tasks ended)."""
         staged, self._staged = list(self._staged.items()), {}
         if staged:
-            self.stored += self._write_sync(staged)
+            self.stored -= len(staged) - self._write_sync(staged)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -46,7 +46,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 
 RESERVE_SLOTS = 2
 COSINE_MIN = 0.999
@@ -217,6 +216,8 @@ def _close(a: Any, b: Any) -> bool:
 def _norms_close(a: bytes, b: bytes) -> bool:
     """Both vectors' lengths within 1e-3 of each other (relative): the direction is not all; a
     vector scaled by 1e30 is not the same embedding."""
+    import numpy as np  # lazily: an idle node never pays for numpy
+
     na = math.sqrt(math.fsum((np.frombuffer(a, dtype="<f4").astype(np.float64) ** 2).tolist()))
     nb = math.sqrt(math.fsum((np.frombuffer(b, dtype="<f4").astype(np.float64) ** 2).tolist()))
     return abs(na - nb) <= SCORE_TOLERANCE * max(na, nb)
@@ -226,6 +227,8 @@ def cosine_at_least(a: Any, b: Any, threshold: float) -> bool:
     """cos(a, b) >= threshold for two little-endian float32 vectors, decided identically on
     every platform: float32 products are exact in float64 and ``math.fsum`` is correctly
     rounded, so no BLAS or summation order can move a value across the threshold."""
+    import numpy as np  # lazily: an idle node never pays for numpy
+
     if not isinstance(a, (bytes, bytearray)) or not isinstance(b, (bytes, bytearray)):
         return False
     if len(a) != len(b) or not a or len(a) % 4:

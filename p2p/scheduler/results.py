@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 
 _PACKED = "embedding_f32"
 
 
 def pack_result(output: dict[str, Any]) -> dict[str, Any]:
     """Clock form of one output as the engine returned it (JSON-shaped, or numpy inside)."""
+    import numpy as np  # lazily: an idle node never pays for numpy
+
     out = dict(output)
     emb = out.pop("embedding", None)
     if emb is not None:
@@ -25,6 +26,8 @@ def pack_result(output: dict[str, Any]) -> dict[str, Any]:
 
 def unpack_result(stored: dict[str, Any]) -> dict[str, Any]:
     """JSON form of a stored result (what tools return)."""
+    import numpy as np  # lazily: an idle node never pays for numpy
+
     out = dict(stored)
     packed = out.pop(_PACKED, None)
     if packed is not None:
