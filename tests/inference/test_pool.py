@@ -216,7 +216,7 @@ async def test_model_that_fails_to_load_in_a_worker_names_it(onnx_data_dir: Path
 
 
 async def test_in_process_mode_stays_available(onnx_data_dir: Path) -> None:
-    async with InferenceEngine.open(InferenceConfig(max_batch=8), onnx_data_dir) as engine:
+    async with InferenceEngine.open(InferenceConfig(max_batch=8, pool=False), onnx_data_dir) as engine:
         assert engine.pool is None and engine.workers_info()["live"] == 0
         r = await engine.infer(None, ["in this very process"])
         info = engine.workers_info()
