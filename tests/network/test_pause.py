@@ -7,6 +7,8 @@ What is counted comes from the clock itself (every peer's ops, read from the SQL
 the peers agree): a task "ran twice" when two different (author, attempt) pairs recorded a
 ``task.done`` for it; "re-claimed" when it saw more than one ``task.claim``. The bound is the
 issue's goal: the tasks run again are at most the tasks the paused worker held when it froze.
+A wave comes from the resume, so the count covers the resume until every task the paused worker
+held has finished and a few leases more; the rest of the workflow is cancelled, not run out.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 LEASE_S = 3.0
 TASKS = 1500
+WATCH_LEASES = 4  # leases watched after the paused worker's tasks are all finished
 # Longer inputs make each task cost something, so the workflow is still running when we pause.
 FILLER = " ".join(["the quick brown fox jumps over the lazy dog"] * 6)
 
@@ -69,16 +72,33 @@ async def test_a_paused_worker_causes_no_reclaim_wave(cluster: Cluster) -> None:
     before = (await call(n1, "get_workflow_status", workflow_id=wid, limit=1))["completed"]
     await trio.sleep(max(0.0, 2 * LEASE_S - (trio.current_time() - frozen)))  # the stimulus: a 2x lease_s freeze
     n3.proc.send_signal(signal.SIGCONT)
+    resumed = trio.current_time()
 
+    # A wave, if any, comes from the resume: the node that was frozen (or the others) judging
+    # peers silent within a lease or two of it. So the count covers every task the paused
+    # worker held being finished, after n3 noticed its own pause, plus WATCH_LEASES leases;
+    # the rest of the workflow is then cancelled instead of run out.
+    async def held_finished() -> bool:
+        done = {op.get("task_id") for _, op in clock_ops(n1.data_dir) if op.get("op") == "task.done"}
+        return held <= done and "this process was paused" in n3.log_text()
+
+    await eventually(held_finished, 240, "every task the paused worker held to finish, and n3 to notice its pause")
+    await trio.sleep(WATCH_LEASES * LEASE_S)  # the observation window itself, not a wait for a state
+    watched = trio.current_time() - resumed
+    await call(n1, "cancel_workflow", workflow_id=wid)
     final = await wait_done(n1, wid, 400)
     await settled(peers, [wid], timeout=120)
     counts = run_counts(clock_ops(n1.data_dir), {wid})
     silent = {p.name: p.log_text().count("peers went silent") for p in peers}
-    print(f"\nFIGURE pause: lease_s={LEASE_S} pause={2 * LEASE_S}s tasks={TASKS} completed_at_pause={before} "
+    print(f"\nFIGURE pause: lease_s={LEASE_S} pause={2 * LEASE_S}s watched_after_resume={watched:.1f}s "
+          f"tasks={TASKS} completed_at_pause={before} completed_at_cancel={final['completed']} "
           f"held_by_paused={len(held)} ran_twice={len(counts.ran_twice)} extra_runs={counts.extra_runs} "
           f"reclaimed={len(counts.reclaimed)} superseding_claims={counts.superseding} "
           f"expired_fails={counts.expired_fails} silent_verdicts={silent}")
-    assert final["state"] == "completed" and final["completed"] == TASKS
-    assert len(counts.done) == TASKS, "every task has a result in the clock"
+    # cancelled, or completed when the rest ran out within the window
+    assert final["state"] in ("cancelled", "completed") and final["completed"] + final["cancelled"] == TASKS, final
+    assert final["failed"] == 0, final
+    assert final["completed"] > before, "the work went on after the pause"
+    assert len(counts.done) >= final["completed"], "every completed task has a result in the clock"
     assert counts.extra_runs <= len(held), (
         f"{counts.extra_runs} extra executions after a {2 * LEASE_S:g} s pause; the paused worker held {len(held)}")
