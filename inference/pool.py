@@ -371,7 +371,7 @@ class WorkerPool:
                     self.workers.append(worker)
                     self.spawned += 1
                     self.spawn_failures = 0
-                    log.info("inference.worker_started", pid=worker.pid, threads=self.threads)
+                    log.debug("inference.worker_started", pid=worker.pid, threads=self.threads)
             self._fire()
 
     def _start_process(self) -> _Worker:
