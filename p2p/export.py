@@ -163,9 +163,13 @@ def page_rows(state: State, wf: Any, offset: int, limit: int) -> list[ExportRow]
     out = []
     for index in range(offset, min(offset + limit, len(wf.task_ids))):
         task = state.tasks[wf.task_ids[index]]
-        view = task_view(state, task, False, lambda cid: None)
-        row = ExportRow(index, task.task_id, task.spec.input, view["state"], view.get("error"))
-        if view["state"] == TaskStatus.DONE.value:
+        status = state.logical_status(task)  # what task_view shows (the verdict's, when replicated)
+        if status is TaskStatus.DONE:
+            row = ExportRow(index, task.task_id, task.spec.input, status.value, None)
+        else:  # the full view only for a row that needs its error
+            view = task_view(state, task, False, lambda cid: None)
+            row = ExportRow(index, task.task_id, task.spec.input, view["state"], view.get("error"))
+        if row.state == TaskStatus.DONE.value:
             result = _standing_result(state, wf, task, index)
             if result is not None:
                 if result.result is not None:
@@ -243,7 +247,12 @@ def _json_output(res: Resolved, partial: bool) -> tuple[Any, str | None]:
     if _missing(res, partial):
         return None, res.row.error or res.note
     try:
-        return _json_safe(unpack_result(res.stored)), None
+        rest = dict(res.stored)
+        packed = rest.pop(_PACKED, None)
+        out = _json_safe(unpack_result(rest))  # what get_workflow_status shows, the embedding aside:
+        if packed is not None:  # its floats are JSON-safe as they come (no walk over 384 of them)
+            out["embedding"] = np.frombuffer(packed, dtype="<f4").astype(float).tolist()
+        return out, None
     except Exception as exc:  # noqa: BLE001 - a peer's malformed result
         if not partial:
             raise NodeError(f"task {res.row.task_id}: unreadable result: {type(exc).__name__}: {exc}; nothing was written") from None
