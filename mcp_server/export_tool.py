@@ -15,7 +15,6 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from p2p.errors import NodeError
-from p2p import export as p2p_export
 
 ExportFormat = Literal["jsonl", "npy", "parquet"]
 
@@ -66,6 +65,8 @@ def register_export_tool(server: MCPServer, node: Any) -> None:
             await ctx.report_progress(done, total, f"{done}/{total} rows written")
 
         try:
+            from p2p import export as p2p_export  # lazily: numpy and the writers only when exporting
+
             raw = await p2p_export.export_workflow_results(node, workflow_id, path, format, partial, overwrite, progress)
         except NodeError as exc:
             raise ToolError(str(exc)) from None

@@ -17,6 +17,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import AfterValidator, Field
 
+from mcp_server.export_tool import register_export_tool
 from mcp_server.schemas import (
     ConnectResult,
     InferenceOut,
@@ -44,7 +45,8 @@ This server is one peer of an ipfs-accelerate network: machines that run inferen
 texts you need now. For many texts, submit_workflow (one task per text) returns a workflow id
 at once; the peers share the work. Follow it with wait_for_workflow (progress notifications,
 returns at completion or timeout) or get_workflow_status, and read results with
-include_results=true, paging large workflows with offset/limit. list_models shows which models
+include_results=true, paging large workflows with offset/limit (limit=0: counts only), or write
+them all to a file on this node with export_workflow_results (.jsonl, .npy, .parquet). list_models shows which models
 the network serves (with content ids); pull_model fetches one from peers; list_peers and get_node_info show the peers and this node's clock."""
 
 READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
@@ -309,4 +311,5 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
     def workflow_resource(workflow_id: str) -> str:
         return json.dumps(fit_page(_call(node.workflow_status, workflow_id, True, 0, page_size)))
 
+    register_export_tool(server, node)
     return server
