@@ -7,9 +7,10 @@ tests) and become plain JSON only at the edge, through ``to_json()``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from inference.errors import UnsupportedTaskError
 
@@ -56,6 +57,8 @@ class EmbeddingOutput:
     truncated: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        import numpy as np
+
         return _with_truncated({"embedding": self.embedding.astype(np.float32).tolist()}, self.truncated)
 
 
@@ -97,16 +100,22 @@ TaskOutput = Union[EmbeddingOutput, ClassificationOutput, FillMaskOutput]
 
 
 def embedding_output(row: np.ndarray, truncated: bool) -> EmbeddingOutput:
+    import numpy as np
+
     return EmbeddingOutput(np.asarray(row, dtype=np.float32), truncated)
 
 
 def classification_output(probs: np.ndarray, labels: list[str], truncated: bool) -> ClassificationOutput:
+    import numpy as np
+
     best = int(np.argmax(probs))
     scores = {labels[i]: float(p) for i, p in enumerate(probs)}
     return ClassificationOutput(labels[best], float(probs[best]), scores, truncated)
 
 
 def fill_mask_output(probs: np.ndarray, decode: Callable[[int], str], top_k: int, truncated: bool) -> FillMaskOutput:
+    import numpy as np
+
     k = max(1, min(int(top_k), probs.shape[-1]))
     idx = np.argpartition(-probs, k - 1)[:k]
     idx = idx[np.argsort(-probs[idx], kind="stable")]
