@@ -101,11 +101,16 @@ class RowWriter(Protocol):
 
 
 def infer_format(path: Path, fmt: str | None) -> str:
-    """The format asked for, else the one the path's extension names."""
+    """The format asked for, else the one the path's extension names. The file name must end in
+    its format's extension either way: the node writes result files, never a file of another
+    kind (an export named ``~/.bashrc`` would put chosen text where a shell runs it)."""
     if fmt is not None:
         name = fmt.strip().lower().lstrip(".")
         if name not in FORMATS:
             raise NodeError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
+        if SUFFIXES.get(path.suffix.lower()) != name:
+            raise NodeError(f"the file name must end in .{name} for format {name!r}, got {path.name!r} "
+                            "(the node writes only result files)")
         return name
     got = SUFFIXES.get(path.suffix.lower())
     if got is None:
@@ -114,10 +119,16 @@ def infer_format(path: Path, fmt: str | None) -> str:
     return got
 
 
-def check_target(path: Path, overwrite: bool) -> None:
-    """Refuse, before any work, a target that cannot be written (stat calls: run it in a thread)."""
+def check_target(path: Path, overwrite: bool, protected: Path | None = None) -> None:
+    """Refuse, before any work, a target that cannot be written, or one inside ``protected``
+    (the node's data directory: its clock, keys and caches are never an export's target), both
+    compared after resolving links (stat calls: run it in a thread)."""
     if not path.is_absolute():
         raise NodeError(f"the path must be absolute (it is a path on the node's machine), got {str(path)!r}")
+    if protected is not None:
+        real, guard = Path(os.path.realpath(path)), Path(os.path.realpath(protected))
+        if real == guard or guard in real.parents:
+            raise NodeError(f"{str(path)!r} is inside the node's data directory {str(protected)!r}; export elsewhere")
     parent = path.parent
     if not parent.exists():
         raise NodeError(f"the directory {str(parent)!r} does not exist; create it first")
@@ -457,7 +468,7 @@ class _Target:
 async def export_results(
     get_state: Callable[[], State], workflow_id: str, path: str | os.PathLike[str], fmt: str | None,
     partial: bool, load_blocks: BlocksLoader, *, overwrite: bool = False, page: int = PAGE,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, protected: Path | None = None,
 ) -> dict[str, Any]:
     """Export one workflow's results to ``path`` (see the module doc). ``get_state`` returns
     the live state (looked up each page, never a stale object); ``load_blocks`` reads result
@@ -480,7 +491,7 @@ async def export_results(
         raise unfinished_error(state, wf)
     if name == "parquet":
         need_pyarrow()
-    await trio.to_thread.run_sync(check_target, target, overwrite)
+    await trio.to_thread.run_sync(check_target, target, overwrite, protected)
     total = len(wf.task_ids)
     dim = await _first_dim(get_state, workflow_id, load_blocks, page, partial) if name == "npy" else 0
 
@@ -573,4 +584,5 @@ async def export_workflow_results(node: Any, workflow_id: str, path: str | os.Pa
     """The export tool's verb on a running ``p2p.node.Node`` (the MCP tool and the CLI call
     this): its live scheduler state and its clock's result blocks."""
     return await export_results(lambda: node.scheduler.state, workflow_id, path, format, partial,
-                                node_blocks_loader(node.clock), overwrite=overwrite, progress=progress)
+                                node_blocks_loader(node.clock), overwrite=overwrite, progress=progress,
+                                protected=Path(node.config.data_dir).expanduser())

@@ -121,11 +121,22 @@ def test_parquet_without_pyarrow_names_it(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_format_and_target_checks(tmp_path: Path) -> None:
-    assert infer_format(Path("/a/b.NPY"), None) == "npy" and infer_format(Path("/a/b.txt"), "parquet") == "parquet"
+    assert infer_format(Path("/a/b.NPY"), None) == "npy" and infer_format(Path("/a/b.parquet"), ".Parquet") == "parquet"
     with pytest.raises(NodeError, match="extension '.csv'"):
         infer_format(Path("/a/b.csv"), None)
     with pytest.raises(NodeError, match="unknown format 'xml'"):
         infer_format(Path("/a/b.jsonl"), "xml")
+    for path, fmt in ((Path("/home/u/.bashrc"), "jsonl"), (Path("/a/b.npy"), "jsonl"), (Path("/a/b"), "npy")):
+        with pytest.raises(NodeError, match="must end in"):
+            infer_format(path, fmt)
+    assert infer_format(Path("/a/B.NPY"), "npy") == "npy"
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(data)
+    for path in (data / "clock.jsonl", data / "sub" / "x.npy", tmp_path / "link" / "x.jsonl"):
+        with pytest.raises(NodeError, match="inside the node's data directory"):
+            check_target(path, True, data)
+    check_target(tmp_path / "out.jsonl", False, data)
     (tmp_path / "file").write_text("x")
     cases = [
         (Path("rel/out.jsonl"), "must be absolute"),
@@ -288,13 +299,13 @@ async def test_unfinished_workflow_and_the_mcp_tool(tmp_path: Path, shared_cache
             async def on_progress(p: float, total: float | None, message: str | None) -> None:
                 progress.append((p, total))
 
-            res = await client.call_tool("export_workflow_results", {"workflow_id": wid, "path": str(out / "e.bin"),
+            res = await client.call_tool("export_workflow_results", {"workflow_id": wid, "path": str(out / "e.npy"),
                                                                      "format": "npy"}, progress_callback=on_progress)
             assert not res.is_error, res.content
             r = res.structured_content
             assert r["shape"] == [12, 384] and r["rows"] == 12 and r["format"] == "npy"
-            assert r["bytes"] == (out / "e.bin").stat().st_size
-            mat = np.load(out / "e.bin")
+            assert r["bytes"] == (out / "e.npy").stat().st_size
+            mat = np.load(out / "e.npy")
             assert np.array_equal(mat, np.array([t["result"]["embedding"] for t in st_["tasks"]], dtype=np.float32))
             assert all(math.isclose(float(np.linalg.norm(v)), 1.0, rel_tol=1e-4) for v in mat)
             assert progress and progress[-1] == (12, 12)
