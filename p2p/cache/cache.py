@@ -39,6 +39,7 @@ MAX_STAGED = 4096  # past this many unwritten entries, a store waits for its own
 INLINE_KEY_CHARS = 16384  # a task's key is computed in place below this input size, in a thread above
 INDEX_POLL_S = 1.0  # how often peers' advertised index positions are compared with ours
 INDEX_ROUNDS = 64  # most index replies taken from one peer in one go (64 x 16,384 prefixes)
+INDEX_PASS_S = 10.0  # the longest one peer's index is paged through in one pass
 
 
 class _Wait:
@@ -100,8 +101,12 @@ class ResultCache:
         return cls(keys, store, remote_timeout_s=remote_timeout_s, remote_peers=remote_peers)
 
     def close(self) -> None:
-        self.flush()
-        self.store.close()
+        try:
+            self.flush()
+        except Exception as exc:  # noqa: BLE001 - a cache that cannot write loses entries, and still closes
+            log.warning("could not write the staged cache entries at close", error=str(exc))
+        finally:
+            self.store.close()
 
     @property
     def shared(self) -> bool:
@@ -267,7 +272,13 @@ class ResultCache:
     # ---------------------------------------------------------------- stores
 
     def _seal_sync(self, key: bytes, entry: CacheEntry) -> bytes | None:
-        sealed = seal(self.keys.entry, key, encode_entry(entry.result, entry.stats))
+        """The sealed entry; None when it is too large to travel, or cannot be encoded (a value
+        DAG-CBOR refuses, such as NaN): that one entry is not kept, the others are."""
+        try:
+            sealed = seal(self.keys.entry, key, encode_entry(entry.result, entry.stats))
+        except Exception as exc:  # noqa: BLE001 - the encoder raises several types
+            log.warning("a result could not be encoded for the cache; not kept", key=key.hex()[:16], error=str(exc))
+            return None
         return sealed if len(sealed) <= MAX_ENTRY_BYTES else None  # too large to travel: recomputed
 
     def _write_sync(self, staged: list[tuple[bytes, CacheEntry]]) -> int:
@@ -281,9 +292,10 @@ class ResultCache:
         when it is too large to keep (known only when written now)."""
         entry = CacheEntry(result, stats)
         if self._running and len(self._staged) < MAX_STAGED:
+            if key not in self._staged:
+                self.stored += 1  # taken back if it turns out too large to keep
             self._staged[key] = entry
             self._staged_wanted.set()
-            self.stored += 1  # taken back if it turns out too large to keep
             return True
         kept = await trio.to_thread.run_sync(self._write_sync, [(key, entry)])
         self.stored += kept
@@ -324,25 +336,33 @@ class ResultCache:
 
     async def sync_index(self) -> None:
         """For each peer whose heartbeat advertises entries past what we hold of its key index,
-        ask it for the keys stored since (forgetting peers no longer offered)."""
+        ask it for the keys stored since (forgetting peers no longer offered, or noted bad).
+        Peers are asked at once, each within ``INDEX_PASS_S``: a slow one delays nobody else."""
+        offers = [o for o in (self._offers() if self._net is not None else []) if o.peer_id not in self.bad_peers]
+        self.index.retain({o.peer_id for o in offers})
+        due = [o for o in offers if self.index.behind(o.peer_id, o.seq)]
+        if due:
+            async with trio.open_nursery() as nursery:
+                for offer in due:
+                    nursery.start_soon(self._sync_peer, offer.peer_id)
+
+    async def _sync_peer(self, peer: str) -> None:
+        """Page through ``peer``'s index until it says there is no more, it stops moving forward
+        (a server that repeats itself is not asked again this pass), or the pass's time is up."""
         from p2p.net.errors import NetError
         from p2p.protocols.wire import WireError
 
-        offers = self._offers() if self._net is not None else []
-        self.index.retain({o.peer_id for o in offers})
-        for offer in offers:
-            if offer.peer_id in self.bad_peers or not self.index.behind(offer.peer_id, offer.seq):
-                continue
+        with trio.move_on_after(INDEX_PASS_S):
             try:
                 for _ in range(INDEX_ROUNDS):
-                    epoch, seq = self.index.position(offer.peer_id)
-                    epoch, seq, more, prefixes = await fetch_index(
-                        self._net, offer.peer_id, epoch, seq, timeout_s=max(self.remote_timeout_s, 5.0))
-                    self.index.learn(offer.peer_id, epoch, seq, prefixes)
-                    if not more:
+                    epoch, asked = self.index.position(peer)
+                    got_epoch, seq, more, prefixes = await fetch_index(
+                        self._net, peer, epoch, asked, timeout_s=max(self.remote_timeout_s, 5.0))
+                    self.index.learn(peer, got_epoch, seq, prefixes)
+                    if not more or not prefixes or (got_epoch == epoch and seq <= asked):
                         break
             except (NetError, WireError) as exc:
-                log.debug("cache index request failed", peer=offer.peer_id, error=str(exc))
+                log.debug("cache index request failed", peer=peer, error=str(exc))
 
     # --------------------------------------------------------------- network
 

@@ -10,8 +10,10 @@ is past what we saw, we ask for the prefixes stored since (``/ipfs-accelerate/ca
 ``since``). Evictions are not sent: a stale prefix costs one lookup that misses. A reply under
 another ``epoch`` (the peer's store file was recreated) replaces what we held of that peer.
 
-Pure: no I/O, no clock. Bounded: at most ``max_peers`` peers and ``max_prefixes`` prefixes per
-peer; a peer past its bound is asked no more until its store restarts (logged once).
+Pure: no I/O, no clock. Bounded: at most ``max_peers`` peers, ``max_prefixes`` prefixes per
+peer and ``max_total`` over all of them (a Python int in a set costs ~60 bytes: the defaults
+hold at most ~60 MB); a peer past a bound is no longer followed or asked until its store
+restarts (logged once).
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ class _Held:
 class KeyIndex:
     """Peer id -> the prefixes of the cache keys it holds (see the module docstring)."""
 
-    def __init__(self, *, max_peers: int = 64, max_prefixes: int = 1 << 20) -> None:
+    def __init__(self, *, max_peers: int = 32, max_prefixes: int = 1 << 19, max_total: int = 1 << 20) -> None:
         self.max_peers = max_peers
         self.max_prefixes = max_prefixes
+        self.max_total = max_total
+        self.total = 0  # prefixes held over all peers
         self._peers: dict[str, _Held] = {}
 
     def position(self, peer: str) -> tuple[bytes, int]:
@@ -50,9 +54,9 @@ class KeyIndex:
         held = self._peers.get(peer)
         if held is None:
             return advertised_seq > 0 and len(self._peers) < self.max_peers
-        if held.full:
-            return advertised_seq < held.seq  # only a restarted store is followed again
-        return advertised_seq != held.seq
+        # A restarted store (another epoch) is noticed once its seq passes ours: until then its
+        # new entries are computed here, which costs time, never a wrong answer.
+        return not held.full and advertised_seq > held.seq
 
     def learn(self, peer: str, epoch: bytes, seq: int, prefixes: list[bytes]) -> None:
         """A reply from ``peer``: its prefixes stored up to ``seq`` in ``epoch``."""
@@ -62,16 +66,20 @@ class KeyIndex:
                 return
             held = self._peers[peer] = _Held()
         if held.epoch != epoch:  # its store was recreated (or first contact): start over
+            self.total -= len(held.prefixes)
             held.epoch, held.seq, held.prefixes, held.full = epoch, 0, set(), False
         if held.full:
             return
+        before = len(held.prefixes)
         held.prefixes.update(int.from_bytes(p, "big") for p in prefixes)
+        self.total += len(held.prefixes) - before
         held.seq = max(held.seq, seq)
-        if len(held.prefixes) > self.max_prefixes:
+        if len(held.prefixes) > self.max_prefixes or self.total > self.max_total:
+            self.total -= len(held.prefixes)
             held.full = True
             held.prefixes = set()
             log.warning("a peer's cache index is over its bound; it is no longer asked for entries",
-                        peer=peer, limit=self.max_prefixes)
+                        peer=peer, limit=self.max_prefixes, total_limit=self.max_total)
 
     def holders(self, key: bytes) -> list[str]:
         """Peers that hold ``key`` as far as we know (sorted, so every run asks alike)."""
@@ -81,7 +89,7 @@ class KeyIndex:
     def retain(self, peers: set[str]) -> None:
         """Forget peers no longer offered (gone, disconnected, or their cache emptied)."""
         for peer in [p for p in self._peers if p not in peers]:
-            del self._peers[peer]
+            self.total -= len(self._peers.pop(peer).prefixes)
 
     def prefixes(self, peer: str) -> int:
         held = self._peers.get(peer)

@@ -117,6 +117,9 @@ class CacheStore:
         if not any(out):
             return out
         with self._lock:
+            # the counters change only once the transaction committed: a failed write (a full
+            # disk) leaves them describing what is really stored
+            count, total, tick, seq, added = self.entries, self.bytes, self._tick, self.seq, []
             with self._db:
                 self._db.execute("BEGIN")
                 for (key, sealed), ok in zip(entries, out):
@@ -126,15 +129,17 @@ class CacheStore:
                     old = self._db.execute("SELECT size FROM entries WHERE key = ?", (key,)).fetchone()
                     if old is not None:
                         self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
-                        self.entries -= 1
-                        self.bytes -= old[0]
-                    self._tick += 1
-                    self.seq += 1
+                        count -= 1
+                        total -= old[0]
+                    tick += 1
+                    seq += 1
                     self._db.execute("INSERT INTO entries (key, sealed, size, used, seq) VALUES (?, ?, ?, ?, ?)",
-                                     (key, sealed, size, self._tick, self.seq))
-                    self.entries += 1
-                    self.bytes += size
-                    self._prefixes.add(prefix_of(key))
+                                     (key, sealed, size, tick, seq))
+                    count += 1
+                    total += size
+                    added.append(prefix_of(key))
+            self.entries, self.bytes, self._tick, self.seq = count, total, tick, seq
+            self._prefixes.update(added)
             self._evict(0)
         return out
 
@@ -144,9 +149,13 @@ class CacheStore:
         with self._lock:
             rows = self._db.execute("SELECT key, seq FROM entries WHERE seq > ? ORDER BY seq LIMIT ?",
                                     (seq, limit + 1)).fetchall()
+            newest = self.seq
         more = len(rows) > limit
         rows = rows[:limit]
-        return [bytes(r[0])[:PREFIX_BYTES] for r in rows], (rows[-1][1] if rows else max(seq, 0)), more
+        # the last page ends at the store's own seq, even when its newest entries were evicted:
+        # an asker is then in step with what heartbeats advertise
+        last = rows[-1][1] if more else max(newest, seq, 0)
+        return [bytes(r[0])[:PREFIX_BYTES] for r in rows], last, more
 
     def delete(self, key: bytes) -> bool:
         with self._lock:

@@ -93,16 +93,20 @@ async def test_index_pages_and_a_recreated_store(tmp_path: Path, monkeypatch: py
     assert b.index.prefixes("A") == 8 and net.requests == [("A", "since")] * 3  # 3 + 3 + 2
     assert all(b.index.holders(k) == ["A"] for k in keys)
 
-    # A's store file is recreated: a new epoch, seq from 0; b starts over from A's replies
+    # A's store file is recreated: a new epoch, seq from 0. Once its seq passes what b holds,
+    # b asks, is answered from the start under the new epoch, and replaces what it knew
     a.close()
     for p in (tmp_path / "a").glob("cache.sqlite*"):
         p.unlink()
     a = ResultCache.open(tmp_path / "a", NET_KEY, max_bytes=1 << 22)
-    await a.put(keys[0], *_result(0)[:2])
+    fresh = [await a.key_for(Spec(f"fresh {i}")) for i in range(9)]
+    for i, k in enumerate(fresh):
+        await a.put(k, *_result(i)[:2])
     net.servers["A"] = a
     a.attach(net, list, max_frame_bytes=1 << 20)
     await b.sync_index()
-    assert b.index.prefixes("A") == 1 and b.index.holders(keys[5]) == []
+    assert b.index.prefixes("A") == 9 and b.index.holders(keys[5]) == [] and b.index.holders(fresh[8]) == ["A"]
+    assert b.index.total == 9
     a.close()
     b.close()
 
@@ -207,3 +211,55 @@ def test_seq_keeps_rising_when_a_new_key_empties_the_store(tmp_path: Path) -> No
     store.put(b"\x05" * 32, b"s" * 10)
     assert store.seq == 4
     store.close()
+
+
+class LyingNet:
+    """A peer whose index replies never move forward: always seq 5, ``more`` true, the same prefixes."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def request(self, peer: str, protocol: str, payload: bytes, timeout: float) -> bytes:
+        from p2p.protocols.cache import encode_keys
+
+        self.requests += 1
+        return encode_keys(b"L" * 8, 5, True, [bytes([i]) * 8 for i in range(16)])
+
+
+async def test_an_index_server_that_repeats_itself_is_asked_once_a_pass(tmp_path: Path) -> None:
+    b = ResultCache.open(tmp_path, NET_KEY, max_bytes=1 << 22)
+    net = LyingNet()
+    b.attach(net, lambda: [PeerOffer("liar", 100, seq=1000)], max_frame_bytes=1 << 20)
+    await b.sync_index()
+    assert net.requests == 2 and b.index.prefixes("liar") == 16  # first contact, then one that did not move
+    await b.sync_index()
+    assert net.requests == 3, "each later pass: one request, not INDEX_ROUNDS"
+    b.close()
+
+
+def test_the_index_total_bound_holds_across_peers() -> None:
+    index = KeyIndex(max_peers=8, max_prefixes=100, max_total=150)
+    index.learn("p", b"E" * 8, 1, [i.to_bytes(8, "big") for i in range(100)])
+    index.learn("q", b"E" * 8, 1, [i.to_bytes(8, "big") for i in range(100, 160)])  # past the total: q dropped
+    assert index.total == 100 and index.prefixes("q") == 0 and not index.behind("q", 99)
+    index.retain({"q"})
+    assert index.total == 0 and index.peers() == ["q"]
+
+
+async def test_an_entry_that_cannot_be_encoded_spoils_nothing_else(tmp_path: Path) -> None:
+    """DAG-CBOR refuses NaN: that one entry is not kept; the batch it was staged with is, and
+    close() still closes (it used to raise out of the node's shutdown)."""
+    cache = ResultCache.open(tmp_path, NET_KEY, max_bytes=1 << 22)
+    bad, good = await cache.key_for(Spec("nan stats")), await cache.key_for(Spec("fine"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.run)
+        await cache.put(bad, _result(1)[0], {"ms": float("nan")})
+        await cache.put(good, *_result(2)[:2])
+        with trio.fail_after(30):
+            while cache.info()["staged"]:
+                await trio.sleep(0.01)
+        assert cache.store.has(good) and not cache.store.has(bad) and cache.stored == 1
+        await cache.put(bad, _result(1)[0], {"ms": float("inf")})
+        nursery.cancel_scope.cancel()
+    cache.close()  # the staged bad entry is dropped here, without an exception
+    assert cache.stored == 1
