@@ -150,8 +150,10 @@ class PushBroadcaster:
         does not wait for stream negotiation. A new connection gets a fresh try (the back-off
         of a stream that broke with the old one is dropped)."""
         self._retry_at.pop(peer, None)
-        if peer not in self._boxes:
-            self._start(peer)
+        old = self._boxes.pop(peer, None)
+        if old is not None:  # a reconnect: the old stream went with the old connection
+            old.scope.cancel()
+        self._start(peer)
 
     def _start(self, peer: str) -> _Outbox:
         box = _Outbox(deque(maxlen=self._queue))

@@ -121,6 +121,9 @@ class Replicator:
         self._pending_gossip: list[Any] = []  # local events not yet inline in a gossip announcement
         self._pending_push: list[Any] = []  # ... nor in a pushed one
         self._merging: set[bytes] = set()  # inline blocks being merged now (the other path's copy waits)
+        # heads a peer announced while another copy of them was being merged: wanted from that
+        # peer if the merge did not store them (a forged copy must not hide the honest one)
+        self._deferred: dict[bytes, set[str]] = {}
         self.heard = {"gossip": 0, "push": 0}  # announcements heard per path
         self.gossip_announcements = 0
         self.push_announcements = 0
@@ -330,6 +333,9 @@ class Replicator:
                         await self._merge(peer, blocks)
                     finally:
                         self._merging -= cids
+                        for cid in cids:
+                            for other in self._deferred.pop(cid, ()):
+                                self.want(other, [cid])
                 self.want(peer, ann.heads)
             except WireError as exc:
                 peer_log.warning(peer, "bad heads announcement", error=str(exc), path=path)
@@ -345,7 +351,11 @@ class Replicator:
 
     def want(self, peer: str, heads: Iterable[bytes]) -> None:
         """``peer`` has these heads: fetch from it whatever of them we lack."""
-        missing = {h for h in list(heads)[:MAX_HEADS] if h not in self._merging and not self._has(h)}
+        heads = list(heads)[:MAX_HEADS]
+        for h in heads:
+            if h in self._merging:
+                self._deferred.setdefault(h, set()).add(peer)  # bounded: keys are merging blocks
+        missing = {h for h in heads if h not in self._merging and not self._has(h)}
         if not missing or self._nursery is None:
             return
         if peer in self._syncing:
