@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 from collections import deque
 import signal
 import subprocess
@@ -115,11 +116,13 @@ class _Worker:
             return read_frame(self.proc.stdout)
 
     def kill(self) -> None:
+        """Kill the process and reap it in a daemon thread (no zombie left until the pool's end)."""
         self.dead = True
         try:
             self.proc.kill()
         except OSError:
             pass
+        threading.Thread(target=self.proc.wait, name=f"reap-{self.proc.pid}", daemon=True).start()
 
 
 @dataclass(slots=True)
@@ -272,7 +275,7 @@ class WorkerPool:
             worker.kill()  # its state is unknown now: never reused
             self._remove(worker)
             raise
-        except (EOFError, OSError, ValueError) as exc:
+        except (EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
             why = await trio.to_thread.run_sync(_death, worker.proc)
             self._crashed(worker, why)
             raise WorkerCrashedError(
