@@ -553,6 +553,7 @@ async def _first_dim(get_state: Callable[[], State], workflow_id: str, load_bloc
     state = get_state()
     total = len(state.workflows[workflow_id].task_ids)
     for offset in range(0, total, page):
+        await trio.sleep(0)  # one page at a time: a long scan of unfinished tasks never holds the loop
         state = get_state()
         rows = page_rows(state, state.workflows[workflow_id], offset, page)
         first = next((r for r in rows if r.stored is not None or r.cid is not None), None)
