@@ -20,10 +20,7 @@ import sys
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator
-
-if TYPE_CHECKING:
-    from inference.runner import ModelRunner
+from typing import Any, AsyncIterator
 
 import structlog
 import trio
@@ -36,7 +33,9 @@ from inference.hardware import HardwareInfo, hardware
 from inference.memory import Trimmer
 from inference.memory import configure as configure_malloc
 from inference.models import ModelInfo, available_models, resolve_model
+from inference.runner import ModelRunner, load_runner
 from inference.tasks import DEFAULT_TOP_K, TaskOutput, normalize_task
+from inference.tokenizer import check_text
 
 log = structlog.get_logger()
 
@@ -265,8 +264,6 @@ class InferenceEngine:
             # start-up warm-up). Shutdown waits for the load instead: an ONNX session or torch
             # weights take seconds; an export child (15-20 s) is killed at shutdown (kill_exports).
             EXPORT_OWNER.set(self)  # this task's context, copied into the load's thread
-            from inference.runner import load_runner
-
             runner = await trio.to_thread.run_sync(load_runner, info, task, backend, self.config, self.data_dir)
             self._runners[key] = runner
             pending.runner = runner
@@ -316,8 +313,6 @@ class InferenceEngine:
         if not inputs:
             raise InvalidInputError("no input text given")
         for i, item in enumerate(inputs):
-            from inference.tokenizer import check_text
-
             err = check_text(item, i)
             if err is not None:
                 raise err
