@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 @pytest.fixture
 def node_config(tmp_path: Path, shared_cache_dir: Path) -> Any:
-    """The conftest node, with the result cache on (on by default; set here so the test does not depend on it)."""
+    """The conftest node, with the result cache on (it is off by default)."""
     from p2p.config import CacheConfig
     from tests.conftest import make_node_config
 

@@ -117,7 +117,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 @pytest.fixture
 def cluster_env() -> dict[str, str]:
-    return {"IPFS_ACCELERATE_CACHE__ENABLED": "true"}  # on by default; said here so the test does not depend on it
+    return {"IPFS_ACCELERATE_CACHE__ENABLED": "true"}  # off by default (p2p.config.CacheConfig)
 
 
 async def _info(data_dir: Path) -> dict[str, Any]:
