@@ -48,15 +48,22 @@ def _offer(peer: str, cache: ResultCache) -> PeerOffer:
     return PeerOffer(peer, cache.advertised_entries(), cache.advertised_seq())
 
 
-async def test_a_peer_is_asked_only_for_keys_its_index_holds(tmp_path: Path) -> None:
+async def _serving_pair(tmp_path: Path, texts: list[str]) -> tuple[ResultCache, ResultCache, LoopbackNet, list[bytes]]:
+    """A holding ``texts``' entries and serving them; B following A's index through ``net``
+    (B's offer is read from ``net.servers["A"]``, so a recreated A is followed too)."""
     a = ResultCache.open(tmp_path / "a", NET_KEY, max_bytes=1 << 22)
     b = ResultCache.open(tmp_path / "b", NET_KEY, max_bytes=1 << 22)
-    held = [await a.key_for(Spec(f"held {i}")) for i in range(5)]
-    for i, k in enumerate(held):
+    keys = [await a.key_for(Spec(t)) for t in texts]
+    for i, k in enumerate(keys):
         await a.put(k, *_result(i)[:2])
     net = LoopbackNet({"A": a})
     a.attach(net, list, max_frame_bytes=1 << 20)
-    b.attach(net, lambda: [_offer("A", a)], max_frame_bytes=1 << 20)
+    b.attach(net, lambda: [_offer("A", net.servers["A"])], max_frame_bytes=1 << 20)
+    return a, b, net, keys
+
+
+async def test_a_peer_is_asked_only_for_keys_its_index_holds(tmp_path: Path) -> None:
+    a, b, net, held = await _serving_pair(tmp_path, [f"held {i}" for i in range(5)])
 
     await b.sync_index()
     assert b.index.prefixes("A") == 5 and net.requests == [("A", "since")]
@@ -81,14 +88,7 @@ async def test_index_pages_and_a_recreated_store(tmp_path: Path, monkeypatch: py
     import p2p.cache.cache as cache_mod
 
     monkeypatch.setattr(cache_mod, "MAX_PREFIXES", 3)  # pages of 3 prefixes
-    a = ResultCache.open(tmp_path / "a", NET_KEY, max_bytes=1 << 22)
-    b = ResultCache.open(tmp_path / "b", NET_KEY, max_bytes=1 << 22)
-    keys = [await a.key_for(Spec(f"k {i}")) for i in range(8)]
-    for i, k in enumerate(keys):
-        await a.put(k, *_result(i)[:2])
-    net = LoopbackNet({"A": a})
-    a.attach(net, list, max_frame_bytes=1 << 20)
-    b.attach(net, lambda: [_offer("A", a)], max_frame_bytes=1 << 20)
+    a, b, net, keys = await _serving_pair(tmp_path, [f"k {i}" for i in range(8)])
     await b.sync_index()
     assert b.index.prefixes("A") == 8 and net.requests == [("A", "since")] * 3  # 3 + 3 + 2
     assert all(b.index.holders(k) == ["A"] for k in keys)
