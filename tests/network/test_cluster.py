@@ -69,7 +69,19 @@ async def test_kill_9_a_worker_mid_workflow(cluster: Cluster) -> None:
         # it has finished one and still owns some it has not finished: the premise of the test
         return any(t["state"] == "done" for t in mine) and any(t["state"] == "claimed" for t in mine)
 
-    await eventually(n3_working, 120, "n3 to finish a task while it still owns queued ones")
+    # n3 runs a task in milliseconds, so what n1 reported may be over by the kill. Freeze n3
+    # (SIGSTOP: it sends nothing more), let what it already sent reach n1, and kill it only if
+    # n1 still sees it owning unfinished work; otherwise let it go on and look again.
+    for _ in range(20):
+        await eventually(n3_working, 120, "n3 to finish a task while it still owns queued ones")
+        assert n3.proc is not None
+        n3.proc.send_signal(signal.SIGSTOP)
+        await trio.sleep(1.5)
+        if await n3_working():
+            break
+        n3.proc.send_signal(signal.SIGCONT)
+    else:
+        raise AssertionError("n3 never held unfinished work once frozen")
     cluster.kill(n3, signal.SIGKILL)
     st = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=300, include_results=True)
     assert st["state"] == "completed" and st["completed"] == 80, st
