@@ -33,18 +33,31 @@ enough to go upstream as is. ``open_host`` calls :func:`apply` before it builds 
    ended the connection and climbed into the host. The patch resets that stream and logs the
    peer once per minute. ``trio.Cancelled`` and ``KeyboardInterrupt``/``SystemExit`` pass;
    ``MemoryError`` passes too (local and unrecoverable: the process must end).
+
+5. **The yamux reader never waits to write** (``Yamux.handle_incoming``/``_write_frame``).
+   The task that reads a connection also wrote its control frames itself: the ACK of every new
+   inbound stream, the pong of every ping, resets. When both peers send bulk at once, both
+   sockets' send buffers fill; each reader then waits to write, neither reads, and the
+   connection hangs for good (measured: both Recv-Qs full, both processes idle; pings
+   unanswered, peers judged silent, the link finally dropped). go-yamux avoids it by queueing
+   control frames for its send loop. The patch does the same: frames the reader writes go into
+   a per-connection queue that a task of the connection's nursery flushes, and every other
+   write flushes the queue first under the write lock, so frames still leave in the order they
+   were written (an ACK before the first data of its stream). The queue is bounded (a peer
+   flooding SYNs or pings makes the reader wait again, as before, rather than grow memory).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 import trio
 from libp2p.host.basic_host import BasicHost
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.stream_muxer.yamux.yamux import YamuxStream
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
 from p2p.net.errors import describe
 from p2p.net.ratelog import peer_log
@@ -52,7 +65,7 @@ from p2p.net.ratelog import peer_log
 _APPLIED = False
 stats: Counter[str] = Counter()
 """What the patches caught, by kind (for tests and diagnostics): ``pubsub_stream_dropped``,
-``gossip_message_dropped``, ``inbound_stream_reset``."""
+``gossip_message_dropped``, ``inbound_stream_reset``, ``yamux_control_write_failed``."""
 _WRITE_LOCK_ATTR = "_p2p_whole_write_lock"
 
 # The library's own "the peer went away" errors: not worth a warning.
@@ -102,6 +115,84 @@ def _patch_yamux_whole_writes() -> None:
 
     write.__p2p_patched__ = True  # type: ignore[attr-defined]
     YamuxStream.write = write  # type: ignore[method-assign]
+
+
+_READER_ATTR = "_p2p_reader_task"
+_CONTROL_ATTR = "_p2p_control_frames"
+CONTROL_QUEUE_LIMIT = 4096
+"""Control frames the reader may queue before it waits to write (12 to 12+n bytes each)."""
+
+
+class _ControlFrames:
+    """Frames the reader wrote, waiting for the connection's write lock (one per connection)."""
+
+    def __init__(self) -> None:
+        self.frames: deque[bytes] = deque()
+        self.flushing = False
+        self.drained = trio.Event()
+
+
+def _control_frames(conn: Yamux) -> _ControlFrames:
+    q = conn.__dict__.get(_CONTROL_ATTR)
+    if q is None:
+        q = _ControlFrames()
+        setattr(conn, _CONTROL_ATTR, q)
+    return q
+
+
+async def _flush_locked(conn: Yamux, q: _ControlFrames) -> None:
+    """Write every queued control frame; the caller holds ``conn._write_lock``."""
+    while q.frames:
+        await conn.secured_conn.write(q.frames.popleft())
+    q.drained.set()
+    q.drained = trio.Event()
+
+
+async def _flush_task(conn: Yamux, q: _ControlFrames) -> None:
+    try:
+        async with conn._write_lock:
+            await _flush_locked(conn, q)
+    except Exception as exc:  # noqa: BLE001 - the connection broke: let the reader see it
+        q.frames.clear()
+        q.drained.set()
+        _report("yamux_control_write_failed", str(conn.peer_id), "yamux control frame not written; closing", "yamux", exc)
+        with contextlib.suppress(Exception):
+            await conn.secured_conn.close()
+    finally:
+        q.flushing = False
+
+
+def _patch_yamux_reader_never_waits_to_write() -> None:
+    original_write_frame = Yamux._write_frame
+    original_handle_incoming = Yamux.handle_incoming
+
+    @functools.wraps(original_handle_incoming)
+    async def handle_incoming(self: Yamux) -> None:
+        setattr(self, _READER_ATTR, trio.lowlevel.current_task())
+        await original_handle_incoming(self)
+
+    @functools.wraps(original_write_frame)
+    async def _write_frame(self: Yamux, data: bytes) -> None:
+        q = _control_frames(self)
+        nursery = self._nursery
+        if self.__dict__.get(_READER_ATTR) is trio.lowlevel.current_task() and nursery is not None:
+            while len(q.frames) >= CONTROL_QUEUE_LIMIT:
+                await q.drained.wait()  # a flood: wait, as the library always did
+            q.frames.append(data)
+            if not q.flushing:
+                q.flushing = True
+                nursery.start_soon(_flush_task, self, q)
+            return
+        if not q.frames:
+            await original_write_frame(self, data)
+            return
+        async with self._write_lock:
+            await _flush_locked(self, q)
+            await self.secured_conn.write(data)
+        await trio.lowlevel.checkpoint()
+
+    Yamux.handle_incoming = handle_incoming  # type: ignore[method-assign]
+    Yamux._write_frame = _write_frame  # type: ignore[method-assign]
 
 
 def _patch_pubsub_stream_handler() -> None:
@@ -160,6 +251,7 @@ def apply() -> None:
     _patch_pubsub_stream_handler()
     _patch_pubsub_push_msg()
     _patch_host_stream_handler()
+    _patch_yamux_reader_never_waits_to_write()
     _APPLIED = True
 
 

@@ -41,6 +41,7 @@ class PeerProc:
         self.events: list[Event] = []
         self._changed = trio.Event()
         self.ready: Event = {}
+        self._send_lock = trio.Lock()  # commands from concurrent tasks go out one line at a time
 
     @property
     def peer_id(self) -> str:
@@ -87,7 +88,8 @@ class PeerProc:
 
     async def send(self, cmd: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
-        await self.proc.stdin.send_all((json.dumps(cmd) + "\n").encode())
+        async with self._send_lock:
+            await self.proc.stdin.send_all((json.dumps(cmd) + "\n").encode())
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc.returncode is None:
