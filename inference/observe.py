@@ -10,10 +10,15 @@ and never reaches the executor.
 
 The registry is per process. Every node in a process that listens hears every batch of every
 engine in that process: ``mcp serve`` runs one node per process, so there it is that node's.
+
+Batches that ran while nobody listened (a node's start-up warm-up runs before its metrics
+registry exists) are kept, the last :data:`BACKLOG` of them, and handed to the first listener,
+so the histograms count every batch the engine's counters count.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -37,12 +42,17 @@ class BatchRecord:
 BatchListener = Callable[[BatchRecord], None]
 
 _listeners: list[BatchListener] = []
+BACKLOG = 256
+_backlog: deque["BatchRecord"] = deque(maxlen=BACKLOG)  # batches no listener heard yet
 _failed: set[int] = set()  # ids of listeners whose failure was logged already (log once each)
 
 
 def listen(fn: BatchListener) -> Callable[[], None]:
-    """Call ``fn`` with every :class:`BatchRecord` from now on; returns the function that stops it."""
+    """Call ``fn`` with every :class:`BatchRecord` from now on (and, for the first listener, the
+    batches that ran while nobody listened); returns the function that stops it."""
     _listeners.append(fn)
+    while _backlog:
+        _deliver(fn, _backlog.popleft())
 
     def stop() -> None:
         try:
@@ -64,18 +74,23 @@ def lane_names(lane: Hashable) -> tuple[str, str]:
 
 def record_batch(lane: Hashable, size: int, seconds: float) -> None:
     """Tell the listeners that a batch of ``size`` items ran in ``seconds``. Never raises."""
-    if not _listeners:
-        return
     try:
         model, task = lane_names(lane)
         rec = BatchRecord(model, task, int(size), float(seconds))
     except Exception as exc:  # noqa: BLE001 - observation must never fail the batch
         log.debug("batch not recorded", error=str(exc))
         return
+    if not _listeners:
+        _backlog.append(rec)
+        return
     for fn in list(_listeners):
-        try:
-            fn(rec)
-        except Exception as exc:  # noqa: BLE001 - a listener's bug is its own
-            if id(fn) not in _failed:
-                _failed.add(id(fn))
-                log.warning("batch listener failed", listener=getattr(fn, "__qualname__", repr(fn)), error=str(exc))
+        _deliver(fn, rec)
+
+
+def _deliver(fn: BatchListener, rec: BatchRecord) -> None:
+    try:
+        fn(rec)
+    except Exception as exc:  # noqa: BLE001 - a listener's bug is its own
+        if id(fn) not in _failed:
+            _failed.add(id(fn))
+            log.warning("batch listener failed", listener=getattr(fn, "__qualname__", repr(fn)), error=str(exc))

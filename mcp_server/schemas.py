@@ -186,6 +186,12 @@ class NodeInfo(BaseModel):
     workflows: int
     queue: int
     cache: dict[str, Any] = Field(default_factory=dict, description="The result cache: enabled, shared, entries, bytes, hits, misses, remote hits, authentication failures.")
+    workers: dict[str, Any] = Field(default_factory=dict, description=(
+        "Inference workers: mode (pool or in-process), live, busy, starting, target, min, max, queue_depth, "
+        "spawned, crashes, and per worker its pid, models, batches and items."))
+    replication: dict[str, Any] = Field(default_factory=dict, description=(
+        "Replication counters: events applied from peers, head announcements sent and heard by gossip and by "
+        "direct push, peers being synced, result blocks awaited, and the push streams' own counters."))
 
 
 class ConnectResult(BaseModel):

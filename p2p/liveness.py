@@ -52,6 +52,7 @@ class Liveness:
         on_silent: Callable[[set[str]], Awaitable[None]] | None = None,
         ping: Callable[[str], Awaitable[float]] | None = None,
         connected_peers: Callable[[], list[str]] = list,
+        diagnose: Callable[[str], dict[str, Any]] = lambda peer: {},
     ) -> None:
         self.table = table
         self.pause = pause
@@ -66,6 +67,7 @@ class Liveness:
         self._on_silent = on_silent
         self._ping = ping
         self._connected = connected_peers
+        self._diagnose = diagnose
         self._pauses_seen = pause.pauses
         self.sent = 0
         self.heard = 0
@@ -176,7 +178,7 @@ class Liveness:
                 self.table.set_rtt(peer, rtt)
                 log.info("a peer whose heartbeats lapsed answered a ping; still alive", peer=peer, rtt_ms=round(rtt, 1))
             if scope.cancelled_caught:
-                log.info("re-check ping unanswered within a lease", peer=peer)
+                log.info("re-check ping unanswered within a lease", peer=peer, **self._diagnose(peer))
         except Exception as exc:  # noqa: BLE001 - no connection, a reset: it did not answer
             log.info("re-check ping failed", peer=peer, error=str(exc) or type(exc).__name__)
         finally:

@@ -201,7 +201,7 @@ class Node:
                 on_heads=replicator.want if cfg.gossip_heads else lambda peer, heads: None,
                 on_learned=discovery.learned, on_resumed=replicator.resumed, ping=net.ping,
                 on_silent=self._drop_connections,
-                connected_peers=net.connected_peers,
+                connected_peers=net.connected_peers, diagnose=net.diagnose,
             )
             for raw in self._missing_result_blocks():
                 replicator.expect_result(raw, None)
@@ -748,6 +748,8 @@ class Node:
             "workflows": len(self.scheduler.state.workflows),
             "queue": self.scheduler.local_queue(),
             "cache": self.cache.info() if self.cache is not None else {"enabled": False},
+            "workers": self.engine.workers_info(),
+            "replication": self.replicator.stats() if self.replicator is not None else {"enabled": False},
         }
 
 

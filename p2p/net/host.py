@@ -267,6 +267,19 @@ class NetHost:
         """True when ``allow_peers`` is empty or names ``peer_id`` (we always allow ourselves)."""
         return not self._allowed or peer_id in self._allowed or peer_id == self._peer_id
 
+    def diagnose(self, peer_id: str) -> dict[str, Any]:
+        """What a liveness verdict needs to be explained from a log alone: this process's event
+        loop (runnable tasks), and per connection to ``peer_id`` its open yamux streams, free
+        outbound stream slots and control frames waiting to be written. Never raises."""
+        out: dict[str, Any] = {}
+        try:
+            out["runnable_tasks"] = trio.lowlevel.current_statistics().tasks_runnable
+            conns = self._host.get_network().get_connections(ID.from_base58(peer_id))
+            out["connections"] = [_muxer_report(c) for c in conns]
+        except Exception as exc:  # noqa: BLE001 - a diagnosis must never fail the caller
+            out["error"] = describe(exc)
+        return out
+
     def connected_peers(self) -> list[str]:
         return sorted(self._connected)
 
@@ -815,3 +828,15 @@ __all__ = [
     "StreamHandler",
     "open_host",
 ]
+
+
+def _muxer_report(conn: Any) -> dict[str, Any]:
+    muxed = getattr(conn, "muxed_conn", None)
+    report: dict[str, Any] = {"streams": len(getattr(muxed, "streams", {}) or {})}
+    sem = getattr(muxed, "stream_backlog_semaphore", None)
+    if sem is not None:
+        report["outbound_slots_free"] = sem.value
+    control = getattr(muxed, "_p2p_control_frames", None)
+    if control is not None:
+        report["control_queued"] = len(control.frames)
+    return report

@@ -47,6 +47,8 @@ async def test_stdio_submit_wait_restart(tmp_path: Path, shared_cache_dir: Path)
         assert st["state"] == "completed" and st["completed"] == 8
         first = [t["result"]["embedding"] for t in st["tasks"]]
         info = await _call(client, "get_node_info")
+        assert info["workers"]["mode"] in {"in-process", "pool"}, info["workers"]
+        assert sum(w["items"] for w in info["workers"]["workers"]) >= 8, info["workers"]
     # The client closed stdin: the server exited. Start it again on the same data dir.
     async with Client(_stdio(data, shared_cache_dir)) as client:
         again = await _call(client, "get_workflow_status", workflow_id=wid, include_results=True)

@@ -100,3 +100,14 @@ async def test_quic_when_enabled(net_config: Cfg) -> None:
         assert quic and any("/tcp/" in addr for addr in b.listen_addrs())
         assert await a.connect(quic[0]) == b.peer_id
         assert await a.request(b.peer_id, "/ipfs-accelerate/test/echo/1.0.0", b"q" * 1000) == b"q" * 1000
+
+
+async def test_diagnose_reports_the_loop_and_each_connection(net_config: Cfg) -> None:
+    """What an unanswered re-check ping logs (``NetHost.diagnose``): read from the live muxer."""
+    async with open_host(create_new_key_pair(), net_config()) as a, open_host(create_new_key_pair(), net_config()) as b:
+        await a.connect(b.listen_addrs()[0])
+        report = a.diagnose(b.peer_id)
+        assert report["runnable_tasks"] >= 0 and len(report["connections"]) == 1, report
+        conn = report["connections"][0]
+        assert conn["streams"] >= 0 and 0 < conn["outbound_slots_free"] <= 256, report
+        assert a.diagnose("not-a-peer-id").keys() >= {"error"}  # never raises

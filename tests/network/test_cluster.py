@@ -48,6 +48,11 @@ async def test_three_peers_share_a_p2p_only_workflow(cluster: Cluster) -> None:
     used = {t["peer"] for t in st["tasks"]}
     assert used == {n2.peer_id, n3.peer_id}, "both workers are used and never the submitter"
     assert all(len(t["result"]["embedding"]) == 384 for t in st["tasks"])
+    for worker in (n2, n3):  # get_node_info reports the inference workers and replication
+        info = await call(worker, "get_node_info")
+        ran = sum(1 for t in st["tasks"] if t["peer"] == worker.peer_id and not t.get("cached"))
+        assert sum(w["items"] for w in info["workers"]["workers"]) >= ran > 0, info["workers"]
+        assert info["replication"]["synced_events"] > 0, info["replication"]
     await _same_view(n1, n3, wid)
     on3 = await call(n3, "get_workflow_status", workflow_id=wid, include_results=True)
     assert [t["result"] for t in on3["tasks"]] == [t["result"] for t in st["tasks"]]
