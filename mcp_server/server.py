@@ -33,6 +33,7 @@ from mcp_server.schemas import (
     WorkflowStatusOut,
     WorkflowSummary,
 )
+from mcp_server.search_tool import register_search_tools
 from p2p.errors import NodeError
 from p2p.node import VERSION, Node
 
@@ -311,5 +312,6 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
     def workflow_resource(workflow_id: str) -> str:
         return json.dumps(fit_page(_call(node.workflow_status, workflow_id, True, 0, page_size)))
 
+    register_search_tools(server, node)
     register_export_tool(server, node)
     return server
