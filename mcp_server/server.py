@@ -18,6 +18,7 @@ from mcp.types import ToolAnnotations
 from pydantic import AfterValidator, Field
 
 from mcp_server.export_tool import register_export_tool
+from mcp_server.file_submit_tool import register_file_submit_tool
 from mcp_server.schemas import (
     ConnectResult,
     InferenceOut,
@@ -314,4 +315,5 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
 
     register_search_tools(server, node)
     register_export_tool(server, node)
+    register_file_submit_tool(server, node)
     return server
