@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mcp import Client
@@ -278,10 +279,22 @@ async def test_search_and_compare_match_sentence_transformers(tmp_path: Path, sh
     mtimes = _files(search_dir)
     async with Node.open(make_node_config(data, shared_cache_dir)) as node:
         async with Client(build_server(node)) as client:
-            for qi, query in enumerate(QUERIES):
-                out = await _ok(client, "search_workflow", workflow_id=wid, query=query, k=5)
-                assert out["index"] == ("loaded" if qi == 0 else "memory")
-                _same(out, first[query])
+            # two calls at once: one reads the index from disk, the other waits for it (its lock)
+            outs: dict[str, dict[str, Any]] = {}
+            queries = list(QUERIES)
+
+            async def one(query: str) -> None:
+                outs[query] = await _ok(client, "search_workflow", workflow_id=wid, query=query, k=5)
+
+            async with trio.open_nursery() as nursery:
+                for query in queries[:2]:
+                    nursery.start_soon(one, query)
+            assert sorted(o["index"] for o in outs.values()) == ["loaded", "memory"]
+            for query in queries[2:]:
+                outs[query] = await _ok(client, "search_workflow", workflow_id=wid, query=query, k=5)
+                assert outs[query]["index"] == "memory"
+            for query in queries:
+                _same(outs[query], first[query])
             assert _files(search_dir)[npy.name] == mtimes[npy.name]
             # a damaged index file is noticed and built again, with the same answers
             npy.write_bytes(npy.read_bytes()[:200])
