@@ -132,6 +132,11 @@ async def test_every_format_submits_its_rows_in_order_and_bad_files_submit_nothi
                 assert out["state"] == "completed" and out["completed"] == len(ROWS) and out["rows"] == len(ROWS)
                 assert out["path"] == str(d / "in.csv") and out["format"] == "csv"
                 assert inputs_of(node, out["workflow_id"]) == ROWS
+                plain = await trio.to_thread.run_sync(cli, "--file", "in.txt", "--no-wait", "--tag", "p2p-only", "--name", "t")
+                assert plain.returncode == 0, plain.stderr
+                wid = plain.stdout.split(":")[0]
+                assert f"({len(files['text'][1])} rows of {d / 'in.txt'})" in plain.stdout
+                assert inputs_of(node, wid) == files["text"][1] and node.workflow_summary(wid)["name"] == "t"
                 listed = node.list_workflows(None, 100)
                 bad = await trio.to_thread.run_sync(cli, "badrow.jsonl")
                 assert bad.returncode == 1 and "error: " in bad.stderr and "row 3: the input is blank" in bad.stderr
