@@ -45,11 +45,13 @@ INSTRUCTIONS = """\
 This server is one peer of an ipfs-accelerate network: machines that run inference models
 (embeddings, text classification, fill-mask) for each other. Use run_inference for a few
 texts you need now. For many texts, submit_workflow (one task per text) returns a workflow id
-at once; the peers share the work. Follow it with wait_for_workflow (progress notifications,
+at once; the peers share the work (submit_workflow_file does the same for a .jsonl, .csv,
+.parquet or .txt file of inputs on this node). Follow it with wait_for_workflow (progress notifications,
 returns at completion or timeout) or get_workflow_status, and read results with
 include_results=true, paging large workflows with offset/limit (limit=0: counts only), or write
 them all to a file on this node with export_workflow_results (.jsonl, .npy, .parquet). list_models shows which models
-the network serves (with content ids); pull_model fetches one from peers; list_peers and get_node_info show the peers and this node's clock."""
+the network serves (with content ids); pull_model fetches one from peers; list_peers and get_node_info show the peers and this node's clock.
+With an embedding workflow done, search_workflow finds its tasks nearest a query, and compare_texts gives the similarity of a few texts."""
 
 READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
 

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.timeout(600)
 TOOLS = {
     "submit_workflow", "get_workflow_status", "wait_for_workflow", "cancel_workflow",
     "set_workflow_priority", "list_workflows", "run_inference", "list_models", "list_peers",
-    "get_node_info", "connect_peer", "export_workflow_results",
+    "get_node_info", "connect_peer", "export_workflow_results", "submit_workflow_file",
+    "search_workflow", "compare_texts",
 }
 
 
