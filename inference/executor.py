@@ -184,16 +184,15 @@ class _Lane:
 
     async def _run(self, batch: list[tuple[_Request, int]]) -> None:
         items = [req.items[i] for req, i in batch]
-        self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(items))
+        t0 = trio.current_time()
         try:
-            t0 = trio.current_time()
             results = await trio.to_thread.run_sync(self._call, items, limiter=self._limiter)
-            observe.record_batch(self.key, len(items), trio.current_time() - t0)
         except Exception as exc:
             log.warning("executor.batch_failed_isolating", lane=str(self.key), items=len(items), error=one_line(exc))
             self.stats.isolated_reruns += 1
             results = await trio.to_thread.run_sync(self._isolate, items, limiter=self._limiter)
+        self._made(len(items), t0)
         for (req, i), res in zip(batch, results):
             self._deliver(req, i, res)
 
@@ -202,15 +201,13 @@ class _Lane:
         back to the head of the lane (its items keep their order), once, then fails retryably."""
         assert self.dispatcher is not None
         items = [req.items[i] for req, i in batch]
-        self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(items))
+        t0 = trio.current_time()
         try:
             try:
-                t0 = trio.current_time()
                 results = list(await self.dispatcher.run(slot, items))
                 if len(results) != len(items):
                     raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
-                observe.record_batch(self.key, len(items), trio.current_time() - t0)
             except RetryBatchError as exc:
                 self._retry(batch, exc)
                 return
@@ -227,10 +224,18 @@ class _Lane:
                         break
                     except Exception as exc2:
                         results.append(BatchCallError(f"model call failed: {one_line(exc2)}"))
+            self._made(len(items), t0)
         finally:
             self.dispatcher.release(slot)
         for (req, i), res in zip(batch, results):
             self._deliver(req, i, res)
+
+    def _made(self, size: int, t0: float) -> None:
+        """Count a finished model call (a batch) and tell the observers, at the same moment, so
+        ``batches`` and the batch histograms never disagree (a batch is counted once it returns;
+        one whose worker died and goes back to the lane is counted when it finally runs)."""
+        self.stats.batches += 1
+        observe.record_batch(self.key, size, trio.current_time() - t0)
 
     def _retry(self, batch: list[tuple[_Request, int]], exc: RetryBatchError) -> None:
         again: list[tuple[_Request, int]] = []

@@ -839,4 +839,12 @@ def _muxer_report(conn: Any) -> dict[str, Any]:
     control = getattr(muxed, "_p2p_control_frames", None)
     if control is not None:
         report["control_queued"] = len(control.frames)
+    channel = getattr(muxed, "new_stream_send_channel", None)
+    if channel is not None:
+        stats = channel.statistics()  # inbound streams not yet accepted; a reader waiting to hand one over
+        report["accept_backlog"] = stats.current_buffer_used
+        report["reader_waiting_on_accept"] = stats.tasks_waiting_send
+    closed = getattr(conn, "event_closed", None)
+    if closed is not None:
+        report["closed"] = closed.is_set()
     return report

@@ -110,4 +110,5 @@ async def test_diagnose_reports_the_loop_and_each_connection(net_config: Cfg) ->
         assert report["runnable_tasks"] >= 0 and len(report["connections"]) == 1, report
         conn = report["connections"][0]
         assert conn["streams"] >= 0 and 0 < conn["outbound_slots_free"] <= 256, report
+        assert conn["accept_backlog"] == conn["reader_waiting_on_accept"] == 0 and conn["closed"] is False, report
         assert a.diagnose("not-a-peer-id").keys() >= {"error"}  # never raises
