@@ -68,21 +68,33 @@ async def test_kill_9_a_worker_mid_workflow(cluster: Cluster) -> None:
     sub = await call(n1, "submit_workflow", name="failover", tasks=_tasks(80), tag="p2p-only")
     wid = sub["workflow_id"]
 
-    async def n3_working() -> bool:
+    async def n3_tasks() -> list[tuple[str, str]]:
         st = await call(n1, "get_workflow_status", workflow_id=wid)
-        mine = [t for t in st["tasks"] if t.get("peer") == n3.peer_id]
+        return sorted((t["task_id"], t["state"]) for t in st["tasks"] if t.get("peer") == n3.peer_id)
+
+    def premise(mine: list[tuple[str, str]]) -> bool:
         # it has finished one and still owns some it has not finished: the premise of the test
-        return any(t["state"] == "done" for t in mine) and any(t["state"] == "claimed" for t in mine)
+        return any(s == "done" for _, s in mine) and any(s == "claimed" for _, s in mine)
+
+    async def n3_working() -> bool:
+        return premise(await n3_tasks())
 
     # n3 runs a task in milliseconds, so what n1 reported may be over by the kill. Freeze n3
-    # (SIGSTOP: it sends nothing more), let what it already sent reach n1, and kill it only if
-    # n1 still sees it owning unfinished work; otherwise let it go on and look again.
+    # (SIGSTOP: it sends nothing more), wait until n1's view of n3's tasks stops changing (what
+    # n3 sent before the freeze has been received and folded: a busy n1 can lag seconds), and
+    # kill it only if n1 still sees it owning unfinished work; otherwise let it go on and retry.
     for _ in range(20):
         await eventually(n3_working, 120, "n3 to finish a task while it still owns queued ones")
         assert n3.proc is not None
         n3.proc.send_signal(signal.SIGSTOP)
-        await trio.sleep(1.5)
-        if await n3_working():
+        seen: list[tuple[str, str]] | None = None
+        for _ in range(30):
+            await trio.sleep(1.0)
+            now = await n3_tasks()
+            if now == seen:
+                break
+            seen = now
+        if seen is not None and premise(seen):
             break
         n3.proc.send_signal(signal.SIGCONT)
     else:
