@@ -53,6 +53,7 @@ import trio
 from p2p.clock import codec
 from p2p.clock.cids import cid_raw
 from p2p.errors import NodeError
+from p2p.fsutil import fsync_dir_best_effort
 from p2p.scheduler.results import unpack_result
 from p2p.scheduler.state import State, TaskStatus
 from p2p.scheduler.views import _json_safe, task_view
@@ -441,14 +442,7 @@ class _Target:
                 os.replace(self.tmp, self.path)
             else:
                 os.unlink(self.tmp)
-        try:  # the rename itself durable
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
+        fsync_dir_best_effort(self.path.parent)  # the rename itself durable
         return size
 
     def discard(self) -> None:

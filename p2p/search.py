@@ -39,6 +39,7 @@ import structlog
 import trio
 
 from p2p.errors import NodeError
+from p2p.fsutil import fsync_dir_best_effort
 from p2p.export import PAGE, BlocksLoader, ExportRow, node_blocks_loader, page_rows, resolve, unfinished_error
 from p2p.scheduler.state import State, TaskStatus
 
@@ -159,14 +160,7 @@ def save_index(directory: Path, index: Index) -> None:
         "shape": list(matrix.shape), "sha256": _sha256(npy), "rows": [int(r) for r in index.rows],
     }
     _write_atomic(meta, lambda fh: fh.write(json.dumps(body, separators=(",", ":")).encode()))
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    fsync_dir_best_effort(directory)
 
 
 def _sha256(path: Path) -> str:
