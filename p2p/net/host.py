@@ -836,9 +836,8 @@ def _muxer_report(conn: Any) -> dict[str, Any]:
     sem = getattr(muxed, "stream_backlog_semaphore", None)
     if sem is not None:
         report["outbound_slots_free"] = sem.value
-    control = getattr(muxed, "_p2p_control_frames", None)
-    if control is not None:
-        report["control_queued"] = len(control.frames)
+    if muxed is not None:
+        report.update(libp2p_patches.queued(muxed))
     channel = getattr(muxed, "new_stream_send_channel", None)
     if channel is not None:
         stats = channel.statistics()  # inbound streams not yet accepted; a reader waiting to hand one over

@@ -34,30 +34,62 @@ enough to go upstream as is. ``open_host`` calls :func:`apply` before it builds 
    peer once per minute. ``trio.Cancelled`` and ``KeyboardInterrupt``/``SystemExit`` pass;
    ``MemoryError`` passes too (local and unrecoverable: the process must end).
 
-5. **The yamux reader never waits to write** (``Yamux.handle_incoming``/``_write_frame``).
-   The task that reads a connection also wrote its control frames itself: the ACK of every new
-   inbound stream, the pong of every ping, resets. When both peers send bulk at once, both
-   sockets' send buffers fill; each reader then waits to write, neither reads, and the
-   connection hangs for good (measured: both Recv-Qs full, both processes idle; pings
-   unanswered, peers judged silent, the link finally dropped). go-yamux avoids it by queueing
-   control frames for its send loop. The patch does the same: frames the reader writes go into
-   a per-connection queue that a task of the connection's nursery flushes, and every other
-   write flushes the queue first under the write lock, so frames still leave in the order they
-   were written (an ACK before the first data of its stream). The queue is bounded (a peer
-   flooding SYNs or pings makes the reader wait again, as before, rather than grow memory).
+5. **Every yamux frame leaves whole, and the reader never waits to write**
+   (``Yamux._write_frame``, and ``handle_incoming`` to know its task). Two failures of the library's direct writes, both
+   seen as connections that went dead in both directions under load:
+
+   - *The reader waited to write.* The task that reads a connection also wrote its control
+     frames (the ACK of every new inbound stream, the pong of every ping, resets). When both
+     peers send bulk at once, both sockets' send buffers fill; each reader waits to write,
+     neither reads, and the connection hangs for good (measured: both Recv-Qs full, both
+     processes idle).
+   - *A cancelled write left half a frame.* A writer whose timeout fires while it waits inside
+     trio's ``send_all`` (the peer is busy or paused and its socket is full) has sent part of
+     the frame. The noise nonce and the swarm key's stream cipher have moved on by the whole
+     frame, so from then on the peer decrypts garbage: it waits on a garbage length (pings
+     unanswered, window updates never seen) until the connection fails. Any timeout around a
+     stream write does it (a request's, a push's, the library's own).
+
+   The reader now only queues its frames (bounded: past ``CONTROL_QUEUE_LIMIT`` a flood makes
+   it wait, as before) and a task of the connection's nursery writes them, as go-yamux's send
+   loop does; every other write flushes that queue first under the write lock, so frames keep
+   their order (an ACK before the first data of its stream). Every write, once it holds the
+   lock, is shielded from cancellation until the frame is out: waiting for the lock stays
+   cancellable (nothing is sent yet), and a write that cannot finish in ``WRITE_STALL_S`` (the
+   peer's socket stayed full; TCP_USER_TIMEOUT usually acts first) closes the connection
+   instead of leaving half a frame. The price: a caller whose timeout fires while its frame is
+   going out on a full socket returns when the frame is out, not at its deadline.
+
+6. **A stream write waits for the peer's window as long as a minute** (``YamuxStream.write``,
+   reimplemented with that one change, inside patch 1's lock). The library gives up after a
+   fixed 5 s and resets the stream. On two cores running three busy nodes, a receiver's window
+   update often takes longer to be read and applied: every big transfer (the 1.3 MB block of a
+   10,000-task submit) died at the ~1 MiB the receiver had granted so far, the workers could
+   not learn the workflow, and the submitter ran the tasks alone. The caller's own timeout
+   (a request's, a push's) still bounds the wait.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import struct
 from collections import Counter, deque
 from typing import Any
 
 import trio
 from libp2p.host.basic_host import BasicHost
+from libp2p.network.connection.exceptions import RawConnError
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+from libp2p.stream_muxer.exceptions import MuxedStreamError
+from libp2p.stream_muxer.yamux.yamux import (
+    HEADER_SIZE,
+    MAX_MESSAGE_SIZE,
+    TYPE_DATA,
+    YAMUX_HEADER_FORMAT,
+    Yamux,
+    YamuxStream,
+)
 
 from p2p.net.errors import describe
 from p2p.net.ratelog import peer_log
@@ -65,7 +97,7 @@ from p2p.net.ratelog import peer_log
 _APPLIED = False
 stats: Counter[str] = Counter()
 """What the patches caught, by kind (for tests and diagnostics): ``pubsub_stream_dropped``,
-``gossip_message_dropped``, ``inbound_stream_reset``, ``yamux_control_write_failed``."""
+``gossip_message_dropped``, ``inbound_stream_reset``, ``yamux_write_failed``."""
 _WRITE_LOCK_ATTR = "_p2p_whole_write_lock"
 
 # The library's own "the peer went away" errors: not worth a warning.
@@ -101,10 +133,52 @@ def _report(kind: str, peer: str, what: str, protocol: str, exc: BaseException) 
     peer_log.warning(peer, what, protocol=protocol, error=describe(exc))
 
 
-def _patch_yamux_whole_writes() -> None:
-    original = YamuxStream.write
+WINDOW_WAIT_S = 60.0
+"""How long a stream write waits for the peer to open its receive window (the library: 5 s)."""
+_WINDOW_POLL_S = 0.01
 
-    @functools.wraps(original)
+
+async def _write_waiting_for_window(self: YamuxStream, data: bytes) -> None:
+    """``YamuxStream.write`` of py-libp2p 0.8.1, waiting up to :data:`WINDOW_WAIT_S` (not 5 s)
+    for a window update (patch 6). Otherwise the library's code, line for line."""
+    if self.send_closed:
+        raise MuxedStreamError("Stream is closed for sending")
+    total_len = len(data)
+    sent = 0
+    while sent < total_len:
+        frame: bytes | None = None
+        while frame is None:
+            async with self.rw_lock.write_lock():
+                if self.send_closed:
+                    raise MuxedStreamError("Stream is closed for sending")
+                async with self.window_lock:
+                    if self.closed:
+                        raise MuxedStreamError("Stream is closed")
+                    if self.send_window > 0:
+                        to_send = min(self.send_window, MAX_MESSAGE_SIZE - HEADER_SIZE, total_len - sent)
+                        chunk = data[sent:sent + to_send]
+                        self.send_window -= to_send
+                        header = struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_DATA, 0, self.stream_id, len(chunk))
+                        frame = header + chunk
+            if frame is not None:
+                break
+            self._zero_window_waits += 1
+            with trio.move_on_after(WINDOW_WAIT_S) as waited:
+                while True:
+                    async with self.window_lock:
+                        if self.send_window > 0 or self.closed:
+                            break
+                    await trio.sleep(_WINDOW_POLL_S)
+            if waited.cancelled_caught:
+                raise MuxedStreamError(f"Timed out waiting for window update after {WINDOW_WAIT_S:g} seconds.")
+        await self.conn._write_frame(frame)
+        sent += len(frame) - HEADER_SIZE
+
+
+def _patch_yamux_whole_writes() -> None:
+    original = _write_waiting_for_window
+
+    @functools.wraps(YamuxStream.write)
     async def write(self: YamuxStream, data: bytes) -> None:
         lock = self.__dict__.get(_WRITE_LOCK_ATTR)
         if lock is None:
@@ -121,6 +195,9 @@ _READER_ATTR = "_p2p_reader_task"
 _CONTROL_ATTR = "_p2p_control_frames"
 CONTROL_QUEUE_LIMIT = 4096
 """Control frames the reader may queue before it waits to write (12 to 12+n bytes each)."""
+WRITE_STALL_S = 20.0
+"""A write that cannot finish in this long (the peer's socket stayed full) closes the connection.
+TCP_USER_TIMEOUT (p2p.net.host) normally aborts such a connection sooner."""
 
 
 class _ControlFrames:
@@ -130,6 +207,7 @@ class _ControlFrames:
         self.frames: deque[bytes] = deque()
         self.flushing = False
         self.drained = trio.Event()
+        self.broken: str | None = None
 
 
 def _control_frames(conn: Yamux) -> _ControlFrames:
@@ -140,30 +218,47 @@ def _control_frames(conn: Yamux) -> _ControlFrames:
     return q
 
 
-async def _flush_locked(conn: Yamux, q: _ControlFrames) -> None:
-    """Write every queued control frame; the caller holds ``conn._write_lock``."""
-    while q.frames:
-        await conn.secured_conn.write(q.frames.popleft())
-    q.drained.set()
-    q.drained = trio.Event()
+async def _write_whole(conn: Yamux, q: _ControlFrames, data: bytes) -> None:
+    """Write the queued control frames, then ``data``; the caller holds ``conn._write_lock``.
+
+    Shielded: a cancel landing inside trio's ``send_all`` would leave part of a frame on the
+    wire (see patch 5). Only a stall of :data:`WRITE_STALL_S` ends it, and then the connection
+    is closed, since the peer may hold half a frame."""
+    try:
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + WRITE_STALL_S
+            while q.frames:
+                await conn.secured_conn.write(q.frames.popleft())
+            if data:
+                await conn.secured_conn.write(data)
+    except BaseException as exc:
+        q.broken = describe(exc) if isinstance(exc, Exception) else type(exc).__name__
+        raise
+    finally:
+        q.drained.set()
+        q.drained = trio.Event()
+    if scope.cancelled_caught:
+        q.broken = f"a write stalled for {WRITE_STALL_S:g} s"
+        q.frames.clear()
+        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await conn.secured_conn.close()
+        raise RawConnError(f"connection closed: {q.broken}")
 
 
 async def _flush_task(conn: Yamux, q: _ControlFrames) -> None:
     try:
         async with conn._write_lock:
-            await _flush_locked(conn, q)
+            await _write_whole(conn, q, b"")
     except Exception as exc:  # noqa: BLE001 - the connection broke: let the reader see it
         q.frames.clear()
-        q.drained.set()
-        _report("yamux_control_write_failed", str(conn.peer_id), "yamux control frame not written; closing", "yamux", exc)
+        _report("yamux_write_failed", str(conn.peer_id), "yamux control frame not written; closing", "yamux", exc)
         with contextlib.suppress(Exception):
             await conn.secured_conn.close()
     finally:
         q.flushing = False
 
 
-def _patch_yamux_reader_never_waits_to_write() -> None:
-    original_write_frame = Yamux._write_frame
+def _patch_yamux_frames_leave_whole() -> None:
     original_handle_incoming = Yamux.handle_incoming
 
     @functools.wraps(original_handle_incoming)
@@ -171,28 +266,38 @@ def _patch_yamux_reader_never_waits_to_write() -> None:
         setattr(self, _READER_ATTR, trio.lowlevel.current_task())
         await original_handle_incoming(self)
 
-    @functools.wraps(original_write_frame)
+    @functools.wraps(Yamux._write_frame)
     async def _write_frame(self: Yamux, data: bytes) -> None:
         q = _control_frames(self)
+        if q.broken is not None:
+            raise RawConnError(f"connection closed: {q.broken}")
         nursery = self._nursery
         if self.__dict__.get(_READER_ATTR) is trio.lowlevel.current_task() and nursery is not None:
-            while len(q.frames) >= CONTROL_QUEUE_LIMIT:
+            while len(q.frames) >= CONTROL_QUEUE_LIMIT and q.broken is None:
                 await q.drained.wait()  # a flood: wait, as the library always did
             q.frames.append(data)
             if not q.flushing:
                 q.flushing = True
                 nursery.start_soon(_flush_task, self, q)
             return
-        if not q.frames:
-            await original_write_frame(self, data)
-            return
-        async with self._write_lock:
-            await _flush_locked(self, q)
-            await self.secured_conn.write(data)
+        async with self._write_lock:  # waiting here is cancellable: nothing is written yet
+            await _write_whole(self, q, data)
         await trio.lowlevel.checkpoint()
 
     Yamux.handle_incoming = handle_incoming  # type: ignore[method-assign]
     Yamux._write_frame = _write_frame  # type: ignore[method-assign]
+
+
+def queued(conn: Any) -> dict[str, Any]:
+    """Control frames waiting to be written on a yamux connection, and whether a write is in
+    progress (for diagnostics)."""
+    q = getattr(conn, "__dict__", {}).get(_CONTROL_ATTR)
+    lock = getattr(conn, "_write_lock", None)
+    return {
+        "control_queued": len(q.frames) if q is not None else 0,
+        "writing": bool(lock is not None and lock.locked()),
+        "writers_waiting": lock.statistics().tasks_waiting if lock is not None else 0,
+    }
 
 
 def _patch_pubsub_stream_handler() -> None:
@@ -251,7 +356,7 @@ def apply() -> None:
     _patch_pubsub_stream_handler()
     _patch_pubsub_push_msg()
     _patch_host_stream_handler()
-    _patch_yamux_reader_never_waits_to_write()
+    _patch_yamux_frames_leave_whole()
     _APPLIED = True
 
 
@@ -259,4 +364,4 @@ def applied() -> bool:
     return _APPLIED
 
 
-__all__ = ["applied", "apply", "stats"]
+__all__ = ["applied", "apply", "queued", "stats"]

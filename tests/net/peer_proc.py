@@ -68,7 +68,8 @@ async def handle_command(net: NetHost, cmd: dict[str, object]) -> None:
         await net.publish(str(cmd["topic"]), bytes.fromhex(str(cmd["data"])))
     elif name == "request":
         try:
-            reply = await net.request(str(cmd["peer"]), ECHO_PROTOCOL, bytes.fromhex(str(cmd["data"])))
+            kwargs = {"timeout": float(cmd["timeout"])} if "timeout" in cmd else {}  # type: ignore[arg-type]
+            reply = await net.request(str(cmd["peer"]), ECHO_PROTOCOL, bytes.fromhex(str(cmd["data"])), **kwargs)
             emit("reply", id=cmd.get("id"), ok=True, data=reply.hex())
         except Exception as exc:  # noqa: BLE001
             emit("reply", id=cmd.get("id"), ok=False, error=str(exc))

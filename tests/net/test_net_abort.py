@@ -2,7 +2,7 @@
 
 A cut link or a frozen peer leaves TCP retransmitting for minutes. Once the socket's send buffer
 is full, a task writing to the connection blocks in ``send_all`` holding yamux's connection write
-lock, and py-libp2p's ``host.disconnect`` blocks behind it (its yamux GO_AWAY waits for that lock)
+lock (shielded: see ``libp2p_patches`` patch 5), and py-libp2p's ``host.disconnect`` blocks behind it (its yamux GO_AWAY waits for that lock)
 for as long as the link stays dead: the partition test saw one disconnect hang 54 s. Liveness
 closes the connections of silent peers so that redial opens fresh ones; a close that hangs keeps
 the dead connection registered (``is_connected`` stays true, nothing redials).
@@ -31,6 +31,7 @@ from peer_proc import ECHO_PROTOCOL
 from p2p.config import NetworkConfig
 from p2p.net import PeerEventKind, open_host
 from p2p.net.host import ABORT_WAIT_S, CLOSE_GRACE_S
+from p2p.net.libp2p_patches import queued
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,7 @@ async def test_disconnect_of_a_frozen_peer_with_a_full_send_buffer_is_bounded(tm
                             writers.start_soon(flood, s)
                         # the premise: a writer is stuck in send_all holding the connection's write
                         # lock, and others queue behind it (a graceful close would queue too)
-                        await _wait_for(lambda: muxed._write_lock.statistics().tasks_waiting > 0, 60,
+                        await _wait_for(lambda: queued(muxed)["writers_waiting"] > 0, 60,
                                         "writers blocked behind a full socket")
                         bound = CLOSE_GRACE_S + ABORT_WAIT_S + 10.0  # generous: two shared cores
                         t = time.perf_counter()
