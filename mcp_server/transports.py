@@ -18,6 +18,7 @@ import trio
 
 from mcp_server.settings import Settings
 from p2p.node import Node
+from p2p.taskdump import dump_on_sigusr1, install_slow_step_log
 
 log = structlog.get_logger("mcp_server.transport")
 
@@ -300,6 +301,8 @@ async def serve_node(
         server = build_server(node, page_size=settings.mcp.status_page_size)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope.cancel)
+            nursery.start_soon(dump_on_sigusr1)
+            install_slow_step_log()
             if transport == "stdio":
                 if on_ready:
                     await _maybe_await(on_ready(node, []))
