@@ -28,6 +28,21 @@ def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("onnx-cache")
 
 
+@pytest.fixture(scope="session")
+def exported_default_model(shared_cache_dir: Path) -> Path:
+    """The default model's ONNX export in the shared cache, made before a test that must not pay
+    for it mid-run: a cold export takes ~17 s of CPU, and a node exporting while the others run
+    a 10,000-task workflow starves them (loop lag, lapsed heartbeats). In a full run an earlier
+    test has usually exported it already."""
+    from inference.config import InferenceConfig
+    from inference.models import resolve_model
+    from inference.runner import load_runner
+
+    load_runner(resolve_model(DEFAULT_MODEL), "embedding", "onnx", InferenceConfig(cache_dir=str(shared_cache_dir)),
+                shared_cache_dir)
+    return shared_cache_dir
+
+
 def make_node_config(data_dir: Path, cache_dir: Path, *, name: str = "test", network: bool = False, **sched: Any) -> Any:
     from inference.config import InferenceConfig
     from p2p.config import NetworkConfig, NodeConfig, SchedulerConfig

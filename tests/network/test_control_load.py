@@ -19,19 +19,31 @@ from tests.cluster import Cluster, call, clock_ops, eventually, run_counts, wait
 from tests.conftest import DEFAULT_MODEL
 
 pytestmark = [
-    pytest.mark.slow, pytest.mark.timeout(600),
-    # Passes on its own (6 of 6 this session, 0 re-claims) but failed in the last four full
-    # CI-like runs: 15-20 s after the 10,000-task submit, the submitter's connections to both
-    # workers stop carrying frames (the 1.3 MB submit block's fetch stalls at 1 MiB waiting
-    # for a window update, pings go unanswered for a minute, "peers went silent", 1,644-5,039
-    # tasks claimed again; nothing lost, the clocks converge). One cause was found and fixed
-    # (the yamux reader waiting to write: libp2p_patches 5); this one is not yet explained. An
-    # unanswered re-check ping now logs each connection's state (NetHost.diagnose).
-    pytest.mark.xfail(strict=False, reason="connections stall after a 10,000-task submit in full-suite runs (issue 7; docs/architecture.md §12)"),
+    pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.usefixtures("exported_default_model"),
+    # Three causes found so far, each fixed with its own test: the yamux reader waiting to
+    # write (libp2p_patches 5, test_net_bulk_both_ways), a timed-out write leaving half a frame
+    # on the connection (5, test_net_abandoned_writes), the library's 5 s window-update limit
+    # killing every 1.3 MB block transfer under load (6). What remains, about one run in three
+    # on this two-core machine: opening a stream (multistream-select) takes over the library's
+    # 10 s while three nodes run flat out, so block fetches fail, workers do not claim their
+    # share in time, and the submitter claims it after them ("claiming a task its
+    # higher-ranked peers left unclaimed"): nothing lost, the clocks converge, but tasks run
+    # twice. docs/architecture.md §12 item 12.
+    pytest.mark.xfail(strict=False, reason="stream opens exceed 10 s under full load on two cores (issue 7; docs/architecture.md §12)"),
 ]
 
 TASKS = 10_000
 CALLS = 60
+
+
+@pytest.fixture
+def cluster_env() -> dict[str, str]:
+    """The product's liveness timing (configs/default.toml), not the harness's compressed one
+    (heartbeat 0.5 s, lease 3 s). Three nodes running 10,000 one-millisecond tasks flat out on
+    two cores keep every event loop busy; the harness's 3 s lease then expires on plain loop
+    lag (steps of 150-600 ms, no stall, measured with IPFS_ACCELERATE_SLOW_STEP_MS), with or
+    without control ops, which is not what this test is about."""
+    return {"IPFS_ACCELERATE_NETWORK__HEARTBEAT_S": "2", "IPFS_ACCELERATE_SCHEDULER__LEASE_S": "10"}
 
 
 
