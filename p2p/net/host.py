@@ -334,9 +334,11 @@ class NetHost:
 
         The library's graceful close runs as a task of the host; when it has not finished after
         ``grace_s`` (a dead link: see :data:`CLOSE_GRACE_S`) the TCP sockets under the peer's
-        connections are closed with a reset, which fails every read and write blocked on them,
-        so that same close completes and the swarm removes the connection and reports the
-        disconnect (redial then opens a fresh connection). The close is never cancelled midway:
+        connections are closed with a reset, which ends every read and write blocked on them
+        (py-libp2p's TCP stream ignores a write to a socket closed under it: that write returns
+        as if sent, harmless on a connection being dropped), so that same close completes and
+        the swarm removes the connection and reports the disconnect (redial then opens a fresh
+        connection). The close is never cancelled midway:
         py-libp2p would keep a half-closed connection registered."""
         try:
             pid = ID.from_base58(peer_id)

@@ -66,13 +66,15 @@ enough to go upstream as is. ``open_host`` calls :func:`apply` before it builds 
    update often takes longer to be read and applied: every big transfer (the 1.3 MB block of a
    10,000-task submit) died at the ~1 MiB the receiver had granted so far, the workers could
    not learn the workflow, and the submitter ran the tasks alone. The caller's own timeout
-   (a request's, a push's) still bounds the wait.
+   (a request's, a push's) still bounds the wait; meanwhile other writers of that one stream
+   queue behind it (patch 1's lock), as they did for 5 s before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import struct
 from collections import Counter, deque
 from typing import Any
@@ -95,6 +97,7 @@ from p2p.net.errors import describe
 from p2p.net.ratelog import peer_log
 
 _APPLIED = False
+PATCHED_VERSION = "0.8.1"
 stats: Counter[str] = Counter()
 """What the patches caught, by kind (for tests and diagnostics): ``pubsub_stream_dropped``,
 ``gossip_message_dropped``, ``inbound_stream_reset``, ``yamux_write_failed``."""
@@ -232,7 +235,10 @@ async def _write_whole(conn: Yamux, q: _ControlFrames, data: bytes) -> None:
             if data:
                 await conn.secured_conn.write(data)
     except BaseException as exc:
+        # part of a frame may be out: close, so the reader and the swarm see it at once
         q.broken = describe(exc) if isinstance(exc, Exception) else type(exc).__name__
+        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await conn.secured_conn.close()
         raise
     finally:
         q.drained.set()
@@ -251,8 +257,8 @@ async def _flush_task(conn: Yamux, q: _ControlFrames) -> None:
             await _write_whole(conn, q, b"")
     except Exception as exc:  # noqa: BLE001 - the connection broke: let the reader see it
         q.frames.clear()
-        _report("yamux_write_failed", str(conn.peer_id), "yamux control frame not written; closing", "yamux", exc)
         with contextlib.suppress(Exception):
+            _report("yamux_write_failed", str(conn.peer_id), "yamux control frame not written; closing", "yamux", exc)
             await conn.secured_conn.close()
     finally:
         q.flushing = False
@@ -275,6 +281,8 @@ def _patch_yamux_frames_leave_whole() -> None:
         if self.__dict__.get(_READER_ATTR) is trio.lowlevel.current_task() and nursery is not None:
             while len(q.frames) >= CONTROL_QUEUE_LIMIT and q.broken is None:
                 await q.drained.wait()  # a flood: wait, as the library always did
+            if q.broken is not None:
+                raise RawConnError(f"connection closed: {q.broken}")
             q.frames.append(data)
             if not q.flushing:
                 q.flushing = True
@@ -352,6 +360,10 @@ def apply() -> None:
     global _APPLIED
     if _APPLIED:
         return
+    version = importlib.metadata.version("libp2p")
+    if version != PATCHED_VERSION:  # patch 6 replaces a whole method: never patch another version
+        raise RuntimeError(f"p2p.net.libp2p_patches was written for py-libp2p {PATCHED_VERSION}, found {version}: "
+                           "review the patches against it before changing the pin in pyproject.toml")
     _patch_yamux_whole_writes()
     _patch_pubsub_stream_handler()
     _patch_pubsub_push_msg()
