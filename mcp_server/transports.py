@@ -49,8 +49,12 @@ class BearerAuth:
         if scope["type"] == "http":
             headers = dict(scope.get("headers") or [])
             if not hmac.compare_digest(headers.get(b"authorization", b""), self._expected):
+                # the request body is left unread, so the connection cannot be reused: say so,
+                # or a client reusing it races the server's close ("server disconnected
+                # without sending a response" on its next request, seen in CI)
                 await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="ipfs-accelerate"')]})
+                            "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                                        (b"www-authenticate", b'Bearer realm="ipfs-accelerate"')]})
                 await send({"type": "http.response.body", "body": b'{"error":"missing or wrong bearer token"}'})
                 return
         await self.app(scope, receive, send)

@@ -83,6 +83,7 @@ async def test_bearer_token_on_a_non_default_loopback_address(tmp_path: Path, sh
         for r in (missing, wrong, not_bearer, get):
             assert r.status_code == 401, (r.request.headers.get("authorization"), r.status_code, r.text)
             assert r.headers["www-authenticate"].startswith("Bearer")
+            assert r.headers.get("connection") == "close"  # body unread: the connection is not reused
             assert TOKEN not in r.text
 
         async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as authed:
