@@ -237,8 +237,7 @@ async def _write_whole(conn: Yamux, q: _ControlFrames, data: bytes) -> None:
     except BaseException as exc:
         # part of a frame may be out: close, so the reader and the swarm see it at once
         q.broken = describe(exc) if isinstance(exc, Exception) else type(exc).__name__
-        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await conn.secured_conn.close()
+        await _close_quietly(conn)
         raise
     finally:
         q.drained.set()
@@ -246,20 +245,24 @@ async def _write_whole(conn: Yamux, q: _ControlFrames, data: bytes) -> None:
     if scope.cancelled_caught:
         q.broken = f"a write stalled for {WRITE_STALL_S:g} s"
         q.frames.clear()
-        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await conn.secured_conn.close()
+        await _close_quietly(conn)
         raise RawConnError(f"connection closed: {q.broken}")
+
+
+async def _close_quietly(conn: Yamux) -> None:
+    """Close the transport under a connection that may hold half a frame (never raises)."""
+    with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await conn.secured_conn.close()
 
 
 async def _flush_task(conn: Yamux, q: _ControlFrames) -> None:
     try:
         async with conn._write_lock:
             await _write_whole(conn, q, b"")
-    except Exception as exc:  # noqa: BLE001 - the connection broke: let the reader see it
+    except Exception as exc:  # noqa: BLE001 - the connection broke (_write_whole closed it)
         q.frames.clear()
         with contextlib.suppress(Exception):
             _report("yamux_write_failed", str(conn.peer_id), "yamux control frame not written; closing", "yamux", exc)
-            await conn.secured_conn.close()
     finally:
         q.flushing = False
 
