@@ -92,7 +92,7 @@ async def read_all(client: Any, wid: str, n: int, include_results: bool) -> tupl
     offset = pages = 0
     while True:
         st = await call(client, "get_workflow_status", workflow_id=wid, include_results=include_results,
-                        offset=offset, limit=n)
+                        offset=offset, limit=n, format="floats")
         pages += 1
         tasks += st["tasks"]
         require(st["tasks"] or not st["has_more"], f"get_workflow_status returned an empty page at offset {offset}")

@@ -132,7 +132,7 @@ async def measure(client: Any, wf: dict[str, Any], rounds: int) -> dict[str, lis
         require_count(len(st["tasks"]), PAGE, f"page of the {SMALL}-task workflow")
         if r % 4 == 0:
             st = await timed("page_big_results", "get_workflow_status", workflow_id=wf["big"], offset=offset,
-                             limit=PAGE, include_results=True)
+                             limit=PAGE, include_results=True, format="floats")
             got = sum(1 for t in st["tasks"] if len((t.get("result") or {}).get("embedding") or ()) == 384)
             require(got == sum(1 for t in st["tasks"] if t["state"] == "done") and got > 0,
                     f"page with results: {got} embeddings for the done tasks")

@@ -14,6 +14,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from mcp_server.answers import export_text, reply
 from p2p.errors import NodeError
 
 ExportFormat = Literal["jsonl", "npy", "parquet"]
@@ -70,4 +71,4 @@ def register_export_tool(server: MCPServer, node: Any) -> None:
             raw = await p2p_export.export_workflow_results(node, workflow_id, path, format, partial, overwrite, progress)
         except NodeError as exc:
             raise ToolError(str(exc)) from None
-        return ExportResult.model_validate(raw)
+        return reply(ExportResult.model_validate(raw), export_text(raw))

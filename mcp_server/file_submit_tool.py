@@ -21,6 +21,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from mcp_server.answers import reply, summary_text
 from mcp_server.schemas import Tag, WorkflowSummary
 from p2p.errors import NodeError
 from p2p.workflow_file import FileInputs, ReadProgress, read_inputs
@@ -105,5 +106,7 @@ def register_file_submit_tool(server: MCPServer, node: Any) -> None:
             raw = await node.submit_workflow(name or got.path.name, tasks, priority, tag, replicas, cache)
         except NodeError as exc:
             raise ToolError(str(exc)) from None
-        return FileSubmitResult.model_validate({**raw, "path": str(got.path), "format": got.format, "column": got.column,
-                                                "rows": len(got.inputs), "bytes": got.bytes, "read_s": round(read_s, 6)})
+        out = FileSubmitResult.model_validate({**raw, "path": str(got.path), "format": got.format, "column": got.column,
+                                               "rows": len(got.inputs), "bytes": got.bytes, "read_s": round(read_s, 6)})
+        return reply(out, summary_text(raw, f"submitted from {got.path} ({len(got.inputs)} {got.format} rows):")
+                     + " Follow it with wait_for_workflow or get_workflow_status.")

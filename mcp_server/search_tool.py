@@ -14,6 +14,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from mcp_server.answers import compare_text, reply, search_text
 from p2p import search as p2p_search
 from p2p.errors import NodeError
 
@@ -80,7 +81,7 @@ def register_search_tools(server: MCPServer, node: Any) -> None:
             raw = await p2p_search.search_workflow(node, indexes, workflow_id, query, k, partial)
         except NodeError as exc:
             raise ToolError(str(exc)) from None
-        return SearchResult.model_validate(raw)
+        return reply(SearchResult.model_validate(raw), search_text(raw))
 
     @server.tool(annotations=READ_ONLY)
     async def compare_texts(
@@ -94,4 +95,4 @@ def register_search_tools(server: MCPServer, node: Any) -> None:
             raw = await p2p_search.compare_texts(node, texts, model)
         except NodeError as exc:
             raise ToolError(str(exc)) from None
-        return CompareResult.model_validate(raw)
+        return reply(CompareResult.model_validate(raw), compare_text(raw))

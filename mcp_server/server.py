@@ -6,17 +6,18 @@ shapes the answer. Bad input becomes a ``ToolError`` the agent can act on; nothi
 
 from __future__ import annotations
 
-import json
 import math
+from dataclasses import replace
 from typing import Annotated, Any, Callable, TypeVar
 
-import pydantic_core
 import structlog
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import AfterValidator, Field
 
+from mcp_server import answers
+from mcp_server.answers import Format, reply, shape_output
 from mcp_server.export_tool import register_export_tool
 from mcp_server.file_submit_tool import register_file_submit_tool
 from mcp_server.schemas import (
@@ -34,6 +35,8 @@ from mcp_server.schemas import (
     WorkflowStatusOut,
     WorkflowSummary,
 )
+from mcp_server.pages import MAX_REPLY_BYTES, REPLY_BUDGET, build_page, fit_page, reply_cost  # noqa: F401 (re-exported)
+from mcp_server.resources import RecentOutputs, inference_uri, mime_type_of, register_resources, results_uri
 from mcp_server.search_tool import register_search_tools
 from p2p.errors import NodeError
 from p2p.node import VERSION, Node
@@ -49,7 +52,10 @@ at once; the peers share the work (submit_workflow_file does the same for a .jso
 .parquet or .txt file of inputs on this node). Follow it with wait_for_workflow (progress notifications,
 returns at completion or timeout) or get_workflow_status, and read results with
 include_results=true, paging large workflows with offset/limit (limit=0: counts only), or write
-them all to a file on this node with export_workflow_results (.jsonl, .npy, .parquet). list_models shows which models
+them all to a file on this node with export_workflow_results (.jsonl, .npy, .parquet).
+Embeddings come compact by default (dim, norm, first values, and a ref: a resource URI with the
+full vector); pass format="floats" (or "base64") for whole vectors in the answer. Results are
+also resources: workflow://{id}/results{?offset,limit,format} (format=npy for a float32 matrix). list_models shows which models
 the network serves (with content ids); pull_model fetches one from peers; list_peers and get_node_info show the peers and this node's clock.
 With an embedding workflow done, search_workflow finds its tasks nearest a query, and compare_texts gives the similarity of a few texts."""
 
@@ -74,15 +80,15 @@ WorkflowId = Annotated[str, Field(min_length=1, description="The workflow_id ret
 Priority = Annotated[int, Field(ge=1, le=10, description="1 is the highest priority, 10 the lowest.")]
 IncludeResults = Annotated[bool, Field(description="Include each done task's result (outputs can be large).")]
 Offset = Annotated[int, Field(ge=0, description="First task of the page, in submission order.")]
+ResultFormat = Annotated[Format, Field(description=(
+    "How embeddings come back: compact (default: dim, norm, the first 8 values and ref, a resource URI that "
+    "gives the whole vector), floats (the full list), base64 (little-endian float32 bytes, embedding_base64). "
+    "compact also keeps the best 5 of a long classification or fill-mask score list."))]
 Limit = Annotated[int | None, Field(ge=0, le=10_000, description=(
     "Most tasks in the page; default: the server's page size (100); 0: the counts and state only, "
     "no tasks (the cheapest call, whatever the workflow's size: use it to poll progress). A page "
     "is also cut to fit one reply (under 1 MiB); then limit says how many it holds and has_more is true."))]
 
-# The SDK's streamable-HTTP client refuses a server event over 1 MiB (DEFAULT_MAX_SSE_EVENT_SIZE),
-# and one tools/call reply is one event. Pages are cut to leave room for the JSON-RPC envelope.
-MAX_REPLY_BYTES = 1 << 20
-REPLY_BUDGET = MAX_REPLY_BYTES - 16 * 1024
 MAX_WAIT_S = 3600.0
 
 
@@ -100,82 +106,40 @@ TimeoutS = Annotated[float, AfterValidator(_check_timeout),
                      Field(description="Longest to wait, in seconds (0 to 3600).", json_schema_extra={"minimum": 0, "maximum": MAX_WAIT_S})]
 
 
-def reply_cost(obj: Any) -> int:
-    """Bytes ``obj`` adds to a tools/call reply: the SDK sends a tool's output twice, as
-    structuredContent (compact JSON) and as a text block (JSON indented by 2, then escaped into a
-    JSON string: each newline, quote and backslash gains a backslash, each line up to 8 spaces
-    of enclosing indentation). An upper bound, so a page that fits by this count fits the wire."""
-    compact = pydantic_core.to_json(obj)
-    indented = pydantic_core.to_json(obj, indent=2)
-    return (len(compact) + len(indented) + 9 * indented.count(b"\n") + indented.count(b'"')
-            + indented.count(b"\\") + 8)
+class AccelerateServer(MCPServer):
+    """The SDK's server with one change: a resource read's MIME type may depend on what was read
+    (``workflow://…/results?format=npy`` gives ``application/x-npy``, its template's default
+    format JSON), which a template's single declared type cannot say."""
 
-
-PAGE_CHUNK = 128  # tasks asked of the node at a time while filling a page
-
-
-def build_page(fetch: Callable[[int, int], dict[str, Any]], offset: int, limit: int,
-               budget: int = REPLY_BUDGET) -> dict[str, Any]:
-    """A status page of up to ``limit`` tasks from ``offset`` that fits one reply (see
-    ``reply_cost``), read from ``fetch(offset, count)`` (the node's ``workflow_status``) a chunk
-    at a time, so a page costs what it holds, not what was asked. When the size cuts the page,
-    ``limit`` says how many tasks it holds and ``has_more`` is true: the next page starts at
-    offset + limit. A single task whose result alone is too large comes without it
-    (``result_omitted``), so paging always moves on. ``fetch`` must not yield to other tasks
-    (the node's calls are synchronous), so every chunk sees the same state."""
-    raw = fetch(offset, min(limit, PAGE_CHUNK))
-    head = {k: v for k, v in raw.items() if k != "tasks"}
-    left = budget - reply_cost(head)
-    kept: list[dict[str, Any]] = []
-    chunk = raw["tasks"]
-    cut = False
-    while chunk:
-        for task in chunk:
-            left -= reply_cost(task) + 2
-            if left < 0:
-                cut = True
-                break
-            kept.append(task)
-        if cut or len(kept) >= limit:
-            break
-        chunk = fetch(offset + len(kept), min(limit - len(kept), PAGE_CHUNK))["tasks"]
-    if not cut:
-        return {**head, "limit": limit, "has_more": offset + len(kept) < head["total"], "tasks": kept}
-    if not kept:
-        first = {k: v for k, v in chunk[0].items() if k != "result"}
-        first["result_omitted"] = True
-        kept = [first]
-    log.info("status page cut to fit one reply", workflow_id=head.get("workflow_id"), asked=limit, sent=len(kept))
-    return {**head, "limit": len(kept), "has_more": True, "tasks": kept}
-
-
-def fit_page(raw: dict[str, Any], budget: int = REPLY_BUDGET) -> dict[str, Any]:
-    """``build_page`` over a page already read (all of ``raw["tasks"]`` from ``raw["offset"]``)."""
-    tasks, offset = raw["tasks"], raw["offset"]
-    total = raw.get("total", offset + len(tasks))
-
-    def fetch(at: int, count: int) -> dict[str, Any]:
-        return {**raw, "total": total, "tasks": tasks[at - offset:at - offset + count]}
-
-    page = build_page(fetch, offset, max(1, len(tasks)), budget)
-    if "total" not in raw:
-        page.pop("total")
-    if len(page["tasks"]) == len(tasks):
-        return raw
-    return page
+    async def read_resource(self, uri: Any, context: Any = None) -> Any:
+        got = await super().read_resource(uri, context)
+        if not isinstance(got, list):
+            return got
+        return [replace(c, mime_type=mime_type_of(str(uri), c.content, c.mime_type)) for c in got]
 
 
 def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
     """An MCPServer whose tools drive ``node``; the caller owns the node's lifetime."""
-    server = MCPServer(name="ipfs-accelerate", version=VERSION, instructions=INSTRUCTIONS)
+    server = AccelerateServer(name="ipfs-accelerate", version=VERSION, instructions=INSTRUCTIONS)
+    recent = RecentOutputs()
 
-    def status(workflow_id: str, include_results: bool, offset: int, limit: int | None) -> WorkflowStatusOut:
+    def status(workflow_id: str, include_results: bool, offset: int, limit: int | None, fmt: Format) -> Any:
         def fetch(at: int, count: int) -> dict[str, Any]:
-            return _call(node.workflow_status, workflow_id, include_results, at, count)
+            raw = _call(node.workflow_status, workflow_id, include_results, at, count)
+            if include_results and fmt != "floats":
+                raw["tasks"] = [
+                    {**t, "result": shape_output(t["result"], fmt, results_uri(workflow_id, at + i, 1))} if "result" in t else t
+                    for i, t in enumerate(raw["tasks"])]
+            return raw
 
         if limit == 0:  # counts and state only: O(1), nothing to fit into the reply
-            return WorkflowStatusOut.model_validate(fetch(offset, 0))
-        return WorkflowStatusOut.model_validate(build_page(fetch, offset, page_size if limit is None else limit))
+            page = fetch(offset, 0)
+        else:
+            page = build_page(fetch, offset, page_size if limit is None else limit)
+        out = WorkflowStatusOut.model_validate(page)
+        links = [answers.link(results_uri(workflow_id), "workflow-results", "application/json",
+                              "Every task's full result, a page at a time (format=npy: embeddings as a float32 matrix).")]
+        return reply(out, answers.status_text(page), links)
 
     @server.tool(
         annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False)
@@ -195,7 +159,8 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
         Returns the workflow_id and counts; follow up with wait_for_workflow or get_workflow_status.
         """
         raw = await _acall(node.submit_workflow(name, [t.model_dump() for t in tasks], priority, tag, replicas, cache))
-        return WorkflowSummary.model_validate(raw)
+        return reply(WorkflowSummary.model_validate(raw), answers.summary_text(raw, "submitted:")
+                     + " Follow it with wait_for_workflow or get_workflow_status.")
 
     @server.tool(annotations=READ_ONLY)
     async def get_workflow_status(
@@ -203,13 +168,14 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
         include_results: IncludeResults = False,
         offset: Offset = 0,
         limit: Limit = None,
+        format: ResultFormat = "compact",
     ) -> WorkflowStatusOut:
         """Report a workflow's state and each task's state, peer and attempts (in submission order).
 
         Use include_results=true to read results; page large workflows with offset/limit
         (has_more tells when another page follows). completed/total is the progress.
         """
-        return status(workflow_id, include_results, offset, limit)
+        return status(workflow_id, include_results, offset, limit, format)
 
     @server.tool(annotations=READ_ONLY)
     async def wait_for_workflow(
@@ -219,6 +185,7 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
         include_results: IncludeResults = False,
         offset: Offset = 0,
         limit: Limit = None,
+        format: ResultFormat = "compact",
     ) -> WorkflowStatusOut:
         """Wait for a workflow to finish, sending progress notifications (completed/total).
 
@@ -229,19 +196,21 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
             await ctx.report_progress(done, total, message)
 
         await _acall(node.wait_for_workflow(workflow_id, timeout_s, progress))
-        return status(workflow_id, include_results, offset, limit)
+        return status(workflow_id, include_results, offset, limit, format)
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False))
     async def cancel_workflow(workflow_id: WorkflowId) -> WorkflowSummary:
         """Cancel a workflow: queued tasks never run; tasks already running finish, but the
         workflow stays cancelled. Returns the workflow's counts after the cancel."""
-        return WorkflowSummary.model_validate(await _acall(node.cancel_workflow(workflow_id)))
+        raw = await _acall(node.cancel_workflow(workflow_id))
+        return reply(WorkflowSummary.model_validate(raw), answers.summary_text(raw, "cancelled:"))
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False))
     async def set_workflow_priority(workflow_id: WorkflowId, priority: Priority) -> WorkflowSummary:
         """Change a workflow's priority (1 highest … 10 lowest); its queued tasks move in every
         peer's queue. Returns the workflow's summary."""
-        return WorkflowSummary.model_validate(await _acall(node.set_workflow_priority(workflow_id, priority)))
+        raw = await _acall(node.set_workflow_priority(workflow_id, priority))
+        return reply(WorkflowSummary.model_validate(raw), answers.summary_text(raw, "reprioritised:"))
 
     @server.tool(annotations=READ_ONLY)
     async def list_workflows(
@@ -249,26 +218,37 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
         limit: Annotated[int, Field(ge=1, le=10_000, description="Most workflows returned, newest first.")] = 50,
     ) -> WorkflowList:
         """List known workflows (submitted on any peer), newest first, with their counts."""
-        return WorkflowList(workflows=[WorkflowSummary.model_validate(w) for w in _call(node.list_workflows, state, limit)])
+        raw = _call(node.list_workflows, state, limit)
+        return reply(WorkflowList(workflows=[WorkflowSummary.model_validate(w) for w in raw]), answers.workflows_text(raw))
 
     @server.tool(annotations=READ_ONLY)
     async def run_inference(
         model: Annotated[str, Field(min_length=1, description="Model id; list_models shows what this node serves.")],
         inputs: Annotated[list[str], Field(min_length=1, description="Texts to run, returned in the same order.")],
         task: Annotated[str | None, Field(description="embedding | text-classification | fill-mask; inferred when omitted.")] = None,
+        format: ResultFormat = "compact",
     ) -> InferenceOut:
         """Run a model on a few texts on this node and return the outputs now (synchronous).
 
-        embedding gives {embedding: [floats]} (L2-normalised), text-classification {label, score,
-        scores}, fill-mask {predictions: [{token, score}]} (the text must contain the mask token).
+        embedding gives an L2-normalised vector: by default compact ({dim, norm, head: the first 8
+        values, ref}: read ref, a resource, for the whole vector), or {embedding: [floats]} with
+        format="floats"; text-classification gives {label, score, scores}, fill-mask
+        {predictions: [{token, score}]} (the text must contain the mask token).
         For many texts use submit_workflow so the network shares the work.
         """
-        return InferenceOut.model_validate(await _acall(node.run_inference(model, inputs, task)))
+        raw = await _acall(node.run_inference(model, inputs, task))
+        ref = None
+        if format != "floats":
+            call_id = recent.put(raw["outputs"])
+            ref = inference_uri(call_id)
+            raw = {**raw, "outputs": [shape_output(o, format, inference_uri(call_id, i)) for i, o in enumerate(raw["outputs"])]}
+        return reply(InferenceOut.model_validate(raw), answers.inference_text(raw, ref))
 
     @server.tool(annotations=READ_ONLY)
     async def list_models() -> ModelList:
         """List the models this node and its live peers can run, with the peers serving each."""
-        return ModelList(models=[ModelOut.model_validate(m) for m in await node.list_models()])
+        raw = await node.list_models()
+        return reply(ModelList(models=[ModelOut.model_validate(m) for m in raw]), answers.models_text(raw))
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=True))
     async def pull_model(
@@ -283,19 +263,22 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
         async def progress(done: int, total: int, message: str) -> None:
             await ctx.report_progress(done, total, message)
 
-        return PullResult.model_validate(await _acall(node.pull_model(model, progress)))
+        raw = await _acall(node.pull_model(model, progress))
+        return reply(PullResult.model_validate(raw), answers.pull_text(raw))
 
     @server.tool(annotations=READ_ONLY)
     async def list_peers() -> PeerList:
         """List this node (self) and every live peer: id, name, addresses, hardware, models,
         queue length, last heartbeat age (last_seen_s) and round-trip time (rtt_ms)."""
-        return PeerList.model_validate(node.list_peers())
+        raw = node.list_peers()
+        return reply(PeerList.model_validate(raw), answers.peers_text(raw))
 
     @server.tool(annotations=READ_ONLY)
     async def get_node_info() -> NodeInfo:
         """This node's peer id, name, listen addresses, hardware, models and Merkle clock
         (heads, hash, event count). Peers that hold the same events report the same hash."""
-        return NodeInfo.model_validate(node.node_info())
+        raw = node.node_info()
+        return reply(NodeInfo.model_validate(raw), answers.node_text(raw))
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=True))
     async def connect_peer(
@@ -305,16 +288,9 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
         if node.network is None:
             raise ToolError("this node runs without networking (network.enabled = false)")
         peer_id = await _acall(node.connect(multiaddr))
-        return ConnectResult(peer_id=peer_id, connected=True)
+        return reply(ConnectResult(peer_id=peer_id, connected=True), f"Connected to {peer_id}; it is kept as a peer.")
 
-    @server.resource("node://info", name="node-info", mime_type="application/json", description="This node's info and clock.")
-    def node_info_resource() -> str:
-        return json.dumps(node.node_info())
-
-    @server.resource("workflow://{workflow_id}", name="workflow", mime_type="application/json", description="A workflow's status with results.")
-    def workflow_resource(workflow_id: str) -> str:
-        return json.dumps(fit_page(_call(node.workflow_status, workflow_id, True, 0, page_size)))
-
+    register_resources(server, node, recent, page_size)
     register_search_tools(server, node)
     register_export_tool(server, node)
     register_file_submit_tool(server, node)

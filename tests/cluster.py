@@ -172,7 +172,7 @@ async def full_status(peer: Peer, wid: str, *, include_results: bool = True, pag
     offset = 0
     while True:
         st = await call(peer, "get_workflow_status", workflow_id=wid, include_results=include_results,
-                        offset=offset, limit=page)
+                        offset=offset, limit=page, format="floats")
         page_tasks = st.pop("tasks")
         tasks += page_tasks
         more = st["has_more"]

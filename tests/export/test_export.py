@@ -292,7 +292,7 @@ async def test_unfinished_workflow_and_the_mcp_tool(tmp_path: Path, shared_cache
             sub = await client.call_tool("submit_workflow", {"name": "e", "tasks": _emb_tasks(12)})
             wid = sub.structured_content["workflow_id"]
             st_ = (await client.call_tool("wait_for_workflow", {"workflow_id": wid, "timeout_s": 240,
-                                                                "include_results": True})).structured_content
+                                                                "include_results": True, "format": "floats"})).structured_content
             assert st_["state"] == "completed"
             progress: list[tuple[float, float | None]] = []
 

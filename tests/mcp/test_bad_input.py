@@ -188,7 +188,7 @@ async def test_ten_thousand_task_pages_fit_one_reply(tmp_path: Path, shared_cach
             assert not sub.is_error, sub.content
             wid = sub.structured_content["workflow_id"]
             done = await client.call_tool("wait_for_workflow", {"workflow_id": wid, "timeout_s": 240, "include_results": True,
-                                                                "limit": n})
+                                                                "limit": n, "format": "floats"})
             assert not done.is_error, done.content
             assert done.structured_content["state"] == "completed" and done.structured_content["has_more"] is True
             for include_results in (True, False):
@@ -197,7 +197,7 @@ async def test_ten_thousand_task_pages_fit_one_reply(tmp_path: Path, shared_cach
                 offset = 0
                 while True:
                     res = await client.call_tool("get_workflow_status", {"workflow_id": wid, "include_results": include_results,
-                                                                         "offset": offset, "limit": n})
+                                                                         "offset": offset, "limit": n, "format": "floats"})
                     assert not res.is_error, res.content
                     page = res.structured_content
                     size = len(res.model_dump_json(by_alias=True, exclude_none=True))

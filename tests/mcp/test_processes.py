@@ -43,7 +43,7 @@ async def test_stdio_submit_wait_restart(tmp_path: Path, shared_cache_dir: Path)
     async with Client(_stdio(data, shared_cache_dir)) as client:
         sub = await _call(client, "submit_workflow", name="stdio", tasks=_tasks(8))
         wid = sub["workflow_id"]
-        st = await _call(client, "wait_for_workflow", workflow_id=wid, timeout_s=300, include_results=True)
+        st = await _call(client, "wait_for_workflow", workflow_id=wid, timeout_s=300, include_results=True, format="floats")
         assert st["state"] == "completed" and st["completed"] == 8
         first = [t["result"]["embedding"] for t in st["tasks"]]
         info = await _call(client, "get_node_info")
@@ -51,7 +51,7 @@ async def test_stdio_submit_wait_restart(tmp_path: Path, shared_cache_dir: Path)
         assert sum(w["items"] for w in info["workers"]["workers"]) >= 8, info["workers"]
     # The client closed stdin: the server exited. Start it again on the same data dir.
     async with Client(_stdio(data, shared_cache_dir)) as client:
-        again = await _call(client, "get_workflow_status", workflow_id=wid, include_results=True)
+        again = await _call(client, "get_workflow_status", workflow_id=wid, include_results=True, format="floats")
         info2 = await _call(client, "get_node_info")
     assert again["state"] == "completed" and [t["result"]["embedding"] for t in again["tasks"]] == first
     assert info2["peer_id"] == info["peer_id"]  # the identity key is reused
@@ -74,7 +74,7 @@ async def test_http_submit_sigterm_restart(tmp_path: Path, shared_cache_dir: Pat
 
         async def run(client: Client) -> tuple[str, list[Any]]:
             sub = await _call(client, "submit_workflow", name="http", tasks=_tasks(6))
-            st = await _call(client, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=300, include_results=True)
+            st = await _call(client, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=300, include_results=True, format="floats")
             assert st["state"] == "completed"
             return sub["workflow_id"], [t["result"] for t in st["tasks"]]
 
@@ -89,7 +89,7 @@ async def test_http_submit_sigterm_restart(tmp_path: Path, shared_cache_dir: Pat
         wait_port(port, proc, log)
 
         async def read(client: Client) -> dict[str, Any]:
-            return await _call(client, "get_workflow_status", workflow_id=wid, include_results=True)
+            return await _call(client, "get_workflow_status", workflow_id=wid, include_results=True, format="floats")
 
         st = await _http_session(f"http://127.0.0.1:{port}/mcp", read)
     finally:
@@ -127,7 +127,7 @@ async def test_kill_9_mid_workflow_loses_nothing(tmp_path: Path, shared_cache_di
         async def finish(client: Client) -> dict[str, Any]:
             before = await _call(client, "get_workflow_status", workflow_id=wid)
             assert before["total"] == n and before["completed"] < n, "killed too late to test anything"
-            return await _call(client, "wait_for_workflow", workflow_id=wid, timeout_s=600, include_results=True, limit=1000)
+            return await _call(client, "wait_for_workflow", workflow_id=wid, timeout_s=600, include_results=True, limit=1000, format="floats")
 
         st = await _http_session(f"http://127.0.0.1:{port}/mcp", finish)
     finally:
@@ -177,7 +177,7 @@ async def test_sse_transport(tmp_path: Path, shared_cache_dir: Path) -> None:
             names = {t.name for t in (await client.list_tools()).tools}
             assert {"submit_workflow", "wait_for_workflow"} <= names
             sub = await _call(client, "submit_workflow", name="sse", tasks=_tasks(3))
-            st = await _call(client, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=300, include_results=True)
+            st = await _call(client, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=300, include_results=True, format="floats")
     finally:
         assert stop(proc) == 0, log.read_text()[-3000:]
     assert st["state"] == "completed" and all(len(t["result"]["embedding"]) == 384 for t in st["tasks"])

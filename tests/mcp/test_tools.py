@@ -60,7 +60,7 @@ async def test_submit_wait_and_read_results(node: Any) -> None:
         sub = await _call(client, "submit_workflow", name="emb", tasks=_tasks(12), priority=2)
         wid = sub["workflow_id"]
         assert sub["total"] == 12 and sub["priority"] == 2 and sub["tag"] == "p2p-eligible"
-        res = await client.call_tool("wait_for_workflow", {"workflow_id": wid, "timeout_s": 300, "include_results": True},
+        res = await client.call_tool("wait_for_workflow", {"workflow_id": wid, "timeout_s": 300, "include_results": True, "format": "floats"},
                                      progress_callback=on_progress)
         assert not res.is_error
         st = res.structured_content
@@ -76,9 +76,9 @@ async def test_submit_wait_and_read_results(node: Any) -> None:
 async def test_results_equal_run_inference(node: Any) -> None:
     async with Client(build_server(node)) as client:
         text = "A cat sits on the mat."
-        direct = await _call(client, "run_inference", model=DEFAULT_MODEL, inputs=[text])
+        direct = await _call(client, "run_inference", model=DEFAULT_MODEL, inputs=[text], format="floats")
         sub = await _call(client, "submit_workflow", name="one", tasks=[{"model": DEFAULT_MODEL, "input": text}])
-        st = await _call(client, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=120, include_results=True)
+        st = await _call(client, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=120, include_results=True, format="floats")
     a = direct["outputs"][0]["embedding"]
     b = st["tasks"][0]["result"]["embedding"]
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5

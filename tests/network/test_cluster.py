@@ -43,7 +43,7 @@ async def test_three_peers_share_a_p2p_only_workflow(cluster: Cluster) -> None:
 
     sub = await call(n1, "submit_workflow", name="spread", tasks=_tasks(60), tag="p2p-only")
     wid = sub["workflow_id"]
-    st = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=300, include_results=True)
+    st = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=300, include_results=True, format="floats")
     assert st["state"] == "completed" and st["completed"] == 60
     used = {t["peer"] for t in st["tasks"]}
     assert used == {n2.peer_id, n3.peer_id}, "both workers are used and never the submitter"
@@ -54,7 +54,7 @@ async def test_three_peers_share_a_p2p_only_workflow(cluster: Cluster) -> None:
         assert sum(w["items"] for w in info["workers"]["workers"]) >= ran > 0, info["workers"]
         assert info["replication"]["synced_events"] > 0, info["replication"]
     await _same_view(n1, n3, wid)
-    on3 = await call(n3, "get_workflow_status", workflow_id=wid, include_results=True)
+    on3 = await call(n3, "get_workflow_status", workflow_id=wid, include_results=True, format="floats")
     assert [t["result"] for t in on3["tasks"]] == [t["result"] for t in st["tasks"]]
 
 
@@ -100,7 +100,7 @@ async def test_kill_9_a_worker_mid_workflow(cluster: Cluster) -> None:
     else:
         raise AssertionError("n3 never held unfinished work once frozen")
     cluster.kill(n3, signal.SIGKILL)
-    st = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=300, include_results=True)
+    st = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=300, include_results=True, format="floats")
     assert st["state"] == "completed" and st["completed"] == 80, st
     assert all("embedding" in t["result"] for t in st["tasks"])
     retried = [t for t in st["tasks"] if t["attempts"] > 1]
@@ -125,7 +125,7 @@ async def test_restart_the_submitter_mid_workflow(cluster: Cluster) -> None:
     cluster.pin_port(n1)
     cluster.kill(n1, signal.SIGKILL)
     n1 = cluster.start("n1")
-    st = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=300, include_results=True)
+    st = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=300, include_results=True, format="floats")
     assert st["state"] == "completed" and st["completed"] == 60
     assert {t["peer"] for t in st["tasks"]} == {n1.peer_id, n2.peer_id}
     await _same_view(n1, n2, wid)
@@ -176,7 +176,7 @@ async def test_forged_events_are_rejected_and_the_node_keeps_working(cluster: Cl
     n1 = cluster.start("n1")
     sub = await call(n1, "submit_workflow", name="victim", tasks=_tasks(2), tag="local-only")
     wid = sub["workflow_id"]
-    before = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=120, include_results=True)
+    before = await call(n1, "wait_for_workflow", workflow_id=wid, timeout_s=120, include_results=True, format="floats")
     assert before["state"] == "completed"
     events = (await call(n1, "get_node_info"))["clock"]["events"]
 
@@ -196,7 +196,7 @@ async def test_forged_events_are_rejected_and_the_node_keeps_working(cluster: Cl
     await eventually(logged, 30, "the victim to log both forgeries")
     text = n1.log_text()
     assert attack["bad_sig"] in text and "signature" in text
-    after = await call(n1, "get_workflow_status", workflow_id=wid, include_results=True)
+    after = await call(n1, "get_workflow_status", workflow_id=wid, include_results=True, format="floats")
     assert after == before  # the forged result and the forged cancel changed nothing
     info = await call(n1, "get_node_info")
     assert info["clock"]["events"] == events + 1  # the validly signed event is kept, its op ignored
@@ -228,16 +228,16 @@ async def test_large_results_travel_as_blocks(tmp_path: Path, shared_cache_dir: 
         n1 = c.start("n1")
         n2 = c.start("n2", bootstrap=[n1])
         await wait_peers(n1, [n2])
-        direct = await call(n1, "run_inference", model=DEFAULT_MODEL, inputs=[_tasks(1)[0]["input"]])
+        direct = await call(n1, "run_inference", model=DEFAULT_MODEL, inputs=[_tasks(1)[0]["input"]], format="floats")
         sub = await call(n1, "submit_workflow", name="blocks", tasks=_tasks(5), tag="p2p-only")
         await call(n1, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=300)
 
         async def fetched() -> bool:
-            st = await call(n1, "get_workflow_status", workflow_id=sub["workflow_id"], include_results=True)
+            st = await call(n1, "get_workflow_status", workflow_id=sub["workflow_id"], include_results=True, format="floats")
             return all("result" in t for t in st["tasks"])
 
         await eventually(fetched, 30, "n1 to fetch every result block")
-        st = await call(n1, "get_workflow_status", workflow_id=sub["workflow_id"], include_results=True)
+        st = await call(n1, "get_workflow_status", workflow_id=sub["workflow_id"], include_results=True, format="floats")
         assert {t["peer"] for t in st["tasks"]} == {n2.peer_id}
         a, b = direct["outputs"][0]["embedding"], st["tasks"][0]["result"]["embedding"]
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4

@@ -80,7 +80,7 @@ async def test_only_a_node_with_the_invite_joins_and_takes_work(cluster: Cluster
 
     # the joiner takes work: p2p-only never runs on the submitter, so every task runs on the joiner
     sub = await call(n1, "submit_workflow", name="invited", tasks=_tasks(12), tag="p2p-only")
-    st = await call(n1, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=300, include_results=True)
+    st = await call(n1, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=300, include_results=True, format="floats")
     assert st["state"] == "completed" and st["completed"] == 12, {k: v for k, v in st.items() if k != "tasks"}
     assert {t["peer"] for t in st["tasks"]} == {joiner.peer_id}
     assert all(len(t["result"]["embedding"]) == 384 for t in st["tasks"])

@@ -156,7 +156,7 @@ def test_three_nodes_find_each_other_by_mdns_and_share_a_workflow(
         tasks = [{"model": DEFAULT_MODEL, "input": f"mDNS sentence {i} about a dog on a log."} for i in range(30)]
         sub = n1.call("submit_workflow", name="mdns-spread", tasks=tasks, tag="p2p-only")
         wid = sub["workflow_id"]
-        st = n1.call("wait_for_workflow", timeout=400, workflow_id=wid, timeout_s=300, include_results=True)
+        st = n1.call("wait_for_workflow", timeout=400, workflow_id=wid, timeout_s=300, include_results=True, format="floats")
         assert st["state"] == "completed" and st["completed"] == 30, {k: v for k, v in st.items() if k != "tasks"}
         used = {t["peer"] for t in st["tasks"]}
         assert used == {n2.peer_id, n3.peer_id}, "both workers are used and never the submitter"
@@ -168,7 +168,7 @@ def test_three_nodes_find_each_other_by_mdns_and_share_a_workflow(
             return bool(h1) and h1 == h3
 
         _eventually(same_clock, 60, "n3 to report n1's clock hash", nodes)
-        on3 = n3.call("get_workflow_status", workflow_id=wid, include_results=True)
+        on3 = n3.call("get_workflow_status", workflow_id=wid, include_results=True, format="floats")
         assert on3["state"] == "completed"
         assert [t["result"] for t in on3["tasks"]] == [t["result"] for t in st["tasks"]]
     finally:

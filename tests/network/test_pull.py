@@ -108,7 +108,7 @@ async def test_a_node_serving_nothing_pulls_the_default_model_and_runs_its_tasks
                       tasks=[{"model": DEFAULT_MODEL, "input": t} for t in TEXTS]))["workflow_id"]
     st = await wait_done(seed, wid, 240)
     assert st["state"] == "completed", st
-    full = await call(seed, "get_workflow_status", workflow_id=wid, include_results=True, limit=len(TEXTS))
+    full = await call(seed, "get_workflow_status", workflow_id=wid, include_results=True, limit=len(TEXTS), format="floats")
     assert {t["peer"] for t in full["tasks"]} == {leech.peer_id}
     got = np.array([t["result"]["embedding"] for t in full["tasks"]], dtype=np.float32)
 
@@ -175,7 +175,7 @@ async def test_an_idle_node_with_auto_pull_fetches_the_model_queued_work_needs(c
                       tasks=[{"model": DEFAULT_MODEL, "input": t} for t in TEXTS]))["workflow_id"]
     st = await wait_done(seed, wid, 240)
     assert st["state"] == "completed" and st["completed"] == len(TEXTS), st
-    full = await call(seed, "get_workflow_status", workflow_id=wid, include_results=True, limit=len(TEXTS))
+    full = await call(seed, "get_workflow_status", workflow_id=wid, include_results=True, limit=len(TEXTS), format="floats")
     assert {t["peer"] for t in full["tasks"]} == {leech.peer_id}
     assert DEFAULT_MODEL in (await call(leech, "get_node_info"))["models"]
     assert "auto-pulling a model queued tasks need" in leech.log_text()

@@ -128,7 +128,7 @@ async def test_a_tampering_peer_cannot_poison_a_pull(cluster: Cluster) -> None:
         # what is installed is the real model: its CID, and it runs
         mine = (await call(leech, "list_peers"))["self"]
         assert mine["model_cids"][DEFAULT_MODEL] == cid
-        out = await call(leech, "run_inference", model=DEFAULT_MODEL, inputs=["a verified model"])
+        out = await call(leech, "run_inference", model=DEFAULT_MODEL, inputs=["a verified model"], format="floats")
         assert len(out["outputs"][0]["embedding"]) == 384
         text = leech.log_text()
         assert "fail verification" in text and tamperer in text
