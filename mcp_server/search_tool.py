@@ -44,6 +44,7 @@ class SearchResult(BaseModel):
         "Where the index came from: built now from the results, loaded from the node's disk, or held in memory."))
     index_seconds: float
     embed_seconds: float
+    embedded_by: str = Field(description="Peer id that embedded the query: this node's, or a peer's that serves the model.")
     search_seconds: float
     results: list[SearchHit] = Field(description="Up to k tasks, highest score first.")
 
@@ -54,6 +55,7 @@ class CompareResult(BaseModel):
     model: str
     texts: int
     dim: int
+    embedded_by: str = Field(description="Peer id that embedded the texts: this node's, or a peer's that serves the model.")
     matrix: list[list[float]] = Field(description="matrix[i][j]: cosine similarity of texts[i] and texts[j] (1 on the diagonal).")
     seconds: float
 
@@ -72,8 +74,9 @@ def register_search_tools(server: MCPServer, node: Any) -> None:
     ) -> SearchResult:
         """Find the tasks of an embedding workflow whose inputs are nearest in meaning to a query.
 
-        Embeds the query with the workflow's model on this node (which must serve that model)
-        and returns the top k tasks by cosine similarity, best first, as {task_id, input, score}.
+        Embeds the query with the workflow's model (the same files): on this node when it
+        serves that model, else on a connected peer that does (embedded_by says which).
+        Returns the top k tasks by cosine similarity, best first, as {task_id, input, score}.
         Exact search; the index is built on first use and kept on the node across restarts.
         The workflow must be completed unless partial=true.
         """
@@ -88,9 +91,10 @@ def register_search_tools(server: MCPServer, node: Any) -> None:
         texts: Annotated[list[str], Field(min_length=p2p_search.MIN_TEXTS, max_length=p2p_search.MAX_TEXTS,
                                           description="2 to 64 texts to compare, each non-empty.")],
         model: Annotated[str | None, Field(min_length=1, description=(
-            "An embedding model this node serves; default: the node's default model."))] = None,
+            "An embedding model this node or a connected peer serves; default: the node's default model."))] = None,
     ) -> CompareResult:
-        """Cosine similarity matrix of a handful of texts (2 to 64), embedded on this node."""
+        """Cosine similarity matrix of a handful of texts (2 to 64), embedded on this node, or on a
+        connected peer when this node does not serve the model (embedded_by says which)."""
         try:
             raw = await p2p_search.compare_texts(node, texts, model)
         except NodeError as exc:

@@ -79,6 +79,7 @@ class Node:
         self.model_files: dict[str, list[dict[str, Any]]] = {}  # model name -> [{path, size, cid}]
         self.model_paths: dict[str, Path] = {}  # model name -> its folder (what the content server reads)
         self.content_server: Any = None  # p2p.content.exchange.ContentServer, with networking on
+        self.embed_server: Any = None  # p2p.embedding.EmbedServer: embeds peers' queries, with networking on
         self._pulling: set[str] = set()  # root CIDs being pulled now
         self._files_by_cid: dict[str, list[dict[str, Any]]] = {}  # remote models' files (content never changes)
         self.net: Any = None  # p2p.net.NetHost when networking is on
@@ -178,6 +179,11 @@ class Node:
             server = BlockServer(self.clock, replicator.heads_raw, max_blocks_per_request=cfg.max_blocks_per_request,
                                  max_frame_bytes=cfg.max_frame_bytes)
             net.set_request_handler(BLOCKS_PROTOCOL, server.handle)
+            from p2p.embedding import EmbedServer
+            from p2p.protocols.embed import EMBED_PROTOCOL
+
+            self.embed_server = EmbedServer(self)  # peers that lack a model embed search queries here
+            net.set_request_handler(EMBED_PROTOCOL, self.embed_server.handle)
             if self.config.inference.share_models:
                 from p2p.content.exchange import ContentServer
                 from p2p.protocols.content import CONTENT_PROTOCOL

@@ -3,7 +3,8 @@
 Why: an agent that embedded a collection across the network had no way to use the result — the
 vectors are useless to it as text. ``search_workflow`` embeds a query with the workflow's own
 model and returns the tasks whose embeddings are nearest by cosine; ``compare_texts`` gives the
-cosine matrix of a handful of texts.
+cosine matrix of a handful of texts. The texts are embedded here when this node serves the model
+(with the same files), else by a connected peer that does (``p2p.embedding``).
 
 The search is exact: one L2-normalised N x D float32 matrix times the normalised query. A
 workflow holds at most ``scheduler.max_tasks_per_workflow`` tasks (10,000), and at 100,000
@@ -38,6 +39,7 @@ import numpy as np
 import structlog
 import trio
 
+from p2p.embedding import embed_texts
 from p2p.errors import NodeError
 from p2p.fsutil import fsync_dir_best_effort
 from p2p.export import PAGE, BlocksLoader, ExportRow, node_blocks_loader, page_rows, resolve, unfinished_error
@@ -302,21 +304,6 @@ def workflow_model(state: State, wf: Any) -> WorkflowModel:
     return WorkflowModel(model, cid)
 
 
-def check_served(node: Any, model: str, model_cid: str | None = None, why: str = "") -> None:
-    """Refuse a model this node does not serve (or serves with other files than ``model_cid``):
-    the query must be embedded by the same model as the collection."""
-    if model not in node.local_models():
-        peers = [p for p in node.all_models().get(model, []) if p != node.peer_id]
-        where = (f"peers serving it: {', '.join(peers[:5])} (ask one of them, or pull_model it here)" if peers
-                 else "pull_model fetches it from a peer that serves it")
-        raise NodeError(f"this node does not serve model {model!r}{why}; it serves: "
-                        f"{', '.join(node.local_models()) or 'none'}; {where}")
-    have = getattr(node, "model_cids", {}).get(model)
-    if model_cid is not None and have is not None and have != model_cid:
-        raise NodeError(f"this node serves model {model!r} with other files (content id {have}) than the workflow "
-                        f"was embedded with ({model_cid}); its query vectors would not be comparable")
-
-
 # ------------------------------------------------------------------ the indexes of one node
 
 
@@ -397,31 +384,15 @@ def _check_text(text: Any, what: str, cap: int) -> str:
     return text
 
 
-async def _embed(node: Any, model: str, texts: list[str]) -> np.ndarray:
-    """``texts`` embedded by this node's engine (batched with its other work): N x D float32."""
-    from inference.errors import InferenceError
-
-    try:
-        res = await node.engine.infer(model, list(texts), _EMBEDDING)
-    except InferenceError as exc:
-        raise NodeError(str(exc)) from None
-    vecs = []
-    for out in res.outputs:
-        emb = out.get("embedding") if isinstance(out, dict) else getattr(out, "embedding", None)
-        if emb is None:
-            raise NodeError(f"model {model!r} gave no embedding")
-        vecs.append(np.asarray(emb, dtype=np.float32).reshape(-1))
-    return np.stack(vecs)
-
-
 async def search_workflow(node: Any, indexes: SearchIndexes, workflow_id: str, query: str, k: int = 5,
                           partial: bool = False) -> dict[str, Any]:
     """The ``k`` tasks of an embedding workflow nearest to ``query`` by cosine, best first.
 
-    The query is embedded here, by the workflow's model: this node must serve it. The workflow
-    must be completed unless ``partial`` (then the tasks with a result here are searched).
-    Returns {workflow_id, model, state, partial, k, vectors, dim, index, index_seconds,
-    embed_seconds, search_seconds, results: [{task_id, input, score, input_truncated}]}."""
+    The query is embedded by the workflow's model (the same files): here when this node serves
+    it, else by a connected peer that does (``p2p.embedding``). The workflow must be completed
+    unless ``partial`` (then the tasks with a result here are searched). Returns {workflow_id,
+    model, state, partial, k, vectors, dim, index, index_seconds, embed_seconds, embedded_by,
+    search_seconds, results: [{task_id, input, score, input_truncated}]}."""
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise NodeError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
     if not isinstance(partial, bool):
@@ -436,13 +407,17 @@ async def search_workflow(node: Any, indexes: SearchIndexes, workflow_id: str, q
     if state.counts(wf)[TaskStatus.DONE] != len(wf.task_ids) and not partial:
         err = unfinished_error(state, wf)
         raise NodeError(str(err).replace("to export the results there are", "to search the results there are"))
-    check_served(node, wm.model, wm.model_cid, f", which workflow {workflow_id} was embedded with")
     wstate = state.workflow_status(wf).value
 
     index, how, index_s = await indexes.get(lambda: node.scheduler.state, workflow_id, wm.model,
                                             node_blocks_loader(node.clock), partial)
     t0 = time.perf_counter()
-    qvec = (await _embed(node, wm.model, [query]))[0]
+    try:
+        qmat, embedded_by = await embed_texts(node, wm.model, wm.model_cid, [query])
+    except NodeError as exc:
+        raise NodeError(f"cannot embed the query with {wm.model!r}, which workflow {workflow_id} was embedded with: "
+                        f"{exc}") from None
+    qvec = qmat[0]
     embed_s = time.perf_counter() - t0
     if index.matrix.shape[0] and qvec.shape[0] != index.dim:
         raise NodeError(f"the query embedding has {qvec.shape[0]} dimensions, the workflow's {index.dim}")
@@ -461,14 +436,16 @@ async def search_workflow(node: Any, indexes: SearchIndexes, workflow_id: str, q
     return {
         "workflow_id": workflow_id, "model": wm.model, "state": wstate, "partial": partial, "k": k,
         "vectors": int(index.matrix.shape[0]), "dim": index.dim, "index": how,
-        "index_seconds": round(index_s, 4), "embed_seconds": round(embed_s, 4), "search_seconds": round(search_s, 6),
+        "index_seconds": round(index_s, 4), "embed_seconds": round(embed_s, 4), "embedded_by": embedded_by,
+        "search_seconds": round(search_s, 6),
         "results": results,
     }
 
 
 async def compare_texts(node: Any, texts: list[str], model: str | None = None) -> dict[str, Any]:
-    """The cosine similarity matrix of 2 to 64 texts, embedded here by ``model`` (default: the
-    node's default model). ``matrix[i][j]`` compares ``texts[i]`` with ``texts[j]``."""
+    """The cosine similarity matrix of 2 to 64 texts, embedded by ``model`` (default: the node's
+    default model), here or by a peer that serves it. ``matrix[i][j]`` compares ``texts[i]`` with
+    ``texts[j]``."""
     if not isinstance(texts, list) or not MIN_TEXTS <= len(texts) <= MAX_TEXTS:
         got = len(texts) if isinstance(texts, list) else type(texts).__name__
         raise NodeError(f"give from {MIN_TEXTS} to {MAX_TEXTS} texts, got {got}")
@@ -479,12 +456,11 @@ async def compare_texts(node: Any, texts: list[str], model: str | None = None) -
         model = node.engine.config.default_model
     if not isinstance(model, str) or not model.strip():
         raise NodeError("model is empty; name a model this node serves")
-    check_served(node, model)
     t0 = time.perf_counter()
-    vecs = await _embed(node, model, texts)
+    vecs, embedded_by = await embed_texts(node, model, None, texts)
     matrix = await trio.to_thread.run_sync(cosine_matrix, vecs)
     return {
-        "model": model, "texts": len(texts), "dim": int(vecs.shape[1]),
+        "model": model, "texts": len(texts), "dim": int(vecs.shape[1]), "embedded_by": embedded_by,
         "matrix": [[round(float(x), 6) for x in row] for row in matrix.tolist()],
         "seconds": round(time.perf_counter() - t0, 4),
     }

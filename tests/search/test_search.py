@@ -305,11 +305,12 @@ async def test_search_and_compare_match_sentence_transformers(tmp_path: Path, sh
             _same(out, first[query])
             assert np.load(npy).shape == (20, 384)
 
-    # ---- a node that does not serve the workflow's model refuses, naming it
+    # ---- a node that does not serve the workflow's model, and has no peer to ask, refuses, naming it
+    # (with peers, one that serves the model embeds the query: tests/network/test_search_peers.py)
     cfg = make_node_config(data, shared_cache_dir)
     cfg.inference.serve = []
     async with Node.open(cfg) as node:
         async with Client(build_server(node)) as client:
             text = await _err(client, "search_workflow", workflow_id=wid, query="a cat")
-            assert f"this node does not serve model '{DEFAULT_MODEL}', which workflow {wid} was embedded with" in text
-            assert "pull_model" in text
+            assert f"cannot embed the query with '{DEFAULT_MODEL}', which workflow {wid} was embedded with" in text
+            assert f"this node does not serve model '{DEFAULT_MODEL}'" in text and "runs without networking" in text
