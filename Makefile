@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench sysdeps clean interop
+.PHONY: install run test bench sysdeps clean interop web chromium
 
 sysdeps:
 	@command -v cc >/dev/null 2>&1 || { echo "A C compiler is needed to build fastecdsa (libp2p): apt-get install -y build-essential" >&2; exit 1; }
@@ -36,6 +36,23 @@ $(INTEROP)/node_modules/.installed: $(INTEROP)/package.json
 
 interop: $(INTEROP)/node_modules/.installed
 
+# The network page's browser test (tests/web): Debian's chromium, driven by playwright-core from
+# npm (which downloads no browser). Best effort: without them that test skips and says why.
+WEB := tests/web
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { echo "$(CHROMIUM) missing: apt-get install -y chromium (for tests/web)" >&2; \
+	  apt-get install -y chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; } \
+	  || echo "installing chromium failed (it needs root and a Debian mirror; see above); the network page's browser test will skip" >&2; }
+
+$(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  (cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error) && touch $@ \
+	  || echo "npm ci in $(WEB) failed; the network page's browser test will skip" >&2; \
+	else echo "npm not found; the network page's browser test will skip" >&2; fi
+
+web: chromium $(WEB)/node_modules/.installed
+
 # A full peer: MCP over streamable HTTP on 127.0.0.1:$(PORT), libp2p on all interfaces, mDNS on.
 # Private: the first start creates <data dir>/swarm.key; `ipfs-accelerate p2p invite` prints the
 # line another machine joins with (`make run ARGS="--join INVITE"`, or `p2p start --join INVITE`).
@@ -44,11 +61,11 @@ ARGS ?=
 run: install
 	HF_HUB_OFFLINE=1 $(BIN)/ipfs-accelerate mcp serve --transport http --host 127.0.0.1 --port $(PORT) $(ARGS)
 
-test: install interop
+test: install interop web
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -ra --durations=40 $(PYTEST_ARGS)
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis $(INTEROP)/node_modules
+	rm -rf $(VENV) .pytest_cache .hypothesis $(INTEROP)/node_modules $(WEB)/node_modules $(WEB)/artifacts

@@ -222,10 +222,11 @@ def _host_patterns(host: str) -> tuple[list[str], list[str]]:
 
 
 def http_app(server: Any, transport: str, host: str, port: int, token: str, allowed_hosts: list[str] = (),
-             metrics: Any = None) -> Any:
+             metrics: Any = None, page: Any = None) -> Any:
     """The SDK's ASGI app for ``transport``, with DNS-rebinding protection and optional auth;
-    with ``metrics`` (a :class:`mcp_server.metrics.NodeMetrics`) also ``GET /metrics``, behind
-    the same token and the same Host/Origin check.
+    with ``metrics`` (a :class:`mcp_server.metrics.NodeMetrics`) also ``GET /metrics``, and with
+    ``page`` (a :class:`mcp_server.dashboard.NetworkPage`) the network page at ``/`` and its
+    ``/api/state``, all behind the same token and the same Host/Origin check.
 
     The SDK protects only 127.0.0.1, localhost and ::1 by itself, so every other bind gets an
     explicit Host/Origin allowlist: the bind address, loopback, and ``mcp.allowed_hosts``. A
@@ -253,17 +254,28 @@ def http_app(server: Any, transport: str, host: str, port: int, token: str, allo
     else:
         app = server.sse_app(host=host, transport_security=security)
     app = JsonRpcIdGuard(app)
+    # the SDK's own default for a 127.0.0.1/localhost/::1 bind, which it applies only to its routes
+    loopback = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    )
     if metrics is not None:
         from mcp_server.metrics import MetricsRoute
 
-        # the SDK's own default for a 127.0.0.1/localhost/::1 bind, which it applies only to its routes
-        loopback = TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
-            allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-        )
         app = MetricsRoute(app, metrics, security if security is not None else loopback)
-    return BearerAuth(app, token) if token else app
+    if page is not None:
+        from mcp_server.dashboard import NetworkPageRoute
+
+        app = NetworkPageRoute(app, page, security if security is not None else loopback)
+    if not token:
+        return app
+    app = BearerAuth(app, token)
+    if page is not None:  # a browser's way to the token: /?token=… once, then a cookie (page paths only)
+        from mcp_server.dashboard import PageLogin
+
+        app = PageLogin(app, token)
+    return app
 
 
 async def serve_http(app: Any, host: str, port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -317,12 +329,14 @@ async def serve_node(
                     await _maybe_await(on_ready(node, []))
             else:
                 metrics = await nursery.start(_hold_metrics, node)
+                page = await nursery.start(_hold_page, node)
                 app = http_app(server, transport, host, port, settings.mcp.auth_token, settings.mcp.allowed_hosts,
-                               metrics=metrics)
+                               metrics=metrics, page=page)
                 binds = await nursery.start(serve_http, app, host, port)
                 path = "/mcp" if transport == "http" else "/sse"
                 urls = [f"{b}{path}" for b in binds]
                 log.info("mcp serving", transport=transport, urls=urls, peer_id=node.peer_id)
+                log.info("network page", urls=[f"{b}/" for b in binds])
                 if on_ready:
                     await _maybe_await(on_ready(node, urls))
 
@@ -338,6 +352,13 @@ async def _hold_metrics(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNOR
         await trio.sleep_forever()
     finally:
         metrics.close()
+
+
+async def _hold_page(node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """The network page's state (``/`` on the HTTP port) for as long as the server runs."""
+    from mcp_server.dashboard import NetworkPage
+
+    await NetworkPage(node).run(task_status=task_status)
 
 
 async def _maybe_await(x: Any) -> None:
