@@ -1,9 +1,9 @@
 """The network page: a live web view of the node and its peers at ``/`` on the MCP HTTP port.
 
 What it shows (issue 13 item 4): this node and every peer (name, id, hardware, models, queue,
-workers, RTT, connection), the newest workflows with progress bars and each peer's share of
-their done tasks, the most recent Merkle-clock events drawn as a DAG, and task results per
-interval over the last minutes. The page (``static/network.html``: plain HTML/CSS/JS, nothing
+workers as each heartbeat reports them, RTT, connection), the newest workflows with progress
+bars and each peer's share of their done tasks, the most recent Merkle-clock events drawn as a
+DAG, and task results per interval over the last minutes. The page (``static/network.html``: plain HTML/CSS/JS, nothing
 fetched from the internet) polls ``GET /api/state`` every 1.5 s; this module builds that JSON.
 
 Why these sources, and why they are cheap. Every read runs on the node's trio loop,
@@ -89,6 +89,13 @@ def _hardware(hw: Any) -> dict[str, Any]:
     if isinstance(machine, str):
         out["machine"] = machine[:32]
     return out
+
+
+def _workers(w: Any) -> dict[str, Any] | None:
+    """The few worker numbers the page shows, from ``workers_info()`` or a peer's summary."""
+    if not isinstance(w, dict):
+        return None
+    return {k: w.get(k) for k in ("mode", "live", "busy", "starting", "target", "queue_depth")}
 
 
 class _Shares:
@@ -230,7 +237,7 @@ class NetworkPage:
             "uptime_s": round(time.time() - node.started_at, 1), "addrs": me["addrs"],
             "hardware": _hardware(me["hardware"]), "models": me["models"], "queue": me["queue"],
             "capacity": me["capacity"], "running": len(node.scheduler.running),
-            "workers": {k: workers.get(k) for k in ("mode", "live", "busy", "starting", "target", "queue_depth")},
+            "workers": _workers(workers),
             "networking": node.net is not None,
         }
 
@@ -247,6 +254,7 @@ class NetworkPage:
             "queue": p["queue"], "capacity": p["capacity"], "rtt_ms": p["rtt_ms"], "last_seen_s": p["last_seen_s"],
             "alive": node.peers.is_alive(pid), "compatible": p["compatible"],
             "incompatible_keys": p["incompatible_keys"], "outvoted": p["outvoted"], "connection": connection,
+            "workers": _workers(p.get("workers")),  # as its heartbeat says (None from a peer that does not)
         }
 
     def _workflows(self, names: dict[str, str]) -> list[dict[str, Any]]:
