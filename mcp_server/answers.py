@@ -178,6 +178,9 @@ def _peer_line(p: dict[str, Any], me: bool = False) -> str:
     rtt = p.get("rtt_ms")
     bits = [f"{p.get('name')} ({str(p.get('peer_id'))[:12]}…)", f"models {', '.join(p.get('models') or []) or 'none'}",
             f"queue {p.get('queue')}"]
+    w = p.get("workers")
+    if isinstance(w, dict) and w:
+        bits.append(f"workers {w.get('live', 0)}/{w.get('target', 0)} {w.get('mode', '')}".rstrip())
     if not me:
         bits.append(f"rtt {rtt:.0f} ms" if isinstance(rtt, (int, float)) else "rtt ?")
         if not p.get("compatible", True):

@@ -158,6 +158,9 @@ class PeerOut(BaseModel):
     incompatible_keys: list[str] = Field(default_factory=list, description="The consensus settings that differ.")
     outvoted: int = Field(0, description="Replicated tasks where its result disagreed with the accepted one; "
                                          "beyond scheduler.max_outvoted this node assigns it no more work.")
+    workers: dict[str, Any] | None = Field(None, description=(
+        "Its inference workers: mode (pool or in-process), live, busy, starting, target, min, max, queue_depth "
+        "(null from a peer that does not say)."))
 
 
 class PeerList(BaseModel):

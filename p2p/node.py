@@ -32,6 +32,7 @@ from p2p.identity import Identity
 from p2p.liveness import Liveness
 from p2p.net import load_swarm_key, open_host
 from p2p.peers import Heartbeat, PauseDetector, PeerCaps, PeerTable
+from p2p.protocols.heartbeat import WorkersSummary
 from p2p.protocols.wire import BLOCKS_PROTOCOL, topic
 from p2p.replication import BlockServer, GossipBroadcaster, PushBroadcaster, Replicator, StreamDAGService
 from p2p.scheduler.ops import MAX_PRIORITY, MAX_REPLICAS, MIN_PRIORITY, TaskSpec, WorkflowTag
@@ -331,7 +332,13 @@ class Node:
             settings_digest=self.settings_digest,
             cache_entries=self.cache.advertised_entries() if self.cache is not None else 0,
             cache_seq=self.cache.advertised_seq() if self.cache is not None else 0,
+            workers=self.workers_summary(),
         )
+
+    def workers_summary(self) -> WorkersSummary | None:
+        """This node's workers in a few numbers, for heartbeats and ``list_peers``."""
+        info = getattr(self.engine, "workers_info", None)
+        return WorkersSummary.of(info()) if info is not None else None
 
     # --------------------------------------------------------------- tools
 
@@ -718,6 +725,7 @@ class Node:
             "model_cids": self.model_cids,
             "queue": self.scheduler.local_queue(),
             "capacity": self.capacity,
+            "workers": _dump(self.workers_summary()),
         }
 
     def list_peers(self) -> dict[str, Any]:
@@ -734,6 +742,7 @@ class Node:
                 "compatible": not rec.incompatible,
                 "incompatible_keys": list(rec.incompatible),
                 "outvoted": self.scheduler.state.outvoted.get(hb.peer_id, 0),
+                "workers": _dump(hb.workers),
             })
         return {"self": self.self_info(), "peers": peers}
 
@@ -757,6 +766,10 @@ class Node:
             "workers": self.engine.workers_info(),
             "replication": self.replicator.stats() if self.replicator is not None else {"enabled": False},
         }
+
+
+def _dump(workers: WorkersSummary | None) -> dict[str, Any] | None:
+    return workers.model_dump() if workers is not None else None
 
 
 def _canonical_cid(text: str) -> str | None:

@@ -8,6 +8,33 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 Scalar = int | float | str | bool
+Count = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class WorkersSummary(BaseModel):
+    """A peer's inference workers in a few numbers (its ``get_node_info`` has the details):
+    enough for ``list_peers``, the CLI and the network page to show what each peer runs with."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    mode: str = Field("", max_length=16)
+    live: Count = 0
+    busy: Count = 0
+    starting: Count = 0
+    target: Count = 0
+    min: Count = 0
+    max: Count = 0
+    queue_depth: Count = 0
+
+    @classmethod
+    def of(cls, info: dict[str, Any]) -> "WorkersSummary":
+        """From ``InferenceEngine.workers_info()`` (extra keys dropped, values clamped)."""
+        def n(key: str) -> int:
+            v = info.get(key)
+            return max(0, min(1_000_000, int(v))) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+        return cls(mode=str(info.get("mode", ""))[:16], live=n("live"), busy=n("busy"), starting=n("starting"),
+                   target=n("target"), min=n("min"), max=n("max"), queue_depth=n("queue_depth"))
 
 
 class Heartbeat(BaseModel):
@@ -42,3 +69,5 @@ class Heartbeat(BaseModel):
     # clock in ns). Gossip may deliver an older heartbeat after a newer one; the peer table keeps
     # the newest. 0 from a peer that does not number them: then the last one heard is kept.
     seq: int = Field(0, ge=0, le=1 << 63)
+    # The peer's inference workers (None from a peer that does not say).
+    workers: WorkersSummary | None = None
