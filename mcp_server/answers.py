@@ -74,6 +74,8 @@ def shape_output(output: dict[str, Any], fmt: Format, ref: str | None) -> dict[s
         shaped = {**rest, "dim": int(arr.size), "norm": _round(float(np.linalg.norm(arr.astype(np.float64)))),
                   "head": [_round(float(x)) for x in arr[:HEAD]]}
         return {**shaped, "ref": ref} if ref else shaped
+    if fmt != "compact":  # base64 changes vectors only
+        return output
     scores = output.get("scores")
     if isinstance(scores, dict) and len(scores) > TOP:
         best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]

@@ -467,15 +467,18 @@ class NetworkPageRoute:
 
 class PageLogin:
     """ASGI middleware outside the bearer check, for a browser: ``GET /?token=T`` with the right
-    token answers 303 to ``/`` and sets T in an HttpOnly, SameSite=Strict cookie; on the page's
-    own paths that cookie is then sent on as ``Authorization: Bearer T``. Nothing else changes:
-    a wrong token goes on without a header (the bearer check answers 401), and ``/mcp`` never
-    reads the cookie. The cookie is named per port (browsers share cookies across the ports of
-    a host)."""
+    token answers 303 to ``/`` and sets an HttpOnly, SameSite=Strict cookie; on the page's own
+    paths a request with that cookie is sent on as ``Authorization: Bearer T``. The cookie holds
+    HMAC-SHA256(T, "network page"), never T itself: cookies ignore ports, so any other server on
+    the host sees it, and it must not work as a bearer token for ``/mcp`` (which never reads the
+    cookie anyway). Nothing else changes: a wrong token or cookie goes on without a header (the
+    bearer check answers 401). The cookie is named per port (browsers share cookies across the
+    ports of a host)."""
 
     def __init__(self, app: Any, token: str) -> None:
         self.app = app
         self._token = token.encode()
+        self._cookie_value = hmac.new(self._token, b"ipfs-accelerate network page", hashlib.sha256).hexdigest()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("path") not in PAGE_PATHS or scope.get("method") not in ("GET", "HEAD"):
@@ -487,8 +490,7 @@ class PageLogin:
         if scope.get("path") == PAGE_PATH:
             given = parse_qs((scope.get("query_string") or b"").decode("latin-1")).get("token", [None])[0]
             if given is not None and hmac.compare_digest(given.encode(), self._token):
-                value = base64.urlsafe_b64encode(self._token).decode()  # any token, as a valid cookie value
-                cookie = f"{cookie_name}={value}; Path=/; HttpOnly; SameSite=Strict"
+                cookie = f"{cookie_name}={self._cookie_value}; Path=/; HttpOnly; SameSite=Strict"
                 await send({"type": "http.response.start", "status": 303,
                             "headers": [(b"location", b"/"), (b"set-cookie", cookie.encode()),
                                         (b"cache-control", b"no-store"), (b"content-length", b"0")]})
@@ -496,12 +498,8 @@ class PageLogin:
                 return
         if not any(k == b"authorization" for k, _ in headers):
             value = _cookie(headers, cookie_name)
-            if value is not None:
-                try:
-                    token = base64.urlsafe_b64decode(value.encode())
-                except ValueError:
-                    token = b""
-                scope = {**scope, "headers": [*headers, (b"authorization", b"Bearer " + token)]}
+            if value is not None and hmac.compare_digest(value.encode(), self._cookie_value.encode()):
+                scope = {**scope, "headers": [*headers, (b"authorization", b"Bearer " + self._token)]}
         await self.app(scope, receive, send)
 
 

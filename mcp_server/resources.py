@@ -27,12 +27,12 @@ handler (which the SDK runs in a worker thread) must not touch it.
 from __future__ import annotations
 
 import io
-import json
 import secrets
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+import pydantic_core
 import structlog
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
@@ -48,8 +48,22 @@ WORKFLOW_TEMPLATE = "workflow://{workflow_id}"
 NPY_MIME = "application/x-npy"
 RESULT_FORMATS = ("json", "npy")
 MAX_COMPLETIONS = 100  # the most values completion/complete may return (MCP)
+PROBE = 64  # tasks read to learn an .npy read's dimension
 # A resource's bytes travel base64-encoded in one reply: 3 bytes of .npy take 4 on the wire.
 NPY_BUDGET = REPLY_BUDGET * 3 // 4 - 1024
+
+
+def _json(obj: Any) -> str:
+    """``obj`` as the JSON text a resource returns: exactly what ``text_cost`` measures (compact,
+    UTF-8; ``json.dumps`` would add spaces and write non-ASCII as 6-byte escapes)."""
+    return pydantic_core.to_json(obj).decode()
+
+
+def _fitting(obj: Any, what: str, hint: str) -> str:
+    """``obj`` as resource text, refused when it cannot fit one reply."""
+    if text_cost(obj) > REPLY_BUDGET:
+        raise ResourceError(f"{what} does not fit one reply (1 MiB): {hint}")
+    return _json(obj)
 
 
 def results_uri(workflow_id: str, offset: int | None = None, limit: int | None = None, fmt: str | None = None) -> str:
@@ -73,7 +87,7 @@ class RecentOutputs:
         self._bytes = 0
 
     def put(self, outputs: list[dict[str, Any]]) -> str:
-        size = sum(len(json.dumps(o)) for o in outputs)
+        size = sum(len(pydantic_core.to_json(o)) for o in outputs)
         call_id = secrets.token_hex(8)
         if size > self.max_bytes:
             return call_id  # too big to keep: the reference will say it expired
@@ -102,41 +116,44 @@ def _node_call(fn: Any, *args: Any) -> Any:
 
 def npy_page(node: Any, workflow_id: str, offset: int, limit: int | None) -> bytes:
     """Rows ``offset``… of the workflow's embeddings as a ``.npy`` float32 matrix (NaN rows for
-    tasks without a result), refusing a read that would not fit one reply."""
+    tasks without a result), refusing a read that would not fit one reply before reading it: the
+    dimension comes from the first embedding among the first ``PROBE`` tasks, so a workflow
+    without embeddings there costs one small page, not a scan of every task."""
     total = _node_call(node.workflow_status, workflow_id, False, 0, 0)["total"]
     if offset > total:
         raise ResourceError(f"offset {offset} is past the workflow's {total} tasks")
     count = total - offset if limit is None else min(limit, total - offset)
-    rows: list[np.ndarray | None] = []
-    dim = 0
+
+    def vector(t: dict[str, Any]) -> list[float] | None:
+        res = t.get("result")
+        vec = res.get("embedding") if isinstance(res, dict) else None
+        return vec if isinstance(vec, list) else None
+
+    probe = _node_call(node.workflow_status, workflow_id, True, offset, min(count, PROBE))["tasks"] if count else []
+    dim = next((len(v) for v in map(vector, probe) if v is not None), 0)
+    if count and dim == 0:
+        raise ResourceError(f"workflow {workflow_id} has no embedding among tasks {offset}–{offset + len(probe) - 1}: "
+                            "format=npy holds embeddings only (use format=json)")
+    most = max(1, NPY_BUDGET // (4 * dim)) if dim else 0
+    if count > most:
+        raise ResourceError(f"{count} rows of dimension {dim} do not fit one reply (1 MiB): read at most {most} rows "
+                            f"at a time, e.g. {results_uri(workflow_id, offset, most, 'npy')}")
+    mat = np.full((count, dim), np.nan, dtype="<f4")
+    tasks = probe
     at = offset
     while at < offset + count:
-        page = _node_call(node.workflow_status, workflow_id, True, at, min(256, offset + count - at))
-        if not page["tasks"]:
-            break
-        for t in page["tasks"]:
-            vec = (t.get("result") or {}).get("embedding") if isinstance(t.get("result"), dict) else None
-            if isinstance(vec, list):
-                if dim == 0:
-                    dim = len(vec)
-                    most = max(1, NPY_BUDGET // (4 * dim))
-                    if count > most:
-                        raise ResourceError(
-                            f"{count} rows of dimension {dim} do not fit one reply (1 MiB): read at most {most} rows "
-                            f"at a time, e.g. {results_uri(workflow_id, offset, most, 'npy')}")
-                rows.append(np.asarray(vec, dtype="<f4"))
-            else:
-                rows.append(None)
-        at += len(page["tasks"])
-    if rows and dim == 0:
-        raise ResourceError(f"workflow {workflow_id} has no embedding among tasks {offset}–{offset + len(rows) - 1}: "
-                            "format=npy holds embeddings only; use format=json")
-    mat = np.full((len(rows), dim), np.nan, dtype="<f4")
-    for i, row in enumerate(rows):
-        if row is not None:
-            if row.shape != (dim,):
-                raise ResourceError(f"task {offset + i} has an embedding of dimension {row.size}, not {dim}")
-            mat[i] = row
+        if not tasks:
+            tasks = _node_call(node.workflow_status, workflow_id, True, at, min(256, offset + count - at))["tasks"]
+            if not tasks:
+                break
+        for t in tasks:
+            vec = vector(t)
+            if vec is not None:
+                if len(vec) != dim:
+                    raise ResourceError(f"task {at} has an embedding of dimension {len(vec)}, not {dim}")
+                mat[at - offset] = np.asarray(vec, dtype="<f4")
+            at += 1
+        tasks = []
     buf = io.BytesIO()
     np.save(buf, mat, allow_pickle=False)
     return buf.getvalue()
@@ -148,12 +165,12 @@ def register_resources(server: MCPServer, node: Any, recent: RecentOutputs, page
     @server.resource("node://info", name="node-info", mime_type="application/json",
                      description="This node's info and Merkle clock.")
     async def node_info_resource() -> str:
-        return json.dumps(node.node_info())
+        return _json(node.node_info())
 
     @server.resource(WORKFLOW_TEMPLATE, name="workflow", mime_type="application/json",
                      description="A workflow's status with the first page of full results.")
     async def workflow_resource(workflow_id: str) -> str:
-        return json.dumps(fit_page(_node_call(node.workflow_status, workflow_id, True, 0, page_size), cost=text_cost))
+        return _json(fit_page(_node_call(node.workflow_status, workflow_id, True, 0, page_size), cost=text_cost))
 
     @server.resource(RESULTS_TEMPLATE, name="workflow-results", mime_type="application/json",
                      description=("A workflow's full results in submission order. format=json (default): a status page "
@@ -170,12 +187,14 @@ def register_resources(server: MCPServer, node: Any, recent: RecentOutputs, page
         def fetch(at: int, count: int) -> dict[str, Any]:
             return _node_call(node.workflow_status, workflow_id, True, at, count)
 
-        return json.dumps(build_page(fetch, offset, page_size if limit is None else limit, cost=text_cost))
+        return _json(build_page(fetch, offset, page_size if limit is None else limit, cost=text_cost))
 
     @server.resource("inference://{call_id}", name="inference-outputs", mime_type="application/json",
                      description="The full outputs of a recent run_inference call (the ref of its compact answer).")
     async def inference_resource(call_id: str) -> str:
-        return json.dumps({"call_id": call_id, "outputs": recent.get(call_id)})
+        outputs = recent.get(call_id)
+        return _fitting({"call_id": call_id, "outputs": outputs}, f"the {len(outputs)} outputs of call {call_id}",
+                        f"read them one at a time, inference://{call_id}/0 … /{len(outputs) - 1}")
 
     @server.resource("inference://{call_id}/{index}", name="inference-output", mime_type="application/json",
                      description="One full output of a recent run_inference call.")
@@ -183,7 +202,7 @@ def register_resources(server: MCPServer, node: Any, recent: RecentOutputs, page
         outputs = recent.get(call_id)
         if not 0 <= index < len(outputs):
             raise ResourceError(f"call {call_id} has outputs 0–{len(outputs) - 1}, not {index}")
-        return json.dumps(outputs[index])
+        return _fitting(outputs[index], f"output {index} of call {call_id}", "call run_inference with format=\"base64\"")
 
     @server.resource("model://{+model}", name="model", mime_type="application/json",
                      description="A model the network serves: its content ids, files and the peers serving each.")
@@ -191,7 +210,7 @@ def register_resources(server: MCPServer, node: Any, recent: RecentOutputs, page
         rows = [m for m in await node.list_models() if m["model"] == model]
         if not rows:
             raise ResourceError(f"no live peer serves {model!r}; list_models shows what the network serves")
-        return json.dumps({"model": model, "rows": rows})
+        return _fitting({"model": model, "rows": rows}, f"the listing of {model!r}", "use list_models")
 
     @server.completion()
     async def complete(ref: PromptReference | ResourceTemplateReference, argument: CompletionArgument,

@@ -11,7 +11,9 @@ never the stored results. Answers say who embedded (``embedded_by``).
 
 The server side answers only for models it serves with the asked content id, at most
 ``SLOTS_PER_PEER`` requests at once per peer (more get a "busy" refusal at once, no queue) and
-``SLOTS`` over all peers; the texts go through the same batching executor as workflow tasks.
+``SLOTS`` over all peers (both refuse at once: no queue of waiting payloads for peers to
+fill); the texts go through the same batching executor as workflow tasks. Askers skip peers whose
+consensus settings differ from theirs.
 """
 
 from __future__ import annotations
@@ -76,7 +78,13 @@ def _candidates(node: Any, model: str, model_cid: str | None) -> list[str]:
     else:
         peers = [p for p in node.all_models().get(model, []) if p != node.peer_id]
     net = node.net
-    live = [p for p in dict.fromkeys(peers) if p != node.peer_id and net is not None and net.is_connected(p)]
+
+    def usable(p: str) -> bool:
+        rec = node.peers.get(p)
+        return (p != node.peer_id and net is not None and net.is_connected(p)
+                and not (rec is not None and rec.incompatible))
+
+    live = [p for p in dict.fromkeys(peers) if usable(p)]
 
     def rtt(p: str) -> float:
         rec = node.peers.get(p)
@@ -85,21 +93,34 @@ def _candidates(node: Any, model: str, model_cid: str | None) -> list[str]:
     return sorted(live, key=rtt)
 
 
-async def embed_on_peer(node: Any, model: str, model_cid: str | None, texts: list[str],
-                        timeout_s: float = REQUEST_TIMEOUT_S) -> tuple[np.ndarray, str]:
-    """``texts`` embedded by the first of up to ``PEERS_TRIED`` connected peers serving the model
-    that answers well: (N x D float32, its peer id). NodeError naming each peer's failure when
-    none does."""
-    from p2p.net.errors import NetError
-    from p2p.protocols.wire import WireError
-
-    peers = _candidates(node, model, model_cid)
+def check_embeddable(node: Any, model: str, model_cid: str | None) -> None:
+    """NodeError, before any work, when neither this node nor a connected peer serves the model."""
+    if serves(node, model, model_cid):
+        return
     files = f" with content id {model_cid}" if model_cid else ""
-    if not peers:
+    if node.net is None:
+        have = getattr(node, "model_cids", {}).get(model)
+        other = f" with other files (content id {have})" if model in node.local_models() and have else ""
+        raise NodeError(f"this node does not serve model {model!r}{other}, runs without networking, so no peer can "
+                        f"embed for it; it serves: {', '.join(node.local_models()) or 'none'}")
+    if not _candidates(node, model, model_cid):
         known = [p for p in node.all_models().get(model, []) if p != node.peer_id]
         raise NodeError(f"this node does not serve model {model!r}{files}, and no connected peer does"
                         + (f" (peers that advertised it: {', '.join(known[:5])})" if known else "")
                         + "; pull_model fetches it from a peer that serves it")
+
+
+async def embed_on_peer(node: Any, model: str, model_cid: str | None, texts: list[str], dim: int | None = None,
+                        timeout_s: float = REQUEST_TIMEOUT_S) -> tuple[np.ndarray, str]:
+    """``texts`` embedded by the first of up to ``PEERS_TRIED`` connected peers serving the model
+    that answers well (``dim`` values a vector, when given): (N x D float32, its peer id).
+    NodeError naming each peer's failure when none does."""
+    from p2p.net.errors import NetError
+    from p2p.protocols.wire import WireError
+
+    check_embeddable(node, model, model_cid)
+    peers = _candidates(node, model, model_cid)
+    files = f" with content id {model_cid}" if model_cid else ""
     payload = encode_request(EmbedRequest(model, model_cid, list(texts)))
     failures: list[str] = []
     for peer in peers[:PEERS_TRIED]:
@@ -111,6 +132,9 @@ async def embed_on_peer(node: Any, model: str, model_cid: str | None, texts: lis
         if isinstance(got, str):
             failures.append(f"{peer} refused: {got}")
             continue
+        if dim is not None and got.shape[1] != dim:
+            failures.append(f"{peer}: its vectors have {got.shape[1]} dimensions, the collection's {dim}")
+            continue
         norms = np.linalg.norm(got.astype(np.float64), axis=1)
         if np.any(np.abs(norms - 1.0) > UNIT_TOLERANCE):
             failures.append(f"{peer}: its vectors are not unit length (norms {', '.join(f'{n:.3g}' for n in norms[:4])})")
@@ -121,17 +145,14 @@ async def embed_on_peer(node: Any, model: str, model_cid: str | None, texts: lis
                     + "; ".join(failures))
 
 
-async def embed_texts(node: Any, model: str, model_cid: str | None, texts: list[str]) -> tuple[np.ndarray, str]:
+async def embed_texts(node: Any, model: str, model_cid: str | None, texts: list[str],
+                      dim: int | None = None) -> tuple[np.ndarray, str]:
     """``texts`` embedded by ``model`` (with ``model_cid``'s files): here when this node serves
-    it, else on a peer. Returns (N x D float32, the peer id that embedded them)."""
+    it, else on a peer (whose vectors must have ``dim`` values, when given). Returns (N x D
+    float32, the peer id that embedded them)."""
     if serves(node, model, model_cid):
         return await embed_here(node, model, texts), node.peer_id
-    if node.net is None:
-        have = getattr(node, "model_cids", {}).get(model)
-        other = f" with other files (content id {have})" if model in node.local_models() and have else ""
-        raise NodeError(f"this node does not serve model {model!r}{other}, runs without networking, so no peer can "
-                        f"embed for it; it serves: {', '.join(node.local_models()) or 'none'}")
-    return await embed_on_peer(node, model, model_cid, texts)
+    return await embed_on_peer(node, model, model_cid, texts, dim)
 
 
 class EmbedServer:
@@ -141,6 +162,7 @@ class EmbedServer:
         self._node = node
         self._slots_per_peer = slots_per_peer
         self._per_peer: dict[str, trio.Semaphore] = {}
+        self._all_slots = slots
         self._all = trio.Semaphore(slots)
         self.requests = 0
         self.refused = 0
@@ -162,11 +184,16 @@ class EmbedServer:
         except trio.WouldBlock:
             return self._refuse(f"busy: at most {self._slots_per_peer} embed requests at once per peer")
         try:
-            async with self._all:
-                try:
-                    return encode_vectors(await embed_here(node, req.model, req.texts))
-                except NodeError as exc:
-                    return self._refuse(str(exc))
+            try:
+                self._all.acquire_nowait()
+            except trio.WouldBlock:
+                return self._refuse(f"busy: at most {self._all_slots} embed requests at once")
+            try:
+                return encode_vectors(await embed_here(node, req.model, req.texts))
+            except NodeError as exc:
+                return self._refuse(str(exc))
+            finally:
+                self._all.release()
         finally:
             slot.release()
             if slot.value == self._slots_per_peer and not slot.statistics().tasks_waiting:

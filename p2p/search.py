@@ -39,7 +39,7 @@ import numpy as np
 import structlog
 import trio
 
-from p2p.embedding import embed_texts
+from p2p.embedding import check_embeddable, embed_texts
 from p2p.errors import NodeError
 from p2p.fsutil import fsync_dir_best_effort
 from p2p.export import PAGE, BlocksLoader, ExportRow, node_blocks_loader, page_rows, resolve, unfinished_error
@@ -408,12 +408,18 @@ async def search_workflow(node: Any, indexes: SearchIndexes, workflow_id: str, q
         err = unfinished_error(state, wf)
         raise NodeError(str(err).replace("to export the results there are", "to search the results there are"))
     wstate = state.workflow_status(wf).value
+    try:  # refused before the index is built when nobody can embed the query
+        check_embeddable(node, wm.model, wm.model_cid)
+    except NodeError as exc:
+        raise NodeError(f"cannot embed the query with {wm.model!r}, which workflow {workflow_id} was embedded with: "
+                        f"{exc}") from None
 
     index, how, index_s = await indexes.get(lambda: node.scheduler.state, workflow_id, wm.model,
                                             node_blocks_loader(node.clock), partial)
     t0 = time.perf_counter()
     try:
-        qmat, embedded_by = await embed_texts(node, wm.model, wm.model_cid, [query])
+        qmat, embedded_by = await embed_texts(node, wm.model, wm.model_cid, [query],
+                                              index.dim if index.matrix.shape[0] else None)
     except NodeError as exc:
         raise NodeError(f"cannot embed the query with {wm.model!r}, which workflow {workflow_id} was embedded with: "
                         f"{exc}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Scalar = int | float | str | bool
 Count = Annotated[int, Field(ge=0, le=1_000_000)]
@@ -69,5 +69,16 @@ class Heartbeat(BaseModel):
     # clock in ns). Gossip may deliver an older heartbeat after a newer one; the peer table keeps
     # the newest. 0 from a peer that does not number them: then the last one heard is kept.
     seq: int = Field(0, ge=0, le=1 << 63)
-    # The peer's inference workers (None from a peer that does not say).
+    # The peer's inference workers (None from a peer that does not say, or says it badly: a
+    # display field, so a bad one is dropped rather than the whole heartbeat with it).
     workers: WorkersSummary | None = None
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _lenient_workers(cls, value: Any) -> Any:
+        if value is None or isinstance(value, WorkersSummary):
+            return value
+        try:
+            return WorkersSummary.model_validate(value)
+        except ValidationError:
+            return None

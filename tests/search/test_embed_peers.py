@@ -14,7 +14,6 @@ import cbor2
 import numpy as np
 import pytest
 import trio
-import trio.testing
 
 from p2p.config import NodeConfig
 from p2p.embedding import EmbedServer, embed_here, embed_texts
@@ -73,6 +72,7 @@ def test_the_wire_format_round_trips_and_refuses_what_is_malformed() -> None:
 
 
 async def test_the_server_embeds_what_it_serves_and_refuses_the_rest(node: Any) -> None:
+    await node.hash_models()  # as at start (in the background there): the content id to check against
     server = EmbedServer(node, slots_per_peer=1)
     texts = ["a cat on a mat", "a dog in the fog"]
     got = decode_reply(await server.handle("peer-a", encode_request(EmbedRequest(DEFAULT_MODEL, None, texts))), 2)
@@ -83,30 +83,25 @@ async def test_the_server_embeds_what_it_serves_and_refuses_the_rest(node: Any) 
         (EmbedRequest(DEFAULT_MODEL, "bafy-other-files", ["x"]), "with content id bafy-other-files"),
         (EmbedRequest(DEFAULT_MODEL, None, ["x" * (node.config.scheduler.max_input_chars + 1)]), "the maximum is"),
     ]
-    if not node.model_cids.get(DEFAULT_MODEL):
-        refusals.pop(1)  # the node has not content-addressed its model yet: any cid is accepted
+    assert node.model_cids.get(DEFAULT_MODEL), "the node content-addresses its model at start"
     for req, words in refusals:
         reply = decode_reply(await server.handle("peer-a", encode_request(req)), len(req.texts))
         assert isinstance(reply, str) and words in reply, (req, reply)
     with pytest.raises(WireError):
         await server.handle("peer-a", b"\x00garbage")
 
-    # one peer may not hold more than its slots: the next request is refused at once, not queued
-    server._all = trio.Semaphore(0)  # every global slot taken: a first request waits holding its peer slot
-    answers: list[Any] = []
-
-    async def first() -> None:
-        answers.append(await server.handle("peer-b", encode_request(EmbedRequest(DEFAULT_MODEL, None, ["one"]))))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(first)
-        await trio.testing.wait_all_tasks_blocked()
-        busy = decode_reply(await server.handle("peer-b", encode_request(EmbedRequest(DEFAULT_MODEL, None, ["two"]))), 1)
-        assert isinstance(busy, str) and busy.startswith("busy"), busy
-        other = server.handle("peer-c", encode_request(EmbedRequest("no/such-model", None, ["x"])))
-        assert "does not serve" in decode_reply(await other, 1)  # another peer is not refused for peer-b's load
-        server._all.release()
-    assert isinstance(decode_reply(answers[0], 1), np.ndarray)
+    # over its slots, a peer is refused at once, not queued; so is anyone when every slot is taken
+    # (a peer's slot held as a request in flight would hold it)
+    server._per_peer["peer-b"] = trio.Semaphore(0)
+    busy = decode_reply(await server.handle("peer-b", encode_request(EmbedRequest(DEFAULT_MODEL, None, ["two"]))), 1)
+    assert isinstance(busy, str) and busy.startswith("busy: at most 1 embed requests at once per peer"), busy
+    ok = decode_reply(await server.handle("peer-c", encode_request(EmbedRequest(DEFAULT_MODEL, None, ["x"]))), 1)
+    assert isinstance(ok, np.ndarray)  # another peer is not refused for peer-b's load
+    full, server._all = server._all, trio.Semaphore(0)
+    busy = decode_reply(await server.handle("peer-d", encode_request(EmbedRequest(DEFAULT_MODEL, None, ["x"]))), 1)
+    assert isinstance(busy, str) and busy.startswith("busy: at most 4 embed requests at once"), busy
+    server._all = full
+    del server._per_peer["peer-b"]
     assert server._per_peer == {}  # nothing in flight: no per-peer record kept
 
 
@@ -151,6 +146,14 @@ async def test_an_asker_refuses_forged_vectors_and_says_which_peer_sent_them(tmp
             assert server.peer_id in str(exc.value), (what, str(exc.value))
             assert ("not unit length" if what == "scaled" else "refused: I will not" if what == "refusal"
                     else "malformed embed reply") in str(exc.value), (what, str(exc.value))
+        # unit vectors of another dimension than the collection's: refused when the asker knows it
+        async def other_dim(peer: str, payload: bytes) -> bytes:
+            n = len(decode_request(payload).texts)
+            return encode_vectors(np.ones((n, 768), dtype=np.float32) / np.sqrt(768))
+
+        server.net.set_request_handler(EMBED_PROTOCOL, other_dim)
+        with pytest.raises(NodeError, match="768 dimensions, the collection's 384"):
+            await embed_texts(asker, DEFAULT_MODEL, None, texts, dim=384)
         # the honest handler back: the asker recovers at once
         server.net.set_request_handler(EMBED_PROTOCOL, server.embed_server.handle)
         again, _ = await embed_texts(asker, DEFAULT_MODEL, None, texts)

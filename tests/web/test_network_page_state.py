@@ -4,6 +4,8 @@ token-to-cookie step, and the shape of ``/api/state`` after a real workflow ran.
 
 from __future__ import annotations
 
+import base64
+
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -68,7 +70,13 @@ async def test_a_browser_trades_the_token_for_a_cookie_on_the_page_paths_only(pu
         assert r.status_code == 303 and r.headers["location"] == "/", (r.status_code, r.headers)
         cookie = r.headers["set-cookie"]
         assert cookie.startswith(COOKIE_PREFIX) and "HttpOnly" in cookie and "SameSite=Strict" in cookie
-        assert TOKEN not in cookie  # encoded, not the token as typed
+        value = cookie.split(";")[0].split("=", 1)[1]
+        assert TOKEN not in cookie and base64.urlsafe_b64encode(TOKEN.encode()).decode() not in cookie  # a MAC, not the token
+        # the cookie's value is no bearer token: as one, MCP refuses it
+        r = await http.post(public + "/mcp", headers={"Authorization": f"Bearer {value}", "Content-Type": "application/json",
+                                                       "Accept": "application/json, text/event-stream"},
+                            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert r.status_code == 401, r.status_code
         jar = {"Cookie": cookie.split(";")[0]}
         assert (await http.get(public + "/", headers=jar)).status_code == 200
         assert (await http.get(public + "/api/state", headers=jar)).status_code == 200
