@@ -88,6 +88,7 @@ class WorkflowStatusOut(WorkflowSummary):
 
 class WorkflowList(BaseModel):
     workflows: list[WorkflowSummary]
+    has_more: bool = Field(False, description="True when the list was cut to fit one reply (1 MiB): ask again with a state filter or a smaller limit.")
 
 
 class InferenceOut(BaseModel):

@@ -219,7 +219,14 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
     ) -> WorkflowList:
         """List known workflows (submitted on any peer), newest first, with their counts."""
         raw = _call(node.list_workflows, state, limit)
-        return reply(WorkflowList(workflows=[WorkflowSummary.model_validate(w) for w in raw]), answers.workflows_text(raw))
+        left, kept = REPLY_BUDGET, []
+        for w in raw:  # cut to fit one reply, as status pages are
+            left -= reply_cost(w) + 2
+            if left < 0:
+                break
+            kept.append(w)
+        out = WorkflowList(workflows=[WorkflowSummary.model_validate(w) for w in kept], has_more=len(kept) < len(raw))
+        return reply(out, answers.workflows_text(kept) + (" (cut to fit one reply: more exist)" if out.has_more else ""))
 
     @server.tool(annotations=READ_ONLY)
     async def run_inference(

@@ -216,3 +216,22 @@ def test_recent_outputs_are_bounded() -> None:
     with pytest.raises(Exception, match="no longer held"):
         recent.get(big)
     assert all(recent.get(i) for i in ids[2:])
+
+
+async def test_list_workflows_is_cut_to_fit_one_reply(node: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """10,000 summaries are ~3.5 MB; the list is cut like a status page (the budget made small
+    here so a handful of workflows show it) and has_more says so."""
+    import mcp_server.server as server_mod
+
+    async with Client(build_server(node)) as client:
+        for i in range(6):
+            await _ok(client, "submit_workflow", name=f"w{i}", tasks=[{"model": DEFAULT_MODEL, "input": f"x{i}"}])
+        whole = (await _ok(client, "list_workflows")).structured_content
+        assert len(whole["workflows"]) == 6 and whole["has_more"] is False
+        one = len(json.dumps(whole["workflows"][0], separators=(",", ":"))) + 10
+        monkeypatch.setattr(server_mod, "REPLY_BUDGET", 3 * one)
+        res = await _ok(client, "list_workflows")
+        cut = res.structured_content
+        assert cut["has_more"] is True and 1 <= len(cut["workflows"]) < 6, cut
+        assert [w["workflow_id"] for w in cut["workflows"]] == [w["workflow_id"] for w in whole["workflows"][:len(cut["workflows"])]]
+        assert "cut to fit one reply" in _text(res)
