@@ -28,7 +28,7 @@ class SchedulerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tasks_per_workflow: int = Field(10_000, ge=1)
+    max_tasks_per_workflow: int = Field(25_000, ge=1)
     max_input_chars: int = Field(20_000, ge=1)
     max_attempts: int = Field(3, ge=1, le=100)
     lease_s: float = Field(10.0, gt=0)

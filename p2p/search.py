@@ -7,7 +7,7 @@ cosine matrix of a handful of texts. The texts are embedded here when this node 
 (with the same files), else by a connected peer that does (``p2p.embedding``).
 
 The search is exact: one L2-normalised N x D float32 matrix times the normalised query. A
-workflow holds at most ``scheduler.max_tasks_per_workflow`` tasks (10,000), and at 100,000
+workflow holds at most ``scheduler.max_tasks_per_workflow`` tasks (25,000), and at 100,000
 random 384-d vectors one query is a few milliseconds of numpy (``bench/bench_search.py``), so an
 approximate index (hnswlib, faiss) would buy nothing worth a dependency.
 

@@ -90,13 +90,41 @@ class TaskSpec(BaseModel):
         return _check_value(v, "params", max_keys=MAX_PARAMS)
 
 
+class TaskTemplate(BaseModel):
+    """What every task of a workflow shares in the compact submit form: a TaskSpec without
+    its input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1, max_length=512)
+    model_cid: str | None = Field(default=None, min_length=1, max_length=256)
+    task: str | None = Field(default=None, max_length=128)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _bounded_params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_value(v, "params", max_keys=MAX_PARAMS)
+
+
+Input = Annotated[str, Field(max_length=MAX_INPUT_CHARS)]
+
+
 class SubmitOp(_Op):
+    """A workflow's definition. Two forms, exactly one per op: ``tasks`` (each task its own
+    TaskSpec) or, when every task shares model, content id, task and params, ``template`` plus
+    ``inputs`` (one string per task). The compact form is what lets one 2 MiB clock block hold
+    25,000 short tasks: the model name and content id (~100 bytes) once instead of per task.
+    ``count`` and ``spec(i)`` read either form."""
+
     op: Literal["workflow.submit"]
     workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
     name: str = Field(max_length=MAX_NAME_CHARS)
     priority: int = Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)
     tag: WorkflowTag
-    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_TASKS)
+    tasks: list[TaskSpec] | None = Field(default=None, min_length=1, max_length=MAX_TASKS)
+    template: TaskTemplate | None = None
+    inputs: list[Input] | None = Field(default=None, min_length=1, max_length=MAX_TASKS)
     created_at: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     # Each task runs on this many distinct peers and a result stands when they agree (issue 8
     # item 4); see p2p/scheduler/replicas.py. 1 keeps the single-run layout of old submits.
@@ -106,13 +134,29 @@ class SubmitOp(_Op):
 
     @model_validator(mode="after")
     def _bounded_slots(self) -> "SubmitOp":
+        if (self.tasks is None) == (self.inputs is None) or (self.inputs is None) != (self.template is None):
+            raise ValueError("a submit holds either tasks, or a template and inputs")
         # replicas multiply the tasks the fold keeps (N + 2 slots each): bound the product
         from p2p.scheduler.replicas import slots_for  # the layout rule lives there
 
         slots = slots_for(self.replicas)
-        if len(self.tasks) * slots > MAX_TASKS:
-            raise ValueError(f"{len(self.tasks)} tasks x {slots} replica slots is over {MAX_TASKS} task slots")
+        if self.count * slots > MAX_TASKS:
+            raise ValueError(f"{self.count} tasks x {slots} replica slots is over {MAX_TASKS} task slots")
         return self
+
+    @property
+    def count(self) -> int:
+        """Tasks the submit defines."""
+        return len(self.tasks) if self.tasks is not None else len(self.inputs or ())
+
+    def spec(self, i: int) -> TaskSpec:
+        """Task ``i``'s spec, in either form (the template's fields were validated with it)."""
+        if self.tasks is not None:
+            return self.tasks[i]
+        t = self.template
+        assert t is not None and self.inputs is not None
+        return TaskSpec.model_construct(model=t.model, model_cid=t.model_cid, input=self.inputs[i], task=t.task,
+                                        params=t.params)
 
 
 class ClaimOp(_Op):

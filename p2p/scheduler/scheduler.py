@@ -232,9 +232,15 @@ class Scheduler:
             "name": name,
             "priority": priority,
             "tag": tag.value,
-            "tasks": [t.model_dump(exclude_defaults=True) for t in tasks],
             "created_at": time.time(),
         }
+        shared = {(t.model, t.model_cid, t.task, repr(sorted(t.params.items()))) for t in tasks}
+        if len(tasks) > 1 and len(shared) == 1:  # the compact form: what they share once, then inputs
+            first = tasks[0].model_dump(exclude_defaults=True)
+            op["template"] = {k: v for k, v in first.items() if k != "input"}
+            op["inputs"] = [t.input for t in tasks]
+        else:
+            op["tasks"] = [t.model_dump(exclude_defaults=True) for t in tasks]
         if replicas != 1:  # defaults stay off the wire: an old peer's submit encodes the same
             op["replicas"] = replicas
         if not cache:

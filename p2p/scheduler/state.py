@@ -1156,7 +1156,7 @@ def _with_siblings(state: State, touched: set[str]) -> None:
 def _defined_by(wf: WorkflowState, index: int | None, where: Where) -> bool:
     """Whether a submit defining the workflow (and task ``index``) is before ``where``."""
     for rec in wf.submits:
-        if (index is None or index < len(rec.op.tasks) * slots_for(rec.op.replicas)) and rec.where.before(where):
+        if (index is None or index < rec.op.count * slots_for(rec.op.replicas)) and rec.where.before(where):
             return True
     return False
 
@@ -1333,7 +1333,7 @@ def _submit(state: State, op: SubmitOp, author: str, where: Where, touched: set[
     wf = state.workflows.get(wid)
     rec = SubmitRecord(where, op)
     if wf is None:
-        n = len(op.tasks)
+        n = op.count
         tids = [task_id_for(wid, i) for i in range(n)]
         wf = WorkflowState(
             workflow_id=wid, name=op.name, tag=op.tag, submitter=author, created_at=op.created_at,
@@ -1344,7 +1344,7 @@ def _submit(state: State, op: SubmitOp, author: str, where: Where, touched: set[
         physical = wf.physical_ids()
         for p, tid in enumerate(physical):
             i, slot = split_index(p, n)
-            state.tasks[tid] = TaskState(task_id=tid, workflow_id=wid, index=p, spec=op.tasks[i], replica=slot,
+            state.tasks[tid] = TaskState(task_id=tid, workflow_id=wid, index=p, spec=op.spec(i), replica=slot,
                                          replicated=wf.replicas > 1, max_attempts=state.max_attempts, submitter=author,
                                          submit_where=where, shared=state.shared)
         touched.update(physical)
@@ -1362,8 +1362,8 @@ def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
     stamp defines it; every task id any of them defines keeps what was said about it."""
     wid = wf.workflow_id
     first = wf.submits[0]
-    n_def = len(first.op.tasks) * slots_for(first.op.replicas)
-    n_all = max(len(r.op.tasks) * slots_for(r.op.replicas) for r in wf.submits)
+    n_def = first.op.count * slots_for(first.op.replicas)
+    n_all = max(r.op.count * slots_for(r.op.replicas) for r in wf.submits)
     old_ids = wf.physical_ids()
     wf.name, wf.tag, wf.created_at = first.op.name, first.op.tag, first.op.created_at
     wf.replicas, wf.cache = first.op.replicas, first.op.cache
@@ -1372,13 +1372,13 @@ def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
         wf.priority_stamp, wf.priority = wf.reprioritized
     else:
         wf.priority, wf.priority_stamp = first.op.priority, first.stamp
-    wf.task_ids = [task_id_for(wid, i) for i in range(len(first.op.tasks))]
+    wf.task_ids = [task_id_for(wid, i) for i in range(first.op.count)]
     for i in range(n_all):
         tid = task_id_for(wid, i)
         task = state.tasks.pop(tid, None) or state.undefined.pop(tid, None)
-        rec = next(r for r in wf.submits if i < len(r.op.tasks) * slots_for(r.op.replicas))
-        logical, slot = split_index(i, len(rec.op.tasks))
-        spec = rec.op.tasks[logical]
+        rec = next(r for r in wf.submits if i < r.op.count * slots_for(r.op.replicas))
+        logical, slot = split_index(i, rec.op.count)
+        spec = rec.op.spec(logical)
         if task is None:
             task = TaskState(task_id=tid, workflow_id=wid, index=i, spec=spec, max_attempts=state.max_attempts,
                              submitter=wf.submitter, shared=state.shared)

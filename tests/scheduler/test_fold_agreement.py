@@ -155,11 +155,17 @@ def answers(state: State) -> dict[str, Any]:
 
 
 def _submit(wid: str, n: int, name: str = "wf", priority: int = 5, pin: str | None = None,
-            replicas: int = 1) -> dict[str, Any]:
+            replicas: int = 1, compact: bool = False) -> dict[str, Any]:
+    """A submit of ``n`` tasks; ``compact``: the template + inputs form (the tasks then share
+    their params, so the two forms define different specs and a mix under one id is a fork)."""
     spec: dict[str, Any] = {"model": "m"} if pin is None else {"model": "m", "model_cid": pin}
     op = {"op": "workflow.submit", "workflow_id": wid, "name": name, "priority": priority,
-          "tag": "p2p-eligible", "created_at": 1000.0 + n,
-          "tasks": [{**spec, "input": f"{name}-{i}", "params": {"i": i}} for i in range(n)]}
+          "tag": "p2p-eligible", "created_at": 1000.0 + n}
+    if compact:
+        op["template"] = {**spec, "task": "embedding", "params": {"k": n}}
+        op["inputs"] = [f"{name}-{i}" for i in range(n)]
+    else:
+        op["tasks"] = [{**spec, "input": f"{name}-{i}", "params": {"i": i}} for i in range(n)]
     if replicas != 1:
         op["replicas"] = replicas
     return op
@@ -251,9 +257,9 @@ def scenarios(draw: Any, min_events: int = 1, max_events: int = 30) -> Dag:
     n_tasks = {WA: logical[WA] * slots_for(replicas), WD: logical[WD]}
     submits = {"peerA": (WA, logical[WA]), "peerD": (WD, logical[WD])}
     pin = draw(st.sampled_from([None, None, "bafy-m1"]))  # tasks pinned to a model content id
-    dag.add("peerA", [_submit(WA, logical[WA], "a", pin=pin, replicas=replicas)], [])
+    dag.add("peerA", [_submit(WA, logical[WA], "a", pin=pin, replicas=replicas, compact=draw(st.booleans()))], [])
     if draw(st.booleans()):
-        dag.add("peerD", [_submit(WD, logical[WD], "d")], [])
+        dag.add("peerD", [_submit(WD, logical[WD], "d", compact=draw(st.booleans()))], [])
     for _ in range(draw(st.integers(min_events, max_events))):
         author = draw(st.sampled_from(SUBMITTERS + WORKERS + WORKERS))
         ops = []
@@ -263,7 +269,7 @@ def scenarios(draw: Any, min_events: int = 1, max_events: int = 30) -> Dag:
             if isinstance(op, dict) and op.get("resubmit"):
                 wid, n = submits.get(author, (WA, n_tasks[WA]))
                 # a second submit under one id, with more tasks (only the bound author's counts)
-                op = _submit(wid, n + 1, "again", priority=draw(st.integers(1, 10)))
+                op = _submit(wid, n + 1, "again", priority=draw(st.integers(1, 10)), compact=draw(st.booleans()))
             if isinstance(op, dict) and op.get("accept"):
                 op = _seal(draw, dag, op["wid"])
             if isinstance(op, dict) and "run" in op:
