@@ -174,7 +174,7 @@ class InferenceEngine:
         return {
             "mode": "in-process", "live": 1 if self._runners else 0, "busy": busy, "starting": len(self._loading),
             "target": 1, "min": 1, "max": 1, "idle_s": None, "threads_per_worker": self.config.threads or None,
-            "queue_depth": self.executor.queued(), "spawned": 0, "crashes": 0,
+            "queue_depth": self.executor.queued(), "spawned": 0, "crashes": 0, "hung": 0,
             "workers": [] if not self._runners else [{
                 "pid": os.getpid(), "busy": busy > 0, "idle_s": None,
                 "models": sorted({r.info.name for r in self._runners.values()}),

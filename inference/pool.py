@@ -13,7 +13,9 @@ start: a node that never infers keeps its idle RSS); from then on ``workers_min`
 
 A worker that dies mid-batch (kill -9, a segfault, the OOM killer, a MemoryError it caught) is
 removed, its batch is put back at the head of its lane and rerun on another worker, spawned as
-needed; a batch that killed its worker twice fails with ``WorkerCrashedError`` (retryable: the
+needed; so is one that hangs (stopped, deadlocked, spinning): a batch not answered within
+``inference.batch_timeout_s`` (plus ``READY_TIMEOUT_S`` when the worker must load the lane's
+model first) kills its worker, counted in ``crashes`` and ``hung``; a batch that killed its worker twice fails with ``WorkerCrashedError`` (retryable: the
 scheduler runs the task again). A model that fails to load in a worker fails that batch's
 items with a ``ModelLoadError`` naming the model; the worker stays.
 """
@@ -184,6 +186,8 @@ class WorkerPool:
         self.target = 0
         self.spawned = 0
         self.crashes = 0
+        self.hung = 0  # of the crashes: workers killed for not answering a batch in time
+        self.batch_timeout_s = config.batch_timeout_s
         self.spawn_failures = 0  # in a row; reset when a worker starts
         self.load_count = 0
         self.last_error: str | None = None
@@ -269,8 +273,11 @@ class WorkerPool:
         Raises WorkerCrashedError when the worker died under it (the executor reruns the batch)."""
         msg = {"key": lane.key, "info": lane.info, "task": lane.task, "backend": lane.backend,
                "config": self.worker_config, "data_dir": self.data_dir, "items": items}
+        limit = self.batch_timeout_s + (0.0 if lane.key in worker.lanes else READY_TIMEOUT_S)
+        reply: dict[str, Any] | None = None
         try:
-            reply = await trio.to_thread.run_sync(worker.call, msg, abandon_on_cancel=True)
+            with trio.move_on_after(limit):
+                reply = await trio.to_thread.run_sync(worker.call, msg, abandon_on_cancel=True)
         except trio.Cancelled:
             worker.kill()  # its state is unknown now: never reused
             self._remove(worker)
@@ -280,6 +287,13 @@ class WorkerPool:
             self._crashed(worker, why)
             raise WorkerCrashedError(
                 f"inference worker pid {worker.pid} {why} during a batch of {len(items)} ({lane.info.name})") from exc
+        if reply is None:  # the deadline passed: the worker is hung (the abandoned thread ends when it dies)
+            worker.kill()
+            self.hung += 1
+            why = f"gave no answer in {limit:g} s (hung); killed"
+            self._crashed(worker, why)
+            raise WorkerCrashedError(f"inference worker pid {worker.pid} {why} during a batch of {len(items)} "
+                                     f"({lane.info.name})")
         if "crash" in reply:
             worker.kill()
             self._crashed(worker, reply["crash"])
@@ -437,6 +451,7 @@ class WorkerPool:
             "queue_depth": self.queue_depth(),
             "spawned": self.spawned,
             "crashes": self.crashes,
+            "hung": self.hung,
             "workers": [
                 {
                     "pid": w.pid,

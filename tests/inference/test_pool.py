@@ -234,3 +234,49 @@ async def test_no_worker_can_start_fails_requests_clearly(onnx_data_dir: Path, m
     async with InferenceEngine.open(InferenceConfig(pool=True), onnx_data_dir) as engine:
         with trio.fail_after(60), pytest.raises(InferenceError, match="no inference worker could be started"):
             await engine.infer(None, ["hello"])
+
+
+async def test_a_hung_worker_is_killed_and_its_batch_rerun(onnx_data_dir: Path) -> None:
+    """A worker that stops answering (SIGSTOP: a frozen or deadlocked process, which a crash
+    check never sees) is killed once a batch has waited ``batch_timeout_s``; the batch reruns
+    on a new worker and every request ends with its own correct embedding."""
+    cfg = InferenceConfig(pool=True, workers_min=1, workers_max=1, worker_idle_s=60, max_batch=8, batch_timeout_s=3)
+    async with InferenceEngine.open(cfg, onnx_data_dir) as engine:
+        pool = engine.pool
+        ref = await engine.infer(None, TEXTS[:4])  # the model is loaded: later batches get batch_timeout_s alone
+        frozen: list[int] = []
+        out: dict[int, np.ndarray] = {}
+        retried: list[str] = []
+
+        async def one(i: int) -> None:
+            while True:
+                try:
+                    out[i] = (await engine.infer(None, [TEXTS[i]])).outputs[0].embedding
+                    return
+                except WorkerCrashedError as exc:
+                    retried.append(str(exc))
+
+        async def freezer() -> None:
+            await pool.wait_until(lambda p: any(w.busy for w in p.workers))
+            w = next(w for w in pool.workers if w.busy)
+            os.kill(w.pid, signal.SIGSTOP)
+            frozen.append(w.pid)
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as n:
+                n.start_soon(freezer)
+                await trio.sleep(0)
+                for i in range(4):
+                    n.start_soon(one, i)
+        assert frozen and pool.hung == 1 and pool.crashes == 1, (frozen, pool.hung, pool.crashes)
+        assert sorted(out) == [0, 1, 2, 3]
+        for i in range(4):
+            assert float(out[i] @ ref.outputs[i].embedding) > 0.9999
+        for msg in retried:
+            assert "\n" not in msg and "hung" in msg and "gave no answer in 3 s" in msg, msg
+        with trio.fail_after(30):
+            while _alive(frozen[0]):  # killed (a stopped process still dies of SIGKILL), and reaped
+                await trio.sleep(0.05)
+        info = engine.workers_info()
+        assert info["hung"] == 1 and frozen[0] not in [w["pid"] for w in info["workers"]]
+        assert (await engine.infer(None, ["still serving"])).outputs
