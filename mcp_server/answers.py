@@ -123,7 +123,7 @@ def _lines(items: Iterable[str], total: int) -> str:
 def inference_text(out: dict[str, Any], ref: str | None) -> str:
     outputs = out.get("outputs", [])
     head = (f"{out.get('task')} of {len(outputs)} text{'s' if len(outputs) != 1 else ''} with {out.get('model')} "
-            f"({out.get('backend')}, {out.get('device')}):")
+            f"({out.get('backend')}, {out.get('device')}" + (f", on peer {out['peer']}" if out.get("remote") else "") + "):")
     body = _lines((f"[{i}] {describe_output(o)}" for i, o in enumerate(outputs)), len(outputs))
     tail = f"\nFull outputs: read {ref}, or call again with format=\"floats\" (or \"base64\")." if ref else ""
     return f"{head}\n{body}{tail}"

@@ -96,6 +96,7 @@ class InferenceOut(BaseModel):
     task: str
     backend: str
     device: str
+    peer: str = Field("", description="Peer id that ran the model: this node's, or a connected peer's that serves it.")
     outputs: list[dict[str, Any]]
 
 

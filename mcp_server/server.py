@@ -230,12 +230,13 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
 
     @server.tool(annotations=READ_ONLY)
     async def run_inference(
-        model: Annotated[str, Field(min_length=1, description="Model id; list_models shows what this node serves.")],
-        inputs: Annotated[list[str], Field(min_length=1, description="Texts to run, returned in the same order.")],
+        model: Annotated[str, Field(min_length=1, description="Model id; list_models shows what this node and its peers serve.")],
+        inputs: Annotated[list[str], Field(min_length=1, description="Texts to run, returned in the same order (at most 64 when a peer runs them).")],
         task: Annotated[str | None, Field(description="embedding | text-classification | fill-mask; inferred when omitted.")] = None,
         format: ResultFormat = "compact",
     ) -> InferenceOut:
-        """Run a model on a few texts on this node and return the outputs now (synchronous).
+        """Run a model on a few texts now and return the outputs (synchronous): on this node when
+        it serves the model, else on a connected peer that does (peer names who ran it).
 
         embedding gives an L2-normalised vector: by default compact ({dim, norm, head: the first 8
         values, ref}: read ref, a resource, for the whole vector), or {embedding: [floats]} with
@@ -249,7 +250,7 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
             call_id = recent.put(raw["outputs"])
             ref = inference_uri(call_id)
             raw = {**raw, "outputs": [shape_output(o, format, inference_uri(call_id, i)) for i, o in enumerate(raw["outputs"])]}
-        return reply(InferenceOut.model_validate(raw), answers.inference_text(raw, ref))
+        return reply(InferenceOut.model_validate(raw), answers.inference_text({**raw, "remote": raw.get("peer") not in ("", node.peer_id)}, ref))
 
     @server.tool(annotations=READ_ONLY)
     async def list_models() -> ModelList:

@@ -80,7 +80,7 @@ class Node:
         self.model_files: dict[str, list[dict[str, Any]]] = {}  # model name -> [{path, size, cid}]
         self.model_paths: dict[str, Path] = {}  # model name -> its folder (what the content server reads)
         self.content_server: Any = None  # p2p.content.exchange.ContentServer, with networking on
-        self.embed_server: Any = None  # p2p.embedding.EmbedServer: embeds peers' queries, with networking on
+        self.infer_server: Any = None  # p2p.remote_infer.InferServer: runs peers' inference, with networking on
         self._pulling: set[str] = set()  # root CIDs being pulled now
         self._files_by_cid: dict[str, list[dict[str, Any]]] = {}  # remote models' files (content never changes)
         self.net: Any = None  # p2p.net.NetHost when networking is on
@@ -180,11 +180,11 @@ class Node:
             server = BlockServer(self.clock, replicator.heads_raw, max_blocks_per_request=cfg.max_blocks_per_request,
                                  max_frame_bytes=cfg.max_frame_bytes)
             net.set_request_handler(BLOCKS_PROTOCOL, server.handle)
-            from p2p.embedding import EmbedServer
-            from p2p.protocols.embed import EMBED_PROTOCOL
+            from p2p.protocols.infer import INFER_PROTOCOL
+            from p2p.remote_infer import InferServer
 
-            self.embed_server = EmbedServer(self)  # peers that lack a model embed search queries here
-            net.set_request_handler(EMBED_PROTOCOL, self.embed_server.handle)
+            self.infer_server = InferServer(self)  # peers that lack a model run inference here
+            net.set_request_handler(INFER_PROTOCOL, self.infer_server.handle)
             if self.config.inference.share_models:
                 from p2p.content.exchange import ContentServer
                 from p2p.protocols.content import CONTENT_PROTOCOL
@@ -692,28 +692,32 @@ class Node:
         return [workflow_summary(st, wf) for wf in st.listed(None if state is None else WorkflowStatus(state), limit)]
 
     async def run_inference(self, model: str, inputs: list[str], task: str | None = None) -> dict[str, Any]:
-        """The direct path: run on this peer now, through the same batching executor."""
+        """The direct path: run now, through the batching executor, on this peer when it serves
+        ``model``, else on a connected peer that does (p2p.remote_infer; ``peer`` says which)."""
+        from p2p.protocols.infer import MAX_TEXTS, TASKS
+        from p2p.remote_infer import check_outputs, infer_here, infer_on_peer
+
         if not inputs:
             raise NodeError("inputs is empty; give at least one text")
-        if model not in self.local_models():  # names this node lists, never arbitrary paths
-            raise NodeError(f"unknown model {model!r}; this node serves: {', '.join(self.local_models()) or 'none'}")
         cap = self.config.scheduler.max_input_chars
         for i, text in enumerate(inputs):
             if len(text) > cap:
                 raise NodeError(f"input {i} is {len(text)} characters; the maximum is {cap}")
-        from inference.errors import InferenceError
-
-        try:
-            res = await self.engine.infer(model, list(inputs), task)
-        except InferenceError as exc:
-            raise NodeError(str(exc)) from None
-        return {
-            "model": res.model,
-            "task": res.task,
-            "backend": res.backend,
-            "device": res.device,
-            "outputs": [o.to_json() if hasattr(o, "to_json") else o for o in res.outputs],
-        }
+        if model in self.local_models():  # names this node lists, never arbitrary paths
+            reply, peer = await infer_here(self, model, list(inputs), task), self.peer_id
+        else:
+            if task is not None and task not in TASKS:
+                raise NodeError(f"unknown task {task!r}; use one of: {', '.join(TASKS)}")
+            if len(inputs) > MAX_TEXTS:
+                raise NodeError(f"{len(inputs)} inputs for a model a peer runs: at most {MAX_TEXTS} per call "
+                                "(submit_workflow for more)")
+            if any(not t for t in inputs):
+                raise NodeError("an input is empty")
+            known = self.model_cids_known(model)  # the files most peers serve, as a submit pins them
+            cid = min(known, key=lambda c: (-len(known[c]), c)) if known else None
+            reply, peer = await infer_on_peer(self, model, cid, list(inputs), task, check_outputs)
+        return {"model": model, "task": reply.task, "backend": reply.backend, "device": reply.device,
+                "peer": peer, "outputs": reply.outputs}
 
     def self_info(self) -> dict[str, Any]:
         return {

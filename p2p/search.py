@@ -4,7 +4,7 @@ Why: an agent that embedded a collection across the network had no way to use th
 vectors are useless to it as text. ``search_workflow`` embeds a query with the workflow's own
 model and returns the tasks whose embeddings are nearest by cosine; ``compare_texts`` gives the
 cosine matrix of a handful of texts. The texts are embedded here when this node serves the model
-(with the same files), else by a connected peer that does (``p2p.embedding``).
+(with the same files), else by a connected peer that does (``p2p.remote_infer``).
 
 The search is exact: one L2-normalised N x D float32 matrix times the normalised query. A
 workflow holds at most ``scheduler.max_tasks_per_workflow`` tasks (25,000), and at 100,000
@@ -39,7 +39,7 @@ import numpy as np
 import structlog
 import trio
 
-from p2p.embedding import check_embeddable, embed_texts
+from p2p.remote_infer import check_served_somewhere, embed_texts
 from p2p.errors import NodeError
 from p2p.fsutil import fsync_dir_best_effort
 from p2p.export import PAGE, BlocksLoader, ExportRow, node_blocks_loader, page_rows, resolve, unfinished_error
@@ -389,7 +389,7 @@ async def search_workflow(node: Any, indexes: SearchIndexes, workflow_id: str, q
     """The ``k`` tasks of an embedding workflow nearest to ``query`` by cosine, best first.
 
     The query is embedded by the workflow's model (the same files): here when this node serves
-    it, else by a connected peer that does (``p2p.embedding``). The workflow must be completed
+    it, else by a connected peer that does (``p2p.remote_infer``). The workflow must be completed
     unless ``partial`` (then the tasks with a result here are searched). Returns {workflow_id,
     model, state, partial, k, vectors, dim, index, index_seconds, embed_seconds, embedded_by,
     search_seconds, results: [{task_id, input, score, input_truncated}]}."""
@@ -409,7 +409,7 @@ async def search_workflow(node: Any, indexes: SearchIndexes, workflow_id: str, q
         raise NodeError(str(err).replace("to export the results there are", "to search the results there are"))
     wstate = state.workflow_status(wf).value
     try:  # refused before the index is built when nobody can embed the query
-        check_embeddable(node, wm.model, wm.model_cid)
+        check_served_somewhere(node, wm.model, wm.model_cid)
     except NodeError as exc:
         raise NodeError(f"cannot embed the query with {wm.model!r}, which workflow {workflow_id} was embedded with: "
                         f"{exc}") from None

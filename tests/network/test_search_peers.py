@@ -1,10 +1,11 @@
-"""Search from a node that does not serve the model (issue 13 item 2): the query is embedded by a
-connected peer that does, over ``/ipfs-accelerate/embed/1.0.0``, between real `p2p start`
-processes on loopback.
+"""Search and run_inference from a node that does not serve the model (issue 13 item 2, issue 11
+item 5): a connected peer that does runs it, over ``/ipfs-accelerate/infer/1.0.0``, between real
+`p2p start` processes on loopback.
 
 ``agent`` serves no model (like a laptop that hands the work to the network); ``gpu`` serves the
-default model. A p2p-only workflow submitted on ``agent`` runs on ``gpu``; ``search_workflow`` and
-``compare_texts`` on ``agent`` must then give what ``gpu`` gives itself, and say who embedded.
+default model. A p2p-only workflow submitted on ``agent`` runs on ``gpu``; ``search_workflow``,
+``compare_texts`` and ``run_inference`` on ``agent`` must then give what ``gpu`` gives itself,
+and say who computed it.
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ async def test_a_node_without_the_model_searches_through_a_peer(cluster: Cluster
         _same_hits(here, there)
         assert {int(h["task_id"].rsplit("/", 1)[1]) for h in here["results"][:2]} == best, here
 
+    # run_inference of a model only gpu serves: gpu runs it, and the answer says so
+    direct = await call(agent, "run_inference", model=DEFAULT_MODEL, inputs=DOCS[:2], format="floats")
+    own = await call(gpu, "run_inference", model=DEFAULT_MODEL, inputs=DOCS[:2], format="floats")
+    assert direct["peer"] == gpu.peer_id and own["peer"] == gpu.peer_id, (direct["peer"], own["peer"])
+    assert np.allclose([o["embedding"] for o in direct["outputs"]], [o["embedding"] for o in own["outputs"]], atol=1e-5)
+    compact = await call(agent, "run_inference", model=DEFAULT_MODEL, inputs=DOCS[:1])
+    assert compact["peer"] == gpu.peer_id and compact["outputs"][0]["dim"] == 384
+
     texts = ["a cat", "a kitten", "a stock market crash"]
     here = await call(agent, "compare_texts", texts=texts, model=DEFAULT_MODEL)
     there = await call(gpu, "compare_texts", texts=texts, model=DEFAULT_MODEL)
@@ -80,4 +89,4 @@ async def test_a_node_without_the_model_searches_through_a_peer(cluster: Cluster
     await eventually(refused, 120, "search on agent to fail once gpu is gone")
     # (before the connection is known to be gone, the failed request is named instead)
     assert f"cannot embed the query with '{DEFAULT_MODEL}'" in seen[0], seen
-    assert "no connected peer does" in seen[0] or f"no peer that does could embed the text: {gpu.peer_id}" in seen[0], seen
+    assert "no connected peer does" in seen[0] or f"no peer that does could run it: {gpu.peer_id}" in seen[0], seen

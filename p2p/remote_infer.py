@@ -1,23 +1,27 @@
-"""Embedding a few texts (a search query, the texts to compare) here or on a peer.
+"""Inference here or on a peer: ``run_inference`` for a model only a peer serves, and a search
+query (or ``compare_texts``' texts) embedded by the model that embedded the collection.
 
-Why: a query must be embedded by the model, with the same files, that embedded the collection,
-or its cosine with the collection means nothing. The node asked may not serve that model (an
-agent's laptop that submitted the work to the network's GPUs), so it asks a connected peer that
-does, over ``/ipfs-accelerate/embed/1.0.0`` (``p2p.protocols.embed``).
+Why: an agent's node may not serve what it is asked for (a laptop that hands the work to the
+network's bigger machines), and a query's vector is comparable with a collection's only when the
+same model and files made both. The node then asks a connected peer that serves the model (with
+the asked content id, when there is one), nearest by RTT first, up to ``PEERS_TRIED``, over
+``/ipfs-accelerate/infer/1.0.0`` (``p2p.protocols.infer``).
 
-Trust: a peer's vectors are checked for shape, finiteness and unit length (the engine
-L2-normalises every embedding), not for truth; a hostile peer can skew one search's ranking,
-never the stored results. Answers say who embedded (``embedded_by``).
+Trust: a peer's outputs are checked for shape, bounds and finiteness (the wire decoder), and
+embeddings for unit length (the engine L2-normalises every one) and, for a search, the
+collection's dimension; not for truth. A hostile peer can give one wrong answer, never change a
+stored result; answers name who computed them (``peer``, ``embedded_by``). Askers skip peers
+whose consensus settings differ from theirs.
 
-The server side answers only for models it serves with the asked content id, at most
-``SLOTS_PER_PEER`` requests at once per peer (more get a "busy" refusal at once, no queue) and
-``SLOTS`` over all peers (both refuse at once: no queue of waiting payloads for peers to
-fill); the texts go through the same batching executor as workflow tasks. Askers skip peers whose
-consensus settings differ from theirs.
+The server answers only for models it serves (with the asked content id), at most
+``SLOTS_PER_PEER`` requests at once per peer and ``SLOTS`` over all peers; beyond either it
+refuses at once ("busy"), so peers cannot fill a queue of waiting payloads. The texts go through
+the same batching executor as workflow tasks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,17 +29,18 @@ import structlog
 import trio
 
 from p2p.errors import NodeError
-from p2p.protocols.embed import (
-    EMBED_PROTOCOL,
-    EmbedRequest,
+from p2p.protocols.infer import (
+    INFER_PROTOCOL,
+    InferReply,
+    InferRequest,
     decode_reply,
     decode_request,
     encode_error,
+    encode_reply,
     encode_request,
-    encode_vectors,
 )
 
-log = structlog.get_logger("p2p.embedding")
+log = structlog.get_logger("p2p.remote_infer")
 
 EMBEDDING = "embedding"
 SLOTS_PER_PEER = 2
@@ -54,8 +59,20 @@ def serves(node: Any, model: str, model_cid: str | None) -> bool:
     return model_cid is None or have is None or have == model_cid
 
 
+async def infer_here(node: Any, model: str, texts: list[str], task: str | None) -> InferReply:
+    """``texts`` run by this node's engine (batched with its other work)."""
+    from inference.errors import InferenceError
+
+    try:
+        res = await node.engine.infer(model, list(texts), task)
+    except InferenceError as exc:
+        raise NodeError(str(exc)) from None
+    return InferReply(res.task, res.backend, res.device,
+                      [o.to_json() if hasattr(o, "to_json") else o for o in res.outputs])
+
+
 async def embed_here(node: Any, model: str, texts: list[str]) -> np.ndarray:
-    """``texts`` embedded by this node's engine (batched with its other work): N x D float32."""
+    """``texts`` embedded by this node's engine: N x D float32."""
     from inference.errors import InferenceError
 
     try:
@@ -72,7 +89,7 @@ async def embed_here(node: Any, model: str, texts: list[str]) -> np.ndarray:
 
 
 def _candidates(node: Any, model: str, model_cid: str | None) -> list[str]:
-    """Connected live peers serving ``model`` with ``model_cid``'s files, nearest (RTT) first."""
+    """Connected, compatible peers serving ``model`` (with ``model_cid``'s files), nearest first."""
     if model_cid is not None:
         peers = node.model_cids_known(model).get(model_cid, [])
     else:
@@ -84,16 +101,14 @@ def _candidates(node: Any, model: str, model_cid: str | None) -> list[str]:
         return (p != node.peer_id and net is not None and net.is_connected(p)
                 and not (rec is not None and rec.incompatible))
 
-    live = [p for p in dict.fromkeys(peers) if usable(p)]
-
     def rtt(p: str) -> float:
         rec = node.peers.get(p)
         return rec.rtt_ms if rec is not None and rec.rtt_ms is not None else float("inf")
 
-    return sorted(live, key=rtt)
+    return sorted((p for p in dict.fromkeys(peers) if usable(p)), key=rtt)
 
 
-def check_embeddable(node: Any, model: str, model_cid: str | None) -> None:
+def check_served_somewhere(node: Any, model: str, model_cid: str | None) -> None:
     """NodeError, before any work, when neither this node nor a connected peer serves the model."""
     if serves(node, model, model_cid):
         return
@@ -102,47 +117,65 @@ def check_embeddable(node: Any, model: str, model_cid: str | None) -> None:
         have = getattr(node, "model_cids", {}).get(model)
         other = f" with other files (content id {have})" if model in node.local_models() and have else ""
         raise NodeError(f"this node does not serve model {model!r}{other}, runs without networking, so no peer can "
-                        f"embed for it; it serves: {', '.join(node.local_models()) or 'none'}")
+                        f"run it for it; it serves: {', '.join(node.local_models()) or 'none'}")
     if not _candidates(node, model, model_cid):
         known = [p for p in node.all_models().get(model, []) if p != node.peer_id]
         raise NodeError(f"this node does not serve model {model!r}{files}, and no connected peer does"
                         + (f" (peers that advertised it: {', '.join(known[:5])})" if known else "")
-                        + "; pull_model fetches it from a peer that serves it")
+                        + f"; this node serves: {', '.join(node.local_models()) or 'none'}; "
+                        "pull_model fetches a model from a peer that serves it")
 
 
-async def embed_on_peer(node: Any, model: str, model_cid: str | None, texts: list[str], dim: int | None = None,
-                        timeout_s: float = REQUEST_TIMEOUT_S) -> tuple[np.ndarray, str]:
-    """``texts`` embedded by the first of up to ``PEERS_TRIED`` connected peers serving the model
-    that answers well (``dim`` values a vector, when given): (N x D float32, its peer id).
-    NodeError naming each peer's failure when none does."""
+Check = Callable[[InferReply], str | None]  # why a well-formed reply is still unacceptable, or None
+
+
+async def infer_on_peer(node: Any, model: str, model_cid: str | None, texts: list[str], task: str | None,
+                        check: Check | None = None, timeout_s: float = REQUEST_TIMEOUT_S) -> tuple[InferReply, str]:
+    """``texts`` run by the first of up to ``PEERS_TRIED`` connected peers serving the model that
+    answers well (and passes ``check``): (its reply, its peer id). NodeError naming each peer's
+    failure when none does."""
     from p2p.net.errors import NetError
     from p2p.protocols.wire import WireError
 
-    check_embeddable(node, model, model_cid)
-    peers = _candidates(node, model, model_cid)
-    files = f" with content id {model_cid}" if model_cid else ""
-    payload = encode_request(EmbedRequest(model, model_cid, list(texts)))
+    check_served_somewhere(node, model, model_cid)
+    payload = encode_request(InferRequest(model, model_cid, task, list(texts)))
     failures: list[str] = []
-    for peer in peers[:PEERS_TRIED]:
+    for peer in _candidates(node, model, model_cid)[:PEERS_TRIED]:
         try:
-            got = decode_reply(await node.net.request(peer, EMBED_PROTOCOL, payload, timeout=timeout_s), len(texts))
+            got = decode_reply(await node.net.request(peer, INFER_PROTOCOL, payload, timeout=timeout_s), len(texts), task)
         except (NetError, WireError) as exc:
             failures.append(f"{peer}: {exc}")
             continue
         if isinstance(got, str):
             failures.append(f"{peer} refused: {got}")
             continue
-        if dim is not None and got.shape[1] != dim:
-            failures.append(f"{peer}: its vectors have {got.shape[1]} dimensions, the collection's {dim}")
-            continue
-        norms = np.linalg.norm(got.astype(np.float64), axis=1)
-        if np.any(np.abs(norms - 1.0) > UNIT_TOLERANCE):
-            failures.append(f"{peer}: its vectors are not unit length (norms {', '.join(f'{n:.3g}' for n in norms[:4])})")
+        why = check(got) if check is not None else None
+        if why is not None:
+            failures.append(f"{peer}: {why}")
             continue
         return got, peer
-    log.info("no peer embedded the texts", model=model, failures=failures)
-    raise NodeError(f"this node does not serve model {model!r}{files}, and no peer that does could embed the text: "
+    log.info("no peer ran the texts", model=model, failures=failures)
+    files = f" with content id {model_cid}" if model_cid else ""
+    raise NodeError(f"this node does not serve model {model!r}{files}, and no peer that does could run it: "
                     + "; ".join(failures))
+
+
+def _unit_vectors(dim: int | None) -> Check:
+    def check(reply: InferReply) -> str | None:
+        mat = np.asarray([o["embedding"] for o in reply.outputs], dtype=np.float64)
+        if dim is not None and mat.shape[1] != dim:
+            return f"its vectors have {mat.shape[1]} dimensions, the collection's {dim}"
+        norms = np.linalg.norm(mat, axis=1)
+        if np.any(np.abs(norms - 1.0) > UNIT_TOLERANCE):
+            return f"its vectors are not unit length (norms {', '.join(f'{n:.3g}' for n in norms[:4])})"
+        return None
+
+    return check
+
+
+def check_outputs(reply: InferReply) -> str | None:
+    """What ``run_inference`` accepts from a peer beyond the wire's shape: unit-length embeddings."""
+    return _unit_vectors(None)(reply) if reply.task == EMBEDDING else None
 
 
 async def embed_texts(node: Any, model: str, model_cid: str | None, texts: list[str],
@@ -152,11 +185,12 @@ async def embed_texts(node: Any, model: str, model_cid: str | None, texts: list[
     float32, the peer id that embedded them)."""
     if serves(node, model, model_cid):
         return await embed_here(node, model, texts), node.peer_id
-    return await embed_on_peer(node, model, model_cid, texts, dim)
+    reply, peer = await infer_on_peer(node, model, model_cid, texts, EMBEDDING, _unit_vectors(dim))
+    return np.asarray([o["embedding"] for o in reply.outputs], dtype=np.float32), peer
 
 
-class EmbedServer:
-    """Answers peers' embed requests (see the module docstring for the limits)."""
+class InferServer:
+    """Answers peers' infer requests (see the module docstring for the limits)."""
 
     def __init__(self, node: Any, *, slots_per_peer: int = SLOTS_PER_PEER, slots: int = SLOTS) -> None:
         self._node = node
@@ -182,14 +216,14 @@ class EmbedServer:
         try:
             slot.acquire_nowait()
         except trio.WouldBlock:
-            return self._refuse(f"busy: at most {self._slots_per_peer} embed requests at once per peer")
+            return self._refuse(f"busy: at most {self._slots_per_peer} infer requests at once per peer")
         try:
             try:
                 self._all.acquire_nowait()
             except trio.WouldBlock:
-                return self._refuse(f"busy: at most {self._all_slots} embed requests at once")
+                return self._refuse(f"busy: at most {self._all_slots} infer requests at once")
             try:
-                return encode_vectors(await embed_here(node, req.model, req.texts))
+                return encode_reply(await infer_here(node, req.model, req.texts, req.task))
             except NodeError as exc:
                 return self._refuse(str(exc))
             finally:
