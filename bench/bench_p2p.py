@@ -124,11 +124,18 @@ def stop_all(peers: list[Peer]) -> None:
 
 
 def start_peers(specs: list[dict[str, Any]], tmp: Path, cache_dir: Path) -> list[Peer]:
-    """Start peers in order; a spec's bootstrap may be an index of an earlier peer."""
+    """Start peers in order; a spec's bootstrap may be an index of an earlier peer. They share one
+    network key (``p2p start`` makes a private network per data dir otherwise: peers that could
+    not connect)."""
+    from p2p.net.psk import generate_swarm_key
+
+    key = tmp / "swarm.key"
+    if not key.exists():
+        generate_swarm_key(key)
     peers: list[Peer] = []
     try:
         for spec in specs:
-            spec = dict(spec)
+            spec = {"IPFS_ACCELERATE_NETWORK__PSK_FILE": str(key), **spec}
             b = spec.pop("bootstrap", None)
             boot = peers[b].addr if isinstance(b, int) else b
             peers.append(Peer(spec.pop("name"), tmp, cache_dir, bootstrap=boot, **spec).wait_up())
