@@ -118,8 +118,10 @@ class AccelerateServer(MCPServer):
         return [replace(c, mime_type=mime_type_of(str(uri), c.content, c.mime_type)) for c in got]
 
 
-def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
-    """An MCPServer whose tools drive ``node``; the caller owns the node's lifetime."""
+def build_server(node: Node, *, page_size: int = 100, local_files: bool = True) -> MCPServer:
+    """An MCPServer whose tools drive ``node``; the caller owns the node's lifetime. Without
+    ``local_files`` (the server peers get: mcp_server.peer_mcp) the tools that read or write
+    files on this machine are left out."""
     server = AccelerateServer(name="ipfs-accelerate", version=VERSION, instructions=INSTRUCTIONS)
     recent = RecentOutputs()
 
@@ -300,6 +302,7 @@ def build_server(node: Node, *, page_size: int = 100) -> MCPServer:
 
     register_resources(server, node, recent, page_size)
     register_search_tools(server, node)
-    register_export_tool(server, node)
-    register_file_submit_tool(server, node)
+    if local_files:
+        register_export_tool(server, node)
+        register_file_submit_tool(server, node)
     return server

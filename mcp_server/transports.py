@@ -152,7 +152,7 @@ class JsonRpcIdGuard:
         await self.app(scope, replay, send)
 
 
-class _GuardedLines:
+class GuardedLines:
     """stdin lines for the SDK's stdio transport, minus the messages with an id MCP forbids;
     each of those is answered with a JSON-RPC error line through the transport's own writer
     (one writer, so lines never interleave)."""
@@ -201,7 +201,7 @@ async def run_stdio(server: Any) -> None:
     os.close(devnull)
     try:
         text = io.TextIOWrapper(os.fdopen(private_fd, "rb", closefd=False), encoding="utf-8", errors="replace")
-        guarded = _GuardedLines(anyio.wrap_file(text))
+        guarded = GuardedLines(anyio.wrap_file(text))
         async with stdio_server(stdin=guarded, stdout=None) as (read_stream, write_stream):  # type: ignore[arg-type]
             guarded.write_stream = write_stream
             await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
@@ -315,6 +315,13 @@ async def serve_node(
         check_bind(transport, host, settings.mcp.auth_token)
     async with Node.open(settings.node_config()) as node:
         server = build_server(node, page_size=settings.mcp.status_page_size)
+        if node.net is not None and settings.mcp.serve_peers:
+            if node.members_only:
+                from mcp_server.peer_mcp import offer_to_peers
+
+                offer_to_peers(node, build_server(node, page_size=settings.mcp.status_page_size, local_files=False))
+            else:
+                log.info("mcp for peers not offered: an open network (no key, no allow_peers)")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope.cancel)
             nursery.start_soon(dump_on_sigusr1)

@@ -1,6 +1,12 @@
 """A local control socket in the data dir: how `ipfs-accelerate p2p join` reaches the node
 that runs on that data dir. One JSON request line, one JSON reply line; mode 0600, so only the
 node's user can drive it. It also keeps a second node from opening a data dir in use.
+
+``{"cmd": "mcp", "peer": PEER_ID}`` is the one request that goes on after its reply: once the
+node has opened an MCP stream to the peer (``/ipfs-accelerate/mcp/1.0.0``) and answered
+``{"ok": true}``, the socket carries the session as newline-delimited JSON-RPC messages (the
+stdio transport's lines), each line one frame on the stream, both ways, until either side
+closes: how `ipfs-accelerate mcp connect PEER_ID` gives an agent a peer's tools.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ class Controlled(Protocol):
     def node_info(self) -> dict[str, Any]: ...
 
     async def connect(self, multiaddr: str) -> str: ...
+
+    @property
+    def net(self) -> Any: ...
 
 log = structlog.get_logger("p2p.control")
 
@@ -90,6 +99,9 @@ async def _serve_one(node: Controlled, stream: trio.SocketStream) -> None:
             req = json.loads(buf.split(b"\n", 1)[0] or b"{}")
             if not isinstance(req, dict):
                 raise ValueError("a request is a JSON object")
+            if req.get("cmd") == "mcp":
+                await _mcp_tunnel(node, stream, str(req.get("peer", "")), buf.split(b"\n", 1)[1] if b"\n" in buf else b"")
+                return
             reply = await _dispatch(node, req)
         except NodeError as exc:
             reply = {"ok": False, "error": str(exc)}
@@ -106,6 +118,66 @@ async def _dispatch(node: Controlled, req: dict[str, Any]) -> dict[str, Any]:
         peer = await node.connect(str(req["multiaddr"]))
         return {"ok": True, "peer_id": peer}
     raise NodeError(f"unknown control command {cmd!r}")
+
+
+MAX_LINE = 8 << 20  # one JSON-RPC message on the socket (the stream's frames are capped too)
+
+
+async def _mcp_tunnel(node: Controlled, sock: trio.SocketStream, peer: str, rest: bytes) -> None:
+    """Open an MCP stream to ``peer``, answer ``{"ok": true}``, then carry lines to frames and
+    frames to lines until either side ends (see the module docstring)."""
+    from p2p.net.errors import NetError
+    from p2p.protocols.mcp_tunnel import MCP_PROTOCOL
+
+    async def refuse(why: str) -> None:
+        await sock.send_all(json.dumps({"ok": False, "error": why}).encode() + b"\n")
+
+    try:
+        from libp2p.peer.id import ID
+
+        ID.from_base58(peer)
+    except Exception:  # noqa: BLE001 - base58 and multihash errors alike
+        await refuse(f"{peer!r} is not a peer id (list_peers shows them, e.g. 12D3KooW…)")
+        return
+    if node.net is None:
+        await refuse("this node runs without networking")
+        return
+    if peer == node.net.peer_id:
+        await refuse(f"{peer} is this node: use `mcp serve --transport stdio` for its own tools")
+        return
+    opened = False
+    try:
+        async with node.net.open_stream(peer, MCP_PROTOCOL) as stream:
+            opened = True
+            await sock.send_all(b'{"ok": true}\n')
+            log.info("mcp tunnel open", peer=peer)
+            async with trio.open_nursery() as nursery:
+                async def up() -> None:  # the agent's lines -> frames
+                    buf = rest
+                    while True:
+                        while b"\n" in buf:
+                            line, buf = buf.split(b"\n", 1)
+                            if line.strip():
+                                await stream.write_frame(line)
+                        if len(buf) > MAX_LINE:
+                            raise NodeError(f"a JSON-RPC line over {MAX_LINE} bytes")
+                        chunk = await sock.receive_some(65536)
+                        if not chunk:
+                            break
+                        buf += chunk
+                    await stream.close_write()  # the session ends when the peer has answered
+
+                nursery.start_soon(up)
+                async for frame in stream.frames():  # the peer's frames -> lines
+                    await sock.send_all(frame + b"\n")
+                nursery.cancel_scope.cancel()
+            log.info("mcp tunnel closed", peer=peer)
+    except NetError as exc:
+        if opened:  # the session had begun: the agent sees its end, not a second reply
+            log.info("mcp tunnel ended", peer=peer, error=str(exc))
+            return
+        await refuse(f"cannot open an MCP session with peer {peer}: {exc} (is it connected, a member of this "
+                     "network, and serving MCP to peers: mcp.serve_peers?)")
 
 
 def call(data_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:

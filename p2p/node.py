@@ -81,6 +81,7 @@ class Node:
         self.model_paths: dict[str, Path] = {}  # model name -> its folder (what the content server reads)
         self.content_server: Any = None  # p2p.content.exchange.ContentServer, with networking on
         self.infer_server: Any = None  # p2p.remote_infer.InferServer: runs peers' inference, with networking on
+        self.members_only = False  # networking on with a network key or allow_peers: only members connect
         self._pulling: set[str] = set()  # root CIDs being pulled now
         self._files_by_cid: dict[str, list[dict[str, Any]]] = {}  # remote models' files (content never changes)
         self.net: Any = None  # p2p.net.NetHost when networking is on
@@ -180,11 +181,17 @@ class Node:
             server = BlockServer(self.clock, replicator.heads_raw, max_blocks_per_request=cfg.max_blocks_per_request,
                                  max_frame_bytes=cfg.max_frame_bytes)
             net.set_request_handler(BLOCKS_PROTOCOL, server.handle)
-            from p2p.protocols.infer import INFER_PROTOCOL
-            from p2p.remote_infer import InferServer
+            # members only (a network key or allow_peers): services that spend this node's compute
+            # or expose its tools are not offered to whoever can reach an open network's port
+            self.members_only = psk is not None or bool(cfg.allow_peers)
+            if self.members_only:
+                from p2p.protocols.infer import INFER_PROTOCOL
+                from p2p.remote_infer import InferServer
 
-            self.infer_server = InferServer(self)  # peers that lack a model run inference here
-            net.set_request_handler(INFER_PROTOCOL, self.infer_server.handle)
+                self.infer_server = InferServer(self)  # peers that lack a model run inference here
+                net.set_request_handler(INFER_PROTOCOL, self.infer_server.handle)
+            else:
+                log.info("inference for peers not offered: an open network (no key, no allow_peers)")
             if self.config.inference.share_models:
                 from p2p.content.exchange import ContentServer
                 from p2p.protocols.content import CONTENT_PROTOCOL

@@ -59,6 +59,79 @@ def run_server(settings: Any, *, print_connect_help: bool) -> None:
         raise
 
 
+@mcp_group.command("connect")
+@click.argument("peer_id")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data dir of the running local node.")
+@click.option("--node-id", help="Name the local node was started with (finds its data dir).")
+@click.pass_context
+def connect(ctx: click.Context, peer_id: str, data_dir: str | None, node_id: str | None) -> None:
+    """Give an MCP client (over this process's stdio) the tools of peer PEER_ID, through the local
+    node running on this machine (found by its data dir): the node opens an MCP session with the
+    peer over libp2p (/ipfs-accelerate/mcp/1.0.0) and this command carries it. Members of the
+    network only; the peer offers every tool but those that touch its files."""
+    from mcp_server.commands.p2p_cmds import _node_data_dir
+
+    flags: dict[str, Any] = {"data_dir": data_dir, "node_id": node_id}
+    from mcp_server.cli import cli_settings
+
+    _node_data_dir(flags, cli_settings(ctx).data_path)
+    settings = cli_settings(ctx, **flags)
+    code = tunnel(settings.data_path, peer_id)
+    if code:
+        sys.exit(code)
+
+
+def tunnel(data_dir: Any, peer_id: str) -> int:
+    """Carry stdin/stdout through the local node's control socket to ``peer_id``'s MCP (see
+    p2p.control): 0 when the session ended, CliError when it could not begin."""
+    import socket
+    import threading
+
+    from p2p.control import SOCKET_NAME, socket_path
+
+    path = socket_path(data_dir)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        raise CliError(f"no node is running on {data_dir} (no {SOCKET_NAME}); start one with `ipfs-accelerate p2p start`, "
+                       "or name it with --data-dir / --node-id") from None
+    with sock:
+        sock.sendall(json.dumps({"cmd": "mcp", "peer": peer_id}).encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise CliError("the node closed the connection without an answer")
+            buf += chunk
+        line, rest = buf.split(b"\n", 1)
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise CliError(reply.get("error", "the node refused"))
+        out = sys.stdout.buffer  # the MCP session's channel from here on: nothing else writes it
+
+        def upstream() -> None:
+            try:
+                while chunk := sys.stdin.buffer.read1(65536):
+                    sock.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+        threading.Thread(target=upstream, name="mcp-connect-stdin", daemon=True).start()
+        if rest:
+            out.write(rest)
+            out.flush()
+        while chunk := sock.recv(65536):
+            out.write(chunk)
+            out.flush()
+    return 0
+
+
 def connect_help(settings: Any, node: Any, urls: list[str]) -> str:
     exe = shutil.which("ipfs-accelerate") or sys.argv[0]
     stdio_cfg = {

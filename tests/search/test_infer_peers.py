@@ -127,9 +127,16 @@ async def test_the_server_runs_what_it_serves_and_refuses_the_rest(node: Any) ->
 
 
 def _net_config(tmp: Path, cache: Path, name: str, serve: list[str] | None = None) -> NodeConfig:
+    """A member of one private network (peers serve inference to members only)."""
+    from p2p.net.psk import generate_swarm_key
+
+    key = tmp / "swarm.key"
+    if not key.exists():
+        generate_swarm_key(key)
     cfg = make_node_config(tmp / name, cache, name=name, network=True)
     raw = cfg.model_dump()
     raw["network"]["heartbeat_s"] = 0.2
+    raw["network"]["psk_file"] = str(key)
     if serve is not None:
         raw["inference"]["serve"] = serve
     return NodeConfig.model_validate(raw)
