@@ -34,8 +34,8 @@ class InferenceConfig(BaseModel):
     workers_max: int = Field(2, ge=1, le=256, description="most workers the pool scales up to on queue depth")
     worker_idle_s: float = Field(30.0, gt=0, le=86_400, description="a worker idle this long is stopped (down to workers_min)")
     batch_timeout_s: float = Field(300.0, gt=0, le=86_400, description=(
-        "a worker that has not answered a batch in this long (plus the model's load time on its first batch of a "
-        "model) is hung: killed, and the batch rerun on another worker"))
+        "a worker that has not answered a batch in this long (plus the load and export limits on its first batch "
+        "of a model) is hung: killed, and the batch rerun on another worker"))
 
     @field_validator("workers_max")
     @classmethod

@@ -14,8 +14,8 @@ start: a node that never infers keeps its idle RSS); from then on ``workers_min`
 A worker that dies mid-batch (kill -9, a segfault, the OOM killer, a MemoryError it caught) is
 removed, its batch is put back at the head of its lane and rerun on another worker, spawned as
 needed; so is one that hangs (stopped, deadlocked, spinning): a batch not answered within
-``inference.batch_timeout_s`` (plus ``READY_TIMEOUT_S`` when the worker must load the lane's
-model first) kills its worker, counted in ``crashes`` and ``hung``; a batch that killed its worker twice fails with ``WorkerCrashedError`` (retryable: the
+``inference.batch_timeout_s`` (plus ``READY_TIMEOUT_S`` and the export limit when the worker
+must load, perhaps export, the lane's model first) kills its worker, counted in ``crashes`` and ``hung``; a batch that killed its worker twice fails with ``WorkerCrashedError`` (retryable: the
 scheduler runs the task again). A model that fails to load in a worker fails that batch's
 items with a ``ModelLoadError`` naming the model; the worker stays.
 """
@@ -44,6 +44,7 @@ from inference.autoscale import ScaleLimits, WorkerView, autoscale_target
 from inference.config import InferenceConfig
 from inference.errors import InferenceError, ModelLoadError, one_line
 from inference.executor import RetryBatchError
+from inference.export import EXPORT_TIMEOUT_S
 from inference.models import ModelInfo
 
 log = structlog.get_logger()
@@ -273,7 +274,8 @@ class WorkerPool:
         Raises WorkerCrashedError when the worker died under it (the executor reruns the batch)."""
         msg = {"key": lane.key, "info": lane.info, "task": lane.task, "backend": lane.backend,
                "config": self.worker_config, "data_dir": self.data_dir, "items": items}
-        limit = self.batch_timeout_s + (0.0 if lane.key in worker.lanes else READY_TIMEOUT_S)
+        # a worker's first batch of a model loads it first, and a load may export it to ONNX
+        limit = self.batch_timeout_s + (0.0 if lane.key in worker.lanes else READY_TIMEOUT_S + EXPORT_TIMEOUT_S)
         reply: dict[str, Any] | None = None
         try:
             with trio.move_on_after(limit):

@@ -118,10 +118,17 @@ class AccelerateServer(MCPServer):
         return [replace(c, mime_type=mime_type_of(str(uri), c.content, c.mime_type)) for c in got]
 
 
-def build_server(node: Node, *, page_size: int = 100, local_files: bool = True) -> MCPServer:
-    """An MCPServer whose tools drive ``node``; the caller owns the node's lifetime. Without
-    ``local_files`` (the server peers get: mcp_server.peer_mcp) the tools that read or write
-    files on this machine are left out."""
+PEER_MAX_INPUTS = 64  # run_inference inputs per call from a peer (as the infer protocol's cap)
+
+
+def build_server(node: Node, *, page_size: int = 100, for_peers: bool = False) -> MCPServer:
+    """An MCPServer whose tools drive ``node``; the caller owns the node's lifetime.
+
+    ``for_peers``: the server a member of the network gets over libp2p (mcp_server.peer_mcp).
+    A peer is not this node's operator, so it gets the read-only tools alone (status, lists,
+    ``run_inference`` of at most ``PEER_MAX_INPUTS`` texts, search, compare): nothing that
+    submits, cancels or reprioritises as this node, pulls models onto its disk, dials addresses
+    or reads or writes its files; ``get_node_info`` leaves out its data directory."""
     server = AccelerateServer(name="ipfs-accelerate", version=VERSION, instructions=INSTRUCTIONS)
     recent = RecentOutputs()
 
@@ -246,6 +253,8 @@ def build_server(node: Node, *, page_size: int = 100, local_files: bool = True) 
         {predictions: [{token, score}]} (the text must contain the mask token).
         For many texts use submit_workflow so the network shares the work.
         """
+        if for_peers and len(inputs) > PEER_MAX_INPUTS:
+            raise ToolError(f"{len(inputs)} inputs: a peer may run at most {PEER_MAX_INPUTS} per call")
         raw = await _acall(node.run_inference(model, inputs, task))
         ref = None
         if format != "floats":
@@ -288,6 +297,8 @@ def build_server(node: Node, *, page_size: int = 100, local_files: bool = True) 
         """This node's peer id, name, listen addresses, hardware, models and Merkle clock
         (heads, hash, event count). Peers that hold the same events report the same hash."""
         raw = node.node_info()
+        if for_peers:
+            raw = {**raw, "data_dir": ""}  # where this node keeps its keys is not a peer's business
         return reply(NodeInfo.model_validate(raw), answers.node_text(raw))
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=True))
@@ -302,7 +313,10 @@ def build_server(node: Node, *, page_size: int = 100, local_files: bool = True) 
 
     register_resources(server, node, recent, page_size)
     register_search_tools(server, node)
-    if local_files:
-        register_export_tool(server, node)
-        register_file_submit_tool(server, node)
+    register_export_tool(server, node)
+    register_file_submit_tool(server, node)
+    if for_peers:
+        for tool in list(server._tool_manager.list_tools()):
+            if not (tool.annotations is not None and tool.annotations.readOnlyHint):
+                server.remove_tool(tool.name)
     return server

@@ -319,7 +319,7 @@ async def serve_node(
             if node.members_only:
                 from mcp_server.peer_mcp import offer_to_peers
 
-                offer_to_peers(node, build_server(node, page_size=settings.mcp.status_page_size, local_files=False))
+                offer_to_peers(node, build_server(node, page_size=settings.mcp.status_page_size, for_peers=True))
             else:
                 log.info("mcp for peers not offered: an open network (no key, no allow_peers)")
         async with trio.open_nursery() as nursery:

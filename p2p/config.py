@@ -95,6 +95,12 @@ CONSENSUS_KEYS = (
     "scheduler.task_timeout_s",
 )
 
+# What peers must share that is code, not configuration: the version of the ops' wire format.
+# 2: a submit may carry template + inputs (p2p.scheduler.ops.SubmitOp). A peer of version 1
+# would refuse such submits as malformed and never see those workflows, so it is left out of
+# assignment like a peer with other settings, and list_peers names this key.
+OPS_VERSION = 2
+
 # Headroom in a frame over the largest block: the reply's CBOR framing and the CID beside it.
 FRAME_OVERHEAD_BYTES = 4096
 
@@ -126,7 +132,7 @@ class NodeConfig(BaseModel):
 
     def consensus_settings(self) -> dict[str, Any]:
         """The values of :data:`CONSENSUS_KEYS`, as a flat dict."""
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"clock.ops_version": OPS_VERSION}
         for key in CONSENSUS_KEYS:
             section, name = key.split(".")
             out[key] = getattr(getattr(self, section), name)

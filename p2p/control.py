@@ -12,6 +12,7 @@ closes: how `ipfs-accelerate mcp connect PEER_ID` gives an agent a peer's tools.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -121,6 +122,7 @@ async def _dispatch(node: Controlled, req: dict[str, Any]) -> dict[str, Any]:
 
 
 MAX_LINE = 8 << 20  # one JSON-RPC message on the socket (the stream's frames are capped too)
+DIAL_S = 30.0  # to open the stream to the peer (dialling it if need be)
 
 
 async def _mcp_tunnel(node: Controlled, sock: trio.SocketStream, peer: str, rest: bytes) -> None:
@@ -147,37 +149,50 @@ async def _mcp_tunnel(node: Controlled, sock: trio.SocketStream, peer: str, rest
         return
     opened = False
     try:
-        async with node.net.open_stream(peer, MCP_PROTOCOL) as stream:
-            opened = True
-            await sock.send_all(b'{"ok": true}\n')
-            log.info("mcp tunnel open", peer=peer)
-            async with trio.open_nursery() as nursery:
-                async def up() -> None:  # the agent's lines -> frames
-                    buf = rest
-                    while True:
-                        while b"\n" in buf:
-                            line, buf = buf.split(b"\n", 1)
-                            if line.strip():
-                                await stream.write_frame(line)
-                        if len(buf) > MAX_LINE:
-                            raise NodeError(f"a JSON-RPC line over {MAX_LINE} bytes")
-                        chunk = await sock.receive_some(65536)
-                        if not chunk:
-                            break
-                        buf += chunk
-                    await stream.close_write()  # the session ends when the peer has answered
-
-                nursery.start_soon(up)
-                async for frame in stream.frames():  # the peer's frames -> lines
-                    await sock.send_all(frame + b"\n")
-                nursery.cancel_scope.cancel()
-            log.info("mcp tunnel closed", peer=peer)
+        with trio.CancelScope(deadline=trio.current_time() + DIAL_S) as dial:
+            async with node.net.open_stream(peer, MCP_PROTOCOL) as stream:
+                dial.deadline = math.inf  # dialled: the session itself has no time limit
+                opened = True
+                await sock.send_all(b'{"ok": true}\n')
+                log.info("mcp tunnel open", peer=peer)
+                try:
+                    await _carry(sock, stream, rest)
+                except Exception as exc:  # noqa: BLE001 - (an ExceptionGroup from the nursery) ends this session only
+                    log.info("mcp tunnel ended", peer=peer, error=repr(exc)[:300])
+                else:
+                    log.info("mcp tunnel closed", peer=peer)
+        if dial.cancelled_caught:
+            await refuse(f"cannot open an MCP session with peer {peer}: no answer within {DIAL_S:g} s")
     except NetError as exc:
-        if opened:  # the session had begun: the agent sees its end, not a second reply
+        if opened:  # the session had begun (closing it failed): the agent sees its end, not a second reply
             log.info("mcp tunnel ended", peer=peer, error=str(exc))
             return
         await refuse(f"cannot open an MCP session with peer {peer}: {exc} (is it connected, a member of this "
                      "network, and serving MCP to peers: mcp.serve_peers?)")
+
+
+async def _carry(sock: trio.SocketStream, stream: Any, rest: bytes) -> None:
+    """The agent's lines to frames and the peer's frames to lines, until the peer ends."""
+    async with trio.open_nursery() as nursery:
+        async def up() -> None:
+            buf = rest
+            while True:
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        await stream.write_frame(line)
+                if len(buf) > MAX_LINE:
+                    raise NodeError(f"a JSON-RPC line over {MAX_LINE} bytes")
+                chunk = await sock.receive_some(65536)
+                if not chunk:
+                    break
+                buf += chunk
+            await stream.close_write()  # the session ends when the peer has answered
+
+        nursery.start_soon(up)
+        async for frame in stream.frames():
+            await sock.send_all(frame + b"\n")
+        nursery.cancel_scope.cancel()
 
 
 def call(data_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:

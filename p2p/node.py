@@ -701,8 +701,8 @@ class Node:
     async def run_inference(self, model: str, inputs: list[str], task: str | None = None) -> dict[str, Any]:
         """The direct path: run now, through the batching executor, on this peer when it serves
         ``model``, else on a connected peer that does (p2p.remote_infer; ``peer`` says which)."""
-        from p2p.protocols.infer import MAX_TEXTS, TASKS
-        from p2p.remote_infer import check_outputs, infer_here, infer_on_peer
+        from p2p.protocols.infer import MAX_TEXTS
+        from p2p.remote_infer import check_outputs, infer_here, infer_on_peer, served_cid
 
         if not inputs:
             raise NodeError("inputs is empty; give at least one text")
@@ -713,16 +713,20 @@ class Node:
         if model in self.local_models():  # names this node lists, never arbitrary paths
             reply, peer = await infer_here(self, model, list(inputs), task), self.peer_id
         else:
-            if task is not None and task not in TASKS:
-                raise NodeError(f"unknown task {task!r}; use one of: {', '.join(TASKS)}")
+            if task is not None:
+                from inference.errors import InferenceError
+                from inference.tasks import normalize_task
+
+                try:
+                    task = normalize_task(task)  # the aliases the local engine accepts
+                except InferenceError as exc:
+                    raise NodeError(str(exc)) from None
             if len(inputs) > MAX_TEXTS:
                 raise NodeError(f"{len(inputs)} inputs for a model a peer runs: at most {MAX_TEXTS} per call "
                                 "(submit_workflow for more)")
             if any(not t for t in inputs):
                 raise NodeError("an input is empty")
-            known = self.model_cids_known(model)  # the files most peers serve, as a submit pins them
-            cid = min(known, key=lambda c: (-len(known[c]), c)) if known else None
-            reply, peer = await infer_on_peer(self, model, cid, list(inputs), task, check_outputs)
+            reply, peer = await infer_on_peer(self, model, served_cid(self, model), list(inputs), task, check_outputs)
         return {"model": model, "task": reply.task, "backend": reply.backend, "device": reply.device,
                 "peer": peer, "outputs": reply.outputs}
 

@@ -94,18 +94,27 @@ def _candidates(node: Any, model: str, model_cid: str | None) -> list[str]:
         peers = node.model_cids_known(model).get(model_cid, [])
     else:
         peers = [p for p in node.all_models().get(model, []) if p != node.peer_id]
-    net = node.net
-
-    def usable(p: str) -> bool:
-        rec = node.peers.get(p)
-        return (p != node.peer_id and net is not None and net.is_connected(p)
-                and not (rec is not None and rec.incompatible))
-
     def rtt(p: str) -> float:
         rec = node.peers.get(p)
         return rec.rtt_ms if rec is not None and rec.rtt_ms is not None else float("inf")
 
-    return sorted((p for p in dict.fromkeys(peers) if usable(p)), key=rtt)
+    return sorted((p for p in dict.fromkeys(peers) if _usable(node, p)), key=rtt)
+
+
+def _usable(node: Any, peer: str) -> bool:
+    """A peer we may ask: connected, not this node, and sharing our consensus settings."""
+    rec = node.peers.get(peer)
+    net = node.net
+    return (peer != node.peer_id and net is not None and net.is_connected(peer)
+            and not (rec is not None and rec.incompatible))
+
+
+def served_cid(node: Any, model: str) -> str | None:
+    """The content id of ``model`` that most usable peers serve now (ties: the smallest), or
+    None when none of them content-addressed it: what a call without a pinned id asks for."""
+    counts = {cid: sum(1 for p in set(peers) if _usable(node, p)) for cid, peers in node.model_cids_known(model).items()}
+    best = [c for c in counts if counts[c]]
+    return min(best, key=lambda c: (-counts[c], c)) if best else None
 
 
 def check_served_somewhere(node: Any, model: str, model_cid: str | None) -> None:

@@ -39,8 +39,8 @@ class McpConfig(BaseModel):
     auth_token: str = ""
     allowed_hosts: list[str] = Field(default_factory=list)
     status_page_size: int = Field(100, ge=1)
-    # Serve this node's MCP tools (all but those touching its files) to peers over
-    # /ipfs-accelerate/mcp/1.0.0 (`ipfs-accelerate mcp connect PEER_ID`); members only.
+    # Serve this node's read-only MCP tools to peers over /ipfs-accelerate/mcp/1.0.0
+    # (`ipfs-accelerate mcp connect PEER_ID`); members only.
     serve_peers: bool = True
 
 

@@ -6,7 +6,7 @@ import json
 import shutil
 from functools import partial
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -68,7 +68,7 @@ def connect(ctx: click.Context, peer_id: str, data_dir: str | None, node_id: str
     """Give an MCP client (over this process's stdio) the tools of peer PEER_ID, through the local
     node running on this machine (found by its data dir): the node opens an MCP session with the
     peer over libp2p (/ipfs-accelerate/mcp/1.0.0) and this command carries it. Members of the
-    network only; the peer offers every tool but those that touch its files."""
+    network only; the peer offers its read-only tools."""
     from mcp_server.commands.p2p_cmds import _node_data_dir
 
     flags: dict[str, Any] = {"data_dir": data_dir, "node_id": node_id}
@@ -76,18 +76,19 @@ def connect(ctx: click.Context, peer_id: str, data_dir: str | None, node_id: str
 
     _node_data_dir(flags, cli_settings(ctx).data_path)
     settings = cli_settings(ctx, **flags)
-    code = tunnel(settings.data_path, peer_id)
-    if code:
-        sys.exit(code)
+    tunnel(settings.data_path, peer_id)
 
 
-def tunnel(data_dir: Any, peer_id: str) -> int:
+def tunnel(data_dir: Any, peer_id: str) -> NoReturn:
     """Carry stdin/stdout through the local node's control socket to ``peer_id``'s MCP (see
-    p2p.control): 0 when the session ended, CliError when it could not begin."""
+    p2p.control). CliError when the session could not begin; once it has, the process ends with
+    ``os._exit`` when it does (a thread may still block reading stdin, which a normal exit would
+    wait on): 0 when the agent closed stdin first, 1 when the node or peer ended the session."""
+    import os
     import socket
     import threading
 
-    from p2p.control import SOCKET_NAME, socket_path
+    from p2p.control import DIAL_S, SOCKET_NAME, socket_path
 
     path = socket_path(data_dir)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -96,7 +97,8 @@ def tunnel(data_dir: Any, peer_id: str) -> int:
     except OSError:
         raise CliError(f"no node is running on {data_dir} (no {SOCKET_NAME}); start one with `ipfs-accelerate p2p start`, "
                        "or name it with --data-dir / --node-id") from None
-    with sock:
+    sock.settimeout(DIAL_S + 30)  # the node answers within its own dial limit
+    try:
         sock.sendall(json.dumps({"cmd": "mcp", "peer": peer_id}).encode() + b"\n")
         buf = b""
         while b"\n" not in buf:
@@ -104,32 +106,48 @@ def tunnel(data_dir: Any, peer_id: str) -> int:
             if not chunk:
                 raise CliError("the node closed the connection without an answer")
             buf += chunk
-        line, rest = buf.split(b"\n", 1)
-        reply = json.loads(line)
-        if not reply.get("ok"):
-            raise CliError(reply.get("error", "the node refused"))
-        out = sys.stdout.buffer  # the MCP session's channel from here on: nothing else writes it
+    except socket.timeout:
+        raise CliError(f"the node gave no answer within {DIAL_S + 30:g} s") from None
+    sock.settimeout(None)
+    line, rest = buf.split(b"\n", 1)
+    reply = json.loads(line)
+    if not reply.get("ok"):
+        sock.close()
+        raise CliError(reply.get("error", "the node refused"))
+    stdin_closed = threading.Event()
 
-        def upstream() -> None:
-            try:
-                while chunk := sys.stdin.buffer.read1(65536):
-                    sock.sendall(chunk)
-            except OSError:
-                pass
-            finally:
-                try:
-                    sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+    def upstream() -> None:
+        try:
+            while chunk := os.read(0, 65536):  # the fd, not sys.stdin: nothing to lock at exit
+                sock.sendall(chunk)
+        except OSError:
+            pass
+        stdin_closed.set()
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
-        threading.Thread(target=upstream, name="mcp-connect-stdin", daemon=True).start()
-        if rest:
-            out.write(rest)
-            out.flush()
-        while chunk := sock.recv(65536):
-            out.write(chunk)
-            out.flush()
-    return 0
+    threading.Thread(target=upstream, name="mcp-connect-stdin", daemon=True).start()
+    try:
+        data = rest
+        while True:
+            if data:
+                _write_all(data)
+            data = sock.recv(65536)
+            if not data:
+                break
+    except OSError:
+        pass
+    os._exit(0 if stdin_closed.is_set() else 1)
+
+
+def _write_all(data: bytes) -> None:
+    import os
+
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view):]
 
 
 def connect_help(settings: Any, node: Any, urls: list[str]) -> str:

@@ -178,6 +178,8 @@ def decode_reply(data: bytes, n: int, task: str | None = None) -> InferReply | s
     outputs = raw["outputs"]
     if not isinstance(outputs, list) or len(outputs) != n:
         raise WireError(f"malformed infer reply: expected {n} outputs")
+    parsed = [_output(got, o, i) for i, o in enumerate(outputs)]
+    if got == "embedding" and len({len(o["embedding"]) for o in parsed}) > 1:
+        raise WireError("malformed infer reply: embeddings of different dimensions")
     return InferReply(got, _short(raw["backend"], MAX_NAME_CHARS, "reply: backend"),
-                      _short(raw["device"], MAX_NAME_CHARS, "reply: device"),
-                      [_output(got, o, i) for i, o in enumerate(outputs)])
+                      _short(raw["device"], MAX_NAME_CHARS, "reply: device"), parsed)

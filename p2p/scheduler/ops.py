@@ -107,7 +107,7 @@ class TaskTemplate(BaseModel):
         return _check_value(v, "params", max_keys=MAX_PARAMS)
 
 
-Input = Annotated[str, Field(max_length=MAX_INPUT_CHARS)]
+Input = Annotated[str, Field(min_length=1, max_length=MAX_INPUT_CHARS)]
 
 
 class SubmitOp(_Op):

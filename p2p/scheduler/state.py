@@ -99,6 +99,7 @@ from p2p.scheduler.ops import (
     CancelOp,
     ClaimOp,
     DoneOp,
+    MAX_TASKS,
     FailOp,
     ReprioritizeOp,
     StartOp,
@@ -1111,6 +1112,7 @@ def apply_event(
         vv = {_LEGACY: at}
     state.events += 1
     touched: set[str] = set()
+    slots = 0  # task slots the event's submits define so far
     for index, raw in enumerate(ops):
         where = Where((height, cid, index), who, at, vv)
         try:
@@ -1122,6 +1124,13 @@ def apply_event(
         except Exception as exc:  # noqa: BLE001 - a peer's op never ends the fold
             state.reject(cid, author, "?", f"malformed op: {type(exc).__name__}")
             continue
+        if isinstance(op, SubmitOp):
+            # one event's submits share MAX_TASKS slots: compact submits cost a few bytes a task,
+            # so without this one 2 MiB event could define millions of tasks on every peer
+            slots += op.count * slots_for(op.replicas)
+            if slots > MAX_TASKS:
+                state.reject(cid, author, op.op, f"malformed op: the event's submits define over {MAX_TASKS} task slots")
+                continue
         _apply_op(state, op, author, where, touched)
     if who != _LEGACY and state._max_seq.get(author, 0) < at:
         state._max_seq[author] = at

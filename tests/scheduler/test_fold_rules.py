@@ -308,3 +308,26 @@ def test_ops_naming_unknown_tasks_cost_no_memory() -> None:
     assert len(state.rejected) <= 2 * REJECTIONS_KEPT
     assert len(state.last_rejected) == REJECTIONS_KEPT  # the last event's first rejections
     assert list(state.tasks) == [T0] and state.undefined == {} and state.orphans == {}
+
+
+def test_one_events_submits_share_the_task_slot_bound() -> None:
+    """Compact submits cost a few bytes a task: the submits of one event together may define at
+    most MAX_TASKS task slots (the one that crosses it is rejected), or one 2 MiB event could
+    make every peer hold millions of tasks. Empty inputs are malformed."""
+    from p2p.scheduler.ops import MAX_TASKS, submitter_prefix
+
+    def wid(i: int) -> str:
+        return submitter_prefix("A") + f"{i:016x}"
+
+    big = MAX_TASKS // 2
+    ops = [{"op": "workflow.submit", "workflow_id": wid(i), "name": "n", "priority": 5, "tag": "p2p-eligible",
+            "template": {"model": "m"}, "inputs": ["x"] * big} for i in range(3)]
+    state = State()
+    apply_event(state, b"s", "A", 0, ops, parents=[], seq=1)
+    assert sorted(state.workflows) == sorted([wid(0), wid(1)]) and state.rejected_total == 1
+    assert "over 100000 task slots" in state.rejected[-1].reason
+    state = State()
+    apply_event(state, b"e", "A", 0, [{"op": "workflow.submit", "workflow_id": wid(9), "name": "n", "priority": 5,
+                                      "tag": "p2p-eligible", "template": {"model": "m"}, "inputs": ["x", ""]}],
+                parents=[], seq=1)
+    assert not state.workflows and state.rejected_total == 1
