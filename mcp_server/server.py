@@ -317,6 +317,6 @@ def build_server(node: Node, *, page_size: int = 100, for_peers: bool = False) -
     register_file_submit_tool(server, node)
     if for_peers:
         for tool in list(server._tool_manager.list_tools()):
-            if not (tool.annotations is not None and tool.annotations.readOnlyHint):
+            if not (tool.annotations is not None and tool.annotations.read_only_hint):
                 server.remove_tool(tool.name)
     return server

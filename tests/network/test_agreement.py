@@ -35,6 +35,11 @@ async def test_every_peer_reports_every_field_alike(cluster: Cluster) -> None:
     b = (await call(n2, "submit_workflow", name="b", tasks=_tasks(120, "b"), tag="p2p-only", priority=7))["workflow_id"]
     c = (await call(n3, "submit_workflow", name="c", tasks=_tasks(1000, "c"), priority=10))["workflow_id"]  # 10 pages
     await call(n2, "set_workflow_priority", workflow_id=b, priority=2)  # its submitter reprioritises it
+
+    async def n1_knows_b() -> bool:
+        return b in {w["workflow_id"] for w in (await call(n1, "list_workflows"))["workflows"]}
+
+    await eventually(n1_knows_b, 60, "n1 to learn of workflow b")  # (else: "unknown workflow id")
     with pytest.raises(AssertionError, match="only that peer may reprioritise"):  # and nobody else may
         await call(n1, "set_workflow_priority", workflow_id=b, priority=9)
 

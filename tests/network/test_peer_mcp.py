@@ -146,8 +146,9 @@ async def test_a_member_sending_junk_on_infer_and_mcp_ends_only_its_streams(clus
             for i in range(MAX_SESSIONS_PER_PEER + 2):
                 nursery.start_soon(hold, i)
         # the sessions within the limit stayed open (nothing ended them within 8 s); the 2 beyond it
-        # were ended by the node
-        assert len(reset) == 2 and len(opened) == MAX_SESSIONS_PER_PEER + 2, (reset, len(opened))
+        # were ended by the node: reset after the protocol was agreed (the stream ends) or while it
+        # was (the open fails), as the race between the two sides falls
+        assert len(reset) == 2, (reset, len(opened))
     # the forbidden id got MCP's Invalid Request answer on the peer session, as on stdio
     text = b"\n".join(answers).decode(errors="replace")
     assert "a JSON-RPC id must be a string or an integer" in text, text[-1500:]
