@@ -73,38 +73,29 @@ class _Op(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, arbitrary_types_allowed=True)
 
 
-class TaskSpec(BaseModel):
+class TaskTemplate(BaseModel):
+    """What a task runs, without its input: what every task of a workflow shares in the compact
+    submit form (``SubmitOp.template``), and the base of ``TaskSpec``."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = Field(min_length=1, max_length=512)
     # The content id of the model's files as the submitter resolved them: only peers that
     # advertised this very id for the model may claim the task (issue 8 item 3).
     model_cid: str | None = Field(default=None, min_length=1, max_length=256)
+    task: str | None = Field(default=None, max_length=128)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _bounded_params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_value(v, "params", max_keys=MAX_PARAMS)
+
+
+class TaskSpec(TaskTemplate):
+    """One task: a model applied to one input."""
+
     input: str = Field(max_length=MAX_INPUT_CHARS)
-    task: str | None = Field(default=None, max_length=128)
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("params")
-    @classmethod
-    def _bounded_params(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_value(v, "params", max_keys=MAX_PARAMS)
-
-
-class TaskTemplate(BaseModel):
-    """What every task of a workflow shares in the compact submit form: a TaskSpec without
-    its input."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str = Field(min_length=1, max_length=512)
-    model_cid: str | None = Field(default=None, min_length=1, max_length=256)
-    task: str | None = Field(default=None, max_length=128)
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("params")
-    @classmethod
-    def _bounded_params(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_value(v, "params", max_keys=MAX_PARAMS)
 
 
 Input = Annotated[str, Field(min_length=1, max_length=MAX_INPUT_CHARS)]
