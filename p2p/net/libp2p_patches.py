@@ -117,7 +117,14 @@ def _peer_of(stream: Any) -> str:
 
 
 def _is_quiet(exc: BaseException) -> bool:
-    return any(cls.__name__ in _QUIET_ERRORS for cls in type(exc).__mro__)
+    return any(cls.__name__ in _QUIET_ERRORS for cls in type(exc).__mro__) or _is_local_shutdown(exc)
+
+
+def _is_local_shutdown(exc: BaseException) -> bool:
+    """This host is closing: handling the RPC tried to start a task in a nursery that is already
+    shutting down (seen when a peer leaves while an RPC from another is being handled). Not the
+    peer's fault, and nothing to warn about."""
+    return isinstance(exc, RuntimeError) and "Nursery is closed to new arrivals" in str(exc)
 
 
 async def _reset_quietly(stream: Any) -> None:

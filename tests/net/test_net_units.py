@@ -197,3 +197,21 @@ def test_addresses() -> None:
     expanded = [str(a) for a in expand_wildcard(Multiaddr("/ip4/0.0.0.0/tcp/9"))]
     assert "/ip4/127.0.0.1/tcp/9" in expanded and expanded[-1] == "/ip4/127.0.0.1/tcp/9"
     assert expand_wildcard(Multiaddr("/ip4/127.0.0.1/tcp/9")) == [Multiaddr("/ip4/127.0.0.1/tcp/9")]
+
+
+def test_a_shutdown_race_is_not_counted_as_a_bad_rpc() -> None:
+    """A peer leaving while its RPC is handled ("Nursery is closed to new arrivals") is this
+    host's shutdown race, not a malformed RPC: it is neither counted nor warned about, while a
+    decode error still is (CI once failed big_gossip on the former)."""
+    from google.protobuf.message import DecodeError
+
+    from p2p.net import libp2p_patches
+
+    before = libp2p_patches.stats["pubsub_stream_dropped"]
+    libp2p_patches._report("pubsub_stream_dropped", "peer-a", "dropped", "pubsub",
+                           RuntimeError("Nursery is closed to new arrivals"))
+    assert libp2p_patches.stats["pubsub_stream_dropped"] == before
+    libp2p_patches._report("pubsub_stream_dropped", "peer-a", "dropped", "pubsub", DecodeError("Error parsing message"))
+    assert libp2p_patches.stats["pubsub_stream_dropped"] == before + 1
+    libp2p_patches._report("pubsub_stream_dropped", "peer-a", "dropped", "pubsub", RuntimeError("something else"))
+    assert libp2p_patches.stats["pubsub_stream_dropped"] == before + 2
