@@ -68,6 +68,12 @@ enough to go upstream as is. ``open_host`` calls :func:`apply` before it builds 
    not learn the workflow, and the submitter ran the tasks alone. The caller's own timeout
    (a request's, a push's) still bounds the wait; meanwhile other writers of that one stream
    queue behind it (patch 1's lock), as they did for 5 s before.
+
+7. **The private-network protector other stacks speak** (``libp2p.network.swarm.new_protected_conn``).
+   py-libp2p wraps a connection under a swarm key in Salsa20 with an 8-byte nonce; go-libp2p,
+   kubo and js-libp2p's ``@libp2p/pnet`` use XSalsa20 with a 24-byte nonce (pnet v1). The same
+   key file could not connect a Python node to any of them. :mod:`p2p.net.pnet` speaks pnet v1.
+   Not compatible with py-libp2p's own variant: every peer of a private network must run this.
 """
 
 from __future__ import annotations
@@ -365,6 +371,14 @@ def _patch_host_stream_handler() -> None:
     BasicHost._swarm_stream_handler = _swarm_stream_handler  # type: ignore[method-assign]
 
 
+def _patch_pnet() -> None:
+    import libp2p.network.swarm as swarm
+
+    from p2p.net import pnet
+
+    swarm.new_protected_conn = pnet.new_protected_conn  # type: ignore[attr-defined]
+
+
 def apply() -> None:
     """Apply every patch once (idempotent; safe to call from every ``open_host``)."""
     global _APPLIED
@@ -379,6 +393,7 @@ def apply() -> None:
     _patch_pubsub_push_msg()
     _patch_host_stream_handler()
     _patch_yamux_frames_leave_whole()
+    _patch_pnet()
     _APPLIED = True
 
 

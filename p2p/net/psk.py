@@ -6,11 +6,11 @@ The file format is the one go-libp2p, kubo and ipfs-cluster use::
     /base16/
     <64 hex digits>
 
-Only peers holding the same 32-byte key can complete a connection: py-libp2p wraps every raw TCP
-connection in Salsa20 with this key before the Noise handshake. Note that py-libp2p's pnet is
-*not* wire-compatible with go-libp2p (8-byte nonce, Salsa20 instead of XSalsa20), so a
-Python node and a Go node with the same key still cannot talk. QUIC connections bypass pnet in
-py-libp2p 0.8.1, so a PSK and QUIC together are refused by :func:`p2p.net.host.open_host`.
+Only peers holding the same 32-byte key can complete a connection: every raw TCP connection is
+wrapped in XSalsa20 under this key before the Noise handshake (:mod:`p2p.net.pnet`, "pnet v1", as
+go-libp2p, kubo and js-libp2p's ``@libp2p/pnet`` do it; py-libp2p's own variant is replaced), so
+the same key file admits Go and JS peers. QUIC connections bypass pnet in py-libp2p 0.8.1, so a
+PSK and QUIC together are refused by :func:`p2p.net.host.open_host`.
 
 A node is private by default: on its first start it creates ``<data_dir>/swarm.key`` (see
 :func:`p2p.settings.apply_network_key`). Other machines get the key in an *invite*

@@ -1,12 +1,15 @@
 // A peer from another stack (js-libp2p 3, Node 22) that writes junk on every protocol a node
-// announces. Usage: node junk_peer.mjs <victim multiaddr>. Prints one JSON line per attempt
+// announces. Usage: node junk_peer.mjs <victim multiaddr> [swarm key file] (a member of a private
+// network: the key file goes to @libp2p/pnet). Prints one JSON line per attempt
 // ({"protocol", "junk", "sent": bool, "error"?}) and a final {"done": true, "protocols": [...]}.
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
+import { preSharedKey } from '@libp2p/pnet'
 import { multiaddr } from '@multiformats/multiaddr'
+import { readFileSync } from 'node:fs'
 
 const uvarint = (n) => {
   const out = []
@@ -34,6 +37,7 @@ const node = await createLibp2p({
   transports: [tcp()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
+  connectionProtector: process.argv[3] ? preSharedKey({ psk: readFileSync(process.argv[3]) }) : undefined,
   services: { identify: identify() },
 })
 const victim = multiaddr(process.argv[2])

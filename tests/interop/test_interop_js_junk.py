@@ -20,6 +20,7 @@ import trio
 
 from p2p.protocols.wire import BLOCKS_PROTOCOL
 from tests.cluster import Cluster, call, wait_peers
+from tests.procs import shared_swarm_key
 
 HERE = Path(__file__).resolve().parent
 NODE = HERE / "node_modules" / ".bin" / "node"
@@ -36,10 +37,10 @@ pytestmark = [
 
 
 async def test_js_libp2p_junk_on_every_protocol_leaves_the_node_serving(cluster: Cluster) -> None:
-    n1 = cluster.start("n1", open=True)  # js-libp2p cannot speak py-libp2p's private-network layer
+    n1 = cluster.start("n1")  # private: the js peer is a member (it holds the key; p2p.net.pnet)
     with trio.fail_after(180):
         done = await trio.run_process(
-            [str(NODE), str(HERE / "junk_peer.mjs"), n1.addr], capture_stdout=True, capture_stderr=True,
+            [str(NODE), str(HERE / "junk_peer.mjs"), n1.addr, str(shared_swarm_key())], capture_stdout=True, capture_stderr=True,
             check=False, cwd=HERE, stdin=subprocess.DEVNULL,
         )
     lines = [json.loads(x) for x in done.stdout.decode().splitlines() if x.startswith("{")]
@@ -52,7 +53,7 @@ async def test_js_libp2p_junk_on_every_protocol_leaves_the_node_serving(cluster:
     await call(n1, "get_node_info")  # a round trip after the junk: still serving MCP
     assert n1.proc is not None and n1.proc.poll() is None, n1.log_text()[-4000:]
 
-    n2 = cluster.start("n2", bootstrap=[n1], open=True)
+    n2 = cluster.start("n2", bootstrap=[n1])
     await wait_peers(n1, [n2])
     await wait_peers(n2, [n1])
     assert n1.proc.poll() is None
