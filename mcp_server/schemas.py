@@ -197,6 +197,9 @@ class NodeInfo(BaseModel):
     replication: dict[str, Any] = Field(default_factory=dict, description=(
         "Replication counters: events applied from peers, head announcements sent and heard by gossip and by "
         "direct push, peers being synced, result blocks awaited, and the push streams' own counters."))
+    dht: dict[str, Any] = Field(default_factory=dict, description=(
+        "The Kademlia DHT: mode (server, client or off), routing_table size, lookups, providers_found, peers "
+        "dialled from it, records provided, failures and the last error."))
 
 
 class ConnectResult(BaseModel):

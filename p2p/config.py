@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -71,6 +71,9 @@ class NetworkConfig(BaseModel):
     direct_push: bool = Field(True, description="push each new event's heads at once on a direct stream to every connected peer")
     push_queue: int = Field(64, ge=1, le=4096, description="announcements queued per peer for push; a slow peer loses the oldest")
     gossip_heads: bool = Field(True, description="heads also travel by gossip (topic and heartbeats); false: push and connect-time sync only (tests)")
+    dht: Literal["auto", "server", "client", "off"] = Field(
+        "auto", description="Kademlia: server answers queries and stores records; client only asks; auto serves on a public address")
+    dht_interval_s: float = Field(30.0, gt=0, description="seconds between looks for the network's peers in the DHT")
 
 
 class CacheConfig(BaseModel):

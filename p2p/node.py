@@ -26,6 +26,7 @@ from p2p.config import NodeConfig
 from p2p.content import CidCache, ContentError, dir_cid
 from p2p.cache.cache import cache_offers, open_node_cache
 from p2p.control import serve_control
+from p2p.dht import Dht
 from p2p.discovery import Discovery
 from p2p.errors import NodeError
 from p2p.identity import Identity
@@ -47,6 +48,7 @@ log = structlog.get_logger("p2p.node")
 SLOTS_PER_WORKFLOW_FACTOR = 4
 
 VERSION = "0.1.0"
+DIAL_WAIT_S = 10.0  # pull_model: how long DHT providers we dialled get to connect, on top of 3 heartbeats
 ProgressFn = Callable[[int, int, str], Awaitable[None]]
 
 
@@ -86,6 +88,7 @@ class Node:
         self._files_by_cid: dict[str, list[dict[str, Any]]] = {}  # remote models' files (content never changes)
         self.net: Any = None  # p2p.net.NetHost when networking is on
         self.network: Discovery | None = None  # connect/listen_addrs; None without networking
+        self.dht: Dht | None = None  # the Kademlia DHT; None without networking or with network.dht = "off"
         self.replicator: Replicator | None = None
         self.liveness: Liveness | None = None
         self._caps: PeerCaps | None = None
@@ -208,7 +211,18 @@ class Node:
 
                 net.set_request_handler(CACHE_PROTOCOL, cache_server.handle)
                 heartbeat = lambda: self.heartbeat().model_copy(update={"cache_entries": self.cache.advertised_entries()})  # noqa: E731
-            discovery = Discovery(net, on_connected=replicator.peer_connected)
+            dht = self.dht = Dht(
+                net, network=cfg.network, mode=cfg.dht, interval_s=cfg.dht_interval_s, dial=lambda p, a: discovery.learned(p, a),
+                provides=lambda: [self.model_cids[m] for m in self.local_models() if m in self.model_cids]
+                if self.config.inference.share_models else [],
+            ) if cfg.dht != "off" else None
+
+            def connected(peer: str) -> None:
+                replicator.peer_connected(peer)
+                if dht is not None:
+                    dht.poke()
+
+            discovery = Discovery(net, on_connected=connected)
             liveness = Liveness(
                 self.peers, self.pause, beats, peer_id=self.peer_id, heartbeat=heartbeat,
                 heartbeat_s=cfg.heartbeat_s, on_peers_changed=sched.peers_changed,
@@ -223,6 +237,8 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await nursery.start(replicator.run)
                 await nursery.start(discovery.run, peer_events)
+                if dht is not None:
+                    await nursery.start(dht.run)
                 self.replicator, self.liveness, self.network = replicator, liveness, discovery
                 await nursery.start(liveness.run)
                 if self.config.inference.auto_pull:
@@ -478,6 +494,35 @@ class Node:
                 log.info("could not list a remote model's files", cid=cid, peer=peer, error=str(exc))
         return []
 
+    async def _reach_providers(self, ref: str) -> None:
+        """No connected peer offers ``ref`` (a CID, or a name whose CIDs heartbeats told us):
+        dial its providers from the DHT, and wait a few heartbeats for one to offer it. A
+        provider is used only once its own heartbeat offers the model (records are a peer's
+        word; heartbeats come only from members)."""
+        if self.dht is None or self.network is None or self.net is None:
+            return
+        cids = {c for c in [_canonical_cid(ref)] if c} | {
+            c for raw in self.model_cids_known(ref) if (c := _canonical_cid(raw)) is not None}
+
+        def offered_by_a_connected_peer() -> bool:
+            return any(p != self.peer_id and self.net.is_connected(p)
+                       for m in self.all_models() for raw, peers in self.model_cids_known(m).items()
+                       if _canonical_cid(raw) in cids for p in peers)
+
+        if not cids or offered_by_a_connected_peer():
+            return
+        dialled = 0
+        for cid in sorted(cids):
+            for peer, addrs in await self.dht.providers(cid):
+                if not self.net.is_connected(peer):
+                    self.network.learned(peer, addrs)
+                    dialled += 1
+        log.info("pull: providers from the DHT", ref=ref, dialled=dialled)
+        if dialled:
+            with trio.move_on_after(3 * self.config.network.heartbeat_s + DIAL_WAIT_S):
+                while not offered_by_a_connected_peer():
+                    await trio.sleep(0.1)
+
     async def pull_model(self, ref: str, progress: ProgressFn | None = None) -> dict[str, Any]:
         """Fetch a model (a name or a content id) from the peers that advertise it, verify every
         block, install it under the engine's pulled-models folder and serve and advertise it at
@@ -489,6 +534,7 @@ class Node:
             raise NodeError("give a model name or a content id to pull")
         if self.net is None:
             raise NodeError("the node runs without networking; start it with networking on to pull models")
+        await self._reach_providers(ref)
         offers: dict[str, tuple[set[str], set[str]]] = {}  # cid -> (names, peers other than us)
         for m in self.all_models():
             for raw, peers in self.model_cids_known(m).items():
@@ -555,6 +601,8 @@ class Node:
             raise NodeError(f"{name} was installed at {final} but this node serves other files under that name "
                             f"({self.model_cids.get(name)}); check inference.model_dirs")
         self.scheduler.peers_changed()  # advertise the model now; open tasks for it are decided again
+        if self.dht is not None:
+            await self.dht.provide(cid)
         log.info("model pulled", model=name, cid=cid, **{k: v for k, v in stats.to_dict().items() if k != "root"})
         return {"model": name, "cid": cid, "path": str(final), "already_local": False,
                 "files": self.model_files.get(name, []), "stats": stats.to_dict()}
@@ -780,6 +828,7 @@ class Node:
             "cache": self.cache.info() if self.cache is not None else {"enabled": False},
             "workers": self.engine.workers_info(),
             "replication": self.replicator.stats() if self.replicator is not None else {"enabled": False},
+            "dht": self.dht.stats.as_dict() if self.dht is not None else {"mode": "off"},
         }
 
 

@@ -25,6 +25,8 @@ def node_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Run an open network with no key: anyone who can reach this node may join."),
         click.option("--mdns/--no-mdns", default=None, help="Find peers on the LAN with mDNS (default on)."),
         click.option("--network/--no-network", "network_enabled", default=None, help="Run the libp2p node (default on)."),
+        click.option("--dht", type=click.Choice(["auto", "server", "client", "off"]), default=None,
+                     help="Kademlia DHT mode: server on bootstrap nodes; auto serves on a public address (default)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -43,6 +45,7 @@ def node_flags(kw: dict[str, Any]) -> dict[str, Any]:
         "network.open": kw.pop("open_network", None),
         "network.mdns": kw.pop("mdns", None),
         "network.enabled": kw.pop("network_enabled", None),
+        "network.dht": kw.pop("dht", None),
     }
 
 

@@ -74,6 +74,14 @@ enough to go upstream as is. ``open_host`` calls :func:`apply` before it builds 
    kubo and js-libp2p's ``@libp2p/pnet`` use XSalsa20 with a 24-byte nonce (pnet v1). The same
    key file could not connect a Python node to any of them. :mod:`p2p.net.pnet` speaks pnet v1.
    Not compatible with py-libp2p's own variant: every peer of a private network must run this.
+
+8. **A provider lookup asks the network even when this node holds a record**
+   (``ProviderStore.find_providers``). The library answers from its local store whenever it
+   holds *any* record for the key, and it stores every provider a lookup finds. So a node that
+   provides a key itself, or has looked it up once, never asks the network again and never
+   learns of a provider that came later: two peers providing one rendezvous key never found
+   each other. Now the local store answers alone only when it holds ``count`` records;
+   otherwise the library's own iterative lookup runs and its results follow the local ones.
 """
 
 from __future__ import annotations
@@ -371,6 +379,58 @@ def _patch_host_stream_handler() -> None:
     BasicHost._swarm_stream_handler = _swarm_stream_handler  # type: ignore[method-assign]
 
 
+def _patch_dht_find_providers() -> None:
+    from libp2p.kad_dht.common import ALPHA, QUERY_TIMEOUT
+    from libp2p.kad_dht.provider_store import ProviderStore
+    from libp2p.kad_dht.utils import sort_peer_ids_by_distance
+
+    async def find_providers(self: ProviderStore, key: bytes, count: int = 20) -> list[Any]:
+        """``ProviderStore.find_providers`` of py-libp2p 0.8.1, except that local records answer
+        alone only when there are ``count`` of them (patch 8)."""
+        local = self.get_providers(key)
+        if len(local) >= count or not self.host or not self.peer_routing:
+            return local[:count]
+        found: list[Any] = []
+        queried: set[Any] = set()
+        candidates = list(await self.peer_routing.find_closest_peers_network(key))
+        while candidates and len(found) < count:
+            batch, candidates = candidates[:ALPHA], candidates[ALPHA:]
+            results: list[list[Any]] = [[] for _ in batch]
+            closer: list[list[Any]] = [[] for _ in batch]
+
+            async def get_one(idx: int, peer_id: Any, results: list[list[Any]] = results,
+                              closer: list[list[Any]] = closer) -> None:
+                if peer_id == self.local_peer_id or peer_id in queried:
+                    return
+                queried.add(peer_id)
+                try:
+                    with trio.move_on_after(QUERY_TIMEOUT):
+                        providers, nearer = await self._get_providers_from_peer_with_closers(peer_id, key)
+                        for provider in providers or ():
+                            self.add_provider(key, provider)
+                        results[idx], closer[idx] = list(providers or ()), list(nearer or ())
+                except Exception:  # noqa: BLE001 - one peer's failure is not the lookup's (the library logs it)
+                    pass
+
+            async with trio.open_nursery() as nursery:
+                for idx, peer_id in enumerate(batch):
+                    nursery.start_soon(get_one, idx, peer_id)
+            for providers in results:
+                found.extend(providers)
+            for nearer in closer:
+                for peer in nearer:
+                    if peer not in queried and peer not in candidates and peer != self.local_peer_id:
+                        candidates.append(peer)
+            if candidates:
+                candidates = sort_peer_ids_by_distance(key, candidates)
+        merged: dict[str, Any] = {}
+        for info in [*local, *found]:
+            merged.setdefault(str(info.peer_id), info)
+        return list(merged.values())[:count]
+
+    ProviderStore.find_providers = find_providers  # type: ignore[method-assign]
+
+
 def _patch_pnet() -> None:
     import libp2p.network.swarm as swarm
 
@@ -394,6 +454,7 @@ def apply() -> None:
     _patch_host_stream_handler()
     _patch_yamux_frames_leave_whole()
     _patch_pnet()
+    _patch_dht_find_providers()
     _APPLIED = True
 
 
