@@ -112,6 +112,7 @@ class Dht:
         self._provided: set[str] = set()
         self._wake = trio.Event()
         self._rounds = 0
+        self._empty_rounds = 0
         self.stats = DhtStats()
         self.rendezvous_peers: dict[str, float] = {}  # peer -> when a lookup last named it
 
@@ -128,9 +129,14 @@ class Dht:
             task_status.started()
             while True:
                 await self._round()
-                # no DHT server known yet (identify may not have told us what a new peer speaks):
-                # look again soon rather than a whole interval later
-                wait = self.interval_s if self.stats.routing_table else min(self.interval_s, EMPTY_TABLE_RETRY_S)
+                # no DHT server known yet: look again soon (2 s, doubling up to the interval)
+                # rather than a whole interval later; a new connection pokes at once
+                if self.stats.routing_table:
+                    self._empty_rounds = 0
+                    wait = self.interval_s
+                else:
+                    wait = min(self.interval_s, EMPTY_TABLE_RETRY_S * 2 ** min(self._empty_rounds, 10))
+                    self._empty_rounds += 1
                 with trio.move_on_after(wait * random.uniform(0.8, 1.2)):
                     await self._wake.wait()
                 self._wake = trio.Event()
@@ -138,6 +144,7 @@ class Dht:
     def poke(self) -> None:
         """Run a round now, if no DHT server is known yet (a new connection may be the first)."""
         if not self.stats.routing_table:
+            self._empty_rounds = 0
             self._wake.set()
 
     async def _round(self) -> None:
