@@ -42,7 +42,8 @@ LOOKUP_TIMEOUT_S = 20.0
 DIALS_PER_LOOKUP = 8
 EMPTY_TABLE_RETRY_S = 2.0  # how soon to look again while no DHT server is known
 RETRY_AFTER_S = 300.0
-REPROVIDE_ROUNDS = 10  # a provider we dialled and could not reach is tried again after this
+REPROVIDE_ROUNDS = 10
+MAX_PROVIDER_KEYS = 20_000  # keys whose provider records a server keeps (the library has no cap)  # a provider we dialled and could not reach is tried again after this
 
 
 def rendezvous_key(network: str) -> str:
@@ -160,6 +161,7 @@ class Dht:
             self._maybe_dial(peer, addrs)
         if len(self.rendezvous_peers) > 4096:
             self.rendezvous_peers = dict(sorted(self.rendezvous_peers.items(), key=lambda kv: kv[1])[-2048:])
+        self._bound_provider_store()
         self.stats.routing_table = self._kad.get_routing_table_size()
         self.stats.network_peers = len(self.rendezvous_peers)
 
@@ -218,6 +220,25 @@ class Dht:
         self.stats.dialled += 1
         log.info("dht: dialling a peer of the network", peer=peer, addrs=usable[:2])
         self._dial(peer, usable)
+
+    def _bound_provider_store(self) -> None:
+        """Keep at most MAX_PROVIDER_KEYS keys in the provider store, dropping the keys whose
+        newest record is oldest. py-libp2p expires records after 48 h and rate-limits each peer,
+        but sets no cap on keys, so a member could grow a server's memory for two days."""
+        providers = getattr(getattr(self._kad, "provider_store", None), "providers", None)
+        if not isinstance(providers, dict) or len(providers) <= MAX_PROVIDER_KEYS:
+            return
+        ours = {bytes.fromhex(self.key)}
+
+        def newest(item: tuple[bytes, dict[str, Any]]) -> float:
+            return max((getattr(r, "timestamp", 0.0) for r in item[1].values()), default=0.0)
+
+        extra = len(providers) - MAX_PROVIDER_KEYS
+        for key, _ in sorted(providers.items(), key=newest)[:extra + len(ours)]:
+            if key not in ours and extra > 0:
+                del providers[key]
+                extra -= 1
+        log.warning("dht: provider store over its cap; dropped the stalest keys", cap=MAX_PROVIDER_KEYS)
 
     def _failed(self, exc: BaseException) -> None:
         self.stats.failures += 1

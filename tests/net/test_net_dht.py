@@ -77,3 +77,26 @@ async def test_peers_of_one_network_find_each_other_through_a_server_and_others_
     assert nothing == []
     assert dhts["r"].stats.mode == "server" and dhts["a"].stats.mode == "client"
     assert dhts["a"].stats.routing_table >= 1 and dhts["a"].stats.provided >= 2
+
+
+def test_the_provider_store_is_bounded_and_keeps_the_rendezvous_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    import p2p.dht as dht_mod
+
+    class Rec:
+        def __init__(self, t: float) -> None:
+            self.timestamp = t
+
+    class Store:
+        providers = {bytes([i]) * 4: {"p": Rec(float(i))} for i in range(1, 21)}
+
+    class Kad:
+        provider_store = Store()
+
+    d = Dht(object(), network="blue", mode="client", interval_s=1, dial=lambda p, a: None, provides=list)
+    d._kad = Kad()
+    ours = bytes.fromhex(d.key)
+    Store.providers[ours] = {"me": Rec(0.0)}  # the oldest of all, yet kept
+    monkeypatch.setattr(dht_mod, "MAX_PROVIDER_KEYS", 10)
+    d._bound_provider_store()
+    assert len(Store.providers) == 10 and ours in Store.providers
+    assert sorted(k[0] for k in Store.providers if k != ours) == list(range(12, 21))  # the newest 9
