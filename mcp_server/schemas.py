@@ -163,6 +163,9 @@ class PeerOut(BaseModel):
     workers: dict[str, Any] | None = Field(None, description=(
         "Its inference workers: mode (pool or in-process), live, busy, starting, target, min, max, queue_depth "
         "(null from a peer that does not say)."))
+    connection: Literal["direct", "relayed", "hole-punched"] | None = Field(None, description=(
+        "How this node is connected to it now: direct, relayed (through a circuit relay) or hole-punched "
+        "(DCUtR replaced the relayed connection); null when not connected (its heartbeats reach us through others)."))
 
 
 class PeerList(BaseModel):
@@ -197,6 +200,9 @@ class NodeInfo(BaseModel):
     replication: dict[str, Any] = Field(default_factory=dict, description=(
         "Replication counters: events applied from peers, head announcements sent and heard by gossip and by "
         "direct push, peers being synced, result blocks awaited, and the push streams' own counters."))
+    relay: dict[str, Any] = Field(default_factory=dict, description=(
+        "Circuit relay: service (this node relays for others), hole_punching, reservations (relay -> our "
+        "addresses through it), relayed_dials, reserve_failures, hole_punched peers, last_error."))
     dht: dict[str, Any] = Field(default_factory=dict, description=(
         "The Kademlia DHT: mode (server, client or off), routing_table size, lookups, providers_found, peers "
         "dialled from it, records provided, failures and the last error."))

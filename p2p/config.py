@@ -74,6 +74,15 @@ class NetworkConfig(BaseModel):
     dht: Literal["auto", "server", "client", "off"] = Field(
         "auto", description="Kademlia: server answers queries and stores records; client only asks; auto serves on a public address")
     dht_interval_s: float = Field(30.0, gt=0, description="seconds between looks for the network's peers in the DHT")
+    relay_service: bool = Field(False, description="serve as a circuit relay v2 for members that cannot be dialled")
+    relay_reserve: Literal["auto", "always", "never"] = Field(
+        "auto", description="reserve a slot on connected relays: auto does it when no listen address is public")
+    max_relays: int = Field(2, ge=0, le=16, description="relays this node holds a reservation on at once")
+    relay_max_reservations: int = Field(128, ge=1, description="a relay's reservations, all peers together")
+    relay_max_circuits: int = Field(16, ge=1, description="a relay's relayed connections per reservation")
+    relay_duration_s: int = Field(3600, ge=1, description="longest a relayed connection lasts")
+    relay_data_bytes: int = Field(1 << 30, ge=1 << 16, description="most bytes one relayed connection carries, both ways")
+    hole_punching: bool = Field(True, description="DCUtR: try to turn relayed connections into direct ones")
 
 
 class CacheConfig(BaseModel):

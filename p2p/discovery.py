@@ -5,6 +5,10 @@ This component adds the rest: peers joined by hand (the connect_peer tool, ``p2p
 and redialled; peers *learned from peers* — a heartbeat relayed through the mesh from a peer we
 are not connected to names its addresses, and we dial it; and it tells replication when a new
 connection opens, so the new peer's heads are fetched at once.
+
+A node that cannot be dialled (``network.relay_reserve``) also keeps reservations here: on up to
+``max_relays`` connected peers that serve the circuit relay (identify says so), so that its
+heartbeats can name an address through each (:mod:`p2p.net.relay`).
 """
 
 from __future__ import annotations
@@ -17,28 +21,60 @@ import trio
 
 from p2p.errors import NodeError
 from p2p.net import NetError, PeerEventKind
+from p2p.net.addrs import is_loopback
 
 log = structlog.get_logger("p2p.discovery")
 
 MAX_LEARNED_ADDRS = 8  # a heartbeat's addrs are the peer's word: try a few, not all
+RESERVE_CHECK_S = 5.0  # how often reservations are checked (and at once on a new connection)
+RESERVE_RETRY_S = 60.0  # a relay that refused is asked again after this
 
 
 class Discovery:
     """Connects to peers joined by hand or learned from peers; reports new connections."""
 
-    def __init__(self, net: Any, *, on_connected: Callable[[str], None] = lambda peer: None) -> None:
+    def __init__(self, net: Any, *, on_connected: Callable[[str], None] = lambda peer: None,
+                 max_relays: int = 0) -> None:
         self.net = net
         self._on_connected = on_connected
         self._dialing: set[str] = set()
         self._nursery: trio.Nursery | None = None
+        self.max_relays = max_relays  # 0: this node does not reserve (it can be dialled)
+        self._refused: dict[str, float] = {}
+        self._check = trio.Event()
 
     async def run(self, events_rx: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.max_relays and getattr(self.net, "relays", None) is not None:
+                nursery.start_soon(self._keep_reservations)
             task_status.started()
             async for ev in events_rx:
                 if ev.kind is PeerEventKind.CONNECTED:
                     self._on_connected(ev.peer_id)
+                self._check.set()
+
+    async def _keep_reservations(self) -> None:
+        relays = self.net.relays
+        while True:
+            for relay in list(relays.state.reservations):
+                if not self.net.is_connected(relay):
+                    relays.forget(relay)
+            now = trio.current_time()
+            for peer in self.net.connected_peers():
+                if len(relays.state.reservations) >= self.max_relays:
+                    break
+                if (peer in relays.state.reservations or now - self._refused.get(peer, -RESERVE_RETRY_S) < RESERVE_RETRY_S
+                        or self.net.connection_kind(peer) == "relayed" or not relays.is_relay(peer)):
+                    continue
+                addrs = self.net.peer_addrs(peer)
+                reachable = [a for a in addrs if not is_loopback(a)] or addrs
+                if not await relays.reserve(peer, reachable, self.net.peer_id):
+                    self._refused[peer] = now
+                    log.info("relay reservation refused", relay=peer, error=relays.state.last_error)
+            with trio.move_on_after(RESERVE_CHECK_S):
+                await self._check.wait()
+            self._check = trio.Event()
 
     def listen_addrs(self) -> list[str]:
         return self.net.listen_addrs()

@@ -222,7 +222,11 @@ class Node:
                 if dht is not None:
                     dht.poke()
 
-            discovery = Discovery(net, on_connected=connected)
+            from p2p.dht import is_public
+
+            reserve = cfg.relay_reserve == "always" or (
+                cfg.relay_reserve == "auto" and not cfg.relay_service and not any(is_public(a) for a in net.listen_addrs()))
+            discovery = Discovery(net, on_connected=connected, max_relays=cfg.max_relays if reserve else 0)
             liveness = Liveness(
                 self.peers, self.pause, beats, peer_id=self.peer_id, heartbeat=heartbeat,
                 heartbeat_s=cfg.heartbeat_s, on_peers_changed=sched.peers_changed,
@@ -302,7 +306,12 @@ class Node:
         return self._models
 
     def listen_addrs(self) -> list[str]:
-        return self.net.listen_addrs() if self.net is not None else []
+        """Where peers can reach us: our listen addresses, then our addresses through the relays
+        that hold a reservation for us (a node behind NAT is reached only by those)."""
+        if self.net is None:
+            return []
+        relays = getattr(self.net, "relays", None)
+        return self.net.listen_addrs() + (relays.circuit_addrs() if relays is not None else [])
 
     async def hash_models(self) -> None:
         """The content id of every served model's files (the CID ``ipfs add -r`` gives), in a
@@ -565,6 +574,8 @@ class Node:
         if len(parts) > 2 or any(not p or p in (".", "..") or not all(ch.isalnum() or ch in "._-" for ch in p) for p in parts):
             raise NodeError(f"model name {name!r} cannot be a folder name here (1 or 2 segments of letters, digits, . _ -)")
         peers = sorted(p for p in offers[cid][1] if self.net.is_connected(p))
+        direct = [p for p in peers if self.net.connection_kind(p) != "relayed"]
+        peers = direct or peers  # a model pull prefers direct connections (a relay's data limit is for control traffic)
         if not peers:
             raise NodeError(f"no connected peer serves {name} ({cid}) now; the network serves: {served}")
         if cid in self._pulling:
@@ -806,6 +817,7 @@ class Node:
                 "incompatible_keys": list(rec.incompatible),
                 "outvoted": self.scheduler.state.outvoted.get(hb.peer_id, 0),
                 "workers": _dump(hb.workers),
+                "connection": self.net.connection_kind(hb.peer_id) if self.net is not None else None,
             })
         return {"self": self.self_info(), "peers": peers}
 
@@ -829,6 +841,7 @@ class Node:
             "workers": self.engine.workers_info(),
             "replication": self.replicator.stats() if self.replicator is not None else {"enabled": False},
             "dht": self.dht.stats.as_dict() if self.dht is not None else {"mode": "off"},
+            "relay": self.net.relays.info() if self.net is not None and self.net.relays is not None else {"service": False},
         }
 
 

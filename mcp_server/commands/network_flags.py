@@ -27,6 +27,8 @@ def node_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--network/--no-network", "network_enabled", default=None, help="Run the libp2p node (default on)."),
         click.option("--dht", type=click.Choice(["auto", "server", "client", "off"]), default=None,
                      help="Kademlia DHT mode: server on bootstrap nodes; auto serves on a public address (default)."),
+        click.option("--relay-service", is_flag=True, default=None,
+                     help="Serve as a circuit relay for members behind NAT (run it on a reachable node)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -46,6 +48,7 @@ def node_flags(kw: dict[str, Any]) -> dict[str, Any]:
         "network.mdns": kw.pop("mdns", None),
         "network.enabled": kw.pop("network_enabled", None),
         "network.dht": kw.pop("dht", None),
+        "network.relay_service": kw.pop("relay_service", None),
     }
 
 

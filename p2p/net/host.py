@@ -177,6 +177,7 @@ class NetHost:
         self._max_kept = max_kept_peers
         self._kept_give_up_s = kept_give_up_s
         self._state_changed = trio.Event()
+        self.relays: Any = None  # p2p.net.relay.Relays, set by open_host
         self._peer_events: Fanout[PeerEvent] = Fanout("peer-events")
         self._topics: dict[str, Fanout[GossipMessage]] = {}
         self._subscribe_lock = trio.Lock()
@@ -299,13 +300,47 @@ class NetHost:
         return [f"{strip_peer_id(str(a))}/p2p/{peer_id}" for a in addrs]
 
     async def connect(self, multiaddr: str, timeout: float = DIAL_TIMEOUT_S) -> str:
-        """Dial ``multiaddr`` (must end in /p2p/<id>) and return the peer id once usable."""
+        """Dial ``multiaddr`` (must end in /p2p/<id>) and return the peer id once usable. A
+        ``/p2p-circuit`` address is dialled through its relay (:mod:`p2p.net.relay`)."""
+        if "/p2p-circuit" in multiaddr:
+            return await self._dial_relayed(multiaddr, timeout)
         ma = parse_multiaddr(multiaddr)
         try:
             info = info_from_p2p_addr(ma)
         except Exception as exc:  # noqa: BLE001
             raise NetConfigError(f"cannot dial {multiaddr!r}: {describe(exc)}") from None
         return await self._dial(info, timeout, label=multiaddr)
+
+    async def _dial_relayed(self, multiaddr: str, timeout: float) -> str:
+        head, sep, peer = multiaddr.rstrip("/").rpartition("/p2p-circuit/p2p/")
+        if not sep or not is_valid_peer_id(peer) or "/p2p/" not in head:
+            raise NetConfigError(f"cannot dial {multiaddr!r}: a relayed address is <relay addr>/p2p/<relay>/p2p-circuit/p2p/<peer>")
+        if peer == self._peer_id:
+            raise DialError(f"refusing to dial ourselves ({multiaddr})")
+        if not self.allowed(peer):
+            raise PeerNotAllowedError(f"peer {peer} is not in allow_peers")
+        if self.relays is None:
+            raise DialError(f"cannot connect to {multiaddr}: relaying is not running")
+        try:
+            got = await self.relays.dial(multiaddr, timeout)
+        except trio.TooSlowError:
+            raise DialError(f"cannot connect to {multiaddr}: timed out after {timeout:g} s") from None
+        except Exception as exc:  # noqa: BLE001 - py-libp2p raises many unrelated types
+            raise DialError(f"cannot connect to {multiaddr}: {describe(exc)}") from None
+        self._sync_peer(ID.from_base58(got))
+        return got
+
+    def connection_kind(self, peer_id: str) -> str | None:
+        """How we are connected to ``peer_id``: ``direct``, ``relayed``, ``hole-punched`` or None."""
+        if peer_id not in self._connected:
+            return None
+        try:
+            conns = self._host.get_network().get_connections(ID.from_base58(peer_id))
+        except Exception:  # noqa: BLE001 - bad id, closing network
+            return None
+        if self.relays is None:
+            return "direct" if conns else None
+        return self.relays.connection(list(conns or []), peer_id)
 
     async def _dial(self, info: PeerInfo, timeout: float, label: str) -> str:
         peer = str(info.peer_id)
@@ -617,8 +652,12 @@ _TRANSPORT_ATTRS = ("muxed_conn", "secured_conn", "conn", "_conn", "read_writer"
 
 
 def _tcp_sockets(conn: object) -> list[trio.SocketStream]:
-    """The trio socket streams under ``conn``, found through :data:`_TRANSPORT_ATTRS`."""
+    """The trio socket streams under ``conn``, found through :data:`_TRANSPORT_ATTRS`. None for
+    a relayed connection: the socket under it is our connection to the relay, which carries
+    every other circuit and our reservation (aborting it would cut them all)."""
     found: list[trio.SocketStream] = []
+    if _is_relayed(conn):
+        return found
     seen: set[int] = set()
     todo = [conn]
     while todo and len(seen) < 64:
@@ -632,6 +671,15 @@ def _tcp_sockets(conn: object) -> list[trio.SocketStream]:
         attrs = getattr(obj, "__dict__", {})
         todo.extend(attrs[name] for name in _TRANSPORT_ATTRS if attrs.get(name) is not None)
     return found
+
+
+def _is_relayed(conn: object) -> bool:
+    from libp2p.connection_types import ConnectionType
+
+    try:
+        return conn.get_connection_type() is ConnectionType.RELAYED  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - not a swarm connection, or closing
+        return False
 
 
 def _bound_dead_link_time(conn: INetConn) -> int:
@@ -801,6 +849,13 @@ async def _open_host(
         await pubsub.wait_until_ready()
         nursery = await stack.enter_async_context(trio.open_nursery())
         net = NetHost(host, pubsub, gossipsub, config, nursery, **host_options)
+        from p2p.net.relay import RelayLimitsConfig, Relays
+
+        net.relays = await stack.enter_async_context(Relays(
+            host, psk, serve=config.relay_service, hole_punch=config.hole_punching,
+            limits=RelayLimitsConfig(max_reservations=config.relay_max_reservations, max_circuits=config.relay_max_circuits,
+                                     duration_s=config.relay_duration_s, data_bytes=config.relay_data_bytes),
+        ).running())
         stack.callback(net._peer_events.close)
         nursery.start_soon(net._connection_events, receive)
         for addr in bootstrap:
