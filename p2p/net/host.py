@@ -847,15 +847,18 @@ async def _open_host(
         await stack.enter_async_context(background_trio_service(pubsub))
         await stack.enter_async_context(background_trio_service(gossipsub))
         await pubsub.wait_until_ready()
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        net = NetHost(host, pubsub, gossipsub, config, nursery, **host_options)
+        # before the host's nursery, so it closes after it: a cancel of that nursery must not
+        # reach the relay services' shutdown (it replaced the caller's own exception)
         from p2p.net.relay import RelayLimitsConfig, Relays
 
-        net.relays = await stack.enter_async_context(Relays(
+        relays = await stack.enter_async_context(Relays(
             host, psk, serve=config.relay_service, hole_punch=config.hole_punching,
             limits=RelayLimitsConfig(max_reservations=config.relay_max_reservations, max_circuits=config.relay_max_circuits,
                                      duration_s=config.relay_duration_s, data_bytes=config.relay_data_bytes),
         ).running())
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        net = NetHost(host, pubsub, gossipsub, config, nursery, **host_options)
+        net.relays = relays
         stack.callback(net._peer_events.close)
         nursery.start_soon(net._connection_events, receive)
         for addr in bootstrap:
