@@ -155,3 +155,89 @@ def split_lan(name: str, left: int, right: int, subnet: str) -> Iterator[SplitLa
                 except (ProcessLookupError, ValueError):
                     pass
             ip("netns", "del", ns)
+
+
+class NatLan:
+    """A public LAN and one peer behind a NAT router.
+
+    ``public`` namespaces sit on a bridge at ``<subnet>.(i+1)/24``. The router namespace ``gw``
+    has a leg on that bridge (``<subnet>.254``) and one on a private link ``<private>.1/24`` to
+    ``natted`` (``<private>.2``, default route via the router). The router forwards and
+    masquerades (iptables MASQUERADE) what leaves the private side, so the natted peer can reach
+    every public address. Nothing on the public side has a route to the private subnet, so nobody
+    there can dial it, as with a home router."""
+
+    def __init__(self, public: list[str], gw: str, natted: str, subnet: str, private: str) -> None:
+        self.public, self.gw, self.natted, self.subnet, self.private = public, gw, natted, subnet, private
+
+    @property
+    def natted_ip(self) -> str:
+        return f"{self.private}.2"
+
+
+@contextmanager
+def nat_lan(name: str, public: int, subnet: str, private: str, reach: list[int] | None = None) -> Iterator[NatLan]:
+    """Yield a :class:`NatLan`; torn down on exit, processes inside killed. ``reach``: the only
+    public members (1-based) the natted peer may open connections to (a firewall on the router;
+    replies always pass); None: all. Skips, saying why, without namespaces or without iptables
+    (``apt-get install iptables``)."""
+    _require_netns()
+    if shutil.which("iptables") is None:
+        pytest.skip("iptables is not installed (apt-get install -y iptables): the NAT test needs MASQUERADE")
+    tag = f"ipfsacc-{name}-{os.getpid() % 100000}"
+    switch, gw, natted = f"{tag}-sw", f"{tag}-gw", f"{tag}-nat"
+    members = [f"{tag}-p{i + 1}" for i in range(public)]
+    made: list[str] = []
+    try:
+        for ns in (switch, gw, natted, *members):
+            r = ip("netns", "add", ns)
+            if r.returncode != 0:
+                pytest.skip(f"cannot create a network namespace here: {r.stderr.strip()}")
+            made.append(ns)
+        steps: list[tuple[str, ...]] = [
+            ("-n", switch, "link", "set", "lo", "up"),
+            ("-n", switch, "link", "add", "br0", "type", "bridge", "stp_state", "0"),
+            ("-n", switch, "link", "set", "br0", "up"),
+        ]
+        legs = [(ns, f"{subnet}.{i + 1}") for i, ns in enumerate(members)] + [(gw, f"{subnet}.254")]
+        for i, (ns, addr) in enumerate(legs):
+            port = f"sw{i + 1}"
+            steps += [
+                ("-n", switch, "link", "add", port, "type", "veth", "peer", "name", "veth0", "netns", ns),
+                ("-n", switch, "link", "set", port, "master", "br0"),
+                ("-n", switch, "link", "set", port, "up"),
+                ("-n", ns, "addr", "add", f"{addr}/24", "dev", "veth0"),
+                ("-n", ns, "link", "set", "lo", "up"),
+                ("-n", ns, "link", "set", "veth0", "up"),
+            ]
+        steps += [
+            ("-n", gw, "link", "add", "priv0", "type", "veth", "peer", "name", "veth0", "netns", natted),
+            ("-n", gw, "addr", "add", f"{private}.1/24", "dev", "priv0"),
+            ("-n", gw, "link", "set", "priv0", "up"),
+            ("-n", natted, "addr", "add", f"{private}.2/24", "dev", "veth0"),
+            ("-n", natted, "link", "set", "lo", "up"),
+            ("-n", natted, "link", "set", "veth0", "up"),
+            ("-n", natted, "route", "add", "default", "via", f"{private}.1"),
+        ]
+        for step in steps:
+            r = ip(*step)
+            if r.returncode != 0:
+                pytest.skip(f"cannot set up the NAT namespaces ({' '.join(step)}): {r.stderr.strip()}")
+        rules = [["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
+                 ["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", f"{private}.0/24", "-o", "veth0", "-j", "MASQUERADE"]]
+        if reach is not None:
+            rules += [["iptables", "-A", "FORWARD", "-i", "priv0", "-d", f"{subnet}.{i}", "-j", "ACCEPT"] for i in reach]
+            rules += [["iptables", "-A", "FORWARD", "-i", "priv0", "-j", "DROP"]]
+        for cmd in rules:
+            r = subprocess.run(["ip", "netns", "exec", gw, *cmd], capture_output=True, text=True, timeout=20)
+            if r.returncode != 0:
+                pytest.skip(f"cannot set up the NAT router ({' '.join(cmd)}): {r.stderr.strip()}")
+        yield NatLan(members, gw, natted, subnet, private)
+    finally:
+        for ns in made:
+            for pid in ip("netns", "pids", ns).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            ip("netns", "del", ns)

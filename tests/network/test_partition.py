@@ -17,11 +17,7 @@ Skips, saying why, where namespaces cannot be made (not Linux, not root, no ipro
 
 from __future__ import annotations
 
-import re
 import sqlite3
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,83 +25,24 @@ from typing import Any
 import pytest
 import trio
 
-from tests.cluster import Peer, call, eventually, settled, wait_done, wait_peers
-from tests.conftest import DEFAULT_MODEL, REPO, VENV_BIN
+from tests.cluster import call, eventually, settled, wait_done, wait_peers
+from tests.conftest import DEFAULT_MODEL
 from tests.netns import SplitLan, split_lan
-from tests.procs import CLI, cli_env, free_port, stop
+from tests.network.nsnodes import NsNodes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SUBNET = "10.78.0"  # only ever configured inside the namespaces below
-NODE_MCP = 18766  # each namespace has its own port space
-P2P_PORT = 4011
 CUT_S = 30.0
 # "Converge within seconds of healing": every node holds every event any node held at healing
 # this soon after the link is back.
 HEAL_BOUND_S = 15.0
-PYTHON = str(VENV_BIN / "python")
-FORWARD = str(Path(__file__).with_name("ns_forward.py"))
-PEER_ID = re.compile(r"^peer id: (\S+)", re.M)
 
 
 @pytest.fixture
 def lan() -> Iterator[SplitLan]:
     with split_lan("part", 2, 2, SUBNET) as l:
         yield l
-
-
-class NsNodes:
-    """Nodes started inside namespaces, each reachable over MCP through a relay."""
-
-    def __init__(self, root: Path, cache_dir: Path) -> None:
-        self.root, self.cache_dir = root, cache_dir
-        self.socks = Path(tempfile.mkdtemp(prefix="h5ns"))  # unix paths must stay short
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.peers: list[Peer] = []
-
-    def start(self, name: str, ns: str, ip: str, bootstrap: list[Peer]) -> Peer:
-        env = cli_env(self.cache_dir, IPFS_ACCELERATE_NETWORK__HEARTBEAT_S="0.5",
-                      IPFS_ACCELERATE_NETWORK__REANNOUNCE_S="1", IPFS_ACCELERATE_SCHEDULER__LEASE_S="3")
-        data, log = self.root / name, self.root / f"{name}.log"
-        args = ["p2p", "start", "--node-id", name, "--data-dir", str(data), "--listen", f"/ip4/{ip}/tcp/{P2P_PORT}",
-                "--no-mdns", "--mcp-port", str(NODE_MCP)]
-        for b in bootstrap:
-            args += ["--bootstrap", b.addr]
-        with open(log, "ab") as fh:
-            proc = subprocess.Popen(["ip", "netns", "exec", ns, CLI, *args], cwd=REPO, env=env, stdout=fh,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        sock, port = self.socks / f"{name}.sock", free_port()
-        relays = [subprocess.Popen(["ip", "netns", "exec", ns, PYTHON, FORWARD, "unix2tcp", str(sock), str(NODE_MCP)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-                  subprocess.Popen([PYTHON, FORWARD, "tcp2unix", str(port), str(sock)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-        self.procs += relays
-        peer = Peer(name, data, port, args, log, proc)
-        self.peers.append(peer)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode}:\n{peer.log_text()[-3000:]}")
-            text = peer.log_text()
-            ids = PEER_ID.findall(text)
-            if ids and "MCP (streamable HTTP)" in text:
-                peer.peer_id = ids[-1]
-                peer.addr = f"/ip4/{ip}/tcp/{P2P_PORT}/p2p/{peer.peer_id}"
-                return peer
-            time.sleep(0.1)
-        raise AssertionError(f"{name} not up:\n{peer.log_text()[-3000:]}")
-
-    def stop_all(self) -> None:
-        for p in self.peers:
-            if p.proc is not None:
-                try:
-                    stop(p.proc, timeout=20)
-                except AssertionError:
-                    pass
-                p.proc = None
-        for r in self.procs:
-            r.kill()
-            r.wait()
 
 
 def _read_cids(db: Path, table: str, cids: list[bytes] | None = None) -> set[bytes]:
