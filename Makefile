@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench sysdeps clean interop web chromium
+.PHONY: install run test bench sysdeps clean interop web chromium nettools
 
 sysdeps:
 	@command -v cc >/dev/null 2>&1 || { echo "A C compiler is needed to build fastecdsa (libp2p): apt-get install -y build-essential" >&2; exit 1; }
@@ -53,6 +53,13 @@ $(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
 
 web: chromium $(WEB)/node_modules/.installed
 
+# The NAT test (tests/network/test_nat.py) masquerades with iptables inside a network namespace.
+# Best effort: without it (or without root) that test skips and says why.
+nettools:
+	@command -v iptables >/dev/null 2>&1 || { echo "iptables missing: apt-get install -y iptables (for the NAT test)" >&2; \
+	  apt-get install -y -qq iptables >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq iptables >/dev/null 2>&1; } \
+	  || echo "installing iptables failed (it needs root and a Debian mirror); the NAT test will skip" >&2; }
+
 # A full peer: MCP over streamable HTTP on 127.0.0.1:$(PORT), libp2p on all interfaces, mDNS on.
 # Private: the first start creates <data dir>/swarm.key; `ipfs-accelerate p2p invite` prints the
 # line another machine joins with (`make run ARGS="--join INVITE"`, or `p2p start --join INVITE`).
@@ -61,7 +68,7 @@ ARGS ?=
 run: install
 	HF_HUB_OFFLINE=1 $(BIN)/ipfs-accelerate mcp serve --transport http --host 127.0.0.1 --port $(PORT) $(ARGS)
 
-test: install interop web
+test: install interop web nettools
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -ra --durations=40 $(PYTEST_ARGS)
 
 bench: install
