@@ -31,7 +31,7 @@ from p2p.config import NetworkConfig
 from p2p.net.host import open_host
 from p2p.net.psk import format_swarm_key, generate_swarm_key, load_swarm_key
 from p2p.protocols.wire import topic as node_topic
-from tests.cluster import Cluster, call
+from tests.cluster import Cluster, call, eventually
 from tests.procs import shared_swarm_key
 
 HERE = Path(__file__).resolve().parent
@@ -174,3 +174,37 @@ async def test_a_js_peer_holding_the_networks_key_hears_a_real_nodes_heartbeats(
     assert beats, (run.lines[-5:], n1.log_text()[-3000:])
     assert n1.proc is not None and n1.proc.poll() is None
     await call(n1, "get_node_info")  # still serving
+
+
+async def test_a_js_member_hears_heads_fetches_a_block_and_announces(cluster: Cluster) -> None:
+    """``member_peer.mjs`` speaks the node's protocols from docs/protocols.md alone: it hears a
+    real node's heartbeats and heads announcements (JSON and CBOR on gossipsub), fetches a head
+    block over ``/ipfs-accelerate/blocks/1.0.0`` (uvarint-framed CBOR) and checks it against its
+    CID, then announces those heads itself; the node hears that announcement."""
+    n1 = cluster.start("n1")
+    await call(n1, "submit_workflow", name="for-the-js-member", tasks=[
+        {"model": "sentence-transformers/all-MiniLM-L6-v2", "input": f"an event for the js peer {i}"} for i in range(2)])
+    info = await call(n1, "get_node_info")
+    heard_before = info["replication"]["heard_gossip"]
+    with trio.fail_after(120):
+        done = await trio.run_process(
+            [str(NODE), str(HERE / "member_peer.mjs"), n1.addr, info.get("network") or "default", str(shared_swarm_key()), "8"],
+            capture_stdout=True, capture_stderr=True, check=False, cwd=HERE, stdin=subprocess.DEVNULL)
+    lines = [json.loads(x) for x in done.stdout.decode().splitlines() if x.startswith("{")]
+    assert done.returncode == 0 and lines and lines[-1].get("done"), (lines[-5:], done.stderr.decode()[-3000:])
+    assert not [x for x in lines if "decode_error" in x or "fetch_error" in x or "dial_error" in x], lines
+    assert any(x.get("heartbeat", {}).get("peer_id") == n1.peer_id for x in lines), lines[:10]
+    heads = [x for x in lines if "heads" in x and x.get("from") == n1.peer_id]
+    assert heads, lines[:10]
+    fetched = [x for x in lines if "fetched" in x]
+    assert len(fetched) == 1 and fetched[0]["verified"] and fetched[0]["bytes"] > 0, fetched
+    after = await call(n1, "get_node_info")
+    known = set(info["clock"]["heads"]) | set(after["clock"]["heads"])
+    assert fetched[0]["fetched"] in known or fetched[0]["fetched"] in {c for h in heads for c in h["heads"]}, (fetched, known)
+    assert any(x.get("published_heads") for x in lines), lines[-5:]
+
+    async def heard() -> bool:
+        return (await call(n1, "get_node_info"))["replication"]["heard_gossip"] > heard_before
+
+    await eventually(heard, 30, "n1 to hear the js member's heads announcement")
+    assert n1.proc is not None and n1.proc.poll() is None
