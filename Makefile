@@ -71,7 +71,7 @@ run: install
 test: install interop web nettools
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -ra --durations=40 $(PYTEST_ARGS)
 
-bench: install
+bench: install interop
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench
 
 clean:

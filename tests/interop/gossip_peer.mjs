@@ -3,7 +3,7 @@
 //   node gossip_peer.mjs <multiaddr> <topic> [--publish N] [--seconds S] [--swarm-key FILE]
 // Dials <multiaddr> (TCP, Noise, Yamux; through @libp2p/pnet with FILE, a go-format swarm key),
 // subscribes to <topic>, publishes "js-0".."js-(N-1)" on it every 300 ms and prints one JSON
-// line per event: {"peer"}, {"connected"} or {"dial_error"}, {"received", "from", "topic"},
+// line per event: {"peer"}, {"connected"} or {"dial_error"}, {"received", "from", "topic", "at_ms" (Unix ms)},
 // {"published", "recipients"}, and last {"done": true, "messages": count}. Exits 0 unless the
 // script itself fails (a refused dial is reported, not thrown).
 import { readFileSync } from 'node:fs'
@@ -40,7 +40,7 @@ let received = 0
 node.services.pubsub.addEventListener('message', (evt) => {
   const m = evt.detail
   received++
-  out({ received: Buffer.from(m.data).toString('base64'), topic: m.topic, from: m.from?.toString() })
+  out({ received: Buffer.from(m.data).toString('base64'), topic: m.topic, from: m.from?.toString(), at_ms: performance.timeOrigin + performance.now() })
 })
 node.services.pubsub.subscribe(topic)
 out({ peer: node.peerId.toString() })
