@@ -81,7 +81,7 @@ class NetworkConfig(BaseModel):
     relay_max_reservations: int = Field(128, ge=1, description="a relay's reservations, all peers together")
     relay_max_circuits: int = Field(16, ge=1, description="a relay's relayed connections per reservation")
     relay_duration_s: int = Field(3600, ge=1, description="longest a relayed connection lasts")
-    relay_data_bytes: int = Field(1 << 30, ge=1 << 16, description="most bytes one relayed connection carries, both ways")
+    relay_data_bytes: int = Field(1 << 28, ge=1 << 16, description="most bytes one relayed connection carries, both ways")
     hole_punching: bool = Field(True, description="DCUtR: try to turn relayed connections into direct ones")
 
 
@@ -174,4 +174,10 @@ def constraint_violations(config: Any) -> list[tuple[str, str]]:
         out.append(("scheduler.pause_threshold_s", f"must be below scheduler.lease_s ({sched.pause_threshold_s:g} >= {sched.lease_s:g})"))
     if sched.task_timeout_s <= sched.lease_s:
         out.append(("scheduler.task_timeout_s", f"must exceed scheduler.lease_s ({sched.task_timeout_s:g} <= {sched.lease_s:g})"))
+    if getattr(net, "relay_service", False) and getattr(net, "open", False) and not net.allow_peers:
+        out.append(("network.relay_service", "needs a network key or network.allow_peers: on an open network it would "
+                    "relay for anyone who can reach it"))
+    if getattr(net, "dht", "off") in ("server", "client") and net.allow_peers:
+        out.append(("network.dht", "must be \"off\" or \"auto\" (which is off) with network.allow_peers: DHT lookups "
+                    "dial the peers they learn of, which a closed list forbids"))
     return out

@@ -6,9 +6,10 @@ the host. Two kinds of provider record are put in it:
 - a **rendezvous key** per network name (:func:`rendezvous_key`). Every node provides it and
   looks its providers up every ``network.dht_interval_s``. A provider it is not connected to is
   dialled, like a peer named in a relayed heartbeat. So two peers of network "blue" that share
-  only a bootstrap node, one that runs another network or none at all (a public bootstrap),
-  still find each other. Heartbeats cannot do that: they travel only on the network's own
-  gossip topic.
+  only a bootstrap node, one that runs another network name (under the same key; an open
+  network's bootstrap node takes anyone), still find each other. Heartbeats cannot do that:
+  they travel only on the network's own gossip topic. With a network key, a digest of it is
+  part of the rendezvous key, so private networks that share a name never meet.
 - the **CID of every model** a node serves. ``pull_model`` looks providers up when no connected
   peer offers the model.
 
@@ -21,7 +22,9 @@ heartbeats offer them.
 Mode: ``server`` answers other peers' queries and stores their records; ``client`` only asks.
 ``auto`` (the default) serves when the node listens on a public address, and is a client
 behind NAT or on a LAN. Bootstrap nodes should run ``server``. A client puts its records on the
-servers it knows.
+servers it knows. Nothing runs while no connected peer serves the DHT (the library's lookups
+would otherwise dial whatever its peerstore holds), and with ``allow_peers`` the DHT is off
+(``auto``) or refused (``server``/``client``): its lookups dial the peers they learn of.
 """
 
 from __future__ import annotations
@@ -41,16 +44,20 @@ log = structlog.get_logger("p2p.dht")
 LOOKUP_TIMEOUT_S = 20.0
 DIALS_PER_LOOKUP = 8
 EMPTY_TABLE_RETRY_S = 2.0  # how soon to look again while no DHT server is known
-RETRY_AFTER_S = 300.0
+RETRY_AFTER_S = 300.0  # a provider we dialled and could not reach is tried again after this
 REPROVIDE_ROUNDS = 10
-MAX_PROVIDER_KEYS = 20_000  # keys whose provider records a server keeps (the library has no cap)  # a provider we dialled and could not reach is tried again after this
+MAX_PROVIDER_KEYS = 20_000  # keys whose provider records a server keeps (the library has no cap)
 
 
-def rendezvous_key(network: str) -> str:
+def rendezvous_key(network: str, psk: bytes | None = None) -> str:
     """The DHT key whose providers are the peers of ``network``: the multihash (hex) of its
-    name under a prefix of ours, so no other application's key collides with it."""
-    digest = hashlib.sha256(f"/ipfs-accelerate/rendezvous/{network}".encode()).digest()
-    return (b"\x12\x20" + digest).hex()
+    name under a prefix of ours, so no other application's key collides with it. With a
+    network key, a digest of the key goes in too: two private networks that chose the same name
+    (every default one is "default") do not share a rendezvous, and the key itself stays secret."""
+    name = f"/ipfs-accelerate/rendezvous/{network}"
+    if psk is not None:
+        name += "/" + hashlib.sha256(b"ipfs-accelerate rendezvous salt" + psk).hexdigest()
+    return (b"\x12\x20" + hashlib.sha256(name.encode()).digest()).hex()
 
 
 def is_public(addr: str) -> bool:
@@ -102,9 +109,10 @@ class Dht:
     with new connections) needs its own task in the node's nursery."""
 
     def __init__(self, net: Any, *, network: str, mode: str, interval_s: float,
-                 dial: Callable[[str, list[str]], None], provides: Callable[[], list[str]]) -> None:
+                 dial: Callable[[str, list[str]], None], provides: Callable[[], list[str]],
+                 psk: bytes | None = None) -> None:
         self.net = net
-        self.key = rendezvous_key(network)
+        self.key = rendezvous_key(network, psk)
         self.configured_mode = mode
         self.interval_s = interval_s
         self._dial = dial
@@ -148,7 +156,26 @@ class Dht:
             self._empty_rounds = 0
             self._wake.set()
 
+    def _servers_known(self) -> bool:
+        """Whether a connected peer serves the DHT (identify says so). Without one a round does
+        nothing useful, and the library's lookups would fall back to dialling whatever is in
+        the peerstore (it does so while its routing table holds fewer than 5 peers)."""
+        from libp2p.kad_dht.common import PROTOCOL_ID
+        from libp2p.peer.id import ID
+
+        store = self.net.libp2p_host.get_peerstore()
+        for peer in self.net.connected_peers():
+            try:
+                if str(PROTOCOL_ID) in [str(p) for p in (store.get_protocols(ID.from_base58(peer)) or [])]:
+                    return True
+            except Exception:  # noqa: BLE001 - a peer identify has not reached yet
+                continue
+        return False
+
     async def _round(self) -> None:
+        if not self._servers_known():
+            self.stats.routing_table = 0
+            return
         await self._feed_routing_table()
         self._rounds += 1
         for key in [self.key, *self._provides()]:
@@ -226,7 +253,9 @@ class Dht:
         newest record is oldest. py-libp2p expires records after 48 h and rate-limits each peer,
         but sets no cap on keys, so a member could grow a server's memory for two days."""
         providers = getattr(getattr(self._kad, "provider_store", None), "providers", None)
-        if not isinstance(providers, dict) or len(providers) <= MAX_PROVIDER_KEYS:
+        if not isinstance(providers, dict):
+            return
+        if len(providers) <= MAX_PROVIDER_KEYS:
             return
         ours = {bytes.fromhex(self.key)}
 

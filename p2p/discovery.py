@@ -25,7 +25,8 @@ from p2p.net.addrs import is_loopback
 
 log = structlog.get_logger("p2p.discovery")
 
-MAX_LEARNED_ADDRS = 8  # a heartbeat's addrs are the peer's word: try a few, not all
+MAX_LEARNED_ADDRS = 6  # a heartbeat's addrs are the peer's word: try a few, not all
+MAX_LEARNED_RELAYED = 4  # ... and then its addresses through relays, which come last in its list
 RESERVE_CHECK_S = 5.0  # how often reservations are checked (and at once on a new connection)
 RESERVE_RETRY_S = 60.0  # a relay that refused is asked again after this
 
@@ -58,7 +59,7 @@ class Discovery:
         relays = self.net.relays
         while True:
             for relay in list(relays.state.reservations):
-                if not self.net.is_connected(relay):
+                if not self.net.is_connected(relay) or not relays.held(relay):
                     relays.forget(relay)
             now = trio.current_time()
             for peer in self.net.connected_peers():
@@ -67,7 +68,8 @@ class Discovery:
                 if (peer in relays.state.reservations or now - self._refused.get(peer, -RESERVE_RETRY_S) < RESERVE_RETRY_S
                         or self.net.connection_kind(peer) == "relayed" or not relays.is_relay(peer)):
                     continue
-                addrs = self.net.peer_addrs(peer)
+                # where we reach it now first, then what it told us; loopback only if nothing else
+                addrs = list(dict.fromkeys(self.net.remote_addrs(peer) + self.net.peer_addrs(peer)))
                 reachable = [a for a in addrs if not is_loopback(a)] or addrs
                 if not await relays.reserve(peer, reachable, self.net.peer_id):
                     self._refused[peer] = now
@@ -93,7 +95,9 @@ class Discovery:
         if self.net.is_connected(peer) or peer in self._dialing or self._nursery is None:
             return
         self._dialing.add(peer)
-        self._nursery.start_soon(self._dial_learned, peer, addrs[:MAX_LEARNED_ADDRS])
+        direct = [a for a in addrs if "/p2p-circuit" not in a][:MAX_LEARNED_ADDRS]
+        relayed = [a for a in addrs if "/p2p-circuit" in a][:MAX_LEARNED_RELAYED]
+        self._nursery.start_soon(self._dial_learned, peer, direct + relayed)
 
     async def _dial_learned(self, peer: str, addrs: list[str]) -> None:
         try:

@@ -213,9 +213,10 @@ class Node:
                 heartbeat = lambda: self.heartbeat().model_copy(update={"cache_entries": self.cache.advertised_entries()})  # noqa: E731
             dht = self.dht = Dht(
                 net, network=cfg.network, mode=cfg.dht, interval_s=cfg.dht_interval_s, dial=lambda p, a: discovery.learned(p, a),
+                psk=psk,
                 provides=lambda: [self.model_cids[m] for m in self.local_models() if m in self.model_cids]
                 if self.config.inference.share_models else [],
-            ) if cfg.dht != "off" else None
+            ) if cfg.dht != "off" and not cfg.allow_peers else None
 
             def connected(peer: str) -> None:
                 replicator.peer_connected(peer)
@@ -518,7 +519,8 @@ class Node:
                        for m in self.all_models() for raw, peers in self.model_cids_known(m).items()
                        if _canonical_cid(raw) in cids for p in peers)
 
-        if not cids or offered_by_a_connected_peer():
+        local = set(self.local_models())
+        if not cids or ref in local or any(self.model_cids.get(m) in cids for m in local) or offered_by_a_connected_peer():
             return
         dialled = 0
         for cid in sorted(cids):

@@ -41,12 +41,12 @@ def is_valid_peer_id(peer_id: str) -> bool:
 
 
 def peer_id_of(addr: str) -> str:
-    """The ``/p2p/<id>`` component of ``addr``; dialling needs it to authenticate the peer."""
-    ma = parse_multiaddr(addr)
-    try:
-        value = ma.value_for_protocol("p2p")
-    except Exception:
-        value = None
+    """The peer ``addr`` reaches: its last ``/p2p/<id>`` component (a relayed address,
+    ``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<peer>``, names the relay first); dialling needs
+    it to authenticate the peer."""
+    parse_multiaddr(addr)
+    head, sep, tail = addr.rstrip("/").rpartition("/p2p/")
+    value = tail.split("/", 1)[0] if sep else None
     if not value:
         raise NetConfigError(f"multiaddr {addr!r} has no /p2p/<peer id> component")
     if not is_valid_peer_id(str(value)):

@@ -317,8 +317,10 @@ class NetHost:
             raise NetConfigError(f"cannot dial {multiaddr!r}: a relayed address is <relay addr>/p2p/<relay>/p2p-circuit/p2p/<peer>")
         if peer == self._peer_id:
             raise DialError(f"refusing to dial ourselves ({multiaddr})")
-        if not self.allowed(peer):
-            raise PeerNotAllowedError(f"peer {peer} is not in allow_peers")
+        relay = head.rpartition("/p2p/")[2]
+        for who in (peer, relay):
+            if not self.allowed(who):
+                raise PeerNotAllowedError(f"peer {who} is not in allow_peers")
         if self.relays is None:
             raise DialError(f"cannot connect to {multiaddr}: relaying is not running")
         try:
@@ -330,9 +332,26 @@ class NetHost:
         self._sync_peer(ID.from_base58(got))
         return got
 
+    def remote_addrs(self, peer_id: str) -> list[str]:
+        """The addresses our live connections to ``peer_id`` run to (where it is reachable for
+        us now; no ``/p2p`` suffix)."""
+        try:
+            conns = self._host.get_network().get_connections(ID.from_base58(peer_id))
+        except Exception:  # noqa: BLE001
+            return []
+        out: list[str] = []
+        for conn in conns or []:
+            try:
+                out += [str(a) for a in conn.get_transport_addresses()]
+            except Exception:  # noqa: BLE001 - a connection closing under us
+                continue
+        return out
+
     def connection_kind(self, peer_id: str) -> str | None:
         """How we are connected to ``peer_id``: ``direct``, ``relayed``, ``hole-punched`` or None."""
         if peer_id not in self._connected:
+            if self.relays is not None:
+                self.relays.state.hole_punched.discard(peer_id)
             return None
         try:
             conns = self._host.get_network().get_connections(ID.from_base58(peer_id))
@@ -673,6 +692,21 @@ def _tcp_sockets(conn: object) -> list[trio.SocketStream]:
     return found
 
 
+def _announced_addrs(candidates: list[Multiaddr]) -> list[Multiaddr]:
+    """What the host tells peers (identify) and puts in DHT provider records: its addresses with
+    wildcards expanded to the interfaces' (``/ip4/0.0.0.0`` is nobody's address to dial), loopback
+    last, then whatever identify observed."""
+    out: list[Multiaddr] = []
+    seen: set[str] = set()
+    for addr in candidates:
+        for concrete in expand_wildcard(addr):
+            if str(concrete) not in seen:
+                seen.add(str(concrete))
+                out.append(concrete)
+    out.sort(key=lambda a: is_loopback(str(a)))
+    return out
+
+
 def _is_relayed(conn: object) -> bool:
     from libp2p.connection_types import ConnectionType
 
@@ -814,6 +848,7 @@ async def _open_host(
         enable_quic=config.quic,
         connection_config=ConnectionConfig(max_connections_per_peer=1),
         psk=psk.hex() if psk is not None else None,
+        addrs_factory=_announced_addrs,
     )
     gossipsub = GossipSub(
         protocols=[PROTOCOL_ID_V11],

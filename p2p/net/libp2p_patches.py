@@ -82,6 +82,25 @@ enough to go upstream as is. ``open_host`` calls :func:`apply` before it builds 
    learns of a provider that came later: two peers providing one rendezvous key never found
    each other. Now the local store answers alone only when it holds ``count`` records;
    otherwise the library's own iterative lookup runs and its results follow the local ones.
+   What a lookup finds is returned, not stored (stored, it would switch the lookups off again
+   once ``count`` of them piled up). Each response's closer peers are capped at
+   ``MAX_CLOSER_PER_RESPONSE`` and the lookup at ``MAX_LOOKUP_ROUNDS`` rounds: a hostile
+   4 MiB response naming 100,000 peers cost quadratic work on the event loop. And
+   ``add_provider`` keeps at most ``MAX_RECORD_ADDRS`` addresses per record (the library kept
+   whatever the message held).
+
+9. **A relay reserves for the peer on the connection** (``CircuitV2Protocol._handle_reserve``).
+   The library took the peer id from the RESERVE message when it had one, so one member could
+   fill every slot of a relay with made-up ids and lock the others out for an hour. The
+   message's peer field is dropped; the library then uses the connection's remote peer, as
+   go-libp2p does.
+
+10. **The reservation refresher never spins** (``CircuitV2Transport._refresh_reservations_worker``,
+    reimplemented). A refresh that failed inside the refresh margin slept 0 s and tried again at
+    once, opening streams in a tight loop until the reservation expired (forever, against a relay
+    that grants 5-second reservations). Now a failed refresh drops that reservation (the node
+    reserves again, on that relay or another, on its own schedule) and the worker sleeps at least
+    ``MIN_REFRESH_SLEEP_S``.
 """
 
 from __future__ import annotations
@@ -135,10 +154,13 @@ def _is_quiet(exc: BaseException) -> bool:
 
 
 def _is_local_shutdown(exc: BaseException) -> bool:
-    """This host is closing: handling the RPC tried to start a task in a nursery that is already
-    shutting down (seen when a peer leaves while an RPC from another is being handled). Not the
-    peer's fault, and nothing to warn about."""
-    return isinstance(exc, RuntimeError) and "Nursery is closed to new arrivals" in str(exc)
+    """Handling a peer's input tried to start a task in a nursery of ours that is closing (this
+    host, or the connection it came on: seen when a peer leaves while an RPC of another is being
+    handled). Not the peer's fault: counted as a peer leaving, logged at debug level only."""
+    if isinstance(exc, RuntimeError) and "Nursery is closed to new arrivals" in str(exc):
+        peer_log.log("debug", "?", "a nursery closed while a peer's input was handled", error=str(exc))
+        return True
+    return False
 
 
 async def _reset_quietly(stream: Any) -> None:
@@ -379,10 +401,25 @@ def _patch_host_stream_handler() -> None:
     BasicHost._swarm_stream_handler = _swarm_stream_handler  # type: ignore[method-assign]
 
 
+MAX_CLOSER_PER_RESPONSE = 20
+MAX_LOOKUP_ROUNDS = 16
+MAX_RECORD_ADDRS = 16
+
+
 def _patch_dht_find_providers() -> None:
     from libp2p.kad_dht.common import ALPHA, QUERY_TIMEOUT
     from libp2p.kad_dht.provider_store import ProviderStore
     from libp2p.kad_dht.utils import sort_peer_ids_by_distance
+    from libp2p.peer.peerinfo import PeerInfo
+
+    original_add = ProviderStore.add_provider
+
+    @functools.wraps(original_add)
+    def add_provider(self: ProviderStore, key: bytes, provider: Any) -> None:
+        addrs = getattr(provider, "addrs", None)
+        if isinstance(addrs, list) and len(addrs) > MAX_RECORD_ADDRS:
+            provider = PeerInfo(provider.peer_id, addrs[:MAX_RECORD_ADDRS])
+        original_add(self, key, provider)
 
     async def find_providers(self: ProviderStore, key: bytes, count: int = 20) -> list[Any]:
         """``ProviderStore.find_providers`` of py-libp2p 0.8.1, except that local records answer
@@ -390,10 +427,13 @@ def _patch_dht_find_providers() -> None:
         local = self.get_providers(key)
         if len(local) >= count or not self.host or not self.peer_routing:
             return local[:count]
-        found: list[Any] = []
+        found: dict[str, Any] = {}
         queried: set[Any] = set()
         candidates = list(await self.peer_routing.find_closest_peers_network(key))
-        while candidates and len(found) < count:
+        seen: set[Any] = set(candidates)
+        rounds = 0
+        while candidates and len(found) < count and rounds < MAX_LOOKUP_ROUNDS:
+            rounds += 1
             batch, candidates = candidates[:ALPHA], candidates[ALPHA:]
             results: list[list[Any]] = [[] for _ in batch]
             closer: list[list[Any]] = [[] for _ in batch]
@@ -406,9 +446,8 @@ def _patch_dht_find_providers() -> None:
                 try:
                     with trio.move_on_after(QUERY_TIMEOUT):
                         providers, nearer = await self._get_providers_from_peer_with_closers(peer_id, key)
-                        for provider in providers or ():
-                            self.add_provider(key, provider)
-                        results[idx], closer[idx] = list(providers or ()), list(nearer or ())
+                        results[idx] = list(providers or ())[:count]
+                        closer[idx] = list(nearer or ())[:MAX_CLOSER_PER_RESPONSE]
                 except Exception:  # noqa: BLE001 - one peer's failure is not the lookup's (the library logs it)
                     pass
 
@@ -416,19 +455,76 @@ def _patch_dht_find_providers() -> None:
                 for idx, peer_id in enumerate(batch):
                     nursery.start_soon(get_one, idx, peer_id)
             for providers in results:
-                found.extend(providers)
+                for info in providers:
+                    found.setdefault(str(info.peer_id), info)
             for nearer in closer:
                 for peer in nearer:
-                    if peer not in queried and peer not in candidates and peer != self.local_peer_id:
+                    if peer not in seen and peer != self.local_peer_id:
+                        seen.add(peer)
                         candidates.append(peer)
             if candidates:
                 candidates = sort_peer_ids_by_distance(key, candidates)
         merged: dict[str, Any] = {}
-        for info in [*local, *found]:
+        for info in [*local, *found.values()]:
             merged.setdefault(str(info.peer_id), info)
         return list(merged.values())[:count]
 
     ProviderStore.find_providers = find_providers  # type: ignore[method-assign]
+    ProviderStore.add_provider = add_provider  # type: ignore[method-assign]
+
+
+MIN_REFRESH_SLEEP_S = 5.0
+
+
+def _patch_relay() -> None:
+    import time
+
+    from libp2p.relay.circuit_v2 import transport as relay_transport
+    from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_ID
+    from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+    from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+
+    original_reserve = CircuitV2Protocol._handle_reserve
+
+    @functools.wraps(original_reserve)
+    async def _handle_reserve(self: Any, stream: Any, msg: Any) -> None:
+        if msg.HasField("peer"):
+            msg.ClearField("peer")  # the reservation is for whoever is on the connection
+        await original_reserve(self, stream, msg)
+
+    async def _refresh_reservations_worker(self: Any) -> None:
+        """py-libp2p 0.8.1's refresher, dropping a reservation whose refresh fails and sleeping
+        at least MIN_REFRESH_SLEEP_S between passes (patch 10)."""
+        margin = relay_transport.RESERVATION_REFRESH_MARGIN
+        try:
+            while self._reservations:
+                now = time.time()
+                for relay, expires in list(self._reservations.items()):
+                    if expires <= now:
+                        self._reservations.pop(relay, None)
+                        self._reservation_proofs.pop(relay, None)
+                for relay in [r for r, exp in self._reservations.items() if exp - now <= margin]:
+                    ok = False
+                    try:
+                        stream = await self.host.new_stream(relay, [HOP_ID])
+                        try:
+                            ok = bool(await self._make_reservation(stream, relay))
+                        finally:
+                            with contextlib.suppress(Exception):
+                                await stream.close()
+                    except Exception:  # noqa: BLE001 - the relay left or refused: dropped below
+                        ok = False
+                    if not ok:
+                        self._reservations.pop(relay, None)
+                        self._reservation_proofs.pop(relay, None)
+                now = time.time()
+                next_exp = min(self._reservations.values(), default=now + relay_transport.RESERVATION_REFRESH_INTERVAL)
+                await trio.sleep(max(MIN_REFRESH_SLEEP_S, next_exp - now - margin))
+        finally:
+            self._refreshing = False
+
+    CircuitV2Protocol._handle_reserve = _handle_reserve  # type: ignore[method-assign]
+    CircuitV2Transport._refresh_reservations_worker = _refresh_reservations_worker  # type: ignore[method-assign]
 
 
 def _patch_pnet() -> None:
@@ -455,6 +551,7 @@ def apply() -> None:
     _patch_yamux_frames_leave_whole()
     _patch_pnet()
     _patch_dht_find_providers()
+    _patch_relay()
     _APPLIED = True
 
 

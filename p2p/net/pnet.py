@@ -96,6 +96,7 @@ class PnetConn(RawConnection):
         self._nonce_sent = False
         self._nonce_lock = trio.Lock()
         self._read_lock = trio.Lock()
+        self._write_lock = trio.Lock()
         self.is_initiator = getattr(conn, "is_initiator", False)
 
     async def _send_nonce(self) -> None:
@@ -113,11 +114,16 @@ class PnetConn(RawConnection):
             if not chunk:
                 raise RawConnError("connection closed before the private-network nonce arrived")
             got += chunk
+        if got == self._local_nonce:  # reflected: both directions would share one key stream
+            raise RawConnError("the peer sent our own private-network nonce back")
         self._read_cipher = xsalsa20(self._psk, got)
 
     async def write(self, data: bytes) -> None:
         await self._send_nonce()
-        await self._conn.write(self._write_cipher.encrypt(data))
+        # encrypt and write in one critical section: two writers must not take key stream in
+        # one order and put bytes on the wire in the other
+        async with self._write_lock:
+            await self._conn.write(self._write_cipher.encrypt(data))
 
     async def read(self, n: int | None = None) -> bytes:
         if self._read_cipher is None:

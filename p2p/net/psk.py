@@ -287,7 +287,12 @@ def decode_invite(text: str) -> Invite:
             ma = str(Multiaddr(raw))
         except Exception as exc:  # noqa: BLE001
             raise InviteError(f"the invite's address #{i + 1} is not a valid multiaddr ({exc})") from None
-        if "/p2p/" in ma or "/ipfs/" in ma:
+        # an address through a relay names the relay (<addr>/p2p/<relay>/p2p-circuit); any other
+        # peer id in an address is refused
+        relay_part = ma.rpartition("/p2p/")[2].removesuffix("/p2p-circuit") if ma.endswith("/p2p-circuit") else None
+        inner = ma.removesuffix("/p2p-circuit").rpartition("/p2p/")[0] if relay_part is not None else ma
+        if ("/p2p/" in inner or "/ipfs/" in inner or "/p2p-circuit" in inner
+                or (relay_part is not None and not is_valid_peer_id(relay_part))):
             raise InviteError(f"the invite's address #{i + 1} carries its own peer id: {ma}")
         addrs.append(f"{ma}/p2p/{peer_id}")
     return Invite(key=key, network=network, peer_id=peer_id, addrs=tuple(addrs))

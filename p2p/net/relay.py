@@ -51,7 +51,7 @@ class RelayLimitsConfig:
     max_reservations: int = 128
     max_circuits: int = 16
     duration_s: int = 3600
-    data_bytes: int = 1 << 30
+    data_bytes: int = 1 << 28
 
 
 @dataclass
@@ -63,6 +63,10 @@ class RelayState:
     relayed_dials: int = 0
     reserve_failures: int = 0
     last_error: str = ""
+
+
+def _unspecified(addr: str) -> bool:
+    return addr.startswith(("/ip4/0.0.0.0/", "/ip6/::/"))
 
 
 class Relays:
@@ -127,24 +131,31 @@ class Relays:
 
         ma = Multiaddr(circuit_addr)
         relay_ma, dest = self._transport.parse_circuit_ma(ma)
-        with trio.fail_after(timeout):
-            if self._psk is None:
-                await self._transport.dial(ma)
-            else:
-                import libp2p.network.swarm as swarm
+        import libp2p.network.swarm as swarm
+        from libp2p.peer.id import ID
 
-                from libp2p.peer.id import ID
-
-                relay_info = PeerInfo(ID.from_base58(relay_ma.get_peer_id()), [relay_ma])
+        relay_info = PeerInfo(ID.from_base58(relay_ma.get_peer_id()), [relay_ma])
+        raw: Any = None
+        try:
+            with trio.fail_after(timeout):
                 raw = await self._transport.dial_peer_info(PeerInfo(dest, [ma]), relay_info=relay_info)
-                raw = swarm.new_protected_conn(raw, self._psk.hex())  # pnet, as the inbound side applies it
+                if self._psk is not None:
+                    raw = swarm.new_protected_conn(raw, self._psk.hex())  # pnet, as the inbound side applies it
                 await self._host.get_network().upgrade_outbound_raw_conn(raw, dest)
+        except BaseException:
+            # the relayed stream holds one of the relay's circuits: give it back whatever failed
+            if raw is not None:
+                with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await raw.close()
+            raise
         self.state.relayed_dials += 1
         return str(dest)
 
     async def reserve(self, relay_peer: str, relay_addrs: list[str], own_id: str) -> bool:
         """Reserve a slot on a connected relay; on success our circuit addresses through it are
-        remembered for heartbeats. The library refreshes the reservation before it expires."""
+        remembered for heartbeats. The library refreshes the reservation before it expires
+        (patch 10 of libp2p_patches drops it when a refresh fails). ``relay_addrs``: where the
+        relay can be dialled, best first (the address of our live connection to it)."""
         from libp2p.peer.id import ID
         from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID
 
@@ -163,20 +174,37 @@ class Relays:
         if not ok:
             self.state.reserve_failures += 1
             return False
-        addrs = [f"{a.split('/p2p/')[0]}/p2p/{relay_peer}/p2p-circuit/p2p/{own_id}" for a in relay_addrs
-                 if "/p2p-circuit" not in a]
+        addrs = list(dict.fromkeys(
+            f"{a.split('/p2p/')[0]}/p2p/{relay_peer}/p2p-circuit/p2p/{own_id}" for a in relay_addrs
+            if "/p2p-circuit" not in a and not _unspecified(a)))
         self.state.reservations[relay_peer] = addrs[:4]
         log.info("relay reservation made", relay=relay_peer, addrs=addrs[:2])
         return True
 
     def forget(self, relay_peer: str) -> None:
-        """The relay went away: its reservation no longer reaches us."""
+        """The relay went away: its reservation no longer reaches us (and is not refreshed)."""
+        from libp2p.peer.id import ID
+
+        with contextlib.suppress(Exception):
+            rid = ID.from_base58(relay_peer)
+            self._transport._reservations.pop(rid, None)
+            self._transport._reservation_proofs.pop(rid, None)
         if self.state.reservations.pop(relay_peer, None) is not None:
             log.info("relay reservation lost", relay=relay_peer)
 
+    def held(self, relay_peer: str) -> bool:
+        """Whether the library still holds our reservation on ``relay_peer`` (it drops one that
+        expired or failed to refresh)."""
+        from libp2p.peer.id import ID
+
+        try:
+            return ID.from_base58(relay_peer) in self._transport._reservations
+        except Exception:  # noqa: BLE001 - a bad id, or internals that changed shape
+            return False
+
     def circuit_addrs(self) -> list[str]:
         """Our addresses through the relays that hold a reservation for us."""
-        return [a for addrs in self.state.reservations.values() for a in addrs]
+        return [a for relay, addrs in self.state.reservations.items() if self.held(relay) for a in addrs]
 
     def connection(self, conns: list[Any], peer_id: str) -> str | None:
         """``direct``, ``hole-punched`` or ``relayed`` for a peer's swarm connections (None: none).
@@ -184,6 +212,7 @@ class Relays:
         from libp2p.connection_types import ConnectionType
 
         if not conns:
+            self.state.hole_punched.discard(peer_id)
             return None
         kinds = set()
         for conn in conns:

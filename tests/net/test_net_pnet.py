@@ -104,3 +104,15 @@ async def test_a_connection_that_ends_inside_the_nonce_is_an_error() -> None:
     with pytest.raises(RawConnError, match="nonce"):
         await conn.read(100)
     assert len(await out_recv.receive_some()) == NONCE_BYTES  # ours went out first
+
+
+async def test_a_reflected_nonce_is_refused() -> None:
+    """A peer that sends our own nonce back would make both directions share one key stream."""
+    from libp2p.network.connection.exceptions import RawConnError
+
+    out_send, out_recv = trio.testing.memory_stream_one_way_pair()
+    in_send, in_recv = trio.testing.memory_stream_one_way_pair()
+    conn = PnetConn(Trickle(trio.StapledStream(out_send, in_recv)), os.urandom(32))
+    await in_send.send_all(conn._local_nonce)
+    with pytest.raises(RawConnError, match="own private-network nonce"):
+        await conn.read(10)

@@ -67,3 +67,69 @@ async def test_a_peer_that_is_not_a_relay_refuses_reservations(net_config: Calla
         await c.connect(r.listen_addrs()[0])
         assert not await c.relays.reserve(r.peer_id, r.listen_addrs(), c.peer_id)
         assert c.relays.circuit_addrs() == [] and c.relays.state.reserve_failures == 1
+
+
+async def test_a_reservation_is_for_the_peer_on_the_connection(net_config: Callable[..., NetworkConfig]) -> None:
+    """Patch 9: a RESERVE naming someone else reserves for the sender, not for the name."""
+    from libp2p.peer.id import ID
+    from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage, PeerId
+    from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID
+    from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
+
+    async with (
+        open_host(create_new_key_pair(), net_config(relay_service=True, hole_punching=False)) as r,
+        open_host(create_new_key_pair(), net_config(hole_punching=False)) as c,
+    ):
+        await c.connect(r.listen_addrs()[0])
+        fake = ID.from_pubkey(create_new_key_pair().public_key)
+        stream = await c.libp2p_host.new_stream(ID.from_base58(r.peer_id), [PROTOCOL_ID])
+        await write_delimited_msg(stream, HopMessage(type=HopMessage.RESERVE, peer=PeerId(id=fake.to_bytes())))
+        reply = await read_delimited_msg(stream, HopMessage)
+        await stream.close()
+        assert reply.type == HopMessage.STATUS
+        manager = r.relays._protocol.resource_manager
+        assert manager.has_reservation(ID.from_base58(c.peer_id)) and not manager.has_reservation(fake)
+
+
+async def test_a_reservation_that_cannot_be_refreshed_is_dropped_without_spinning(
+        net_config: Callable[..., NetworkConfig]) -> None:
+    """Patch 10: the library retried a failed refresh at once, in a loop, until expiry."""
+    import time
+
+    from libp2p.crypto.ed25519 import create_new_key_pair as new_key
+    from libp2p.peer.id import ID
+
+    async with open_host(create_new_key_pair(), net_config(hole_punching=False)) as c:
+        transport = c.relays._transport
+        gone = ID.from_pubkey(new_key().public_key)  # a relay we are not connected to
+        transport._reservations[gone] = time.time() + 10  # inside the refresh margin
+        attempts = 0
+        original = c.libp2p_host.new_stream
+
+        async def counting(*args: object, **kw: object) -> object:
+            nonlocal attempts
+            attempts += 1
+            return await original(*args, **kw)
+
+        c.libp2p_host.new_stream = counting  # type: ignore[method-assign]
+        with trio.fail_after(30):
+            await transport._refresh_reservations_worker()  # returns once nothing is left to refresh
+        assert gone not in transport._reservations and attempts == 1
+        assert c.relays.circuit_addrs() == []
+
+
+def test_relay_service_needs_a_key_and_the_dht_stays_off_with_an_allowlist() -> None:
+    from types import SimpleNamespace
+
+    from p2p.config import ClockConfig, SchedulerConfig, constraint_violations
+
+    def problems(**network: object) -> list[str]:
+        cfg = SimpleNamespace(scheduler=SchedulerConfig(), clock=ClockConfig(), network=NetworkConfig(**network))
+        return [key for key, _ in constraint_violations(cfg)]
+
+    peer = "12D3KooWAvoqAhABomc7GbbTexFhEndkT3g14TBC1u6qnXrxr1fz"
+    assert problems(relay_service=True, open=True) == ["network.relay_service"]
+    assert problems(relay_service=True, open=True, allow_peers=[peer]) == []  # a closed list will do
+    assert problems(relay_service=True) == []  # private by default
+    assert problems(dht="server", allow_peers=[peer]) == ["network.dht"]
+    assert problems(dht="auto", allow_peers=[peer]) == []  # auto means off there

@@ -215,3 +215,19 @@ def test_a_shutdown_race_is_not_counted_as_a_bad_rpc() -> None:
     assert libp2p_patches.stats["pubsub_stream_dropped"] == before + 1
     libp2p_patches._report("pubsub_stream_dropped", "peer-a", "dropped", "pubsub", RuntimeError("something else"))
     assert libp2p_patches.stats["pubsub_stream_dropped"] == before + 2
+
+
+def test_the_peer_of_a_relayed_address_is_the_last_one() -> None:
+    """``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<peer>`` reaches <peer>: kept peers, invites and
+    dials must file it under the peer, not the relay."""
+    from p2p.net.addrs import peer_id_of
+    from p2p.net.psk import decode_invite, encode_invite
+
+    relay, peer = "12D3KooWAvoqAhABomc7GbbTexFhEndkT3g14TBC1u6qnXrxr1fz", "12D3KooWPwNBFFMU8pSM6Fdi9c1o2zzMUF94Vq8shw7y96AQUfJ5"
+    circuit = f"/ip4/10.0.0.2/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{peer}"
+    assert peer_id_of(circuit) == peer
+    assert peer_id_of(f"/ip4/10.0.0.2/tcp/4001/p2p/{relay}") == relay
+    # an invite from a node behind NAT names its own address and its address through a relay
+    addrs = [f"/ip4/192.168.1.5/tcp/4001/p2p/{peer}", circuit]
+    invite = decode_invite(encode_invite(bytes(range(1, 33)), "default", addrs))
+    assert invite.peer_id == peer and invite.addrs == tuple(addrs)
