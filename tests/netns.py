@@ -34,6 +34,45 @@ def _require_netns() -> None:
         pytest.skip("iproute2 ('ip') is not installed")
 
 
+def _add_namespaces(names: list[str], made: list[str]) -> None:
+    """Create each namespace (recorded in ``made`` for :func:`_remove`); skip if it can't be done."""
+    for ns in names:
+        r = ip("netns", "add", ns)
+        if r.returncode != 0:
+            pytest.skip(f"cannot create a network namespace here: {r.stderr.strip()}")
+        made.append(ns)
+
+
+def _plug(switch: str, bridge: str, port: str, ns: str, cidr: str) -> list[tuple[str, ...]]:
+    """Steps: a veth from ``bridge`` in ``switch`` (end ``port``) to ``veth0`` in ``ns`` at ``cidr``."""
+    return [
+        ("-n", switch, "link", "add", port, "type", "veth", "peer", "name", "veth0", "netns", ns),
+        ("-n", switch, "link", "set", port, "master", bridge),
+        ("-n", switch, "link", "set", port, "up"),
+        ("-n", ns, "addr", "add", cidr, "dev", "veth0"),
+        ("-n", ns, "link", "set", "lo", "up"),
+        ("-n", ns, "link", "set", "veth0", "up"),
+    ]
+
+
+def _run(steps: list[tuple[str, ...]], what: str) -> None:
+    for step in steps:
+        r = ip(*step)
+        if r.returncode != 0:
+            pytest.skip(f"cannot set up {what} ({' '.join(step)}): {r.stderr.strip()}")
+
+
+def _remove(made: list[str]) -> None:
+    """Kill whatever still runs inside and delete the namespaces (their veth ends and bridges go too)."""
+    for ns in made:
+        for pid in ip("netns", "pids", ns).stdout.split():  # anything that outlived its test
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        ip("netns", "del", ns)
+
+
 @contextmanager
 def bridged_lan(name: str, nodes: int, subnet: str) -> Iterator[list[str]]:
     """Yield ``nodes`` namespace names on one bridged LAN ``<subnet>.0/24`` (multicast routed)."""
@@ -43,40 +82,19 @@ def bridged_lan(name: str, nodes: int, subnet: str) -> Iterator[list[str]]:
     members = [f"{tag}-n{i + 1}" for i in range(nodes)]
     made: list[str] = []
     try:
-        for ns in (switch, *members):
-            r = ip("netns", "add", ns)
-            if r.returncode != 0:
-                pytest.skip(f"cannot create a network namespace here: {r.stderr.strip()}")
-            made.append(ns)
+        _add_namespaces([switch, *members], made)
         steps: list[tuple[str, ...]] = [
             ("-n", switch, "link", "set", "lo", "up"),
             ("-n", switch, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0", "stp_state", "0"),
             ("-n", switch, "link", "set", "br0", "up"),
         ]
         for i, ns in enumerate(members):
-            port = f"sw{i + 1}"
-            steps += [
-                ("-n", switch, "link", "add", port, "type", "veth", "peer", "name", "veth0", "netns", ns),
-                ("-n", switch, "link", "set", port, "master", "br0"),
-                ("-n", switch, "link", "set", port, "up"),
-                ("-n", ns, "addr", "add", f"{subnet}.{i + 1}/24", "dev", "veth0"),
-                ("-n", ns, "link", "set", "lo", "up"),
-                ("-n", ns, "link", "set", "veth0", "up"),
-                ("-n", ns, "route", "add", "224.0.0.0/4", "dev", "veth0"),
-            ]
-        for step in steps:
-            r = ip(*step)
-            if r.returncode != 0:
-                pytest.skip(f"cannot set up a bridged LAN between namespaces ({' '.join(step)}): {r.stderr.strip()}")
+            steps += _plug(switch, "br0", f"sw{i + 1}", ns, f"{subnet}.{i + 1}/24")
+            steps.append(("-n", ns, "route", "add", "224.0.0.0/4", "dev", "veth0"))
+        _run(steps, "a bridged LAN between namespaces")
         yield members
     finally:
-        for ns in made:
-            for pid in ip("netns", "pids", ns).stdout.split():  # anything that outlived its test
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            ip("netns", "del", ns)  # deleting a namespace deletes its veth ends (and the bridge)
+        _remove(made)
 
 
 class SplitLan:
@@ -116,11 +134,7 @@ def split_lan(name: str, left: int, right: int, subnet: str) -> Iterator[SplitLa
     members = [f"{tag}-n{i + 1}" for i in range(left + right)]
     made: list[str] = []
     try:
-        for ns in (switch, *members):
-            r = ip("netns", "add", ns)
-            if r.returncode != 0:
-                pytest.skip(f"cannot create a network namespace here: {r.stderr.strip()}")
-            made.append(ns)
+        _add_namespaces([switch, *members], made)
         steps: list[tuple[str, ...]] = [("-n", switch, "link", "set", "lo", "up")]
         for br in ("brl", "brr"):
             steps += [("-n", switch, "link", "add", br, "type", "bridge", "stp_state", "0"),
@@ -133,28 +147,11 @@ def split_lan(name: str, left: int, right: int, subnet: str) -> Iterator[SplitLa
             ("-n", switch, "link", "set", "trunkr", "up"),
         ]
         for i, ns in enumerate(members):
-            port = f"sw{i + 1}"
-            steps += [
-                ("-n", switch, "link", "add", port, "type", "veth", "peer", "name", "veth0", "netns", ns),
-                ("-n", switch, "link", "set", port, "master", "brl" if i < left else "brr"),
-                ("-n", switch, "link", "set", port, "up"),
-                ("-n", ns, "addr", "add", f"{subnet}.{i + 1}/24", "dev", "veth0"),
-                ("-n", ns, "link", "set", "lo", "up"),
-                ("-n", ns, "link", "set", "veth0", "up"),
-            ]
-        for step in steps:
-            r = ip(*step)
-            if r.returncode != 0:
-                pytest.skip(f"cannot set up split LANs between namespaces ({' '.join(step)}): {r.stderr.strip()}")
+            steps += _plug(switch, "brl" if i < left else "brr", f"sw{i + 1}", ns, f"{subnet}.{i + 1}/24")
+        _run(steps, "split LANs between namespaces")
         yield SplitLan(switch, members[:left], members[left:])
     finally:
-        for ns in made:
-            for pid in ip("netns", "pids", ns).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            ip("netns", "del", ns)
+        _remove(made)
 
 
 class NatLan:
@@ -189,11 +186,7 @@ def nat_lan(name: str, public: int, subnet: str, private: str, reach: list[int] 
     members = [f"{tag}-p{i + 1}" for i in range(public)]
     made: list[str] = []
     try:
-        for ns in (switch, gw, natted, *members):
-            r = ip("netns", "add", ns)
-            if r.returncode != 0:
-                pytest.skip(f"cannot create a network namespace here: {r.stderr.strip()}")
-            made.append(ns)
+        _add_namespaces([switch, gw, natted, *members], made)
         steps: list[tuple[str, ...]] = [
             ("-n", switch, "link", "set", "lo", "up"),
             ("-n", switch, "link", "add", "br0", "type", "bridge", "stp_state", "0"),
@@ -201,15 +194,7 @@ def nat_lan(name: str, public: int, subnet: str, private: str, reach: list[int] 
         ]
         legs = [(ns, f"{subnet}.{i + 1}") for i, ns in enumerate(members)] + [(gw, f"{subnet}.254")]
         for i, (ns, addr) in enumerate(legs):
-            port = f"sw{i + 1}"
-            steps += [
-                ("-n", switch, "link", "add", port, "type", "veth", "peer", "name", "veth0", "netns", ns),
-                ("-n", switch, "link", "set", port, "master", "br0"),
-                ("-n", switch, "link", "set", port, "up"),
-                ("-n", ns, "addr", "add", f"{addr}/24", "dev", "veth0"),
-                ("-n", ns, "link", "set", "lo", "up"),
-                ("-n", ns, "link", "set", "veth0", "up"),
-            ]
+            steps += _plug(switch, "br0", f"sw{i + 1}", ns, f"{addr}/24")
         steps += [
             ("-n", gw, "link", "add", "priv0", "type", "veth", "peer", "name", "veth0", "netns", natted),
             ("-n", gw, "addr", "add", f"{private}.1/24", "dev", "priv0"),
@@ -219,10 +204,7 @@ def nat_lan(name: str, public: int, subnet: str, private: str, reach: list[int] 
             ("-n", natted, "link", "set", "veth0", "up"),
             ("-n", natted, "route", "add", "default", "via", f"{private}.1"),
         ]
-        for step in steps:
-            r = ip(*step)
-            if r.returncode != 0:
-                pytest.skip(f"cannot set up the NAT namespaces ({' '.join(step)}): {r.stderr.strip()}")
+        _run(steps, "the NAT namespaces")
         rules = [["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
                  ["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", f"{private}.0/24", "-o", "veth0", "-j", "MASQUERADE"]]
         if reach is not None:
@@ -234,10 +216,4 @@ def nat_lan(name: str, public: int, subnet: str, private: str, reach: list[int] 
                 pytest.skip(f"cannot set up the NAT router ({' '.join(cmd)}): {r.stderr.strip()}")
         yield NatLan(members, gw, natted, subnet, private)
     finally:
-        for ns in made:
-            for pid in ip("netns", "pids", ns).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            ip("netns", "del", ns)
+        _remove(made)
