@@ -179,6 +179,7 @@ class ClockInfo(BaseModel):
     heads: list[str]
     hash: str = Field(description="Hash over the sorted heads: peers holding the same events report the same hash.")
     events: int
+    db_bytes: int = Field(0, description="Bytes the clock's SQLite database takes on disk (its write-ahead log included).")
 
 
 class NodeInfo(BaseModel):

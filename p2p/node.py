@@ -824,7 +824,8 @@ class Node:
         return {"self": self.self_info(), "peers": peers}
 
     def clock_info(self) -> dict[str, Any]:
-        return {"heads": [str(c) for c in self.clock.heads()], "hash": self.clock.get_hash(), "events": len(self.clock)}
+        return {"heads": [str(c) for c in self.clock.heads()], "hash": self.clock.get_hash(), "events": len(self.clock),
+                "db_bytes": self.clock.db_bytes()}
 
     def node_info(self) -> dict[str, Any]:
         return {

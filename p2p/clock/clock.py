@@ -41,6 +41,7 @@ existing callers run unchanged; the node should move to the async ones.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, AsyncIterator, Iterable, Iterator
@@ -151,6 +152,20 @@ class MerkleClock:
     def get_hash(self) -> str:
         """sha256 hex over the sorted heads' binary CIDs (self-delimiting, so concatenated)."""
         return hashlib.sha256(b"".join(cid_raw(c) for c in self.heads())).hexdigest()
+
+    def db_bytes(self) -> int:
+        """Bytes the clock's SQLite file takes on disk, its write-ahead log and shared-memory
+        index included (a few stat calls; 0 for an in-memory store)."""
+        path = getattr(self._store, "path", None)
+        if path is None or str(path) == ":memory:":
+            return 0
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.stat(f"{path}{suffix}").st_size
+            except OSError:
+                continue
+        return total
 
     def __len__(self) -> int:
         return self._count

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -190,6 +191,9 @@ async def test_node_info_peers_models_and_resources(node: Any) -> None:
         await _call(client, "wait_for_workflow", workflow_id=sub["workflow_id"], timeout_s=120)
         info = await _call(client, "get_node_info")
         assert info["clock"]["events"] >= 2 and len(info["clock"]["heads"]) == 1 and len(info["clock"]["hash"]) == 64
+        db = Path(node.config.data_dir) / "clock.sqlite"
+        on_disk = sum(p.stat().st_size for p in db.parent.glob("clock.sqlite*"))
+        assert 0 < info["clock"]["db_bytes"] and abs(info["clock"]["db_bytes"] - on_disk) <= 1 << 20, (info["clock"], on_disk)
         assert "cpu" in json.dumps(info["hardware"]).lower()
         peers = await _call(client, "list_peers")
         assert peers["self"]["peer_id"] == node.peer_id and peers["peers"] == []
