@@ -30,6 +30,7 @@ class NsNodes:
         self.socks = Path(tempfile.mkdtemp(prefix="h5ns"))  # unix paths must stay short
         self.procs: list[subprocess.Popen[bytes]] = []
         self.peers: list[Peer] = []
+        self._launch: dict[str, tuple[list[str], dict[str, str]]] = {}  # name -> (command, env)
 
     def start(self, name: str, ns: str, ip: str, bootstrap: list[Peer], *, extra: list[str] = (),
               env: dict[str, str] | None = None) -> Peer:
@@ -41,9 +42,10 @@ class NsNodes:
         for b in bootstrap:
             args += ["--bootstrap", b.addr]
         args += list(extra)
+        command = ["ip", "netns", "exec", ns, CLI, *args]
+        self._launch[name] = (command, env)
         with open(log, "ab") as fh:
-            proc = subprocess.Popen(["ip", "netns", "exec", ns, CLI, *args], cwd=REPO, env=env, stdout=fh,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         sock, port = self.socks / f"{name}.sock", free_port()
         relays = [subprocess.Popen(["ip", "netns", "exec", ns, PYTHON, FORWARD, "unix2tcp", str(sock), str(NODE_MCP)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
@@ -52,18 +54,35 @@ class NsNodes:
         self.procs += relays
         peer = Peer(name, data, port, args, log, proc)
         self.peers.append(peer)
+        self._await_up(peer, ip, starts=1)
+        return peer
+
+    def restart(self, peer: Peer, ip: str) -> None:
+        """Start ``peer`` again after it died (same data dir, identity, addresses and MCP port;
+        the MCP relays keep working)."""
+        assert peer.proc is not None and peer.proc.poll() is not None, "restart a node that is not running"
+        command, env = self._launch[peer.name]
+        starts = peer.log_text().count("MCP (streamable HTTP)") + 1
+        with open(peer.log, "ab") as fh:
+            peer.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        self._await_up(peer, ip, starts=starts)
+
+    def _await_up(self, peer: Peer, ip: str, starts: int) -> None:
+        proc = peer.proc
+        assert proc is not None
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode}:\n{peer.log_text()[-3000:]}")
+                raise AssertionError(f"{peer.name} exited with {proc.returncode}:\n{peer.log_text()[-3000:]}")
             text = peer.log_text()
             ids = PEER_ID.findall(text)
-            if ids and "MCP (streamable HTTP)" in text:
+            if ids and text.count("MCP (streamable HTTP)") >= starts:
                 peer.peer_id = ids[-1]
                 peer.addr = f"/ip4/{ip}/tcp/{P2P_PORT}/p2p/{peer.peer_id}"
-                return peer
+                return
             time.sleep(0.1)
-        raise AssertionError(f"{name} not up:\n{peer.log_text()[-3000:]}")
+        raise AssertionError(f"{peer.name} not up:\n{peer.log_text()[-3000:]}")
 
     def stop_all(self) -> None:
         for p in self.peers:

@@ -3,8 +3,8 @@
 Topology (:func:`tests.netns.nat_lan`): ``a`` and the relay ``r`` share a public LAN. ``c`` sits
 behind a NAT router (iptables MASQUERADE) whose firewall lets it open connections to ``r``
 alone; nothing on the LAN can dial it (both checked with plain TCP connects from the
-namespaces). Were ``c`` free to dial ``a``, it would, and they would be connected directly. Real ``p2p start`` nodes, one
-network key:
+namespaces). Were ``c`` free to dial ``a``, it would, and they would be connected directly.
+Real ``p2p start`` nodes, one network key:
 
 - ``r`` runs ``--relay-service`` and serves no model, so it can take no task;
 - ``c`` bootstraps to ``r``, sees (by identify) that ``r`` relays, reserves a slot and puts its
@@ -13,9 +13,11 @@ network key:
   address and dials the relayed one.
 
 Then a ``p2p-only`` workflow submitted on ``a`` runs on ``c``, and ``list_peers`` on ``a`` shows
-``c`` as ``relayed``, or ``hole-punched`` if DCUtR got a direct connection through the NAT. With
-MASQUERADE it does not: ``a``'s SYN to the router's mapped port matches no flow. Skips, saying
-why, without namespaces or iptables.
+``c`` as ``relayed`` (``hole-punched`` would mean DCUtR got a direct connection; here the router
+allows no other flow, so it does not). Then the relay is killed (-9): ``c`` drops its
+reservation and stops advertising the address through it, ``a`` loses ``c``, both keep running;
+the relay restarts, ``c`` reserves again, ``a`` reaches ``c`` again and another workflow runs
+there. Skips, saying why, without namespaces or iptables.
 """
 
 from __future__ import annotations
@@ -106,5 +108,35 @@ async def test_a_workflow_from_a_runs_on_a_natted_peer_through_a_relay(
         kind_after = await connection_of(a, c)
         print(f"\nFIGURE nat: a->c connection={kind} (after the workflow: {kind_after}); "
               f"c relay={info_c['relay']}")
+
+        # the relay dies (kill -9): c loses the reservation and a loses c, both stay up and keep
+        # serving; the relay comes back on its address and key, c reserves again, a reaches c again
+        assert r.proc is not None
+        r.proc.kill()
+        r.proc.wait()
+
+        async def reservation_gone() -> bool:
+            return not (await call(c, "get_node_info"))["relay"]["reservations"]
+
+        async def a_lost_c() -> bool:
+            return await connection_of(a, c) is None
+
+        await eventually(reservation_gone, 60, "c to drop its reservation on the dead relay")
+        await eventually(a_lost_c, 60, "a to lose its relayed connection to c")
+        assert c.proc is not None and c.proc.poll() is None and a.proc is not None and a.proc.poll() is None
+        assert not any(circuit in addr for addr in (await call(c, "get_node_info"))["addrs"])  # no longer advertised
+        nodes.restart(r, f"{SUBNET}.2")
+        await eventually(reserved, 90, "c to reserve again on the restarted relay")
+
+        async def a_reached_c_again() -> bool:
+            return await connection_of(a, c) in ("relayed", "hole-punched")
+
+        await eventually(a_reached_c_again, 90, "a to reach c through the restarted relay")
+        wid2 = (await call(a, "submit_workflow", name="after-the-relay-died", tag="p2p-only",
+                           tasks=[{"model": DEFAULT_MODEL, "input": f"again {t}"} for t in TEXTS[:3]]))["workflow_id"]
+        st2 = await wait_done(a, wid2, 300)
+        assert st2["state"] == "completed", st2
+        again = await call(a, "get_workflow_status", workflow_id=wid2, limit=3)
+        assert {t["peer"] for t in again["tasks"]} == {c.peer_id}, again["tasks"]
     finally:
         nodes.stop_all()
