@@ -90,3 +90,42 @@ async def test_a_node_without_the_model_searches_through_a_peer(cluster: Cluster
     # (before the connection is known to be gone, the failed request is named instead)
     assert f"cannot embed the query with '{DEFAULT_MODEL}'" in seen[0], seen
     assert "no connected peer does" in seen[0] or f"no peer that does could run it: {gpu.peer_id}" in seen[0], seen
+
+
+async def test_a_frozen_peer_does_not_hold_up_run_inference(cluster: Cluster) -> None:
+    """Two peers serve the model; the one ``agent`` asks first freezes (SIGSTOP, a closed laptop
+    lid). Once its heartbeats have lapsed, ``run_inference`` on ``agent`` goes to the live one at
+    once instead of waiting out the frozen one's 60 s request timeout; resumed, it answers again."""
+    import signal
+
+    import trio
+
+    gpu1, gpu2 = cluster.start_many({"name": "gpu1"}, {"name": "gpu2"})
+    agent = cluster.start("agent", bootstrap=[gpu1, gpu2], env=AGENT_ENV)
+    await _sees_model(agent, gpu1)
+    await _sees_model(agent, gpu2)
+    first = await call(agent, "run_inference", model=DEFAULT_MODEL, inputs=DOCS[:1])
+    frozen, live = (gpu1, gpu2) if first["peer"] == gpu1.peer_id else (gpu2, gpu1)
+    assert first["peer"] == frozen.peer_id
+    assert frozen.proc is not None
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        async def lapsed() -> bool:  # lease_s is 3 s in the harness
+            listed = await call(agent, "list_peers")
+            row = next((p for p in listed["peers"] if p["peer_id"] == frozen.peer_id), None)
+            return row is None or row["last_seen_s"] > 4.0
+
+        await eventually(lapsed, 30, "agent to stop hearing the frozen peer")
+        with trio.fail_after(40):  # the frozen peer's request timeout is 60 s: it must not be asked first
+            got = await call(agent, "run_inference", model=DEFAULT_MODEL, inputs=DOCS[:2])
+        assert got["peer"] == live.peer_id, got["peer"]
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+
+    async def heard_again() -> bool:
+        listed = await call(agent, "list_peers")
+        return any(p["peer_id"] == frozen.peer_id and p["last_seen_s"] < 2.0 for p in listed["peers"])
+
+    await eventually(heard_again, 60, "agent to hear the resumed peer again")
+    again = await call(agent, "run_inference", model=DEFAULT_MODEL, inputs=DOCS[2:3])
+    assert again["peer"] in (gpu1.peer_id, gpu2.peer_id)
