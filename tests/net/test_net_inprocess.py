@@ -102,11 +102,16 @@ async def test_quic_when_enabled(net_config: Cfg) -> None:
         assert await a.request(b.peer_id, "/ipfs-accelerate/test/echo/1.0.0", b"q" * 1000) == b"q" * 1000
 
 
+@pytest.mark.xfail(strict=False, reason="py-libp2p 0.8.1 QUIC truncates 10 MiB transfers: 6 of 15 runs of 3 "
+                                        "lost bytes (10,485,171 of 10,485,760 arrived in one)")
 async def test_quic_carries_10_mib_transfers_intact(net_config: Cfg) -> None:
-    """Issue 11 item 6: QUIC may become an option once 10 MiB transfers arrive whole (earlier
-    notes recorded truncations). Three of them, each written in 1 MiB writes and hashed at the
-    far end. They do arrive whole; on loopback they take ~2 s against ~0.08 s over TCP, so
-    ``network.quic`` stays off by default."""
+    """Issue 11 item 6: QUIC may become an option once 10 MiB transfers arrive whole. Three of
+    them, each written in 1 MiB writes and hashed at the far end. Measured: they do not always
+    arrive whole (6 of 15 runs lost the last few hundred bytes of one transfer; no error on
+    either side), and when they do they take ~2 s against ~0.08 s over TCP on loopback. So
+    ``network.quic`` stays off by default; our framed protocols turn a truncation into a
+    ``TruncatedFrame`` error on that stream, never into wrong data. This test flips to passing
+    when a py-libp2p release fixes it."""
     import hashlib
     import os
 
