@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
