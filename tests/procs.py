@@ -15,8 +15,29 @@ from tests.conftest import REPO, VENV_BIN
 CLI = str(VENV_BIN / "ipfs-accelerate")
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free TCP port below the kernel's ephemeral range. A port the kernel hands out for port
+    0 comes from that range, where every outbound connection of every node also takes its local
+    port: between this check and the node's bind, one took it once ("Address already in use")."""
+    import random
+
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the range below is crowded: fall back to the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
