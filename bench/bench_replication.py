@@ -67,7 +67,7 @@ async def round_trips(key: Path, addr: str, peer_id: str) -> dict[str, float]:
 
     from p2p.config import NetworkConfig
     from p2p.net import load_swarm_key, open_host
-    from p2p.protocols.wire import BLOCKS_PROTOCOL, HeadsReply, HeadsRequest, decode_reply, encode
+    from p2p.protocols.wire import HeadsReply, HeadsRequest, blocks_protocol, decode_reply, encode
 
     cfg = NetworkConfig(listen=["/ip4/127.0.0.1/tcp/0"], mdns=False)
     req = encode(HeadsRequest())
@@ -76,12 +76,12 @@ async def round_trips(key: Path, addr: str, peer_id: str) -> dict[str, float]:
         fresh: list[float] = []
         for i in range(RTT_REPS + 20):
             t = time.perf_counter()
-            reply = decode_reply(await net.request(peer_id, BLOCKS_PROTOCOL, req))
+            reply = decode_reply(await net.request(peer_id, blocks_protocol(cfg.network), req))
             if i >= 20:  # warm-up first
                 fresh.append(time.perf_counter() - t)
             require(isinstance(reply, HeadsReply), f"the peer answered a heads request with {reply!r}")
         reused: list[float] = []
-        async with net.open_stream(peer_id, BLOCKS_PROTOCOL) as stream:
+        async with net.open_stream(peer_id, blocks_protocol(cfg.network)) as stream:
             for i in range(RTT_REPS + 20):
                 t = time.perf_counter()
                 await stream.write_frame(req)

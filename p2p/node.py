@@ -34,7 +34,7 @@ from p2p.liveness import Liveness
 from p2p.net import load_swarm_key, open_host
 from p2p.peers import Heartbeat, PauseDetector, PeerCaps, PeerTable
 from p2p.protocols.heartbeat import WorkersSummary
-from p2p.protocols.wire import BLOCKS_PROTOCOL, topic
+from p2p.protocols.wire import blocks_protocol, topic
 from p2p.replication import BlockServer, GossipBroadcaster, PushBroadcaster, Replicator, StreamDAGService
 from p2p.scheduler.ops import MAX_PRIORITY, MAX_REPLICAS, MIN_PRIORITY, TaskSpec, WorkflowTag
 from p2p.scheduler.scheduler import Scheduler
@@ -172,10 +172,10 @@ class Node:
             heads = await stack.enter_async_context(GossipBroadcaster.open(net, topic(cfg.network, "heads")))
             beats = await stack.enter_async_context(GossipBroadcaster.open(net, topic(cfg.network, "peers")))
             peer_events = await stack.enter_async_context(net.peer_events())
-            push = await stack.enter_async_context(PushBroadcaster.open(net, queue=cfg.push_queue)) if cfg.direct_push else None
+            push = await stack.enter_async_context(PushBroadcaster.open(net, queue=cfg.push_queue, network=cfg.network)) if cfg.direct_push else None
             sched = self.scheduler
             replicator = Replicator(
-                self.clock, heads, StreamDAGService(net), peer_id=self.peer_id, config=cfg,
+                self.clock, heads, StreamDAGService(net, cfg.network), peer_id=self.peer_id, config=cfg,
                 ingest=sched.ingest, local_event=sched.local_event, take_unannounced=sched.take_unannounced,
                 on_results=sched.changed.fire, on_ready=sched.peers_changed, on_heard=self.peers.touch,
                 connected_peers=net.connected_peers, known_peer=lambda peer: self.peers.get(peer) is not None,
@@ -183,7 +183,7 @@ class Node:
             )
             server = BlockServer(self.clock, replicator.heads_raw, max_blocks_per_request=cfg.max_blocks_per_request,
                                  max_frame_bytes=cfg.max_frame_bytes)
-            net.set_request_handler(BLOCKS_PROTOCOL, server.handle)
+            net.set_request_handler(blocks_protocol(cfg.network), server.handle)
             # members only (a network key or allow_peers): services that spend this node's compute
             # or expose its tools are not offered to whoever can reach an open network's port
             self.members_only = psk is not None or bool(cfg.allow_peers)

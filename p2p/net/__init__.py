@@ -4,8 +4,8 @@ Public API::
 
     async with open_host(key_pair, NetworkConfig(...), psk=load_swarm_key(path)) as net:
         await net.connect("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...")
-        net.set_request_handler("/ipfs-accelerate/blocks/1.0.0", serve_blocks)
-        reply = await net.request(peer_id, "/ipfs-accelerate/blocks/1.0.0", payload)
+        net.set_request_handler("/ipfs-accelerate/default/blocks/1.0.0", serve_blocks)
+        reply = await net.request(peer_id, "/ipfs-accelerate/default/blocks/1.0.0", payload)
         async with net.subscribe(topic) as messages:
             async for from_peer, data in messages: ...
 """

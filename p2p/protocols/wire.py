@@ -5,7 +5,8 @@ Every decoder turns malformed or oversize input into ``WireError``; the node log
 - gossipsub ``/ipfs-accelerate/<network>/heads``: ``HeadsAnnouncement`` — a peer's heads after it
   appended events (debounced) and periodically (anti-entropy).
 - gossipsub ``/ipfs-accelerate/<network>/peers``: ``p2p.peers.Heartbeat`` as JSON.
-- stream ``/ipfs-accelerate/blocks/1.0.0``: one CBOR request frame, one CBOR reply frame:
+- stream ``/ipfs-accelerate/<network>/blocks/1.0.0`` (:func:`blocks_protocol`): one CBOR request
+  frame, one CBOR reply frame:
   ``BlocksRequest`` → ``BlocksReply`` (blocks by CID, optionally with their ancestors), or
   ``HeadsRequest`` → ``HeadsReply`` (used right after connecting, before gossip meshes form).
 """
@@ -17,10 +18,16 @@ from typing import Annotated, Any, Literal, Union
 import cbor2
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-BLOCKS_PROTOCOL = "/ipfs-accelerate/blocks/1.0.0"
+
+def blocks_protocol(network: str) -> str:
+    """The blocks stream protocol of one network. The network name is in the id, as it is in the
+    gossip topics: peers that share a key but not a name cannot read each other's clocks, and
+    a node of another network is refused at protocol negotiation, before any block moves."""
+    return f"/ipfs-accelerate/{network}/blocks/1.0.0"
+
 MAX_CID_BYTES = 128
 # Gossip stays small by policy: a heads announcement inlines at most this many bytes of blocks;
-# anything larger travels on the blocks stream (BLOCKS_PROTOCOL). Small gossip RPCs keep the
+# anything larger travels on the blocks stream (blocks_protocol). Small gossip RPCs keep the
 # per-peer pubsub stream responsive (big ones hold it for several yamux frames) and bound what
 # a relay buffers per subscriber.
 INLINE_ANNOUNCE_BYTES = 64 * 1024

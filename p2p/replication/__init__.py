@@ -14,10 +14,10 @@ Each piece is testable without processes; the Node wires them to a libp2p host.
 
 from p2p.replication.broadcaster import Broadcaster, GossipBroadcaster, MemoryHub
 from p2p.replication.dagservice import BlockServer, DAGService, StreamDAGService
-from p2p.replication.push import PUSH_PROTOCOL, PushBroadcaster
+from p2p.replication.push import PushBroadcaster, push_protocol
 from p2p.replication.replicator import Replicator
 
 __all__ = [
-    "PUSH_PROTOCOL", "BlockServer", "Broadcaster", "DAGService", "GossipBroadcaster", "MemoryHub", "PushBroadcaster",
-    "Replicator", "StreamDAGService",
+    "BlockServer", "Broadcaster", "DAGService", "GossipBroadcaster", "MemoryHub", "PushBroadcaster", "Replicator",
+    "StreamDAGService", "push_protocol",
 ]

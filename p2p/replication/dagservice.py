@@ -5,7 +5,7 @@ peer, because our blocks live with the peers that announced them: ask the announ
 heads it announced, and for their ancestors in bulk when a catch-up is deep
 (``ancestors=N``: one round trip brings up to N blocks, parents after children).
 
-The production implementation speaks ``/ipfs-accelerate/blocks/1.0.0`` (one CBOR request
+The production implementation speaks ``/ipfs-accelerate/<network>/blocks/1.0.0`` (one CBOR request
 frame, one CBOR reply frame; p2p.protocols.wire). :class:`LocalDAGService` calls
 :class:`BlockServer` objects directly, so replication is tested without processes.
 
@@ -23,12 +23,12 @@ import structlog
 
 from p2p.net.ratelog import PeerLogLimiter
 from p2p.protocols.wire import (
-    BLOCKS_PROTOCOL,
     BlocksReply,
     BlocksRequest,
     HeadsReply,
     HeadsRequest,
     WireError,
+    blocks_protocol,
     decode_reply,
     decode_request,
     encode,
@@ -56,12 +56,13 @@ class DAGService(Protocol):
 class StreamDAGService:
     """DAGService over the blocks stream protocol of a :class:`p2p.net.NetHost`."""
 
-    def __init__(self, net: Any, timeout_s: float = FETCH_TIMEOUT_S) -> None:
+    def __init__(self, net: Any, network: str = "default", timeout_s: float = FETCH_TIMEOUT_S) -> None:
         self._net = net
+        self.protocol = blocks_protocol(network)
         self._timeout_s = timeout_s
 
     async def _ask(self, peer: str, msg: Any) -> Any:
-        return decode_reply(await self._net.request(peer, BLOCKS_PROTOCOL, encode(msg), timeout=self._timeout_s))
+        return decode_reply(await self._net.request(peer, self.protocol, encode(msg), timeout=self._timeout_s))
 
     async def get_blocks(self, peer: str, cids: list[bytes], ancestors: int = 0) -> list[Block]:
         reply = await self._ask(peer, BlocksRequest(cids=cids, ancestors=ancestors))

@@ -2,7 +2,8 @@
 
 Why: gossipsub is the mesh and the anti-entropy, but its delivery waits on a publish path and
 (under a burst) on its spam protection; a peer we are connected to can be told at once. Each
-peer keeps one outbound stream per connected peer under :data:`PUSH_PROTOCOL` and writes every
+peer keeps one outbound stream per connected peer under :func:`push_protocol` (the network's
+name is in the id, so a node of another network under the same key is refused) and writes every
 announcement on it as one varint-prefixed frame, in the gossip wire format
 (:class:`p2p.protocols.wire.HeadsAnnouncement`, the same size cap as a gossip message).
 
@@ -19,8 +20,8 @@ announcement on it as one varint-prefixed frame, in the gossip wire format
   events inside are then verified exactly as gossip's are: by the replicator, through the clock
   (CIDs, signatures, sizes). A peer keeps one inbound push stream; a newer one replaces it.
 
-A peer that does not speak the protocol (an older version) is skipped for
-:data:`RETRY_AFTER_S`; gossip still reaches it.
+A peer that does not speak the protocol (an older version, or a node of another network) is
+skipped for :data:`RETRY_AFTER_S`; gossip still reaches a peer of this network.
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ from p2p.protocols.wire import WireError, decode_heads
 log = structlog.get_logger("p2p.replication.push")
 peer_log = PeerLogLimiter(log)
 
-PUSH_PROTOCOL = "/ipfs-accelerate/push/1.0.0"
+
+
+def push_protocol(network: str) -> str:
+    """The direct-push stream protocol of one network (see the module doc)."""
+    return f"/ipfs-accelerate/{network}/push/1.0.0"
+
 # The same cap as a gossip message (p2p.net.host.NetHost.publish refuses bigger ones).
 PUSH_MAX_FRAME_BYTES = GOSSIP_MAX_MESSAGE_BYTES - 1024
 WRITE_TIMEOUT_S = 10.0  # a peer that takes a frame no faster than this loses its push stream
@@ -84,6 +90,7 @@ class PushBroadcaster:
         nursery: trio.Nursery,
         *,
         queue: int,
+        network: str = "default",
         max_frame_bytes: int = PUSH_MAX_FRAME_BYTES,
         validate: Callable[[bytes], Any] = decode_heads,
         now: Callable[[], float] = time.monotonic,
@@ -92,6 +99,7 @@ class PushBroadcaster:
             raise ValueError("queue must be >= 1")
         self._net = net
         self._nursery = nursery
+        self.protocol = push_protocol(network)
         self._queue = queue
         self._max_frame = max_frame_bytes
         self._validate = validate
@@ -108,12 +116,12 @@ class PushBroadcaster:
     async def open(cls, net: Any, *, queue: int, **kwargs: Any) -> AsyncIterator["PushBroadcaster"]:
         async with trio.open_nursery() as nursery:
             push = cls(net, nursery, queue=queue, **kwargs)
-            net.set_stream_handler(PUSH_PROTOCOL, push._handle)
+            net.set_stream_handler(push.protocol, push._handle)
             try:
                 yield push
             finally:
                 try:
-                    net.remove_stream_handler(PUSH_PROTOCOL)
+                    net.remove_stream_handler(push.protocol)
                 except Exception as exc:  # noqa: BLE001 - the host may be closing already
                     log.debug("removing the push handler failed", error=describe(exc))
                 nursery.cancel_scope.cancel()
@@ -165,7 +173,7 @@ class PushBroadcaster:
         opened = False
         try:
             with box.scope:
-                async with self._net.open_stream(peer, PUSH_PROTOCOL) as stream:
+                async with self._net.open_stream(peer, self.protocol) as stream:
                     opened = True
                     self.counts.streams_opened += 1
                     while True:
@@ -243,4 +251,4 @@ class PushBroadcaster:
         return out
 
 
-__all__ = ["PUSH_MAX_FRAME_BYTES", "PUSH_PROTOCOL", "PushBroadcaster", "PushStats"]
+__all__ = ["PUSH_MAX_FRAME_BYTES", "PushBroadcaster", "PushStats", "push_protocol"]

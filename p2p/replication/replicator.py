@@ -220,13 +220,10 @@ class Replicator:
         try:
             with trio.fail_after(self._hear_wait_s):  # a peer that won't say its heads gets no veto
                 heads = await self.dag.get_heads(peer)
-        except (Exception, trio.TooSlowError) as exc:  # noqa: BLE001 - unreachable or broken peer
+        except (Exception, trio.TooSlowError) as exc:  # noqa: BLE001 - unreachable or broken peer, another network
             log.debug("heads request failed", peer=peer, error=str(exc))
             gate.heads = set()
-            self.refresh_ready()
-            log.debug("heads request failed", peer=peer, error=str(exc))
             self._release_gate(peer)
-            return
             return
         missing = {h for h in heads[:MAX_HEADS] if not self._has(h)}
         gate.heads = (gate.heads or set()) | missing

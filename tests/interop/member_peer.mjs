@@ -6,7 +6,7 @@
 //   {"connected"} or {"dial_error"}
 //   {"heartbeat": {peer_id, name, models}}    a heartbeat heard on /ipfs-accelerate/<net>/peers
 //   {"heads": [cid...], "from", "events"}     a heads announcement heard on .../heads
-//   {"fetched", "bytes", "verified"}          a head block fetched on /ipfs-accelerate/blocks/1.0.0
+//   {"fetched", "bytes", "verified"}          a head block fetched on /ipfs-accelerate/<network>/blocks/1.0.0
 //                                             and checked against its CID (sha2-256)
 //   {"published_heads", "recipients"}         our own announcement of those heads, on .../heads
 //   {"done": true}
@@ -27,7 +27,7 @@ import * as cbor from 'cborg'
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 const [target, network, keyFile, secondsArg] = process.argv.slice(2)
 const seconds = Number(secondsArg ?? '15')
-const BLOCKS = '/ipfs-accelerate/blocks/1.0.0'
+const BLOCKS = `/ipfs-accelerate/${network}/blocks/1.0.0`
 const topic = (name) => `/ipfs-accelerate/${network}/${name}`
 
 const uvarint = (n) => {

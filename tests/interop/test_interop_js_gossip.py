@@ -179,7 +179,7 @@ async def test_a_js_peer_holding_the_networks_key_hears_a_real_nodes_heartbeats(
 async def test_a_js_member_hears_heads_fetches_a_block_and_announces(cluster: Cluster) -> None:
     """``member_peer.mjs`` speaks the node's protocols from docs/protocols.md alone: it hears a
     real node's heartbeats and heads announcements (JSON and CBOR on gossipsub), fetches a head
-    block over ``/ipfs-accelerate/blocks/1.0.0`` (uvarint-framed CBOR) and checks it against its
+    block over ``/ipfs-accelerate/<network>/blocks/1.0.0`` (uvarint-framed CBOR) and checks it against its
     CID, then announces those heads itself; the node hears that announcement."""
     n1 = cluster.start("n1")
     await call(n1, "submit_workflow", name="for-the-js-member", tasks=[

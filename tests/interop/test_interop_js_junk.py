@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2p.protocols.wire import BLOCKS_PROTOCOL
+from p2p.protocols.wire import blocks_protocol
+
+BLOCKS_PROTOCOL = blocks_protocol("default")  # the network the node runs
 from tests.cluster import Cluster, call, wait_peers
 from tests.procs import shared_swarm_key
 

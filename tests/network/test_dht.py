@@ -24,10 +24,9 @@ def _env(network: str) -> dict[str, str]:
 
 
 async def test_two_peers_of_a_network_meet_through_another_networks_bootstrap_node(cluster: Cluster) -> None:
-    # r runs no model: networks that share a key but not a name still replicate their clocks over
-    # direct connections (the blocks and push protocols are not scoped by name; see
-    # docs/architecture.md §12), so r would see blue's workflow and could take its tasks
-    r = cluster.start("r", extra=["--dht", "server"], env={**_env("red"), "IPFS_ACCELERATE_INFERENCE__SERVE": "[]"})
+    # r serves the model too: it is connected to both, but of another network, so it never sees
+    # blue's workflow nor runs its tasks (the name is in the clock's protocol ids)
+    r = cluster.start("r", extra=["--dht", "server"], env=_env("red"))
     a, b = cluster.start_many(
         {"name": "a", "bootstrap": [r], "extra": ["--dht", "client"], "env": _env("blue")},
         {"name": "b", "bootstrap": [r], "extra": ["--dht", "client"], "env": _env("blue")},
@@ -48,6 +47,7 @@ async def test_two_peers_of_a_network_meet_through_another_networks_bootstrap_no
     assert st["state"] == "completed", repr(await call(a, "get_workflow_status", workflow_id=wid, limit=2))[:3000]
     full = await call(a, "get_workflow_status", workflow_id=wid, limit=len(TEXTS))
     assert {t["peer"] for t in full["tasks"]} == {b.peer_id}, full["tasks"]
+    assert (await call(r, "list_workflows"))["workflows"] == []
 
 
 async def test_with_the_dht_off_they_never_meet(cluster: Cluster) -> None:

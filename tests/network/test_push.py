@@ -29,7 +29,7 @@ from p2p.clock.cids import block_cid, cid_raw
 from p2p.config import NetworkConfig
 from p2p.net import open_host
 from p2p.protocols.wire import HeadsAnnouncement, encode
-from p2p.replication.push import PUSH_PROTOCOL, PushBroadcaster
+from p2p.replication.push import PushBroadcaster, push_protocol
 from tests.cluster import Cluster, call, wait_known, wait_peers
 from tests.conftest import DEFAULT_MODEL
 from tests.net.junk_peer import STREAM_JUNK, junk_host
@@ -148,7 +148,7 @@ async def _push_junk(attacker, addr: str) -> list[str]:  # type: ignore[no-untyp
             with trio.fail_after(10):
                 if not attacker.get_network().get_connections(info.peer_id):
                     await attacker.connect(info)
-                stream = await attacker.new_stream(info.peer_id, [TProtocol(PUSH_PROTOCOL)])
+                stream = await attacker.new_stream(info.peer_id, [TProtocol(push_protocol("default"))])
                 try:
                     await stream.write(payload)
                     sent.append(name)
