@@ -245,10 +245,11 @@ class NetworkPage:
         node = self.node
         pid = p["peer_id"]
         connection = None
-        if node.net is not None:  # libp2p keeps the connection's transport inside the muxer: open or not is what we know
+        if node.net is not None:  # open or not, for how long, and how: direct, relayed or hole-punched
             since = node.net.connected_since(pid)
             connection = {"open": node.net.is_connected(pid),
-                          "for_s": None if since is None else round(time.monotonic() - since, 1)}
+                          "for_s": None if since is None else round(time.monotonic() - since, 1),
+                          "kind": p.get("connection")}
         return {
             "peer_id": pid, "name": p["name"], "hardware": _hardware(p["hardware"]), "models": p["models"],
             "queue": p["queue"], "capacity": p["capacity"], "rtt_ms": p["rtt_ms"], "last_seen_s": p["last_seen_s"],

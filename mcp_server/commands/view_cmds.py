@@ -164,7 +164,7 @@ def _workers(w: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print list_peers' answer (self with its workers) as one JSON object.")
 @click.pass_context
 def peers(ctx: click.Context, timeout_s: float, url: str | None, as_json: bool) -> None:
-    """Show this node and every live peer: name, peer id, models, queue, capacity, workers, RTT, last seen."""
+    """Show this node and every live peer: name, peer id, models, queue, capacity, workers, RTT, connection, last seen."""
     url = _url(ctx, url)
 
     async def body(client: Any) -> dict[str, Any]:
@@ -182,7 +182,7 @@ def peers(ctx: click.Context, timeout_s: float, url: str | None, as_json: bool) 
     table = Table(title=f"{len(out['peers']) + 1} peers (this node first)", title_justify="left")
     for name, kw in (("name", {}), ("peer id", {"no_wrap": True}), ("models", {"overflow": "fold"}), ("queue", {"justify": "right"}),
                      ("capacity", {"justify": "right"}), ("workers", {}), ("RTT", {"justify": "right"}),
-                     ("last seen", {}), ("compatible", {})):
+                     ("connection", {}), ("last seen", {}), ("compatible", {})):
         table.add_column(name, **kw)
     for i, p in enumerate([out["self"], *out["peers"]]):
         compatible = "yes" if p.get("compatible", True) else "no: " + ", ".join(p.get("incompatible_keys", []))
@@ -191,6 +191,7 @@ def peers(ctx: click.Context, timeout_s: float, url: str | None, as_json: bool) 
             f"{p['name']} (self)" if i == 0 else p["name"], _short(p["peer_id"]),
             "\n".join(p.get("models") or []) or "—", str(p.get("queue", 0)), f"{p.get('capacity', 0):g}",
             _workers(p.get("workers")), "—" if rtt is None else f"{rtt:.1f} ms",
+            "—" if i == 0 else p.get("connection") or "not connected",
             "self" if i == 0 else _ago(p.get("last_seen_s")), compatible)
     _console().print(table)
 

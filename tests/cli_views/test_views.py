@@ -137,6 +137,7 @@ async def test_views_of_a_two_node_network(cluster: Cluster) -> None:
     text = await run_cli(env, "peers", "--url", n1.url)
     assert text.proc.returncode == 0 and "n1 (self)" in text.out and "n2" in text.out, text.out
     assert n2.peer_id[-8:] in text.out and DEFAULT_MODEL in text.out, text.out
+    assert "direct" in text.out, text.out  # n2's connection (loopback), as list_peers gives it
 
     # bad input: one clear line, exit 1, nothing on stdout
     for cmd in ("status", "watch"):

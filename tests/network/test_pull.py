@@ -22,6 +22,7 @@ import pytest
 import trio
 from mcp import Client
 
+from tests.answer_sizes import assert_within_budget
 from tests.cluster import Cluster, Peer, call, eventually, wait_done
 from tests.conftest import DEFAULT_MODEL
 from tests.procs import CLI
@@ -87,6 +88,12 @@ async def test_a_node_serving_nothing_pulls_the_default_model_and_runs_its_tasks
     out = res.structured_content
     stats = out["stats"]
     assert out["cid"] == cid and not out["already_local"] and stats["bad_blocks"] == {}
+    sizes = {"pull_model": assert_within_budget("pull_model", res)}  # sized for an agent's context (issue 13)
+    async with Client(leech.url) as client:
+        dialled = await client.call_tool("connect_peer", {"multiaddr": seed.addr})
+    assert not dialled.is_error, dialled.content
+    sizes["connect_peer"] = assert_within_budget("connect_peer", dialled)
+    print("default answer sizes (characters of content):", sizes)
     assert stats["blocks_reused"] == 0 and stats["blocks_fetched"] == stats["blocks_total"] > 300
     assert stats["bytes_fetched"] >= 90_000_000 and stats["fetched_from"] == {seed.peer_id: stats["blocks_total"]}
     assert progress and progress[-1][0] == progress[-1][1] == stats["total_bytes"], progress[-3:]

@@ -70,7 +70,9 @@ try {
   const seen = await page.evaluate(() => ({
     h1: document.querySelector("h1")?.textContent,
     h2: [...document.querySelectorAll("h2")].map((h) => h.textContent),
-    peers: [...document.querySelectorAll("#peers tbody tr")].map((r) => ({ id: r.dataset.peerId, name: r.querySelector("th").textContent })),
+    peers: [...document.querySelectorAll("#peers tbody tr")].map((r) => ({
+      id: r.dataset.peerId, name: r.querySelector("th").textContent,
+      connection: r.querySelector('td[data-col="connection"]')?.textContent })),
     dagEvents: document.querySelectorAll("#dag circle").length,
     dagLabel: document.querySelector("#dag title")?.textContent,
     throughputLabel: document.querySelector("#throughput title")?.textContent,

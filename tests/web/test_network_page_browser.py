@@ -109,6 +109,9 @@ async def test_the_page_shows_both_peers_and_a_workflow_reaching_100_percent(
     assert out["h1"] == "The network" and {"Peers", "Workflows"} <= set(out["h2"]), out
     listed = {p["id"]: p["name"] for p in out["peers"]}
     assert listed[n1.peer_id] == "n1 (this node)" and listed[n2.peer_id] == "n2", listed
+    conns = {p["id"]: p["connection"] for p in out["peers"]}
+    # how n2 is reached, as list_peers' connection says it (loopback: a direct connection)
+    assert conns[n1.peer_id] == "this node" and conns[n2.peer_id].startswith("direct"), conns
     assert out["dagEvents"] >= 1 and "Clock DAG" in out["dagLabel"], out
     # the chart was drawn from the node's figures (its static title says only "Throughput"), and
     # counts at least the workflow's results, all folded in the last minutes
