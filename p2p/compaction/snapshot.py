@@ -13,12 +13,19 @@ A snapshot is one root block and its chunks, all DAG-CBOR (canonical: one value,
 - chunk: ``{"v": 1, "t": "tasks", "first": i, "tasks": [<task record>, ...]}``, each encoded
   chunk at most ``max_chunk_bytes`` (a chunk travels as one block: ``clock.max_block_bytes``).
 
-A task record is the task's tool view (``p2p.scheduler.views.task_view``: state, attempts,
-peer, errors and their order, error, late results, stats, cached; for a replicated workflow the
-verdict's view) without the reader-dependent ``waiting``, plus its ``input`` and its result in the
-form the event carried it: ``result`` (the stored dict, embeddings as packed float32 bytes) or
-``result_cid`` (the CID of a result block). Nothing is unpacked or re-rounded, so nothing
-platform-dependent enters the bytes.
+A task record holds the fields :data:`RECORD_FIELDS` of the task's tool view
+(``p2p.scheduler.views.task_view``: state, attempts, peer, errors and their order, error, late
+results, stats, cached; for a replicated workflow the verdict's peers and disputes), a fixed
+list, so a field a later version adds to the tool view does not change snapshot bytes (that
+takes a new :data:`SNAPSHOT_VERSION`); plus its ``input`` and its result in the form the event
+carried it: ``result`` (the stored dict, embeddings as packed float32 bytes) or ``result_cid``
+(the CID of a result block). Nothing is unpacked or re-rounded, so nothing platform-dependent
+enters the bytes.
+
+Verification has three answers, not two: the same CID (verified), another CID (forged, or made
+from another cut), and :class:`SnapshotError` when this peer cannot build one (the workflow is
+not finished at the cut, or a task record is larger than a chunk): then it abstains, it does
+not accuse.
 
 ``snapshot_at`` folds exactly the given events into a fresh state (the events of a cut, parents
 first) and builds the snapshot from it; ``verify_snapshot`` does that and compares root CIDs.
@@ -36,6 +43,9 @@ from p2p.scheduler import views
 from p2p.scheduler.state import TERMINAL_WORKFLOW, State, WorkflowState, apply_event
 
 SNAPSHOT_VERSION = 1
+# The tool-view fields a task record keeps (version 1), besides input and result.
+RECORD_FIELDS = ("task_id", "state", "attempts", "peer", "peers", "disputed_by", "errors", "error", "late_results",
+                 "stats", "cached")
 # A chunk's fixed part ({"v", "t", "first", "tasks"} and the array header) stays below this.
 _CHUNK_OVERHEAD = 64
 
@@ -98,7 +108,8 @@ def _raw_outcome(state: State, wf: WorkflowState, task_id: str) -> Any:
 def task_record(state: State, wf: WorkflowState, task_id: str) -> dict[str, Any]:
     """One task as the snapshot keeps it (see the module doc)."""
     task = state.tasks[task_id]
-    record = views.task_view(state, task, False, _no_block)  # no ``waiting``: it depends on the reader
+    view = views.task_view(state, task, False, _no_block)  # without ``waiting``: it depends on the reader
+    record = {k: view[k] for k in RECORD_FIELDS if k in view}
     record["input"] = task.spec.input
     outcome = _raw_outcome(state, wf, task_id)
     if outcome is not None:
@@ -156,23 +167,26 @@ def snapshot_at(events: Iterable[Any], workflow_id: str, *, max_attempts: int, m
 
 def verify_snapshot(root_cid: Any, events: Iterable[Any], workflow_id: str, *, max_attempts: int,
                     max_chunk_bytes: int) -> bool:
-    """Whether ``root_cid`` is the snapshot this peer builds from the same cut: re-fold and compare.
-    False also when the workflow is unknown or unfinished at the cut (nothing honest to compare)."""
-    try:
-        mine = snapshot_at(events, workflow_id, max_attempts=max_attempts, max_chunk_bytes=max_chunk_bytes)
-    except SnapshotError:
-        return False
+    """Whether ``root_cid`` is the snapshot this peer builds from the same cut: re-fold and
+    compare. Raises :class:`SnapshotError` when it cannot build one (see the module doc: the
+    caller abstains)."""
+    mine = snapshot_at(events, workflow_id, max_attempts=max_attempts, max_chunk_bytes=max_chunk_bytes)
     return bytes(mine.root_cid) == bytes(root_cid)
 
 
 def decode_snapshot(root: bytes, chunks: Sequence[bytes]) -> dict[str, Any]:
-    """A snapshot's content as plain values: ``{"workflow": ..., "tasks": [...]}`` (for reading a
-    verified snapshot; the caller checks blocks against their CIDs as for any block)."""
+    """A snapshot's content as plain values: ``{"workflow": ..., "tasks": [...]}``. ``chunks``
+    must be the root's chunks, in its order: each is checked against the CID the root names."""
     head = codec.decode(root)
     if not isinstance(head, dict) or head.get("t") != "workflow-snapshot" or head.get("v") != SNAPSHOT_VERSION:
         raise SnapshotError("not a workflow snapshot")
+    named = head.get("chunks")
+    if not isinstance(named, list) or len(named) != len(chunks):
+        raise SnapshotError(f"{len(chunks)} chunks given, the root names {len(named) if isinstance(named, list) else 'none'}")
     tasks: list[Any] = []
-    for data in chunks:
+    for cid, data in zip(named, chunks):
+        if block_cid(data) != cid:
+            raise SnapshotError("a chunk that is not the one the root names")
         part = codec.decode(data)
         if not isinstance(part, dict) or part.get("t") != "tasks" or part.get("first") != len(tasks):
             raise SnapshotError("a chunk out of place")

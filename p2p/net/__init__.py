@@ -17,6 +17,7 @@ from p2p.net.errors import (
     NetError,
     PeerNotAllowedError,
     PskError,
+    ProtocolRefused,
     RequestError,
 )
 from p2p.net.events import GossipMessage, PeerEvent, PeerEventKind
@@ -54,6 +55,7 @@ __all__ = [
     "PeerLogLimiter",
     "PeerNotAllowedError",
     "PskError",
+    "ProtocolRefused",
     "RequestError",
     "RequestHandler",
     "StreamEnded",

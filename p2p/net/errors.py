@@ -30,6 +30,11 @@ class RequestError(NetError):
     """A request/response exchange failed: no stream, reset, timeout or a bad reply frame."""
 
 
+class ProtocolRefused(RequestError):
+    """The peer answered protocol negotiation with "na": it does not speak that protocol (an
+    older version, or a node of another network: the clock's protocol ids carry the name)."""
+
+
 def describe(exc: BaseException) -> str:
     """``Type: first line``, plus the innermost cause (py-libp2p wraps the useful reason in a
     chain of SwarmException / MultiError, e.g. "failed to negotiate the secure protocol")."""

@@ -43,6 +43,7 @@ from libp2p.host.ping import ID as PING_PROTOCOL_ID
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.protocol_muxer.exceptions import ProtocolNotSupportedError
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -63,7 +64,7 @@ from p2p.net.addrs import (
 )
 from p2p.net import libp2p_patches
 from p2p.net.bootstrap import KEPT_GIVE_UP_S, KeptPeer, keep_connected
-from p2p.net.errors import DialError, NetConfigError, PeerNotAllowedError, RequestError, describe
+from p2p.net.errors import DialError, NetConfigError, PeerNotAllowedError, ProtocolRefused, RequestError, describe
 from p2p.net.events import Fanout, GossipMessage, PeerEvent, PeerEventKind
 from p2p.net.framing import FrameError
 from p2p.net.logs import quiet_library_logs
@@ -569,7 +570,8 @@ class NetHost:
         try:
             raw = await self._host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])
         except Exception as exc:  # noqa: BLE001
-            raise RequestError(f"cannot open {protocol_id} to {peer_id}: {describe(exc)}") from None
+            kind = ProtocolRefused if _refused(exc) else RequestError
+            raise kind(f"cannot open {protocol_id} to {peer_id}: {describe(exc)}") from None
         stream = FramedStream(raw, peer_id, protocol_id, self._max_frame, self.traffic)
         try:
             yield stream
@@ -668,6 +670,18 @@ class NetHost:
 # Yamux.secured_conn -> SecureSession.conn -> NoiseTransportReadWriter.conn -> (PskConn._conn ->)
 # RawConnection.stream -> TrioTCPStream.stream -> trio.SocketStream.
 _TRANSPORT_ATTRS = ("muxed_conn", "secured_conn", "conn", "_conn", "read_writer", "read_write_closer", "stream")
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a failed stream open was the peer answering "na" to the protocol (py-libp2p
+    wraps the ProtocolNotSupportedError in a StreamFailure, or says so in the message)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ProtocolNotSupportedError) or "protocols not supported" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 def _tcp_sockets(conn: object) -> list[trio.SocketStream]:

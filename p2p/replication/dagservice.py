@@ -56,7 +56,7 @@ class DAGService(Protocol):
 class StreamDAGService:
     """DAGService over the blocks stream protocol of a :class:`p2p.net.NetHost`."""
 
-    def __init__(self, net: Any, network: str = "default", timeout_s: float = FETCH_TIMEOUT_S) -> None:
+    def __init__(self, net: Any, network: str, timeout_s: float = FETCH_TIMEOUT_S) -> None:
         self._net = net
         self.protocol = blocks_protocol(network)
         self._timeout_s = timeout_s

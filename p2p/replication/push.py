@@ -20,8 +20,9 @@ announcement on it as one varint-prefixed frame, in the gossip wire format
   events inside are then verified exactly as gossip's are: by the replicator, through the clock
   (CIDs, signatures, sizes). A peer keeps one inbound push stream; a newer one replaces it.
 
-A peer that does not speak the protocol (an older version, or a node of another network) is
-skipped for :data:`RETRY_AFTER_S`; gossip still reaches a peer of this network.
+A peer that refuses the protocol (a node of another network, or an older version) is skipped
+for :data:`REFUSED_AFTER_S` (until it reconnects); one whose stream failed otherwise for
+:data:`RETRY_AFTER_S`. Gossip still reaches every peer of this network.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 import structlog
 import trio
 
-from p2p.net.errors import describe
+from p2p.net.errors import ProtocolRefused, describe
 from p2p.net.framing import FrameError, StreamEnded, read_frame
 from p2p.net.host import GOSSIP_MAX_MESSAGE_BYTES
 from p2p.net.ratelog import PeerLogLimiter
@@ -56,6 +57,7 @@ PUSH_MAX_FRAME_BYTES = GOSSIP_MAX_MESSAGE_BYTES - 1024
 WRITE_TIMEOUT_S = 10.0  # a peer that takes a frame no faster than this loses its push stream
 RETRY_AFTER_S = 30.0  # a peer whose push stream could not be opened is skipped this long
 REOPEN_AFTER_S = 1.0  # a push stream that broke after it worked is reopened no sooner
+REFUSED_AFTER_S = 600.0  # a peer that refused the protocol (another network, an older version)
 INBOX = 256  # announcements received and not yet taken by the replicator (more are dropped)
 
 
@@ -90,7 +92,7 @@ class PushBroadcaster:
         nursery: trio.Nursery,
         *,
         queue: int,
-        network: str = "default",
+        network: str,
         max_frame_bytes: int = PUSH_MAX_FRAME_BYTES,
         validate: Callable[[bytes], Any] = decode_heads,
         now: Callable[[], float] = time.monotonic,
@@ -189,7 +191,8 @@ class PushBroadcaster:
                             self._traffic.direct_messages_out += 1
         except (Exception, trio.TooSlowError) as exc:  # noqa: BLE001 - refused, reset, timed out, gone
             self.counts.stream_failures += 1
-            self._retry_at[peer] = self._now() + (REOPEN_AFTER_S if opened else RETRY_AFTER_S)
+            wait = REOPEN_AFTER_S if opened else REFUSED_AFTER_S if isinstance(exc, ProtocolRefused) else RETRY_AFTER_S
+            self._retry_at[peer] = self._now() + wait
             log.debug("push stream ended", peer=peer, opened=opened, error=describe(exc))
         finally:
             if self._boxes.get(peer) is box:

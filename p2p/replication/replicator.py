@@ -38,6 +38,7 @@ import trio
 
 from p2p.clock.cids import cid_from_bytes, cid_raw
 from p2p.config import NetworkConfig
+from p2p.net.errors import ProtocolRefused
 from p2p.net.pacing import Debouncer
 from p2p.net.ratelog import PeerLogLimiter
 from p2p.protocols.wire import INLINE_ANNOUNCE_BYTES, HeadsAnnouncement, WireError, decode_heads, encode
@@ -195,7 +196,6 @@ class Replicator:
         if self.direct is not None and hasattr(self.direct, "warm"):
             self.direct.warm(peer)  # the push stream is ready before the next append
         if self._nursery is not None:
-            self._gates.pop(STARTUP, None)  # a first peer: its own gate takes over
             now = self._now()
             if peer not in self._gates:
                 self._gate(peer, _Gate(None, now, now + self._hear_wait_s))  # claims wait from now on
@@ -220,11 +220,20 @@ class Replicator:
         try:
             with trio.fail_after(self._hear_wait_s):  # a peer that won't say its heads gets no veto
                 heads = await self.dag.get_heads(peer)
-        except (Exception, trio.TooSlowError) as exc:  # noqa: BLE001 - unreachable or broken peer, another network
+        except ProtocolRefused as exc:
+            # not a peer of this network (the blocks protocol id carries the name), or an older
+            # version: nothing of ours to wait for, and no startup wait ends on its account
+            log.debug("peer does not speak this network's blocks protocol", peer=peer, error=str(exc))
+            self._gates.pop(peer, None)
+            if self.refresh_ready():
+                self._on_ready()
+            return
+        except (Exception, trio.TooSlowError) as exc:  # noqa: BLE001 - unreachable or broken peer
             log.debug("heads request failed", peer=peer, error=str(exc))
             gate.heads = set()
             self._release_gate(peer)
             return
+        self._gates.pop(STARTUP, None)  # a first peer of this network: its own gate takes over
         missing = {h for h in heads[:MAX_HEADS] if not self._has(h)}
         gate.heads = (gate.heads or set()) | missing
         if missing:

@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from p2p.config import NetworkConfig
 from p2p.protocols.wire import blocks_protocol
-
-BLOCKS_PROTOCOL = blocks_protocol("default")  # the network the node runs
 from tests.cluster import Cluster, call, wait_peers
 from tests.procs import shared_swarm_key
+
+BLOCKS_PROTOCOL = blocks_protocol(NetworkConfig().network)  # the network the node runs (the default name)
 
 HERE = Path(__file__).resolve().parent
 NODE = HERE / "node_modules" / ".bin" / "node"

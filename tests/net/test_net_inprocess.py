@@ -10,7 +10,8 @@ import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from p2p.config import NetworkConfig
-from p2p.net import Debouncer, PeerEventKind, open_host
+from p2p.net import Debouncer, PeerEventKind, ProtocolRefused, RequestError, open_host
+from p2p.protocols.wire import blocks_protocol
 
 Cfg = Callable[..., NetworkConfig]
 TOPIC = "/ipfs-accelerate/test/heads"
@@ -58,6 +59,24 @@ async def test_debounced_announcements_all_arrive_and_own_messages_are_filtered(
                 ev = await events.receive()
             assert ev == (PeerEventKind.DISCONNECTED, b.peer_id)
             assert a.connected_peers() == []
+
+
+async def test_a_protocol_the_peer_does_not_speak_is_refused_as_such(net_config: Cfg) -> None:
+    """A node of another network (the clock's protocol ids carry the name) answers "na" at
+    negotiation: ProtocolRefused, which replication treats as "not one of ours", distinct from
+    a request that failed on a protocol the peer does speak."""
+    async with open_host(create_new_key_pair(), net_config()) as a, open_host(create_new_key_pair(), net_config()) as b:
+        async def broken(peer: str, request: bytes) -> bytes:
+            raise RuntimeError("a handler that fails")
+
+        b.set_request_handler(blocks_protocol("blue"), broken)
+        await a.connect(b.listen_addrs()[0])
+        with pytest.raises(ProtocolRefused, match="red/blocks"):
+            await a.request(b.peer_id, blocks_protocol("red"), b"x", timeout=20)
+        with pytest.raises(RequestError) as err:
+            await a.request(b.peer_id, blocks_protocol("blue"), b"x", timeout=20)
+        assert not isinstance(err.value, ProtocolRefused), err.value
+        assert a.is_connected(b.peer_id)  # a refusal is one stream's business
 
 
 async def test_startup_errors_are_clear_and_unwrapped(net_config: Cfg) -> None:

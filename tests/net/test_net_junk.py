@@ -15,15 +15,16 @@ from collections.abc import AsyncIterator
 import pytest
 
 from junk_peer import junk_host, junk_on_raw_tcp, junk_on_streams, junk_under_streams, victim_protocols
+from p2p.config import NetworkConfig
 from p2p.protocols.infer import INFER_PROTOCOL
 from p2p.protocols.mcp_tunnel import MCP_PROTOCOL
 from p2p.protocols.wire import blocks_protocol
 from p2p.replication.push import push_protocol
-
-BLOCKS_PROTOCOL = blocks_protocol("default")  # the network the node runs
-PUSH_PROTOCOL = push_protocol("default")
 from tests.cluster import Cluster, call, wait_peers
 from tests.conftest import DEFAULT_MODEL
+
+BLOCKS_PROTOCOL = blocks_protocol(NetworkConfig().network)  # the network the node runs (the default name)
+PUSH_PROTOCOL = push_protocol(NetworkConfig().network)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

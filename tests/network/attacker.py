@@ -45,7 +45,7 @@ async def main(victim: str, workflow_id: str) -> None:
     psk_path = os.environ.get("IPFS_ACCELERATE_NETWORK__PSK_FILE")
     psk = load_swarm_key(Path(psk_path)) if psk_path else None
     async with open_host(me.key_pair, cfg, psk) as net:
-        net.set_request_handler(blocks_protocol("default"), serve)
+        net.set_request_handler(blocks_protocol(cfg.network), serve)
         await net.connect(victim)
         print(json.dumps({"peer": me.peer_id_str, "bad_sig": str(block_cid(tampered)), "forged_done": str(forged.cid)}), flush=True)
         await trio.sleep(4)

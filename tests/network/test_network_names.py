@@ -11,8 +11,10 @@ push protocol ids carried the name, ``r`` fetched blue's clock on connecting and
 
 from __future__ import annotations
 
+import httpx
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster import Cluster, Peer, call, clock_ops, wait_done, wait_peers
 
@@ -24,6 +26,15 @@ TEXTS = [f"a sentence for one network only, number {i}" for i in range(4)]
 
 def _env(network: str) -> dict[str, str]:
     return {"IPFS_ACCELERATE_NETWORK__NETWORK": network, "IPFS_ACCELERATE_NETWORK__DHT": "off"}
+
+
+async def _connections(peer: Peer) -> float:
+    """Open libp2p connections of ``peer``, from its /metrics (list_peers names only peers of
+    its own network)."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        text = (await http.get(f"http://127.0.0.1:{peer.mcp_port}/metrics")).text
+    return next(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                if s.name == "ipfs_accelerate_peers_connected")
 
 
 async def _workflow_ids(peer: Peer) -> set[str]:
@@ -41,6 +52,8 @@ async def test_networks_that_share_a_key_keep_their_clocks_and_tasks_apart(clust
 
     # several heartbeats, announcements and (on every connection) heads exchanges
     await trio.sleep(12)
+    # still connected after the window (each has no other peer): the isolation was put to the test
+    assert await _connections(r) == 1 and await _connections(a) == 1
     assert await _workflow_ids(r) == {red}
     assert await _workflow_ids(a) == {blue}
     for peer, wid in ((a, blue), (r, red)):

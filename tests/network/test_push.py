@@ -45,7 +45,7 @@ def _ann(peer: str, n: int) -> bytes:
 
 async def test_push_delivers_in_order_and_a_backlog_stays_bounded() -> None:
     async with open_host(create_new_key_pair(), _cfg()) as a, open_host(create_new_key_pair(), _cfg()) as b:
-        async with PushBroadcaster.open(a, queue=8) as pa, PushBroadcaster.open(b, queue=8) as pb:
+        async with PushBroadcaster.open(a, queue=8, network="default") as pa, PushBroadcaster.open(b, queue=8, network="default") as pb:
             await a.connect(b.listen_addrs()[0])
             with trio.fail_after(30):
                 while b.peer_id not in a.connected_peers():
@@ -69,6 +69,30 @@ async def test_push_delivers_in_order_and_a_backlog_stays_bounded() -> None:
                         break
             assert pa.stats()["sent"] <= 3 + 8 + 1, pa.stats()  # what was queued, not what was offered
             assert pb.stats()["received"] == pa.stats()["sent"]
+
+
+async def test_a_peer_of_another_network_refuses_push_and_is_not_asked_again_soon() -> None:
+    """Push's protocol id carries the network name: a connected node of another network (same
+    key) refuses the stream, receives nothing, and is left alone for REFUSED_AFTER_S."""
+    from p2p.replication.push import REFUSED_AFTER_S
+
+    now = [1000.0]
+    async with open_host(create_new_key_pair(), _cfg()) as a, open_host(create_new_key_pair(), _cfg()) as b:
+        async with PushBroadcaster.open(a, queue=8, network="red", now=lambda: now[0]) as pa, \
+                PushBroadcaster.open(b, queue=8, network="blue") as pb:
+            await a.connect(b.listen_addrs()[0])
+            with trio.fail_after(30):
+                while b.peer_id not in a.connected_peers():
+                    await trio.sleep(0.01)
+            pa.broadcast_nowait(_ann(a.peer_id, 1))
+            with trio.fail_after(30):
+                while pa.counts.stream_failures == 0:
+                    await trio.sleep(0.01)
+            assert pa.counts.streams_opened == 0 and pb.counts.received == 0
+            assert pa._retry_at[b.peer_id] == now[0] + REFUSED_AFTER_S
+            pa.broadcast_nowait(_ann(a.peer_id, 2))  # skipped: no second negotiation
+            await trio.sleep(0.2)
+            assert pa.counts.stream_failures == 1 and pb.counts.received == 0
 
 
 async def test_local_appends_reach_peers_by_push_alone_without_the_debounce(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -148,7 +172,7 @@ async def _push_junk(attacker, addr: str) -> list[str]:  # type: ignore[no-untyp
             with trio.fail_after(10):
                 if not attacker.get_network().get_connections(info.peer_id):
                     await attacker.connect(info)
-                stream = await attacker.new_stream(info.peer_id, [TProtocol(push_protocol("default"))])
+                stream = await attacker.new_stream(info.peer_id, [TProtocol(push_protocol(NetworkConfig().network))])
                 try:
                     await stream.write(payload)
                     sent.append(name)

@@ -196,3 +196,44 @@ async def test_heads_announced_during_a_stalled_sync_are_bounded(tmp_path: Path)
         assert len(dag.requests) == 1  # one sync in flight, stalled
         assert len(a.rep._syncing["mallory"]) <= MAX_HEADS
         nursery.cancel_scope.cancel()
+
+
+class OtherNetworkDAG(CountingDAG):
+    """Peers in ``foreign`` run another network under the same key: they refuse the blocks
+    protocol (its id carries the network name), as a real host does at negotiation."""
+
+    def __init__(self, servers: dict[str, BlockServer], foreign: set[str]) -> None:
+        super().__init__(servers)
+        self.foreign = foreign
+        self.refused = 0
+
+    async def get_heads(self, peer: str) -> list[bytes]:
+        if peer in self.foreign:
+            from p2p.net.errors import ProtocolRefused
+
+            self.refused += 1
+            raise ProtocolRefused(f"cannot open /ipfs-accelerate/blue/blocks/1.0.0 to {peer}: protocol not supported")
+        return await super().get_heads(peer)
+
+
+async def test_a_peer_of_another_network_neither_gates_claims_nor_ends_the_startup_wait(tmp_path: Path) -> None:
+    """A shared bootstrap or relay node of another network connects: its heads request is
+    refused, so no gate waits for a heartbeat it will never send, and the startup wait (for a
+    peer of *this* network) goes on as if it had not come."""
+    now = [100.0]
+    hub, dag = MemoryHub(), OtherNetworkDAG({}, {"red"})
+    new = Peer(tmp_path, "new", hub, dag, rep={"now": lambda: now[0], "startup_wait_s": 4.0,
+                                               "known_peer": lambda p: False})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(new.rep.run)
+        assert not new.rep.refresh_ready()  # the startup wait
+        new.rep.peer_connected("red")
+        with trio.fail_after(10):
+            while dag.refused == 0:
+                await trio.sleep(0.01)
+        await trio.sleep(0.05)
+        assert "red" not in new.rep._gates, new.rep._gates  # nothing waits for red
+        assert not new.rep.refresh_ready(), "red's connection ended the startup wait"
+        now[0] += 4.5
+        assert new.rep.refresh_ready()  # the startup wait ends on time, red or not
+        nursery.cancel_scope.cancel()
