@@ -111,7 +111,9 @@ CONSENSUS_KEYS = (
 # 2: a submit may carry template + inputs (p2p.scheduler.ops.SubmitOp). A peer of version 1
 # would refuse such submits as malformed and never see those workflows, so it is left out of
 # assignment like a peer with other settings, and list_peers names this key.
-OPS_VERSION = 2
+# 3: workflow.compact (docs/compaction.md): a peer of version 2 would keep counting ops that
+# version 3 peers ignore after a compaction, and report other states.
+OPS_VERSION = 3
 
 # Headroom in a frame over the largest block: the reply's CBOR framing and the CID beside it.
 FRAME_OVERHEAD_BYTES = 4096

@@ -279,8 +279,26 @@ class ReprioritizeOp(_Op):
     priority: int = Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)
 
 
+class CompactOp(_Op):
+    """The submitter freezes its finished workflow at this op's cut (docs/compaction.md §4):
+    ops about it that are not before the op stop counting, on every peer alike. ``snapshot``
+    is the CID of the workflow's snapshot at the cut (``p2p.compaction.snapshot``), which peers
+    that hold the history verify by re-deriving it; the fold never reads it."""
+
+    op: Literal["workflow.compact"]
+    workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
+    snapshot: Any
+
+    @field_validator("snapshot")
+    @classmethod
+    def _a_cid(cls, v: Any) -> Any:
+        if not isinstance(v, CID):
+            raise ValueError("snapshot must be a CID")
+        return v
+
+
 Op = Annotated[
-    Union[SubmitOp, ClaimOp, StartOp, DoneOp, FailOp, CancelOp, ReprioritizeOp, AdvertOp, AcceptOp],
+    Union[SubmitOp, ClaimOp, StartOp, DoneOp, FailOp, CancelOp, ReprioritizeOp, AdvertOp, AcceptOp, CompactOp],
     Field(discriminator="op"),
 ]
 OP_ADAPTER: TypeAdapter[Any] = TypeAdapter(Op)

@@ -98,6 +98,7 @@ from p2p.scheduler.ops import (
     AdvertOp,
     CancelOp,
     ClaimOp,
+    CompactOp,
     DoneOp,
     MAX_TASKS,
     FailOp,
@@ -653,6 +654,18 @@ class SubmitRecord:
 
 
 @dataclass(slots=True)
+class CompactRecord:
+    """A ``workflow.compact`` op as folded: where it sits, and the snapshot it names."""
+
+    where: Where
+    snapshot: Any  # the snapshot's root CID (never read by the fold)
+
+    @property
+    def stamp(self) -> Stamp:
+        return self.where.stamp
+
+
+@dataclass(slots=True)
 class WorkflowState:
     workflow_id: str
     name: str
@@ -675,6 +688,11 @@ class WorkflowState:
     # Authors of any task op of this workflow: peers known to hold its submit. A local hint for
     # the policy's fallback claims (never read by the fold's verdicts, so it need not agree).
     heard_from: set[str] = field(default_factory=set, repr=False)
+    # every reprioritise, by stamp (``reprioritized`` is the latest): the priority at a cut
+    reprio_records: list[tuple[Where, int]] = field(default_factory=list, repr=False)
+    # the submitter's compact ops, by stamp; ``compacted`` is the one in force (docs/compaction.md §4)
+    compacts: list[CompactRecord] = field(default_factory=list, repr=False)
+    compacted: CompactRecord | None = None
 
     @property
     def slots(self) -> int:
@@ -741,6 +759,16 @@ class State:
     _listing: list[tuple[float, str]] = field(default_factory=list, repr=False)
     _listing_by: dict[WorkflowStatus, list[tuple[float, str]]] = field(default_factory=dict, repr=False)
     _listed_as: dict[str, tuple[tuple[float, str], WorkflowStatus]] = field(default_factory=dict, repr=False)
+    # Compacted workflows (``_freeze``): ``workflows``/``tasks`` hold their views at the cut in
+    # force; the full records, which every op keeps updating, wait here (a later compact op with
+    # a smaller stamp, only from a forking submitter, re-derives the view from them).
+    _full_wf: dict[str, WorkflowState] = field(default_factory=dict, repr=False)
+    _full_tasks: dict[str, TaskState] = field(default_factory=dict, repr=False)
+    _frozen_ids: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    # ops about a compacted workflow folded after its compaction and not before its cut: they do
+    # not count. A diagnostic only: whether such an op came before or after the compact op
+    # depends on arrival, so this count may differ between peers (nothing else does).
+    late_for_compacted: int = 0
 
     def __post_init__(self) -> None:
         self.shared.replica_check = self._replica_refusal
@@ -1184,8 +1212,118 @@ def _steered_workflow(state: State, op: Any, author: str, where: Where, verb: st
     return wf
 
 
+def _op_workflow(op: Any) -> str | None:
+    """The workflow an op is about (None for adverts)."""
+    if isinstance(op, AdvertOp):
+        return None
+    wid = getattr(op, "workflow_id", None)
+    return wid if wid is not None else op.task_id.partition("/")[0]
+
+
 def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str]) -> None:
+    """Fold one op. An op about a compacted workflow updates its full records, not its view at
+    the cut: a task op in O(1) (it cannot be before the cut: that op was folded before the
+    compact op, by causal delivery — except from a forking author), anything else by thawing
+    the workflow, folding the op and freezing it again at the cut then in force."""
+    wid = _op_workflow(op)
+    if wid is None or wid not in state._full_wf:
+        _apply_op_thawed(state, op, author, where, touched)
+        return
+    full = state._full_wf[wid]
+    if not isinstance(op, (SubmitOp, AcceptOp, CancelOp, ReprioritizeOp, CompactOp)):
+        idx = op.task_id.partition("/")[2]
+        task = state._full_tasks.get(op.task_id) or state.undefined.get(op.task_id)
+        cut = full.compacted.where if full.compacted is not None else None
+        if not _defined_by(full, int(idx), where) or task is None:
+            state.reject(where.stamp[1], author, op.op, "op does not follow its task's submit")
+            return
+        if cut is not None and not where.before(cut):
+            full.heard_from.add(author)
+            _apply_task_op(state, task, op, author, where)
+            state.late_for_compacted += 1
+            return
+    _thaw(state, wid)
+    _apply_op_thawed(state, op, author, where, touched)
+    if wid not in state._full_wf:  # a compact op freezes it itself
+        _freeze(state, state.workflows[wid], touched)
+
+
+def _terminal_at(state: State, wf: WorkflowState, where: Where) -> bool:
+    """Whether ``wf`` was finished in the past of ``where``: every task done or failed there, or
+    a cancel that counts before it. Read from the full records (the workflow is thawed)."""
+    if _late_cancel(state, wf, where):
+        return True
+    return any(c.before(where) and not _late_cancel(state, wf, c) for c in wf.cancel_records)
+
+
+def _thaw(state: State, wid: str) -> None:
+    """Put a compacted workflow's full records back in place (to fold an op into them)."""
+    wf = state._full_wf.pop(wid, None)
+    if wf is None:
+        return
+    state.workflows[wid] = wf
+    for tid in state._frozen_ids.pop(wid):
+        state.tasks[tid] = state._full_tasks.pop(tid)
+
+
+def _freeze(state: State, wf: WorkflowState, touched: set[str]) -> None:
+    """Compaction (docs/compaction.md §4): among the compact ops of ``wf`` that count — every
+    submit of it before them, and it finished in their past — the smallest stamp is in force,
+    and the workflow reads as it stood at that op's cut. ``wf`` must be thawed."""
+    wid = wf.workflow_id
+    valid = [c for c in wf.compacts
+             if all(r.where.before(c.where) for r in wf.submits) and _terminal_at(state, wf, c.where)]
+    winner = min(valid, key=lambda c: c.stamp) if valid else None
+    if winner is None and wf.compacted is None:
+        return
+    wf.compacted = winner
+    ids = wf.physical_ids() if wf.replicas > 1 else list(wf.task_ids)
+    touched.update(ids)
+    touched.add(f"wf:{wid}")
+    if winner is None:
+        return
+    cut = winner.where
+    view = WorkflowState(
+        workflow_id=wid, name=wf.name, tag=wf.tag, submitter=wf.submitter, created_at=wf.created_at,
+        task_ids=wf.task_ids, order=wf.order, priority=wf.priority, priority_stamp=wf.priority_stamp,
+        submit_stamp=wf.submit_stamp, submits=wf.submits, replicas=wf.replicas, cache=wf.cache,
+        heard_from=wf.heard_from, compacts=wf.compacts, compacted=winner,
+        cancel_records=[c for c in wf.cancel_records if c.before(cut)],
+        reprio_records=[r for r in wf.reprio_records if r[0].before(cut)],
+    )
+    if view.reprio_records:
+        latest = max(view.reprio_records, key=lambda r: r[0].stamp)
+        view.reprioritized = (latest[0].stamp, latest[1])
+        view.priority_stamp, view.priority = view.reprioritized
+    else:
+        view.priority, view.priority_stamp = wf.submits[0].op.priority, wf.submits[0].stamp
+    live = sum(1 for c in view.cancel_records if not _late_cancel(state, wf, c))
+    view.cancels, view.late_cancels, view.cancelled = live, len(view.cancel_records) - live, live > 0
+    frozen = {tid: state.tasks[tid].restricted(cut) for tid in ids}
+    state._full_wf[wid] = wf
+    state._frozen_ids[wid] = ids
+    for tid, task in frozen.items():
+        state._full_tasks[tid] = state.tasks[tid]
+        state.tasks[tid] = task
+    state.workflows[wid] = view
+
+
+def _apply_op_thawed(state: State, op: Any, author: str, where: Where, touched: set[str]) -> None:
     stamp = where.stamp
+    if isinstance(op, CompactOp):
+        wf = _steered_workflow(state, op, author, where, "compact")
+        if wf is None:
+            return
+        if any(c.stamp == stamp for c in wf.compacts):
+            return  # the same op folded again
+        rec = CompactRecord(where, op.snapshot)
+        i = bisect.bisect_left(wf.compacts, stamp, key=lambda c: c.stamp)
+        wf.compacts.insert(i, rec)  # kept even when it does not count: a fork may change that
+        if not (all(r.where.before(where) for r in wf.submits) and _terminal_at(state, wf, where)):
+            state.note(stamp[1], author, op.op, "compaction of a workflow not finished in its past: it freezes nothing")
+        _freeze(state, wf, touched)
+        return
+
     if isinstance(op, SubmitOp):
         _submit(state, op, author, where, touched)
         return
@@ -1230,6 +1368,9 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
         if wf is None:
             return
         if isinstance(op, ReprioritizeOp):
+            if any(r[0].stamp == stamp for r in wf.reprio_records):
+                return  # the same op folded again
+            wf.reprio_records.append((where, op.priority))
             if wf.reprioritized is None or stamp > wf.reprioritized[0]:
                 wf.reprioritized = (stamp, op.priority)
                 wf.priority, wf.priority_stamp = op.priority, stamp

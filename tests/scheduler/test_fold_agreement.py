@@ -4,6 +4,7 @@ of events alone (issue 7, items 2 and 10).
 The generator reaches every op field and the corners: ``supersedes``, ``continues``,
 ``result_cid`` results, ``stats``, concurrent claims on one attempt, forked authors (two events
 with one seq), two submits under one id, cancels and reprioritises concurrent with claims,
+compactions (by anyone, of running or finished workflows),
 expired fails, fails with ``retryable`` False, start ops, ops before their submit (events that
 do not descend from it), attempts beyond ``max_attempts``, malformed and oversize ops. Properties:
 
@@ -172,7 +173,8 @@ def _submit(wid: str, n: int, name: str = "wf", priority: int = 5, pin: str | No
 
 
 KINDS = ["claim", "claim", "claim", "continue", "start", "done", "done_cid", "fail", "fail_final",
-         "expire", "expire", "cancel", "reprio", "garbage", "oversize", "resubmit", "advert", "accept", "run", "run"]
+         "expire", "expire", "cancel", "reprio", "garbage", "oversize", "resubmit", "advert", "accept", "run", "run",
+         "compact"]
 
 
 @st.composite
@@ -207,6 +209,9 @@ def op_for(draw: Any, n_tasks: dict[str, int]) -> dict[str, Any]:
                 "retryable": draw(st.booleans()), "expired": True}
     if kind == "cancel":
         return {"op": "workflow.cancel", "workflow_id": draw(st.sampled_from([WA, WD, UNKNOWN_WF, "nope"]))}
+    if kind == "compact":  # counts only from the submitter, on a workflow finished in its past
+        return {"op": "workflow.compact", "workflow_id": draw(st.sampled_from([WA, WD, UNKNOWN_WF])),
+                "snapshot": draw(st.sampled_from([*CIDS, b"not a cid"]))}
     if kind == "reprio":
         return {"op": "workflow.reprioritize", "workflow_id": draw(st.sampled_from([WA, WD, UNKNOWN_WF])),
                 "priority": draw(st.integers(1, 10))}

@@ -1,0 +1,193 @@
+"""The fold's compaction rule (docs/compaction.md §4): the submitter's ``workflow.compact`` on a
+finished workflow freezes it at the op's cut, the same on every peer whatever the arrival order;
+ops about it that are not before the cut stop counting; a compaction of a running workflow, or
+by another peer, freezes nothing.
+
+The scenarios are the fold's own generators (every op field, forks, replicas, seals, result
+blocks) closed by runs, then compacted by the submitter over all or some heads, then followed by
+more random ops: late claims, results, cancels and reprioritises, concurrent or not."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from p2p.compaction.snapshot import build_snapshot, snapshot_at
+from p2p.clock.cids import block_cid
+from p2p.scheduler import views
+from p2p.scheduler.state import State, TaskStatus
+from tests.compaction.test_snapshot import CHUNK, MAX_ATTEMPTS, _finished, _inputs, _past, finishing
+from tests.scheduler.test_fold_agreement import (
+    CIDS,
+    SUBMITTERS,
+    WA,
+    WD,
+    WORKERS,
+    Dag,
+    answers,
+    causal_orders,
+    fold,
+    op_for,
+)
+
+SUBMITTER_OF = {WA: "peerA", WD: "peerD"}
+
+
+def _compact(wid: str, snapshot: Any = None) -> dict[str, Any]:
+    return {"op": "workflow.compact", "workflow_id": wid, "snapshot": snapshot or CIDS[1]}
+
+
+@st.composite
+def compacting(draw: Any) -> Dag:
+    dag = draw(finishing())
+    state = fold(dag, dag.events)
+    for wid, author in SUBMITTER_OF.items():
+        if wid not in state.workflows or not draw(st.integers(0, 3)):
+            continue
+        # over every head (it had seen all), or over a few events (concurrent ops exist), or by
+        # another peer (never counts)
+        parents = dag.heads() if draw(st.booleans()) else draw(st.lists(st.sampled_from(range(len(dag.events))), max_size=3))
+        who = author if draw(st.integers(0, 4)) else draw(st.sampled_from(WORKERS))
+        dag.add(who, [_compact(wid)], parents)
+    n_tasks = {wid: len(wf.physical_ids()) for wid, wf in state.workflows.items()}
+    n_tasks.setdefault(WA, 1)
+    n_tasks.setdefault(WD, 1)
+    for _ in range(draw(st.integers(0, 6))):  # late ops, written over all heads or a few events
+        ops: list[Any] = []
+        for _ in range(draw(st.integers(1, 3))):
+            op = draw(op_for(n_tasks))
+            if isinstance(op, dict) and "run" in op:
+                ops.extend(op["run"])
+            elif not (isinstance(op, dict) and (op.get("resubmit") or op.get("accept"))):
+                ops.append(op)
+        parents = dag.heads() if draw(st.booleans()) else draw(st.lists(st.sampled_from(range(len(dag.events))), max_size=3))
+        dag.add(draw(st.sampled_from(SUBMITTERS + WORKERS)), ops, parents)
+    return dag
+
+
+def _cut_index(dag: Dag, state: State, wid: str) -> int:
+    cid = state.workflows[wid].compacted.where.stamp[1]
+    return next(e.idx for e in dag.events if e.cid == cid)
+
+
+@settings(max_examples=200, deadline=None)
+@given(compacting(), st.randoms(use_true_random=False))
+def test_every_order_agrees_and_a_compacted_workflow_reads_as_its_cut(dag: Dag, rnd: random.Random) -> None:
+    orders = causal_orders(dag, rnd, 3)
+    states = [fold(dag, o, read_between=(i == 0)) for i, o in enumerate(orders)]
+    first_snap, first_answers = states[0].snapshot(), answers(states[0])
+    for state in states[1:]:
+        assert state.snapshot() == first_snap
+        got = answers(state)
+        assert got.keys() == first_answers.keys()
+        for wid in got:
+            for part in ("status", "summary", "paged"):
+                for key in first_answers[wid][part]:
+                    assert got[wid][part][key] == first_answers[wid][part][key], (wid, part, key)
+        for wid in state.workflows:
+            a, b = state.workflows[wid].compacted, states[0].workflows[wid].compacted
+            assert (a and a.stamp) == (b and b.stamp)
+    state = states[0]
+    for wid, wf in sorted(state.workflows.items()):
+        if wf.compacted is None:
+            continue
+        event("a workflow compacted")
+        # every field a tool shows is the fold of the cut alone (the compact op's past)
+        cut = _past(dag, _cut_index(dag, state, wid)) - {_cut_index(dag, state, wid)}
+        at_cut = snapshot_at(_inputs(dag, [e for e in dag.events if e.idx in cut]), wid, max_attempts=MAX_ATTEMPTS,
+                             max_chunk_bytes=CHUNK)
+        assert build_snapshot(state, wid, max_chunk_bytes=CHUNK).root_cid == at_cut.root_cid
+        assert wid in _finished(state)
+        assert wf.compacted.where.who == wf.submitter
+
+
+# ------------------------------------------------------------------------------ concrete cases
+
+
+def _done_workflow() -> Dag:
+    """peerA submits 2 tasks, peerB runs both: completed."""
+    dag = Dag()
+    sub = dag.add("peerA", [{"op": "workflow.submit", "workflow_id": WA, "name": "w", "priority": 5,
+                             "tag": "p2p-eligible", "created_at": 1000.0,
+                             "tasks": [{"model": "m", "input": f"t{i}"} for i in range(2)]}], [])
+    ops = []
+    for i in range(2):
+        ops += [{"op": "task.claim", "task_id": f"{WA}/{i}", "attempt": 1, "capacity": 1.0},
+                {"op": "task.start", "task_id": f"{WA}/{i}", "attempt": 1},
+                {"op": "task.done", "task_id": f"{WA}/{i}", "attempt": 1, "result": {"v": i}}]
+    dag.add("peerB", ops, [sub.idx])
+    return dag
+
+
+def _view(state: State) -> dict[str, Any]:
+    return views.workflow_status(state, state.workflows[WA], include_results=True, offset=0, limit=100,
+                                 load_block=lambda c: None)
+
+
+def test_ops_after_the_cut_stop_counting_and_before_it_they_do() -> None:
+    dag = _done_workflow()
+    before = fold(dag, dag.events)
+    assert before.workflow_status(before.workflows[WA]).value == "completed"
+    # a concurrent higher-scoring claim and its result on task 0 (written over the submit only),
+    # a cancel and a reprioritise by the submitter, after the compaction
+    late_claim = dag.add("peerC", [{"op": "task.claim", "task_id": f"{WA}/0", "attempt": 1, "capacity": 1e6},
+                                   {"op": "task.start", "task_id": f"{WA}/0", "attempt": 1},
+                                   {"op": "task.done", "task_id": f"{WA}/0", "attempt": 1, "result": {"v": 99}}], [0])
+    compact = dag.add("peerA", [_compact(WA)], [1])  # over peerB's results, not peerC's
+    dag.add("peerA", [{"op": "workflow.reprioritize", "workflow_id": WA, "priority": 1},
+                      {"op": "workflow.cancel", "workflow_id": WA}], [compact.idx, late_claim.idx])
+    for order in causal_orders(dag, random.Random(1), 6):
+        state = fold(dag, order)
+        wf = state.workflows[WA]
+        assert wf.compacted is not None and wf.compacted.where.stamp[1] == compact.cid
+        view = _view(state)
+        assert view["state"] == "completed" and view["priority"] == 5, view
+        assert [t["result"] for t in view["tasks"]] == [{"v": 0}, {"v": 1}]
+        assert {t["peer"] for t in view["tasks"]} == {"peerB"}
+        assert state.task_status(state.tasks[f"{WA}/0"]) is TaskStatus.DONE
+    # without the compaction, the late claim's result would have changed task 0 (it outscores)
+    # or not; either way the compacted answer equals the cut's
+    at_cut = snapshot_at(_inputs(dag, dag.events[:2]), WA, max_attempts=MAX_ATTEMPTS, max_chunk_bytes=CHUNK)
+    assert build_snapshot(fold(dag, dag.events), WA, max_chunk_bytes=CHUNK).root_cid == at_cut.root_cid
+
+
+def test_a_compaction_by_another_peer_or_of_a_running_workflow_freezes_nothing() -> None:
+    dag = _done_workflow()
+    dag.add("peerB", [_compact(WA)], [1])  # not the submitter
+    state = fold(dag, dag.events)
+    assert state.workflows[WA].compacted is None
+    assert any("only the workflow's submitter" in r.reason for r in state.rejected)
+
+    running = Dag()
+    sub = running.add("peerA", [{"op": "workflow.submit", "workflow_id": WA, "name": "w", "priority": 5,
+                                 "tag": "p2p-eligible", "created_at": 1000.0,
+                                 "tasks": [{"model": "m", "input": "t0"}]}], [])
+    early = running.add("peerA", [_compact(WA)], [sub.idx])  # nothing has run yet
+    running.add("peerB", [{"op": "task.claim", "task_id": f"{WA}/0", "attempt": 1, "capacity": 1.0},
+                          {"op": "task.start", "task_id": f"{WA}/0", "attempt": 1},
+                          {"op": "task.done", "task_id": f"{WA}/0", "attempt": 1, "result": {"v": 7}}], [early.idx])
+    state = fold(running, running.events)
+    assert state.workflows[WA].compacted is None
+    assert _view(state)["state"] == "completed"  # the results after it count: it froze nothing
+
+
+def test_a_forking_submitters_two_compactions_resolve_alike_in_every_order() -> None:
+    """Two compact ops by one submitter with one seq (a fork), at different cuts, with a late
+    result between them: the smaller stamp is in force on every peer, whatever came first."""
+    dag = _done_workflow()
+    late = dag.add("peerC", [{"op": "task.claim", "task_id": f"{WA}/1", "attempt": 1, "capacity": 1e6},
+                             {"op": "task.start", "task_id": f"{WA}/1", "attempt": 1},
+                             {"op": "task.done", "task_id": f"{WA}/1", "attempt": 1, "result": {"v": 50}}], [0])
+    one = dag.add("peerA", [_compact(WA, block_cid(b"one"))], [1])
+    two = dag.add("peerA", [_compact(WA, block_cid(b"two"))], [1, late.idx], fork=True)
+    answers_by_order = []
+    winners = set()
+    for order in causal_orders(dag, random.Random(7), 8):
+        state = fold(dag, order)
+        winners.add(state.workflows[WA].compacted.where.stamp)
+        answers_by_order.append((state.snapshot(), answers(state)))
+    assert winners == {min((one.height, one.cid, 0), (two.height, two.cid, 0))}, winners
+    assert all(a == answers_by_order[0] for a in answers_by_order)
