@@ -28,6 +28,11 @@ class TaskInput(BaseModel):
                     "run the task. Default: this node's own files, else what most peers serve.")
 
 
+class CompactedRef(BaseModel):
+    snapshot: str = Field(description="CID of the workflow's snapshot at the cut (every field a tool shows of it).")
+    by: str = Field(description="Peer id that compacted it: its submitter.")
+
+
 class WorkflowSummary(BaseModel):
     workflow_id: str
     name: str
@@ -44,6 +49,9 @@ class WorkflowSummary(BaseModel):
     cancelled: int
     running: int
     pending: int = Field(description="Tasks not started yet (queued or claimed).")
+    compacted: CompactedRef | None = Field(None, description=(
+        "Set once the submitter compacted the finished workflow: it reads as it stood at that cut, and later "
+        "ops about it (a partitioned peer's results) do not count."))
 
 
 class AttemptError(BaseModel):
@@ -207,6 +215,10 @@ class NodeInfo(BaseModel):
     dht: dict[str, Any] = Field(default_factory=dict, description=(
         "The Kademlia DHT: mode (server, client or off), routing_table size, lookups, providers_found, peers "
         "dialled from it, records provided, failures and the last error."))
+    compaction: dict[str, Any] = Field(default_factory=dict, description=(
+        "Compaction (docs/compaction.md): enabled, retention_s, compacted workflows (frozen at a cut), own finished "
+        "workflows waiting for retention_s, compactions written, peers' compactions verified, forged (by author) "
+        "and abstained, late ops ignored."))
 
 
 class ConnectResult(BaseModel):

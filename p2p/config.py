@@ -20,6 +20,9 @@ class ClockConfig(BaseModel):
 
     max_block_bytes: int = Field(2 << 20, ge=1024)
     max_ops_per_event: int = Field(256, ge=1)
+    compact: bool = Field(True, description="compact this node's finished workflows after retention_s (docs/compaction.md)")
+    retention_s: float = Field(86_400.0, ge=0, allow_inf_nan=False,
+                               description="how long a finished workflow keeps counting late ops before its submitter compacts it")
 
 
 class SchedulerConfig(BaseModel):

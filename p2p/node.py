@@ -110,6 +110,10 @@ class Node:
             max_inflight=sched.max_inflight, max_ops_per_event=config.clock.max_ops_per_event,
             ready=self.caught_up, lagging=self._lagging, cache=self.cache,
         )
+        from p2p.compaction.compactor import Compactor
+
+        self.compactor = Compactor(self.scheduler, clock, self.peer_id, retention_s=config.clock.retention_s,
+                                   max_chunk_bytes=config.clock.max_block_bytes)
 
     def _lagging(self, peer: str) -> bool:
         return self.replicator is not None and self.replicator.lagging(peer)
@@ -148,6 +152,8 @@ class Node:
                     nursery.start_soon(engine.warm)
                     await nursery.start(serve_control, node)
                     await nursery.start(node.scheduler.run)
+                    if config.clock.compact:  # this node's finished workflows, and peers' compactions
+                        await nursery.start(node.compactor.run)
                     if node.cache is not None:  # staged writes, peers' key indexes
                         await nursery.start(node.cache.run)
                     if config.network.enabled:
@@ -842,6 +848,7 @@ class Node:
             "queue": self.scheduler.local_queue(),
             "cache": self.cache.info() if self.cache is not None else {"enabled": False},
             "workers": self.engine.workers_info(),
+            "compaction": {"enabled": self.config.clock.compact, **self.compactor.info()},
             "replication": self.replicator.stats() if self.replicator is not None else {"enabled": False},
             "dht": self.dht.stats.as_dict() if self.dht is not None else {"mode": "off"},
             "relay": self.net.relays.info() if self.net is not None and self.net.relays is not None else {"service": False},

@@ -33,7 +33,7 @@ first) and builds the snapshot from it; ``verify_snapshot`` does that and compar
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,8 +120,8 @@ def task_record(state: State, wf: WorkflowState, task_id: str) -> dict[str, Any]
     return record
 
 
-def build_snapshot(state: State, workflow_id: str, *, max_chunk_bytes: int) -> Snapshot:
-    """The snapshot of ``workflow_id`` as ``state`` holds it; the workflow must be terminal."""
+def _build(state: State, workflow_id: str, max_chunk_bytes: int, every: int) -> Generator[None, None, Snapshot]:
+    """The snapshot, built a slice of ``every`` tasks at a time (it yields between slices)."""
     wf = state.workflows.get(workflow_id)
     if wf is None:
         raise SnapshotError(f"unknown workflow {workflow_id[:80]!r}")
@@ -143,6 +143,8 @@ def build_snapshot(state: State, workflow_id: str, *, max_chunk_bytes: int) -> S
         batch, size = [], _CHUNK_OVERHEAD
 
     for index, task_id in enumerate(wf.task_ids):
+        if index and index % every == 0:
+            yield
         record = task_record(state, wf, task_id)
         cost = len(codec.encode(record))
         if cost + _CHUNK_OVERHEAD > max_chunk_bytes:
@@ -153,11 +155,37 @@ def build_snapshot(state: State, workflow_id: str, *, max_chunk_bytes: int) -> S
         size += cost
     if batch or not chunks:
         close()
+    summary = views.workflow_summary(state, wf)
+    summary.pop("compacted")  # the snapshot is what the compaction names: not part of it
     root = codec.encode({
-        "v": SNAPSHOT_VERSION, "t": "workflow-snapshot", "workflow": views.workflow_summary(state, wf),
+        "v": SNAPSHOT_VERSION, "t": "workflow-snapshot", "workflow": summary,
         "tasks": len(wf.task_ids), "chunks": [cid for cid, _ in chunks],
     })
     return Snapshot(block_cid(root), root, tuple(chunks))
+
+
+def build_snapshot(state: State, workflow_id: str, *, max_chunk_bytes: int) -> Snapshot:
+    """The snapshot of ``workflow_id`` as ``state`` holds it; the workflow must be terminal."""
+    gen = _build(state, workflow_id, max_chunk_bytes, every=1 << 62)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
+
+
+async def build_snapshot_async(state: State, workflow_id: str, *, max_chunk_bytes: int, every: int = 256) -> Snapshot:
+    """``build_snapshot`` on the event loop, yielding to it every ``every`` tasks (a 25,000-task
+    workflow is ~1 s of work). The caller checks the workflow did not change meanwhile."""
+    import trio
+
+    gen = _build(state, workflow_id, max_chunk_bytes, every)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
+        await trio.lowlevel.checkpoint()
 
 
 def snapshot_at(events: Iterable[Any], workflow_id: str, *, max_attempts: int, max_chunk_bytes: int) -> Snapshot:
@@ -196,5 +224,5 @@ def decode_snapshot(root: bytes, chunks: Sequence[bytes]) -> dict[str, Any]:
     return {"workflow": head["workflow"], "tasks": tasks}
 
 
-__all__ = ["FoldInput", "Snapshot", "SnapshotError", "build_snapshot", "decode_snapshot", "fold_events", "snapshot_at",
-           "task_record", "verify_snapshot"]
+__all__ = ["FoldInput", "Snapshot", "SnapshotError", "build_snapshot", "build_snapshot_async", "decode_snapshot",
+           "fold_events", "snapshot_at", "task_record", "verify_snapshot"]

@@ -168,7 +168,8 @@ class Scheduler:
         for op in ev.ops:
             if isinstance(op, dict) and op.get("op") in ("task.done", "task.fail") and not op.get("expired"):
                 task = self.state.tasks.get(op.get("task_id"))  # type: ignore[arg-type]
-                if task is not None and not task.holds_claim(ev.author, op.get("attempt", 0)):
+                if task is not None and not task.holds_claim(ev.author, op.get("attempt", 0)) \
+                        and not self.state.is_compacted(task.workflow_id):  # late for a compacted one: not a forgery
                     op_log.warning(ev.author, "op ignored: its author holds no claim on that attempt",
                                    op=op["op"], task_id=task.task_id, attempt=op.get("attempt"), event_cid=str(ev.cid))
         for key in touched:
@@ -253,6 +254,10 @@ class Scheduler:
 
     def reprioritize(self, workflow_id: str, priority: int) -> None:
         self._append_now([{"op": "workflow.reprioritize", "workflow_id": workflow_id, "priority": priority}])
+
+    def compact(self, workflow_id: str, snapshot: Any) -> Event:
+        """Freeze this node's finished workflow at the current heads (p2p.compaction)."""
+        return self._append_now([{"op": "workflow.compact", "workflow_id": workflow_id, "snapshot": snapshot}])
 
     async def durable(self) -> None:
         """Return once everything written so far is fsynced (off the event loop)."""

@@ -769,6 +769,9 @@ class State:
     # not count. A diagnostic only: whether such an op came before or after the compact op
     # depends on arrival, so this count may differ between peers (nothing else does).
     late_for_compacted: int = 0
+    # workflow id -> events that touched it so far (a compactor checks nothing moved while it
+    # built a snapshot a slice at a time)
+    changes: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.shared.replica_check = self._replica_refusal
@@ -1056,6 +1059,13 @@ class State:
                 counts[t.status(wf.cancelled, self.max_attempts)] += 1
         return counts
 
+    def is_compacted(self, workflow_id: str) -> bool:
+        """Whether a compaction is in force for the workflow (it reads as its cut)."""
+        return workflow_id in self._full_wf
+
+    def compacted_ids(self) -> list[str]:
+        return list(self._full_wf)
+
     @property
     def orphans(self) -> dict[str, Any]:
         """Always empty: ops before their submit are dropped, never held (kept for callers)."""
@@ -1164,7 +1174,10 @@ def apply_event(
         state._max_seq[author] = at
     _with_siblings(state, touched)
     state.refresh(t for t in touched if not t.startswith("wf:"))
-    state.reindex({t[3:] if t.startswith("wf:") else t.partition("/")[0] for t in touched})
+    wids = {t[3:] if t.startswith("wf:") else t.partition("/")[0] for t in touched}
+    state.reindex(wids)
+    for wid in wids:
+        state.changes[wid] = state.changes.get(wid, 0) + 1
     return touched
 
 
@@ -1248,12 +1261,21 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
         _freeze(state, state.workflows[wid], touched)
 
 
-def _terminal_at(state: State, wf: WorkflowState, where: Where) -> bool:
-    """Whether ``wf`` was finished in the past of ``where``: every task done or failed there, or
-    a cancel that counts before it. Read from the full records (the workflow is thawed)."""
-    if _late_cancel(state, wf, where):
-        return True
-    return any(c.before(where) and not _late_cancel(state, wf, c) for c in wf.cancel_records)
+def _view_at(state: State, wf: WorkflowState, where: Where) -> dict[str, TaskState] | None:
+    """``wf``'s tasks as they stood in the past of ``where`` when it was finished there (every
+    task done or failed, or a cancel that counts before it), else None. One pass of
+    ``TaskState.restricted`` over the full records (the workflow is thawed)."""
+    ids = wf.physical_ids() if wf.replicas > 1 else wf.task_ids
+    view = {tid: state.tasks[tid].restricted(where) for tid in ids}
+    if any(c.before(where) and not _late_cancel(state, wf, c) for c in wf.cancel_records):
+        return view
+    for i, tid in enumerate(wf.task_ids):
+        if wf.replicas > 1:
+            if not state.group_verdict(wf, [view[t] for t in wf.slot_ids(i)]).decided:
+                return None
+        elif view[tid].status(False, state.max_attempts) not in (TaskStatus.DONE, TaskStatus.FAILED):
+            return None
+    return view
 
 
 def _thaw(state: State, wid: str) -> None:
@@ -1271,9 +1293,13 @@ def _freeze(state: State, wf: WorkflowState, touched: set[str]) -> None:
     submit of it before them, and it finished in their past — the smallest stamp is in force,
     and the workflow reads as it stood at that op's cut. ``wf`` must be thawed."""
     wid = wf.workflow_id
-    valid = [c for c in wf.compacts
-             if all(r.where.before(c.where) for r in wf.submits) and _terminal_at(state, wf, c.where)]
-    winner = min(valid, key=lambda c: c.stamp) if valid else None
+    winner, frozen = None, None
+    for c in wf.compacts:  # by stamp: the first that counts is in force
+        if all(r.where.before(c.where) for r in wf.submits):
+            frozen = _view_at(state, wf, c.where)
+            if frozen is not None:
+                winner = c
+                break
     if winner is None and wf.compacted is None:
         return
     wf.compacted = winner
@@ -1299,7 +1325,7 @@ def _freeze(state: State, wf: WorkflowState, touched: set[str]) -> None:
         view.priority, view.priority_stamp = wf.submits[0].op.priority, wf.submits[0].stamp
     live = sum(1 for c in view.cancel_records if not _late_cancel(state, wf, c))
     view.cancels, view.late_cancels, view.cancelled = live, len(view.cancel_records) - live, live > 0
-    frozen = {tid: state.tasks[tid].restricted(cut) for tid in ids}
+    assert frozen is not None
     state._full_wf[wid] = wf
     state._frozen_ids[wid] = ids
     for tid, task in frozen.items():
@@ -1319,9 +1345,10 @@ def _apply_op_thawed(state: State, op: Any, author: str, where: Where, touched: 
         rec = CompactRecord(where, op.snapshot)
         i = bisect.bisect_left(wf.compacts, stamp, key=lambda c: c.stamp)
         wf.compacts.insert(i, rec)  # kept even when it does not count: a fork may change that
-        if not (all(r.where.before(where) for r in wf.submits) and _terminal_at(state, wf, where)):
-            state.note(stamp[1], author, op.op, "compaction of a workflow not finished in its past: it freezes nothing")
         _freeze(state, wf, touched)
+        if wf.compacted is not rec:
+            state.note(stamp[1], author, op.op, "compaction not in force: the workflow was not finished in its past, "
+                                                "or an earlier compaction of it is")
         return
 
     if isinstance(op, SubmitOp):

@@ -29,6 +29,8 @@ def workflow_summary(state: State, wf: WorkflowState) -> dict[str, Any]:
         "cancelled": counts[TaskStatus.CANCELLED],
         "running": counts[TaskStatus.RUNNING],
         "pending": counts[TaskStatus.QUEUED] + counts[TaskStatus.CLAIMED],
+        # set once its submitter compacted it: it reads as it stood at that cut (docs/compaction.md)
+        "compacted": None if wf.compacted is None else {"snapshot": str(wf.compacted.snapshot), "by": wf.compacted.where.who},
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from p2p.compaction.snapshot import build_snapshot, snapshot_at
+from p2p.compaction.snapshot import FoldInput, build_snapshot, snapshot_at
 from p2p.clock.cids import block_cid
 from p2p.scheduler import views
 from p2p.scheduler.state import State, TaskStatus
@@ -95,10 +95,15 @@ def test_every_order_agrees_and_a_compacted_workflow_reads_as_its_cut(dag: Dag, 
         if wf.compacted is None:
             continue
         event("a workflow compacted")
-        # every field a tool shows is the fold of the cut alone (the compact op's past)
-        cut = _past(dag, _cut_index(dag, state, wid)) - {_cut_index(dag, state, wid)}
-        at_cut = snapshot_at(_inputs(dag, [e for e in dag.events if e.idx in cut]), wid, max_attempts=MAX_ATTEMPTS,
-                             max_chunk_bytes=CHUNK)
+        # every field a tool shows is the fold of the cut alone: the compact op's past, which
+        # holds the ops before it in its own event too
+        at = _cut_index(dag, state, wid)
+        op_index = wf.compacted.where.stamp[2]
+        cut = [e for e in dag.events if e.idx in _past(dag, at) - {at}]
+        own = dag.events[at]
+        inputs = _inputs(dag, cut) + [FoldInput(own.cid, own.author, own.height, own.ops[:op_index],
+                                                [dag.events[p].cid for p in own.parents], own.seq)]
+        at_cut = snapshot_at(inputs, wid, max_attempts=MAX_ATTEMPTS, max_chunk_bytes=CHUNK)
         assert build_snapshot(state, wid, max_chunk_bytes=CHUNK).root_cid == at_cut.root_cid
         assert wid in _finished(state)
         assert wf.compacted.where.who == wf.submitter

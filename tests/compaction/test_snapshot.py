@@ -102,7 +102,7 @@ def test_every_causal_order_builds_the_same_blocks_and_every_field_a_tool_shows(
         # what it holds is what the tools show: the summary, and each task's fields
         got = decode_snapshot(snaps[0].root, [data for _, data in snaps[0].chunks])
         state, wf = states[0], states[0].workflows[wid]
-        assert got["workflow"] == views.workflow_summary(state, wf)
+        assert got["workflow"] == {k: v for k, v in views.workflow_summary(state, wf).items() if k != "compacted"}
         page = views.workflow_status(state, wf, include_results=False, offset=0, limit=10**6, load_block=_no_block)
         assert len(got["tasks"]) == len(page["tasks"]) == len(wf.task_ids)
         for record, view in zip(got["tasks"], page["tasks"]):

@@ -1,0 +1,172 @@
+"""The compactor: this node's side of compaction (docs/compaction.md §4–§5).
+
+Why a component of its own: the fold decides what a compaction *means* (p2p.scheduler.state:
+a submitter's ``workflow.compact`` freezes its finished workflow at the op's cut); someone must
+decide *when* to write one, and check the ones peers write. That is local policy and I/O, so it
+lives here, in the shell, with time injected:
+
+- **Compacting.** A workflow this node submitted that has stayed finished for
+  ``clock.retention_s`` (by this node's clock, counted from when it first saw it finished; a
+  restart starts the count again) gets a snapshot (``p2p.compaction.snapshot``), built a slice
+  at a time on the event loop. If no event touched the workflow meanwhile, the snapshot's blocks
+  are stored in the clock (so peers can fetch them over the blocks protocol) and the compact op
+  is appended over the current heads: every event folded so far is in its past, so the cut is
+  exactly the state the snapshot was built from.
+- **Verifying.** A compaction in force that another peer wrote is checked by building the
+  snapshot of the workflow as this node now reads it (its view at the cut) and comparing the
+  root CID with the one the op names: the same, *verified* (the blocks are stored, so this node
+  serves them too); another, *forged* — the author is logged once and counted, and nothing else
+  changes (the fold's answers never depend on the snapshot); a snapshot this node cannot build
+  (a task record larger than a block), *abstained*.
+
+Dropping the full records of verified workflows, checkpoints and joining from them are the
+next steps of the design and are not built: a compaction today freezes a workflow's answers and
+leaves a verified, content-addressed summary of it; it does not yet save memory or disk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import trio
+
+from p2p.compaction.snapshot import SnapshotError, build_snapshot_async
+from p2p.scheduler.state import TERMINAL_WORKFLOW, WorkflowStatus
+
+log = structlog.get_logger("p2p.compaction")
+
+MAX_INTERVAL_S = 60.0  # how often the compactor looks, at most (retention_s / 10 when shorter)
+
+
+@dataclass
+class CompactionStats:
+    """What the compactor did, for get_node_info (counts since start)."""
+
+    written: int = 0  # compact ops this node wrote
+    verified: int = 0  # peers' compactions whose snapshot this node rebuilt to the same CID
+    forged: dict[str, int] = field(default_factory=dict)  # author -> compactions whose snapshot differs
+    abstained: int = 0  # compactions this node could not rebuild a snapshot for
+    retried: int = 0  # snapshots discarded because the workflow changed while they were built
+
+
+class Compactor:
+    """Writes this node's compactions after ``retention_s`` and checks its peers' (module doc)."""
+
+    def __init__(self, scheduler: Any, clock: Any, peer_id: str, *, retention_s: float, max_chunk_bytes: int,
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self.scheduler = scheduler
+        self.clock = clock
+        self.peer_id = peer_id
+        self.retention_s = retention_s
+        self.max_chunk_bytes = max_chunk_bytes
+        self._now = now
+        self.stats = CompactionStats()
+        self._finished_since: dict[str, float] = {}  # own finished workflows -> when first seen so
+        self._checked: dict[str, Any] = {}  # compacted workflow -> the stamp in force when checked
+        self._cannot: set[str] = set()  # own workflows whose snapshot cannot be built (logged once)
+        self._wake = trio.Event()
+
+    def info(self) -> dict[str, Any]:
+        state = self.scheduler.state
+        return {
+            "retention_s": self.retention_s,
+            "compacted": len(state.compacted_ids()),
+            "waiting": len(self._finished_since),
+            "written": self.stats.written,
+            "verified": self.stats.verified,
+            "forged": dict(self.stats.forged),
+            "abstained": self.stats.abstained,
+            "late_ops_ignored": state.late_for_compacted,
+        }
+
+    def poke(self) -> None:
+        """Look now (tests; a node could call it when a workflow finishes)."""
+        self._wake.set()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        interval = min(MAX_INTERVAL_S, max(0.05, self.retention_s / 10))
+        task_status.started()
+        while True:
+            await self.step()
+            with trio.move_on_after(interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def step(self) -> None:
+        """One look: compact what has waited long enough, check peers' new compactions."""
+        state = self.scheduler.state
+        now = self._now()
+        finished: list[str] = []
+        for status in TERMINAL_WORKFLOW:
+            finished += [wf.workflow_id for wf in state.listed(WorkflowStatus(status))
+                         if wf.submitter == self.peer_id and wf.compacted is None and not wf.compacts
+                         and wf.workflow_id not in self._cannot]
+        mine = set(finished)
+        for wid in [w for w in self._finished_since if w not in mine]:
+            del self._finished_since[wid]  # compacted (or no longer finished: a fork) meanwhile
+        for wid in finished:
+            since = self._finished_since.setdefault(wid, now)
+            if now - since >= self.retention_s:
+                await self._compact(wid)
+        for wid in state.compacted_ids():
+            wf = state.workflows.get(wid)
+            if wf is None or wf.compacted is None or self._checked.get(wid) == wf.compacted.stamp:
+                continue
+            await self._check(wid, wf)
+
+    async def _compact(self, wid: str) -> None:
+        state = self.scheduler.state
+        before = state.changes.get(wid, 0)
+        try:
+            snap = await build_snapshot_async(state, wid, max_chunk_bytes=self.max_chunk_bytes)
+        except SnapshotError as exc:
+            log.warning("a finished workflow cannot be compacted", workflow_id=wid, reason=str(exc))
+            self._finished_since.pop(wid, None)
+            self._cannot.add(wid)
+            return
+        wf = state.workflows.get(wid)
+        if state.changes.get(wid, 0) != before or wf is None or wf.compacted is not None or wf.compacts:
+            self.stats.retried += 1  # an event touched it while the snapshot was built: next time
+            return
+        for cid, data in snap.blocks():
+            self.clock.add_raw_block(cid, data)
+        self.scheduler.compact(wid, snap.root_cid)  # folded at once: the workflow reads as this cut
+        self._finished_since.pop(wid, None)
+        self.stats.written += 1
+        wf = state.workflows.get(wid)
+        if wf is not None and wf.compacted is not None:
+            self._checked[wid] = wf.compacted.stamp
+        log.info("workflow compacted", workflow_id=wid, tasks=len(wf.task_ids) if wf else None,
+                 snapshot=str(snap.root_cid), blocks=len(snap.chunks) + 1)
+
+    async def _check(self, wid: str, wf: Any) -> None:
+        state = self.scheduler.state
+        winner = wf.compacted
+        try:
+            snap = await build_snapshot_async(state, wid, max_chunk_bytes=self.max_chunk_bytes)
+        except SnapshotError as exc:
+            self.stats.abstained += 1
+            self._checked[wid] = winner.stamp
+            log.info("cannot rebuild a peer's compaction snapshot; abstaining", workflow_id=wid, reason=str(exc))
+            return
+        now_wf = state.workflows.get(wid)
+        if now_wf is None or now_wf.compacted is not winner:
+            return  # another compaction came into force meanwhile (a forking submitter): next look
+        self._checked[wid] = winner.stamp
+        if bytes(snap.root_cid) == bytes(winner.snapshot):
+            self.stats.verified += 1
+            for cid, data in snap.blocks():
+                self.clock.add_raw_block(cid, data)  # this node serves the snapshot too
+            return
+        author = winner.where.who
+        self.stats.forged[author] = self.stats.forged.get(author, 0) + 1
+        if self.stats.forged[author] == 1:
+            log.warning("a peer's compaction names a snapshot this node does not rebuild: not trusted",
+                        author=author, workflow_id=wid, named=str(winner.snapshot), rebuilt=str(snap.root_cid))
+
+
+__all__ = ["CompactionStats", "Compactor"]
