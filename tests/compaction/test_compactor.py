@@ -127,14 +127,20 @@ async def test_compact_verify_join_and_a_month_offline_peer(tmp_path: Path) -> N
     assert len({p.clock.get_hash() for p in (a, b, j, m)}) == 1
 
 
-async def test_a_forged_snapshot_is_caught_and_changes_no_answer(tmp_path: Path) -> None:
+def _run_by_b(tmp_path: Path, name: str) -> tuple[Peer, Peer, str]:
+    """A submitter (``name``) whose 2-task workflow ``b`` ran; both hold every event."""
     now = [1000.0]
-    h, b = Peer(tmp_path, "h", now), Peer(tmp_path, "b", now)
-    wid = h.submit("mine", 2)
-    b.take(h)
+    sub, b = Peer(tmp_path, name, now), Peer(tmp_path, "b", now)
+    wid = sub.submit(name, 2)
+    b.take(sub)
     for i in range(2):
         b.run(wid, i)
-    h.take(b)
+    sub.take(b)
+    return sub, b, wid
+
+
+async def test_a_forged_snapshot_is_caught_and_changes_no_answer(tmp_path: Path) -> None:
+    h, b, wid = _run_by_b(tmp_path, "h")
     honest = build_snapshot(h.sched.state, wid, max_chunk_bytes=CHUNK)
     h.sched.compact(wid, block_cid(b"a summary that claims other results"))  # the hostile submitter
     b.take(h)
@@ -153,13 +159,7 @@ async def test_a_workflow_touched_while_its_snapshot_is_built_is_compacted_later
     the next look."""
     import p2p.compaction.compactor as compactor_mod
 
-    now = [1000.0]
-    a, b = Peer(tmp_path, "a", now), Peer(tmp_path, "b", now)
-    wid = a.submit("busy", 2)
-    b.take(a)
-    for i in range(2):
-        b.run(wid, i)
-    a.take(b)
+    a, b, wid = _run_by_b(tmp_path, "a")
     a.compactor.retention_s = 0
     real = compactor_mod.build_snapshot_async
     touched = []
