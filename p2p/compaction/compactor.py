@@ -34,12 +34,14 @@ from typing import Any
 import structlog
 import trio
 
-from p2p.compaction.snapshot import SnapshotError, build_snapshot_async
+from p2p.compaction.snapshot import SnapshotError, build_snapshot, build_snapshot_async
 from p2p.scheduler.state import TERMINAL_WORKFLOW, WorkflowStatus
 
 log = structlog.get_logger("p2p.compaction")
 
 MAX_INTERVAL_S = 60.0  # how often the compactor looks, at most (retention_s / 10 when shorter)
+MIN_INTERVAL_S = 1.0  # ... and at least: each look lists the finished workflows
+MAX_RETRIES = 3  # snapshots dropped because the workflow moved; then one is built without yielding
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Compactor:
         self._finished_since: dict[str, float] = {}  # own finished workflows -> when first seen so
         self._checked: dict[str, Any] = {}  # compacted workflow -> the stamp in force when checked
         self._cannot: set[str] = set()  # own workflows whose snapshot cannot be built (logged once)
+        self._retries: dict[str, int] = {}  # own workflow -> snapshots dropped in a row
         self._wake = trio.Event()
 
     def info(self) -> dict[str, Any]:
@@ -88,7 +91,7 @@ class Compactor:
         self._wake.set()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        interval = min(MAX_INTERVAL_S, max(0.05, self.retention_s / 10))
+        interval = min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, self.retention_s / 10))
         task_status.started()
         while True:
             await self.step()
@@ -112,17 +115,27 @@ class Compactor:
             since = self._finished_since.setdefault(wid, now)
             if now - since >= self.retention_s:
                 await self._compact(wid)
-        for wid in state.compacted_ids():
+        compacted = state.compacted_ids()
+        for wid in [w for w in self._checked if not state.is_compacted(w)]:
+            del self._checked[wid]  # no longer compacted (a fork's re-judgement)
+        for wid in compacted:
             wf = state.workflows.get(wid)
             if wf is None or wf.compacted is None or self._checked.get(wid) == wf.compacted.stamp:
                 continue
+            if wf.compacted.where.who == self.peer_id:  # ours (read back after a restart): built it
+                self._checked[wid] = wf.compacted.stamp
+                continue
             await self._check(wid, wf)
+            break  # one peer's compaction a look: after a restart they are checked over time
 
     async def _compact(self, wid: str) -> None:
         state = self.scheduler.state
         before = state.changes.get(wid, 0)
         try:
-            snap = await build_snapshot_async(state, wid, max_chunk_bytes=self.max_chunk_bytes)
+            if self._retries.get(wid, 0) >= MAX_RETRIES:  # kept moving (a peer's junk ops on it): do not yield
+                snap = build_snapshot(state, wid, max_chunk_bytes=self.max_chunk_bytes)
+            else:
+                snap = await build_snapshot_async(state, wid, max_chunk_bytes=self.max_chunk_bytes)
         except SnapshotError as exc:
             log.warning("a finished workflow cannot be compacted", workflow_id=wid, reason=str(exc))
             self._finished_since.pop(wid, None)
@@ -131,7 +144,9 @@ class Compactor:
         wf = state.workflows.get(wid)
         if state.changes.get(wid, 0) != before or wf is None or wf.compacted is not None or wf.compacts:
             self.stats.retried += 1  # an event touched it while the snapshot was built: next time
+            self._retries[wid] = self._retries.get(wid, 0) + 1
             return
+        self._retries.pop(wid, None)
         for cid, data in snap.blocks():
             self.clock.add_raw_block(cid, data)
         self.scheduler.compact(wid, snap.root_cid)  # folded at once: the workflow reads as this cut
@@ -146,6 +161,7 @@ class Compactor:
     async def _check(self, wid: str, wf: Any) -> None:
         state = self.scheduler.state
         winner = wf.compacted
+        before = state.changes.get(wid, 0)
         try:
             snap = await build_snapshot_async(state, wid, max_chunk_bytes=self.max_chunk_bytes)
         except SnapshotError as exc:
@@ -154,8 +170,8 @@ class Compactor:
             log.info("cannot rebuild a peer's compaction snapshot; abstaining", workflow_id=wid, reason=str(exc))
             return
         now_wf = state.workflows.get(wid)
-        if now_wf is None or now_wf.compacted is not winner:
-            return  # another compaction came into force meanwhile (a forking submitter): next look
+        if now_wf is None or now_wf.compacted is not winner or state.changes.get(wid, 0) != before:
+            return  # re-judged meanwhile (a fork): the view may have moved, so no verdict yet
         self._checked[wid] = winner.stamp
         if bytes(snap.root_cid) == bytes(winner.snapshot):
             self.stats.verified += 1

@@ -417,7 +417,12 @@ class Scheduler:
         return self.state.verdict(wf, split_index(task.index, len(wf.task_ids))[0]).accepted is not None
 
     def _seal(self, task: TaskState, wf: Any, seals: dict[str, list[list[Any]]]) -> None:
-        """Our workflow's task is done: seal the result that stands (``workflow.accept``), once."""
+        """Our workflow's task is done: seal the result that stands (``workflow.accept``), once.
+        Not in a compacted workflow: its results are fixed at the cut, and a seal after the cut
+        would only wait there (and be written again after every restart)."""
+        if wf.compacted is not None:
+            self._sealing.discard(task.task_id)
+            return
         if task.accepts:
             self._sealing.discard(task.task_id)  # our seal is folded
             if task.sealed() is not None:

@@ -250,6 +250,10 @@ class TaskState:
     # verdicts on one claim or expiry, which depend only on that record's past (and the
     # adverts): shared with the restricted views of this task, so each is derived once
     _verdicts: dict[Any, Any] = field(default_factory=dict, repr=False)
+    # A forking author's other claims and starts on one attempt (("claim"|"start", attempt,
+    # author) -> records): only the earliest stamp counts, but a cut may hold a later one and
+    # not the earliest, and ``restricted`` must then see that one (empty for honest authors).
+    _others: dict[tuple[str, int, str], list[Any]] = field(default_factory=dict, repr=False)
 
     def changed(self) -> None:
         self._memo.clear()
@@ -609,13 +613,27 @@ class TaskState:
                       replicated=self.replicated, max_attempts=self.max_attempts,
                       submitter=self.submitter, submit_where=self.submit_where, shared=self.shared,
                       _verdicts=self._verdicts)
+        others = self._others
         for a, claims in self.claims.items():
-            kept = {p: c for p, c in claims.items() if _before(c.where, cut)}
+            kept: dict[str, Claim] = {}
+            for p, c in claims.items():
+                best = c if _before(c.where, cut) else None
+                for o in others.get(("claim", a, p), ()) if others else ():
+                    if _before(o.where, cut) and (best is None or o.stamp < best.stamp):
+                        best = o
+                if best is not None:
+                    kept[p] = best
             if kept:
                 t.claims[a] = kept
         t.results = {s: o for s, o in self.results.items() if _before(o.where, cut)}
         t.fails = {k: f for k, f in self.fails.items() if _before(f.where, cut)}
-        t.started = {k: w for k, w in self.started.items() if w is None or _before(w, cut)}
+        for k, w in self.started.items():
+            best = w if w is None or _before(w, cut) else None
+            for o in others.get(("start", *k), ()) if others else ():
+                if _before(o, cut) and (best is None or o.stamp < best.stamp):
+                    best = o
+            if best is not None or w is None:
+                t.started[k] = best
         t.accepts = {k: v for k, v in self.accepts.items() if _before(v[1], cut)}
         return t
 
@@ -659,6 +677,9 @@ class CompactRecord:
 
     where: Where
     snapshot: Any  # the snapshot's root CID (never read by the fold)
+    # whether it counts (its workflow finished in its past), once judged: its past is folded
+    # before it, so only a forking author's late op can change that (then it is judged again)
+    counts: bool | None = None
 
     @property
     def stamp(self) -> Stamp:
@@ -693,6 +714,10 @@ class WorkflowState:
     # the submitter's compact ops, by stamp; ``compacted`` is the one in force (docs/compaction.md §4)
     compacts: list[CompactRecord] = field(default_factory=list, repr=False)
     compacted: CompactRecord | None = None
+    # the submitter's control ops and submits folded while the workflow is compacted and not
+    # before its cut: they cannot change its view, so they wait here, unfolded, for a re-freeze
+    # (only a fork brings one) instead of costing a thaw each
+    deferred: list[tuple[Any, str, Where]] = field(default_factory=list, repr=False)
 
     @property
     def slots(self) -> int:
@@ -743,7 +768,7 @@ class State:
     # and progress reads cost O(1) per task instead of re-deriving every task on each read.
     _status: dict[str, TaskStatus] = field(default_factory=dict, repr=False)
     _counts: dict[str, dict[TaskStatus, int]] = field(default_factory=dict, repr=False)
-    _claimed: set[str] = field(default_factory=set, repr=False)  # tasks ever claimed
+    _claimed: set[str] = field(default_factory=set, repr=False)  # tasks holding a claim that counts
     _claimed_per_wf: dict[str, int] = field(default_factory=dict, repr=False)
     # Replicated workflows (replicas.py): each logical task's verdict and status (keyed by the
     # id of its slot 0; ``_status`` holds every slot's own status, which the scheduler acts on),
@@ -819,9 +844,16 @@ class State:
             counts[new] += 1
 
     def _note_claimed(self, task: TaskState, key: str, wid: str) -> None:
-        if task.claims and key not in self._claimed and task.attempt:
+        """Whether the task holds a claim that counts (then its workflow has started). Claims
+        are never removed, so for honest authors this only ever turns on; a forking author's
+        advert can make a claim stop counting, and then it turns off again, on every peer."""
+        claimed = bool(task.claims) and task.attempt > 0
+        if claimed and key not in self._claimed:
             self._claimed.add(key)
             self._claimed_per_wf[wid] = self._claimed_per_wf.get(wid, 0) + 1
+        elif not claimed and key in self._claimed:
+            self._claimed.discard(key)
+            self._claimed_per_wf[wid] -= 1
 
     # ------------------------------------------------------------ replicas
 
@@ -1233,47 +1265,87 @@ def _op_workflow(op: Any) -> str | None:
     return wid if wid is not None else op.task_id.partition("/")[0]
 
 
+def _control_refusal(state: State, wf: WorkflowState, op: Any, author: str, where: Where) -> str | None:
+    """Why a control op or submit about ``wf`` is rejected, as ``_steered_workflow`` and
+    ``_submit`` would say it (None: it passes). O(submits), so a stranger's op about a
+    compacted workflow is refused without thawing it."""
+    if isinstance(op, SubmitOp):
+        return None if op.workflow_id.startswith(submitter_prefix(author)) else "workflow id not bound to its submitter"
+    if not _defined_by(wf, None, where):
+        return "op does not follow its workflow's submit"
+    if author != wf.submitter:
+        verb = {"workflow.accept": "accept the results of", "workflow.compact": "compact"}.get(op.op, op.op.split(".")[1])
+        return f"only the workflow's submitter {wf.submitter} may {verb} it"
+    return None
+
+
 def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str]) -> None:
-    """Fold one op. An op about a compacted workflow updates its full records, not its view at
-    the cut: a task op in O(1) (it cannot be before the cut: that op was folded before the
-    compact op, by causal delivery — except from a forking author), anything else by thawing
-    the workflow, folding the op and freezing it again at the cut then in force."""
+    """Fold one op. An op about a compacted workflow does not touch its view at the cut: a task
+    op goes to its full records in O(1), a stranger's control op is refused in O(1), the
+    submitter's control ops and submits wait (``deferred``). It cannot be before the cut — that
+    op was folded before the compact op, by causal delivery — except from a forking author (or a
+    compact op with a smaller stamp): then the workflow is thawed, the op folded, and the
+    compaction in force judged again."""
     wid = _op_workflow(op)
+    wf = state.workflows.get(wid) if wid is not None else None
     if wid is None or wid not in state._full_wf:
         _apply_op_thawed(state, op, author, where, touched)
+        if wf is not None and wf.compacts and any(where.before(c.where) for c in wf.compacts):
+            _rejudge(state, wid, touched)  # a forking author's op before a compact op already folded
         return
     full = state._full_wf[wid]
+    cut = full.compacted.where if full.compacted is not None else where
     if not isinstance(op, (SubmitOp, AcceptOp, CancelOp, ReprioritizeOp, CompactOp)):
         idx = op.task_id.partition("/")[2]
         task = state._full_tasks.get(op.task_id) or state.undefined.get(op.task_id)
-        cut = full.compacted.where if full.compacted is not None else None
         if not _defined_by(full, int(idx), where) or task is None:
             state.reject(where.stamp[1], author, op.op, "op does not follow its task's submit")
             return
-        if cut is not None and not where.before(cut):
-            full.heard_from.add(author)
-            _apply_task_op(state, task, op, author, where)
+        full.heard_from.add(author)
+        _apply_task_op(state, task, op, author, where)
+        if any(where.before(c.where) for c in full.compacts):
+            _rejudge(state, wid, touched)  # a forking author's op before a compact op
+        else:
             state.late_for_compacted += 1
-            return
+        return
+    why = _control_refusal(state, full, op, author, where)
+    if why is not None:
+        state.reject(where.stamp[1], author, op.op, why)
+        return
+    if not where.before(cut) and not (isinstance(op, CompactOp) and where.stamp < cut.stamp):
+        full.deferred.append((op, author, where))
+        state.late_for_compacted += 1
+        return
     _thaw(state, wid)
     _apply_op_thawed(state, op, author, where, touched)
-    if wid not in state._full_wf:  # a compact op freezes it itself
-        _freeze(state, state.workflows[wid], touched)
+    _rejudge(state, wid, touched)
+
+
+def _rejudge(state: State, wid: str, touched: set[str]) -> None:
+    """Judge every compact op of the workflow again and freeze it at the one then in force
+    (a forking author's op landed before one of them)."""
+    _thaw(state, wid)
+    wf = state.workflows[wid]
+    for c in wf.compacts:
+        c.counts = None
+    _freeze(state, wf, touched)
 
 
 def _view_at(state: State, wf: WorkflowState, where: Where) -> dict[str, TaskState] | None:
     """``wf``'s tasks as they stood in the past of ``where`` when it was finished there (every
-    task done or failed, or a cancel that counts before it), else None. One pass of
-    ``TaskState.restricted`` over the full records (the workflow is thawed)."""
-    ids = wf.physical_ids() if wf.replicas > 1 else wf.task_ids
-    view = {tid: state.tasks[tid].restricted(where) for tid in ids}
-    if any(c.before(where) and not _late_cancel(state, wf, c) for c in wf.cancel_records):
-        return view
+    task done or failed, or a cancel that counts before it), else None, as soon as one task
+    shows it was not. ``TaskState.restricted`` over the full records (the workflow is thawed)."""
+    cancelled = any(c.before(where) and not _late_cancel(state, wf, c) for c in wf.cancel_records)
+    view: dict[str, TaskState] = {}
     for i, tid in enumerate(wf.task_ids):
         if wf.replicas > 1:
-            if not state.group_verdict(wf, [view[t] for t in wf.slot_ids(i)]).decided:
+            slots = [state.tasks[t].restricted(where) for t in wf.slot_ids(i)]
+            view.update((t.task_id, t) for t in slots)
+            if not cancelled and not state.group_verdict(wf, slots).decided:
                 return None
-        elif view[tid].status(False, state.max_attempts) not in (TaskStatus.DONE, TaskStatus.FAILED):
+            continue
+        view[tid] = task = state.tasks[tid].restricted(where)
+        if not cancelled and task.status(False, state.max_attempts) not in (TaskStatus.DONE, TaskStatus.FAILED):
             return None
     return view
 
@@ -1286,6 +1358,12 @@ def _thaw(state: State, wid: str) -> None:
     state.workflows[wid] = wf
     for tid in state._frozen_ids.pop(wid):
         state.tasks[tid] = state._full_tasks.pop(tid)
+    deferred, wf.deferred = wf.deferred, []
+    for op, author, where in deferred:  # what waited while it was frozen, folded now
+        if isinstance(op, CompactOp):
+            _record_compact(wf, op, where)
+        else:
+            _apply_op_thawed(state, op, author, where, set())
 
 
 def _freeze(state: State, wf: WorkflowState, touched: set[str]) -> None:
@@ -1295,11 +1373,18 @@ def _freeze(state: State, wf: WorkflowState, touched: set[str]) -> None:
     wid = wf.workflow_id
     winner, frozen = None, None
     for c in wf.compacts:  # by stamp: the first that counts is in force
-        if all(r.where.before(c.where) for r in wf.submits):
-            frozen = _view_at(state, wf, c.where)
-            if frozen is not None:
-                winner = c
-                break
+        if c.counts is False:
+            continue
+        # the submits that could define it are before it (a later one, only the submitter's
+        # own mistake, is late like any op after the cut)
+        if not all(r.where.before(c.where) for r in wf.submits if r.stamp < c.stamp):
+            c.counts = False
+            continue
+        frozen = _view_at(state, wf, c.where)
+        c.counts = frozen is not None
+        if frozen is not None:
+            winner = c
+            break
     if winner is None and wf.compacted is None:
         return
     wf.compacted = winner
@@ -1334,17 +1419,24 @@ def _freeze(state: State, wf: WorkflowState, touched: set[str]) -> None:
     state.workflows[wid] = view
 
 
+def _record_compact(wf: WorkflowState, op: CompactOp, where: Where) -> CompactRecord | None:
+    """File a compact op by stamp (kept even when it does not count: a fork may change that)."""
+    if any(c.stamp == where.stamp for c in wf.compacts):
+        return None
+    rec = CompactRecord(where, op.snapshot)
+    wf.compacts.insert(bisect.bisect_left(wf.compacts, where.stamp, key=lambda c: c.stamp), rec)
+    return rec
+
+
 def _apply_op_thawed(state: State, op: Any, author: str, where: Where, touched: set[str]) -> None:
     stamp = where.stamp
     if isinstance(op, CompactOp):
         wf = _steered_workflow(state, op, author, where, "compact")
         if wf is None:
             return
-        if any(c.stamp == stamp for c in wf.compacts):
+        rec = _record_compact(wf, op, where)
+        if rec is None:
             return  # the same op folded again
-        rec = CompactRecord(where, op.snapshot)
-        i = bisect.bisect_left(wf.compacts, stamp, key=lambda c: c.stamp)
-        wf.compacts.insert(i, rec)  # kept even when it does not count: a fork may change that
         _freeze(state, wf, touched)
         if wf.compacted is not rec:
             state.note(stamp[1], author, op.op, "compaction not in force: the workflow was not finished in its past, "
@@ -1366,11 +1458,16 @@ def _apply_op_thawed(state: State, op: Any, author: str, where: Where, touched: 
             # claims folded before an advert that is "before" them: re-derive every verdict,
             # and its tasks. An honest author's advert precedes its claims: O(1).
             state.shared.epoch += 1
+            rejudge: set[str] = set()
             for tid in state._claimed_by.get(author, ()):
-                task = state.tasks.get(tid)
+                task = state._full_tasks.get(tid) or state.tasks.get(tid)
                 if task is not None and any(c.peer == author and where.before(c.where)
                                             for claims in task.claims.values() for c in claims.values() if c.where):
                     touched.add(tid)
+                    if state.workflows[task.workflow_id].compacts:
+                        rejudge.add(task.workflow_id)
+            for wid in sorted(rejudge):  # a claim a compaction's verdict rests on may no longer count
+                _rejudge(state, wid, touched)
         return
 
     if isinstance(op, AcceptOp):
@@ -1436,8 +1533,14 @@ def _apply_task_op(state: State, task: TaskState, op: Any, author: str, where: W
             return
         claims = task.claims.setdefault(op.attempt, {})
         old = claims.get(author)
+        new = Claim(author, op.capacity, stamp, op.supersedes, op.continues, where)
+        if old is not None and stamp != old.stamp:  # a forked author: the other claim is kept aside
+            aside = task._others.setdefault(("claim", op.attempt, author), [])
+            keep = old if stamp < old.stamp else new
+            if all(c.stamp != keep.stamp for c in aside):
+                aside.append(keep)
         if old is None or stamp < old.stamp:  # a forked author's claims: the earliest stamp counts
-            claims[author] = Claim(author, op.capacity, stamp, op.supersedes, op.continues, where)
+            claims[author] = new
             task.changed()
             state._claimed_by.setdefault(author, set()).add(task.task_id)
             why = task.refusal(claims[author], op.attempt)
@@ -1446,6 +1549,11 @@ def _apply_task_op(state: State, task: TaskState, op: Any, author: str, where: W
     elif isinstance(op, StartOp):
         key = (op.attempt, author)
         old_start = task.started.get(key)
+        if old_start is not None and stamp != old_start.stamp:  # a forked author: kept aside
+            aside = task._others.setdefault(("start", *key), [])
+            keep = old_start if stamp < old_start.stamp else where
+            if all(w.stamp != keep.stamp for w in aside):
+                aside.append(keep)
         if key not in task.started or (old_start is not None and stamp < old_start.stamp):
             task.started[key] = where
             task.changed()

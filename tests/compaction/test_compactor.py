@@ -156,7 +156,8 @@ async def test_a_forged_snapshot_is_caught_and_changes_no_answer(tmp_path: Path)
 async def test_a_workflow_touched_while_its_snapshot_is_built_is_compacted_later(tmp_path: Path, monkeypatch: Any) -> None:
     """An event about the workflow folded while the snapshot was built (it yields to the loop
     between slices): the snapshot would not be the cut's, so it is dropped and built again on
-    the next look."""
+    the next look; after MAX_RETRIES in a row (a peer that keeps writing junk about it) it is
+    built without yielding, so no peer can keep a workflow from being compacted."""
     import p2p.compaction.compactor as compactor_mod
 
     a, b, wid = _run_by_b(tmp_path, "a")
@@ -166,15 +167,17 @@ async def test_a_workflow_touched_while_its_snapshot_is_built_is_compacted_later
 
     async def build_then_touch(*args: Any, **kw: Any) -> Any:
         snap = await real(*args, **kw)
-        if not touched:  # the owner's late failure of task 0 arrives meanwhile (DONE stands)
-            b.clock.append([{"op": "task.fail", "task_id": f"{wid}/0", "attempt": 1, "error": "late", "retryable": False}])
-            a.take(b)
-            touched.append(1)
+        # an op on it arrives meanwhile, every time (a peer's junk start on a done task)
+        b.clock.append([{"op": "task.start", "task_id": f"{wid}/0", "attempt": 1 + len(touched)}])
+        a.take(b)
+        touched.append(1)
         return snap
 
     monkeypatch.setattr(compactor_mod, "build_snapshot_async", build_then_touch)
-    await a.compactor.step()
-    assert a.compactor.stats.retried == 1 and a.compactor.info()["written"] == 0
-    await a.compactor.step()
+    for k in range(compactor_mod.MAX_RETRIES):
+        await a.compactor.step()
+        assert a.compactor.stats.retried == k + 1 and a.compactor.info()["written"] == 0
+    await a.compactor.step()  # then built without yielding: nothing can move it meanwhile
+    assert len(touched) == compactor_mod.MAX_RETRIES
     assert a.compactor.info()["written"] == 1 and a.sched.state.workflows[wid].compacted is not None
     assert a.answer(wid)["state"] == "completed"

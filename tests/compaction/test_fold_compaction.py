@@ -28,6 +28,8 @@ from tests.scheduler.test_fold_agreement import (
     WORKERS,
     Dag,
     answers,
+    _seal,
+    _submit,
     causal_orders,
     fold,
     op_for,
@@ -56,15 +58,26 @@ def compacting(draw: Any) -> Dag:
     n_tasks.setdefault(WA, 1)
     n_tasks.setdefault(WD, 1)
     for _ in range(draw(st.integers(0, 6))):  # late ops, written over all heads or a few events
+        author = draw(st.sampled_from(SUBMITTERS + WORKERS))
         ops: list[Any] = []
         for _ in range(draw(st.integers(1, 3))):
             op = draw(op_for(n_tasks))
             if isinstance(op, dict) and "run" in op:
                 ops.extend(op["run"])
-            elif not (isinstance(op, dict) and (op.get("resubmit") or op.get("accept"))):
+            elif isinstance(op, dict) and op.get("resubmit"):  # a duplicate submit, by whoever
+                wid = draw(st.sampled_from([WA, WD]))
+                ops.append(_submit(wid, n_tasks[wid] + 1, "again", compact=draw(st.booleans())))
+            elif isinstance(op, dict) and op.get("accept"):
+                ops.append(_seal(draw, dag, op["wid"]))
+            else:
                 ops.append(op)
         parents = dag.heads() if draw(st.booleans()) else draw(st.lists(st.sampled_from(range(len(dag.events))), max_size=3))
-        dag.add(draw(st.sampled_from(SUBMITTERS + WORKERS)), ops, parents)
+        # a forking worker (two events with one seq); a forking submitter is the fold's known
+        # limit (docs/architecture.md §12 item 10), even without compaction
+        fork = author in WORKERS and author in dag.last_of and draw(st.integers(0, 3)) == 0
+        if fork:
+            event("a fork after the compaction")
+        dag.add(author, ops, parents, fork=fork)
     return dag
 
 
@@ -196,3 +209,107 @@ def test_a_forking_submitters_two_compactions_resolve_alike_in_every_order() -> 
         answers_by_order.append((state.snapshot(), answers(state)))
     assert winners == {min((one.height, one.cid, 0), (two.height, two.cid, 0))}, winners
     assert all(a == answers_by_order[0] for a in answers_by_order)
+
+
+def _fork_history(fork_ops: list[dict[str, Any]], fork_parent: str, at_e2: bool = False) -> tuple[Dag, dict[str, Any]]:
+    """peerA submits one task; peerB advertises (e1), runs it (e2) and writes e3; peerA
+    compacts over e2; then peerB forks: an event with e3's seq (e2's with ``at_e2``, written
+    before e3) over ``fork_parent`` (``"submit"`` or ``"e1"``) holding ``fork_ops``."""
+    dag = Dag(advertisers=set())
+    sub = dag.add("peerA", [{"op": "workflow.submit", "workflow_id": WA, "name": "w", "priority": 5,
+                             "tag": "p2p-eligible", "created_at": 1000.0, "tasks": [{"model": "m", "input": "t0"}]}], [])
+    e1 = dag.add("peerB", [{"op": "peer.advertise", "capacity": 1.0, "models": ["m"]}], [sub.idx])
+    e2 = dag.add("peerB", [{"op": "task.claim", "task_id": f"{WA}/0", "attempt": 1, "capacity": 1.0},
+                           {"op": "task.start", "task_id": f"{WA}/0", "attempt": 1},
+                           {"op": "task.done", "task_id": f"{WA}/0", "attempt": 1, "result": {"v": 1}}], [e1.idx])
+    compact = dag.add("peerA", [_compact(WA)], [e2.idx])
+    parent = sub.idx if fork_parent == "submit" else e1.idx
+    fork = dag.add("peerB", fork_ops, [parent], fork=True) if at_e2 else None
+    e3 = dag.add("peerB", [{"op": "peer.advertise", "capacity": 1.0, "models": ["m"]}], [e2.idx])
+    if fork is None:
+        fork = dag.add("peerB", fork_ops, [parent], fork=True)
+    return dag, {"sub": sub, "e1": e1, "e2": e2, "compact": compact, "e3": e3, "fork": fork}
+
+
+def _orders_agree(dag: Dag, orders: list[list[Any]]) -> State:
+    states = [fold(dag, o) for o in orders]
+    for state in states[1:]:
+        assert state.snapshot() == states[0].snapshot()
+        assert answers(state) == answers(states[0])
+        assert (state.workflows[WA].compacted is None) == (states[0].workflows[WA].compacted is None)
+    return states[0]
+
+
+def test_a_forked_claim_with_a_smaller_stamp_does_not_hide_the_one_in_the_cut() -> None:
+    """peerB's forked claim on the same attempt (lower height, so a smaller stamp) is not in
+    the compaction's cut; the claim that is must still count there, whether the fork arrived
+    before the compact op or after it."""
+    claim = [{"op": "task.claim", "task_id": f"{WA}/0", "attempt": 1, "capacity": 1.0}]
+    dag, ev = _fork_history(claim, "submit")
+    assert ev["fork"].height < ev["e2"].height
+    early = [ev[k] for k in ("sub", "e1", "e2", "fork", "compact", "e3")]
+    late = [ev[k] for k in ("sub", "e1", "e2", "compact", "e3", "fork")]
+    state = _orders_agree(dag, [early, late])
+    assert state.workflows[WA].compacted is not None
+    assert _view(state)["state"] == "completed"
+
+
+def test_a_forked_advert_under_a_claim_rejudges_the_compaction() -> None:
+    """peerB forks an advert for another model at e2's seq: whether e2's claim counts may now
+    change, and with it whether the compaction counts; every arrival order must agree."""
+    for capacity in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0):  # a fork whose stamp sorts before e2's
+        advert = [{"op": "peer.advertise", "capacity": capacity, "models": ["other"]}]
+        dag, ev = _fork_history(advert, "e1", at_e2=True)
+        if ev["fork"].cid < ev["e2"].cid:
+            break
+    assert ev["fork"].seq == ev["e2"].seq and (ev["fork"].height, ev["fork"].cid) < (ev["e2"].height, ev["e2"].cid)
+    orders = [[ev[k] for k in ("sub", "e1", "e2", "compact", "e3", "fork")],
+              [ev[k] for k in ("sub", "e1", "fork", "e2", "compact", "e3")],
+              [ev[k] for k in ("sub", "e1", "e2", "fork", "compact", "e3")]]
+    _orders_agree(dag, orders)
+
+
+def test_ops_about_a_compacted_workflow_cost_what_they_change(monkeypatch: Any) -> None:
+    """Ops about a compacted workflow never re-derive it unless they can change its view: a
+    stranger's control ops are refused outright, the submitter's late ones wait, task ops go
+    to the full records; compact ops on a running workflow are judged once each."""
+    import p2p.scheduler.state as state_mod
+
+    calls = {"thaw": 0, "view": 0}
+    real_thaw, real_view = state_mod._thaw, state_mod._view_at
+
+    def thaw(*a: Any) -> Any:
+        calls["thaw"] += 1
+        return real_thaw(*a)
+
+    def view(*a: Any) -> Any:
+        calls["view"] += 1
+        return real_view(*a)
+
+    monkeypatch.setattr(state_mod, "_thaw", thaw)
+    monkeypatch.setattr(state_mod, "_view_at", view)
+    dag = _done_workflow()
+    compact = dag.add("peerA", [_compact(WA)], [1])
+    before = _view(fold(dag, dag.events))
+    dag.add("peerB", [{"op": "workflow.cancel", "workflow_id": WA}] * 3
+            + [{"op": "workflow.compact", "workflow_id": WA, "snapshot": CIDS[0]}] * 3, [compact.idx])
+    dag.add("peerA", [{"op": "workflow.reprioritize", "workflow_id": WA, "priority": 2},
+                      {"op": "workflow.cancel", "workflow_id": WA}, _compact(WA)], [compact.idx])
+    dag.add("peerC", [{"op": "task.claim", "task_id": f"{WA}/0", "attempt": 2, "capacity": 1.0}], [compact.idx])
+    calls.update(thaw=0, view=0)
+    state = fold(dag, dag.events)
+    assert calls == {"thaw": 0, "view": 1}, calls  # the compaction judged once, nothing thawed
+    assert _view(state) == before | {"compacted": _view(state)["compacted"]}
+    assert sum("only the workflow's submitter" in r.reason for r in state.rejected) == 6
+    assert state.late_for_compacted == 4  # the submitter's three ops wait, peerC's claim is kept aside
+
+    running = Dag()
+    sub = running.add("peerA", [{"op": "workflow.submit", "workflow_id": WA, "name": "w", "priority": 5,
+                                 "tag": "p2p-eligible", "created_at": 1000.0,
+                                 "tasks": [{"model": "m", "input": f"t{i}"} for i in range(50)]}], [])
+    last = sub.idx
+    for _ in range(20):  # the submitter compacts its running workflow again and again
+        last = running.add("peerA", [_compact(WA)], [last]).idx
+    calls.update(thaw=0, view=0)
+    state = fold(running, running.events)
+    assert state.workflows[WA].compacted is None and calls["view"] == 20, calls  # once each, not 20 x 20
