@@ -586,6 +586,14 @@ class TaskState:
         if self.max_attempts != max_attempts:
             self.max_attempts = max_attempts
             self.changed()
+        memo = self._cache()
+        key = ("status", cancelled)
+        got = memo.get(key)
+        if got is None:
+            got = memo[key] = self._status(cancelled)
+        return got
+
+    def _status(self, cancelled: bool) -> TaskStatus:
         if self.results and self.result is not None:
             return TaskStatus.DONE
         if self.fails and self.final_fails():
@@ -635,6 +643,11 @@ class TaskState:
             if best is not None or w is None:
                 t.started[k] = best
         t.accepts = {k: v for k, v in self.accepts.items() if _before(v[1], cut)}
+        if (len(t.results) == len(self.results) and len(t.fails) == len(self.fails)
+                and len(t.accepts) == len(self.accepts) and t.started == self.started and t.claims == self.claims):
+            # the same records (the usual case: a cut over everything this task holds): what
+            # was derived from them holds for the copy too
+            t._memo, t._memo_epoch = dict(self._memo), self._memo_epoch
         return t
 
     def ended_before(self, attempt: int, where: Where) -> bool:

@@ -1,0 +1,119 @@
+"""Compaction's costs (issue 12 item 3; docs/compaction.md), on real clocks: signed events in
+SQLite, the scheduler's fold, the compactor's snapshot.
+
+For workflows of 10,000 and 25,000 tasks (inputs of a few words), a submitter's clock holds the
+submit and a worker's runs (claim, start, done; 80 tasks an event). Measured, best of 3:
+
+- the baseline: folding the whole history into a fresh scheduler, what a restart costs today;
+- building the workflow's snapshot (what the submitter's compactor does, and what a peer does to
+  verify one), and folding the compact op (the freeze: the workflow's view at the cut);
+- the snapshot's bytes against the history's event bytes.
+
+Dropping the history below a compaction is not built, so there is no restart-after-compaction
+or join-from-snapshot figure yet (docs/compaction.md §5–§6). Fails loudly when the workflow is
+not completed, the compaction does not come into force, or the snapshot is empty.
+Run alone: ``.venv/bin/python -m bench.bench_compaction``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.check import require
+
+SIZES = (10_000, 25_000)
+PER_EVENT = 80
+ROUNDS = 3
+
+
+def _history(root: Path, n: int) -> tuple[Any, Any, str]:
+    """A submitter's clock holding a finished n-task workflow run by another peer."""
+    from p2p.clock import MerkleClock
+    from p2p.config import SchedulerConfig
+    from p2p.identity import Identity
+    from p2p.peers import PeerCaps, PeerTable
+    from p2p.scheduler.ops import TaskSpec, WorkflowTag
+    from p2p.scheduler.scheduler import Scheduler
+
+    a_id, b_id = Identity.generate(), Identity.generate()
+    a = MerkleClock.open(root / "a.sqlite", a_id)
+    b = MerkleClock.open(root / "b.sqlite", b_id)
+    me = PeerCaps(a_id.peer_id_str, 1.0, frozenset(["m"]))
+    sched = Scheduler(a, engine=None, peers=PeerTable(lambda: me, lease_s=30), config=SchedulerConfig(  # type: ignore[arg-type]
+        max_tasks_per_workflow=n))
+    wid = sched.submit("bench", [TaskSpec(model="m", task="embedding", input=f"doc {i} few words") for i in range(n)], 5,
+                       WorkflowTag.P2P_ELIGIBLE)
+    b.add_blocks([(ev.cid, ev.data) for ev in a.events()])
+    b.append([{"op": "peer.advertise", "capacity": 1.0, "models": ["m"]}])
+    for k in range(0, n, PER_EVENT):
+        ops: list[dict[str, Any]] = []
+        for i in range(k, min(n, k + PER_EVENT)):
+            tid = f"{wid}/{i}"
+            ops += [{"op": "task.claim", "task_id": tid, "attempt": 1, "capacity": 1.0},
+                    {"op": "task.start", "task_id": tid, "attempt": 1},
+                    {"op": "task.done", "task_id": tid, "attempt": 1, "result": {"label": "x", "score": 0.5}}]
+        b.append(ops)
+    a.add_blocks([(ev.cid, ev.data) for ev in b.events()])
+    b.close()
+    return a, sched, wid
+
+
+def _fresh_fold(clock: Any, n: int) -> tuple[float, Any]:
+    from p2p.config import SchedulerConfig
+    from p2p.peers import PeerCaps, PeerTable
+    from p2p.scheduler.scheduler import Scheduler
+
+    me = PeerCaps("bench", 1.0, frozenset(["m"]))
+    t = time.perf_counter()
+    sched = Scheduler(clock, engine=None, peers=PeerTable(lambda: me, lease_s=30),  # type: ignore[arg-type]
+                      config=SchedulerConfig(max_tasks_per_workflow=n))
+    sched.load()
+    return time.perf_counter() - t, sched
+
+
+def measure(n: int) -> dict[str, float]:
+    from p2p.compaction.snapshot import build_snapshot
+    from p2p.scheduler.state import WorkflowStatus
+
+    with tempfile.TemporaryDirectory(prefix="bench-compaction-") as d:
+        clock, sched, wid = _history(Path(d), n)
+        state = sched.state
+        require(state.workflow_status(state.workflows[wid]) is WorkflowStatus.COMPLETED,
+                f"the {n}-task workflow is {state.workflow_status(state.workflows[wid]).value}, not completed")
+        history_bytes = sum(len(ev.data) for ev in clock.events())
+        fold_s = min(_fresh_fold(clock, n)[0] for _ in range(ROUNDS))
+        snap_s = float("inf")
+        for _ in range(ROUNDS):
+            t = time.perf_counter()
+            snap = build_snapshot(state, wid, max_chunk_bytes=clock.config.max_block_bytes)
+            snap_s = min(snap_s, time.perf_counter() - t)
+        snap_bytes = sum(len(data) for _, data in snap.blocks())
+        require(snap_bytes > 0 and len(snap.chunks) >= 1, "an empty snapshot")
+        t = time.perf_counter()
+        sched.compact(wid, snap.root_cid)
+        freeze_s = time.perf_counter() - t
+        require(state.is_compacted(wid), "the compaction did not come into force")
+        require(build_snapshot(state, wid, max_chunk_bytes=clock.config.max_block_bytes).root_cid == snap.root_cid,
+                "the compacted view's snapshot differs from the one named")
+        clock.close()
+    return {"fold_s": fold_s, "snapshot_s": snap_s, "freeze_s": freeze_s, "history_bytes": history_bytes,
+            "snapshot_bytes": snap_bytes, "chunks": len(snap.chunks)}
+
+
+def main() -> None:
+    print("compaction of one finished workflow (real clocks, the scheduler's fold), best of "
+          f"{ROUNDS}; baseline: folding its whole history (a restart today)")
+    for n in SIZES:
+        r = measure(n)
+        print(f"  {n:>6,} tasks: history {r['history_bytes'] / 1e6:.1f} MB folded in {r['fold_s']:.2f} s; "
+              f"snapshot {r['snapshot_bytes'] / 1e6:.2f} MB in {r['chunks']} chunk(s) built in {r['snapshot_s']:.2f} s "
+              f"({r['snapshot_s'] / r['fold_s']:.2f}x the fold); the compact op folded (freeze) in {r['freeze_s']:.2f} s "
+              f"({r['freeze_s'] / r['fold_s']:.2f}x); snapshot/history bytes {r['snapshot_bytes'] / r['history_bytes']:.2f}")
+    print("  not measured (not built): restart and join after dropping the compacted history (docs/compaction.md §5-6)")
+
+
+if __name__ == "__main__":
+    main()
