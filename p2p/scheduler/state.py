@@ -55,6 +55,11 @@ Rules, all set-based:
   (a losing claimant's result is kept, never used), the earliest stamp. A later duplicate never
   replaces it.
 - Priority: the ``workflow.reprioritize`` with the greatest stamp, else the submit's priority.
+- Compaction (docs/compaction.md §4): a ``workflow.compact`` counts when its author is the
+  submitter, every submit with a smaller stamp is before it, and the workflow was finished in
+  its past; the counting one with the smallest stamp is in force, and the workflow then reads
+  as its records restricted to that op's cut (``_freeze``): ops about it that are not before
+  the cut are kept in its full records and count for nothing.
 - Two submits under one workflow id (only a faulty peer does that): the smaller stamp defines
   the workflow; task ids only other submits define are kept apart (``State.undefined``).
 
