@@ -22,6 +22,7 @@ from multiformats import CID
 
 from p2p.clock import MerkleClock, codec
 from p2p.clock.cids import cid_raw
+from p2p.compaction.compactor import Compactor
 from p2p.config import NodeConfig
 from p2p.content import CidCache, ContentError, dir_cid
 from p2p.cache.cache import cache_offers, open_node_cache
@@ -110,8 +111,6 @@ class Node:
             max_inflight=sched.max_inflight, max_ops_per_event=config.clock.max_ops_per_event,
             ready=self.caught_up, lagging=self._lagging, cache=self.cache,
         )
-        from p2p.compaction.compactor import Compactor
-
         self.compactor = Compactor(self.scheduler, clock, self.peer_id, retention_s=config.clock.retention_s,
                                    max_chunk_bytes=config.clock.max_block_bytes)
 

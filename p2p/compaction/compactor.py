@@ -71,7 +71,6 @@ class Compactor:
         self._checked: dict[str, Any] = {}  # compacted workflow -> the stamp in force when checked
         self._cannot: set[str] = set()  # own workflows whose snapshot cannot be built (logged once)
         self._retries: dict[str, int] = {}  # own workflow -> snapshots dropped in a row
-        self._wake = trio.Event()
 
     def info(self) -> dict[str, Any]:
         state = self.scheduler.state
@@ -86,18 +85,12 @@ class Compactor:
             "late_ops_ignored": state.late_for_compacted,
         }
 
-    def poke(self) -> None:
-        """Look now (tests; a node could call it when a workflow finishes)."""
-        self._wake.set()
-
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         interval = min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, self.retention_s / 10))
         task_status.started()
         while True:
             await self.step()
-            with trio.move_on_after(interval):
-                await self._wake.wait()
-            self._wake = trio.Event()
+            await trio.sleep(interval)
 
     async def step(self) -> None:
         """One look: compact what has waited long enough, check peers' new compactions."""
