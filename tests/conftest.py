@@ -11,6 +11,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Hypothesis without its "explain" phase: on Python 3.11 it traces every line while it re-runs a
+# failing example, and a fold generator's failure then shrank past pytest-timeout's 300 s on CI,
+# which reported a timeout and a FlakyStrategyDefinition instead of the failing example.
+from hypothesis import Phase, settings  # noqa: E402
+
+settings.register_profile("project", phases=[p for p in Phase if p is not Phase.explain], print_blob=True)
+settings.load_profile("project")
+
 
 def pytest_configure(config: pytest.Config) -> None:
     from mcp_server.log import configure_logging

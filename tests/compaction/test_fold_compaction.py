@@ -81,6 +81,19 @@ def compacting(draw: Any) -> Dag:
     return dag
 
 
+def _vv_cut(dag: Dag, at: int) -> set[int]:
+    """The events a compact op in event ``at`` covers (docs/compaction.md §4): those of smaller
+    (height, CID) whose author's seq its version vector reaches. Without forks that is exactly
+    the event's past; a forking author's sibling it never saw is in too, when its seq is covered."""
+    vv: dict[str, int] = {}
+    for i in _past(dag, at):
+        e = dag.events[i]
+        vv[e.author] = max(vv.get(e.author, 0), e.seq)
+    own = dag.events[at]
+    return {e.idx for e in dag.events
+            if e.idx != at and (e.height, e.cid) < (own.height, own.cid) and vv.get(e.author, 0) >= e.seq}
+
+
 def _cut_index(dag: Dag, state: State, wid: str) -> int:
     cid = state.workflows[wid].compacted.where.stamp[1]
     return next(e.idx for e in dag.events if e.cid == cid)
@@ -112,8 +125,8 @@ def test_every_order_agrees_and_a_compacted_workflow_reads_as_its_cut(dag: Dag, 
         # holds the ops before it in its own event too
         at = _cut_index(dag, state, wid)
         op_index = wf.compacted.where.stamp[2]
-        cut = [e for e in dag.events if e.idx in _past(dag, at) - {at}]
         own = dag.events[at]
+        cut = [e for e in dag.events if e.idx in _vv_cut(dag, at)]
         inputs = _inputs(dag, cut) + [FoldInput(own.cid, own.author, own.height, own.ops[:op_index],
                                                 [dag.events[p].cid for p in own.parents], own.seq)]
         at_cut = snapshot_at(inputs, wid, max_attempts=MAX_ATTEMPTS, max_chunk_bytes=CHUNK)
