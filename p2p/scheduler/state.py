@@ -13,8 +13,10 @@ seq in its past}`` (its parents' vectors merged, plus itself): a function of the
 X (a claim, result, fail, submit or cancel) is *before* record Y when Y's event has X's event in
 its past (``vv_Y[author_X] >= seq_X``) and X's stamp is smaller (which orders ops within one
 event). The stamp of an op is ``(height, event cid, op index)``: unique, and equal on every peer.
-This is exact for authors whose events form a chain, as the clock writes them; an author that
-forks (two events with one seq) can make peers judge its own ops' causality differently.
+The vector is exact for authors whose events form a chain, as the clock writes them; for an
+author seen to fork (two events with one seq, or one that skips its own predecessor) the
+answer comes from walking parents instead (``p2p.scheduler.causality``), so "before" is the
+DAG's own relation for every author.
 Without ``parents``/``seq`` (the old call), "before" falls back to "folded before": arrival order.
 What writers must uphold (the clock does): an op is written in an event whose parents are the
 clock's heads, which cover every event this state had folded when the op was decided; an event
@@ -97,6 +99,7 @@ from typing import Any, Iterable, Sequence
 from pydantic import ValidationError
 
 from p2p.scheduler.assignment import claim_beats, judge_of
+from p2p.scheduler.causality import VV, Causality
 from p2p.scheduler.replicas import SlotView, Verdict, Vote, decide, slot_index, slots_for, split_index
 from p2p.scheduler.ops import (
     AcceptOp,
@@ -119,8 +122,6 @@ from p2p.scheduler.ops import (
 
 # A causal timestamp: (height, event cid bytes, op index). Unique per op, equal on every peer.
 Stamp = tuple[int, bytes, int]
-# A version vector: author -> highest seq of that author's events in an event's past (inclusive).
-VV = dict[str, int]
 
 REJECTIONS_KEPT = 256
 _LEGACY = ""  # the pseudo-author of the fold-order clock used when events come without parents
@@ -149,16 +150,23 @@ TERMINAL_WORKFLOW = frozenset({WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, 
 
 @dataclass(slots=True, frozen=True)
 class Where:
-    """Where an op sits in the DAG: its stamp, its event's (author, seq) and version vector."""
+    """Where an op sits in the DAG: its stamp, its event's (author, seq) and version vector,
+    and the fold's causality (exact for authors that fork: ``p2p.scheduler.causality``)."""
 
     stamp: Stamp
     who: str
     seq: int
     vv: VV = field(compare=False, hash=False, repr=False)
+    dag: Causality | None = field(default=None, compare=False, hash=False, repr=False)
 
     def before(self, other: Where) -> bool:
         """Whether this op is causally before ``other`` (its event is in ``other``'s past)."""
-        return self.stamp < other.stamp and other.vv.get(self.who, 0) >= self.seq
+        if not (self.stamp < other.stamp and other.vv.get(self.who, 0) >= self.seq):
+            return False
+        dag = other.dag
+        if dag is None or self.who not in dag.forked:
+            return True
+        return dag.in_past(self.stamp[1], self.who, self.seq, self.stamp[0], other.stamp[1])
 
 
 @dataclass(slots=True)
@@ -779,8 +787,8 @@ class State:
     # those of the last apply_event call (the first REJECTIONS_KEPT): what a caller logs
     last_rejected: list[Rejection] = field(default_factory=list)
     events: int = 0
-    # Version vectors of folded events (by cid bytes), for causal order.
-    _vv: dict[bytes, VV] = field(default_factory=dict, repr=False)
+    # Version vectors, parents and heights of folded events (by cid bytes), for causal order.
+    _causal: Causality = field(default_factory=Causality, repr=False)
     _folded: int = 0  # the fold-order clock of the old, parentless call
     # Derived caches, kept current by ``refresh`` for the tasks each event touches, so status
     # and progress reads cost O(1) per task instead of re-deriving every task on each read.
@@ -1180,29 +1188,19 @@ def apply_event(
     cid = bytes(cid)
     state.last_rejected = []
     if parents is not None and seq is not None:
-        if cid in state._vv:
+        if cid in state._causal:
             return set()
-        vv: VV = {}
-        for p in parents:
-            pv = state._vv.get(bytes(p))
-            if pv is None:  # never with causal delivery; tolerated, the event just sees less
-                continue
-            for who, s in pv.items():
-                if vv.get(who, 0) < s:
-                    vv[who] = s
-        if vv.get(author, 0) < seq:
-            vv[author] = seq
-        state._vv[cid] = vv
-        who, at = author, seq
+        vv = state._causal.add(cid, author, seq, height, parents)
+        who, at, dag = author, seq, state._causal
     else:
         state._folded += 1
-        who, at = _LEGACY, state._folded
+        who, at, dag = _LEGACY, state._folded, None
         vv = {_LEGACY: at}
     state.events += 1
     touched: set[str] = set()
     slots = 0  # task slots the event's submits define so far
     for index, raw in enumerate(ops):
-        where = Where((height, cid, index), who, at, vv)
+        where = Where((height, cid, index), who, at, vv, dag)
         try:
             op = parse_op(raw)
         except ValidationError as exc:
@@ -1301,15 +1299,16 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
     """Fold one op. An op about a compacted workflow does not touch its view at the cut: a task
     op goes to its full records in O(1), a stranger's control op is refused in O(1), the
     submitter's control ops and submits wait (``deferred``). It cannot be before the cut — that
-    op was folded before the compact op, by causal delivery — except from a forking author (or a
-    compact op with a smaller stamp): then the workflow is thawed, the op folded, and the
-    compaction in force judged again."""
+    op was folded before the compact op, by causal delivery, forks included (before-ness is
+    exact: ``causality``) — except a compact op with a smaller stamp (a forking submitter's), or
+    an op whose event was folded without one of its parents (``apply_event`` tolerates it):
+    then the workflow is thawed, the op folded, and the compaction in force judged again."""
     wid = _op_workflow(op)
     wf = state.workflows.get(wid) if wid is not None else None
     if wid is None or wid not in state._full_wf:
         _apply_op_thawed(state, op, author, where, touched)
         if wf is not None and wf.compacts and any(where.before(c.where) for c in wf.compacts):
-            _rejudge(state, wid, touched)  # a forking author's op before a compact op already folded
+            _rejudge(state, wid, touched)  # an op before a compact op already folded (docstring)
         return
     full = state._full_wf[wid]
     cut = full.compacted.where if full.compacted is not None else where
@@ -1322,7 +1321,7 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
         full.heard_from.add(author)
         _apply_task_op(state, task, op, author, where)
         if any(where.before(c.where) for c in full.compacts):
-            _rejudge(state, wid, touched)  # a forking author's op before a compact op
+            _rejudge(state, wid, touched)  # an op before a compact op (docstring)
         else:
             state.late_for_compacted += 1
         return

@@ -2,8 +2,8 @@
 of events alone (issue 7, items 2 and 10).
 
 The generator reaches every op field and the corners: ``supersedes``, ``continues``,
-``result_cid`` results, ``stats``, concurrent claims on one attempt, forked authors (two events
-with one seq), two submits under one id, cancels and reprioritises concurrent with claims,
+``result_cid`` results, ``stats``, concurrent claims on one attempt, forked authors, workers
+and submitters (two events with one seq), two submits under one id, cancels and reprioritises concurrent with claims,
 compactions (by anyone, of running or finished workflows),
 expired fails, fails with ``retryable`` False, start ops, ops before their submit (events that
 do not descend from it), attempts beyond ``max_attempts``, malformed and oversize ops. Properties:
@@ -292,7 +292,9 @@ def scenarios(draw: Any, min_events: int = 1, max_events: int = 30) -> Dag:
         extra = draw(st.lists(st.sampled_from(existing), max_size=3))
         if ran:
             extra.append(len(dag.events) - 1)  # an honest run follows what its author holds
-        fork = author in WORKERS and author in dag.last_of and draw(st.integers(0, 9)) == 0
+        # any author may fork, submitters too: causality is exact for forked authors
+        # (p2p/scheduler/causality.py; before it, a forking submitter split peers)
+        fork = author in dag.last_of and draw(st.integers(0, 9)) == 0
         dag.add(author, ops, extra, fork=fork)
     if "peerD" not in dag.last_of:
         dag.add("peerD", [_submit(WD, logical[WD], "d")], draw(st.lists(st.sampled_from(range(len(dag.events))), max_size=2)))
