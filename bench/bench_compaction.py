@@ -23,42 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.check import require
+from bench.history import finished_history
 
 SIZES = (10_000, 25_000)
-PER_EVENT = 80
 ROUNDS = 3
-
-
-def _history(root: Path, n: int) -> tuple[Any, Any, str]:
-    """A submitter's clock holding a finished n-task workflow run by another peer."""
-    from p2p.clock import MerkleClock
-    from p2p.config import SchedulerConfig
-    from p2p.identity import Identity
-    from p2p.peers import PeerCaps, PeerTable
-    from p2p.scheduler.ops import TaskSpec, WorkflowTag
-    from p2p.scheduler.scheduler import Scheduler
-
-    a_id, b_id = Identity.generate(), Identity.generate()
-    a = MerkleClock.open(root / "a.sqlite", a_id)
-    b = MerkleClock.open(root / "b.sqlite", b_id)
-    me = PeerCaps(a_id.peer_id_str, 1.0, frozenset(["m"]))
-    sched = Scheduler(a, engine=None, peers=PeerTable(lambda: me, lease_s=30), config=SchedulerConfig(  # type: ignore[arg-type]
-        max_tasks_per_workflow=n))
-    wid = sched.submit("bench", [TaskSpec(model="m", task="embedding", input=f"doc {i} few words") for i in range(n)], 5,
-                       WorkflowTag.P2P_ELIGIBLE)
-    b.add_blocks([(ev.cid, ev.data) for ev in a.events()])
-    b.append([{"op": "peer.advertise", "capacity": 1.0, "models": ["m"]}])
-    for k in range(0, n, PER_EVENT):
-        ops: list[dict[str, Any]] = []
-        for i in range(k, min(n, k + PER_EVENT)):
-            tid = f"{wid}/{i}"
-            ops += [{"op": "task.claim", "task_id": tid, "attempt": 1, "capacity": 1.0},
-                    {"op": "task.start", "task_id": tid, "attempt": 1},
-                    {"op": "task.done", "task_id": tid, "attempt": 1, "result": {"label": "x", "score": 0.5}}]
-        b.append(ops)
-    a.add_blocks([(ev.cid, ev.data) for ev in b.events()])
-    b.close()
-    return a, sched, wid
 
 
 def _fresh_fold(clock: Any) -> float:
@@ -80,7 +48,7 @@ def measure(n: int) -> dict[str, float]:
     from p2p.scheduler.state import WorkflowStatus
 
     with tempfile.TemporaryDirectory(prefix="bench-compaction-") as d:
-        clock, sched, wid = _history(Path(d), n)
+        clock, sched, wid = finished_history(Path(d), n, lambda i: {"label": "x", "score": 0.5})
         state = sched.state
         require(state.workflow_status(state.workflows[wid]) is WorkflowStatus.COMPLETED,
                 f"the {n}-task workflow is {state.workflow_status(state.workflows[wid]).value}, not completed")

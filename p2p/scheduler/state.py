@@ -548,6 +548,14 @@ class TaskState:
         of its attempt (the winning claim). A peer that merely claimed too (a race it lost, or a
         forger writing a shallow claim + done) never provides it, not even until the owner
         reports; among owners' results, later duplicates never replace the first."""
+        memo = self._cache()  # memoised like status: an export or a status page reads it per task
+        key = ("result", self.max_attempts)
+        if key in memo:
+            return memo[key]
+        memo[key] = got = self._standing()
+        return got
+
+    def _standing(self) -> Outcome | None:
         sealed = self.sealed()
         if sealed is not None:
             return sealed
