@@ -6,11 +6,12 @@ bad item, it returns that item's error in its slot so the rest of the batch is u
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import structlog
 
 from inference.backends import Backend
@@ -27,6 +28,9 @@ from inference.tasks import (
     fill_mask_output,
 )
 from inference.tokenizer import TextEncoder
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = structlog.get_logger()
 

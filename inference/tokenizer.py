@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 
 from inference.errors import InferenceError, InputTooLongError, InvalidInputError, ModelLoadError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(slots=True)
@@ -94,6 +96,7 @@ class TextEncoder:
         return text or (self._tok.id_to_token(token_id) or "")
 
     def encode(self, texts: list[Any]) -> EncodedBatch:
+        import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
         errors: dict[int, InferenceError] = {}
         good: list[int] = []
         for i, t in enumerate(texts):

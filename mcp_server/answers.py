@@ -24,7 +24,6 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
-import numpy as np
 from mcp.types import CallToolResult, ResourceLink, TextContent
 from pydantic import BaseModel
 
@@ -62,6 +61,7 @@ def _round(x: float) -> float:
 def shape_output(output: dict[str, Any], fmt: Format, ref: str | None) -> dict[str, Any]:
     """One model output (an embedding, a classification or fill-mask predictions) in ``fmt``.
     Anything else, and every output in ``"floats"``, comes back as it is."""
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     if fmt == "floats" or not isinstance(output, dict):
         return output
     vec = output.get("embedding")

@@ -31,7 +31,6 @@ import secrets
 from collections import OrderedDict
 from typing import Any
 
-import numpy as np
 import pydantic_core
 import structlog
 from mcp.server.mcpserver import MCPServer
@@ -119,6 +118,7 @@ def npy_page(node: Any, workflow_id: str, offset: int, limit: int | None) -> byt
     tasks without a result), refusing a read that would not fit one reply before reading it: the
     dimension comes from the first embedding among the first ``PROBE`` tasks, so a workflow
     without embeddings there costs one small page, not a scan of every task."""
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     total = _node_call(node.workflow_status, workflow_id, False, 0, 0)["total"]
     if offset > total:
         raise ResourceError(f"offset {offset} is past the workflow's {total} tasks")

@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
-import numpy as np
 import structlog
 import trio
 
@@ -256,6 +255,7 @@ def _embedding_bytes(res: Resolved, partial: bool) -> bytes | None:
 
 def _json_output(res: Resolved, partial: bool) -> tuple[Any, str | None]:
     """(JSON output, error) of a row; the error of a row without output (partial)."""
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     if _missing(res, partial):
         return None, res.row.error or res.note
     try:
@@ -316,6 +316,7 @@ class NpyWriter:
     the stored float32 bytes as they are, so nothing is converted."""
 
     def __init__(self, fh: Any, partial: bool, n: int, d: int) -> None:
+        import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
         self.fh, self.partial, self.n, self.d = fh, partial, n, d
         self.rows = self.with_output = 0
         self._nan = np.full(d, np.nan, dtype="<f4").tobytes()
@@ -358,6 +359,7 @@ class ParquetWriter:
         self._w = pq.ParquetWriter(fh, self.schema)
 
     def write(self, rows: list[Resolved]) -> None:
+        import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
         pa = self.pa
         errors, outputs, offsets, mask, values = [], [], [0], [], []
         for res in rows:

@@ -22,9 +22,8 @@ the same batching executor as workflow tasks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import structlog
 import trio
 
@@ -39,6 +38,9 @@ from p2p.protocols.infer import (
     encode_reply,
     encode_request,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = structlog.get_logger("p2p.remote_infer")
 
@@ -73,6 +75,7 @@ async def infer_here(node: Any, model: str, texts: list[str], task: str | None) 
 
 async def embed_here(node: Any, model: str, texts: list[str]) -> np.ndarray:
     """``texts`` embedded by this node's engine: N x D float32."""
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     from inference.errors import InferenceError
 
     try:
@@ -170,6 +173,7 @@ async def infer_on_peer(node: Any, model: str, model_cid: str | None, texts: lis
 
 
 def _unit_vectors(dim: int | None) -> Check:
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     def check(reply: InferReply) -> str | None:
         mat = np.asarray([o["embedding"] for o in reply.outputs], dtype=np.float64)
         if dim is not None and mat.shape[1] != dim:
@@ -192,6 +196,7 @@ async def embed_texts(node: Any, model: str, model_cid: str | None, texts: list[
     """``texts`` embedded by ``model`` (with ``model_cid``'s files): here when this node serves
     it, else on a peer (whose vectors must have ``dim`` values, when given). Returns (N x D
     float32, the peer id that embedded them)."""
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     if serves(node, model, model_cid):
         return await embed_here(node, model, texts), node.peer_id
     reply, peer = await infer_on_peer(node, model, model_cid, texts, EMBEDDING, _unit_vectors(dim))

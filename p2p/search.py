@@ -33,9 +33,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
 import structlog
 import trio
 
@@ -44,6 +43,9 @@ from p2p.errors import NodeError
 from p2p.fsutil import fsync_dir_best_effort
 from p2p.export import PAGE, BlocksLoader, ExportRow, node_blocks_loader, page_rows, resolve, unfinished_error
 from p2p.scheduler.state import State, TaskStatus
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = structlog.get_logger("p2p.search")
 
@@ -62,6 +64,7 @@ _EMBEDDING = "embedding"
 def normalise_rows(mat: np.ndarray) -> np.ndarray:
     """A float32 copy of ``mat`` (N x D) with every row of unit length; an all-zero row stays zero
     (it scores 0 against everything rather than NaN)."""
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     out = np.array(mat, dtype=np.float32, copy=True)
     if out.ndim != 2:
         raise ValueError(f"expected a 2-d matrix, got shape {out.shape}")
@@ -73,6 +76,7 @@ def normalise_rows(mat: np.ndarray) -> np.ndarray:
 def top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` rows of the normalised ``matrix`` nearest to ``query`` by cosine: (row numbers,
     scores), best first, equal scores in row order. Fewer than ``k`` when the matrix has fewer rows."""
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     q = np.asarray(query, dtype=np.float32).reshape(-1)
     norm = float(np.linalg.norm(q))
     if norm > 0:
@@ -89,6 +93,7 @@ def top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np
 
 def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
     """Pairwise cosine similarity of the rows of ``vectors`` (float32), clipped to [-1, 1]."""
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     v = normalise_rows(vectors)
     return np.clip(v @ v.T, -1.0, 1.0)
 
@@ -153,6 +158,7 @@ def save_index(directory: Path, index: Index) -> None:
     """Write ``index`` under ``directory`` (worker thread): the matrix first, then the JSON that
     names it with its checksum, each written beside its path and renamed into place, so a crash
     leaves either the old pair, or a matrix the JSON's checksum no longer matches (rebuilt)."""
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     directory.mkdir(parents=True, exist_ok=True)
     npy, meta = index_paths(directory, index.workflow_id)
     matrix = np.ascontiguousarray(index.matrix, dtype="<f4")
@@ -176,6 +182,7 @@ def _sha256(path: Path) -> str:
 def load_index(directory: Path, workflow_id: str, key: dict[str, Any]) -> tuple[Index | None, str | None]:
     """The saved index of ``workflow_id`` (worker thread), or (None, why not): missing, not
     this workflow's (``key`` differs), or damaged in any way (unreadable, checksum, shape)."""
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     npy, meta = index_paths(directory, workflow_id)
     if not meta.exists() and not npy.exists():
         return None, None
@@ -235,6 +242,7 @@ def _page_vectors(rows: list[ExportRow], load_blocks: BlocksLoader, partial: boo
 
 
 def _stack(packed: list[bytes], dim: int | None) -> np.ndarray:
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     if not packed:
         return np.zeros((0, dim or 0), dtype=np.float32)
     mat = np.frombuffer(b"".join(packed), dtype="<f4").reshape(len(packed), -1)
@@ -247,6 +255,7 @@ async def build_index(get_state: Callable[[], State], workflow_id: str, model: s
                       partial: bool, page: int = PAGE) -> Index:
     """Read the workflow's embeddings a page of tasks at a time (the state on the loop, the
     result blocks and the numpy in worker threads) into one normalised matrix."""
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     state = get_state()
     wf = state.workflows[workflow_id]
     done, key, total = state.counts(wf)[TaskStatus.DONE], workflow_key(wf), len(wf.task_ids)

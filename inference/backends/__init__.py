@@ -7,9 +7,11 @@ tokenization, output shaping) is backend-independent.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 BACKENDS = ("auto", "onnx", "torch")
 

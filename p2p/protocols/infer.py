@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
-import numpy as np
 
 from p2p.protocols.wire import WireError
 
@@ -102,6 +101,7 @@ def decode_request(data: bytes) -> InferRequest:
 
 
 def _wire_output(out: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     vec = out.get("embedding")
     if vec is None:
         return out
@@ -125,6 +125,7 @@ def _score(v: Any, what: str) -> float:
 
 def _output(task: str, out: Any, i: int) -> dict[str, Any]:
     """One output, checked for its task's shape and bounds; embeddings as float lists."""
+    import numpy as np  # lazily: an idle node never imports numpy (10 MB of its RSS)
     if not isinstance(out, dict):
         raise WireError(f"malformed infer reply: outputs[{i}] is not a map")
     truncated = out.get("truncated", False)
