@@ -7,7 +7,9 @@ submit and a worker's runs (claim, start, done; 80 tasks an event). Measured, be
 - the baseline: folding the whole history into a fresh scheduler, what a restart costs today;
 - building the workflow's snapshot (what the submitter's compactor does, and what a peer does to
   verify one), and folding the compact op (the freeze: the workflow's view at the cut);
-- the snapshot's bytes against the history's event bytes.
+- the snapshot's bytes against the history's event bytes;
+- the memory the compact op adds to a fold (its frozen view shares the finished tasks with the
+  full records: ``TaskState.as_of``), against what the fold holds.
 
 Dropping the history below a compaction is not built, so there is no restart-after-compaction
 or join-from-snapshot figure yet (docs/compaction.md §5–§6). Fails loudly when the workflow is
@@ -67,9 +69,37 @@ def measure(n: int) -> dict[str, float]:
         require(state.is_compacted(wid), "the compaction did not come into force")
         require(build_snapshot(state, wid, max_chunk_bytes=clock.config.max_block_bytes).root_cid == snap.root_cid,
                 "the compacted view's snapshot differs from the one named")
+        freeze_bytes, state_bytes = _freeze_memory(clock, wid)
         clock.close()
     return {"fold_s": fold_s, "snapshot_s": snap_s, "freeze_s": freeze_s, "history_bytes": history_bytes,
-            "snapshot_bytes": snap_bytes, "chunks": len(snap.chunks)}
+            "snapshot_bytes": snap_bytes, "chunks": len(snap.chunks), "freeze_bytes": freeze_bytes,
+            "state_bytes": state_bytes}
+
+
+def _freeze_memory(clock: Any, wid: str) -> tuple[int, int]:
+    """Python allocations a fresh fold holds after every event but the compact op, and what
+    folding the compact op then adds (tracemalloc; a separate fold, so the timings above are
+    untraced)."""
+    import gc
+    import tracemalloc
+
+    from p2p.scheduler.state import State, apply_event
+
+    events = list(clock.events())
+    require(any(op.get("op") == "workflow.compact" for op in events[-1].ops), "the last event is not the compact op")
+    gc.collect()
+    tracemalloc.start()
+    state = State(max_attempts=3)
+    for ev in events:
+        if ev is events[-1]:
+            gc.collect()
+            before = tracemalloc.get_traced_memory()[0]
+        apply_event(state, bytes(ev.cid), ev.author, ev.height, ev.ops, parents=[bytes(p) for p in ev.parents], seq=ev.seq)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    require(state.is_compacted(wid), "the compaction did not come into force in the traced fold")
+    return after - before, before
 
 
 def main() -> None:
@@ -80,7 +110,8 @@ def main() -> None:
         print(f"  {n:>6,} tasks: history {r['history_bytes'] / 1e6:.1f} MB folded in {r['fold_s']:.2f} s; "
               f"snapshot {r['snapshot_bytes'] / 1e6:.2f} MB in {r['chunks']} chunk(s) built in {r['snapshot_s']:.2f} s "
               f"({r['snapshot_s'] / r['fold_s']:.2f}x the fold); the compact op folded (freeze) in {r['freeze_s']:.2f} s "
-              f"({r['freeze_s'] / r['fold_s']:.2f}x); snapshot/history bytes {r['snapshot_bytes'] / r['history_bytes']:.2f}")
+              f"({r['freeze_s'] / r['fold_s']:.2f}x), adding {r['freeze_bytes'] / 1e6:.1f} MB to a fold holding "
+              f"{r['state_bytes'] / 1e6:.0f} MB; snapshot/history bytes {r['snapshot_bytes'] / r['history_bytes']:.2f}")
     print("  not measured (not built): restart and join after dropping the compacted history (docs/compaction.md §5-6)")
 
 

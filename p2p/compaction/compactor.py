@@ -21,7 +21,8 @@ lives here, in the shell, with time injected:
 
 Dropping the full records of verified workflows, checkpoints and joining from them are the
 next steps of the design and are not built: a compaction today freezes a workflow's answers and
-leaves a verified, content-addressed summary of it; it does not yet save memory or disk.
+leaves a verified, content-addressed summary of it; it does not yet save memory or disk (nor
+cost much: the frozen view shares its finished tasks with the full records).
 """
 
 from __future__ import annotations

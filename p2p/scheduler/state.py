@@ -635,6 +635,19 @@ class TaskState:
             return TaskStatus.RUNNING  # a continuation: its start on the attempt before counts
         return TaskStatus.CLAIMED
 
+    def as_of(self, cut: Where) -> TaskState:
+        """``restricted(cut)``, or this very object when every record is before ``cut`` — the
+        usual case for a compaction's cut, which a finished task's records all precede. A
+        compacted workflow's view then shares its tasks with the full records instead of
+        copying them (``_freeze``), and a late op copies a task before it lands (``_apply_op``)."""
+        every = (all(_before(c.where, cut) for claims in self.claims.values() for c in claims.values())
+                 and all(_before(o.where, cut) for o in self.results.values())
+                 and all(_before(f.where, cut) for f in self.fails.values())
+                 and all(w is None or _before(w, cut) for w in self.started.values())
+                 and all(_before(v[1], cut) for v in self.accepts.values())
+                 and not self._others)
+        return self if every else self.restricted(cut)
+
     def restricted(self, cut: Where) -> TaskState:
         """This task as it stood in the past of ``cut`` (only records before it)."""
         self._cache()
@@ -1327,6 +1340,10 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
             state.reject(where.stamp[1], author, op.op, "op does not follow its task's submit")
             return
         full.heard_from.add(author)
+        if state.tasks.get(op.task_id) is task and full.compacted is not None:
+            # the view shares this task with the full records (``TaskState.as_of``): it keeps
+            # a copy as of the cut before the late op lands in the full records
+            state.tasks[op.task_id] = task.restricted(full.compacted.where)
         _apply_task_op(state, task, op, author, where)
         if any(where.before(c.where) for c in full.compacts):
             _rejudge(state, wid, touched)  # an op before a compact op (docstring)
@@ -1364,12 +1381,12 @@ def _view_at(state: State, wf: WorkflowState, where: Where) -> dict[str, TaskSta
     view: dict[str, TaskState] = {}
     for i, tid in enumerate(wf.task_ids):
         if wf.replicas > 1:
-            slots = [state.tasks[t].restricted(where) for t in wf.slot_ids(i)]
+            slots = [state.tasks[t].as_of(where) for t in wf.slot_ids(i)]
             view.update((t.task_id, t) for t in slots)
             if not cancelled and not state.group_verdict(wf, slots).decided:
                 return None
             continue
-        view[tid] = task = state.tasks[tid].restricted(where)
+        view[tid] = task = state.tasks[tid].as_of(where)
         if not cancelled and task.status(False, state.max_attempts) not in (TaskStatus.DONE, TaskStatus.FAILED):
             return None
     return view
