@@ -23,9 +23,16 @@ So the fold notes which authors fork, and for those alone answers by walking par
   ``x`` and ``c`` both are, and the second of them was detected. So whenever the fold compares
   ``x`` with ``c``, a wrong answer from the vector is never used: either ``a`` is marked and the
   walk answers, or the vector is exact. The fold's answers stay a function of the set of events.
-- **Cost.** O(1) for everyone else. For a forked author, a walk from ``c`` down through the
-  events whose vector still covers ``x`` and whose height is above ``x``'s, memoised per pair:
-  paid for the forker's own ops. The parents and heights of folded events are kept for it.
+- **Cost.** O(1) for everyone else, and O(1) for a forked author's event folded after ``c``
+  (it cannot be in ``c``'s past: each event keeps its fold index). Otherwise a walk from ``c``
+  down through the events whose vector still covers ``x`` and whose height is above ``x``'s,
+  which stops at any event already known to reach ``x`` (or known not to): the ops of honest
+  peers on a forked submitter's workflow ask about the same submit event by event, and each
+  asks only as far as the previous answer. The parents, heights and fold indexes of folded
+  events are kept for it; the memo is cleared past ``MEMO_MAX`` entries. (An adversarial
+  review measured both costs before these two shortcuts: one forked advert made every peer
+  walk its whole history once per claim, 6.6 s at 10,000 events; a forked submitter made
+  honest workers' ops walk too, 10.3 s against 2.7 s at 8,000 events.)
 """
 
 from __future__ import annotations
@@ -36,13 +43,16 @@ from typing import Any, Sequence
 # author -> highest seq of that author's events in an event's past (inclusive)
 VV = dict[str, int]
 
+MEMO_MAX = 1 << 16  # reachability answers kept for forked authors' events, ~10 MB (then cleared)
+
 
 @dataclass(slots=True, eq=False)
 class Causality:
     """The folded events' vectors, parents and heights, and the authors known to fork."""
 
     vv: dict[bytes, VV] = field(default_factory=dict)
-    links: dict[bytes, tuple[int, tuple[bytes, ...]]] = field(default_factory=dict)  # cid -> (height, parents)
+    # cid -> (height, parents, fold index)
+    links: dict[bytes, tuple[int, tuple[bytes, ...], int]] = field(default_factory=dict)
     forked: set[str] = field(default_factory=set)
     _max_seq: dict[str, int] = field(default_factory=dict)
     _memo: dict[tuple[bytes, bytes], bool] = field(default_factory=dict)
@@ -70,7 +80,7 @@ class Causality:
         if vv.get(author, 0) < seq:
             vv[author] = seq
         self.vv[cid] = vv
-        self.links[cid] = (height, tuple(own))
+        self.links[cid] = (height, tuple(own), len(self.links))
         return vv
 
     def in_past(self, cid: bytes, who: str, seq: int, height: int, of: bytes) -> bool:
@@ -78,25 +88,35 @@ class Causality:
         past, ``of`` included, given that ``of``'s vector covers it (the caller checked)."""
         if cid == of or who not in self.forked:
             return True
-        key = (cid, of)
-        got = self._memo.get(key)
+        mine, theirs = self.links.get(cid), self.links.get(of)
+        if mine is None or theirs is None or mine[2] > theirs[2]:
+            return False  # folded after ``of``: never in its past (causal delivery)
+        got = self._memo.get((cid, of))
         if got is None:
             got = self._walk(cid, who, seq, height, of)
-            self._memo[key] = got
         return got
 
     def _walk(self, cid: bytes, who: str, seq: int, height: int, of: bytes) -> bool:
+        """Whether ``cid`` is an ancestor of ``of``: depth first from ``of``, never below ``cid``'s
+        height or where the vector no longer covers it, stopping at a memoised answer. Every
+        event visited by a walk that fails does not reach ``cid`` either: all are memoised so."""
+        memo = self._memo
+        if len(memo) > MEMO_MAX:
+            memo.clear()
         stack, seen = [of], {of}
         while stack:
             at = stack.pop()
-            for p in self.links.get(at, (0, ()))[1]:
-                if p == cid:
+            for p in self.links[at][1]:
+                if p == cid or memo.get((cid, p)) is True:
+                    memo[(cid, of)] = True
                     return True
-                if p in seen:
+                if p in seen or (cid, p) in memo:  # seen, or known not to reach it
                     continue
                 seen.add(p)
                 h = self.links[p][0]
                 # only an event above x, whose past still holds seq >= x's, can lead to x
                 if h > height and self.vv[p].get(who, 0) >= seq:
                     stack.append(p)
+        for at in seen:
+            memo[(cid, at)] = False
         return False

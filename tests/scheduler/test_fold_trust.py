@@ -351,19 +351,25 @@ def test_a_backdated_copy_of_a_fail_does_not_reopen_finished_work() -> None:
         assert state.tasks[T0].result.result == {"v": "honest"}
 
 
-def test_an_honest_authors_adverts_cost_no_re_derivation() -> None:
+def test_adverts_cost_no_re_derivation_honest_or_forked() -> None:
     """A peer re-advertising (capacity or models changed) does not make the fold re-derive
-    every task it ever claimed; only a forking author's advert can be 'before' a claim folded
-    already, and only then is anything re-derived."""
+    every task it ever claimed: an advert folded after a claim is never before it, even from an
+    author that forks (causality is exact), so nothing cached on the claims is dropped. A forked
+    advert walks nothing either (it was folded after every claim: p2p/scheduler/causality.py)."""
+    from p2p.scheduler.state import apply_event
+
     n = 50
     dag = Dag()
     s = dag.add("A", [_submit(n)], [])
     b = dag.add("B", [{**claim(1), "task_id": _tid(i)} for i in range(n)], [s.idx])
     state = fold(dag, dag.events)
-    epoch = state.shared.epoch
-    dag.add("B", [{"op": "peer.advertise", "capacity": c, "models": ["m"]} for c in (1.0, 2.0, 3.0)], [b.idx])
-    from p2p.scheduler.state import apply_event
-    ev = dag.events[-1]
-    touched = apply_event(state, ev.cid, ev.author, ev.height, ev.ops, parents=[dag.events[p].cid for p in ev.parents], seq=ev.seq)
-    assert state.shared.epoch == epoch and touched == set()
-    assert state.latest_advert("B").capacity == 3.0
+    task = state.tasks[_tid(0)]
+    assert task.attempt == 1 and task._memo  # derived and cached
+    for fork in (False, True):
+        dag.add("B", [{"op": "peer.advertise", "capacity": c, "models": ["m"]} for c in (1.0, 2.0, 3.0)],
+                [] if fork else [b.idx], fork=fork)
+        ev = dag.events[-1]
+        touched = apply_event(state, ev.cid, ev.author, ev.height, ev.ops, parents=[dag.events[p].cid for p in ev.parents], seq=ev.seq)
+        assert touched == set() and task._memo, fork
+        assert state.latest_advert("B").capacity == 3.0
+    assert "B" in state._causal.forked and not state._causal._memo  # noted as forked, and no walk
