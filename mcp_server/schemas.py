@@ -188,6 +188,11 @@ class ClockInfo(BaseModel):
     hash: str = Field(description="Hash over the sorted heads: peers holding the same events report the same hash.")
     events: int
     db_bytes: int = Field(0, description="Bytes the clock's SQLite database takes on disk (its write-ahead log included).")
+    forked: list[str] = Field(default_factory=list, description=(
+        "Peers whose history forks (two events with one seq, or one that skips its own previous "
+        "event): a faulty or hostile peer, one restored from a backup, or one killed before its "
+        "last announced events reached its disk. The fold stays exact for them; shown so an "
+        "operator can find them. At most 16."))
 
 
 class NodeInfo(BaseModel):

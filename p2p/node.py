@@ -830,7 +830,7 @@ class Node:
 
     def clock_info(self) -> dict[str, Any]:
         return {"heads": [str(c) for c in self.clock.heads()], "hash": self.clock.get_hash(), "events": len(self.clock),
-                "db_bytes": self.clock.db_bytes()}
+                "db_bytes": self.clock.db_bytes(), "forked": self.scheduler.state.forked_authors()[:16]}
 
     def node_info(self) -> dict[str, Any]:
         return {

@@ -1152,6 +1152,10 @@ class State:
                 counts[t.status(wf.cancelled, self.max_attempts)] += 1
         return counts
 
+    def forked_authors(self) -> list[str]:
+        """Authors whose history forks, sorted (``causality``: the fold stays exact for them)."""
+        return sorted(self._causal.forked)
+
     def is_compacted(self, workflow_id: str) -> bool:
         """Whether a compaction is in force for the workflow (it reads as its cut)."""
         return workflow_id in self._full_wf

@@ -44,6 +44,10 @@ Commands (``cmd``):
   and on attempt 2 (a takeover), each with a zero-vector result;
 - ``rewrite``: a ``peer.advertise`` (1e6) and, for every attempt in ``attempts`` of every task,
   a claim (capacity 1e6) and a zero-vector result; over its heads, or backdated (``backdate``);
+- ``fork``: a sibling of this peer's newest event — the same seq, not descending from it,
+  backdated to the workflow's submit — holding a ``peer.advertise`` (capacity 1) and, for
+  every task, a claim on attempt 1 and a zero-vector result: a forking worker racing the
+  honest claims;
 - ``quit``.
 """
 
@@ -286,6 +290,22 @@ class Hostile:
         return {**out, "open_tasks": self.open_tasks(wf)}
 
 
+    async def fork(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        wf = await self.workflow(cmd["workflow_id"])
+        if self.last_own is None:  # a sibling needs an event to be the sibling of
+            self.over_heads([self.advert(wf, 1.0)])
+        ops = [self.advert(wf, 1.0)]
+        for tid in wf.task_ids:
+            ops += [{"op": "task.claim", "task_id": tid, "attempt": 1, "capacity": 1.0}, self.zero_done(tid, 1)]
+        ev = create_event(self.clock.identity, [self.submit_event(wf)], self.clock._seq, ops)
+        res = self.clock.add_blocks([(ev.cid, ev.data)])
+        if not res.applied:
+            raise RuntimeError(f"forked event not applied: rejected={res.rejected} missing={len(res.missing)}")
+        self._announce(res.applied[0])
+        await self.clock.flush_async(durable=True)
+        return {"events": [str(ev.cid)], "seq": ev.seq, "open_tasks": self.open_tasks(wf)}
+
+
 async def serve(args: argparse.Namespace) -> None:
     from p2p.settings import load_node_settings
 
@@ -296,7 +316,8 @@ async def serve(args: argparse.Namespace) -> None:
     async with HostileNode.open(settings.node_config()) as node:
         hostile = Hostile(node)
         handlers = {"info": hostile.info, "beat": hostile.beat, "touch": hostile.touch, "steer": hostile.steer,
-                    "flood": hostile.flood, "persist": hostile.persist, "race": hostile.race, "late": hostile.late, "rewrite": hostile.rewrite}
+                    "flood": hostile.flood, "persist": hostile.persist, "race": hostile.race, "late": hostile.late, "rewrite": hostile.rewrite,
+                    "fork": hostile.fork}
         out = sys.stdout
         out.write(json.dumps({"ready": True, "peer_id": node.peer_id, "addrs": node.listen_addrs()}) + "\n")
         out.flush()

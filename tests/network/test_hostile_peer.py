@@ -16,7 +16,9 @@ with the project's own ``State`` to name the judge of each attempt and what was 
    over everything it holds (nothing changes), and backdated to the submit (every result is
    replaced: the submitter's seals answer it, see the test);
 5. a flood of expiries (attempts 1-3 of every task of a running 300-task workflow), and a
-   patient expirer that ends each attempt the moment it is owned.
+   patient expirer that ends each attempt the moment it is owned;
+6. a forking worker: a sibling of its own newest event (one seq, two events), backdated to the
+   submit, racing the honest claims with zero results.
 
 What each measured is printed as a ``FIGURE hostile ...`` line (``pytest -s`` shows them).
 """
@@ -601,3 +603,26 @@ async def test_an_expiry_flood_fails_nothing(net: Net) -> None:
         assert len(refused) + len(counted) == 3 * n, (len(refused), len(counted))
     finally:
         await h.cmd("beat", models=[], capacity=2.0)
+
+
+async def test_a_forking_worker_is_named_and_every_peer_agrees(net: Net) -> None:
+    """The fold is exact for authors that fork (p2p/scheduler/causality.py): whatever the races
+    it wins, every honest node reads the workflow alike, field by field, names the forking peer
+    in ``get_node_info``, and keeps working."""
+    await _ready(net)
+    n1 = net.honest[0]
+    h = net.hostile
+    n = 20
+    wid = await _submit(n1, "fork", n, long=True)
+    rep = await h.cmd("fork", workflow_id=wid)
+    assert rep["ok"] and rep["seq"] >= 1, rep
+    await wait_holds(net, rep["events"])
+    final = await _finish(net, wid, n)  # completed everywhere, every field the same on all three
+    for p in net.honest:
+        assert h.peer_id in (await call(p, "get_node_info"))["clock"]["forked"], p.name
+        assert fold_clock(p.data_dir).forked_authors() == [h.peer_id], p.name
+    won = sum(1 for t in final["tasks"] if t["peer"] == h.peer_id)
+    _alive(net)
+    print(f"\nFIGURE hostile fork: tasks={n} won_by_the_forker={won} state=completed, the same on "
+          f"{len(net.honest)}/3 nodes, each naming the forker")
+

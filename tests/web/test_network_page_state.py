@@ -133,7 +133,9 @@ async def test_state_after_a_workflow(node: Any, exported_default_model: Path) -
 
     clock = state["clock"]
     events = clock["events"]
-    assert 0 < len(events) <= RECENT_EVENTS and clock["total"] == len(node.clock) and clock["heads"] >= 1
+    # the node runs on until the nursery is cancelled and may append (a flush) after the page
+    # was built: the page's total is one the clock had, never more than it holds now
+    assert 0 < len(events) <= RECENT_EVENTS and len(events) <= clock["total"] <= len(node.clock) and clock["heads"] >= 1
     cids = [e["cid"] for e in events]
     assert events[-1]["head"] is True  # the newest event applied is a head until a child names it
     for i, e in enumerate(events):  # oldest first: a parent shown comes before its child
