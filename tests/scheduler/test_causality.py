@@ -16,6 +16,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from p2p.scheduler.causality import Causality
+from tests.scheduler.test_fold_agreement import descends
 
 AUTHORS = ["a", "b", "c"]
 
@@ -45,25 +46,13 @@ def dags(draw: Any) -> list[Ev]:
             # a sibling reuses the seq; a skip takes the next seq without its predecessor; both
             # leave out every extra parent that descends from the author's last event
             seq = events[prev].seq + (1 if how == "skip" else 0)
-            parents = {p for p in extra if not _reaches(events, p, prev)}
+            parents = {p for p in extra if not descends(events, p, prev)}
             event(f"fork: {how}")
         height = 1 + max((events[p].height for p in parents), default=-1)
         events.append(Ev(bytes([i]) * 4, author, seq, sorted(parents), height))
         if how == "chain" or prev is None:
             last[author] = i
     return events
-
-
-def _reaches(events: list[Ev], frm: int, to: int) -> bool:
-    stack, seen = [frm], set()
-    while stack:
-        i = stack.pop()
-        if i == to:
-            return True
-        if i not in seen:
-            seen.add(i)
-            stack.extend(events[i].parents)
-    return False
 
 
 def _causal_order(events: list[Ev], rnd: random.Random) -> list[int]:
@@ -95,7 +84,7 @@ def test_before_is_reachability_at_every_step_of_every_causal_order(events: list
         noted.append(i)
         for xi in noted:
             for ci in noted:
-                assert _before(dag, events[xi], events[ci]) == _reaches(events, ci, xi), (xi, ci)
+                assert _before(dag, events[xi], events[ci]) == descends(events, ci, xi), (xi, ci)
     if dag.forked:
         event("an author noted as forked")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -86,19 +86,25 @@ class Dag:
         return ev
 
     def _descends(self, idx: int, ancestor: int) -> bool:
-        stack, seen = [idx], set()
-        while stack:
-            i = stack.pop()
-            if i == ancestor:
-                return True
-            if i not in seen:
-                seen.add(i)
-                stack.extend(self.events[i].parents)
-        return False
+        return descends(self.events, idx, ancestor)
 
     def heads(self) -> list[int]:
         named = {p for e in self.events for p in e.parents}
         return [e.idx for e in self.events if e.idx not in named]
+
+
+def descends(events: Sequence[Any], idx: int, ancestor: int) -> bool:
+    """Whether event ``idx`` has event ``ancestor`` in its past, itself included (each event
+    names its parents by index): reachability in the DAG, the oracle for causality."""
+    stack, seen = [idx], set()
+    while stack:
+        i = stack.pop()
+        if i == ancestor:
+            return True
+        if i not in seen:
+            seen.add(i)
+            stack.extend(events[i].parents)
+    return False
 
 
 def fold(dag: Dag, order: list[Ev], *, read_between: bool = False, max_attempts: int = 3) -> State:
