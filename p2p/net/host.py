@@ -5,7 +5,8 @@ measured quirks in LIBRARY-NOTES.md require:
 
 - TCP, **Noise only** (py-libp2p's default also accepts plaintext and secio), Yamux only.
 - ``ConnectionConfig(max_connections_per_peer=1)``: with the default of 3 every dial waits out
-  a 250 ms happy-eyeballs timer.
+  a 250 ms happy-eyeballs timer. Its stream negotiation timeouts are raised from 10 s to
+  :data:`STREAM_NEGOTIATE_TIMEOUT_S`, our fetch timeout (see there).
 - Optional private network (PSK). py-libp2p applies it to raw TCP connections only; QUIC
   bypasses it, so PSK + QUIC is refused.
 - GossipSub v1.1 with a 1 s heartbeat (the library default is 120 s; the mesh is repaired only
@@ -77,6 +78,13 @@ log = structlog.get_logger(__name__)
 DIAL_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 5.0
+# How long a new stream's multistream-select may take, each way. The library's 10 s is below
+# the block fetch's own 30 s (p2p.replication.dagservice.FETCH_TIMEOUT_S): with three nodes
+# running flat out on two cores, stream opens were measured taking over 10 s, so fetches that
+# their caller would have waited for failed early, workers claimed late and tasks ran twice
+# (test_control_load, docs/architecture.md §12). A dead link is still dropped after
+# TCP_USER_TIMEOUT_S, whatever a negotiation is waiting for.
+STREAM_NEGOTIATE_TIMEOUT_S = 30.0
 # A graceful close (yamux GO_AWAY, then the secure channel and TCP) that takes longer than this
 # is aborted: over a cut link a writer blocked on the full socket holds yamux's write lock and
 # the GO_AWAY queues behind it for as long as the link stays dead (54 s in the partition test).
@@ -860,7 +868,11 @@ async def _open_host(
         listen_addrs=listen,
         enable_mDNS=False,  # see p2p.net.mdns: we advertise concrete addresses ourselves
         enable_quic=config.quic,
-        connection_config=ConnectionConfig(max_connections_per_peer=1),
+        connection_config=ConnectionConfig(
+            max_connections_per_peer=1,
+            outbound_stream_protocol_negotiation_timeout=STREAM_NEGOTIATE_TIMEOUT_S,
+            inbound_stream_protocol_negotiation_timeout=STREAM_NEGOTIATE_TIMEOUT_S,
+        ),
         psk=psk.hex() if psk is not None else None,
         addrs_factory=_announced_addrs,
     )

@@ -777,9 +777,9 @@ class WorkflowState:
     # the submitter's compact ops, by stamp; ``compacted`` is the one in force (docs/compaction.md §4)
     compacts: list[CompactRecord] = field(default_factory=list, repr=False)
     compacted: CompactRecord | None = None
-    # the submitter's control ops and submits folded while the workflow is compacted and not
-    # before its cut: they cannot change its view, so they wait here, unfolded, for a re-freeze
-    # (only a fork brings one) instead of costing a thaw each
+    # the submitter's control ops folded while the workflow is compacted and not before its
+    # cut: they cannot change its view, so they wait here, unfolded, for a re-freeze (only a
+    # fork brings one) instead of costing a thaw each (a submit re-judges: ``_apply_op``)
     deferred: list[tuple[Any, str, Where]] = field(default_factory=list, repr=False)
 
     @property
@@ -1335,7 +1335,7 @@ def _control_refusal(state: State, wf: WorkflowState, op: Any, author: str, wher
 def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str]) -> None:
     """Fold one op. An op about a compacted workflow does not touch its view at the cut: a task
     op goes to its full records in O(1), a stranger's control op is refused in O(1), the
-    submitter's control ops and submits wait (``deferred``). It cannot be before the cut — that
+    submitter's control ops wait (``deferred``), its submits re-judge. It cannot be before the cut — that
     op was folded before the compact op, by causal delivery, forks included (before-ness is
     exact: ``causality``) — except a compact op with a smaller stamp (a forking submitter's), or
     an op whose event was folded without one of its parents (``apply_event`` tolerates it):
@@ -1370,7 +1370,12 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
     if why is not None:
         state.reject(where.stamp[1], author, op.op, why)
         return
-    if not where.before(cut) and not (isinstance(op, CompactOp) and where.stamp < cut.stamp):
+    # A submit is never deferred: one with a smaller stamp decides whether the compaction
+    # counts (rule 1), and any defines task ids apart (``undefined``) that later task ops land
+    # in. Only the submitter writes one (rarely: a duplicate, or a fork), so the re-judgement
+    # below is paid by its own mistakes, and every arrival order ends in the same state.
+    if not where.before(cut) and not isinstance(op, SubmitOp) \
+            and not (isinstance(op, CompactOp) and where.stamp < cut.stamp):
         full.deferred.append((op, author, where))
         state.late_for_compacted += 1
         return
