@@ -846,8 +846,8 @@ class State:
     _listing_by: dict[WorkflowStatus, list[tuple[float, str]]] = field(default_factory=dict, repr=False)
     _listed_as: dict[str, tuple[tuple[float, str], WorkflowStatus]] = field(default_factory=dict, repr=False)
     # Compacted workflows (``_freeze``): ``workflows``/``tasks`` hold their views at the cut in
-    # force; the full records, which every op keeps updating, wait here (a later compact op with
-    # a smaller stamp, only from a forking submitter, re-derives the view from them).
+    # force; the full records, which every op keeps updating, wait here (a compact op with a
+    # smaller stamp, a late submit, or an op before a compact op re-derives the view from them).
     _full_wf: dict[str, WorkflowState] = field(default_factory=dict, repr=False)
     _full_tasks: dict[str, TaskState] = field(default_factory=dict, repr=False)
     _frozen_ids: dict[str, list[str]] = field(default_factory=dict, repr=False)
@@ -906,8 +906,8 @@ class State:
 
     def _note_claimed(self, task: TaskState, key: str, wid: str) -> None:
         """Whether the task holds a claim that counts (then its workflow has started). Claims
-        are never removed, so for honest authors this only ever turns on; a forking author's
-        advert can make a claim stop counting, and then it turns off again, on every peer."""
+        are never removed and no advert folded later changes whether one counts (causality is
+        exact, forks included), so this only ever turns on."""
         claimed = bool(task.claims) and task.attempt > 0
         if claimed and key not in self._claimed:
             self._claimed.add(key)
@@ -1274,7 +1274,7 @@ def _unfile(keys: list[tuple[float, str]], key: tuple[float, str]) -> None:
 
 def _with_siblings(state: State, touched: set[str]) -> None:
     """Every slot of a replicated task one op touched: its verdict opens, closes or decides the
-    others, and the scheduler must re-decide each (a seal or a re-epoch touch one slot only)."""
+    others, and the scheduler must re-decide each (a seal touches one slot only)."""
     extra: set[str] = set()
     for tid in touched:
         if tid.startswith("wf:"):
@@ -1386,7 +1386,7 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
 
 def _rejudge(state: State, wid: str, touched: set[str]) -> None:
     """Judge every compact op of the workflow again and freeze it at the one then in force
-    (a forking author's op landed before one of them)."""
+    (a late submit, a compact op with a smaller stamp, or an op before one of them)."""
     _thaw(state, wid)
     wf = state.workflows[wid]
     for c in wf.compacts:
@@ -1573,8 +1573,9 @@ def _apply_op_thawed(state: State, op: Any, author: str, where: Where, touched: 
     wf.heard_from.add(author)
     _apply_task_op(state, task, op, author, where)
     if any(where.before(c) for c in wf.cancel_records):
-        # Only a forking author's op can be "before" a cancel folded earlier; whether that
-        # cancel is late is then decided again, from the whole set, so peers still agree.
+        # Only an event folded without one of its parents can be "before" a cancel folded
+        # earlier (before-ness is exact, forks included); whether that cancel is late is then
+        # decided again, from the whole set, so peers still agree.
         _recheck_cancels(state, wf, touched)
 
 

@@ -254,9 +254,9 @@ def test_a_forked_claim_with_a_smaller_stamp_does_not_hide_the_one_in_the_cut() 
     assert _view(state)["state"] == "completed"
 
 
-def test_a_forked_advert_under_a_claim_rejudges_the_compaction() -> None:
-    """peerB forks an advert for another model at e2's seq: whether e2's claim counts may now
-    change, and with it whether the compaction counts; every arrival order must agree."""
+def test_a_forked_advert_under_a_claim_does_not_change_the_compaction() -> None:
+    """peerB forks an advert for another model at e2's seq: it is not in e2's past, so e2's
+    claim and the compaction still count (causality is exact); every arrival order agrees."""
     for capacity in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0):  # a fork whose stamp sorts before e2's
         advert = [{"op": "peer.advertise", "capacity": capacity, "models": ["other"]}]
         dag, ev = _fork_history(advert, "e1", at_e2=True)
@@ -266,7 +266,7 @@ def test_a_forked_advert_under_a_claim_rejudges_the_compaction() -> None:
     orders = [[ev[k] for k in ("sub", "e1", "e2", "compact", "e3", "fork")],
               [ev[k] for k in ("sub", "e1", "fork", "e2", "compact", "e3")],
               [ev[k] for k in ("sub", "e1", "e2", "fork", "compact", "e3")]]
-    _orders_agree(dag, orders)
+    assert _orders_agree(dag, orders).is_compacted(WA)
 
 
 def test_ops_about_a_compacted_workflow_cost_what_they_change(monkeypatch: Any) -> None:
