@@ -907,7 +907,9 @@ class State:
     def _note_claimed(self, task: TaskState, key: str, wid: str) -> None:
         """Whether the task holds a claim that counts (then its workflow has started). Claims
         are never removed and no advert folded later changes whether one counts (causality is
-        exact, forks included), so this only ever turns on."""
+        exact, forks included), so folding only turns it on; it turns off only when a
+        compaction's re-judgement puts a task's view back in place of its records (or the
+        reverse), where the view may hold fewer claims."""
         claimed = bool(task.claims) and task.attempt > 0
         if claimed and key not in self._claimed:
             self._claimed.add(key)
