@@ -31,6 +31,7 @@ MAX_CID_BYTES = 128
 # per-peer pubsub stream responsive (big ones hold it for several yamux frames) and bound what
 # a relay buffers per subscriber.
 INLINE_ANNOUNCE_BYTES = 64 * 1024
+MAX_INLINE_BLOCKS = 64
 
 
 class WireError(ValueError):
@@ -51,7 +52,7 @@ class HeadsAnnouncement(_Msg):
     events: int = Field(ge=0)
     # The newest events themselves when small, so receivers skip a fetch round trip; they are
     # verified exactly like fetched blocks.
-    blocks: list[tuple[Cid, bytes]] = Field(default_factory=list, max_length=64)
+    blocks: list[tuple[Cid, bytes]] = Field(default_factory=list, max_length=MAX_INLINE_BLOCKS)
 
 
 class BlocksRequest(_Msg):
@@ -109,6 +110,29 @@ def decode_reply(data: bytes) -> BlocksReply | HeadsReply:
 
 def decode_heads(data: bytes) -> HeadsAnnouncement:
     return _decode(_HEADS, data, "heads announcement")
+
+
+def merge_heads(older: bytes, newer: bytes) -> bytes | None:
+    """One announcement saying what ``older`` then ``newer`` said, or None when it would not fit.
+
+    Why: a sender whose stream is busy would otherwise queue (and, when full, drop) one frame per
+    append; an announcement is a peer's *current* heads plus the newest blocks, so two of them
+    from one peer fold into one without losing anything: ``newer``'s heads supersede ``older``'s
+    (heads only grow along the clock) and the inline blocks are both lists in order, without
+    repeats. None when the peers differ, either is malformed, or the blocks would pass
+    ``MAX_INLINE_BLOCKS`` or ``INLINE_ANNOUNCE_BYTES`` (the receiver's limits): the caller then
+    sends them apart."""
+    try:
+        a, b = decode_heads(older), decode_heads(newer)
+    except WireError:
+        return None
+    if a.peer != b.peer:
+        return None
+    held = {cid for cid, _ in a.blocks}
+    blocks = list(a.blocks) + [blk for blk in b.blocks if blk[0] not in held]
+    if len(blocks) > MAX_INLINE_BLOCKS or sum(len(d) for _, d in blocks) > INLINE_ANNOUNCE_BYTES:
+        return None
+    return encode(HeadsAnnouncement(peer=b.peer, heads=b.heads, events=max(a.events, b.events), blocks=blocks))
 
 
 def topic(network: str, name: str) -> str:

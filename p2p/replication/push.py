@@ -10,10 +10,14 @@ announcement on it as one varint-prefixed frame, in the gossip wire format
 :class:`PushBroadcaster` is a :class:`~p2p.replication.broadcaster.Broadcaster`:
 
 - ``broadcast`` never blocks the appender: the announcement joins a bounded per-peer queue and
-  the peer's sender task writes it. A peer that reads slowly backs its queue up; the oldest
-  announcements are dropped first (counted). Nothing is lost for good by that: every
-  announcement names the sender's current heads, so the newest one brings the receiver to the
-  same state (what an inline block of a dropped one carried is fetched on the blocks stream).
+  the peer's sender task writes it. While the sender is busy, a new announcement is folded into
+  the last one still queued (``merge``, :func:`p2p.protocols.wire.merge_heads`: the newer heads,
+  both block lists), so a burst of appends leaves as a few frames carrying all its blocks, and
+  the receiver verifies them in a few batches, not one thread hop per append. Only when that
+  frame is full does a new one start; a peer that reads so slowly that ``queue`` frames back up
+  loses the oldest (counted). Nothing is lost for good by that: every announcement names the
+  sender's current heads, so the newest one brings the receiver to the same state (what an
+  inline block of a dropped one carried is fetched on the blocks stream).
 - ``next`` yields announcements peers pushed to us. Each frame is read under the gossip cap and
   decoded before it is queued; a frame that is malformed, oversize or not an announcement
   resets that one stream (the sender reopens it) and is logged once per peer per minute. The
@@ -41,7 +45,7 @@ from p2p.net.errors import ProtocolRefused, describe
 from p2p.net.framing import FrameError, StreamEnded, read_frame
 from p2p.net.host import GOSSIP_MAX_MESSAGE_BYTES
 from p2p.net.ratelog import PeerLogLimiter
-from p2p.protocols.wire import WireError, decode_heads
+from p2p.protocols.wire import WireError, decode_heads, merge_heads
 
 log = structlog.get_logger("p2p.replication.push")
 peer_log = PeerLogLimiter(log)
@@ -66,6 +70,7 @@ class PushStats:
     """Counters for metrics and tests (never reset)."""
 
     sent: int = 0  # announcements written to a peer's stream
+    coalesced: int = 0  # announcements folded into one still queued for a peer (not sent apart)
     received: int = 0  # well-formed announcements read from peers' streams
     dropped_backlog: int = 0  # announcements dropped from a slow peer's full queue
     dropped_inbox: int = 0  # received announcements dropped because the replicator lagged
@@ -95,6 +100,7 @@ class PushBroadcaster:
         network: str,
         max_frame_bytes: int = PUSH_MAX_FRAME_BYTES,
         validate: Callable[[bytes], Any] = decode_heads,
+        merge: Callable[[bytes, bytes], bytes | None] | None = merge_heads,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         if queue < 1:
@@ -105,6 +111,7 @@ class PushBroadcaster:
         self._queue = queue
         self._max_frame = max_frame_bytes
         self._validate = validate
+        self._merge = merge
         self._now = now
         self._boxes: dict[str, _Outbox] = {}
         self._retry_at: dict[str, float] = {}  # peer -> no push stream to it before then
@@ -144,12 +151,27 @@ class PushBroadcaster:
         for peer in [p for p in self._boxes if p not in connected]:
             self._boxes.pop(peer).scope.cancel()  # gone: its stream went with the connection
         now = self._now()
+        # peers' queues usually end in the same frame: merge it once (the tail kept alive, so
+        # its id stays its own for the whole call)
+        merged: dict[int, tuple[bytes, bytes | None]] = {}
         for peer in connected:
             box = self._boxes.get(peer)
             if box is None:
                 if self._retry_at.get(peer, 0.0) > now:
                     continue
                 box = self._start(peer)
+            if box.items and self._merge is not None:
+                # the last queued frame is never the one being written (the sender pops first)
+                tail = box.items[-1]
+                if id(tail) not in merged:
+                    both = self._merge(tail, data)
+                    merged[id(tail)] = (tail, both if both is None or len(both) <= self._max_frame else None)
+                both = merged[id(tail)][1]
+                if both is not None:
+                    box.items[-1] = both
+                    self.counts.coalesced += 1
+                    box.wake.set()
+                    continue
             if len(box.items) == self._queue:
                 self.counts.dropped_backlog += 1  # the deque drops the oldest
             box.items.append(data)

@@ -132,8 +132,11 @@ class Replicator:
     # ------------------------------------------------------------------ life
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        # With push on, gossip is the mesh's path and the anti-entropy, not the connected peers'
+        # first one: every receiver decodes (and gossipsub forwards) each copy, so it is paced.
+        interval_s = self.config.push_gossip_interval_ms / 1000 if self.direct is not None else 0.012
         announcer: Debouncer[int] = Debouncer(
-            self._announce, delay_s=self.config.announce_debounce_ms / 1000, min_interval_s=0.012, name="heads"
+            self._announce, delay_s=self.config.announce_debounce_ms / 1000, min_interval_s=interval_s, name="heads"
         )
         if self._startup_wait_s > 0:
             # a node that just started knows nobody yet: were it to claim now, it would rank only

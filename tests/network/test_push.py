@@ -1,9 +1,10 @@
 """Direct event push (issue 9 item 3): announcements on a direct stream, bounded, hostile-proof.
 
 1. Two real hosts in one process (loopback TCP, Noise, Yamux): pushed announcements arrive in
-   order from the authenticated sender; an appender that outruns the stream never blocks and
-   never queues more than ``push_queue`` per peer (the oldest are dropped, counted), and the
-   newest announcement still arrives.
+   order from the authenticated sender; an appender that outruns the stream never blocks: what
+   it appends while the stream is busy folds into the frame still queued, every inline block
+   still arrives, and without merging no more than ``push_queue`` frames wait per peer (the
+   oldest are dropped, counted); the newest announcement always arrives.
 2. Real ``p2p start`` processes with ``network.gossip_heads = false``: no heads travel by
    gossip (neither the heads topic nor heartbeats), so a workflow submitted after the peers
    connected can reach the other peer only by push. A hostile peer then writes junk, oversize
@@ -52,23 +53,72 @@ async def test_push_delivers_in_order_and_a_backlog_stays_bounded() -> None:
                     await trio.sleep(0.01)
             for i in range(3):
                 await pa.broadcast(_ann(a.peer_id, i))
+            got = []
             with trio.fail_after(30):
-                got = [await pb.next() for _ in range(3)]
-            assert [(p, cbor2.loads(d)["events"]) for p, d in got] == [(a.peer_id, i) for i in range(3)]
+                while not got or got[-1][1] != 2:
+                    p, d = await pb.next()
+                    got.append((p, cbor2.loads(d)["events"]))
+            # in order, from the authenticated sender (those queued while the stream opened
+            # were folded into one frame)
+            assert [p for p, _ in got] == [a.peer_id] * len(got)
+            assert [n for _, n in got] == sorted({n for _, n in got})
+            first, folded = pa.stats()["sent"], pa.stats()["coalesced"]
 
-            # 1,000 announcements without a checkpoint: the appender is never blocked, the queue
-            # never holds more than 8, and the newest one is delivered
+            # 1,000 announcements without a checkpoint: the appender is never blocked, they fold
+            # into the one frame still queued, and the newest heads are delivered
             for i in range(1000):
                 pa.broadcast_nowait(_ann(a.peer_id, 1000 + i))
             st = pa.stats()
-            assert st["queued"] <= 8 and st["dropped_backlog"] >= 1000 - 8, st
+            assert st["queued"] == 1 and st["coalesced"] == folded + 999 and st["dropped_backlog"] == 0, st
             with trio.fail_after(30):
                 while True:
                     peer, data = await pb.next()
                     if cbor2.loads(data)["events"] == 1999:
                         break
-            assert pa.stats()["sent"] <= 3 + 8 + 1, pa.stats()  # what was queued, not what was offered
+            assert pa.stats()["sent"] == first + 1, pa.stats()  # what was queued, not what was offered
             assert pb.stats()["received"] == pa.stats()["sent"]
+
+
+async def test_a_burst_coalesces_without_losing_a_block_and_without_merging_a_backlog_stays_bounded() -> None:
+    """Each of 300 announcements inlines one distinct block: coalesced while the stream is busy,
+    every block still arrives, in order, in frames that respect the receiver's limits (at most
+    ``MAX_INLINE_BLOCKS`` each). With merging off, a full queue drops its oldest (counted)."""
+    from p2p.protocols.wire import MAX_INLINE_BLOCKS, decode_heads
+
+    def ann(peer: str, i: int) -> bytes:
+        data = f"block {i}".encode() * 10
+        return encode(HeadsAnnouncement(peer=peer, heads=[cid_raw(block_cid(data))], events=i, blocks=[(cid_raw(block_cid(data)), data)]))
+
+    async with open_host(create_new_key_pair(), _cfg()) as a, open_host(create_new_key_pair(), _cfg()) as b:
+        async with PushBroadcaster.open(a, queue=8, network="default") as pa, PushBroadcaster.open(b, queue=8, network="default") as pb:
+            await a.connect(b.listen_addrs()[0])
+            with trio.fail_after(30):
+                while b.peer_id not in a.connected_peers():
+                    await trio.sleep(0.01)
+            for i in range(300):
+                pa.broadcast_nowait(ann(a.peer_id, i))
+            assert pa.stats()["dropped_backlog"] == 0 and pa.stats()["queued"] <= 8, pa.stats()
+            got: list[bytes] = []
+            with trio.fail_after(30):
+                while len(got) < 300:
+                    _, data = await pb.next()
+                    msg = decode_heads(data)
+                    assert len(msg.blocks) <= MAX_INLINE_BLOCKS
+                    got += [d for _, d in msg.blocks]
+            assert got == [f"block {i}".encode() * 10 for i in range(300)]
+            assert msg.events == 299 and pa.stats()["sent"] < 300
+
+        async with PushBroadcaster.open(a, queue=8, network="other", merge=None) as pa, \
+                PushBroadcaster.open(b, queue=8, network="other") as pb:
+            for i in range(1000):
+                pa.broadcast_nowait(_ann(a.peer_id, 1000 + i))
+            st = pa.stats()
+            assert st["queued"] <= 8 and st["dropped_backlog"] >= 1000 - 8 and st["coalesced"] == 0, st
+            with trio.fail_after(30):
+                while True:
+                    _, data = await pb.next()
+                    if cbor2.loads(data)["events"] == 1999:
+                        break
 
 
 async def test_a_peer_of_another_network_refuses_push_and_is_not_asked_again_soon() -> None:
@@ -139,6 +189,53 @@ async def test_local_appends_reach_peers_by_push_alone_without_the_debounce(tmp_
         st = rep.stats()
         assert st["heard_gossip"] == 0 and st["heard_push"] > 0 and st["gossip_announcements"] == 0, st
         assert st["synced_events"] >= 10, st
+
+
+async def test_with_push_on_gossip_of_local_events_is_paced(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Gossip open, push on: every append reaches the other peer by push at once, while gossip
+    carries local events at most every ``push_gossip_interval_ms`` (each copy costs every
+    receiver a decode); with push off, gossip is the first path and goes at every burst."""
+    from p2p.clock import MerkleClock
+    from p2p.config import SchedulerConfig
+    from p2p.identity import Identity
+    from p2p.peers import PeerCaps, PeerTable
+    from p2p.replication import BlockServer, MemoryHub, Replicator
+    from p2p.replication.dagservice import LocalDAGService
+    from p2p.scheduler.ops import TaskSpec, WorkflowTag
+    from p2p.scheduler.scheduler import Scheduler
+
+    counts = {}
+    for direct in (True, False):
+        gossip, push, dag = MemoryHub(), MemoryHub(), LocalDAGService({})
+        peers = []
+        for name in "ab":
+            ident = Identity.generate()
+            clock = MerkleClock.open(tmp_path / f"{direct}-{name}.sqlite", ident)
+            me = PeerCaps(ident.peer_id_str, 1.0, frozenset(["m"]))
+            sched = Scheduler(clock, engine=None, peers=PeerTable(lambda me=me: me, lease_s=30),  # type: ignore[arg-type]
+                              config=SchedulerConfig())
+            cfg = NetworkConfig(reannounce_s=3600.0, push_gossip_interval_ms=60_000.0)
+            rep = Replicator(clock, gossip.join(ident.peer_id_str), dag, peer_id=ident.peer_id_str, config=cfg,
+                             ingest=sched.ingest, local_event=sched.local_event, take_unannounced=sched.take_unannounced,
+                             direct=push.join(ident.peer_id_str) if direct else None)
+            dag.servers[ident.peer_id_str] = BlockServer(clock, rep.heads_raw, max_blocks_per_request=256, max_frame_bytes=8 << 20)
+            peers.append((clock, sched, rep))
+        async with trio.open_nursery() as nursery:
+            for _, _, rep in peers:
+                await nursery.start(rep.run)
+            _, sched, _ = peers[0]
+            for i in range(30):
+                sched.submit(f"w{i}", [TaskSpec(model="m", input=f"t{i}")], 5, WorkflowTag.P2P_ELIGIBLE)
+                await trio.sleep(0.02)  # a burst the gossip debounce (2 ms) would not coalesce
+            with trio.fail_after(30):
+                while len({c.get_hash() for c, _, _ in peers}) != 1 or any(len(s.state.workflows) != 30 for _, s, _ in peers):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        counts[direct] = peers[0][2].stats()["gossip_announcements"]
+        if direct:
+            assert peers[1][2].stats()["heard_push"] >= 1, peers[1][2].stats()
+    # push on: the first append's gossip goes at once, the next waits the interval (a minute)
+    assert counts[True] <= 1 and counts[False] >= 10, counts
 
 
 # ------------------------------------------------------------------------ between processes
