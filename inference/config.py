@@ -28,7 +28,7 @@ class InferenceConfig(BaseModel):
     onnx_opset: int = Field(17, ge=11, le=23)
     cache_dir: str = Field("", description="ONNX export cache; empty means <data_dir>/onnx")
     # The worker pool (inference.pool): see configs/default.toml for what was measured.
-    pool: bool = Field(False, description=(
+    pool: bool = Field(True, description=(
         "run inference in an autoscaled pool of worker processes; false runs it in threads of this process"))
     workers_min: int = Field(1, ge=1, le=256, description="workers kept once the first inference started one")
     workers_max: int = Field(2, ge=1, le=256, description="most workers the pool scales up to on queue depth")
