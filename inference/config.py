@@ -46,10 +46,20 @@ class InferenceConfig(BaseModel):
                              "set workers_min <= workers_max")
         return v
 
+    def max_workers(self, cores: int) -> int:
+        """The most workers the pool runs on ``cores`` usable cores: ``workers_max``, but with
+        ``threads`` unset never more than the cores (at least ``workers_min``). Why: a node
+        pinned to one core with two single-threaded workers ran 0.67 of raw onnxruntime on that
+        core, with one 0.78 (bench_p2p's pinned peers)."""
+        if self.threads > 0:
+            return self.workers_max
+        return max(self.workers_min, min(self.workers_max, cores))
+
     def worker_threads(self, cores: int) -> int:
         """Intra-op threads each worker's runtime uses: ``threads`` when set, else the usable
-        cores shared out among ``workers_max`` workers (so a full pool does not oversubscribe)."""
+        cores shared out among the workers the pool may run (so a full pool does not
+        oversubscribe)."""
         if self.threads > 0:
             return self.threads
-        return max(1, cores // self.workers_max)
+        return max(1, cores // self.max_workers(cores))
 

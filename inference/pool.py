@@ -179,7 +179,7 @@ class WorkerPool:
         cores = _cores()
         self.threads = config.worker_threads(cores)
         self.worker_config = config.model_copy(update={"threads": self.threads})
-        self.limits = ScaleLimits(config.workers_min, config.workers_max, config.worker_idle_s, config.max_batch)
+        self.limits = ScaleLimits(config.workers_min, config.max_workers(cores), config.worker_idle_s, config.max_batch)
         self.queue_depth: Callable[[], int] = lambda: 0  # set by the engine: the executor's queued items
         self.workers: list[_Worker] = []
         self.starting = 0

@@ -107,6 +107,21 @@ def test_bad_worker_bounds_are_refused_naming_the_key(tmp_path: Path) -> None:
         load_settings(bad)
 
 
+@given(st.integers(1, 8), st.integers(1, 8), st.integers(1, 64), st.integers(0, 8))
+def test_workers_never_outnumber_the_cores_unless_threads_are_set(lo: int, hi: int, cores: int, threads: int) -> None:
+    """A node pinned to one core runs one single-threaded worker, not two taking turns; with
+    ``threads`` set, the operator chose the split and ``workers_max`` stands."""
+    cfg = InferenceConfig(workers_min=min(lo, hi), workers_max=max(lo, hi), threads=threads)
+    n = cfg.max_workers(cores)
+    assert cfg.workers_min <= n <= cfg.workers_max
+    if threads:
+        assert n == cfg.workers_max and cfg.worker_threads(cores) == threads
+    else:
+        assert n == max(cfg.workers_min, min(cfg.workers_max, cores))
+        assert cfg.worker_threads(cores) == max(1, cores // n)
+    assert InferenceConfig().max_workers(1) == 1 and InferenceConfig().max_workers(2) == 2
+
+
 # --- the pool, with real workers ---------------------------------------------------------------
 
 TEXTS = [f"sentence number {i} about peers sharing inference work across ordinary machines" for i in range(600)]
