@@ -221,6 +221,10 @@ def bench_memory(tmp: Path, cache_dir: Path) -> None:
                 await trio.sleep(0.5)
                 out["idle_mcp"] = idle_after_mcp
                 out["after"] = node.rss()
+                # the inference pool's workers (the default) hold the model: count them too
+                kids = psutil.Process(node.proc.pid).children(recursive=True)
+                out["workers"] = sum(k.memory_info().rss for k in kids)
+                out["n_workers"] = len(kids)
 
         trio.run(main)
     finally:
@@ -236,6 +240,9 @@ def bench_memory(tmp: Path, cache_dir: Path) -> None:
     print(f"  {'  ... after one MCP client session opened':<52} {out['idle_mcp'] * mb:>8.1f} {out['idle_mcp'] / bare_rss:>6.1f}x")
     print(f"  {'after one local task on the default model':<52} {out['after'] * mb:>8.1f} {out['after'] / bare_rss:>6.1f}x"
           f"   (task stats: {out['backend']})")
+    label = f"  ... and its {out['n_workers']} inference worker(s) (the pool)"
+    print(f"  {label:<52} {out['workers'] * mb:>8.1f} {out['workers'] / bare_rss:>6.1f}x"
+          f"   node + workers {(out['after'] + out['workers']) * mb:.1f} MiB")
 
 
 # --------------------------------------------------------------------------- remote dispatch
