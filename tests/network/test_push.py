@@ -16,6 +16,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import cbor2
 import pytest
@@ -40,17 +43,24 @@ def _cfg() -> NetworkConfig:
     return NetworkConfig(listen=["/ip4/127.0.0.1/tcp/0"], mdns=False)
 
 
+@asynccontextmanager
+async def _two_hosts() -> AsyncIterator[tuple[Any, Any]]:
+    """Two real hosts (loopback TCP, Noise, yamux), the first connected to the second."""
+    async with open_host(create_new_key_pair(), _cfg()) as a, open_host(create_new_key_pair(), _cfg()) as b:
+        await a.connect(b.listen_addrs()[0])
+        with trio.fail_after(30):
+            while b.peer_id not in a.connected_peers():
+                await trio.sleep(0.01)
+        yield a, b
+
+
 def _ann(peer: str, n: int) -> bytes:
     return encode(HeadsAnnouncement(peer=peer, heads=[], events=n))
 
 
 async def test_push_delivers_in_order_and_a_backlog_stays_bounded() -> None:
-    async with open_host(create_new_key_pair(), _cfg()) as a, open_host(create_new_key_pair(), _cfg()) as b:
+    async with _two_hosts() as (a, b):
         async with PushBroadcaster.open(a, queue=8, network="default") as pa, PushBroadcaster.open(b, queue=8, network="default") as pb:
-            await a.connect(b.listen_addrs()[0])
-            with trio.fail_after(30):
-                while b.peer_id not in a.connected_peers():
-                    await trio.sleep(0.01)
             for i in range(3):
                 await pa.broadcast(_ann(a.peer_id, i))
             got = []
@@ -89,12 +99,8 @@ async def test_a_burst_coalesces_without_losing_a_block_and_without_merging_a_ba
         data = f"block {i}".encode() * 10
         return encode(HeadsAnnouncement(peer=peer, heads=[cid_raw(block_cid(data))], events=i, blocks=[(cid_raw(block_cid(data)), data)]))
 
-    async with open_host(create_new_key_pair(), _cfg()) as a, open_host(create_new_key_pair(), _cfg()) as b:
+    async with _two_hosts() as (a, b):
         async with PushBroadcaster.open(a, queue=8, network="default") as pa, PushBroadcaster.open(b, queue=8, network="default") as pb:
-            await a.connect(b.listen_addrs()[0])
-            with trio.fail_after(30):
-                while b.peer_id not in a.connected_peers():
-                    await trio.sleep(0.01)
             for i in range(300):
                 pa.broadcast_nowait(ann(a.peer_id, i))
             assert pa.stats()["dropped_backlog"] == 0 and pa.stats()["queued"] <= 8, pa.stats()
@@ -127,13 +133,9 @@ async def test_a_peer_of_another_network_refuses_push_and_is_not_asked_again_soo
     from p2p.replication.push import REFUSED_AFTER_S
 
     now = [1000.0]
-    async with open_host(create_new_key_pair(), _cfg()) as a, open_host(create_new_key_pair(), _cfg()) as b:
+    async with _two_hosts() as (a, b):
         async with PushBroadcaster.open(a, queue=8, network="red", now=lambda: now[0]) as pa, \
                 PushBroadcaster.open(b, queue=8, network="blue") as pb:
-            await a.connect(b.listen_addrs()[0])
-            with trio.fail_after(30):
-                while b.peer_id not in a.connected_peers():
-                    await trio.sleep(0.01)
             pa.broadcast_nowait(_ann(a.peer_id, 1))
             with trio.fail_after(30):
                 while pa.counts.stream_failures == 0:
@@ -145,34 +147,43 @@ async def test_a_peer_of_another_network_refuses_push_and_is_not_asked_again_soo
             assert pa.counts.stream_failures == 1 and pb.counts.received == 0
 
 
-async def test_local_appends_reach_peers_by_push_alone_without_the_debounce(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """In-process replicators (real clocks and schedulers): gossip partitioned away, its
-    debounce and re-announce an hour long, so only the undebounced push of each local append
-    (submit, claims, results alike) can carry events; they converge, both ways."""
+def _replicator_pair(tmp_path, cfg: NetworkConfig, *, push: bool, gossip_off: bool, tag: str = ""):  # type: ignore[no-untyped-def]
+    """Two in-process replicators on real clocks and schedulers, over in-memory gossip and push
+    hubs: [(clock, scheduler, replicator)] (run each replicator's ``run`` in a nursery)."""
     from p2p.clock import MerkleClock
     from p2p.config import SchedulerConfig
     from p2p.identity import Identity
     from p2p.peers import PeerCaps, PeerTable
     from p2p.replication import BlockServer, MemoryHub, Replicator
     from p2p.replication.dagservice import LocalDAGService
-    from p2p.scheduler.ops import TaskSpec, WorkflowTag
     from p2p.scheduler.scheduler import Scheduler
 
-    gossip, push, dag = MemoryHub(), MemoryHub(), LocalDAGService({})
+    gossip, direct, dag = MemoryHub(), MemoryHub(), LocalDAGService({})
     peers = []
     for name in "ab":
         ident = Identity.generate()
-        clock = MerkleClock.open(tmp_path / f"{name}.sqlite", ident)
+        clock = MerkleClock.open(tmp_path / f"{tag}{name}.sqlite", ident)
         me = PeerCaps(ident.peer_id_str, 1.0, frozenset(["m"]))
         sched = Scheduler(clock, engine=None, peers=PeerTable(lambda me=me: me, lease_s=30),  # type: ignore[arg-type]
                           config=SchedulerConfig())
-        gossip.partitioned.add(ident.peer_id_str)  # gossip delivers nothing
-        cfg = NetworkConfig(reannounce_s=3600.0, announce_debounce_ms=3_600_000.0)
+        if gossip_off:
+            gossip.partitioned.add(ident.peer_id_str)  # gossip delivers nothing
         rep = Replicator(clock, gossip.join(ident.peer_id_str), dag, peer_id=ident.peer_id_str, config=cfg,
                          ingest=sched.ingest, local_event=sched.local_event, take_unannounced=sched.take_unannounced,
-                         direct=push.join(ident.peer_id_str))
+                         direct=direct.join(ident.peer_id_str) if push else None)
         dag.servers[ident.peer_id_str] = BlockServer(clock, rep.heads_raw, max_blocks_per_request=256, max_frame_bytes=8 << 20)
         peers.append((clock, sched, rep))
+    return peers
+
+
+async def test_local_appends_reach_peers_by_push_alone_without_the_debounce(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """In-process replicators (real clocks and schedulers): gossip partitioned away, its
+    debounce and re-announce an hour long, so only the undebounced push of each local append
+    (submit, claims, results alike) can carry events; they converge, both ways."""
+    from p2p.scheduler.ops import TaskSpec, WorkflowTag
+
+    cfg = NetworkConfig(reannounce_s=3600.0, announce_debounce_ms=3_600_000.0)
+    peers = _replicator_pair(tmp_path, cfg, push=True, gossip_off=True)
     async with trio.open_nursery() as nursery:
         for _, _, rep in peers:
             await nursery.start(rep.run)
@@ -195,31 +206,12 @@ async def test_with_push_on_gossip_of_local_events_is_paced(tmp_path) -> None:  
     """Gossip open, push on: every append reaches the other peer by push at once, while gossip
     carries local events at most every ``push_gossip_interval_ms`` (each copy costs every
     receiver a decode); with push off, gossip is the first path and goes at every burst."""
-    from p2p.clock import MerkleClock
-    from p2p.config import SchedulerConfig
-    from p2p.identity import Identity
-    from p2p.peers import PeerCaps, PeerTable
-    from p2p.replication import BlockServer, MemoryHub, Replicator
-    from p2p.replication.dagservice import LocalDAGService
     from p2p.scheduler.ops import TaskSpec, WorkflowTag
-    from p2p.scheduler.scheduler import Scheduler
 
     counts = {}
     for direct in (True, False):
-        gossip, push, dag = MemoryHub(), MemoryHub(), LocalDAGService({})
-        peers = []
-        for name in "ab":
-            ident = Identity.generate()
-            clock = MerkleClock.open(tmp_path / f"{direct}-{name}.sqlite", ident)
-            me = PeerCaps(ident.peer_id_str, 1.0, frozenset(["m"]))
-            sched = Scheduler(clock, engine=None, peers=PeerTable(lambda me=me: me, lease_s=30),  # type: ignore[arg-type]
-                              config=SchedulerConfig())
-            cfg = NetworkConfig(reannounce_s=3600.0, push_gossip_interval_ms=60_000.0)
-            rep = Replicator(clock, gossip.join(ident.peer_id_str), dag, peer_id=ident.peer_id_str, config=cfg,
-                             ingest=sched.ingest, local_event=sched.local_event, take_unannounced=sched.take_unannounced,
-                             direct=push.join(ident.peer_id_str) if direct else None)
-            dag.servers[ident.peer_id_str] = BlockServer(clock, rep.heads_raw, max_blocks_per_request=256, max_frame_bytes=8 << 20)
-            peers.append((clock, sched, rep))
+        cfg = NetworkConfig(reannounce_s=3600.0, push_gossip_interval_ms=60_000.0)
+        peers = _replicator_pair(tmp_path, cfg, push=direct, gossip_off=False, tag=f"{direct}-")
         async with trio.open_nursery() as nursery:
             for _, _, rep in peers:
                 await nursery.start(rep.run)
