@@ -189,8 +189,8 @@ class NodeCollector(Collector):
         gossip.add_metric(["in"], t.gossip_messages_in)
         gossip.add_metric(["out"], t.gossip_messages_out)
         yield gossip
-        push = CounterMetricFamily(PREFIX + "direct_push_messages", "Events pushed on direct streams (0 until a "
-                                   "direct push runs)", labels=["direction"])
+        push = CounterMetricFamily(PREFIX + "direct_push_messages", "Heads announcement frames pushed on direct "
+                                   "streams (several announcements fold into one while a stream is busy; 0 until a direct push runs)", labels=["direction"])
         push.add_metric(["in"], t.direct_messages_in)
         push.add_metric(["out"], t.direct_messages_out)
         yield push

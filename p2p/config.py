@@ -74,7 +74,7 @@ class NetworkConfig(BaseModel):
     direct_push: bool = Field(True, description="push each new event's heads at once on a direct stream to every connected peer")
     push_queue: int = Field(64, ge=1, le=4096, description="announcements queued per peer for push; a slow peer loses the oldest")
     push_gossip_interval_ms: float = Field(
-        250.0, ge=0, description="with direct_push on, local events are gossiped (for peers only the mesh reaches) at most this often")
+        250.0, ge=0, description="while direct push reaches every live peer, local events are gossiped at most this often (else every 12 ms)")
     gossip_heads: bool = Field(True, description="heads also travel by gossip (topic and heartbeats); false: push and connect-time sync only (tests)")
     dht: Literal["auto", "server", "client", "off"] = Field(
         "auto", description="Kademlia: server answers queries and stores records; client only asks; auto serves on a public address")

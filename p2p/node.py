@@ -184,6 +184,7 @@ class Node:
                 ingest=sched.ingest, local_event=sched.local_event, take_unannounced=sched.take_unannounced,
                 on_results=sched.changed.fire, on_ready=sched.peers_changed, on_heard=self.peers.touch,
                 connected_peers=net.connected_peers, known_peer=lambda peer: self.peers.get(peer) is not None,
+                live_peers=lambda: [p.peer_id for p in self.peers.live_peers()],
                 startup_wait_s=2 * cfg.heartbeat_s, direct=push, gossip=cfg.gossip_heads,
             )
             server = BlockServer(self.clock, replicator.heads_raw, max_blocks_per_request=cfg.max_blocks_per_request,

@@ -282,6 +282,19 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+def children_rss_kib(pid: int) -> list[int]:
+    """RSS of each process ``pid`` started (its inference workers), in KiB."""
+    import psutil
+
+    out = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            out.append(child.memory_info().rss // 1024)
+        except psutil.NoSuchProcess:  # a worker stopped meanwhile
+            pass
+    return out
+
+
 async def call_error(peer: Peer, tool: str, /, **args: Any) -> str:
     """A tool call that must fail: its error text."""
     from mcp import Client

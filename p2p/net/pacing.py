@@ -35,10 +35,12 @@ class Debouncer(Generic[T]):
         flush: Callable[[list[T]], Awaitable[None]],
         *,
         delay_s: float = 0.02,
-        min_interval_s: float = 0.2,
+        min_interval_s: float | Callable[[], float] = 0.2,
         name: str = "debouncer",
     ) -> None:
-        if delay_s < 0 or min_interval_s < 0:
+        """``min_interval_s`` may be a function, asked before each flush (a spacing that
+        depends on the moment, such as whether direct push reaches every peer)."""
+        if delay_s < 0 or (not callable(min_interval_s) and min_interval_s < 0):
             raise ValueError("delay_s and min_interval_s must be >= 0")
         self._flush = flush
         self._delay_s = delay_s
@@ -66,7 +68,8 @@ class Debouncer(Generic[T]):
         while True:
             await self._wake.wait()
             now = trio.current_time()
-            await trio.sleep_until(max(now + self._delay_s, last_flush + self._min_interval_s))
+            interval = self._min_interval_s() if callable(self._min_interval_s) else self._min_interval_s
+            await trio.sleep_until(max(now + self._delay_s, last_flush + max(0.0, interval)))
             items, self._pending = self._pending, []
             self._wake = trio.Event()
             last_flush = trio.current_time()

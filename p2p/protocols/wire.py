@@ -120,8 +120,8 @@ def merge_heads(older: bytes, newer: bytes) -> bytes | None:
     from one peer fold into one without losing anything: ``newer``'s heads supersede ``older``'s
     (heads only grow along the clock) and the inline blocks are both lists in order, without
     repeats. None when the peers differ, either is malformed, or the blocks would pass
-    ``MAX_INLINE_BLOCKS`` or ``INLINE_ANNOUNCE_BYTES`` (the receiver's limits): the caller then
-    sends them apart."""
+    ``MAX_INLINE_BLOCKS`` (the receiver refuses more) or ``INLINE_ANNOUNCE_BYTES`` (the
+    senders' own inline policy): the caller then sends them apart."""
     try:
         a, b = decode_heads(older), decode_heads(newer)
     except WireError:

@@ -8,7 +8,7 @@ underneath, so both run in tests over :class:`MemoryHub` without a network.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -77,6 +77,10 @@ class _MemoryBroadcaster:
 
     async def broadcast(self, data: bytes) -> None:
         self._hub._deliver(self._peer, data)
+
+    def reaches(self, peers: Iterable[str]) -> bool:
+        """Whether every one of ``peers`` hears this member (joined and not partitioned)."""
+        return all(p in self._hub._members and p not in self._hub.partitioned for p in peers)
 
     async def next(self) -> tuple[str, bytes]:
         return await self._recv.receive()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -83,6 +83,7 @@ class PushStats:
 @dataclass
 class _Outbox:
     items: deque[bytes]
+    opened: bool = False  # its stream is open (announcements reach the peer now)
     wake: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -198,7 +199,7 @@ class PushBroadcaster:
         try:
             with box.scope:
                 async with self._net.open_stream(peer, self.protocol) as stream:
-                    opened = True
+                    opened = box.opened = True
                     self.counts.streams_opened += 1
                     while True:
                         if not box.items:
@@ -222,6 +223,11 @@ class PushBroadcaster:
             if len(self._retry_at) > 4 * len(self._boxes) + 1024:  # bounded: forget expired entries
                 now = self._now()
                 self._retry_at = {p: t for p, t in self._retry_at.items() if t > now}
+
+    def reaches(self, peers: Iterable[str]) -> bool:
+        """Whether a push stream is open to each of ``peers`` (for the replicator: gossip may
+        wait only when push alone already reaches everyone)."""
+        return all((box := self._boxes.get(p)) is not None and box.opened for p in peers)
 
     # ---------------------------------------------------------------- receiving
 

@@ -86,6 +86,7 @@ class Replicator:
         on_heard: Callable[[str], None] = lambda peer: None,
         connected_peers: Callable[[], list[str]] = list,
         known_peer: Callable[[str], bool] = lambda peer: True,
+        live_peers: Callable[[], Iterable[str]] = tuple,
         startup_wait_s: float = 0.0,
         now: Callable[[], float] = time.monotonic,
         direct: Any = None,
@@ -104,6 +105,7 @@ class Replicator:
         self._on_heard = on_heard
         self._connected = connected_peers
         self._known = known_peer
+        self._live_peers = live_peers
         self._startup_wait_s = startup_wait_s
         self._hear_wait_s = 2 * config.heartbeat_s + 0.5
         self._now = now
@@ -132,11 +134,9 @@ class Replicator:
     # ------------------------------------------------------------------ life
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        # With push on, gossip is the mesh's path and the anti-entropy, not the connected peers'
-        # first one: every receiver decodes (and gossipsub forwards) each copy, so it is paced.
-        interval_s = self.config.push_gossip_interval_ms / 1000 if self.direct is not None else 0.012
         announcer: Debouncer[int] = Debouncer(
-            self._announce, delay_s=self.config.announce_debounce_ms / 1000, min_interval_s=interval_s, name="heads"
+            self._announce, delay_s=self.config.announce_debounce_ms / 1000, min_interval_s=self.gossip_interval_s,
+            name="heads",
         )
         if self._startup_wait_s > 0:
             # a node that just started knows nobody yet: were it to claim now, it would rank only
@@ -156,6 +156,17 @@ class Replicator:
                 nursery.start_soon(self._push_local_events)
             nursery.start_soon(self._retry_results)
             task_status.started()
+
+    def gossip_interval_s(self) -> float:
+        """Spacing of gossip announcements of local events. While direct push reaches every
+        live peer, gossip is only the anti-entropy (every receiver decodes, and gossipsub
+        forwards, each copy): ``push_gossip_interval_ms``. While some live peer has no open
+        push stream (reached only through the mesh, or it refused push), gossip is its first
+        path: 12 ms, as with push off."""
+        reaches = getattr(self.direct, "reaches", None)
+        if self.direct is None or (reaches is not None and not reaches(p for p in self._live_peers() if p != self.peer_id)):
+            return 0.012
+        return self.config.push_gossip_interval_ms / 1000
 
     def caught_up(self) -> bool:
         """False while a catch-up that must finish before this peer claims is under way. O(1):

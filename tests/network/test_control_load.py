@@ -1,5 +1,5 @@
-"""Control ops under load (issue 7 item 3): 60 ``set_workflow_priority`` calls on a running
-10,000-task workflow across three workers. Folding a reprioritise must cost what it changes,
+"""Control ops under load (issue 7 item 3): ``set_workflow_priority`` calls every ~0.15 s for as
+long as a 10,000-task workflow runs across three workers (at least 60 of them). Folding a reprioritise must cost what it changes,
 not a recompute of every task on every peer's event loop; a stalled loop delays heartbeats and
 delayed heartbeats turn into false lease expiries. Goal: no retries (no task claimed twice, no
 claim that supersedes another) and no "peers went silent" verdict on any node.
@@ -25,12 +25,14 @@ pytestmark = [
     # the connection (5, test_net_abandoned_writes), the library's 5 s window-update limit
     # killing every 1.3 MB block transfer under load (6), and stream opens taking over 10 s
     # while inference shared the nodes' processes (the negotiation timeout raised to 30 s;
-    # inference in worker processes by default; this test shows it, 17 of 17 runs alone).
+    # inference in worker processes by default: 14 of 14 runs alone passed, and 17 of 17
+    # re-claimed nothing).
     # docs/architecture.md §12 item 12.
 ]
 
 TASKS = 10_000
-CALLS = 60
+CALLS = 60  # at least this many land while the workflow runs
+MAX_CALLS = 1000
 
 
 @pytest.fixture
@@ -60,15 +62,19 @@ async def test_priority_changes_under_load_cause_no_retries(cluster: Cluster) ->
 
     await eventually(underway, 120, "the workflow to be under way")
     latencies: list[float] = []
-    running_at_last = False
+    while_running = 0
     async with Client(n1.url) as client:
-        for i in range(CALLS):
+        # the stimulus: a control op every ~0.15 s (with its own latency) for as long as the
+        # workflow runs, however fast this machine runs it
+        for i in range(MAX_CALLS):
             start = trio.current_time()
             res = await client.call_tool("set_workflow_priority", {"workflow_id": wid, "priority": 1 + i % 10})
             latencies.append(trio.current_time() - start)
             assert not res.is_error, res.content
-            running_at_last = res.structured_content["state"] == "running"
-            await trio.sleep(0.05)  # the stimulus: a control op every ~0.15 s (with its own latency)
+            if res.structured_content["state"] != "running":
+                break
+            while_running += 1
+            await trio.sleep(0.05)
     final = await wait_done(n1, wid, 400)
     took = trio.current_time() - t0
 
@@ -78,12 +84,12 @@ async def test_priority_changes_under_load_cause_no_retries(cluster: Cluster) ->
     await eventually(one_clock, 120, "every peer to hold the same clock")
     counts = run_counts(clock_ops(n1.data_dir), {wid})
     silent = {p.name: p.log_text().count("peers went silent") for p in peers}
-    print(f"\nFIGURE control-load: tasks={TASKS} calls={CALLS} still_running_at_last_call={running_at_last} "
+    print(f"\nFIGURE control-load: tasks={TASKS} calls={len(latencies)} while_running={while_running} "
           f"call_latency_max={max(latencies):.3f}s mean={sum(latencies) / len(latencies):.3f}s "
           f"workflow_s={took:.1f} reclaimed={len(counts.reclaimed)} superseding_claims={counts.superseding} expired_fails={counts.expired_fails} "
           f"extra_runs={counts.extra_runs} silent_verdicts={silent}")
     assert final["state"] == "completed" and final["completed"] == TASKS
-    assert running_at_last, "the workflow finished before the control ops did: make it longer"
+    assert while_running >= CALLS, f"only {while_running} control ops landed while the workflow ran: make it longer"
     assert len(counts.done) == TASKS
     why = "\n".join(p.liveness_lines() for p in peers)
     assert counts.superseding == 0 and counts.expired_fails == 0 and not counts.reclaimed, (

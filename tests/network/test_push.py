@@ -72,6 +72,9 @@ async def test_push_delivers_in_order_and_a_backlog_stays_bounded() -> None:
             # were folded into one frame)
             assert [p for p, _ in got] == [a.peer_id] * len(got)
             assert [n for _, n in got] == sorted({n for _, n in got})
+            with trio.fail_after(30):  # the sender counts a frame once its write returns
+                while pa.stats()["sent"] != pb.stats()["received"]:
+                    await trio.sleep(0.01)
             first, folded = pa.stats()["sent"], pa.stats()["coalesced"]
 
             # 1,000 announcements without a checkpoint: the appender is never blocked, they fold
@@ -147,9 +150,11 @@ async def test_a_peer_of_another_network_refuses_push_and_is_not_asked_again_soo
             assert pa.counts.stream_failures == 1 and pb.counts.received == 0
 
 
-def _replicator_pair(tmp_path, cfg: NetworkConfig, *, push: bool, gossip_off: bool, tag: str = ""):  # type: ignore[no-untyped-def]
+def _replicator_pair(tmp_path, cfg: NetworkConfig, *, push: bool, gossip_off: bool, tag: str = "",  # type: ignore[no-untyped-def]
+                     others: tuple[str, ...] = ()):
     """Two in-process replicators on real clocks and schedulers, over in-memory gossip and push
-    hubs: [(clock, scheduler, replicator)] (run each replicator's ``run`` in a nursery)."""
+    hubs: [(clock, scheduler, replicator)] (run each replicator's ``run`` in a nursery). Each
+    knows the other as a live peer, and ``others`` too (peers the push hub does not reach)."""
     from p2p.clock import MerkleClock
     from p2p.config import SchedulerConfig
     from p2p.identity import Identity
@@ -160,8 +165,9 @@ def _replicator_pair(tmp_path, cfg: NetworkConfig, *, push: bool, gossip_off: bo
 
     gossip, direct, dag = MemoryHub(), MemoryHub(), LocalDAGService({})
     peers = []
-    for name in "ab":
-        ident = Identity.generate()
+    idents = [Identity.generate() for _ in "ab"]
+    live = tuple(i.peer_id_str for i in idents) + others
+    for name, ident in zip("ab", idents):
         clock = MerkleClock.open(tmp_path / f"{tag}{name}.sqlite", ident)
         me = PeerCaps(ident.peer_id_str, 1.0, frozenset(["m"]))
         sched = Scheduler(clock, engine=None, peers=PeerTable(lambda me=me: me, lease_s=30),  # type: ignore[arg-type]
@@ -170,7 +176,7 @@ def _replicator_pair(tmp_path, cfg: NetworkConfig, *, push: bool, gossip_off: bo
             gossip.partitioned.add(ident.peer_id_str)  # gossip delivers nothing
         rep = Replicator(clock, gossip.join(ident.peer_id_str), dag, peer_id=ident.peer_id_str, config=cfg,
                          ingest=sched.ingest, local_event=sched.local_event, take_unannounced=sched.take_unannounced,
-                         direct=direct.join(ident.peer_id_str) if push else None)
+                         direct=direct.join(ident.peer_id_str) if push else None, live_peers=lambda: live)
         dag.servers[ident.peer_id_str] = BlockServer(clock, rep.heads_raw, max_blocks_per_request=256, max_frame_bytes=8 << 20)
         peers.append((clock, sched, rep))
     return peers
@@ -203,15 +209,18 @@ async def test_local_appends_reach_peers_by_push_alone_without_the_debounce(tmp_
 
 
 async def test_with_push_on_gossip_of_local_events_is_paced(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Gossip open, push on: every append reaches the other peer by push at once, while gossip
-    carries local events at most every ``push_gossip_interval_ms`` (each copy costs every
-    receiver a decode); with push off, gossip is the first path and goes at every burst."""
+    """Gossip open, push on and reaching every live peer: every append reaches the other peer
+    by push at once, while gossip carries local events at most every
+    ``push_gossip_interval_ms`` (each copy costs every receiver a decode). With push off, or a
+    live peer push does not reach (only the mesh does, or it refused push), gossip is that
+    peer's first path and goes at every burst."""
     from p2p.scheduler.ops import TaskSpec, WorkflowTag
 
     counts = {}
-    for direct in (True, False):
+    for case in ("push reaches all", "a mesh-only peer", "push off"):
         cfg = NetworkConfig(reannounce_s=3600.0, push_gossip_interval_ms=60_000.0)
-        peers = _replicator_pair(tmp_path, cfg, push=direct, gossip_off=False, tag=f"{direct}-")
+        others = ("12D3KooWMeshOnlyPeerMeshOnlyPeerMeshOnlyPeerMesh",) if case == "a mesh-only peer" else ()
+        peers = _replicator_pair(tmp_path, cfg, push=case != "push off", gossip_off=False, tag=f"{len(counts)}-", others=others)
         async with trio.open_nursery() as nursery:
             for _, _, rep in peers:
                 await nursery.start(rep.run)
@@ -223,11 +232,12 @@ async def test_with_push_on_gossip_of_local_events_is_paced(tmp_path) -> None:  
                 while len({c.get_hash() for c, _, _ in peers}) != 1 or any(len(s.state.workflows) != 30 for _, s, _ in peers):
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
-        counts[direct] = peers[0][2].stats()["gossip_announcements"]
-        if direct:
+        counts[case] = peers[0][2].stats()["gossip_announcements"]
+        if case != "push off":
             assert peers[1][2].stats()["heard_push"] >= 1, peers[1][2].stats()
-    # push on: the first append's gossip goes at once, the next waits the interval (a minute)
-    assert counts[True] <= 1 and counts[False] >= 10, counts
+    # push reaching all: the first append's gossip goes at once, the next waits the interval (a minute)
+    assert counts["push reaches all"] <= 1, counts
+    assert counts["a mesh-only peer"] >= 10 and counts["push off"] >= 10, counts
 
 
 # ------------------------------------------------------------------------ between processes
