@@ -72,7 +72,7 @@ class NetworkConfig(BaseModel):
     max_missing_results: int = Field(100_000, ge=1, description="result blocks waited for at once")
     missing_result_giveup_s: float = Field(3600.0, gt=0, description="stop asking for a result block after this long")
     direct_push: bool = Field(True, description="push each new event's heads at once on a direct stream to every connected peer")
-    push_queue: int = Field(64, ge=1, le=4096, description="announcements queued per peer for push; a slow peer loses the oldest")
+    push_queue: int = Field(64, ge=1, le=4096, description="frames queued per peer for push (announcements made while its stream is busy fold into the last); a slow peer loses the oldest")
     push_gossip_interval_ms: float = Field(
         250.0, ge=0, description="while direct push reaches every live peer, local events are gossiped at most this often (else every 12 ms)")
     gossip_heads: bool = Field(True, description="heads also travel by gossip (topic and heartbeats); false: push and connect-time sync only (tests)")

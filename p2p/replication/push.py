@@ -69,10 +69,10 @@ INBOX = 256  # announcements received and not yet taken by the replicator (more 
 class PushStats:
     """Counters for metrics and tests (never reset)."""
 
-    sent: int = 0  # announcements written to a peer's stream
+    sent: int = 0  # frames written to a peer's stream (each one announcement, or several folded)
     coalesced: int = 0  # announcements folded into one still queued for a peer (not sent apart)
     received: int = 0  # well-formed announcements read from peers' streams
-    dropped_backlog: int = 0  # announcements dropped from a slow peer's full queue
+    dropped_backlog: int = 0  # frames dropped from a slow peer's full queue
     dropped_inbox: int = 0  # received announcements dropped because the replicator lagged
     dropped_oversize: int = 0  # announcements too large to push (gossip still carries them)
     bad_frames: int = 0  # inbound frames that reset their stream (malformed, oversize, not an announcement)
