@@ -195,11 +195,10 @@ class PushBroadcaster:
         return box
 
     async def _sender(self, peer: str, box: _Outbox) -> None:
-        opened = False
         try:
             with box.scope:
                 async with self._net.open_stream(peer, self.protocol) as stream:
-                    opened = box.opened = True
+                    box.opened = True
                     self.counts.streams_opened += 1
                     while True:
                         if not box.items:
@@ -214,9 +213,9 @@ class PushBroadcaster:
                             self._traffic.direct_messages_out += 1
         except (Exception, trio.TooSlowError) as exc:  # noqa: BLE001 - refused, reset, timed out, gone
             self.counts.stream_failures += 1
-            wait = REOPEN_AFTER_S if opened else REFUSED_AFTER_S if isinstance(exc, ProtocolRefused) else RETRY_AFTER_S
+            wait = REOPEN_AFTER_S if box.opened else REFUSED_AFTER_S if isinstance(exc, ProtocolRefused) else RETRY_AFTER_S
             self._retry_at[peer] = self._now() + wait
-            log.debug("push stream ended", peer=peer, opened=opened, error=describe(exc))
+            log.debug("push stream ended", peer=peer, opened=box.opened, error=describe(exc))
         finally:
             if self._boxes.get(peer) is box:
                 del self._boxes[peer]
