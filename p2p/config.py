@@ -23,6 +23,8 @@ class ClockConfig(BaseModel):
     compact: bool = Field(True, description="compact this node's finished workflows after retention_s (docs/compaction.md)")
     retention_s: float = Field(86_400.0, ge=0, allow_inf_nan=False,
                                description="how long a finished workflow keeps counting late ops before its submitter compacts it")
+    drop_compacted: bool = Field(True, description="free the records of a compacted workflow once its snapshot is "
+                                                   "verified; it then answers from the snapshot (docs/compaction.md §5)")
 
 
 class SchedulerConfig(BaseModel):

@@ -51,6 +51,8 @@ import trio
 
 from p2p.clock import codec
 from p2p.clock.cids import cid_raw
+from p2p.compaction.pages import SnapshotPages
+from p2p.compaction.snapshot import SnapshotError
 from p2p.errors import NodeError
 from p2p.fsutil import fsync_dir_best_effort
 from p2p.scheduler.results import unpack_result
@@ -189,6 +191,41 @@ def page_rows(state: State, wf: Any, offset: int, limit: int) -> list[ExportRow]
                     row.cid = result.result_cid
         out.append(row)
     return out
+
+
+def record_rows(records: list[dict[str, Any]], offset: int) -> list[ExportRow]:
+    """``page_rows`` of a dropped workflow: rows from its snapshot's task records (which hold
+    what the tool view showed, the input, and the standing result in its stored form)."""
+    out = []
+    for i, r in enumerate(records):
+        done = r["state"] == TaskStatus.DONE.value
+        row = ExportRow(offset + i, r["task_id"], r["input"], r["state"], None if done else r.get("error"))
+        if done:
+            row.stored, row.cid = r.get("result"), r.get("result_cid")
+        out.append(row)
+    return out
+
+
+class PageReader:
+    """Pages of rows of one workflow, from the live state or, once the workflow's records are
+    dropped after compaction, from its snapshot's chunks (read on a worker thread)."""
+
+    def __init__(self, get_state: Callable[[], State], workflow_id: str, load_blocks: BlocksLoader) -> None:
+        self.get_state = get_state
+        self.workflow_id = workflow_id
+        self.pages = SnapshotPages(lambda raw: load_blocks([raw]).get(raw), keep=2)
+
+    async def rows(self, offset: int, limit: int) -> list[ExportRow]:
+        state = self.get_state()
+        gone = state.dropped.get(self.workflow_id)
+        if gone is None:
+            return page_rows(state, state.workflows[self.workflow_id], offset, limit)
+        try:
+            records = await trio.to_thread.run_sync(self.pages.records, gone, offset, limit)
+        except SnapshotError as exc:
+            raise NodeError(f"workflow {self.workflow_id} is compacted and its snapshot cannot be read here: {exc}; "
+                            f"nothing was written") from None
+        return record_rows(records, offset)
 
 
 def _standing_result(state: State, wf: Any, task: Any, index: int) -> Any:
@@ -489,7 +526,8 @@ async def export_results(
         need_pyarrow()
     await trio.to_thread.run_sync(check_target, target, overwrite, protected)
     total = len(wf.task_ids)
-    dim = await _first_dim(get_state, workflow_id, load_blocks, page, partial) if name == "npy" else 0
+    reader = PageReader(get_state, workflow_id, load_blocks)
+    dim = await _first_dim(reader, total, load_blocks, page, partial) if name == "npy" else 0
 
     def open_writer() -> tuple[_Target, RowWriter]:
         tgt = _Target(target)
@@ -510,9 +548,7 @@ async def export_results(
     done = False
     try:
         for offset in range(0, total, page):
-            state = get_state()
-            wf = state.workflows[workflow_id]
-            rows = page_rows(state, wf, offset, page)
+            rows = await reader.rows(offset, page)
             await trio.to_thread.run_sync(write_page, writer, rows)
             if progress is not None:
                 await progress(offset + len(rows), total)
@@ -542,16 +578,13 @@ async def export_results(
     return out
 
 
-async def _first_dim(get_state: Callable[[], State], workflow_id: str, load_blocks: BlocksLoader, page: int,
-                     partial: bool) -> int:
+async def _first_dim(reader: PageReader, total: int, load_blocks: BlocksLoader, page: int, partial: bool) -> int:
     """D of an ``.npy`` export: the dimension of the first task's result that has one (the
     header comes first). Scans pages until a result, reading at most one block per page."""
-    state = get_state()
-    total = len(state.workflows[workflow_id].task_ids)
+    workflow_id = reader.workflow_id
     for offset in range(0, total, page):
         await trio.sleep(0)  # one page at a time: a long scan of unfinished tasks never holds the loop
-        state = get_state()
-        rows = page_rows(state, state.workflows[workflow_id], offset, page)
+        rows = await reader.rows(offset, page)
         first = next((r for r in rows if r.stored is not None or r.cid is not None), None)
         if first is None:
             continue

@@ -21,8 +21,11 @@ import trio
 from multiformats import CID
 
 from p2p.clock import MerkleClock, codec
-from p2p.clock.cids import cid_raw
+from p2p.clock.cids import cid_from_bytes, cid_raw
+from p2p.compaction import pages as snapshot_pages
 from p2p.compaction.compactor import Compactor
+from p2p.compaction.pages import SnapshotPages
+from p2p.compaction.snapshot import SnapshotError
 from p2p.config import NodeConfig
 from p2p.content import CidCache, ContentError, dir_cid
 from p2p.cache.cache import cache_offers, open_node_cache
@@ -112,7 +115,8 @@ class Node:
             ready=self.caught_up, lagging=self._lagging, cache=self.cache,
         )
         self.compactor = Compactor(self.scheduler, clock, self.peer_id, retention_s=config.clock.retention_s,
-                                   max_chunk_bytes=config.clock.max_block_bytes)
+                                   max_chunk_bytes=config.clock.max_block_bytes, drop=config.clock.drop_compacted)
+        self.snapshot_pages = SnapshotPages(lambda raw: clock.get_block(cid_from_bytes(raw)))
 
     def _lagging(self, peer: str) -> bool:
         return self.replicator is not None and self.replicator.lagging(peer)
@@ -660,10 +664,12 @@ class Node:
         limit = len(wf.task_ids) if limit is None else limit
         if limit < 0:
             raise NodeError("limit must be >= 0")
-        return workflow_status(  # O(1) + O(page): counts are kept by the fold, the page is a slice
-            self.scheduler.state, wf, include_results=include_results, offset=offset, limit=limit, load_block=self._load_block,
-            waiting=self._waiting_reason() if wf.replicas > 1 and limit > 0 else None,
-        )
+        try:  # O(1) + O(page): counts are kept by the fold, the page is a slice (or the snapshot's chunks it covers)
+            return snapshot_pages.status_of(
+                self.scheduler.state, wf, self.snapshot_pages, include_results=include_results, offset=offset, limit=limit,
+                load_block=self._load_block, waiting=self._waiting_reason() if wf.replicas > 1 and limit > 0 else None)
+        except SnapshotError as exc:
+            raise NodeError(f"workflow {workflow_id} is compacted and its snapshot cannot be read here: {exc}") from None
 
     def _waiting_reason(self) -> Callable[[Any, Any], str | None]:
         """For one status page: why an undecided replicated task waits, when its open slots

@@ -41,7 +41,7 @@ import trio
 from p2p.remote_infer import check_served_somewhere, embed_texts
 from p2p.errors import NodeError
 from p2p.fsutil import fsync_dir_best_effort
-from p2p.export import PAGE, BlocksLoader, ExportRow, node_blocks_loader, page_rows, resolve, unfinished_error
+from p2p.export import PAGE, BlocksLoader, ExportRow, PageReader, node_blocks_loader, resolve, unfinished_error
 from p2p.scheduler.state import State, TaskStatus
 
 if TYPE_CHECKING:
@@ -263,9 +263,9 @@ async def build_index(get_state: Callable[[], State], workflow_id: str, model: s
     where: list[int] = []
     dim: int | None = None
     missing = 0
+    reader = PageReader(get_state, workflow_id, load_blocks)
     for offset in range(0, total, page):
-        state = get_state()
-        rows = page_rows(state, state.workflows[workflow_id], offset, page)
+        rows = await reader.rows(offset, page)
         got, at, dim, left = await trio.to_thread.run_sync(_page_vectors, rows, load_blocks, partial, dim)
         missing += left
         packed += got
@@ -291,17 +291,19 @@ def workflow_model(state: State, wf: Any) -> WorkflowModel:
     from inference.tasks import normalize_task
 
     models: set[tuple[str, str | None]] = set()
-    for tid in wf.task_ids:
-        spec = state.tasks[tid].spec
-        if spec.task is not None:
+    gone = state.dropped.get(wf.workflow_id)  # compacted, records dropped: the specs it kept
+    specs = gone.specs if gone is not None else ((t.spec.model, t.spec.model_cid, t.spec.task)
+                                                 for t in (state.tasks[tid] for tid in wf.task_ids))
+    for model, model_cid, task in specs:
+        if task is not None:
             try:
-                name = normalize_task(spec.task)
+                name = normalize_task(task)
             except InferenceError:
-                name = spec.task
+                name = task
             if name != _EMBEDDING:
-                raise NodeError(f"workflow {wf.workflow_id} is not an embedding workflow (its tasks ask for {spec.task!r}); "
+                raise NodeError(f"workflow {wf.workflow_id} is not an embedding workflow (its tasks ask for {task!r}); "
                                 f"search works on embedding workflows only")
-        models.add((spec.model, spec.model_cid))
+        models.add((model, model_cid))
     if len({m for m, _ in models}) > 1:
         names = ", ".join(sorted({m for m, _ in models})[:5])
         raise NodeError(f"workflow {wf.workflow_id} embeds with several models ({names}); their vectors cannot share "
@@ -443,10 +445,16 @@ async def search_workflow(node: Any, indexes: SearchIndexes, workflow_id: str, q
     state = node.scheduler.state
     wf = state.workflows[workflow_id]
     results = []
+    reader = PageReader(lambda: node.scheduler.state, workflow_id, node_blocks_loader(node.clock))
     for r, score in zip(rows.tolist(), scores.tolist()):
-        task = state.tasks[wf.task_ids[int(index.rows[r])]]
-        text = task.spec.input
-        results.append({"task_id": task.task_id, "input": text[:INPUT_SHOWN], "score": round(float(score), 6),
+        at = int(index.rows[r])
+        if workflow_id in state.dropped:  # compacted, records dropped: the input from its snapshot
+            row = (await reader.rows(at, 1))[0]
+            task_id, text = row.task_id, row.input
+        else:
+            task = state.tasks[wf.task_ids[at]]
+            task_id, text = task.task_id, task.spec.input
+        results.append({"task_id": task_id, "input": text[:INPUT_SHOWN], "score": round(float(score), 6),
                         "input_truncated": len(text) > INPUT_SHOWN})
     return {
         "workflow_id": workflow_id, "model": wm.model, "state": wstate, "partial": partial, "k": k,

@@ -404,6 +404,15 @@ class MerkleClock:
             raise InvalidBlockError(f"bytes do not hash to {cid} (only sha2-256 CIDv1 accepted)")
         self._writer.queue_block(cid_raw(cid), data, durable=False)  # refetchable from peers
 
+    def put_dropped(self, workflow_id: str, data: bytes) -> None:
+        """Record that this peer dropped a compacted workflow's records (``State.drop``); queued
+        after the snapshot blocks stored before it, committed durably."""
+        self._writer.queue_dropped(workflow_id, data)
+
+    def dropped(self) -> list[tuple[str, bytes]]:
+        """Every dropped workflow's record (committed ones), for a restart to file before folding."""
+        return self._store.dropped()
+
     def flush(self, durable: bool = True) -> None:
         """Block until everything written so far is committed (and fsynced if durable)."""
         self._writer.wait(self._writer.barrier(durable))

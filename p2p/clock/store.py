@@ -6,7 +6,11 @@ Schema (``PRAGMA user_version`` = 1):
 - ``events(ord INTEGER PRIMARY KEY AUTOINCREMENT, cid BLOB UNIQUE, author, seq, height)`` —
   ``ord`` is the order events were applied, always parents first, so a restart replays the DAG
   by ``ORDER BY ord`` with heights already computed: nothing is re-derived on open;
-- ``heads(cid BLOB PRIMARY KEY)`` — maintained in the same transaction as the event insert.
+- ``heads(cid BLOB PRIMARY KEY)`` — maintained in the same transaction as the event insert;
+- ``dropped(workflow_id TEXT PRIMARY KEY, data BLOB)`` — compacted workflows whose records this
+  peer dropped (``p2p.scheduler.dropped.Dropped``, encoded): a restart files them before it
+  re-folds, and skips every op about them (docs/compaction.md §5). Added without a version bump:
+  an older version ignores the table, and re-folds those workflows in full.
 
 WAL with ``synchronous=FULL``: a committed transaction survives a power cut or kill -9.
 Transactions opened with ``durable=False`` commit with ``synchronous=NORMAL`` instead: in WAL
@@ -40,6 +44,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_author_seq ON events(author, seq);
 CREATE TABLE IF NOT EXISTS heads (cid BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS dropped (workflow_id TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 
 
@@ -173,6 +178,13 @@ class ClockStore:
     def last_seq(self, author: str) -> int:
         row = self._db.execute("SELECT MAX(seq) FROM events WHERE author = ?", (author,)).fetchone()
         return row[0] or 0
+
+    # -- dropped workflows ----------------------------------------------------------------
+    def put_dropped(self, workflow_id: str, data: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO dropped(workflow_id, data) VALUES (?, ?)", (workflow_id, data))
+
+    def dropped(self) -> list[tuple[str, bytes]]:
+        return list(self._db.execute("SELECT workflow_id, data FROM dropped ORDER BY workflow_id"))
 
     def heads(self) -> list[bytes]:
         return [r[0] for r in self._db.execute("SELECT cid FROM heads ORDER BY cid")]

@@ -55,7 +55,7 @@ from p2p.clock.store import ClockStore
 log = structlog.get_logger("p2p.clock.writer")
 
 DEFAULT_MAX_BATCH = 4096
-_EVENT, _BLOCK, _SYNC = 0, 1, 2
+_EVENT, _BLOCK, _SYNC, _DROPPED = 0, 1, 2, 3
 
 
 class ClockWriterError(RuntimeError):
@@ -166,6 +166,16 @@ class ClockWriter:
             self._cond.notify()
             return self._last
 
+    def queue_dropped(self, workflow_id: str, data: bytes) -> int:
+        """Queue a dropped workflow's record (``store.put_dropped``); committed durably, after
+        every row queued before it (the snapshot's blocks first)."""
+        with self._cond:
+            self._check()
+            self._last += 1
+            self._queue.append(_Write(self._last, _DROPPED, workflow_id.encode(), PendingBlock(self._last, data), True))
+            self._cond.notify()
+            return self._last
+
     def barrier(self, durable: bool = True) -> int:
         """A write number that commits after everything queued so far (fsynced if durable)."""
         with self._cond:
@@ -262,7 +272,7 @@ class ClockWriter:
                         elif w.kind == _BLOCK:
                             table = self.blocks
                         else:
-                            continue
+                            continue  # a barrier, or a dropped-workflow row (never read back from the queue)
                         if table.get(w.cid) is w.row:
                             del table[w.cid]
                         self.pending_bytes -= len(w.row.data)  # type: ignore[union-attr]
@@ -296,6 +306,9 @@ class ClockWriter:
                 if w.kind == _EVENT:
                     assert isinstance(row, PendingEvent)
                     store.insert_event(w.cid, row.data, row.author, row.seq, row.height, row.parents)
+                elif w.kind == _DROPPED:
+                    assert isinstance(row, PendingBlock)
+                    store.put_dropped(w.cid.decode(), row.data)
                 else:
                     assert isinstance(row, PendingBlock)
                     store.put_block(w.cid, row.data)

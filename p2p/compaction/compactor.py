@@ -19,10 +19,15 @@ lives here, in the shell, with time injected:
   changes (the fold's answers never depend on the snapshot); a snapshot this node cannot build
   (a task record larger than a block), *abstained*.
 
-Dropping the full records of verified workflows, checkpoints and joining from them are the
-next steps of the design and are not built: a compaction today freezes a workflow's answers and
-leaves a verified, content-addressed summary of it; it does not yet save memory or disk (nor
-cost much: the frozen view shares its finished tasks with the full records).
+- **Dropping** (§5). Once a compaction in force is verified — this node wrote it, or rebuilt its
+  snapshot to the same CID — the workflow's records are dropped (``State.drop``, unless
+  ``clock.drop_compacted`` is off): its answers come from the snapshot's blocks, stored here,
+  and the clock's ``dropped`` table makes a restart skip every op about it. A compaction this
+  node could not verify (forged, or it abstained) keeps its records: the fold's answers are the
+  same either way; only memory differs.
+
+Not built: deleting the events below a compaction, checkpoints and joining from them (§5–§6):
+the events stay on disk and a restart still reads them (skipping their ops).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from typing import Any
 import structlog
 import trio
 
-from p2p.compaction.snapshot import SnapshotError, build_snapshot, build_snapshot_async
+from p2p.compaction.pages import dropped_from_snapshot
+from p2p.compaction.snapshot import Snapshot, SnapshotError, build_snapshot, build_snapshot_async
 from p2p.scheduler.state import TERMINAL_WORKFLOW, WorkflowStatus
 
 log = structlog.get_logger("p2p.compaction")
@@ -54,19 +60,21 @@ class CompactionStats:
     forged: dict[str, int] = field(default_factory=dict)  # author -> compactions whose snapshot differs
     abstained: int = 0  # compactions this node could not rebuild a snapshot for
     retried: int = 0  # snapshots discarded because the workflow changed while they were built
+    dropped: int = 0  # verified compactions whose records this node dropped
 
 
 class Compactor:
     """Writes this node's compactions after ``retention_s`` and checks its peers' (module doc)."""
 
     def __init__(self, scheduler: Any, clock: Any, peer_id: str, *, retention_s: float, max_chunk_bytes: int,
-                 now: Callable[[], float] = time.monotonic) -> None:
+                 now: Callable[[], float] = time.monotonic, drop: bool = True) -> None:
         self.scheduler = scheduler
         self.clock = clock
         self.peer_id = peer_id
         self.retention_s = retention_s
         self.max_chunk_bytes = max_chunk_bytes
         self._now = now
+        self.drop = drop  # drop the records of verified compactions (docs/compaction.md §5)
         self.stats = CompactionStats()
         self._finished_since: dict[str, float] = {}  # own finished workflows -> when first seen so
         self._checked: dict[str, Any] = {}  # compacted workflow -> the stamp in force when checked
@@ -84,6 +92,8 @@ class Compactor:
             "forged": dict(self.stats.forged),
             "abstained": self.stats.abstained,
             "late_ops_ignored": state.late_for_compacted,
+            "dropped": len(state.dropped),  # compacted workflows answered from their snapshot, records freed
+            "dropped_ops_skipped": state.dropped_ops,  # ops about them skipped (since start: a restart's too)
         }
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -113,6 +123,8 @@ class Compactor:
         for wid in [w for w in self._checked if not state.is_compacted(w)]:
             del self._checked[wid]  # no longer compacted (a fork's re-judgement)
         for wid in compacted:
+            if wid in state.dropped:
+                continue  # verified before it was dropped (here, or before a restart)
             wf = state.workflows.get(wid)
             if wf is None or wf.compacted is None or self._checked.get(wid) == wf.compacted.stamp:
                 continue
@@ -151,6 +163,8 @@ class Compactor:
             self._checked[wid] = wf.compacted.stamp
         log.info("workflow compacted", workflow_id=wid, tasks=len(wf.task_ids) if wf else None,
                  snapshot=str(snap.root_cid), blocks=len(snap.chunks) + 1)
+        if wf is not None and wf.compacted is not None and bytes(wf.compacted.snapshot) == bytes(snap.root_cid):
+            self._drop(wid, snap)  # built from the very state the cut is: verified
 
     async def _check(self, wid: str, wf: Any) -> None:
         state = self.scheduler.state
@@ -171,12 +185,25 @@ class Compactor:
             self.stats.verified += 1
             for cid, data in snap.blocks():
                 self.clock.add_raw_block(cid, data)  # this node serves the snapshot too
+            self._drop(wid, snap)
             return
         author = winner.where.who
         self.stats.forged[author] = self.stats.forged.get(author, 0) + 1
         if self.stats.forged[author] == 1:
             log.warning("a peer's compaction names a snapshot this node does not rebuild: not trusted",
                         author=author, workflow_id=wid, named=str(winner.snapshot), rebuilt=str(snap.root_cid))
+
+    def _drop(self, wid: str, snap: Snapshot) -> None:
+        """Free a verified compaction's records (its snapshot's blocks are queued for the clock
+        already; the record is queued after them, so a restart never finds one without them)."""
+        if not self.drop:
+            return
+        state = self.scheduler.state
+        gone = dropped_from_snapshot(state, wid, snap)
+        self.clock.put_dropped(wid, gone.encode())
+        state.drop(gone)
+        self.stats.dropped += 1
+        log.info("compacted workflow's records dropped", workflow_id=wid, tasks=gone.total, chunks=len(gone.chunks))
 
 
 __all__ = ["CompactionStats", "Compactor"]

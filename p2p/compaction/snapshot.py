@@ -74,6 +74,7 @@ class Snapshot:
     root_cid: Any
     root: bytes
     chunks: tuple[tuple[Any, bytes], ...]
+    firsts: tuple[int, ...] = ()  # the index of each chunk's first task (what a status page seeks by)
 
     def blocks(self) -> list[tuple[Any, bytes]]:
         """Every block, root first: what a peer stores and serves."""
@@ -129,6 +130,7 @@ def _build(state: State, workflow_id: str, max_chunk_bytes: int, every: int) -> 
     if status not in TERMINAL_WORKFLOW:
         raise SnapshotError(f"workflow {workflow_id} is {status.value}, not finished: only a finished workflow is compacted")
     chunks: list[tuple[Any, bytes]] = []
+    firsts: list[int] = []
     batch: list[Any] = []
     size = _CHUNK_OVERHEAD
     first = 0
@@ -139,6 +141,7 @@ def _build(state: State, workflow_id: str, max_chunk_bytes: int, every: int) -> 
         if len(data) > max_chunk_bytes:  # the estimate is exact up to the array header; never trust it blindly
             raise SnapshotError(f"a chunk of {len(batch)} tasks encodes to {len(data)} bytes, over {max_chunk_bytes}")
         chunks.append((block_cid(data), data))
+        firsts.append(first)
         first += len(batch)
         batch, size = [], _CHUNK_OVERHEAD
 
@@ -161,7 +164,7 @@ def _build(state: State, workflow_id: str, max_chunk_bytes: int, every: int) -> 
         "v": SNAPSHOT_VERSION, "t": "workflow-snapshot", "workflow": summary,
         "tasks": len(wf.task_ids), "chunks": [cid for cid, _ in chunks],
     })
-    return Snapshot(block_cid(root), root, tuple(chunks))
+    return Snapshot(block_cid(root), root, tuple(chunks), tuple(firsts))
 
 
 def build_snapshot(state: State, workflow_id: str, *, max_chunk_bytes: int) -> Snapshot:

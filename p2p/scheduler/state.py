@@ -97,10 +97,12 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from multiformats import CID
 from pydantic import ValidationError
 
 from p2p.scheduler.assignment import claim_beats, judge_of
 from p2p.scheduler.causality import VV, Causality
+from p2p.scheduler.dropped import Dropped, TaskIds
 from p2p.scheduler.replicas import SlotView, Verdict, Vote, decide, slot_index, slots_for, split_index
 from p2p.scheduler.ops import (
     AcceptOp,
@@ -858,6 +860,12 @@ class State:
     # workflow id -> events that touched it so far (a compactor checks nothing moved while it
     # built a snapshot a slice at a time)
     changes: dict[str, int] = field(default_factory=dict, repr=False)
+    # Compacted workflows whose records this peer dropped (``drop``, docs/compaction.md §5):
+    # ``workflows`` keeps a slim entry (no submits, ``TaskIds`` for its ids, no tasks), counts
+    # stay in ``_counts``, and the answers come from the verified snapshot. Ops about them are
+    # skipped (``dropped_ops`` counts them): on a restart that is most of a compacted history.
+    dropped: dict[str, Dropped] = field(default_factory=dict, repr=False)
+    dropped_ops: int = 0
 
     def __post_init__(self) -> None:
         self.shared.replica_check = self._replica_refusal
@@ -1102,6 +1110,9 @@ class State:
         return task.status(wf.cancelled, self.max_attempts)
 
     def workflow_status(self, wf: WorkflowState) -> WorkflowStatus:
+        gone = self.dropped.get(wf.workflow_id)
+        if gone is not None:
+            return WorkflowStatus(gone.summary["state"])
         counts = self.counts(wf)
         total = len(wf.task_ids)
         if wf.cancelled:  # a live cancel is for good (a late one was never counted)
@@ -1144,6 +1155,8 @@ class State:
 
     def recount(self, wf: WorkflowState) -> dict[TaskStatus, int]:
         """Counts derived from scratch (tests check the caches against this)."""
+        if wf.workflow_id in self.dropped:
+            return _dropped_counts(self.dropped[wf.workflow_id])
         counts = dict.fromkeys(TaskStatus, 0)
         for i, tid in enumerate(wf.task_ids):
             t = self.tasks[tid]
@@ -1160,10 +1173,73 @@ class State:
 
     def is_compacted(self, workflow_id: str) -> bool:
         """Whether a compaction is in force for the workflow (it reads as its cut)."""
-        return workflow_id in self._full_wf
+        return workflow_id in self._full_wf or workflow_id in self.dropped
 
     def compacted_ids(self) -> list[str]:
-        return list(self._full_wf)
+        return [*self._full_wf, *self.dropped]
+
+    # ------------------------------------------------------------ dropping (compaction §5)
+
+    def outvoted_share(self, workflow_id: str) -> dict[str, int]:
+        """How much of ``outvoted`` this workflow's verdicts account for."""
+        wf = self.workflows[workflow_id]
+        share: dict[str, int] = {}
+        if wf.replicas > 1:
+            for lid in wf.task_ids:
+                v = self._verdict.get(lid)
+                if v is not None and v.accepted is not None:
+                    for p in v.disputed_by:
+                        share[p] = share.get(p, 0) + 1
+        return share
+
+    def drop(self, gone: Dropped) -> None:
+        """Free a compacted workflow's records; it answers from ``gone`` (its verified snapshot)
+        from now on. The caller verified the snapshot of the compaction in force: the fold's
+        answers are then the snapshot's content, so nothing a tool shows changes. Every later op
+        about it is skipped — an op after the cut never counted; one before it cannot arrive
+        after the compact op (causal delivery); only a forking submitter's compact op with a
+        smaller stamp, or its late submit, would have moved the cut, and that harms only its own
+        workflow (docs/compaction.md §7)."""
+        wid = gone.workflow_id
+        wf = self.workflows[wid]
+        if wf.compacted is None or wf.compacted.stamp != gone.stamp:
+            raise ValueError(f"workflow {wid} is not compacted at {gone.stamp!r}")
+        full = self._full_wf.pop(wid, wf)
+        ids = self._frozen_ids.pop(wid, None) or (wf.physical_ids() if wf.replicas > 1 else list(wf.task_ids))
+        for tid in ids:
+            self.tasks.pop(tid, None)
+            self._full_tasks.pop(tid, None)
+            self._status.pop(tid, None)
+            self._claimed.discard(tid)
+            self._verdict.pop(tid, None)
+            self._lstatus.pop(tid, None)
+            self._verdict_sig.pop(tid, None)
+        prefix = wid + "/"
+        for tid in [t for t in self.undefined if t.startswith(prefix)]:
+            del self.undefined[tid]
+        self._claimed_per_wf.pop(wid, None)
+        del full
+        self.workflows[wid] = _slim(wf, gone)
+        self._counts[wid] = _dropped_counts(gone)
+        self.dropped[wid] = gone
+
+    def restore_dropped(self, gone: Dropped) -> None:
+        """A workflow dropped before a restart (the clock's ``dropped`` table), filed before
+        the history is re-folded: every op about it is then skipped."""
+        wid = gone.workflow_id
+        if wid in self.workflows:
+            raise ValueError(f"workflow {wid} is already folded: restore dropped workflows before folding")
+        s = gone.summary
+        wf = WorkflowState(workflow_id=wid, name=str(s["name"]), tag=WorkflowTag(s["tag"]), submitter=str(s["submitter"]),
+                           created_at=float(s["created_at"]), task_ids=[], order=-1, priority=int(s["priority"]),
+                           priority_stamp=(0, b"", 0), cancelled=s["state"] == WorkflowStatus.CANCELLED.value,
+                           replicas=int(s["replicas"]), cache=bool(s["cache"]))
+        self.workflows[wid] = _slim(wf, gone)
+        self._counts[wid] = _dropped_counts(gone)
+        self.dropped[wid] = gone
+        for p, n in gone.outvoted.items():
+            self.outvoted[p] = self.outvoted.get(p, 0) + n
+        self.reindex([wid])
 
     @property
     def orphans(self) -> dict[str, Any]:
@@ -1174,6 +1250,10 @@ class State:
         """A plain, comparable picture of the whole state (tests compare peers with it)."""
         out: dict[str, Any] = {}
         for wid, wf in sorted(self.workflows.items()):
+            if wid in self.dropped:  # its records are gone: what it answers from
+                gone = self.dropped[wid]
+                out[wid] = ("dropped", gone.snapshot, sorted(gone.summary.items()))
+                continue
             tasks: list[Any] = []
             for i, lid in enumerate(wf.task_ids if wf.replicas > 1 else ()):
                 v = self.verdict(wf, i)
@@ -1241,6 +1321,9 @@ def apply_event(
     touched: set[str] = set()
     slots = 0  # task slots the event's submits define so far
     for index, raw in enumerate(ops):
+        if state.dropped and _raw_workflow(raw) in state.dropped and raw.get("op") != "workflow.submit":
+            state.dropped_ops += 1  # not even parsed: a restart skips a compacted history cheaply
+            continue  # (a submit is parsed: it counts towards the event's task slots below)
         where = Where((height, cid, index), who, at, vv, dag)
         try:
             op = parse_op(raw)
@@ -1320,6 +1403,40 @@ def _op_workflow(op: Any) -> str | None:
     return wid if wid is not None else op.task_id.partition("/")[0]
 
 
+def _raw_workflow(raw: Any) -> str | None:
+    """The workflow an unparsed op names (None when it names none, or is not a map)."""
+    if not isinstance(raw, dict):
+        return None
+    wid = raw.get("workflow_id")
+    if isinstance(wid, str):
+        return wid
+    tid = raw.get("task_id")
+    return tid.partition("/")[0] if isinstance(tid, str) else None
+
+
+def _dropped_counts(gone: Dropped) -> dict[TaskStatus, int]:
+    """A dropped workflow's task counts, from its summary (a finished workflow has no claimed
+    task: pending is queued)."""
+    s = gone.summary
+    counts = dict.fromkeys(TaskStatus, 0)
+    counts[TaskStatus.DONE] = int(s["completed"])
+    counts[TaskStatus.FAILED] = int(s["failed"])
+    counts[TaskStatus.CANCELLED] = int(s["cancelled"])
+    counts[TaskStatus.RUNNING] = int(s["running"])
+    counts[TaskStatus.QUEUED] = int(s["pending"])
+    return counts
+
+
+def _slim(wf: WorkflowState, gone: Dropped) -> WorkflowState:
+    """What ``workflows`` keeps of a dropped workflow: its fields, no records."""
+    where = Where(gone.stamp, gone.by, 0, {})
+    return WorkflowState(
+        workflow_id=wf.workflow_id, name=wf.name, tag=wf.tag, submitter=wf.submitter, created_at=wf.created_at,
+        task_ids=TaskIds(wf.workflow_id, gone.total), order=wf.order, priority=wf.priority,  # type: ignore[arg-type]
+        priority_stamp=wf.priority_stamp, cancelled=wf.cancelled, replicas=wf.replicas, cache=wf.cache,
+        compacted=CompactRecord(where, CID.decode(gone.snapshot), True))
+
+
 def _control_refusal(state: State, wf: WorkflowState, op: Any, author: str, where: Where) -> str | None:
     """Why a control op or submit about ``wf`` is rejected, as ``_steered_workflow`` and
     ``_submit`` would say it (None: it passes). O(submits), so a stranger's op about a
@@ -1343,6 +1460,9 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
     an op whose event was folded without one of its parents (``apply_event`` tolerates it):
     then the workflow is thawed, the op folded, and the compaction in force judged again."""
     wid = _op_workflow(op)
+    if wid is not None and wid in state.dropped:
+        state.dropped_ops += 1  # its records are gone; no op after its cut counts (``State.drop``)
+        return
     wf = state.workflows.get(wid) if wid is not None else None
     if wid is None or wid not in state._full_wf:
         _apply_op_thawed(state, op, author, where, touched)

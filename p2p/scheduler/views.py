@@ -12,6 +12,9 @@ BlockLoader = Callable[[Any], dict[str, Any] | None]
 
 
 def workflow_summary(state: State, wf: WorkflowState) -> dict[str, Any]:
+    gone = state.dropped.get(wf.workflow_id)
+    if gone is not None:  # records dropped after compaction: the verified snapshot's summary
+        return gone.view()
     counts = state.counts(wf)
     return {
         "workflow_id": wf.workflow_id,

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from p2p.clock import MerkleClock, codec
-from p2p.clock.cids import block_cid
+from p2p.clock.cids import block_cid, cid_from_bytes
+from p2p.compaction.pages import SnapshotPages, status_of
 from p2p.compaction.compactor import Compactor
 from p2p.compaction.snapshot import build_snapshot, decode_snapshot
 from p2p.config import SchedulerConfig
@@ -33,6 +34,7 @@ CHUNK = 2 << 20
 
 class Peer:
     def __init__(self, tmp: Path, name: str, now: list[float]) -> None:
+        self.name = name
         self.ident = Identity.generate()
         self.id = self.ident.peer_id_str
         self.clock = MerkleClock.open(tmp / f"{name}.sqlite", self.ident)
@@ -41,6 +43,7 @@ class Peer:
                                config=SchedulerConfig())
         self.compactor = Compactor(self.sched, self.clock, self.id, retention_s=RETENTION_S, max_chunk_bytes=CHUNK,
                                    now=lambda: now[0])
+        self.pages = SnapshotPages(lambda raw: self.clock.get_block(cid_from_bytes(raw)))
 
     def take(self, *others: "Peer") -> None:
         """Receive every event the others hold (what replication delivers)."""
@@ -58,8 +61,8 @@ class Peer:
 
     def answer(self, wid: str) -> dict[str, Any]:
         state = self.sched.state
-        return views.workflow_status(state, state.workflows[wid], include_results=True, offset=0, limit=100,
-                                     load_block=lambda c: None)
+        return status_of(state, state.workflows[wid], self.pages, include_results=True, offset=0, limit=100,
+                         load_block=lambda c: None)
 
     def submit(self, name: str, n: int) -> str:
         return self.sched.submit(name, [TaskSpec(model=MODEL, input=f"{name} {i}") for i in range(n)], 5,
@@ -120,11 +123,36 @@ async def test_compact_verify_join_and_a_month_offline_peer(tmp_path: Path) -> N
         await p.compactor.step()
         assert p.answer(wid) == after, p.id  # the late result counts nowhere, m included
         assert p.answer(wid)["tasks"][0]["peer"] == b.id
-    # m's claim, start and result came after the compaction to a, b and j; m had folded its own
-    # before the compaction reached it (the count depends on arrival; the answers do not)
-    assert [p.sched.state.late_for_compacted for p in (a, b, j, m)] == [3, 3, 3, 0]
+    # m's claim, start and result came after the compaction to a, b and j, which had verified it
+    # and dropped the workflow's records: skipped; m had folded its own before the compaction
+    # reached it (the counts depend on arrival; the answers do not)
+    assert [p.sched.state.dropped_ops for p in (a, b, j, m)] == [3, 3, 3, 0]
     assert m.compactor.info()["verified"] == 1
     assert len({p.clock.get_hash() for p in (a, b, j, m)}) == 1
+    # every peer verified it, so every peer dropped its records: no task of it is held
+    for p in (a, b, j, m):
+        assert wid in p.sched.state.dropped and not any(t.startswith(wid) for t in p.sched.state.tasks), p.id
+        assert p.compactor.info()["dropped"] == 1
+
+    # a restart files the dropped workflow first and skips every op about it
+    for p in (a, m):
+        p.clock.close()
+        p.clock = MerkleClock.open(tmp_path / f"{p.name}.sqlite", p.ident)
+        p.sched = Scheduler(p.clock, engine=None, peers=PeerTable(lambda: PeerCaps(p.id, 1.0, frozenset([MODEL])), lease_s=30),  # type: ignore[arg-type]
+                            config=SchedulerConfig())
+        p.pages = SnapshotPages(lambda raw, c=p.clock: c.get_block(cid_from_bytes(raw)))
+        p.sched.load()
+        st = p.sched.state
+        assert wid in st.dropped and not any(t.startswith(wid) for t in st.tasks)
+        assert st.dropped_ops >= 7, st.dropped_ops  # submit's tasks' claims, starts, results, compact op...
+        assert p.answer(wid) == after, p.id
+        assert views.workflow_summary(st, st.workflows[wid]) == {k: v for k, v in after.items()
+                                                                  if k not in ("offset", "limit", "tasks", "has_more")}
+        assert [w["workflow_id"] for w in map(lambda w: views.workflow_summary(st, w), st.listed())] == [wid]
+        assert st.recount(st.workflows[wid]) == st.counts(st.workflows[wid])
+        # a page of one task reads the chunk it covers
+        page = status_of(st, st.workflows[wid], p.pages, include_results=True, offset=1, limit=1, load_block=lambda c: None)
+        assert page["tasks"] == after["tasks"][1:2] and page["has_more"] is True
 
 
 def _run_by_b(tmp_path: Path, name: str) -> tuple[Peer, Peer, str]:

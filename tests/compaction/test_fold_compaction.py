@@ -15,10 +15,12 @@ from typing import Any
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from p2p.compaction.pages import SnapshotPages, dropped_from_snapshot, status_of
 from p2p.compaction.snapshot import FoldInput, build_snapshot, snapshot_at
-from p2p.clock.cids import block_cid
+from p2p.clock.cids import block_cid, cid_raw
+from p2p.scheduler.dropped import Dropped
 from p2p.scheduler import views
-from p2p.scheduler.state import State, TaskStatus
+from p2p.scheduler.state import State, TaskStatus, apply_event
 from tests.compaction.test_snapshot import CHUNK, MAX_ATTEMPTS, _finished, _inputs, _past, finishing
 from tests.scheduler.test_fold_agreement import (
     CIDS,
@@ -28,6 +30,7 @@ from tests.scheduler.test_fold_agreement import (
     WORKERS,
     Dag,
     answers,
+    _load_block,
     _seal,
     _submit,
     causal_orders,
@@ -313,3 +316,62 @@ def test_ops_about_a_compacted_workflow_cost_what_they_change(monkeypatch: Any) 
     calls.update(thaw=0, view=0)
     state = fold(running, running.events)
     assert state.workflows[WA].compacted is None and calls["view"] == 20, calls  # once each, not 20 x 20
+
+
+# ------------------------------------------------------------------ dropping records (§5)
+
+
+def _answers_with(state: State, pages: SnapshotPages) -> dict[str, Any]:
+    """``answers``, through the reader a node uses: the fold, or a dropped workflow's snapshot."""
+    out: dict[str, Any] = {}
+    for wid, wf in sorted(state.workflows.items()):
+        out[wid] = {
+            "status": status_of(state, wf, pages, include_results=True, offset=0, limit=10**6, load_block=_load_block),
+            "summary": views.workflow_summary(state, wf),
+            "paged": status_of(state, wf, pages, include_results=False, offset=1, limit=2, load_block=_load_block),
+            "state": state.workflow_status(wf), "counts": state.counts(wf),
+        }
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(compacting(), st.randoms(use_true_random=False))
+def test_dropping_a_verified_compaction_changes_no_answer_and_a_restart_skips_it(dag: Dag, rnd: random.Random) -> None:
+    """A peer that drops each compacted workflow's records as soon as its compaction is in force
+    (its snapshot verified: here, built from this very state), then folds the rest of the
+    history, answers every field as a peer that never dropped anything; so does a restart that
+    files the dropped workflows first and folds every event again in another order, and it
+    holds none of their tasks. Not for a forking submitter's workflows: a fork can move the cut
+    after the records are gone (docs/compaction.md §7), the price the forker pays alone."""
+    whole = fold(dag, dag.events)
+    forked = set(whole.forked_authors())
+    first, second = causal_orders(dag, rnd, 2)
+    state = State(max_attempts=MAX_ATTEMPTS)
+    blocks: dict[bytes, bytes] = {}
+    gone: list[Any] = []
+    for ev in first:
+        apply_event(state, ev.cid, ev.author, ev.height, ev.ops, parents=[dag.events[p].cid for p in ev.parents], seq=ev.seq)
+        for wid, wf in list(state.workflows.items()):
+            if wid in state.dropped or wf.compacted is None or wf.submitter in forked:
+                continue
+            snap = build_snapshot(state, wid, max_chunk_bytes=CHUNK)
+            blocks.update((cid_raw(c), d) for c, d in snap.blocks())
+            g = dropped_from_snapshot(state, wid, snap)
+            state.drop(g)
+            gone.append(g)
+            event("records dropped")
+    pages = SnapshotPages(blocks.get)
+    expected = _answers_with(whole, pages)
+    assert _answers_with(state, pages) == expected
+    assert state.outvoted == whole.outvoted
+    restarted = State(max_attempts=MAX_ATTEMPTS)
+    for g in gone:
+        restarted.restore_dropped(Dropped.decode(g.encode()))
+    for ev in second:
+        apply_event(restarted, ev.cid, ev.author, ev.height, ev.ops, parents=[dag.events[p].cid for p in ev.parents],
+                    seq=ev.seq)
+    assert _answers_with(restarted, pages) == expected
+    assert restarted.outvoted == whole.outvoted
+    assert [w.workflow_id for w in restarted.listed()] == [w.workflow_id for w in whole.listed()]
+    for g in gone:
+        assert not any(t.startswith(g.workflow_id + "/") for t in [*restarted.tasks, *restarted.undefined])

@@ -1,0 +1,134 @@
+"""Status pages of a dropped workflow, read from its snapshot's chunks (docs/compaction.md §5).
+
+Why: once a peer drops a compacted workflow's records (``State.drop``), the verified snapshot is
+the workflow. A status page must still cost O(page), not a decode of every chunk, and show every
+field ``get_workflow_status`` showed before the drop: the snapshot's task records are those fields
+(``snapshot.RECORD_FIELDS``), plus the input and the result in its stored form, which is turned
+into the tool's form here exactly as ``views`` does it.
+
+``SnapshotPages`` keeps the last few decoded chunks (a chunk is up to ``clock.max_block_bytes``;
+paging through a workflow reads each chunk once).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from p2p.clock import codec
+from p2p.clock.cids import block_cid, cid_raw
+from p2p.compaction.snapshot import RECORD_FIELDS, Snapshot, SnapshotError
+from p2p.scheduler.dropped import MAX_SPECS, Dropped
+from p2p.scheduler.results import unpack_result
+from p2p.scheduler import views
+from p2p.scheduler.views import BlockLoader, _json_safe
+
+# Reads a stored block by its raw CID bytes (None when it is not here).
+ChunkLoader = Callable[[bytes], bytes | None]
+
+
+class SnapshotPages:
+    """Task records of dropped workflows, by index, a chunk at a time (an LRU of decoded chunks)."""
+
+    def __init__(self, load: ChunkLoader, keep: int = 4) -> None:
+        self._load = load
+        self._keep = keep
+        self._decoded: OrderedDict[bytes, list[dict[str, Any]]] = OrderedDict()
+
+    def _chunk(self, gone: Dropped, pos: int) -> list[dict[str, Any]]:
+        first, cid = gone.chunks[pos]
+        got = self._decoded.get(cid)
+        if got is not None:
+            self._decoded.move_to_end(cid)
+            return got
+        data = self._load(cid)
+        if data is None:
+            raise SnapshotError(f"chunk {pos} of the snapshot of workflow {gone.workflow_id} is missing from this node")
+        if cid_raw(block_cid(data)) != cid:
+            raise SnapshotError(f"chunk {pos} of the snapshot of workflow {gone.workflow_id} does not match its CID")
+        part = codec.decode(data)
+        if not isinstance(part, dict) or part.get("first") != first or not isinstance(part.get("tasks"), list):
+            raise SnapshotError(f"chunk {pos} of the snapshot of workflow {gone.workflow_id} is out of place")
+        self._decoded[cid] = part["tasks"]
+        while len(self._decoded) > self._keep:
+            self._decoded.popitem(last=False)
+        return part["tasks"]
+
+    def records(self, gone: Dropped, offset: int, limit: int) -> list[dict[str, Any]]:
+        """Task records ``offset`` .. ``offset + limit`` (fewer at the end), in task order."""
+        out: list[dict[str, Any]] = []
+        end = min(gone.total, offset + limit)
+        index = offset
+        while index < end:
+            pos = gone.chunk_for(index)
+            first = gone.chunks[pos][0]
+            tasks = self._chunk(gone, pos)
+            take = tasks[index - first: end - first]
+            if not take:
+                raise SnapshotError(f"the snapshot of workflow {gone.workflow_id} has no task {index}")
+            out.extend(take)
+            index += len(take)
+        return out
+
+
+def task_view(record: dict[str, Any], include_result: bool, load_block: BlockLoader) -> dict[str, Any]:
+    """The tool view of one task record (``views.task_view``'s fields, in its order)."""
+    view = {k: record[k] for k in RECORD_FIELDS if k in record}
+    if include_result and ("result" in record or "result_cid" in record):
+        try:
+            if "result" in record:
+                view["result"] = _json_safe(unpack_result(record["result"]))
+            else:
+                cid = record["result_cid"]
+                stored = load_block(cid)
+                if stored is not None:
+                    view["result"] = _json_safe(unpack_result(stored))
+                else:
+                    view["result_cid"] = str(cid)
+        except Exception as exc:  # noqa: BLE001 - a peer's malformed result breaks its own task only
+            view["error"] = f"unreadable result from {record.get('peer')}: {type(exc).__name__}: {exc}"
+    return view
+
+
+def workflow_status(gone: Dropped, pages: SnapshotPages, *, include_results: bool, offset: int, limit: int,
+                    load_block: BlockLoader) -> dict[str, Any]:
+    """``views.workflow_status`` of a dropped workflow: its summary and one page of tasks."""
+    out = gone.view()
+    records = pages.records(gone, offset, limit) if limit > 0 and offset < gone.total else []
+    out["offset"] = offset
+    out["limit"] = limit
+    out["tasks"] = [task_view(r, include_results, load_block) for r in records]
+    out["has_more"] = offset + len(records) < gone.total
+    return out
+
+
+def status_of(state: Any, wf: Any, pages: SnapshotPages, *, include_results: bool, offset: int, limit: int,
+              load_block: BlockLoader, waiting: Any = None) -> dict[str, Any]:
+    """``get_workflow_status`` of any workflow: from the fold, or from the snapshot of one whose
+    records were dropped (raises ``SnapshotError`` when a chunk it needs is not here)."""
+    gone = state.dropped.get(wf.workflow_id)
+    if gone is None:
+        return views.workflow_status(state, wf, include_results=include_results, offset=offset, limit=limit,
+                                     load_block=load_block, waiting=waiting)
+    return workflow_status(gone, pages, include_results=include_results, offset=offset, limit=limit,
+                           load_block=load_block)
+
+
+def dropped_from_snapshot(state: Any, workflow_id: str, snap: Snapshot) -> Dropped:
+    """The record ``State.drop`` keeps of ``workflow_id``, from its snapshot (which the caller
+    built and found to be the one the compaction in force names)."""
+    wf = state.workflows[workflow_id]
+    head = codec.decode(snap.root)
+    specs: dict[tuple[str, str | None, str | None], None] = {}
+    for tid in wf.task_ids:
+        spec = state.tasks[tid].spec
+        specs[(spec.model, spec.model_cid, spec.task)] = None
+        if len(specs) >= MAX_SPECS:
+            break
+    return Dropped(workflow_id, dict(head["workflow"]), str(wf.compacted.snapshot), wf.compacted.where.who,
+                   wf.compacted.stamp, tuple((first, cid_raw(cid)) for first, (cid, _) in zip(snap.firsts, snap.chunks)),
+                   state.outvoted_share(workflow_id), tuple(specs))
+
+
+__all__ = ["ChunkLoader", "SnapshotPages", "dropped_from_snapshot", "status_of", "task_view", "workflow_status"]

@@ -1,0 +1,91 @@
+"""Dropping a compacted workflow's records on a real node (docs/compaction.md §5): after the
+compaction the node answers status pages, exports and searches from the snapshot's blocks with
+every field as before, holds none of the workflow's tasks, and a restart skips every op about
+it — with the real default model, results stored as their own clock blocks, networking off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2p.export import export_workflow_results
+from p2p.node import Node
+from p2p.search import SearchIndexes, search_workflow
+from tests.conftest import DEFAULT_MODEL, make_node_config
+
+pytestmark = pytest.mark.timeout(300)
+
+TEXTS = [f"Sentence {i}: {w}" for i, w in enumerate(
+    ["the cat sat on the mat", "stock markets fell sharply", "a recipe for bread", "rain is expected tomorrow",
+     "the team won the final", "a new phone was released", "the river flooded the town", "how to learn python",
+     "the museum opened a new wing", "prices of houses keep rising", "a comet was seen last night",
+     "the concert was sold out"])]
+
+
+def _tasks() -> list[dict[str, Any]]:
+    return [{"model": DEFAULT_MODEL, "input": t} for t in TEXTS]
+
+
+async def _exports(node: Node, wid: str, out: Path) -> dict[str, bytes]:
+    out.mkdir()
+    got = {}
+    for fmt in ("jsonl", "npy", "parquet"):
+        r = await export_workflow_results(node, wid, out / f"r.{fmt}")
+        assert r["rows"] == len(TEXTS) and r["with_output"] == len(TEXTS), r
+        got[fmt] = (out / f"r.{fmt}").read_bytes()
+    return got
+
+
+async def _hits(node: Node, wid: str, directory: Path) -> list[tuple[str, str, float]]:
+    out = await search_workflow(node, SearchIndexes(directory), wid, "financial news about the economy", k=4)
+    assert out["index"] == "built"  # from this node's results: the fold's, or the snapshot's
+    return [(h["task_id"], h["input"], h["score"]) for h in out["results"]]
+
+
+async def test_a_dropped_workflow_answers_alike_and_a_restart_skips_it(tmp_path: Path, shared_cache_dir: Path) -> None:
+    data = tmp_path / "node"
+    cfg = make_node_config(data, shared_cache_dir, inline_result_bytes=0)  # every result its own block
+    async with Node.open(cfg) as node:
+        wid = (await node.submit_workflow("docs", _tasks()))["workflow_id"]
+        other = (await node.submit_workflow("live", _tasks()[:2]))["workflow_id"]
+        await node.wait_for_workflow(wid, 240)
+        await node.wait_for_workflow(other, 240)
+        before = node.workflow_status(wid, include_results=True)
+        assert before["state"] == "completed" and all("result" in t for t in before["tasks"])
+        page_before = node.workflow_status(wid, include_results=True, offset=5, limit=3)
+        exports_before = await _exports(node, wid, tmp_path / "before")
+        hits_before = await _hits(node, wid, tmp_path / "s1")
+        listing_before = node.list_workflows()
+
+        node.compactor.retention_s = 0  # compact what finished now
+        for _ in range(2):
+            await node.compactor.step()
+        state = node.scheduler.state
+        assert wid in state.dropped and other in state.dropped
+        assert not any(t.startswith(wid + "/") for t in state.tasks)
+        info = node.node_info()["compaction"]
+        assert info["dropped"] == 2 and info["written"] == 2, info
+
+        after = node.workflow_status(wid, include_results=True)
+        assert after["compacted"]["by"] == node.peer_id
+        assert {k: v for k, v in after.items() if k != "compacted"} == {k: v for k, v in before.items() if k != "compacted"}
+        page = node.workflow_status(wid, include_results=True, offset=5, limit=3)
+        assert page["tasks"] == page_before["tasks"] and page["has_more"] is True
+        assert node.workflow_status(wid, limit=0)["tasks"] == []
+        assert await _exports(node, wid, tmp_path / "after") == exports_before
+        assert await _hits(node, wid, tmp_path / "s2") == hits_before
+        assert [{k: v for k, v in w.items() if k != "compacted"} for w in node.list_workflows()] == \
+            [{k: v for k, v in w.items() if k != "compacted"} for w in listing_before]
+
+    async with Node.open(cfg) as node:  # a restart: filed first, every op about it skipped
+        state = node.scheduler.state
+        assert wid in state.dropped and not any(t.startswith(wid + "/") for t in state.tasks)
+        assert node.node_info()["compaction"]["dropped_ops_skipped"] >= 3 * len(TEXTS)
+        assert node.workflow_status(wid, include_results=True) == after
+        assert await _exports(node, wid, tmp_path / "restarted") == exports_before
+        assert await _hits(node, wid, tmp_path / "s3") == hits_before
+        # still a finished workflow to every tool: no new work, and cancel changes nothing
+        assert (await node.cancel_workflow(wid))["state"] == "completed"
+        assert node.workflow_summary(wid)["total"] == len(TEXTS)
