@@ -548,7 +548,7 @@ class Node:
         """Fetch a model (a name or a content id) from the peers that advertise it, verify every
         block, install it under the engine's pulled-models folder and serve and advertise it at
         once. Resumes from the block store after a crash; see p2p.content.exchange."""
-        from p2p.content.exchange import BlockStore, DiskFullError, PullError, cid_from_str, fetch_dag, install
+        from p2p.content.exchange import BlockStore, DiskFullError, PullError, cid_from_str, fetch_dag, install_staged
 
         ref = (ref or "").strip()
         if not ref:
@@ -600,12 +600,12 @@ class Node:
         cids: set[bytes] = set()
         try:
             try:
+                staging = data_dir / "pull-staging" / cid  # the files land here as they are fetched; kept to resume
                 stats, cids = await fetch_dag(self.net, root, peers, store, max_bytes=self.config.inference.max_model_bytes,
-                                              free_dir=data_dir, progress=progress)
-                staging = data_dir / "pull-staging" / cid
-                await trio.to_thread.run_sync(install, store, root, staging, final, stats.total_bytes)
+                                              free_dir=data_dir, progress=progress, staging=staging)
+                await trio.to_thread.run_sync(install_staged, staging, root, final)
             except PullError as exc:
-                if isinstance(exc, DiskFullError):  # free the space: the blocks too, not just the staged files
+                if isinstance(exc, DiskFullError):  # free the space: the inner blocks too (fetch_dag removed the staged files)
                     await trio.to_thread.run_sync(store.remove, cids | {root})
                 raise NodeError(f"pulling {name} ({cid}) failed: {exc}") from None
             await trio.to_thread.run_sync(store.remove, cids)

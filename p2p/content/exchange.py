@@ -4,10 +4,15 @@ Why this shape:
 - The model's directory CID (p2p.content.unixfs, what ``ipfs add -r`` gives) is the only thing
   trusted. The puller walks the DAG from it top down, so every block is checked against a CID
   that a verified parent named: a peer can send garbage, but never a block we keep.
-- Verified blocks go to a block store (one file per block, written atomically) before anything
-  else, so a pull killed with -9 resumes by re-reading what it has, not fetching it again.
-- The files are assembled in a staging folder, re-hashed as a whole (its CID must be the one
-  asked for) and renamed into the node's model folder in one step: nothing partial is served.
+- A verified leaf goes straight into its file in a staging folder, at the offset its verified
+  parent's UnixFS blocksizes give (``Staging``): the model lands on disk once. Inner nodes (a
+  few KiB) also go to a block store (one file per block, written atomically), so a pull killed
+  with -9 resumes: it walks the DAG from the store and re-hashes each leaf's region in the
+  staged files, fetching only what is missing or torn.
+- The staging folder, complete, is fsynced and renamed into the node's model folder in one step
+  (``install_staged``): nothing partial is served, and the node re-hashes what it serves and
+  checks the CID again. (``install`` assembles a folder from a block store that holds every
+  block: the pull's way before staging, kept for tests and the benchmark's comparison.)
 - The server side never copies a model into a block store: it indexes each served model's
   files once (CID -> file, offset, length for leaves; the few inner nodes in memory) and reads
   leaves from the files themselves.
@@ -24,7 +29,8 @@ import shutil
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +129,7 @@ class PbNode:
     links: list[tuple[bytes, str, int]]
     kind: int  # UnixFS Data.Type: 1 directory, 2 file
     filesize: int
+    blocksizes: tuple[int, ...] = ()  # a file node's: bytes under each link, in order
 
 
 def decode_node(block: bytes) -> PbNode:
@@ -142,14 +149,22 @@ def decode_node(block: bytes) -> PbNode:
         elif num == 1 and wt == 2:
             data = bytes(val)
     kind = filesize = 0
+    blocksizes: list[int] = []
     for num, wt, val in _fields(data):
         if num == 1 and wt == 0:
             kind = val
         elif num == 3 and wt == 0:
             filesize = val
+        elif num == 4 and wt == 0:
+            blocksizes.append(val)
+        elif num == 4 and wt == 2:  # packed (kubo writes them unpacked; both are valid protobuf)
+            i = 0
+            while i < len(val):
+                v, i = _uvarint(val, i)
+                blocksizes.append(v)
     if kind not in (_UNIXFS_DIRECTORY, _UNIXFS_FILE):
         raise ContentError(f"unsupported UnixFS node type {kind} (only files and plain directories)")
-    return PbNode(links, kind, filesize)
+    return PbNode(links, kind, filesize, tuple(blocksizes))
 
 
 def _is_pb(cid: bytes) -> bool:
@@ -160,6 +175,15 @@ def _raise_disk(exc: OSError, what: str) -> None:
     if exc.errno in _DISK_FULL:
         raise DiskFullError(f"the disk is full ({exc.strerror}) while writing {what}; the pull's partial data was removed") from None
     raise PullError(f"cannot write {what}: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def _disk(what: str) -> Iterator[None]:
+    """OSError while writing ``what``: DiskFullError or PullError, one clear line."""
+    try:
+        yield
+    except OSError as exc:
+        _raise_disk(exc, what)
 
 
 # --- block store ---------------------------------------------------------------------------
@@ -350,8 +374,9 @@ class _Fetch:
     """The state of one DAG fetch, shared by the per-peer workers."""
 
     def __init__(self, net: Any, root: bytes, store: BlockStore, stats: PullStats, progress: ProgressFn | None,
-                 batch: int) -> None:
+                 batch: int, staging: Staging | None = None) -> None:
         self.net, self.root, self.store, self.stats, self.progress = net, root, store, stats, progress
+        self.staging = staging  # leaves go straight into the staged files; inner nodes to the store too
         # workers report concurrently: one at a time, and never a figure below one already sent
         # (a report read before another worker's and sent after it went backwards)
         self._report_lock = trio.Lock()
@@ -395,20 +420,32 @@ class _Fetch:
                 return [self.todo.popleft() for _ in range(n)]
             await self.changed.wait()
 
-    def _store_batch(self, got: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes], int]:
-        """Verify and store (thread): (bad cids, children to want, bytes stored)."""
+    def _store_batch(self, got: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes], int, list[bytes]]:
+        """Verify and store (thread): (bad cids, children to want, bytes stored, children a
+        resumed pull found staged already)."""
         bad: list[bytes] = []
         children: list[bytes] = []
+        staged: list[bytes] = []
         stored = 0
         for cid, data in got:
             if not verify(cid, data):
                 bad.append(cid)
                 continue
-            self.store.put(cid, data)
             stored += len(data)
+            if self.staging is not None:
+                if _is_pb(cid):
+                    self.store.put(cid, data)  # a resumed pull walks the DAG from the store
+                for child in self.staging.put(cid, data):
+                    if self.staging.resuming and not _is_pb(child) and child not in self.seen \
+                            and self.staging.has_leaf(child):
+                        staged.append(child)
+                    else:
+                        children.append(child)
+                continue
+            self.store.put(cid, data)
             if _is_pb(cid):
                 children += [c for c, _, _ in decode_node(data).links]
-        return bad, children, stored
+        return bad, children, stored, staged
 
     async def worker(self, peer: str) -> None:
         batch: list[bytes] = []
@@ -430,9 +467,13 @@ class _Fetch:
                                 raise _PeerFault(f"does not have block {to_cid(cid)} of the model it advertises")
                             got.append((cid, data))
                     try:
-                        bad, children, stored = await trio.to_thread.run_sync(self._store_batch, got)
+                        bad, children, stored, staged = await trio.to_thread.run_sync(self._store_batch, got)
                     except ContentError as exc:  # a verified node that is not UnixFS we can assemble
                         self.fatal = PullError(f"the model's DAG is not a plain UnixFS folder: {exc}")
+                        self._wake()
+                        return
+                    except UnicodeDecodeError:
+                        self.fatal = PullError("the model's DAG is not a plain UnixFS folder: a name that is not UTF-8")
                         self._wake()
                         return
                     good = len(batch) - len(bad)
@@ -441,6 +482,11 @@ class _Fetch:
                     self.stats.fetched_from[peer] = self.stats.fetched_from.get(peer, 0) + good
                     self.done_bytes += stored
                     self.remaining -= good
+                    for c in staged:  # a resumed pull's leaves found in the staged files
+                        if c not in self.seen:
+                            self.seen.add(c)
+                            self.stats.blocks_reused += 1
+                            self.done_bytes += self.staging.leaf_size(c) if self.staging is not None else 0
                     self.want(children)
                     if bad:
                         self.stats.bad_blocks[peer] = self.stats.bad_blocks.get(peer, 0) + len(bad)
@@ -518,8 +564,10 @@ def _scan_local(store: BlockStore, root_node: PbNode) -> tuple[list[bytes], set[
 
 async def fetch_dag(net: Any, root: bytes, peers: list[str], store: BlockStore, *, max_bytes: int = 0,
                     free_dir: Path | None = None, progress: ProgressFn | None = None, workers_per_peer: int = 2,
-                    batch: int = 32) -> tuple[PullStats, set[bytes]]:
-    """Every block of the folder DAG ``root`` into ``store``, from ``peers``, verified.
+                    batch: int = 32, staging: Path | None = None) -> tuple[PullStats, set[bytes]]:
+    """Every block of the folder DAG ``root`` into ``store``, from ``peers``, verified; with
+    ``staging``, the leaves go straight into the folder's files there instead (``Staging``; then
+    ``install_staged``), and only inner nodes into ``store``.
 
     Blocks already in the store are reused. A peer that sends a bad block, lacks one, or fails
     is dropped and its share goes to the others; the pull fails only when no peer is left.
@@ -544,15 +592,72 @@ async def fetch_dag(net: Any, root: bytes, peers: list[str], store: BlockStore, 
                         f"nothing was downloaded")
     if free_dir is not None:
         free = shutil.disk_usage(free_dir).free
-        if free < 2 * stats.total_bytes:  # the blocks, then the assembled files
+        need = stats.total_bytes if staging is not None else 2 * stats.total_bytes  # staged files; or blocks, then files
+        if free < need:
             store.remove([root])
-            raise DiskFullError(f"not enough disk space to pull {stats.root}: it needs about {2 * stats.total_bytes} bytes "
-                                f"(blocks, then files) and {free} are free in {free_dir}")
-    missing, seen, reused, reused_bytes = await trio.to_thread.run_sync(_scan_local, store, node)
-    stats.blocks_reused += reused
-    f = _Fetch(net, root, store, stats, progress, max(1, min(batch, MAX_WANT)))
+            raise DiskFullError(f"not enough disk space to pull {stats.root}: it needs about {need} bytes "
+                                f"and {free} are free in {free_dir}")
+    staged = Staging(staging, stats.total_bytes) if staging is not None else None
+    try:
+        if staged is not None:
+            missing, seen, reused, reused_bytes = await trio.to_thread.run_sync(_scan_staged, store, staged, root, node)
+        else:
+            missing, seen, reused, reused_bytes = await trio.to_thread.run_sync(_scan_local, store, node)
+        stats.blocks_reused += reused
+        f = _Fetch(net, root, store, stats, progress, max(1, min(batch, MAX_WANT)), staged)
+        await _fetch_missing(f, peers, missing, seen, len(root_block) + reused_bytes, workers_per_peer)
+    except DiskFullError:
+        if staged is not None:
+            staged.close(sync=False)
+            await trio.to_thread.run_sync(shutil.rmtree, staging, True)
+        raise
+    finally:
+        if staged is not None:
+            await trio.to_thread.run_sync(lambda: staged.close(sync=True))
+    stats.blocks_total = len(f.seen)
+    stats.seconds = round(time.perf_counter() - t0, 3)
+    return stats, f.seen
+
+
+def _scan_staged(store: BlockStore, staged: Staging, root: bytes, node: PbNode) -> tuple[list[bytes], set[bytes], int, int]:
+    """``_scan_local`` for a staged pull (thread): inner nodes from the store, leaves from the
+    staged files (each region re-hashed); what is neither is missing."""
+    missing: list[bytes] = []
+    seen: set[bytes] = set()
+    reused = reused_bytes = 0
+    try:
+        stack = list(reversed(staged.start(root, node)))
+        while stack:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            if _is_pb(cid):
+                data = store.get(cid)
+                if data is None:
+                    missing.append(cid)
+                    continue
+                reused += 1
+                reused_bytes += len(data)
+                stack += reversed(staged.put(cid, data))
+            elif staged.has_leaf(cid):
+                reused += 1
+                reused_bytes += staged.leaf_size(cid)
+            else:
+                missing.append(cid)
+    except OSError as exc:
+        _raise_disk(exc, "the model's files")
+    except (ContentError, UnicodeDecodeError) as exc:
+        raise PullError(f"the model's DAG is not a plain UnixFS folder: {exc}") from None
+    return missing, seen, reused, reused_bytes
+
+
+async def _fetch_missing(f: _Fetch, peers: list[str], missing: list[bytes], seen: set[bytes], done_bytes: int,
+                         workers_per_peer: int) -> None:
+    stats = f.stats
+    progress = f.progress
     f.seen |= seen
-    f.done_bytes = len(root_block) + reused_bytes
+    f.done_bytes = done_bytes
     for c in missing:
         f.todo.append(c)
     f.remaining = len(missing)
@@ -565,14 +670,11 @@ async def fetch_dag(net: Any, root: bytes, peers: list[str], store: BlockStore, 
                     nursery.start_soon(f.worker, peer)
     if f.fatal is not None:
         if isinstance(f.fatal, DiskFullError):
-            store.remove(f.seen)
+            f.store.remove(f.seen)
         raise f.fatal
     if f.remaining:
         raise PullError(f"{f.remaining} block(s) of {stats.root} could not be fetched: every peer failed "
                         f"({'; '.join(f'{p}: {r}' for p, r in stats.dropped_peers.items())})")
-    stats.blocks_total = len(f.seen)
-    stats.seconds = round(time.perf_counter() - t0, 3)
-    return stats, f.seen
 
 
 # --- installing ----------------------------------------------------------------------------
@@ -665,6 +767,204 @@ def install(store: BlockStore, root: bytes, staging: Path, final: Path, max_byte
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+# --- staging: leaves written where they belong -------------------------------------------
+
+MAX_STAGED_ENTRIES = 10_000  # directory entries a pull may create (a model folder has tens)
+
+# Where a block lands: (path, offset, size). offset None: a directory entry, whose own type
+# decides (a folder, a one-leaf file, or a file node whose filesize gives its size).
+Place = tuple[Path, int | None, int | None]
+
+
+class Staging:
+    """A pull's folder as it is fetched: each verified leaf is written straight into its file at
+    its offset (a file node's UnixFS blocksizes say where each child starts), so a model lands
+    on disk once, not as blocks and then again as files. Inner nodes (a few KiB) also go to the
+    block store, so a pull killed with -9 resumes: it walks the DAG from the store and re-hashes
+    each leaf's region in the staged files, fetching only what is missing or torn.
+
+    Blocks reach it only once verified against a CID a verified parent named. A leaf whose size
+    differs from what its parent declares is refused (the DAG is malformed), as is a DAG nested
+    over ``MAX_DAG_DEPTH``, writing past the size the root declared, or more than
+    ``MAX_STAGED_ENTRIES`` directory entries. A CID may occur at many places (a repeated chunk,
+    an identical file): every place gets its bytes. Thread-safe: fetch workers store from
+    several threads."""
+
+    def __init__(self, root: Path, budget: int) -> None:
+        import threading
+
+        self.root = Path(root)
+        self._budget = _Budget(budget)
+        self._lock = threading.Lock()
+        self._places: dict[bytes, list[tuple[Place, int]]] = {}  # cid -> (place, depth) seen so far
+        self._leaf_at: dict[bytes, tuple[Path, int, int]] = {}  # a written leaf: where to copy it from
+        self._nodes: dict[bytes, PbNode] = {}  # decoded inner nodes
+        self._fds: dict[Path, int] = {}
+        self._entries = 0
+        # a pull that finds its staging folder already there resumes: leaves under an inner node
+        # fetched now may be staged already (their node was lost, not they)
+        self.resuming = self.root.exists()
+
+    # the caller holds the lock below this line -------------------------------------------
+
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = self._fds[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # never truncated: resumes
+        return fd
+
+    def _add(self, cid: bytes, place: Place, depth: int) -> list[bytes]:
+        """File ``cid`` at ``place``; its bytes or children land there now if already known.
+        Returns inner-node children whose places are new (for the caller to fetch or scan)."""
+        if depth > MAX_DAG_DEPTH:
+            raise PullError(f"the model's DAG nests over {MAX_DAG_DEPTH} levels")
+        self._places.setdefault(cid, []).append((place, depth))
+        if cid in self._leaf_at:
+            self._copy_leaf(cid, place)
+            return []
+        node = self._nodes.get(cid)
+        if node is not None:
+            return self._expand(node, place, depth)
+        return [cid]
+
+    def _write_leaf(self, cid: bytes, data: bytes, place: Place) -> None:
+        path, offset, size = place
+        if offset is not None and len(data) != size:
+            raise PullError(f"the model's DAG is malformed: leaf {to_cid(cid)} holds {len(data)} bytes where its "
+                            f"file node declares {size}")
+        self._budget.spend(len(data))
+        fd = self._fd(path)
+        os.pwrite(fd, data, offset or 0)
+        if offset is None:
+            os.ftruncate(fd, len(data))  # a one-leaf file: exactly its leaf
+
+    def _copy_leaf(self, cid: bytes, place: Place) -> None:
+        path, offset, size = self._leaf_at[cid]
+        self._write_leaf(cid, os.pread(self._fd(path), size, offset), place)
+
+    def _expand(self, node: PbNode, place: Place, depth: int) -> list[bytes]:
+        path, offset, size = place
+        new: list[bytes] = []
+        if node.kind == _UNIXFS_DIRECTORY:
+            if offset is not None:
+                raise PullError("the model's DAG is malformed: a folder inside a file")
+            self._entries += len(node.links)
+            if self._entries > MAX_STAGED_ENTRIES:
+                raise PullError(f"the model's folder holds over {MAX_STAGED_ENTRIES} entries")
+            path.mkdir(parents=True, exist_ok=True)
+            for child, name, _ in node.links:
+                new += self._add(child, (path / _safe_name(name), None, None), depth + 1)
+            return new
+        if offset is None:  # a file's top node
+            offset, size = 0, node.filesize
+            if size > self._budget.left:
+                raise PullError("the model's files are larger than its root block declared (or than max_model_bytes)")
+            fd = self._fd(path)
+            if os.fstat(fd).st_size != size:
+                os.ftruncate(fd, size)
+        if len(node.blocksizes) != len(node.links) or sum(node.blocksizes) != size:
+            raise PullError(f"the model's DAG is malformed: a file node of {path.name!r} declares "
+                            f"{len(node.blocksizes)} block sizes summing to {sum(node.blocksizes)} for "
+                            f"{len(node.links)} links and {size} bytes")
+        at = offset
+        for (child, _, _), n in zip(node.links, node.blocksizes):
+            new += self._add(child, (path, at, n), depth + 1)
+            at += n
+        return new
+
+    # the public side: each call takes the lock ---------------------------------------------
+
+    def start(self, root: bytes, node: PbNode) -> list[bytes]:
+        """The root folder: returns its children (to fetch or scan)."""
+        with self._lock, _disk("the model's files"):
+            self._places[root] = [((self.root, None, None), 0)]
+            self._nodes[root] = node
+            return self._expand(node, (self.root, None, None), 0)
+
+    def put(self, cid: bytes, data: bytes) -> list[bytes]:
+        """A verified block: a leaf is written at every place it has; an inner node's children
+        get their places. Returns the children to fetch (each once)."""
+        with self._lock, _disk("the model's files"):
+            places = self._places.get(cid, [])
+            if not _is_pb(cid):
+                if cid in self._leaf_at:
+                    return []
+                for place, _ in places:
+                    self._write_leaf(cid, data, place)
+                if places:
+                    path, offset, _ = places[0][0]
+                    self._leaf_at[cid] = (path, offset or 0, len(data))
+                return []
+            if cid in self._nodes:
+                return []
+            node = self._nodes[cid] = decode_node(data)
+            new: list[bytes] = []
+            for place, depth in places:
+                new += self._expand(node, place, depth)
+            return new
+
+    def has_leaf(self, cid: bytes) -> bool:
+        """Whether the staged files already hold this leaf at one of its places, verified (a
+        resumed pull); if so, its other places get it too."""
+        with self._lock:
+            places = [p for p, _ in self._places.get(cid, [])]
+        for path, offset, size in places:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                continue
+            try:
+                data = os.pread(fd, size if size is not None else max(0, os.fstat(fd).st_size), offset or 0)
+            finally:
+                os.close(fd)
+            if not verify(cid, data):
+                continue
+            with self._lock, _disk("the model's files"):
+                if cid not in self._leaf_at:
+                    self._leaf_at[cid] = (path, offset or 0, len(data))
+                    for place, _ in self._places[cid]:
+                        if place != (path, offset, size):
+                            self._write_leaf(cid, data, place)
+            return True
+        return False
+
+    def leaf_size(self, cid: bytes) -> int:
+        with self._lock:
+            return self._leaf_at[cid][2]
+
+    def close(self, *, sync: bool) -> None:
+        """Close the staged files, fsynced first when ``sync`` (before the rename that installs them)."""
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        try:
+            for fd in fds.values():
+                if sync:
+                    os.fsync(fd)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+
+def install_staged(staging: Path, root: bytes, final: Path) -> None:
+    """Move a fully fetched ``Staging`` folder into place (blocking: run in a thread). Its files
+    are the DAG's by construction (every leaf verified, written where its verified parent said);
+    the node re-hashes the installed folder as it serves it and checks the CID again."""
+    if final.exists():
+        got = dir_root(final)[0].cid
+        if got == root:
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        raise PullError(f"{final} already holds other files (CID {to_cid(got)}); remove it to pull {to_cid(root)} there")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(staging, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # What describe_remote walks at most: a model folder has tens of files; a hostile DAG whose

@@ -3,7 +3,8 @@
 - ``leech`` runs with ``inference.serve = []``: it serves nothing, pulls the default model from
   ``seed`` (MCP progress notifications, every block verified), serves and advertises it at once,
   and then runs p2p-only tasks whose embeddings equal sentence-transformers';
-- a pull killed with -9 resumes from the block store, fetching only the blocks it lacked;
+- a pull killed with -9 resumes from what it staged (leaves land straight in the model's files,
+  inner nodes in the block store), fetching only the blocks it lacked;
 - bad input: an unknown model or CID is refused with what the network serves; a model over
   ``inference.max_model_bytes`` is refused before any download.
 """
@@ -61,6 +62,12 @@ def _blocks(peer: Peer) -> list[Path]:
     return [p for p in d.iterdir() if not p.name.startswith(".")] if d.is_dir() else []
 
 
+def _staged_bytes(peer: Peer) -> int:
+    """Bytes a pull has written into its staged files so far (allocated: the files are sparse)."""
+    d = peer.data_dir / "pull-staging"
+    return sum(p.stat().st_blocks * 512 for p in d.rglob("*") if p.is_file()) if d.is_dir() else 0
+
+
 async def test_a_node_serving_nothing_pulls_the_default_model_and_runs_its_tasks(cluster: Cluster) -> None:
     seed = cluster.start("seed")
     leech = cluster.start("leech", bootstrap=[seed], env=LEECH_ENV)
@@ -99,6 +106,7 @@ async def test_a_node_serving_nothing_pulls_the_default_model_and_runs_its_tasks
     assert progress and progress[-1][0] == progress[-1][1] == stats["total_bytes"], progress[-3:]
     assert all(a[0] <= b[0] for a, b in zip(progress, progress[1:])), "progress went backwards"
     assert not _blocks(leech), "the block store keeps blocks of an installed model"
+    assert not _staged_bytes(leech), "the staging folder outlived the install"
 
     # served and advertised at once: the leech lists it as its own, the seed sees the leech offer it
     after = _row(await call(leech, "list_models"), DEFAULT_MODEL, cid)
@@ -141,14 +149,14 @@ async def test_a_pull_killed_with_minus_9_resumes_fetching_only_missing_blocks(c
     cli = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         async def landing() -> bool:
-            return len(_blocks(leech)) >= 40
+            return _staged_bytes(leech) >= 40 * 262_144
 
-        await eventually(landing, 120, "the first 40 blocks of the pull to land", every=0.01)
+        await eventually(landing, 120, "the first 40 leaves of the pull to land in its files", every=0.01)
         cluster.kill(leech, signal.SIGKILL)
     finally:
         cli.kill()
         cli.wait()
-    have = len(_blocks(leech))
+    have = _staged_bytes(leech) // 262_144 - 2  # whole leaves staged (a small file or a region in flight aside)
     assert not (leech.data_dir / "models" / DEFAULT_MODEL).exists(), "the pull finished before the kill"
 
     cluster.start("leech", bootstrap=[seed], env=LEECH_ENV)

@@ -1,0 +1,161 @@
+"""A pull's leaves land straight in their files (p2p.content.exchange.Staging): the folder comes
+out as the DAG says (repeated chunks and identical files included), a resumed pull re-hashes what
+is staged and fetches only what is missing or torn, and a malformed or hostile DAG is refused
+before it writes past what its root declared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from p2p.content import dir_cid
+from p2p.content.exchange import (
+    MAX_STAGED_ENTRIES,
+    BlockStore,
+    ContentServer,
+    PullError,
+    Staging,
+    decode_node,
+    fetch_dag,
+    install_staged,
+)
+from p2p.content.unixfs import CHUNK_SIZE, encode_link, encode_node, file_data, pb_cid, raw_cid
+from p2p.protocols.content import CONTENT_PROTOCOL
+from tests.content.test_exchange import _hosts
+
+
+def _folder(root: Path) -> Path:
+    """Files that share blocks: a file of repeated chunks, two identical files, an empty file,
+    a one-leaf file, and a file whose last chunk is short."""
+    (root / "sub").mkdir(parents=True)
+    zeros = bytes(3 * CHUNK_SIZE + 11)
+    (root / "zeros.bin").write_bytes(zeros)  # three identical leaves and a short one
+    same = os.urandom(2 * CHUNK_SIZE + 5)
+    (root / "a.bin").write_bytes(same)
+    (root / "sub" / "a-copy.bin").write_bytes(same)  # the same file node under two names
+    (root / "sub" / "empty").write_bytes(b"")
+    (root / "small.json").write_bytes(b'{"x": 1}')
+    (root / "sub" / "big.bin").write_bytes(os.urandom(5 * CHUNK_SIZE + 3))
+    return root
+
+
+async def test_a_staged_pull_lands_the_folder_once_and_resumes_what_is_missing_or_torn(tmp_path: Path) -> None:
+    src = _folder(tmp_path / "src")
+    cid = dir_cid(src)[0]
+    root = bytes(cid)
+    stack, (server, _, client) = await _hosts(tmp_path)
+    async with stack:
+        server.set_stream_handler(CONTENT_PROTOCOL, ContentServer(lambda: {str(cid): src}).handle)
+        peer = await client.connect(server.listen_addrs()[0])
+
+        store, staging = BlockStore(tmp_path / "blocks"), tmp_path / "staging"
+        stats, cids = await fetch_dag(client, root, [peer], store, staging=staging, batch=3)
+        assert stats.blocks_reused == 0 and stats.blocks_fetched == stats.blocks_total == len(cids)
+        leaves = [p for p in (tmp_path / "blocks").iterdir() if bytes.fromhex(p.name)[1] == 0x55]
+        assert leaves == [], "leaves went to the block store as well as to the files"
+        assert dir_cid(staging)[0] == cid  # the staged folder is the model, byte for byte
+
+        # a kill -9 midway, as a resumed pull finds it: a torn region, a file cut short, an
+        # inner node never stored
+        big = staging / "sub" / "big.bin"
+        with open(big, "r+b") as f:
+            f.seek(CHUNK_SIZE + 5)
+            f.write(b"\xff")
+        with open(staging / "a.bin", "r+b") as f:
+            f.truncate(CHUNK_SIZE)
+        inner = next(p for p in (tmp_path / "blocks").iterdir()
+                     if bytes.fromhex(p.name)[1] == 0x70 and decode_node(p.read_bytes()).kind == 2)
+        inner.unlink()
+        again, _ = await fetch_dag(client, root, [peer], store, staging=staging)
+        assert 0 < again.blocks_fetched < again.blocks_total, again
+        assert again.blocks_reused + again.blocks_fetched == again.blocks_total
+        assert again.blocks_fetched <= 6, again  # the torn leaf, a.bin's lost tail, the inner node and what it names
+
+        final = tmp_path / "models" / "org" / "m"
+        install_staged(staging, root, final)
+        assert dir_cid(final)[0] == cid and not staging.exists()
+        assert (final / "sub" / "a-copy.bin").read_bytes() == (src / "a.bin").read_bytes()
+        assert (final / "sub" / "empty").read_bytes() == b""
+        install_staged(staging, root, final)  # installing again over the same files: nothing to do
+        with pytest.raises(PullError, match="already holds other files"):
+            install_staged(staging, root, src / "sub")
+
+
+def test_a_leaf_that_is_not_the_size_its_file_node_declares_is_refused(tmp_path: Path) -> None:
+    leaf = os.urandom(20)
+    top = encode_node([encode_link(raw_cid(leaf), b"", len(leaf))], file_data(10, [10]))  # says 10 bytes
+    folder = encode_node([encode_link(pb_cid(top), b"f.bin", len(top) + 20)], b"\x08\x01")
+    st = Staging(tmp_path / "staging", 1000)
+    assert st.start(pb_cid(folder), decode_node(folder)) == [pb_cid(top)]
+    assert st.put(pb_cid(top), top) == [raw_cid(leaf)]
+    with pytest.raises(PullError, match="malformed.*holds 20 bytes where its file node declares 10"):
+        st.put(raw_cid(leaf), leaf)
+    st.close(sync=False)
+
+
+def test_a_file_that_links_one_leaf_many_times_cannot_write_past_its_declared_size(tmp_path: Path) -> None:
+    """Two small nodes that would write 7.6 GB of one leaf: refused as soon as the file's node
+    declares a size over what the pull's root declared, with nothing written."""
+    leaf = os.urandom(CHUNK_SIZE)
+    inner = encode_node([encode_link(raw_cid(leaf), b"", len(leaf))] * 174, file_data(174 * len(leaf), [len(leaf)] * 174))
+    top = encode_node([encode_link(pb_cid(inner), b"", len(inner))] * 174,
+                      file_data(174 * 174 * len(leaf), [174 * len(leaf)] * 174))
+    folder = encode_node([encode_link(pb_cid(top), b"big.bin", 10_000)], b"\x08\x01")
+    st = Staging(tmp_path / "staging", 10_000_000)
+    st.start(pb_cid(folder), decode_node(folder))
+    with pytest.raises(PullError, match="larger than its root block declared"):
+        st.put(pb_cid(top), top)
+    st.close(sync=False)
+    assert sum(p.stat().st_size for p in (tmp_path / "staging").rglob("*") if p.is_file()) == 0
+
+
+def test_a_folder_that_repeats_one_sub_folder_under_many_names_is_refused(tmp_path: Path) -> None:
+    directory = b"\x08\x01"
+    child = encode_node([], directory)
+    nodes = [child]
+    for _ in range(2):
+        child = encode_node([encode_link(pb_cid(child), f"a{i:03d}".encode(), len(child)) for i in range(200)], directory)
+        nodes.append(child)
+    st = Staging(tmp_path / "staging", 1 << 30)
+    top = nodes[-1]
+    wanted = st.start(pb_cid(top), decode_node(top))
+    with pytest.raises(PullError, match=f"over {MAX_STAGED_ENTRIES} entries"):
+        for c in wanted:
+            st.put(c, nodes[-2])
+    st.close(sync=False)
+
+
+def test_a_full_disk_while_staging_is_a_clear_error(tmp_path: Path) -> None:
+    """A real write failure: the child may write files of at most 1 MiB (RLIMIT_FSIZE, SIGXFSZ
+    ignored, so pwrite fails with EFBIG as a full quota would); fetch_dag then removes the
+    staging folder (``DiskFullError``)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import os, resource, signal, sys
+        from pathlib import Path
+        from p2p.content.exchange import DiskFullError, Staging, decode_node
+        from p2p.content.unixfs import CHUNK_SIZE, encode_link, encode_node, file_data, pb_cid, raw_cid
+        leaves = [os.urandom(CHUNK_SIZE) for _ in range(6)]
+        top = encode_node([encode_link(raw_cid(b), b"", len(b)) for b in leaves], file_data(6 * CHUNK_SIZE, [CHUNK_SIZE] * 6))
+        folder = encode_node([encode_link(pb_cid(top), b"big.bin", len(top) + 6 * CHUNK_SIZE)], b"\\x08\\x01")
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        st = Staging(Path({str(tmp_path / 'staging')!r}), 10 * CHUNK_SIZE)
+        try:
+            st.start(pb_cid(folder), decode_node(folder))
+            st.put(pb_cid(top), top)
+            for b in leaves:
+                st.put(raw_cid(b), b)
+        except DiskFullError as exc:
+            print("DISKFULL", exc)
+            sys.exit(3)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "disk is full" in done.stdout
