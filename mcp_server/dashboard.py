@@ -306,6 +306,19 @@ class NetworkPage:
             sh.pass_counts = counts
         steps = min(budget, n - sh.cursor)
         done = TaskStatus.DONE
+        gone = state.dropped.get(wid)
+        if gone is not None:  # compacted, its records dropped: who ran what is in its snapshot
+            try:
+                records = self.node.snapshot_pages.records(gone, sh.cursor, steps)
+            except Exception:  # noqa: BLE001 - a chunk not here: no attribution, never a broken page
+                records = []
+            for i, r in enumerate(records, start=sh.cursor):
+                sh.record(i, tuple(r.get("peers") or [r.get("peer") or "?"]) if r.get("state") == done.value else ())
+            sh.cursor += steps
+            if sh.cursor >= n:
+                sh.cursor = 0
+                sh.settled_counts = sh.pass_counts
+            return sh, budget - steps
         for i in range(sh.cursor, sh.cursor + steps):
             task = state.tasks.get(ids[i])
             peers: tuple[str, ...] = ()

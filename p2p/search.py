@@ -292,6 +292,9 @@ def workflow_model(state: State, wf: Any) -> WorkflowModel:
 
     models: set[tuple[str, str | None]] = set()
     gone = state.dropped.get(wf.workflow_id)  # compacted, records dropped: the specs it kept
+    if gone is not None and not gone.specs_complete:
+        raise NodeError(f"workflow {wf.workflow_id} names over {len(gone.specs)} distinct models and tasks; search needs "
+                        f"one embedding model")
     specs = gone.specs if gone is not None else ((t.spec.model, t.spec.model_cid, t.spec.task)
                                                  for t in (state.tasks[tid] for tid in wf.task_ids))
     for model, model_cid, task in specs:

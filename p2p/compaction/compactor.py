@@ -22,9 +22,12 @@ lives here, in the shell, with time injected:
 - **Dropping** (§5). Once a compaction in force is verified — this node wrote it, or rebuilt its
   snapshot to the same CID — the workflow's records are dropped (``State.drop``, unless
   ``clock.drop_compacted`` is off): its answers come from the snapshot's blocks, stored here,
-  and the clock's ``dropped`` table makes a restart skip every op about it. A compaction this
-  node could not verify (forged, or it abstained) keeps its records: the fold's answers are the
-  same either way; only memory differs.
+  and the clock's ``dropped`` table makes a restart skip every op about it. Not before every
+  result block the snapshot names is here (while the records stay, the node fetches missing
+  ones; dropped, nothing would). A compaction this node could not verify (forged, or it
+  abstained) keeps its records: the fold's answers are the same either way; only memory
+  differs. Its own compactions are verified like a peer's when read back after a restart (a
+  crash before the drop was recorded, or a version that did not drop).
 
 Not built: deleting the events below a compaction, checkpoints and joining from them (§5–§6):
 the events stay on disk and a restart still reads them (skipping their ops).
@@ -40,7 +43,7 @@ from typing import Any
 import structlog
 import trio
 
-from p2p.compaction.pages import dropped_from_snapshot
+from p2p.compaction.pages import dropped_from_snapshot, result_cids
 from p2p.compaction.snapshot import Snapshot, SnapshotError, build_snapshot, build_snapshot_async
 from p2p.scheduler.state import TERMINAL_WORKFLOW, WorkflowStatus
 
@@ -80,6 +83,9 @@ class Compactor:
         self._checked: dict[str, Any] = {}  # compacted workflow -> the stamp in force when checked
         self._cannot: set[str] = set()  # own workflows whose snapshot cannot be built (logged once)
         self._retries: dict[str, int] = {}  # own workflow -> snapshots dropped in a row
+        # verified compactions whose records wait to be dropped until every result block they
+        # name is here (the records are what make the node fetch missing ones)
+        self._drop_waiting: dict[str, Snapshot] = {}
 
     def info(self) -> dict[str, Any]:
         state = self.scheduler.state
@@ -119,6 +125,12 @@ class Compactor:
             since = self._finished_since.setdefault(wid, now)
             if now - since >= self.retention_s:
                 await self._compact(wid)
+        for wid, snap in list(self._drop_waiting.items()):
+            del self._drop_waiting[wid]
+            wf = state.workflows.get(wid)
+            if wf is not None and wf.compacted is not None and wid not in state.dropped \
+                    and bytes(wf.compacted.snapshot) == bytes(snap.root_cid):
+                self._drop(wid, snap)
         compacted = state.compacted_ids()
         for wid in [w for w in self._checked if not state.is_compacted(w)]:
             del self._checked[wid]  # no longer compacted (a fork's re-judgement)
@@ -128,9 +140,8 @@ class Compactor:
             wf = state.workflows.get(wid)
             if wf is None or wf.compacted is None or self._checked.get(wid) == wf.compacted.stamp:
                 continue
-            if wf.compacted.where.who == self.peer_id:  # ours (read back after a restart): built it
-                self._checked[wid] = wf.compacted.stamp
-                continue
+            # ours too, read back after a restart (its records were not dropped before the crash,
+            # or by a version without dropping): rebuilt and compared like a peer's
             await self._check(wid, wf)
             break  # one peer's compaction a look: after a restart they are checked over time
 
@@ -193,12 +204,24 @@ class Compactor:
             log.warning("a peer's compaction names a snapshot this node does not rebuild: not trusted",
                         author=author, workflow_id=wid, named=str(winner.snapshot), rebuilt=str(snap.root_cid))
 
+    def _held(self, cid: Any) -> bool:
+        try:
+            return bool(self.clock.has(cid))
+        except Exception:  # noqa: BLE001 - a CID no peer can serve: nothing to wait for
+            return True
+
     def _drop(self, wid: str, snap: Snapshot) -> None:
         """Free a verified compaction's records (its snapshot's blocks are queued for the clock
         already; the record is queued after them, so a restart never finds one without them)."""
         if not self.drop:
             return
         state = self.scheduler.state
+        missing = [c for c in result_cids(snap) if not self._held(c)]
+        if missing:  # not yet: dropped, the workflow would never fetch them (Node._missing_result_blocks)
+            self._drop_waiting[wid] = snap
+            log.info("compacted workflow's records kept until its result blocks arrive", workflow_id=wid,
+                     missing=len(missing))
+            return
         gone = dropped_from_snapshot(state, wid, snap)
         self.clock.put_dropped(wid, gone.encode())
         state.drop(gone)

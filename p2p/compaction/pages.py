@@ -121,14 +121,41 @@ def dropped_from_snapshot(state: Any, workflow_id: str, snap: Snapshot) -> Dropp
     wf = state.workflows[workflow_id]
     head = codec.decode(snap.root)
     specs: dict[tuple[str, str | None, str | None], None] = {}
+    complete = True
     for tid in wf.task_ids:
         spec = state.tasks[tid].spec
-        specs[(spec.model, spec.model_cid, spec.task)] = None
-        if len(specs) >= MAX_SPECS:
+        specs[(spec.model, spec.model_cid, _task_name(spec.task))] = None
+        if len(specs) > MAX_SPECS:
+            complete = False
             break
     return Dropped(workflow_id, dict(head["workflow"]), str(wf.compacted.snapshot), wf.compacted.where.who,
                    wf.compacted.stamp, tuple((first, cid_raw(cid)) for first, (cid, _) in zip(snap.firsts, snap.chunks)),
-                   state.outvoted_share(workflow_id), tuple(specs))
+                   state.outvoted_share(workflow_id), tuple(specs)[:MAX_SPECS], complete)
 
 
-__all__ = ["ChunkLoader", "SnapshotPages", "dropped_from_snapshot", "status_of", "task_view", "workflow_status"]
+def _task_name(task: str | None) -> str | None:
+    """A task name as inference reads it (its spellings are one task); an unknown one as given."""
+    if task is None:
+        return None
+    from inference.errors import InferenceError
+    from inference.tasks import normalize_task
+
+    try:
+        return normalize_task(task)
+    except InferenceError:
+        return task
+
+
+def result_cids(snap: Snapshot) -> list[Any]:
+    """The result blocks a snapshot's task records name (they are kept apart from it)."""
+    out = []
+    for _, data in snap.chunks:
+        for record in codec.decode(data)["tasks"]:
+            cid = record.get("result_cid")
+            if cid is not None:
+                out.append(cid)
+    return out
+
+
+__all__ = ["ChunkLoader", "SnapshotPages", "dropped_from_snapshot", "result_cids", "status_of", "task_view",
+           "workflow_status"]

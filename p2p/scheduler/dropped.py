@@ -23,7 +23,10 @@ from typing import Any, overload
 from p2p.clock import codec
 
 DROPPED_VERSION = 1
-MAX_SPECS = 16
+MAX_SPECS = 1024  # distinct (model, content id, task) kept; a workflow of its own has one
+# the order ``views.workflow_summary`` gives its fields (DAG-CBOR's canonical order is another)
+SUMMARY_KEYS = ("workflow_id", "name", "state", "priority", "tag", "submitter", "created_at", "replicas", "cache",
+                "total", "completed", "failed", "cancelled", "running", "pending")
 
 
 class TaskIds(Sequence[str]):
@@ -71,8 +74,10 @@ class Dropped:
     stamp: tuple[int, bytes, int]  # the compact op's stamp
     chunks: tuple[tuple[int, bytes], ...]  # (index of the chunk's first task, chunk CID bytes), in order
     outvoted: dict[str, int] = field(default_factory=dict)  # this workflow's share of State.outvoted
-    # the distinct (model, model_cid, task) its tasks ran, at most MAX_SPECS (search needs them)
+    # the distinct (model, model_cid, task name) its tasks ran, at most MAX_SPECS (search needs
+    # them), and whether that is all of them
     specs: tuple[tuple[str, str | None, str | None], ...] = ()
+    specs_complete: bool = True
 
     @property
     def total(self) -> int:
@@ -80,7 +85,10 @@ class Dropped:
 
     def view(self) -> dict[str, Any]:
         """The workflow summary a tool shows (``views.workflow_summary``'s fields)."""
-        return {**self.summary, "compacted": {"snapshot": self.snapshot, "by": self.by}}
+        out = {k: self.summary[k] for k in SUMMARY_KEYS if k in self.summary}
+        out.update((k, v) for k, v in self.summary.items() if k not in out)
+        out["compacted"] = {"snapshot": self.snapshot, "by": self.by}
+        return out
 
     def chunk_for(self, index: int) -> int:
         """The position in ``chunks`` of the chunk holding task ``index``."""
@@ -97,7 +105,7 @@ class Dropped:
         return codec.encode({
             "v": DROPPED_VERSION, "workflow_id": self.workflow_id, "summary": self.summary, "snapshot": self.snapshot,
             "by": self.by, "stamp": list(self.stamp), "chunks": [[first, cid] for first, cid in self.chunks],
-            "outvoted": dict(self.outvoted), "specs": [list(t) for t in self.specs],
+            "outvoted": dict(self.outvoted), "specs": [list(t) for t in self.specs], "specs_complete": self.specs_complete,
         })
 
     @classmethod
@@ -109,7 +117,7 @@ class Dropped:
         return cls(str(raw["workflow_id"]), dict(raw["summary"]), str(raw["snapshot"]), str(raw["by"]),
                    (int(height), bytes(cid), int(index)), tuple((int(f), bytes(c)) for f, c in raw["chunks"]),
                    {str(p): int(n) for p, n in raw["outvoted"].items()},
-                   tuple((str(m), c, t) for m, c, t in raw.get("specs", [])))
+                   tuple((str(m), c, t) for m, c, t in raw.get("specs", [])), bool(raw.get("specs_complete", True)))
 
 
-__all__ = ["DROPPED_VERSION", "MAX_SPECS", "Dropped", "TaskIds"]
+__all__ = ["DROPPED_VERSION", "MAX_SPECS", "SUMMARY_KEYS", "Dropped", "TaskIds"]

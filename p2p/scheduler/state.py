@@ -1404,14 +1404,21 @@ def _op_workflow(op: Any) -> str | None:
 
 
 def _raw_workflow(raw: Any) -> str | None:
-    """The workflow an unparsed op names (None when it names none, or is not a map)."""
+    """The workflow an unparsed op is about, read as the parsed op would be (``_op_workflow``):
+    a ``workflow.*`` op's ``workflow_id``, a ``task.*`` op's task id's; None for anything else
+    (an advert, or an extra field a op carries: parsing ignores those, so must this)."""
     if not isinstance(raw, dict):
         return None
-    wid = raw.get("workflow_id")
-    if isinstance(wid, str):
-        return wid
-    tid = raw.get("task_id")
-    return tid.partition("/")[0] if isinstance(tid, str) else None
+    kind = raw.get("op")
+    if not isinstance(kind, str):
+        return None
+    if kind.startswith("workflow."):
+        wid = raw.get("workflow_id")
+        return wid if isinstance(wid, str) else None
+    if kind.startswith("task."):
+        tid = raw.get("task_id")
+        return tid.partition("/")[0] if isinstance(tid, str) else None
+    return None
 
 
 def _dropped_counts(gone: Dropped) -> dict[TaskStatus, int]:

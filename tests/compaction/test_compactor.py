@@ -209,3 +209,55 @@ async def test_a_workflow_touched_while_its_snapshot_is_built_is_compacted_later
     assert len(touched) == compactor_mod.MAX_RETRIES
     assert a.compactor.info()["written"] == 1 and a.sched.state.workflows[wid].compacted is not None
     assert a.answer(wid)["state"] == "completed"
+
+
+async def test_records_stay_until_every_result_block_they_name_is_here(tmp_path: Path) -> None:
+    """A result stored as its own block that has not reached this peer yet: while the records
+    stay the node fetches it (Node._missing_result_blocks); dropped, nothing would. So the drop
+    waits for it, and the snapshot's answers then carry the result itself."""
+    now = [1000.0]
+    a, b = Peer(tmp_path, "a", now), Peer(tmp_path, "b", now)
+    wid = a.submit("blocks", 2)
+    b.take(a)
+    b.clock.append([{"op": "peer.advertise", "capacity": 1e6, "models": [MODEL]}])
+    big = b.clock.put_block({"embedding": [0.5] * 8})
+    for i in range(2):
+        tid = f"{wid}/{i}"
+        done: dict[str, Any] = {"op": "task.done", "task_id": tid, "attempt": 1}
+        done.update({"result_cid": big} if i == 0 else {"result": {"v": i}})
+        b.clock.append([{"op": "task.claim", "task_id": tid, "attempt": 1, "capacity": 1.0},
+                        {"op": "task.start", "task_id": tid, "attempt": 1}, done])
+    a.take(b)  # the events, not the result block
+    assert not a.clock.has(big)
+    a.compactor.retention_s = 0
+    await a.compactor.step()
+    info = a.compactor.info()
+    assert info["written"] == 1 and info["dropped"] == 0, info  # compacted; records kept
+    assert wid not in a.sched.state.dropped and f"{wid}/0" in a.sched.state.tasks
+    a.clock.add_raw_block(big, b.clock.get_block(big))
+    await a.compactor.step()
+    assert a.compactor.info()["dropped"] == 1 and wid in a.sched.state.dropped
+    loaded = lambda c: codec.decode(a.clock.get_block(c))  # noqa: E731
+    page = status_of(a.sched.state, a.sched.state.workflows[wid], a.pages, include_results=True, offset=0, limit=2,
+                     load_block=loaded)
+    assert page["tasks"][0]["result"] == {"embedding": [0.5] * 8} and page["tasks"][1]["result"] == {"v": 1}
+
+
+async def test_its_own_compaction_read_back_after_a_restart_is_verified_and_dropped(tmp_path: Path) -> None:
+    """A compaction this node wrote without dropping (a crash before the drop was recorded, a
+    version that did not drop, or ``drop_compacted`` off then on): after a restart it is rebuilt
+    and compared like a peer's, and dropped."""
+    a, b, wid = _run_by_b(tmp_path, "a")
+    a.compactor.retention_s = 0
+    a.compactor.drop = False
+    await a.compactor.step()
+    assert a.compactor.info()["written"] == 1 and wid not in a.sched.state.dropped
+    a.clock.close()
+    a.clock = MerkleClock.open(tmp_path / "a.sqlite", a.ident)
+    a.sched = Scheduler(a.clock, engine=None, peers=PeerTable(lambda: PeerCaps(a.id, 1.0, frozenset([MODEL])), lease_s=30),  # type: ignore[arg-type]
+                        config=SchedulerConfig())
+    a.sched.load()
+    a.compactor = Compactor(a.sched, a.clock, a.id, retention_s=0, max_chunk_bytes=CHUNK, now=lambda: 0.0)
+    assert wid not in a.sched.state.dropped
+    await a.compactor.step()
+    assert a.compactor.info()["verified"] == 1 and wid in a.sched.state.dropped

@@ -334,8 +334,75 @@ def _answers_with(state: State, pages: SnapshotPages) -> dict[str, Any]:
     return out
 
 
+def _adverts(state: State) -> dict[str, list[Any]]:
+    """Every peer's adverts as ``list_peers`` and the claims' weights read them."""
+    return {p: [(a.where.stamp, a.where.who, a.capacity, sorted(a.models), a.model_cids) for a in ads]
+            for p, ads in state.adverts.items()}
+
+
+@st.composite
+def dropping(draw: Any) -> Dag:
+    """Scenarios where compactions come into force and stay (the submitters never fork): the
+    fold's scenarios run to their end, replicated ones too (each slot by another peer, results
+    from few values so replicas agree or are outvoted), compacted by their submitters over every
+    head, then late ops — forks by workers only, and ops carrying extra fields that name another
+    workflow or task (parsing ignores them, so must skipping)."""
+    dag = draw(finishing())
+    runners = WORKERS + SUBMITTERS
+    for _ in range(2):
+        state = fold(dag, dag.events)
+        per: dict[str, list[dict[str, Any]]] = {}
+        for wid, wf in sorted(state.workflows.items()):
+            if wf.replicas <= 1:
+                continue
+            for i in range(len(wf.task_ids)):
+                for slot, tid in enumerate(wf.slot_ids(i)):
+                    t = state.tasks[tid]
+                    if state.task_status(t) in (TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED):
+                        continue
+                    a = max(t.attempt, 1)
+                    per.setdefault(runners[slot % len(runners)], []).extend([
+                        {"op": "task.claim", "task_id": tid, "attempt": a, "capacity": 1.0},
+                        {"op": "task.start", "task_id": tid, "attempt": a},
+                        {"op": "task.done", "task_id": tid, "attempt": a, "result": {"v": draw(st.integers(0, 1))}}])
+        if not per:
+            break
+        for who, ops in sorted(per.items()):
+            dag.add(who, ops[:240], dag.heads())
+    state = fold(dag, dag.events)
+    for wid, author in SUBMITTER_OF.items():  # what would not finish, its submitter cancels
+        if wid in state.workflows and wid not in _finished(state):
+            dag.add(author, [{"op": "workflow.cancel", "workflow_id": wid}], dag.heads())
+    state = fold(dag, dag.events)
+    finished = _finished(state)
+    for wid, author in SUBMITTER_OF.items():
+        if wid in finished:
+            dag.add(author, [_compact(wid)], dag.heads())
+    n_tasks = {wid: len(wf.physical_ids()) for wid, wf in state.workflows.items()}
+    n_tasks.setdefault(WA, 1)
+    n_tasks.setdefault(WD, 1)
+    for _ in range(draw(st.integers(0, 6))):
+        author = draw(st.sampled_from(SUBMITTERS + WORKERS))
+        ops: list[Any] = []
+        for _ in range(draw(st.integers(1, 3))):
+            op = draw(op_for(n_tasks))
+            if isinstance(op, dict) and "run" in op:
+                ops.extend(op["run"])
+            elif isinstance(op, dict) and (op.get("resubmit") or op.get("accept")):
+                continue
+            else:
+                ops.append(op)
+        for op in ops:
+            if isinstance(op, dict) and draw(st.integers(0, 3)) == 0:  # an extra field naming another one
+                op[draw(st.sampled_from(["workflow_id", "task_id"]))] = draw(st.sampled_from([WA, WD, f"{WA}/0", f"{WD}/0"]))
+        parents = dag.heads() if draw(st.booleans()) else draw(st.lists(st.sampled_from(range(len(dag.events))), max_size=3))
+        fork = author in WORKERS and author in dag.last_of and draw(st.integers(0, 3)) == 0
+        dag.add(author, ops, parents, fork=fork)
+    return dag
+
+
 @settings(max_examples=200, deadline=None)
-@given(compacting(), st.randoms(use_true_random=False))
+@given(st.one_of(dropping(), dropping(), compacting()), st.randoms(use_true_random=False))
 def test_dropping_a_verified_compaction_changes_no_answer_and_a_restart_skips_it(dag: Dag, rnd: random.Random) -> None:
     """A peer that drops each compacted workflow's records as soon as its compaction is in force
     (its snapshot verified: here, built from this very state), then folds the rest of the
@@ -359,11 +426,13 @@ def test_dropping_a_verified_compaction_changes_no_answer_and_a_restart_skips_it
             g = dropped_from_snapshot(state, wid, snap)
             state.drop(g)
             gone.append(g)
-            event("records dropped")
+            event("a replicated workflow dropped" if wf.replicas > 1 else "a workflow dropped")
+    event(f"workflows dropped: {len(gone)}")
     pages = SnapshotPages(blocks.get)
     expected = _answers_with(whole, pages)
     assert _answers_with(state, pages) == expected
     assert state.outvoted == whole.outvoted
+    assert _adverts(state) == _adverts(whole)
     restarted = State(max_attempts=MAX_ATTEMPTS)
     for g in gone:
         restarted.restore_dropped(Dropped.decode(g.encode()))
@@ -372,6 +441,7 @@ def test_dropping_a_verified_compaction_changes_no_answer_and_a_restart_skips_it
                     seq=ev.seq)
     assert _answers_with(restarted, pages) == expected
     assert restarted.outvoted == whole.outvoted
+    assert _adverts(restarted) == _adverts(whole)
     assert [w.workflow_id for w in restarted.listed()] == [w.workflow_id for w in whole.listed()]
     for g in gone:
         assert not any(t.startswith(g.workflow_id + "/") for t in [*restarted.tasks, *restarted.undefined])
