@@ -184,6 +184,7 @@ def build_server(node: Node, *, page_size: int = 100, for_peers: bool = False) -
         Use include_results=true to read results; page large workflows with offset/limit
         (has_more tells when another page follows). completed/total is the progress.
         """
+        await node.warm_status(workflow_id, offset, page_size if limit is None else limit)
         return status(workflow_id, include_results, offset, limit, format)
 
     @server.tool(annotations=READ_ONLY)
@@ -205,6 +206,7 @@ def build_server(node: Node, *, page_size: int = 100, for_peers: bool = False) -
             await ctx.report_progress(done, total, message)
 
         await _acall(node.wait_for_workflow(workflow_id, timeout_s, progress))
+        await node.warm_status(workflow_id, offset, page_size if limit is None else limit)
         return status(workflow_id, include_results, offset, limit, format)
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False))

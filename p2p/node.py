@@ -671,6 +671,21 @@ class Node:
         except SnapshotError as exc:
             raise NodeError(f"workflow {workflow_id} is compacted and its snapshot cannot be read here: {exc}") from None
 
+    async def warm_status(self, workflow_id: str, offset: int = 0, limit: int | None = None) -> None:
+        """Decode, on a worker thread, the snapshot chunks a status page of a dropped workflow
+        will read (up to 2 MiB each), so that ``workflow_status`` finds them decoded instead of
+        holding the event loop; nothing for any other workflow, or for more chunks than are kept."""
+        gone = self.scheduler.state.dropped.get(workflow_id)
+        if gone is None or offset < 0 or (limit is not None and limit <= 0):
+            return
+        n = gone.total if limit is None else limit
+        pages = self.snapshot_pages
+        if 0 < pages.chunks_for(gone, offset, n) <= pages.keep:
+            try:
+                await trio.to_thread.run_sync(pages.records, gone, offset, n)
+            except SnapshotError:
+                pass  # workflow_status says it, in one line
+
     def _waiting_reason(self) -> Callable[[Any, Any], str | None]:
         """For one status page: why an undecided replicated task waits, when its open slots
         that nobody holds outnumber the eligible live peers (serving its model and content id,

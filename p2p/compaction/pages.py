@@ -32,16 +32,25 @@ class SnapshotPages:
     """Task records of dropped workflows, by index, a chunk at a time (an LRU of decoded chunks)."""
 
     def __init__(self, load: ChunkLoader, keep: int = 4) -> None:
+        import threading
+
         self._load = load
-        self._keep = keep
+        self.keep = keep
         self._decoded: OrderedDict[bytes, list[dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()  # a worker thread may warm it (``Node.warm_status``) while the loop reads
+
+    def chunks_for(self, gone: Dropped, offset: int, limit: int) -> int:
+        """How many chunks records(offset, limit) reads."""
+        end = min(gone.total, offset + limit)
+        return 0 if end <= offset else gone.chunk_for(end - 1) - gone.chunk_for(offset) + 1
 
     def _chunk(self, gone: Dropped, pos: int) -> list[dict[str, Any]]:
         first, cid = gone.chunks[pos]
-        got = self._decoded.get(cid)
-        if got is not None:
-            self._decoded.move_to_end(cid)
-            return got
+        with self._lock:
+            got = self._decoded.get(cid)
+            if got is not None:
+                self._decoded.move_to_end(cid)
+                return got
         data = self._load(cid)
         if data is None:
             raise SnapshotError(f"chunk {pos} of the snapshot of workflow {gone.workflow_id} is missing from this node")
@@ -50,9 +59,10 @@ class SnapshotPages:
         part = codec.decode(data)
         if not isinstance(part, dict) or part.get("first") != first or not isinstance(part.get("tasks"), list):
             raise SnapshotError(f"chunk {pos} of the snapshot of workflow {gone.workflow_id} is out of place")
-        self._decoded[cid] = part["tasks"]
-        while len(self._decoded) > self._keep:
-            self._decoded.popitem(last=False)
+        with self._lock:
+            self._decoded[cid] = part["tasks"]
+            while len(self._decoded) > self.keep:
+                self._decoded.popitem(last=False)
         return part["tasks"]
 
     def records(self, gone: Dropped, offset: int, limit: int) -> list[dict[str, Any]]:

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp import Client
+
+from mcp_server.server import build_server
 
 from p2p.export import export_workflow_results
 from p2p.node import Node
@@ -74,6 +77,12 @@ async def test_a_dropped_workflow_answers_alike_and_a_restart_skips_it(tmp_path:
         page = node.workflow_status(wid, include_results=True, offset=5, limit=3)
         assert page["tasks"] == page_before["tasks"] and page["has_more"] is True
         assert node.workflow_status(wid, limit=0)["tasks"] == []
+        async with Client(build_server(node)) as client:  # through MCP: the chunks decoded off the loop first
+            res = await client.call_tool("get_workflow_status", {"workflow_id": wid, "include_results": True,
+                                                                 "offset": 5, "limit": 3, "format": "floats"})
+            assert not res.is_error, res.content
+            assert res.structured_content["tasks"] == page_before["tasks"]
+            assert res.structured_content["compacted"] == after["compacted"]
         assert await _exports(node, wid, tmp_path / "after") == exports_before
         assert await _hits(node, wid, tmp_path / "s2") == hits_before
         assert [{k: v for k, v in w.items() if k != "compacted"} for w in node.list_workflows()] == \
