@@ -548,7 +548,7 @@ class Node:
         """Fetch a model (a name or a content id) from the peers that advertise it, verify every
         block, install it under the engine's pulled-models folder and serve and advertise it at
         once. Resumes from the block store after a crash; see p2p.content.exchange."""
-        from p2p.content.exchange import BlockStore, DiskFullError, PullError, cid_from_str, fetch_dag, install_staged
+        from p2p.content.exchange import BlockStore, PullError, cid_from_str, fetch_dag, install_staged
 
         ref = (ref or "").strip()
         if not ref:
@@ -598,15 +598,19 @@ class Node:
         final = Path(self.engine.pulled_dir) / name
         self._pulling.add(cid)
         cids: set[bytes] = set()
+        staging = data_dir / "pull-staging" / cid  # the files land here as they are fetched; kept to resume
         try:
+            # one interrupted pull is kept to resume at most: a model's worth of disk, not one per CID tried
+            await trio.to_thread.run_sync(_remove_other_staging, staging.parent, {cid, *self._pulling})
             try:
-                staging = data_dir / "pull-staging" / cid  # the files land here as they are fetched; kept to resume
                 stats, cids = await fetch_dag(self.net, root, peers, store, max_bytes=self.config.inference.max_model_bytes,
                                               free_dir=data_dir, progress=progress, staging=staging)
                 await trio.to_thread.run_sync(install_staged, staging, root, final)
             except PullError as exc:
-                if isinstance(exc, DiskFullError):  # free the space: the inner blocks too (fetch_dag removed the staged files)
-                    await trio.to_thread.run_sync(store.remove, cids | {root})
+                if not exc.resumable:  # the model, the disk or this node failed, not the peers: nothing to resume
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(shutil.rmtree, staging, True)
+                        await trio.to_thread.run_sync(store.remove, cids | {root})
                 raise NodeError(f"pulling {name} ({cid}) failed: {exc}") from None
             await trio.to_thread.run_sync(store.remove, cids)
         finally:
@@ -878,6 +882,14 @@ class Node:
 
 def _dump(workers: WorkersSummary | None) -> dict[str, Any] | None:
     return workers.model_dump() if workers is not None else None
+
+
+def _remove_other_staging(folder: Path, keep: set[str]) -> None:
+    """Staging folders of interrupted pulls, but those in ``keep`` (blocking: a thread)."""
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.name not in keep:
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def _canonical_cid(text: str) -> str | None:

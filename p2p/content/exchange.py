@@ -28,7 +28,7 @@ import os
 import shutil
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,7 +59,16 @@ _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class PullError(Exception):
-    """A pull failed for a reason the caller should show as is (nothing was installed)."""
+    """A pull failed for a reason the caller should show as is (nothing was installed).
+    ``resumable``: the peers failed, not the model; what was staged is worth keeping."""
+
+    resumable = False
+
+
+class PeersFailedError(PullError):
+    """No peer (left) could give a block: a later pull may resume from what was staged."""
+
+    resumable = True
 
 
 class DiskFullError(PullError):
@@ -476,6 +485,12 @@ class _Fetch:
                         self.fatal = PullError("the model's DAG is not a plain UnixFS folder: a name that is not UTF-8")
                         self._wake()
                         return
+                    except PullError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - storing failed here: not the peer's fault
+                        self.fatal = PullError(f"storing the model's blocks failed: {type(exc).__name__}: {exc}")
+                        self._wake()
+                        return
                     good = len(batch) - len(bad)
                     self.stats.blocks_fetched += good
                     self.stats.bytes_fetched += stored
@@ -535,7 +550,7 @@ async def _root_block(net: Any, root: bytes, store: BlockStore, peers: list[str]
             stats.bad_blocks[peer] = stats.bad_blocks.get(peer, 0) + 1
             log.warning("a peer sent a root block that fails verification", peer=peer)
         stats.dropped_peers.setdefault(peer, "could not give the model's root block")
-    raise PullError(f"no peer gave the root block of {to_cid(root)} (tried {len(peers)}: "
+    raise PeersFailedError(f"no peer gave the root block of {to_cid(root)} (tried {len(peers)}: "
                     f"{'; '.join(f'{p}: {r}' for p, r in stats.dropped_peers.items()) or 'none'})")
 
 
@@ -592,10 +607,13 @@ async def fetch_dag(net: Any, root: bytes, peers: list[str], store: BlockStore, 
                         f"nothing was downloaded")
     if free_dir is not None:
         free = shutil.disk_usage(free_dir).free
-        need = stats.total_bytes if staging is not None else 2 * stats.total_bytes  # staged files; or blocks, then files
+        if staging is not None:  # the staged files; what a resumed pull staged is there already
+            need = max(0, stats.total_bytes - await trio.to_thread.run_sync(staged_bytes, staging))
+        else:  # the blocks, then the assembled files
+            need = 2 * stats.total_bytes
         if free < need:
             store.remove([root])
-            raise DiskFullError(f"not enough disk space to pull {stats.root}: it needs about {need} bytes "
+            raise DiskFullError(f"not enough disk space to pull {stats.root}: it needs about {need} more bytes "
                                 f"and {free} are free in {free_dir}")
     staged = Staging(staging, stats.total_bytes) if staging is not None else None
     try:
@@ -606,14 +624,17 @@ async def fetch_dag(net: Any, root: bytes, peers: list[str], store: BlockStore, 
         stats.blocks_reused += reused
         f = _Fetch(net, root, store, stats, progress, max(1, min(batch, MAX_WANT)), staged)
         await _fetch_missing(f, peers, missing, seen, len(root_block) + reused_bytes, workers_per_peer)
-    except DiskFullError:
         if staged is not None:
-            staged.close(sync=False)
-            await trio.to_thread.run_sync(shutil.rmtree, staging, True)
+            await trio.to_thread.run_sync(staged.prune)
+            await trio.to_thread.run_sync(staged.sync)
+    except BaseException as exc:
+        if staged is not None:
+            staged.close()  # on this thread, never cancelled: no file left open
+            if isinstance(exc, DiskFullError):  # free the space: the staged files and the inner blocks
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(shutil.rmtree, staging, True)
+                    await trio.to_thread.run_sync(store.remove, staged.inner_cids())
         raise
-    finally:
-        if staged is not None:
-            await trio.to_thread.run_sync(lambda: staged.close(sync=True))
     stats.blocks_total = len(f.seen)
     stats.seconds = round(time.perf_counter() - t0, 3)
     return stats, f.seen
@@ -673,7 +694,7 @@ async def _fetch_missing(f: _Fetch, peers: list[str], missing: list[bytes], seen
             f.store.remove(f.seen)
         raise f.fatal
     if f.remaining:
-        raise PullError(f"{f.remaining} block(s) of {stats.root} could not be fetched: every peer failed "
+        raise PeersFailedError(f"{f.remaining} block(s) of {stats.root} could not be fetched: every peer failed "
                         f"({'; '.join(f'{p}: {r}' for p, r in stats.dropped_peers.items())})")
 
 
@@ -772,9 +793,12 @@ def install(store: BlockStore, root: bytes, staging: Path, final: Path, max_byte
 # --- staging: leaves written where they belong -------------------------------------------
 
 MAX_STAGED_ENTRIES = 10_000  # directory entries a pull may create (a model folder has tens)
+MAX_LEAF_BYTES = 1 << 20  # a raw leaf's largest size (kubo's chunker tops out at 1 MiB)
+OPEN_FILES = 32  # staged files kept open at once (a folder may hold thousands)
 
 # Where a block lands: (path, offset, size). offset None: a directory entry, whose own type
-# decides (a folder, a one-leaf file, or a file node whose filesize gives its size).
+# decides (a folder, a one-leaf file of ``size`` bytes (its link's Tsize), or a file node whose
+# filesize gives its size).
 Place = tuple[Path, int | None, int | None]
 
 
@@ -785,23 +809,31 @@ class Staging:
     block store, so a pull killed with -9 resumes: it walks the DAG from the store and re-hashes
     each leaf's region in the staged files, fetching only what is missing or torn.
 
-    Blocks reach it only once verified against a CID a verified parent named. A leaf whose size
-    differs from what its parent declares is refused (the DAG is malformed), as is a DAG nested
-    over ``MAX_DAG_DEPTH``, writing past the size the root declared, or more than
-    ``MAX_STAGED_ENTRIES`` directory entries. A CID may occur at many places (a repeated chunk,
-    an identical file): every place gets its bytes. Thread-safe: fetch workers store from
-    several threads."""
+    Blocks reach it only once verified against a CID a verified parent named, and what they say
+    is bounded before anything is kept: a leaf whose size differs from what its parent declares,
+    a zero block size in a file node, a file over the size the root declared, a DAG nested over
+    ``MAX_DAG_DEPTH``, more than ``MAX_STAGED_ENTRIES`` folder entries, two entries of one name,
+    or more places (a CID linked many times) than a folder of the declared size has chunks is
+    refused as malformed. A CID may occur at many places (a repeated chunk, an identical file):
+    every place gets its bytes. At most ``OPEN_FILES`` files are open at once. Thread-safe: fetch
+    workers store from several threads."""
 
     def __init__(self, root: Path, budget: int) -> None:
         import threading
 
         self.root = Path(root)
         self._budget = _Budget(budget)
+        self._declared = budget
+        # places a folder of ``budget`` bytes can have: one per 4 KiB (kubo's leaves are 256 KiB)
+        self._max_places = budget // 4096 + 4 * MAX_STAGED_ENTRIES
+        self._n_places = 0
         self._lock = threading.Lock()
         self._places: dict[bytes, list[tuple[Place, int]]] = {}  # cid -> (place, depth) seen so far
         self._leaf_at: dict[bytes, tuple[Path, int, int]] = {}  # a written leaf: where to copy it from
         self._nodes: dict[bytes, PbNode] = {}  # decoded inner nodes
-        self._fds: dict[Path, int] = {}
+        self._fds: OrderedDict[Path, int] = OrderedDict()  # open staged files, least recently used first
+        self._files: set[Path] = set()  # every file of the folder
+        self._dirs: set[Path] = {self.root}  # every folder of the folder
         self._entries = 0
         # a pull that finds its staging folder already there resumes: leaves under an inner node
         # fetched now may be staged already (their node was lost, not they)
@@ -811,16 +843,24 @@ class Staging:
 
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)
-        if fd is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = self._fds[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # never truncated: resumes
+        if fd is not None:
+            self._fds.move_to_end(path)
+            return fd
+        while len(self._fds) >= OPEN_FILES:
+            os.close(self._fds.popitem(last=False)[1])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = self._fds[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # never truncated: resumes
         return fd
 
     def _add(self, cid: bytes, place: Place, depth: int) -> list[bytes]:
         """File ``cid`` at ``place``; its bytes or children land there now if already known.
-        Returns inner-node children whose places are new (for the caller to fetch or scan)."""
+        Returns CIDs whose places are new and whose blocks are not here yet (to fetch or scan)."""
         if depth > MAX_DAG_DEPTH:
             raise PullError(f"the model's DAG nests over {MAX_DAG_DEPTH} levels")
+        self._n_places += 1
+        if self._n_places > self._max_places:
+            raise PullError(f"the model's DAG is malformed: it links its blocks at over {self._max_places} places, "
+                            f"more than a folder of {self._declared} bytes holds")
         self._places.setdefault(cid, []).append((place, depth))
         if cid in self._leaf_at:
             self._copy_leaf(cid, place)
@@ -828,7 +868,7 @@ class Staging:
         node = self._nodes.get(cid)
         if node is not None:
             return self._expand(node, place, depth)
-        return [cid]
+        return [cid] if len(self._places[cid]) == 1 else []  # asked for once; every place waits for it
 
     def _write_leaf(self, cid: bytes, data: bytes, place: Place) -> None:
         path, offset, size = place
@@ -836,6 +876,7 @@ class Staging:
             raise PullError(f"the model's DAG is malformed: leaf {to_cid(cid)} holds {len(data)} bytes where its "
                             f"file node declares {size}")
         self._budget.spend(len(data))
+        self._files.add(path)
         fd = self._fd(path)
         os.pwrite(fd, data, offset or 0)
         if offset is None:
@@ -843,7 +884,10 @@ class Staging:
 
     def _copy_leaf(self, cid: bytes, place: Place) -> None:
         path, offset, size = self._leaf_at[cid]
-        self._write_leaf(cid, os.pread(self._fd(path), size, offset), place)
+        data = os.pread(self._fd(path), size, offset)
+        if not verify(cid, data):  # its first place was overwritten by another entry: a malformed folder
+            raise PullError(f"the model's DAG is malformed: two of its places overlap ({path.name!r})")
+        self._write_leaf(cid, data, place)
 
     def _expand(self, node: PbNode, place: Place, depth: int) -> list[bytes]:
         path, offset, size = place
@@ -854,18 +898,23 @@ class Staging:
             self._entries += len(node.links)
             if self._entries > MAX_STAGED_ENTRIES:
                 raise PullError(f"the model's folder holds over {MAX_STAGED_ENTRIES} entries")
+            names = [_safe_name(name) for _, name, _ in node.links]
+            if len(set(names)) != len(names):
+                raise PullError(f"the model's DAG is malformed: a folder lists one name twice ({path.name!r})")
             path.mkdir(parents=True, exist_ok=True)
-            for child, name, _ in node.links:
-                new += self._add(child, (path / _safe_name(name), None, None), depth + 1)
+            self._dirs.add(path)
+            for (child, _, tsize), name in zip(node.links, names):
+                new += self._add(child, (path / name, None, tsize), depth + 1)
             return new
         if offset is None:  # a file's top node
             offset, size = 0, node.filesize
             if size > self._budget.left:
                 raise PullError("the model's files are larger than its root block declared (or than max_model_bytes)")
+            self._files.add(path)
             fd = self._fd(path)
             if os.fstat(fd).st_size != size:
                 os.ftruncate(fd, size)
-        if len(node.blocksizes) != len(node.links) or sum(node.blocksizes) != size:
+        if len(node.blocksizes) != len(node.links) or sum(node.blocksizes) != size or 0 in node.blocksizes:
             raise PullError(f"the model's DAG is malformed: a file node of {path.name!r} declares "
                             f"{len(node.blocksizes)} block sizes summing to {sum(node.blocksizes)} for "
                             f"{len(node.links)} links and {size} bytes")
@@ -908,23 +957,31 @@ class Staging:
 
     def has_leaf(self, cid: bytes) -> bool:
         """Whether the staged files already hold this leaf at one of its places, verified (a
-        resumed pull); if so, its other places get it too."""
+        resumed pull); if so, its other places get it too. A place that cannot be read (gone, a
+        folder where a file should be) does not hold it."""
         with self._lock:
+            if cid in self._leaf_at:
+                return True
             places = [p for p, _ in self._places.get(cid, [])]
-        for path, offset, size in places:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        for path, offset, size in places[:8]:  # a leaf staged anywhere is staged at its first places
+            if size is None or size > MAX_LEAF_BYTES:
                 continue
             try:
-                data = os.pread(fd, size if size is not None else max(0, os.fstat(fd).st_size), offset or 0)
-            finally:
-                os.close(fd)
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    if offset is None and os.fstat(fd).st_size != size:
+                        continue  # a one-leaf file is exactly its leaf
+                    data = os.pread(fd, size, offset or 0)
+                finally:
+                    os.close(fd)
+            except OSError:
+                continue
             if not verify(cid, data):
                 continue
             with self._lock, _disk("the model's files"):
                 if cid not in self._leaf_at:
                     self._leaf_at[cid] = (path, offset or 0, len(data))
+                    self._files.add(path)
                     for place, _ in self._places[cid]:
                         if place != (path, offset, size):
                             self._write_leaf(cid, data, place)
@@ -935,36 +992,92 @@ class Staging:
         with self._lock:
             return self._leaf_at[cid][2]
 
-    def close(self, *, sync: bool) -> None:
-        """Close the staged files, fsynced first when ``sync`` (before the rename that installs them)."""
+    def inner_cids(self) -> list[bytes]:
+        """The inner nodes it decoded (what a failed pull leaves in the block store)."""
         with self._lock:
-            fds, self._fds = self._fds, {}
-        try:
-            for fd in fds.values():
-                if sync:
-                    os.fsync(fd)
-        finally:
-            for fd in fds.values():
+            return list(self._nodes)
+
+    def prune(self) -> None:
+        """Remove what the folder holds that the DAG does not name (a resumed pull's staging
+        folder may hold anything): the installed folder must be exactly the DAG's."""
+        with self._lock, _disk("the model's files"):
+            for dirpath, dirnames, filenames in os.walk(self.root, topdown=True):
+                here = Path(dirpath)
+                for name in filenames:
+                    if here / name not in self._files:
+                        os.unlink(here / name)
+                for name in list(dirnames):
+                    if here / name not in self._dirs:
+                        shutil.rmtree(here / name)
+                        dirnames.remove(name)
+
+    def close(self) -> None:
+        """Close the staged files (never raises: the pull's own error is the one to report)."""
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), OrderedDict()
+        for fd in fds:
+            try:
                 os.close(fd)
+            except OSError:
+                pass
+
+    def sync(self) -> None:
+        """fsync every staged file and folder (before the rename that installs them); a full
+        disk found only now is a ``DiskFullError``."""
+        self.close()
+        with _disk("the model's files"):
+            for path in sorted(self._files):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for path in sorted(self._dirs, key=lambda p: -len(p.parts)):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+
+def staged_bytes(staging: Path) -> int:
+    """Bytes a staging folder holds on disk (its files are sparse until written)."""
+    total = 0
+    for dirpath, _, filenames in os.walk(staging):
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
 
 
 def install_staged(staging: Path, root: bytes, final: Path) -> None:
-    """Move a fully fetched ``Staging`` folder into place (blocking: run in a thread). Its files
-    are the DAG's by construction (every leaf verified, written where its verified parent said);
-    the node re-hashes the installed folder as it serves it and checks the CID again."""
-    if final.exists():
-        got = dir_root(final)[0].cid
-        if got == root:
-            shutil.rmtree(staging, ignore_errors=True)
-            return
-        raise PullError(f"{final} already holds other files (CID {to_cid(got)}); remove it to pull {to_cid(root)} there")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(staging, final)
-    fd = os.open(final.parent, os.O_RDONLY)
+    """Move a fully fetched, pruned and synced ``Staging`` folder into place (blocking: run in a
+    thread). Its files are the DAG's by construction (every leaf verified, written where its
+    verified parent said); the node re-hashes the installed folder as it serves it and checks the
+    CID again. PullError (DiskFullError) on any failure; the staging folder is then left to the
+    caller."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        if final.exists():
+            try:
+                got = dir_root(final)[0].cid
+            except ContentError as exc:
+                raise PullError(f"{final} already exists and is not a model folder ({exc}); remove it to pull "
+                                f"{to_cid(root)} there") from None
+            if got == root:
+                shutil.rmtree(staging, ignore_errors=True)
+                return
+            raise PullError(f"{final} already holds other files (CID {to_cid(got)}); remove it to pull {to_cid(root)} there")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, final)
+        fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        _raise_disk(exc, f"the model's folder {final}")
 
 
 # What describe_remote walks at most: a model folder has tens of files; a hostile DAG whose

@@ -13,6 +13,7 @@ import pytest
 from p2p.content import dir_cid
 from p2p.content.exchange import (
     MAX_STAGED_ENTRIES,
+    OPEN_FILES,
     BlockStore,
     ContentServer,
     PullError,
@@ -68,6 +69,8 @@ async def test_a_staged_pull_lands_the_folder_once_and_resumes_what_is_missing_o
         inner = next(p for p in (tmp_path / "blocks").iterdir()
                      if bytes.fromhex(p.name)[1] == 0x70 and decode_node(p.read_bytes()).kind == 2)
         inner.unlink()
+        (staging / "left-over.txt").write_text("not the model's")  # what a staging folder may hold
+        (staging / "sub" / "junk").mkdir()
         again, _ = await fetch_dag(client, root, [peer], store, staging=staging)
         assert 0 < again.blocks_fetched < again.blocks_total, again
         assert again.blocks_reused + again.blocks_fetched == again.blocks_total
@@ -92,7 +95,7 @@ def test_a_leaf_that_is_not_the_size_its_file_node_declares_is_refused(tmp_path:
     assert st.put(pb_cid(top), top) == [raw_cid(leaf)]
     with pytest.raises(PullError, match="malformed.*holds 20 bytes where its file node declares 10"):
         st.put(raw_cid(leaf), leaf)
-    st.close(sync=False)
+    st.close()
 
 
 def test_a_file_that_links_one_leaf_many_times_cannot_write_past_its_declared_size(tmp_path: Path) -> None:
@@ -107,7 +110,7 @@ def test_a_file_that_links_one_leaf_many_times_cannot_write_past_its_declared_si
     st.start(pb_cid(folder), decode_node(folder))
     with pytest.raises(PullError, match="larger than its root block declared"):
         st.put(pb_cid(top), top)
-    st.close(sync=False)
+    st.close()
     assert sum(p.stat().st_size for p in (tmp_path / "staging").rglob("*") if p.is_file()) == 0
 
 
@@ -124,7 +127,7 @@ def test_a_folder_that_repeats_one_sub_folder_under_many_names_is_refused(tmp_pa
     with pytest.raises(PullError, match=f"over {MAX_STAGED_ENTRIES} entries"):
         for c in wanted:
             st.put(c, nodes[-2])
-    st.close(sync=False)
+    st.close()
 
 
 def test_a_full_disk_while_staging_is_a_clear_error(tmp_path: Path) -> None:
@@ -159,3 +162,54 @@ def test_a_full_disk_while_staging_is_a_clear_error(tmp_path: Path) -> None:
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 3, done.stdout + done.stderr
     assert "disk is full" in done.stdout
+
+
+def _file_of(leaf: bytes, k: int, size: int) -> tuple[bytes, bytes]:
+    node = encode_node([encode_link(raw_cid(leaf), b"", len(leaf))] * k, file_data(k * size, [size] * k))
+    return pb_cid(node), node
+
+
+def test_one_cid_linked_at_many_places_is_refused_before_it_costs_memory(tmp_path: Path) -> None:
+    """Two small nodes can name a leaf at millions of places (1-byte or 0-byte block sizes):
+    refused once the places outnumber what a folder of the declared size holds, or at once for
+    a zero size, before any place is written."""
+    leaf = b"A"
+    inner, inner_b = _file_of(leaf, 2000, 1)
+    top = encode_node([encode_link(inner, b"", len(inner_b))] * 2000, file_data(2000 * 2000, [2000] * 2000))
+    folder = encode_node([encode_link(pb_cid(top), b"x", 2000 * 2000 + 1000)], b"\x08\x01")
+    st = Staging(tmp_path / "s1", 2000 * 2000 + 1000)
+    st.start(pb_cid(folder), decode_node(folder))
+    st.put(pb_cid(top), top)
+    with pytest.raises(PullError, match="at over .* places"):
+        st.put(inner, inner_b)
+    st.close()
+    empty = b""
+    zero = encode_node([encode_link(raw_cid(empty), b"", 0)] * 2000, file_data(0, [0] * 2000))
+    folder = encode_node([encode_link(pb_cid(zero), b"x", 100)], b"\x08\x01")
+    st = Staging(tmp_path / "s2", 1000)
+    st.start(pb_cid(folder), decode_node(folder))
+    with pytest.raises(PullError, match="block sizes"):
+        st.put(pb_cid(zero), zero)
+    st.close()
+
+
+def test_a_folder_that_names_one_entry_twice_is_refused(tmp_path: Path) -> None:
+    a, b = b"one", b"two"
+    folder = encode_node([encode_link(raw_cid(a), b"x", 3), encode_link(raw_cid(b), b"x", 3)], b"\x08\x01")
+    st = Staging(tmp_path / "s", 1000)
+    with pytest.raises(PullError, match="one name twice"):
+        st.start(pb_cid(folder), decode_node(folder))
+    st.close()
+
+
+def test_a_folder_of_many_files_keeps_few_open(tmp_path: Path) -> None:
+    leaves = [os.urandom(100) for _ in range(3 * OPEN_FILES)]
+    folder = encode_node([encode_link(raw_cid(b), f"f{i:03d}".encode(), len(b)) for i, b in enumerate(leaves)],
+                         b"\x08\x01")
+    st = Staging(tmp_path / "s", 10_000)
+    st.start(pb_cid(folder), decode_node(folder))
+    for b in leaves:
+        st.put(raw_cid(b), b)
+        assert len(st._fds) <= OPEN_FILES
+    st.sync()
+    assert [(tmp_path / "s" / f"f{i:03d}").read_bytes() for i in range(len(leaves))] == leaves
