@@ -554,27 +554,43 @@ async def _root_block(net: Any, root: bytes, store: BlockStore, peers: list[str]
                     f"{'; '.join(f'{p}: {r}' for p, r in stats.dropped_peers.items()) or 'none'})")
 
 
-def _scan_local(store: BlockStore, root_node: PbNode) -> tuple[list[bytes], set[bytes], int, int]:
-    """Walk the DAG as far as the block store holds it (thread): (missing cids, every cid seen,
-    blocks reused, bytes reused)."""
+def _scan(store: BlockStore, first: list[bytes], expand: Callable[[bytes, bytes], list[bytes]],
+          leaf_here: Callable[[bytes], int | None]) -> tuple[list[bytes], set[bytes], int, int]:
+    """Walk the DAG down from ``first`` as far as this node holds it (thread): inner nodes from
+    the store (``expand`` gives their children), leaves by ``leaf_here`` (their size, or None).
+    Returns (missing cids, every cid seen, blocks reused, bytes reused)."""
     missing: list[bytes] = []
     seen: set[bytes] = set()
     reused = reused_bytes = 0
-    stack = [c for c, _, _ in reversed(root_node.links)]
+    stack = list(reversed(first))
     while stack:
         cid = stack.pop()
         if cid in seen:
             continue
         seen.add(cid)
-        data = store.get(cid)
-        if data is None:
+        if _is_pb(cid):
+            data = store.get(cid)
+            size = None if data is None else len(data)
+        else:
+            size = leaf_here(cid)
+        if size is None:
             missing.append(cid)
             continue
         reused += 1
-        reused_bytes += len(data)
+        reused_bytes += size
         if _is_pb(cid):
-            stack += [c for c, _, _ in reversed(decode_node(data).links)]
+            stack += reversed(expand(cid, data))  # type: ignore[arg-type]
     return missing, seen, reused, reused_bytes
+
+
+def _scan_local(store: BlockStore, root_node: PbNode) -> tuple[list[bytes], set[bytes], int, int]:
+    """``_scan`` of a block store that holds every block (leaves too)."""
+    def leaf(cid: bytes) -> int | None:
+        data = store.get(cid)
+        return None if data is None else len(data)
+
+    return _scan(store, [c for c, _, _ in root_node.links], lambda _c, data: [c for c, _, _ in decode_node(data).links],
+                 leaf)
 
 
 async def fetch_dag(net: Any, root: bytes, peers: list[str], store: BlockStore, *, max_bytes: int = 0,
@@ -641,36 +657,16 @@ async def fetch_dag(net: Any, root: bytes, peers: list[str], store: BlockStore, 
 
 
 def _scan_staged(store: BlockStore, staged: Staging, root: bytes, node: PbNode) -> tuple[list[bytes], set[bytes], int, int]:
-    """``_scan_local`` for a staged pull (thread): inner nodes from the store, leaves from the
-    staged files (each region re-hashed); what is neither is missing."""
-    missing: list[bytes] = []
-    seen: set[bytes] = set()
-    reused = reused_bytes = 0
+    """``_scan`` of a staged pull: inner nodes from the store, leaves from the staged files
+    (each region re-hashed)."""
     try:
-        stack = list(reversed(staged.start(root, node)))
-        while stack:
-            cid = stack.pop()
-            if cid in seen:
-                continue
-            seen.add(cid)
-            if _is_pb(cid):
-                data = store.get(cid)
-                if data is None:
-                    missing.append(cid)
-                    continue
-                reused += 1
-                reused_bytes += len(data)
-                stack += reversed(staged.put(cid, data))
-            elif staged.has_leaf(cid):
-                reused += 1
-                reused_bytes += staged.leaf_size(cid)
-            else:
-                missing.append(cid)
+        return _scan(store, staged.start(root, node), staged.put,
+                     lambda cid: staged.leaf_size(cid) if staged.has_leaf(cid) else None)
     except OSError as exc:
         _raise_disk(exc, "the model's files")
+        raise  # unreachable: _raise_disk raises
     except (ContentError, UnicodeDecodeError) as exc:
         raise PullError(f"the model's DAG is not a plain UnixFS folder: {exc}") from None
-    return missing, seen, reused, reused_bytes
 
 
 async def _fetch_missing(f: _Fetch, peers: list[str], missing: list[bytes], seen: set[bytes], done_bytes: int,
@@ -699,6 +695,15 @@ async def _fetch_missing(f: _Fetch, peers: list[str], missing: list[bytes], seen
 
 
 # --- installing ----------------------------------------------------------------------------
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder (a rename or new entries in it survive a power cut once done)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _safe_name(name: str) -> str:
@@ -780,11 +785,7 @@ def install(store: BlockStore, root: bytes, staging: Path, final: Path, max_byte
             _raise_disk(exc, "the model's files")
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging, final)
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(final.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -1026,18 +1027,8 @@ class Staging:
         disk found only now is a ``DiskFullError``."""
         self.close()
         with _disk("the model's files"):
-            for path in sorted(self._files):
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            for path in sorted(self._dirs, key=lambda p: -len(p.parts)):
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            for path in [*sorted(self._files), *sorted(self._dirs, key=lambda p: -len(p.parts))]:
+                _fsync(path)
 
 
 def staged_bytes(staging: Path) -> int:
@@ -1071,11 +1062,7 @@ def install_staged(staging: Path, root: bytes, final: Path) -> None:
             raise PullError(f"{final} already holds other files (CID {to_cid(got)}); remove it to pull {to_cid(root)} there")
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging, final)
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(final.parent)
     except OSError as exc:
         _raise_disk(exc, f"the model's folder {final}")
 

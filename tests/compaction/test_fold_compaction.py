@@ -45,22 +45,16 @@ def _compact(wid: str, snapshot: Any = None) -> dict[str, Any]:
     return {"op": "workflow.compact", "workflow_id": wid, "snapshot": snapshot or CIDS[1]}
 
 
-@st.composite
-def compacting(draw: Any) -> Dag:
-    dag = draw(finishing())
-    state = fold(dag, dag.events)
-    for wid, author in SUBMITTER_OF.items():
-        if wid not in state.workflows or not draw(st.integers(0, 3)):
-            continue
-        # over every head (it had seen all), or over a few events (concurrent ops exist), or by
-        # another peer (never counts)
-        parents = dag.heads() if draw(st.booleans()) else draw(st.lists(st.sampled_from(range(len(dag.events))), max_size=3))
-        who = author if draw(st.integers(0, 4)) else draw(st.sampled_from(WORKERS))
-        dag.add(who, [_compact(wid)], parents)
+def _late_ops(draw: Any, dag: Dag, state: State, *, forkers: list[str], extra_fields: bool) -> None:
+    """Up to six late events, written over all heads or a few events, by any peer: the fold's
+    random ops, runs, duplicate submits and seals; ``forkers`` may fork (two events with one
+    seq: a sibling a compact op never saw is outside its cut even when its seq is covered);
+    with ``extra_fields``, some ops carry an extra field naming another workflow or task
+    (parsing ignores it, and so must everything that reads ops before parsing)."""
     n_tasks = {wid: len(wf.physical_ids()) for wid, wf in state.workflows.items()}
     n_tasks.setdefault(WA, 1)
     n_tasks.setdefault(WD, 1)
-    for _ in range(draw(st.integers(0, 6))):  # late ops, written over all heads or a few events
+    for _ in range(draw(st.integers(0, 6))):
         author = draw(st.sampled_from(SUBMITTERS + WORKERS))
         ops: list[Any] = []
         for _ in range(draw(st.integers(1, 3))):
@@ -74,13 +68,30 @@ def compacting(draw: Any) -> Dag:
                 ops.append(_seal(draw, dag, op["wid"]))
             else:
                 ops.append(op)
+        if extra_fields:
+            for op in ops:
+                if isinstance(op, dict) and draw(st.integers(0, 3)) == 0:
+                    op[draw(st.sampled_from(["workflow_id", "task_id"]))] = draw(st.sampled_from([WA, WD, f"{WA}/0", f"{WD}/0"]))
         parents = dag.heads() if draw(st.booleans()) else draw(st.lists(st.sampled_from(range(len(dag.events))), max_size=3))
-        # a forking author (two events with one seq), the submitter too: a sibling its compact
-        # op never saw is outside the cut even when its seq is covered (causality.py)
-        fork = author in dag.last_of and draw(st.integers(0, 3)) == 0
+        fork = author in forkers and author in dag.last_of and draw(st.integers(0, 3)) == 0
         if fork:
             event("a fork after the compaction")
         dag.add(author, ops, parents, fork=fork)
+
+
+@st.composite
+def compacting(draw: Any) -> Dag:
+    dag = draw(finishing())
+    state = fold(dag, dag.events)
+    for wid, author in SUBMITTER_OF.items():
+        if wid not in state.workflows or not draw(st.integers(0, 3)):
+            continue
+        # over every head (it had seen all), or over a few events (concurrent ops exist), or by
+        # another peer (never counts)
+        parents = dag.heads() if draw(st.booleans()) else draw(st.lists(st.sampled_from(range(len(dag.events))), max_size=3))
+        who = author if draw(st.integers(0, 4)) else draw(st.sampled_from(WORKERS))
+        dag.add(who, [_compact(wid)], parents)
+    _late_ops(draw, dag, state, forkers=SUBMITTERS + WORKERS, extra_fields=False)
     return dag
 
 
@@ -378,26 +389,7 @@ def dropping(draw: Any) -> Dag:
     for wid, author in SUBMITTER_OF.items():
         if wid in finished:
             dag.add(author, [_compact(wid)], dag.heads())
-    n_tasks = {wid: len(wf.physical_ids()) for wid, wf in state.workflows.items()}
-    n_tasks.setdefault(WA, 1)
-    n_tasks.setdefault(WD, 1)
-    for _ in range(draw(st.integers(0, 6))):
-        author = draw(st.sampled_from(SUBMITTERS + WORKERS))
-        ops: list[Any] = []
-        for _ in range(draw(st.integers(1, 3))):
-            op = draw(op_for(n_tasks))
-            if isinstance(op, dict) and "run" in op:
-                ops.extend(op["run"])
-            elif isinstance(op, dict) and (op.get("resubmit") or op.get("accept")):
-                continue
-            else:
-                ops.append(op)
-        for op in ops:
-            if isinstance(op, dict) and draw(st.integers(0, 3)) == 0:  # an extra field naming another one
-                op[draw(st.sampled_from(["workflow_id", "task_id"]))] = draw(st.sampled_from([WA, WD, f"{WA}/0", f"{WD}/0"]))
-        parents = dag.heads() if draw(st.booleans()) else draw(st.lists(st.sampled_from(range(len(dag.events))), max_size=3))
-        fork = author in WORKERS and author in dag.last_of and draw(st.integers(0, 3)) == 0
-        dag.add(author, ops, parents, fork=fork)
+    _late_ops(draw, dag, state, forkers=WORKERS, extra_fields=True)
     return dag
 
 

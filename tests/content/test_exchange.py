@@ -110,27 +110,37 @@ def test_wire_round_trips_and_refuses_garbage() -> None:
             decode_block(bad)
 
 
+def run_with_file_limit(body: str) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` in a child that may write files of at most 1 MiB (RLIMIT_FSIZE, SIGXFSZ
+    ignored, so a write fails with EFBIG as a full quota would); it exits 3 on DiskFullError,
+    printing ``DISKFULL`` and the message."""
+    code = textwrap.dedent("""
+        import os, resource, signal, sys
+        from pathlib import Path
+        from p2p.content.exchange import DiskFullError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        try:
+    """) + textwrap.indent(textwrap.dedent(body), "    ") + textwrap.dedent("""
+        except DiskFullError as exc:
+            print("DISKFULL", exc)
+            sys.exit(3)
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+
+
 def test_a_full_disk_during_install_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
     """A real write failure: the child process may write files of at most 1 MiB (RLIMIT_FSIZE,
     SIGXFSZ ignored, so write() fails with EFBIG as a full quota would)."""
     src = _folder(tmp_path / "src", [5 * CHUNK_SIZE + 3, 10])
     store = BlockStore(tmp_path / "blocks")
     root = _store_all(src, store)
-    code = textwrap.dedent(f"""
-        import resource, signal, sys
-        from pathlib import Path
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-        from p2p.content.exchange import BlockStore, DiskFullError, install
-        try:
-            install(BlockStore(Path({str(tmp_path / 'blocks')!r})), bytes.fromhex({root.hex()!r}),
-                    Path({str(tmp_path / 'staging')!r}), Path({str(tmp_path / 'out')!r}))
-        except DiskFullError as exc:
-            print("DISKFULL", exc)
-            sys.exit(3)
+    done = run_with_file_limit(f"""
+        from p2p.content.exchange import BlockStore, install
+        install(BlockStore(Path({str(tmp_path / 'blocks')!r})), bytes.fromhex({root.hex()!r}),
+                Path({str(tmp_path / 'staging')!r}), Path({str(tmp_path / 'out')!r}))
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 3, done.stdout + done.stderr
     assert "disk is full" in done.stdout
     assert not (tmp_path / "staging").exists() and not (tmp_path / "out").exists()

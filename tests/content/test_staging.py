@@ -24,7 +24,7 @@ from p2p.content.exchange import (
 )
 from p2p.content.unixfs import CHUNK_SIZE, encode_link, encode_node, file_data, pb_cid, raw_cid
 from p2p.protocols.content import CONTENT_PROTOCOL
-from tests.content.test_exchange import _hosts
+from tests.content.test_exchange import _hosts, run_with_file_limit
 
 
 def _folder(root: Path) -> Path:
@@ -106,11 +106,7 @@ def test_a_file_that_links_one_leaf_many_times_cannot_write_past_its_declared_si
     top = encode_node([encode_link(pb_cid(inner), b"", len(inner))] * 174,
                       file_data(174 * 174 * len(leaf), [174 * len(leaf)] * 174))
     folder = encode_node([encode_link(pb_cid(top), b"big.bin", 10_000)], b"\x08\x01")
-    st = Staging(tmp_path / "staging", 10_000_000)
-    st.start(pb_cid(folder), decode_node(folder))
-    with pytest.raises(PullError, match="larger than its root block declared"):
-        st.put(pb_cid(top), top)
-    st.close()
+    _refused(tmp_path / "staging", 10_000_000, folder, top, "larger than its root block declared")
     assert sum(p.stat().st_size for p in (tmp_path / "staging").rglob("*") if p.is_file()) == 0
 
 
@@ -131,37 +127,31 @@ def test_a_folder_that_repeats_one_sub_folder_under_many_names_is_refused(tmp_pa
 
 
 def test_a_full_disk_while_staging_is_a_clear_error(tmp_path: Path) -> None:
-    """A real write failure: the child may write files of at most 1 MiB (RLIMIT_FSIZE, SIGXFSZ
-    ignored, so pwrite fails with EFBIG as a full quota would); fetch_dag then removes the
-    staging folder (``DiskFullError``)."""
-    import subprocess
-    import sys
-    import textwrap
-
-    code = textwrap.dedent(f"""
-        import os, resource, signal, sys
-        from pathlib import Path
-        from p2p.content.exchange import DiskFullError, Staging, decode_node
+    """A real write failure (``run_with_file_limit``: files of at most 1 MiB); fetch_dag then
+    removes the staging folder (``DiskFullError``)."""
+    done = run_with_file_limit(f"""
+        from p2p.content.exchange import Staging, decode_node
         from p2p.content.unixfs import CHUNK_SIZE, encode_link, encode_node, file_data, pb_cid, raw_cid
         leaves = [os.urandom(CHUNK_SIZE) for _ in range(6)]
         top = encode_node([encode_link(raw_cid(b), b"", len(b)) for b in leaves], file_data(6 * CHUNK_SIZE, [CHUNK_SIZE] * 6))
         folder = encode_node([encode_link(pb_cid(top), b"big.bin", len(top) + 6 * CHUNK_SIZE)], b"\\x08\\x01")
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
         st = Staging(Path({str(tmp_path / 'staging')!r}), 10 * CHUNK_SIZE)
-        try:
-            st.start(pb_cid(folder), decode_node(folder))
-            st.put(pb_cid(top), top)
-            for b in leaves:
-                st.put(raw_cid(b), b)
-        except DiskFullError as exc:
-            print("DISKFULL", exc)
-            sys.exit(3)
+        st.start(pb_cid(folder), decode_node(folder))
+        st.put(pb_cid(top), top)
+        for b in leaves:
+            st.put(raw_cid(b), b)
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 3, done.stdout + done.stderr
     assert "disk is full" in done.stdout
+
+
+def _refused(where: Path, budget: int, folder: bytes, node: bytes, match: str) -> None:
+    """A staged pull of ``folder`` refuses its child ``node`` (with ``match``), and closes."""
+    st = Staging(where, budget)
+    st.start(pb_cid(folder), decode_node(folder))
+    with pytest.raises(PullError, match=match):
+        st.put(pb_cid(node), node)
+    st.close()
 
 
 def _file_of(leaf: bytes, k: int, size: int) -> tuple[bytes, bytes]:
@@ -183,14 +173,8 @@ def test_one_cid_linked_at_many_places_is_refused_before_it_costs_memory(tmp_pat
     with pytest.raises(PullError, match="at over .* places"):
         st.put(inner, inner_b)
     st.close()
-    empty = b""
-    zero = encode_node([encode_link(raw_cid(empty), b"", 0)] * 2000, file_data(0, [0] * 2000))
-    folder = encode_node([encode_link(pb_cid(zero), b"x", 100)], b"\x08\x01")
-    st = Staging(tmp_path / "s2", 1000)
-    st.start(pb_cid(folder), decode_node(folder))
-    with pytest.raises(PullError, match="block sizes"):
-        st.put(pb_cid(zero), zero)
-    st.close()
+    zero = encode_node([encode_link(raw_cid(b""), b"", 0)] * 2000, file_data(0, [0] * 2000))
+    _refused(tmp_path / "s2", 1000, encode_node([encode_link(pb_cid(zero), b"x", 100)], b"\x08\x01"), zero, "block sizes")
 
 
 def test_a_folder_that_names_one_entry_twice_is_refused(tmp_path: Path) -> None:
