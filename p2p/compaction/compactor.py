@@ -85,7 +85,7 @@ class Compactor:
         self._retries: dict[str, int] = {}  # own workflow -> snapshots dropped in a row
         # verified compactions whose records wait to be dropped until every result block they
         # name is here (the records are what make the node fetch missing ones)
-        self._drop_waiting: dict[str, Snapshot] = {}
+        self._drop_waiting: dict[str, tuple[Snapshot, list[Any]]] = {}  # -> (snapshot, blocks missing)
 
     def info(self) -> dict[str, Any]:
         state = self.scheduler.state
@@ -125,12 +125,12 @@ class Compactor:
             since = self._finished_since.setdefault(wid, now)
             if now - since >= self.retention_s:
                 await self._compact(wid)
-        for wid, snap in list(self._drop_waiting.items()):
+        for wid, (snap, missing) in list(self._drop_waiting.items()):
             del self._drop_waiting[wid]
             wf = state.workflows.get(wid)
             if wf is not None and wf.compacted is not None and wid not in state.dropped \
                     and bytes(wf.compacted.snapshot) == bytes(snap.root_cid):
-                self._drop(wid, snap)
+                self._drop(wid, snap, missing)
         compacted = state.compacted_ids()
         for wid in [w for w in self._checked if not state.is_compacted(w)]:
             del self._checked[wid]  # no longer compacted (a fork's re-judgement)
@@ -210,15 +210,16 @@ class Compactor:
         except Exception:  # noqa: BLE001 - a CID no peer can serve: nothing to wait for
             return True
 
-    def _drop(self, wid: str, snap: Snapshot) -> None:
+    def _drop(self, wid: str, snap: Snapshot, wanted: list[Any] | None = None) -> None:
         """Free a verified compaction's records (its snapshot's blocks are queued for the clock
-        already; the record is queued after them, so a restart never finds one without them)."""
+        already; the record is queued after them, so a restart never finds one without them).
+        ``wanted``: the result blocks still missing at the last look (else every one it names)."""
         if not self.drop:
             return
         state = self.scheduler.state
-        missing = [c for c in result_cids(snap) if not self._held(c)]
+        missing = [c for c in (result_cids(snap) if wanted is None else wanted) if not self._held(c)]
         if missing:  # not yet: dropped, the workflow would never fetch them (Node._missing_result_blocks)
-            self._drop_waiting[wid] = snap
+            self._drop_waiting[wid] = (snap, missing)
             log.info("compacted workflow's records kept until its result blocks arrive", workflow_id=wid,
                      missing=len(missing))
             return

@@ -1204,7 +1204,7 @@ class State:
         wf = self.workflows[wid]
         if wf.compacted is None or wf.compacted.stamp != gone.stamp:
             raise ValueError(f"workflow {wid} is not compacted at {gone.stamp!r}")
-        full = self._full_wf.pop(wid, wf)
+        self._full_wf.pop(wid, None)
         ids = self._frozen_ids.pop(wid, None) or (wf.physical_ids() if wf.replicas > 1 else list(wf.task_ids))
         for tid in ids:
             self.tasks.pop(tid, None)
@@ -1218,7 +1218,6 @@ class State:
         for tid in [t for t in self.undefined if t.startswith(prefix)]:
             del self.undefined[tid]
         self._claimed_per_wf.pop(wid, None)
-        del full
         self.workflows[wid] = _slim(wf, gone)
         self._counts[wid] = _dropped_counts(gone)
         self.dropped[wid] = gone

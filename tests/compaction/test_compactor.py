@@ -175,6 +175,7 @@ async def test_a_forged_snapshot_is_caught_and_changes_no_answer(tmp_path: Path)
     await b.compactor.step()
     info = b.compactor.info()
     assert info["forged"] == {h.id: 1} and info["verified"] == 0 and info["compacted"] == 1, info
+    assert info["dropped"] == 0 and wid not in b.sched.state.dropped  # a forged snapshot frees nothing
     # the fold's answer is the cut's, whatever the op names: the honest snapshot's content
     assert build_snapshot(b.sched.state, wid, max_chunk_bytes=CHUNK).root_cid == honest.root_cid
     await b.compactor.step()
