@@ -21,7 +21,7 @@ import trio
 from multiformats import CID
 
 from p2p.clock import MerkleClock, codec
-from p2p.clock.cids import cid_from_bytes, cid_raw
+from p2p.clock.cids import cid_raw
 from p2p.compaction import pages as snapshot_pages
 from p2p.compaction.compactor import Compactor
 from p2p.compaction.pages import SnapshotPages
@@ -116,7 +116,8 @@ class Node:
         )
         self.compactor = Compactor(self.scheduler, clock, self.peer_id, retention_s=config.clock.retention_s,
                                    max_chunk_bytes=config.clock.max_block_bytes, drop=config.clock.drop_compacted)
-        self.snapshot_pages = SnapshotPages(lambda raw: clock.get_block(cid_from_bytes(raw)))
+        # read from any thread (a worker thread warms it: ``warm_status``), so through a reader connection
+        self.snapshot_pages = SnapshotPages(lambda raw: dict(clock.collect_blocks_sync([raw], 0, 1, 1 << 62)).get(raw))
 
     def _lagging(self, peer: str) -> bool:
         return self.replicator is not None and self.replicator.lagging(peer)

@@ -5,6 +5,7 @@ it — with the real default model, results stored as their own clock blocks, ne
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,28 @@ async def test_a_dropped_workflow_answers_alike_and_a_restart_skips_it(tmp_path:
         # still a finished workflow to every tool: no new work, and cancel changes nothing
         assert (await node.cancel_workflow(wid))["state"] == "completed"
         assert node.workflow_summary(wid)["total"] == len(TEXTS)
+
+
+@pytest.mark.slow
+async def test_a_node_killed_with_minus_9_after_dropping_answers_alike_on_restart(cluster: Any) -> None:
+    """A real ``p2p start`` process with a retention of 0 s compacts and drops a finished
+    workflow on its own; killed with -9 straight after, it comes back answering the same, the
+    workflow still dropped (the record was committed after the snapshot's blocks)."""
+    from tests.cluster import call, eventually, wait_done
+
+    env = {"IPFS_ACCELERATE_CLOCK__RETENTION_S": "0"}
+    node = cluster.start("n", env=env)
+    wid = (await call(node, "submit_workflow", name="docs", tasks=_tasks()))["workflow_id"]
+    await wait_done(node, wid)
+
+    async def dropped() -> bool:
+        return (await call(node, "get_node_info"))["compaction"]["dropped"] == 1
+
+    await eventually(dropped, 60, "the finished workflow to be compacted and dropped")
+    before = await call(node, "get_workflow_status", workflow_id=wid, include_results=True, format="floats")
+    cluster.kill(node, signal.SIGKILL)
+    node = cluster.start("n", env=env)
+    info = (await call(node, "get_node_info"))["compaction"]
+    assert info["dropped"] == 1 and info["dropped_ops_skipped"] >= 3 * len(TEXTS), info
+    after = await call(node, "get_workflow_status", workflow_id=wid, include_results=True, format="floats")
+    assert after == before and after["compacted"]["by"] == node.peer_id
