@@ -34,7 +34,7 @@ from inference.memory import Trimmer
 from inference.memory import configure as configure_malloc
 from inference.models import ModelInfo, available_models, resolve_model
 from inference.runner import ModelRunner, load_runner
-from inference.tasks import DEFAULT_TOP_K, TaskOutput, normalize_task
+from inference.tasks import DEFAULT_TOP_K, WARM_TEXT, TaskOutput, normalize_task
 from inference.tokenizer import check_text
 
 log = structlog.get_logger()
@@ -287,7 +287,7 @@ class InferenceEngine:
             return False  # not served here (inference.serve): nothing to warm
         try:
             # a full batch of sentence-length inputs: the runtime sizes its buffers for it now
-            await self.infer(model, ["a warm-up sentence of about the length most inputs have."] * self.config.max_batch)
+            await self.infer(model, [WARM_TEXT] * self.config.max_batch)
         except InferenceError as exc:
             log.warning("model.preload_failed", model=model or self.config.default_model, error=str(exc))
             return False

@@ -9,7 +9,10 @@ Scaling (``inference.workers_min`` .. ``workers_max``, down after ``worker_idle_
 ``inference.autoscale.autoscale_target`` — a pure function of the queue depth, the workers and
 their idle times — which the loop here evaluates whenever something changes and when the next
 idle worker's time runs out. No worker starts before the first inference asks for one (lazy
-start: a node that never infers keeps its idle RSS); from then on ``workers_min`` stay.
+start: a node that never infers keeps its idle RSS); from then on ``workers_min`` stay. A worker
+started for a burst first loads every model the pool has served and runs one full batch of each
+(``_preload``), still counted as starting: its first real batch then runs at full speed instead
+of holding a batch's items while it loads.
 
 A worker that dies mid-batch (kill -9, a segfault, the OOM killer, a MemoryError it caught) is
 removed, its batch is put back at the head of its lane and rerun on another worker, spawned as
@@ -46,6 +49,7 @@ from inference.errors import InferenceError, ModelLoadError, one_line
 from inference.executor import RetryBatchError
 from inference.export import EXPORT_TIMEOUT_S
 from inference.models import ModelInfo
+from inference.tasks import DEFAULT_TOP_K, WARM_TEXT
 
 log = structlog.get_logger()
 
@@ -373,13 +377,16 @@ class WorkerPool:
         try:
             # not abandoned on cancel: closing the pool kills a starting process, so this returns
             worker = await trio.to_thread.run_sync(self._start_process)
+            if not self._closed and not await self._preload(worker):
+                worker = None  # died or hung loading: killed, and counted as a failed start
+                self.spawn_failures += 1
         except Exception as exc:  # noqa: BLE001 - reported to waiters as one line
             self.last_error = one_line(exc)
             self.spawn_failures += 1
             log.warning("inference.worker_start_failed", error=self.last_error)
             await trio.sleep(min(30.0, SPAWN_BACKOFF_S * 2 ** (self.spawn_failures - 1)))  # no tight respawn loop
         finally:
-            self.starting -= 1
+            self.starting -= 1  # only now: a worker loading its models still counts as starting
             if worker is not None:
                 if self._closed:
                     worker.kill()
@@ -392,6 +399,34 @@ class WorkerPool:
                     self.spawn_failures = 0
                     log.debug("inference.worker_started", pid=worker.pid, threads=self.threads)
             self._fire()
+
+    async def _preload(self, worker: _Worker) -> bool:
+        """Load, into a new worker, every model the pool has served, and run one full batch of
+        each, before it takes work: a worker spawned in a burst then runs its first batch at full
+        speed instead of holding 32 items while it loads (measured: the first burst after a start
+        ran at 0.56-0.6 of the next ones). False (the worker killed) when it died or hung; a
+        model that fails to load is left to the first batch to report."""
+        for lane in list(self._lane_objs.values()):
+            msg = {"key": lane.key, "info": lane.info, "task": lane.task, "backend": lane.backend,
+                   "config": self.worker_config, "data_dir": self.data_dir,
+                   "items": [(WARM_TEXT, DEFAULT_TOP_K)] * self.limits.max_batch}
+            reply: dict[str, Any] | None = None
+            try:
+                with trio.move_on_after(READY_TIMEOUT_S + EXPORT_TIMEOUT_S):
+                    reply = await trio.to_thread.run_sync(worker.call, msg, abandon_on_cancel=True)
+            except (EOFError, OSError, ValueError, pickle.UnpicklingError):
+                reply = None
+            if reply is None or "crash" in reply:
+                worker.kill()
+                why = await trio.to_thread.run_sync(_death, worker.proc)
+                self.last_error = f"inference worker pid {worker.pid} {why} while loading {lane.info.name}"
+                log.warning("inference.worker_preload_failed", pid=worker.pid, model=lane.info.name, why=why)
+                return False
+            if "results" in reply:
+                worker.lanes.add(lane.key)
+                if reply.get("loaded_now"):
+                    self.load_count += 1
+        return True
 
     def _start_process(self) -> _Worker:
         """Start a worker and wait for its ready frame (blocking: runs in a thread)."""

@@ -32,6 +32,7 @@ _ALIASES = {
 }
 
 DEFAULT_TOP_K = 5
+WARM_TEXT = "a warm-up sentence of about the length most inputs have."  # what a model's first, warm-up batch holds
 
 
 def normalize_task(task: str) -> str:

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,11 +148,19 @@ async def test_lazy_start_burst_scales_up_then_idle_scales_down(onnx_data_dir: P
         async def one(i: int) -> None:
             out[i] = (await engine.infer(None, [TEXTS[i]])).outputs[0].embedding
 
+        fresh: list[tuple[int, bool]] = []  # (pid, model loaded) of each worker seen before its first batch
+
+        def second(p: Any) -> bool:
+            fresh.extend((w.pid, bool(w.lanes)) for w in p.workers if w.batches == 0)
+            return p.spawned >= 2
+
         with trio.fail_after(120):
             async with trio.open_nursery() as n:
                 for i in range(len(TEXTS)):
                     n.start_soon(one, i)
-                await pool.wait_until(lambda p: p.spawned >= 2)  # the burst started a second worker
+                await pool.wait_until(second)  # the burst started a second worker
+            # it took work only once the model was loaded and a full batch run (``_preload``)
+            assert fresh and all(loaded for _, loaded in fresh), fresh
             info = engine.workers_info()
             assert info["max"] == 2 and info["queue_depth"] == 0
             # down after worker_idle_s, to workers_min, and no further
