@@ -314,24 +314,20 @@ class NetworkPage:
                 records = []
             for i, r in enumerate(records, start=sh.cursor):
                 sh.record(i, tuple(r.get("peers") or [r.get("peer") or "?"]) if r.get("state") == done.value else ())
-            sh.cursor += steps
-            if sh.cursor >= n:
-                sh.cursor = 0
-                sh.settled_counts = sh.pass_counts
-            return sh, budget - steps
-        for i in range(sh.cursor, sh.cursor + steps):
-            task = state.tasks.get(ids[i])
-            peers: tuple[str, ...] = ()
-            # the fold's cached status first (a dict read, 0.2 µs); only a done task is looked at
-            # further: its standing result (~4 µs), or with replicas the tool's view (~15 µs)
-            if task is not None and state.logical_status(task) is done:
-                if wf.replicas <= 1:
-                    result = task.result
-                    peers = (result.peer if result is not None else "?",)
-                else:  # every peer whose result agreed ran it
-                    view = task_view(state, task, False, _no_blocks)
-                    peers = tuple(view.get("peers") or [view.get("peer") or "?"])
-            sh.record(i, peers)
+        else:
+            for i in range(sh.cursor, sh.cursor + steps):
+                task = state.tasks.get(ids[i])
+                peers: tuple[str, ...] = ()
+                # the fold's cached status first (a dict read, 0.2 µs); only a done task is looked at
+                # further: its standing result (~4 µs), or with replicas the tool's view (~15 µs)
+                if task is not None and state.logical_status(task) is done:
+                    if wf.replicas <= 1:
+                        result = task.result
+                        peers = (result.peer if result is not None else "?",)
+                    else:  # every peer whose result agreed ran it
+                        view = task_view(state, task, False, _no_blocks)
+                        peers = tuple(view.get("peers") or [view.get("peer") or "?"])
+                sh.record(i, peers)
         sh.cursor += steps
         if sh.cursor >= n:
             sh.cursor = 0

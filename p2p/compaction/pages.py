@@ -20,9 +20,8 @@ from p2p.clock import codec
 from p2p.clock.cids import block_cid, cid_raw
 from p2p.compaction.snapshot import RECORD_FIELDS, Snapshot, SnapshotError
 from p2p.scheduler.dropped import MAX_SPECS, Dropped
-from p2p.scheduler.results import unpack_result
 from p2p.scheduler import views
-from p2p.scheduler.views import BlockLoader, _json_safe
+from p2p.scheduler.views import BlockLoader
 
 # Reads a stored block by its raw CID bytes (None when it is not here).
 ChunkLoader = Callable[[bytes], bytes | None]
@@ -86,18 +85,7 @@ def task_view(record: dict[str, Any], include_result: bool, load_block: BlockLoa
     """The tool view of one task record (``views.task_view``'s fields, in its order)."""
     view = {k: record[k] for k in RECORD_FIELDS if k in record}
     if include_result and ("result" in record or "result_cid" in record):
-        try:
-            if "result" in record:
-                view["result"] = _json_safe(unpack_result(record["result"]))
-            else:
-                cid = record["result_cid"]
-                stored = load_block(cid)
-                if stored is not None:
-                    view["result"] = _json_safe(unpack_result(stored))
-                else:
-                    view["result_cid"] = str(cid)
-        except Exception as exc:  # noqa: BLE001 - a peer's malformed result breaks its own task only
-            view["error"] = f"unreadable result from {record.get('peer')}: {type(exc).__name__}: {exc}"
+        views.result_field(view, record.get("result"), record.get("result_cid"), record.get("peer"), load_block)
     return view
 
 

@@ -104,17 +104,24 @@ def _outcome_fields(view: dict[str, Any], status: TaskStatus, errors: list[dict[
         if result.cached:
             view["cached"] = True
         if include_result:
-            try:
-                if result.result is not None:
-                    view["result"] = _json_safe(unpack_result(result.result))
-                else:
-                    stored = load_block(result.result_cid)
-                    if stored is not None:
-                        view["result"] = _json_safe(unpack_result(stored))
-                    else:
-                        view["result_cid"] = str(result.result_cid)
-            except Exception as exc:  # a peer's malformed result breaks its own task only
-                view["error"] = f"unreadable result from {result.peer}: {type(exc).__name__}: {exc}"
+            result_field(view, result.result, result.result_cid, result.peer, load_block)
+
+
+def result_field(view: dict[str, Any], stored: Any, cid: Any, peer: Any, load_block: BlockLoader) -> None:
+    """A task's ``result`` as the tool shows it, from its stored form (inline, else the block
+    ``cid`` names; ``result_cid`` while that block has not arrived). Also for the task records of
+    a compacted workflow's snapshot (``p2p.compaction.pages``), which keep the stored form."""
+    try:
+        if stored is not None:
+            view["result"] = _json_safe(unpack_result(stored))
+        else:
+            block = load_block(cid)
+            if block is not None:
+                view["result"] = _json_safe(unpack_result(block))
+            else:
+                view["result_cid"] = str(cid)
+    except Exception as exc:  # a peer's malformed result breaks its own task only
+        view["error"] = f"unreadable result from {peer}: {type(exc).__name__}: {exc}"
 
 
 def _json_safe(value: Any) -> Any:
