@@ -43,7 +43,7 @@ from p2p.replication import BlockServer, GossipBroadcaster, PushBroadcaster, Rep
 from p2p.scheduler.ops import MAX_PRIORITY, MAX_REPLICAS, MIN_PRIORITY, TaskSpec, WorkflowTag
 from p2p.scheduler.scheduler import Scheduler
 from p2p.scheduler.state import TaskStatus, WorkflowStatus
-from p2p.scheduler.views import workflow_status, workflow_summary
+from p2p.scheduler.views import workflow_summary
 
 log = structlog.get_logger("p2p.node")
 
@@ -548,7 +548,8 @@ class Node:
     async def pull_model(self, ref: str, progress: ProgressFn | None = None) -> dict[str, Any]:
         """Fetch a model (a name or a content id) from the peers that advertise it, verify every
         block, install it under the engine's pulled-models folder and serve and advertise it at
-        once. Resumes from the block store after a crash; see p2p.content.exchange."""
+        once. After a crash it resumes from what it staged (the files in ``pull-staging/<cid>``, the
+        inner blocks in the block store); see p2p.content.exchange."""
         from p2p.content.exchange import BlockStore, PullError, cid_from_str, fetch_dag, install_staged
 
         ref = (ref or "").strip()
