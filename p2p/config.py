@@ -35,6 +35,9 @@ class SchedulerConfig(BaseModel):
 
     max_tasks_per_workflow: int = Field(25_000, ge=1)
     max_input_chars: int = Field(20_000, ge=1)
+    inline_inputs_bytes: int = Field(
+        65_536, ge=0, description="a submit whose inputs (one template) are larger than this puts them in content-addressed "
+                                  "chunks that only the peers running its tasks fetch, instead of in the gossiped event")
     max_attempts: int = Field(3, ge=1, le=100)
     lease_s: float = Field(10.0, gt=0)
     inline_result_bytes: int = Field(16_384, ge=0)

@@ -83,6 +83,7 @@ class ExportRow:
     error: str | None
     stored: dict[str, Any] | None = None  # the result as stored inline in the clock
     cid: Any = None  # the result's own block, when stored apart
+    ref: Any = None  # (chunk CID, position) of a chunked submit's input, until resolved
 
 
 @dataclass(slots=True)
@@ -178,10 +179,10 @@ def page_rows(state: State, wf: Any, offset: int, limit: int) -> list[ExportRow]
         task = state.tasks[wf.task_ids[index]]
         status = state.logical_status(task)  # what task_view shows (the verdict's, when replicated)
         if status is TaskStatus.DONE:
-            row = ExportRow(index, task.task_id, task.spec.input, status.value, None)
+            row = ExportRow(index, task.task_id, task.spec.input, status.value, None, ref=task.spec.ref)
         else:  # the full view only for a row that needs its error
             view = task_view(state, task, False, lambda cid: None)
-            row = ExportRow(index, task.task_id, task.spec.input, view["state"], view.get("error"))
+            row = ExportRow(index, task.task_id, task.spec.input, view["state"], view.get("error"), ref=task.spec.ref)
         if row.state == TaskStatus.DONE.value:
             result = _standing_result(state, wf, task, index)
             if result is not None:
@@ -199,7 +200,9 @@ def record_rows(records: list[dict[str, Any]], offset: int) -> list[ExportRow]:
     out = []
     for i, r in enumerate(records):
         done = r["state"] == TaskStatus.DONE.value
-        row = ExportRow(offset + i, r["task_id"], r["input"], r["state"], None if done else r.get("error"))
+        ref = r.get("input_ref")
+        row = ExportRow(offset + i, r["task_id"], r.get("input", ""), r["state"], None if done else r.get("error"),
+                        ref=(ref[0], ref[1]) if ref is not None else None)
         if done:
             row.stored, row.cid = r.get("result"), r.get("result_cid")
         out.append(row)
@@ -208,24 +211,40 @@ def record_rows(records: list[dict[str, Any]], offset: int) -> list[ExportRow]:
 
 class PageReader:
     """Pages of rows of one workflow, from the live state or, once the workflow's records are
-    dropped after compaction, from its snapshot's chunks (read on a worker thread)."""
+    dropped after compaction, from its snapshot's chunks (read on a worker thread). A chunked
+    submit's inputs are read through ``inputs`` (``p2p.content.inputs.InputChunks``: held
+    chunks, else fetched from peers)."""
 
-    def __init__(self, get_state: Callable[[], State], workflow_id: str, load_blocks: BlocksLoader) -> None:
+    def __init__(self, get_state: Callable[[], State], workflow_id: str, load_blocks: BlocksLoader,
+                 inputs: Any = None) -> None:
         self.get_state = get_state
         self.workflow_id = workflow_id
         self.pages = SnapshotPages(lambda raw: load_blocks([raw]).get(raw), keep=2)
+        self.inputs = inputs
 
     async def rows(self, offset: int, limit: int) -> list[ExportRow]:
         state = self.get_state()
+        wf = state.workflows[self.workflow_id]
         gone = state.dropped.get(self.workflow_id)
         if gone is None:
-            return page_rows(state, state.workflows[self.workflow_id], offset, limit)
-        try:
-            records = await trio.to_thread.run_sync(self.pages.records, gone, offset, limit)
-        except SnapshotError as exc:
-            raise NodeError(f"workflow {self.workflow_id} is compacted and its snapshot cannot be read here: {exc}; "
-                            f"nothing was written") from None
-        return record_rows(records, offset)
+            out = page_rows(state, wf, offset, limit)
+        else:
+            try:
+                records = await trio.to_thread.run_sync(self.pages.records, gone, offset, limit)
+            except SnapshotError as exc:
+                raise NodeError(f"workflow {self.workflow_id} is compacted and its snapshot cannot be read here: {exc}; "
+                                f"nothing was written") from None
+            out = record_rows(records, offset)
+        for row in out:
+            if row.ref is not None:
+                if self.inputs is None:
+                    raise NodeError(f"workflow {self.workflow_id} keeps its inputs in chunks, which this reader cannot fetch")
+                try:
+                    row.input = await self.inputs.input_of(row.ref, wf.submitter)
+                except NodeError as exc:
+                    raise NodeError(f"task {row.task_id}: its input cannot be read: {exc}; nothing was written") from None
+                row.ref = None
+        return out
 
 
 def _standing_result(state: State, wf: Any, task: Any, index: int) -> Any:
@@ -501,7 +520,7 @@ class _Target:
 async def export_results(
     get_state: Callable[[], State], workflow_id: str, path: str | os.PathLike[str], fmt: str | None,
     partial: bool, load_blocks: BlocksLoader, *, overwrite: bool = False, page: int = PAGE,
-    progress: ProgressFn | None = None, protected: Path | None = None,
+    progress: ProgressFn | None = None, protected: Path | None = None, inputs: Any = None,
 ) -> dict[str, Any]:
     """Export one workflow's results to ``path`` (see the module doc). ``get_state`` returns
     the live state (looked up each page, never a stale object); ``load_blocks`` reads result
@@ -526,7 +545,7 @@ async def export_results(
         need_pyarrow()
     await trio.to_thread.run_sync(check_target, target, overwrite, protected)
     total = len(wf.task_ids)
-    reader = PageReader(get_state, workflow_id, load_blocks)
+    reader = PageReader(get_state, workflow_id, load_blocks, inputs)
     dim = await _first_dim(reader, total, load_blocks, page, partial) if name == "npy" else 0
 
     def open_writer() -> tuple[_Target, RowWriter]:
@@ -615,4 +634,4 @@ async def export_workflow_results(node: Any, workflow_id: str, path: str | os.Pa
     this): its live scheduler state and its clock's result blocks."""
     return await export_results(lambda: node.scheduler.state, workflow_id, path, format, partial,
                                 node_blocks_loader(node.clock), overwrite=overwrite, progress=progress,
-                                protected=Path(node.config.data_dir).expanduser())
+                                protected=Path(node.config.data_dir).expanduser(), inputs=node.inputs)

@@ -28,6 +28,7 @@ from p2p.compaction.pages import SnapshotPages
 from p2p.compaction.snapshot import SnapshotError
 from p2p.config import NodeConfig
 from p2p.content import CidCache, ContentError, dir_cid
+from p2p.content.inputs import InputChunks, chunk_block, pack_inputs
 from p2p.cache.cache import cache_offers, open_node_cache
 from p2p.control import serve_control
 from p2p.dht import Dht
@@ -109,10 +110,12 @@ class Node:
             max_peers=config.network.max_peers,
         )
         self.cache = open_node_cache(config)  # p2p.cache.ResultCache; None with cache.enabled off
+        # chunked submits' inputs: local blocks, or fetched from peers once networking is up
+        self.inputs = InputChunks(clock)
         self.scheduler = Scheduler(
             clock, engine, self.peers, sched,
             max_inflight=sched.max_inflight, max_ops_per_event=config.clock.max_ops_per_event,
-            ready=self.caught_up, lagging=self._lagging, cache=self.cache,
+            ready=self.caught_up, lagging=self._lagging, cache=self.cache, inputs=self.inputs,
         )
         self.compactor = Compactor(self.scheduler, clock, self.peer_id, retention_s=config.clock.retention_s,
                                    max_chunk_bytes=config.clock.max_block_bytes, drop=config.clock.drop_compacted)
@@ -192,6 +195,7 @@ class Node:
                 live_peers=lambda: [p.peer_id for p in self.peers.live_peers()],
                 startup_wait_s=2 * cfg.heartbeat_s, direct=push, gossip=cfg.gossip_heads,
             )
+            self.inputs.dag, self.inputs.peers = replicator.dag, net.connected_peers
             server = BlockServer(self.clock, replicator.heads_raw, max_blocks_per_request=cfg.max_blocks_per_request,
                                  max_frame_bytes=cfg.max_frame_bytes)
             net.set_request_handler(blocks_protocol(cfg.network), server.handle)
@@ -448,10 +452,32 @@ class Node:
                                 f"{len(specs) * slots} slots, over the {cfg.max_tasks_per_workflow * SLOTS_PER_WORKFLOW_FACTOR} "
                                 f"a workflow may hold; split the workflow or use fewer replicas")
             self._check_replicas(specs, replicas, wtag)
-        wid = self.scheduler.submit(name, specs, priority, wtag, replicas=replicas, cache=cache)
+        chunks = await self._chunk_inputs(specs)
+        wid = self.scheduler.submit(name, specs, priority, wtag, replicas=replicas, cache=cache, chunks=chunks)
         await self.scheduler.durable()
         log.info("workflow submitted", workflow_id=wid, tasks=len(specs), priority=priority, tag=wtag.value)
         return self.workflow_summary(wid)
+
+    async def _chunk_inputs(self, specs: list[TaskSpec]) -> list[tuple[Any, int]] | None:
+        """Store the inputs as content-addressed chunks when they share one template and are
+        larger than ``scheduler.inline_inputs_bytes`` (issue 12 item 1): the submit event then
+        names the chunks, and only peers that run a task fetch its chunk. None: inline."""
+        shared = {(s.model, s.model_cid, s.task, repr(sorted(s.params.items()))) for s in specs}
+        if len(specs) < 2 or len(shared) != 1:
+            return None
+        size = 0
+        for s in specs:
+            size += len(s.input) + 5  # characters: a cheap lower bound of the encoded bytes
+            if size > self.config.scheduler.inline_inputs_bytes:
+                break
+        else:
+            return None
+        out = []
+        for group in pack_inputs([s.input for s in specs]):
+            cid = await self.clock.put_block_async(chunk_block(group), durable=False)  # durable with the submit
+            out.append((cid, len(group)))
+            await trio.sleep(0)  # a million inputs encode in ~100 steps, none holding the loop long
+        return out
 
     def _check_replicas(self, specs: list[TaskSpec], replicas: int, tag: WorkflowTag) -> None:
         """Refuse ``replicas`` the network could never satisfy: each task needs that many

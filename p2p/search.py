@@ -448,7 +448,7 @@ async def search_workflow(node: Any, indexes: SearchIndexes, workflow_id: str, q
     state = node.scheduler.state
     wf = state.workflows[workflow_id]
     results = []
-    reader = PageReader(lambda: node.scheduler.state, workflow_id, node_blocks_loader(node.clock))
+    reader = PageReader(lambda: node.scheduler.state, workflow_id, node_blocks_loader(node.clock), node.inputs)
     for r, score in zip(rows.tolist(), scores.tolist()):
         at = int(index.rows[r])
         if workflow_id in state.dropped:  # compacted, records dropped: the input from its snapshot
@@ -457,6 +457,8 @@ async def search_workflow(node: Any, indexes: SearchIndexes, workflow_id: str, q
         else:
             task = state.tasks[wf.task_ids[at]]
             task_id, text = task.task_id, task.spec.input
+            if task.spec.ref is not None:  # a chunked submit: the input from its chunk
+                text = await node.inputs.input_of(task.spec.ref, wf.submitter)
         results.append({"task_id": task_id, "input": text[:INPUT_SHOWN], "score": round(float(score), 6),
                         "input_truncated": len(text) > INPUT_SHOWN})
     return {

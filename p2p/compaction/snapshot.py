@@ -111,7 +111,10 @@ def task_record(state: State, wf: WorkflowState, task_id: str) -> dict[str, Any]
     task = state.tasks[task_id]
     view = views.task_view(state, task, False, _no_block)  # without ``waiting``: it depends on the reader
     record = {k: view[k] for k in RECORD_FIELDS if k in view}
-    record["input"] = task.spec.input
+    if task.spec.ref is None:
+        record["input"] = task.spec.input
+    else:  # a chunked submit's input stays in its chunk: the snapshot names it, as the op did
+        record["input_ref"] = [task.spec.ref[0], task.spec.ref[1]]
     outcome = _raw_outcome(state, wf, task_id)
     if outcome is not None:
         if outcome.result is not None:

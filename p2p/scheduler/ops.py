@@ -8,13 +8,14 @@ the replicated DAG and other peers' events may name it as a parent.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import hashlib
 import secrets
 from typing import Annotated, Any, Literal, Union
 
 from multiformats import CID
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, field_validator, model_validator
 
 MAX_PRIORITY = 10
 MIN_PRIORITY = 1
@@ -100,13 +101,38 @@ class TaskSpec(TaskTemplate):
 
 Input = Annotated[str, Field(min_length=1, max_length=MAX_INPUT_CHARS)]
 
+# Inputs in content-addressed chunks (issue 12 item 1): at most this many inputs per chunk
+# block (``p2p.content.inputs`` packs them), so a worker fetches a bounded block for a task
+MAX_CHUNK_INPUTS = 8_192
+
+
+class InputChunk(BaseModel):
+    """One block of a chunked submit's inputs: its CID (a DAG-CBOR block, ``p2p.content.inputs``)
+    and how many inputs it holds. The inputs are not in the event: a peer fetches a chunk only
+    when it runs (or exports) one of its tasks, and checks it against this CID and count."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    cid: Any
+    count: int = Field(ge=1, le=MAX_CHUNK_INPUTS)
+
+    @field_validator("cid")
+    @classmethod
+    def _a_cid(cls, v: Any) -> Any:
+        if not isinstance(v, CID):
+            raise ValueError("an input chunk's cid must be a CID")
+        return v
+
 
 class SubmitOp(_Op):
-    """A workflow's definition. Two forms, exactly one per op: ``tasks`` (each task its own
-    TaskSpec) or, when every task shares model, content id, task and params, ``template`` plus
-    ``inputs`` (one string per task). The compact form is what lets one 2 MiB clock block hold
-    25,000 short tasks: the model name and content id (~100 bytes) once instead of per task.
-    ``count`` and ``spec(i)`` read either form."""
+    """A workflow's definition. Three forms, exactly one per op: ``tasks`` (each task its own
+    TaskSpec); or, when every task shares model, content id, task and params, ``template`` plus
+    ``inputs`` (one string per task); or ``template`` plus ``chunks``, the inputs in
+    content-addressed blocks the event only names. The compact form is what lets one 2 MiB
+    clock block hold 25,000 short tasks: the model name and content id (~100 bytes) once instead
+    of per task. The chunked form keeps the inputs out of the gossiped history altogether (a
+    25,000-task submit is a few KiB): only peers that run a task fetch its chunk.
+    ``count`` reads every form; ``spec(i)`` the two inline ones, ``chunk_of(i)`` the chunked."""
 
     op: Literal["workflow.submit"]
     workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
@@ -116,17 +142,20 @@ class SubmitOp(_Op):
     tasks: list[TaskSpec] | None = Field(default=None, min_length=1, max_length=MAX_TASKS)
     template: TaskTemplate | None = None
     inputs: list[Input] | None = Field(default=None, min_length=1, max_length=MAX_TASKS)
+    chunks: list[InputChunk] | None = Field(default=None, min_length=1, max_length=MAX_TASKS)
     created_at: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     # Each task runs on this many distinct peers and a result stands when they agree (issue 8
     # item 4); see p2p/scheduler/replicas.py. 1 keeps the single-run layout of old submits.
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
     # False: peers run every task afresh, never answering from the result cache
     cache: bool = True
+    _starts: list[int] | None = PrivateAttr(default=None)  # chunk starts, derived once
 
     @model_validator(mode="after")
     def _bounded_slots(self) -> "SubmitOp":
-        if (self.tasks is None) == (self.inputs is None) or (self.inputs is None) != (self.template is None):
-            raise ValueError("a submit holds either tasks, or a template and inputs")
+        forms = (self.tasks is not None) + (self.inputs is not None) + (self.chunks is not None)
+        if forms != 1 or (self.tasks is None) != (self.template is not None):
+            raise ValueError("a submit holds either tasks, or a template and inputs, or a template and input chunks")
         # replicas multiply the tasks the fold keeps (N + 2 slots each): bound the product
         from p2p.scheduler.replicas import slots_for  # the layout rule lives there
 
@@ -138,14 +167,35 @@ class SubmitOp(_Op):
     @property
     def count(self) -> int:
         """Tasks the submit defines."""
-        return len(self.tasks) if self.tasks is not None else len(self.inputs or ())
+        if self.tasks is not None:
+            return len(self.tasks)
+        if self.chunks is not None:
+            return self._chunk_starts()[-1]
+        return len(self.inputs or ())
+
+    def _chunk_starts(self) -> list[int]:
+        """Where each chunk's first task is, then the total (computed once: the op is frozen)."""
+        starts = self._starts
+        if starts is None:
+            starts = [0]
+            for c in self.chunks or ():
+                starts.append(starts[-1] + c.count)
+            self._starts = starts
+        return starts
+
+    def chunk_of(self, i: int) -> tuple[Any, int]:
+        """Task ``i``'s input as (chunk CID, position in that chunk), in the chunked form."""
+        starts = self._chunk_starts()
+        k = bisect.bisect_right(starts, i) - 1
+        assert self.chunks is not None and 0 <= k < len(self.chunks)
+        return self.chunks[k].cid, i - starts[k]
 
     def spec(self, i: int) -> TaskSpec:
-        """Task ``i``'s spec, in either form (the template's fields were validated with it)."""
+        """Task ``i``'s spec in an inline form (the template's fields were validated with it)."""
         if self.tasks is not None:
             return self.tasks[i]
         t = self.template
-        assert t is not None and self.inputs is not None
+        assert t is not None and self.inputs is not None, "a chunked submit's inputs are not in the op"
         return TaskSpec.model_construct(model=t.model, model_cid=t.model_cid, input=self.inputs[i], task=t.task,
                                         params=t.params)
 

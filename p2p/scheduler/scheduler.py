@@ -14,6 +14,7 @@ Everything it starts lives in the nursery of ``run()`` and stops on cancel.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -101,10 +102,13 @@ class Scheduler:
         now: Callable[[], float] = time.monotonic,
         lagging: Callable[[str], bool] = lambda peer: False,
         cache: Any = None,
+        inputs: Any = None,
     ) -> None:
         self.clock = clock
         self.engine = engine
         self.cache = cache  # p2p.cache.ResultCache, or None: every task runs inference
+        # p2p.content.inputs.InputChunks: a chunked submit's inputs, fetched when a task runs
+        self.inputs = inputs
         self.peers = peers
         self.config = config
         self.me = clock.peer_id
@@ -231,10 +235,15 @@ class Scheduler:
     # --------------------------------------------------------------- commands
 
     def submit(
-        self, name: str, tasks: list[TaskSpec], priority: int, tag: WorkflowTag, *, replicas: int = 1, cache: bool = True
+        self, name: str, tasks: list[TaskSpec], priority: int, tag: WorkflowTag, *, replicas: int = 1, cache: bool = True,
+        chunks: list[tuple[Any, int]] | None = None,
     ) -> str:
         """Write a workflow to the clock now: folded and visible here at once, on disk after
-        ``await durable()`` (the node awaits it before answering the caller)."""
+        ``await durable()`` (the node awaits it before answering the caller).
+
+        ``chunks``: the tasks' inputs are in these stored blocks ((CID, count) each, in task
+        order; ``p2p.content.inputs``), and ``tasks`` share one template: the op names the
+        blocks instead of carrying the inputs."""
         wid = new_workflow_id(self.me)
         op = {
             "op": "workflow.submit",
@@ -245,7 +254,13 @@ class Scheduler:
             "created_at": time.time(),
         }
         shared = {(t.model, t.model_cid, t.task, repr(sorted(t.params.items()))) for t in tasks}
-        if len(tasks) > 1 and len(shared) == 1:  # the compact form: what they share once, then inputs
+        if chunks is not None:
+            if len(shared) != 1 or sum(n for _, n in chunks) != len(tasks):
+                raise ValueError("a chunked submit's tasks share one template and the chunks hold every input")
+            first = tasks[0].model_dump(exclude_defaults=True)
+            op["template"] = {k: v for k, v in first.items() if k != "input"}
+            op["chunks"] = [{"cid": cid, "count": n} for cid, n in chunks]
+        elif len(tasks) > 1 and len(shared) == 1:  # the compact form: what they share once, then inputs
             first = tasks[0].model_dump(exclude_defaults=True)
             op["template"] = {k: v for k, v in first.items() if k != "input"}
             op["inputs"] = [t.input for t in tasks]
@@ -543,6 +558,10 @@ class Scheduler:
         # sealed wrong vector, answered from the cache by an honest peer, agreed with its own)
         lookup = cache is not None and wf is not None and wf.replicas == 1
         try:
+            if spec.ref is not None:  # a chunked submit: the input is fetched now, if not held
+                if self.inputs is None:
+                    raise NodeError("this node cannot read chunked inputs")
+                spec = dataclasses.replace(spec, input=await self.inputs.input_of(spec.ref, task.submitter))
             key = None
             if cache is not None:
                 try:
@@ -586,7 +605,7 @@ class Scheduler:
             log.info("task failed", task_id=tid, attempt=attempt, error=str(exc))
             self._record(
                 {"op": "task.fail", "task_id": tid, "attempt": attempt, "error": f"{name}: {exc}",
-                 "retryable": not isinstance(exc, (InvalidInputError, UnsupportedTaskError))}
+                 "retryable": not isinstance(exc, (InvalidInputError, UnsupportedTaskError)) and not getattr(exc, "permanent", False)}
             )
         finally:
             self._running.discard(tid)

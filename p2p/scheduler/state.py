@@ -180,12 +180,19 @@ class Spec:
 
     model: str
     model_cid: str | None
-    input: str
+    input: str  # "" in a chunked submit: the input is in the block ``ref`` names
     task: str | None
     params: dict[str, Any]
+    # (chunk CID, position) of a chunked submit's input (``SubmitOp.chunks``), resolved by the
+    # peers that need the text (``p2p.content.inputs``); None when the input is inline
+    ref: tuple[Any, int] | None = None
 
 
 def _spec(op: SubmitOp, i: int) -> Spec:
+    if op.chunks is not None:
+        t = op.template
+        assert t is not None
+        return Spec(t.model, t.model_cid, "", t.task, t.params, op.chunk_of(i))
     if op.tasks is not None:
         t: Any = op.tasks[i]
         return Spec(t.model, t.model_cid, t.input, t.task, t.params)
@@ -1272,7 +1279,7 @@ class State:
                         len(t.valid_results),
                         tuple((o.peer, o.attempt) for o in t.late_results),
                         tuple(tuple(sorted(e.items())) for e in t.errors()),
-                        t.spec.input,
+                        t.spec.input if t.spec.ref is None else (str(t.spec.ref[0]), t.spec.ref[1]),
                     )
                 )
             out[wid] = (wf.name, wf.priority, wf.tag.value, wf.cancelled, self.workflow_status(wf).value,
