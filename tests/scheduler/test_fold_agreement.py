@@ -25,6 +25,7 @@ from typing import Any, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2p.clock import codec
 from p2p.clock.cids import block_cid
 from p2p.scheduler import views
 from p2p.scheduler.ops import submitter_prefix
@@ -162,13 +163,20 @@ def answers(state: State) -> dict[str, Any]:
 
 
 def _submit(wid: str, n: int, name: str = "wf", priority: int = 5, pin: str | None = None,
-            replicas: int = 1, compact: bool = False) -> dict[str, Any]:
+            replicas: int = 1, compact: bool | str = False) -> dict[str, Any]:
     """A submit of ``n`` tasks; ``compact``: the template + inputs form (the tasks then share
-    their params, so the two forms define different specs and a mix under one id is a fork)."""
+    their params, so the two forms define different specs and a mix under one id is a fork);
+    ``"chunks"``: the template + input chunks form (chunks of two inputs, named by CID)."""
     spec: dict[str, Any] = {"model": "m"} if pin is None else {"model": "m", "model_cid": pin}
     op = {"op": "workflow.submit", "workflow_id": wid, "name": name, "priority": priority,
           "tag": "p2p-eligible", "created_at": 1000.0 + n}
-    if compact:
+    if compact == "chunks":
+        from p2p.content.inputs import chunk_block, pack_inputs
+
+        op["template"] = {**spec, "task": "embedding", "params": {"k": n}}
+        groups = pack_inputs([f"{name}-{i}" for i in range(n)], max_count=2)
+        op["chunks"] = [{"cid": block_cid(codec.encode(chunk_block(g))), "count": len(g)} for g in groups]
+    elif compact:
         op["template"] = {**spec, "task": "embedding", "params": {"k": n}}
         op["inputs"] = [f"{name}-{i}" for i in range(n)]
     else:
@@ -268,9 +276,9 @@ def scenarios(draw: Any, min_events: int = 1, max_events: int = 30) -> Dag:
     n_tasks = {WA: logical[WA] * slots_for(replicas), WD: logical[WD]}
     submits = {"peerA": (WA, logical[WA]), "peerD": (WD, logical[WD])}
     pin = draw(st.sampled_from([None, None, "bafy-m1"]))  # tasks pinned to a model content id
-    dag.add("peerA", [_submit(WA, logical[WA], "a", pin=pin, replicas=replicas, compact=draw(st.booleans()))], [])
+    dag.add("peerA", [_submit(WA, logical[WA], "a", pin=pin, replicas=replicas, compact=draw(st.sampled_from([False, True, "chunks"])))], [])
     if draw(st.booleans()):
-        dag.add("peerD", [_submit(WD, logical[WD], "d", compact=draw(st.booleans()))], [])
+        dag.add("peerD", [_submit(WD, logical[WD], "d", compact=draw(st.sampled_from([False, True, "chunks"])))], [])
     for _ in range(draw(st.integers(min_events, max_events))):
         author = draw(st.sampled_from(SUBMITTERS + WORKERS + WORKERS))
         ops = []
@@ -280,7 +288,7 @@ def scenarios(draw: Any, min_events: int = 1, max_events: int = 30) -> Dag:
             if isinstance(op, dict) and op.get("resubmit"):
                 wid, n = submits.get(author, (WA, n_tasks[WA]))
                 # a second submit under one id, with more tasks (only the bound author's counts)
-                op = _submit(wid, n + 1, "again", priority=draw(st.integers(1, 10)), compact=draw(st.booleans()))
+                op = _submit(wid, n + 1, "again", priority=draw(st.integers(1, 10)), compact=draw(st.sampled_from([False, True, "chunks"])))
             if isinstance(op, dict) and op.get("accept"):
                 op = _seal(draw, dag, op["wid"])
             if isinstance(op, dict) and "run" in op:
