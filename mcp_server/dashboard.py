@@ -316,7 +316,7 @@ class NetworkPage:
                 sh.record(i, tuple(r.get("peers") or [r.get("peer") or "?"]) if r.get("state") == done.value else ())
         else:
             for i in range(sh.cursor, sh.cursor + steps):
-                task = state.tasks.get(ids[i])
+                task = state.task(ids[i])
                 peers: tuple[str, ...] = ()
                 # the fold's cached status first (a dict read, 0.2 µs); only a done task is looked at
                 # further: its standing result (~4 µs), or with replicas the tool's view (~15 µs)

@@ -101,9 +101,8 @@ def register_file_submit_tool(server: MCPServer, node: Any) -> None:
         read_s = time.perf_counter() - started
         await ctx.report_progress(prog.total, prog.total, f"{prog.rows} rows read")
         spec: dict[str, Any] = {"model": model, **({"task": task} if task else {})}
-        tasks = [{**spec, "input": text} for text in got.inputs]
         try:
-            raw = await node.submit_workflow(name or got.path.name, tasks, priority, tag, replicas, cache)
+            raw = await node.submit_inputs(name or got.path.name, spec, got.inputs, priority, tag, replicas, cache)
         except NodeError as exc:
             raise ToolError(str(exc)) from None
         out = FileSubmitResult.model_validate({**raw, "path": str(got.path), "format": got.format, "column": got.column,

@@ -33,7 +33,9 @@ class SchedulerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tasks_per_workflow: int = Field(25_000, ge=1)
+    max_tasks_per_workflow: int = Field(
+        1_000_000, ge=1, le=1_000_000, description="tasks one workflow may hold; beyond what one clock block holds "
+                                                   "they must share one model, task and params (inputs then go into chunks)")
     max_input_chars: int = Field(20_000, ge=1)
     inline_inputs_bytes: int = Field(
         65_536, ge=0, description="a submit whose inputs (one template) are larger than this puts them in content-addressed "
@@ -44,6 +46,8 @@ class SchedulerConfig(BaseModel):
     flush_ms: float = Field(2.0, ge=0, description="how long ops gather before one clock event")
     capacity: float = Field(0.0, ge=0, description="this peer's weight in assignment; 0 derives it from hardware")
     max_inflight: int = Field(256, ge=1, description="tasks handed to the inference engine at once")
+    claim_backlog: int = Field(1024, ge=1, description="tasks of big (chunked) workflows are looked at for claiming only "
+                                                       "while this peer holds fewer than this many unfinished")
     task_timeout_s: float = Field(600.0, gt=0, description="an owner that has not finished a task after this long loses the attempt")
     pause_threshold_s: float = Field(1.0, gt=0, description="a gap in this process's own running time longer than this is a pause")
     max_outvoted: int = Field(3, ge=0, description="a peer whose replicated results were outvoted more often than this gets no more work assigned by this node")

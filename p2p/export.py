@@ -176,7 +176,7 @@ def page_rows(state: State, wf: Any, offset: int, limit: int) -> list[ExportRow]
     is the task's standing one (for a replicated task, the accepted replica's)."""
     out = []
     for index in range(offset, min(offset + limit, len(wf.task_ids))):
-        task = state.tasks[wf.task_ids[index]]
+        task = state.task(wf.task_ids[index])
         status = state.logical_status(task)  # what task_view shows (the verdict's, when replicated)
         if status is TaskStatus.DONE:
             row = ExportRow(index, task.task_id, task.spec.input, status.value, None, ref=task.spec.ref)

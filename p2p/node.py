@@ -14,7 +14,7 @@ import shutil
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import structlog
 import trio
@@ -41,7 +41,7 @@ from p2p.peers import Heartbeat, PauseDetector, PeerCaps, PeerTable
 from p2p.protocols.heartbeat import WorkersSummary
 from p2p.protocols.wire import blocks_protocol, topic
 from p2p.replication import BlockServer, GossipBroadcaster, PushBroadcaster, Replicator, StreamDAGService
-from p2p.scheduler.ops import MAX_PRIORITY, MAX_REPLICAS, MIN_PRIORITY, TaskSpec, WorkflowTag
+from p2p.scheduler.ops import MAX_PRIORITY, MAX_REPLICAS, MAX_TASKS, MIN_PRIORITY, TaskSpec, WorkflowTag
 from p2p.scheduler.scheduler import Scheduler
 from p2p.scheduler.state import TaskStatus, WorkflowStatus
 from p2p.scheduler.views import workflow_summary
@@ -405,6 +405,64 @@ class Node:
         replicas: int = 1, cache: bool = True,
     ) -> dict[str, Any]:
         """Validate everything, then write the workflow to the clock (fsynced before it returns)."""
+        wtag = self._check_submit(len(tasks), priority, tag, replicas, cache)
+        specs: list[TaskSpec] = []
+        served = self.all_models()
+        local = set(self.local_models())
+        for i, raw in enumerate(tasks):
+            try:
+                spec = raw if isinstance(raw, TaskSpec) else TaskSpec.model_validate(raw)
+            except Exception as exc:
+                raise NodeError(f"task {i} is malformed: {exc}") from None
+            self._check_input(spec.input, f"task {i}")
+            specs.append(self._check_task(spec, i, served, local, wtag))
+        self._check_slots(len(specs), replicas)
+        if replicas > 1:
+            self._check_replicas(specs, replicas, wtag)
+        shared = {(s.model, s.model_cid, s.task, repr(sorted(s.params.items()))) for s in specs}
+        if len(shared) == 1 and len(specs) > 1 and self._chunked(s.input for s in specs):
+            return await self._submit_chunked(name, specs[0], [s.input for s in specs], priority, wtag, replicas, cache)
+        if len(specs) > MAX_TASKS:
+            raise NodeError(f"{len(specs)} tasks that differ in model, task or params are over the {MAX_TASKS} one inline "
+                            f"submit may hold; give tasks that share one model, task and params, or split the workflow")
+        wid = self.scheduler.submit(name, specs, priority, wtag, replicas=replicas, cache=cache)
+        await self.scheduler.durable()
+        log.info("workflow submitted", workflow_id=wid, tasks=len(specs), priority=priority, tag=wtag.value)
+        return self.workflow_summary(wid)
+
+    async def submit_inputs(
+        self, name: str, template: dict[str, Any], inputs: list[str], priority: int = 5,
+        tag: str = WorkflowTag.P2P_ELIGIBLE.value, replicas: int = 1, cache: bool = True, *, what: str = "input",
+    ) -> dict[str, Any]:
+        """``submit_workflow`` for tasks that share one ``template`` ({model, task?, params?,
+        model_cid?}) and differ only in their input: what a file gives. The template is checked
+        once and each input on its own (``what`` names it in errors), so a million inputs cost
+        a loop, not a million validated task objects."""
+        wtag = self._check_submit(len(inputs), priority, tag, replicas, cache)
+        if not isinstance(template, dict) or "input" in template:
+            raise NodeError("the template is a {model, task?, params?, model_cid?} object without an input")
+        try:
+            spec = TaskSpec.model_validate({**template, "input": inputs[0]})
+        except Exception as exc:
+            raise NodeError(f"the task template is malformed: {exc}") from None
+        spec = self._check_task(spec, 0, self.all_models(), set(self.local_models()), wtag)
+        for i, text in enumerate(inputs):
+            if not isinstance(text, str):
+                raise NodeError(f"{what} {i} is not a string")
+            self._check_input(text, f"{what} {i}")
+        self._check_slots(len(inputs), replicas)
+        if replicas > 1:
+            self._check_replicas([spec], replicas, wtag)
+        if len(inputs) > 1 and self._chunked(inputs):
+            return await self._submit_chunked(name, spec, inputs, priority, wtag, replicas, cache)
+        specs = [spec.model_copy(update={"input": text}) for text in inputs]
+        wid = self.scheduler.submit(name, specs, priority, wtag, replicas=replicas, cache=cache)
+        await self.scheduler.durable()
+        log.info("workflow submitted", workflow_id=wid, tasks=len(specs), priority=priority, tag=wtag.value)
+        return self.workflow_summary(wid)
+
+    def _check_submit(self, n: int, priority: Any, tag: Any, replicas: Any, cache: Any) -> WorkflowTag:
+        """The checks of a submit's own fields and its size; returns the tag."""
         cfg = self.config.scheduler
         if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= MAX_REPLICAS:
             raise NodeError(f"replicas must be an integer from 1 to {MAX_REPLICAS}, got {replicas!r}")
@@ -416,68 +474,65 @@ class Node:
             wtag = WorkflowTag(tag)
         except ValueError:
             raise NodeError(f"unknown tag {tag!r}; use one of: {', '.join(t.value for t in WorkflowTag)}") from None
-        if not tasks:
+        if not n:
             raise NodeError("the workflow has no tasks; give at least one {model, input}")
-        if len(tasks) > cfg.max_tasks_per_workflow:
-            raise NodeError(f"too many tasks: {len(tasks)} > the maximum of {cfg.max_tasks_per_workflow} per workflow; split the work")
-        specs: list[TaskSpec] = []
-        served = self.all_models()
-        local = set(self.local_models())
-        for i, raw in enumerate(tasks):
-            try:
-                spec = raw if isinstance(raw, TaskSpec) else TaskSpec.model_validate(raw)
-            except Exception as exc:
-                raise NodeError(f"task {i} is malformed: {exc}") from None
-            if not spec.input.strip():
-                raise NodeError(f"task {i} has an empty input")
-            unknown = set(spec.params) - {"top_k"}
-            if unknown:
-                raise NodeError(f"task {i}: unknown params {sorted(unknown)}; supported: top_k (fill-mask)")
-            top_k = spec.params.get("top_k", 5)
-            if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 100:
-                raise NodeError(f"task {i}: top_k must be an integer from 1 to 100, got {top_k!r}")
-            if len(spec.input) > cfg.max_input_chars:
-                raise NodeError(f"task {i} input is {len(spec.input)} characters; the maximum is {cfg.max_input_chars}")
-            if spec.model not in served:
-                raise NodeError(f"unknown model {spec.model!r} in task {i}; available: {', '.join(sorted(served)) or 'none'}")
-            if wtag is WorkflowTag.LOCAL_ONLY and spec.model not in local:
-                raise NodeError(f"task {i}: model {spec.model!r} is not served by this peer, so a local-only workflow can't run it")
-            specs.append(self._pin_model(spec, i, local))
-        if replicas > 1:
-            from p2p.scheduler.replicas import slots_for
+        if n > cfg.max_tasks_per_workflow:
+            raise NodeError(f"too many tasks: {n} > the maximum of {cfg.max_tasks_per_workflow} per workflow; split the work")
+        return wtag
 
-            slots = slots_for(replicas)  # the fold keeps N + 2 slots per task
-            if len(specs) * slots > cfg.max_tasks_per_workflow * SLOTS_PER_WORKFLOW_FACTOR:
-                raise NodeError(f"replicas={replicas} keeps {slots} slots per task: {len(specs)} tasks need "
-                                f"{len(specs) * slots} slots, over the {cfg.max_tasks_per_workflow * SLOTS_PER_WORKFLOW_FACTOR} "
-                                f"a workflow may hold; split the workflow or use fewer replicas")
-            self._check_replicas(specs, replicas, wtag)
-        chunks = await self._chunk_inputs(specs)
-        wid = self.scheduler.submit(name, specs, priority, wtag, replicas=replicas, cache=cache, chunks=chunks)
-        await self.scheduler.durable()
-        log.info("workflow submitted", workflow_id=wid, tasks=len(specs), priority=priority, tag=wtag.value)
-        return self.workflow_summary(wid)
+    def _check_input(self, text: str, what: str) -> None:
+        if not text.strip():
+            raise NodeError(f"{what} has an empty input")
+        if len(text) > self.config.scheduler.max_input_chars:
+            raise NodeError(f"{what} input is {len(text)} characters; the maximum is {self.config.scheduler.max_input_chars}")
 
-    async def _chunk_inputs(self, specs: list[TaskSpec]) -> list[tuple[Any, int]] | None:
-        """Store the inputs as content-addressed chunks when they share one template and are
-        larger than ``scheduler.inline_inputs_bytes`` (issue 12 item 1): the submit event then
-        names the chunks, and only peers that run a task fetch its chunk. None: inline."""
-        shared = {(s.model, s.model_cid, s.task, repr(sorted(s.params.items()))) for s in specs}
-        if len(specs) < 2 or len(shared) != 1:
-            return None
-        size = 0
-        for s in specs:
-            size += len(s.input) + 5  # characters: a cheap lower bound of the encoded bytes
-            if size > self.config.scheduler.inline_inputs_bytes:
-                break
-        else:
-            return None
-        out = []
-        for group in pack_inputs([s.input for s in specs]):
+    def _check_task(self, spec: TaskSpec, i: int, served: dict[str, list[str]], local: set[str], wtag: WorkflowTag) -> TaskSpec:
+        """A task's model and params (not its input), then its model pinned by content id."""
+        unknown = set(spec.params) - {"top_k"}
+        if unknown:
+            raise NodeError(f"task {i}: unknown params {sorted(unknown)}; supported: top_k (fill-mask)")
+        top_k = spec.params.get("top_k", 5)
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 100:
+            raise NodeError(f"task {i}: top_k must be an integer from 1 to 100, got {top_k!r}")
+        if spec.model not in served:
+            raise NodeError(f"unknown model {spec.model!r} in task {i}; available: {', '.join(sorted(served)) or 'none'}")
+        if wtag is WorkflowTag.LOCAL_ONLY and spec.model not in local:
+            raise NodeError(f"task {i}: model {spec.model!r} is not served by this peer, so a local-only workflow can't run it")
+        return self._pin_model(spec, i, local)
+
+    def _check_slots(self, n: int, replicas: int) -> None:
+        if replicas <= 1:
+            return
+        from p2p.scheduler.replicas import slots_for
+
+        slots = slots_for(replicas)  # the fold keeps N + 2 slots per task, each with its record
+        cap = min(self.config.scheduler.max_tasks_per_workflow * SLOTS_PER_WORKFLOW_FACTOR, MAX_TASKS)
+        if n * slots > cap:
+            raise NodeError(f"replicas={replicas} keeps {slots} slots per task: {n} tasks need {n * slots} slots, over the "
+                            f"{cap} a workflow may hold; split the workflow or use fewer replicas")
+
+    def _chunked(self, inputs: Iterable[str]) -> bool:
+        """Whether inputs that share one template go into content-addressed chunks (issue 12
+        item 1): when they are larger than ``scheduler.inline_inputs_bytes``. The submit event
+        then names the chunks, and only peers that run a task fetch its chunk."""
+        size, limit = 0, self.config.scheduler.inline_inputs_bytes
+        for text in inputs:
+            size += len(text) + 5  # characters: a cheap lower bound of the encoded bytes
+            if size > limit:
+                return True
+        return False
+
+    async def _submit_chunked(self, name: str, spec: TaskSpec, inputs: list[str], priority: int, wtag: WorkflowTag,
+                              replicas: int, cache: bool) -> dict[str, Any]:
+        chunks = []
+        for group in pack_inputs(inputs):
             cid = await self.clock.put_block_async(chunk_block(group), durable=False)  # durable with the submit
-            out.append((cid, len(group)))
-            await trio.sleep(0)  # a million inputs encode in ~100 steps, none holding the loop long
-        return out
+            chunks.append((cid, len(group)))
+            await trio.sleep(0)  # a million inputs encode in a few hundred steps, none holding the loop long
+        wid = self.scheduler.submit_chunks(name, spec, chunks, priority, wtag, replicas=replicas, cache=cache)
+        await self.scheduler.durable()
+        log.info("workflow submitted", workflow_id=wid, tasks=len(inputs), chunks=len(chunks), priority=priority, tag=wtag.value)
+        return self.workflow_summary(wid)
 
     def _check_replicas(self, specs: list[TaskSpec], replicas: int, tag: WorkflowTag) -> None:
         """Refuse ``replicas`` the network could never satisfy: each task needs that many

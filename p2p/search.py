@@ -295,8 +295,13 @@ def workflow_model(state: State, wf: Any) -> WorkflowModel:
     if gone is not None and not gone.specs_complete:
         raise NodeError(f"workflow {wf.workflow_id} names over {len(gone.specs)} distinct models and tasks; search needs "
                         f"one embedding model")
-    specs = gone.specs if gone is not None else ((t.spec.model, t.spec.model_cid, t.spec.task)
-                                                 for t in (state.tasks[tid] for tid in wf.task_ids))
+    if gone is not None:
+        specs: Any = gone.specs
+    elif wf.lazy:  # a chunked submit: one template for every task
+        t = wf.submits[0].op.template
+        specs = [(t.model, t.model_cid, t.task)]
+    else:
+        specs = ((t.spec.model, t.spec.model_cid, t.spec.task) for t in (state.tasks[tid] for tid in wf.task_ids))
     for model, model_cid, task in specs:
         if task is not None:
             try:
@@ -455,7 +460,7 @@ async def search_workflow(node: Any, indexes: SearchIndexes, workflow_id: str, q
             row = (await reader.rows(at, 1))[0]
             task_id, text = row.task_id, row.input
         else:
-            task = state.tasks[wf.task_ids[at]]
+            task = state.task(wf.task_ids[at])
             task_id, text = task.task_id, task.spec.input
             if task.spec.ref is not None:  # a chunked submit: the input from its chunk
                 text = await node.inputs.input_of(task.spec.ref, wf.submitter)

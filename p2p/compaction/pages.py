@@ -120,8 +120,8 @@ def dropped_from_snapshot(state: Any, workflow_id: str, snap: Snapshot) -> Dropp
     head = codec.decode(snap.root)
     specs: dict[tuple[str, str | None, str | None], None] = {}
     complete = True
-    for tid in wf.task_ids:
-        spec = state.tasks[tid].spec
+    for tid in (wf.task_ids[:1] if wf.lazy else wf.task_ids):  # a lazy workflow's tasks share one template
+        spec = state.task(tid).spec
         specs[(spec.model, spec.model_cid, _task_name(spec.task))] = None
         if len(specs) > MAX_SPECS:
             complete = False

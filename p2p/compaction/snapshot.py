@@ -96,7 +96,7 @@ def _no_block(_cid: Any) -> None:
 
 def _raw_outcome(state: State, wf: WorkflowState, task_id: str) -> Any:
     """The Outcome whose result a tool shows for this task (None when there is none)."""
-    task = state.tasks[task_id]
+    task = state.task(task_id)
     if wf.replicas > 1:
         index = task.index % len(wf.task_ids)
         verdict = state.verdict(wf, index)
@@ -108,7 +108,7 @@ def _raw_outcome(state: State, wf: WorkflowState, task_id: str) -> Any:
 
 def task_record(state: State, wf: WorkflowState, task_id: str) -> dict[str, Any]:
     """One task as the snapshot keeps it (see the module doc)."""
-    task = state.tasks[task_id]
+    task = state.task(task_id)
     view = views.task_view(state, task, False, _no_block)  # without ``waiting``: it depends on the reader
     record = {k: view[k] for k in RECORD_FIELDS if k in view}
     if task.spec.ref is None:

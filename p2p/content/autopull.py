@@ -46,7 +46,7 @@ def wanted(state: State, task_ids: Iterable[str], me: str, local: set[str],
     content id are skipped: there is nothing to verify a pull against."""
     counts: Counter[tuple[str, str]] = Counter()
     for tid in task_ids:
-        task = state.tasks.get(tid)
+        task = state.task(tid)
         if task is None or task.spec.model in local or task.spec.model_cid is None:
             continue
         wf = state.workflows.get(task.workflow_id)

@@ -28,6 +28,9 @@ MIN_PRIORITY = 1
 WORKFLOW_ID_PATTERN = r"^[0-9a-f]{32}$"
 TASK_ID_PATTERN = r"^[0-9a-f]{32}/(0|[1-9][0-9]{0,5})$"
 MAX_TASKS = 100_000  # tasks per submit (the block size usually binds first)
+# tasks of a chunked, unreplicated submit: the fold creates a task's record only when an op is
+# about it (``state.lazy``), so such a submit costs a few bytes however many tasks it defines
+MAX_LAZY_TASKS = 1_000_000  # the task id pattern's six digits: 0 .. 999,999
 MAX_ATTEMPT = 100
 MAX_NAME_CHARS = 512
 MAX_INPUT_CHARS = 100_000
@@ -160,9 +163,18 @@ class SubmitOp(_Op):
         from p2p.scheduler.replicas import slots_for  # the layout rule lives there
 
         slots = slots_for(self.replicas)
-        if self.count * slots > MAX_TASKS:
+        if self.lazy:
+            if self.count > MAX_LAZY_TASKS:
+                raise ValueError(f"{self.count} tasks is over the {MAX_LAZY_TASKS} a chunked submit may define")
+        elif self.count * slots > MAX_TASKS:
             raise ValueError(f"{self.count} tasks x {slots} replica slots is over {MAX_TASKS} task slots")
         return self
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the fold creates this submit's task records on demand: a chunked submit
+        without replicas (its tasks need nothing from the op but their chunk reference)."""
+        return self.chunks is not None and self.replicas == 1
 
     @property
     def count(self) -> int:
@@ -302,7 +314,7 @@ class AcceptOp(_Op):
 
     op: Literal["workflow.accept"]
     workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
-    results: list[tuple[Annotated[int, Field(ge=0, le=MAX_TASKS * (MAX_REPLICAS + 2))], Any, Annotated[int, Field(ge=0, le=100_000)]]] = Field(
+    results: list[tuple[Annotated[int, Field(ge=0, le=max(MAX_TASKS * (MAX_REPLICAS + 2), MAX_LAZY_TASKS))], Any, Annotated[int, Field(ge=0, le=100_000)]]] = Field(
         min_length=1, max_length=MAX_ACCEPTS)
 
     @field_validator("results")

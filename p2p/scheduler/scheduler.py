@@ -42,6 +42,8 @@ REPLICA_INLINE_BYTES = 256 << 10
 log = structlog.get_logger("p2p.scheduler")
 
 DECIDE_CHUNK = 1000  # tasks decided between two checkpoints of the event loop
+FEED_WINDOW = 512  # tasks without records of one lazy workflow decided per pass (``_feed``)
+FEED_SCAN = 8 * FEED_WINDOW  # indices looked at per lazy workflow per pass, at most
 op_log = PeerLogLimiter(log)  # a peer's bad ops: once per author per minute, with a count
 
 
@@ -138,6 +140,9 @@ class Scheduler:
         self._advertised: tuple[Any, ...] | None = None  # what our last peer.advertise said
         self._sealing: set[str] = set()  # our workflows' done tasks whose seal is written, not yet folded
         self._dirty: set[str] = set()
+        # lazy workflows with tasks no op is about yet (``WorkflowState.lazy``) -> the index the
+        # next look at them starts from (``_feed``)
+        self._feeding: dict[str, int] = {}
         self._pending: list[dict[str, Any]] = []
         self._wake_decide = trio.Event()
         self._wake_flush = trio.Event()
@@ -158,6 +163,9 @@ class Scheduler:
         for ev in self.clock.events():
             self._fold(ev)
         self._dirty.update(self.state.tasks)
+        for wid, wf in self.state.workflows.items():
+            if wf.virtual:
+                self._feeding.setdefault(wid, 0)
 
     def _on_applied(self, ev: Event) -> None:
         """The clock applied ``ev`` (ours or a peer's): fold it now, in the clock's causal order."""
@@ -188,6 +196,9 @@ class Scheduler:
         for key in touched:
             if key.startswith("wf:"):
                 self._requeue_workflow(key[3:])
+                wf = self.state.workflows.get(key[3:])
+                if wf is not None and wf.virtual:
+                    self._feeding.setdefault(wf.workflow_id, 0)
         return {t for t in touched if not t.startswith("wf:")}
 
     def _is_progress(self, ev: Event) -> bool:
@@ -236,42 +247,42 @@ class Scheduler:
 
     def submit(
         self, name: str, tasks: list[TaskSpec], priority: int, tag: WorkflowTag, *, replicas: int = 1, cache: bool = True,
-        chunks: list[tuple[Any, int]] | None = None,
     ) -> str:
         """Write a workflow to the clock now: folded and visible here at once, on disk after
-        ``await durable()`` (the node awaits it before answering the caller).
-
-        ``chunks``: the tasks' inputs are in these stored blocks ((CID, count) each, in task
-        order; ``p2p.content.inputs``), and ``tasks`` share one template: the op names the
-        blocks instead of carrying the inputs."""
-        wid = new_workflow_id(self.me)
-        op = {
-            "op": "workflow.submit",
-            "workflow_id": wid,
-            "name": name,
-            "priority": priority,
-            "tag": tag.value,
-            "created_at": time.time(),
-        }
+        ``await durable()`` (the node awaits it before answering the caller)."""
+        wid, op = self._submit_op(name, priority, tag, replicas, cache)
         shared = {(t.model, t.model_cid, t.task, repr(sorted(t.params.items()))) for t in tasks}
-        if chunks is not None:
-            if len(shared) != 1 or sum(n for _, n in chunks) != len(tasks):
-                raise ValueError("a chunked submit's tasks share one template and the chunks hold every input")
-            first = tasks[0].model_dump(exclude_defaults=True)
-            op["template"] = {k: v for k, v in first.items() if k != "input"}
-            op["chunks"] = [{"cid": cid, "count": n} for cid, n in chunks]
-        elif len(tasks) > 1 and len(shared) == 1:  # the compact form: what they share once, then inputs
+        if len(tasks) > 1 and len(shared) == 1:  # the compact form: what they share once, then inputs
             first = tasks[0].model_dump(exclude_defaults=True)
             op["template"] = {k: v for k, v in first.items() if k != "input"}
             op["inputs"] = [t.input for t in tasks]
         else:
             op["tasks"] = [t.model_dump(exclude_defaults=True) for t in tasks]
+        self._append_now([op])
+        return wid
+
+    def submit_chunks(
+        self, name: str, template: TaskSpec, chunks: list[tuple[Any, int]], priority: int, tag: WorkflowTag, *,
+        replicas: int = 1, cache: bool = True,
+    ) -> str:
+        """``submit`` of tasks that share ``template`` (its input is ignored) and whose inputs
+        are in stored chunk blocks ((CID, count) each, in task order; ``p2p.content.inputs``):
+        the op names the blocks instead of carrying the inputs."""
+        wid, op = self._submit_op(name, priority, tag, replicas, cache)
+        op["template"] = {k: v for k, v in template.model_dump(exclude_defaults=True).items() if k != "input"}
+        op["chunks"] = [{"cid": cid, "count": n} for cid, n in chunks]
+        self._append_now([op])
+        return wid
+
+    def _submit_op(self, name: str, priority: int, tag: WorkflowTag, replicas: int, cache: bool) -> tuple[str, dict[str, Any]]:
+        wid = new_workflow_id(self.me)
+        op: dict[str, Any] = {"op": "workflow.submit", "workflow_id": wid, "name": name, "priority": priority,
+                              "tag": tag.value, "created_at": time.time()}
         if replicas != 1:  # defaults stay off the wire: an old peer's submit encodes the same
             op["replicas"] = replicas
         if not cache:
             op["cache"] = False
-        self._append_now([op])
-        return wid
+        return wid, op
 
     def cancel(self, workflow_id: str) -> None:
         self._append_now([{"op": "workflow.cancel", "workflow_id": workflow_id}])
@@ -362,6 +373,7 @@ class Scheduler:
                 # once a lease everything open (owners never heard of, whose grace just ended)
                 self._dirty |= self._open if ticks % 4 == 0 else self.policy.timed() & self._open
             dirty, self._dirty = list(self._dirty), set()
+            dirty += self._feed()
             for i in range(0, len(dirty), DECIDE_CHUNK):
                 if i:
                     await trio.sleep(0)  # a 10,000-task pass must not hold heartbeats back
@@ -392,13 +404,50 @@ class Scheduler:
 
     # ----------------------------------------------------------------- deciding
 
+    def _feed(self) -> list[str]:
+        """Tasks of lazy workflows that no op is about yet, to be decided now: at most
+        ``FEED_WINDOW`` a workflow a pass (fewer when this peer's backlog is nearly full), in
+        index order from where the last pass stopped
+        (wrapping round to those left to others), and none while this peer already holds
+        ``claim_backlog`` tasks. A million-task workflow is thus claimed as it is worked
+        through, and a pass costs the window, not the workflow. Which tasks a peer claims is
+        still the rendezvous rule's; only when it looks is paced."""
+        if not self._feeding:
+            return []
+        # held: what we own, or claimed and have not seen folded yet (or lost: until it ends)
+        held = max(len(self._owned), sum(1 for keys in self._claiming.values() if any(k > 0 for k in keys)))
+        room = self.config.claim_backlog - held
+        if room <= 0:
+            return []
+        # about ``room`` of them are ours when the live peers share them: look at that many each
+        window = min(FEED_WINDOW, room * max(1, len(self.peers.live_peers())))
+        out: list[str] = []
+        for wid in list(self._feeding):
+            wf = self.state.workflows.get(wid)
+            if wf is None or not wf.virtual or wf.cancelled or self.state.is_compacted(wid):
+                del self._feeding[wid]
+                continue
+            n, i, got = len(wf.task_ids), self._feeding[wid], 0
+            for _ in range(min(n, FEED_SCAN)):
+                if i >= n:
+                    i = 0
+                tid = f"{wid}/{i}"
+                i += 1
+                if tid not in self._open and tid not in self.state.tasks:
+                    out.append(tid)
+                    got += 1
+                    if got >= window:
+                        break
+            self._feeding[wid] = i
+        return out
+
     def decide(self, task_ids: Iterable[str]) -> None:
         """Apply the policy's decision for each task: claim, expire, queue here or drop."""
         live = self.peers.live_peers()
         self._advertise(next((p for p in live if p.peer_id == self.me), None))
         seals: dict[str, list[list[Any]]] = {}
         for tid in task_ids:
-            task = self.state.tasks.get(tid)
+            task = self.state.task(tid)  # (a lazy task without a record: a fresh one, to decide on)
             if task is None:
                 continue
             wf = self.state.workflows[task.workflow_id]

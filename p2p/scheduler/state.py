@@ -790,6 +790,12 @@ class WorkflowState:
     # cut: they cannot change its view, so they wait here, unfolded, for a re-freeze (only a
     # fork brings one) instead of costing a thaw each (a submit re-judges: ``_apply_op``)
     deferred: list[tuple[Any, str, Where]] = field(default_factory=list, repr=False)
+    # A lazy workflow (its defining submit is ``SubmitOp.lazy``: chunked, one replica) holds a
+    # task's record only once an op is about it; ``virtual`` of its defined tasks have none yet.
+    # Such a task is exactly a fresh record (``State.task`` makes one to read): queued, or
+    # cancelled with its workflow. So a million-task submit costs the fold a few hundred bytes.
+    lazy: bool = False
+    virtual: int = 0
 
     @property
     def slots(self) -> int:
@@ -1105,6 +1111,25 @@ class State:
                     out.append(Rejection(f.stamp[1], f.peer, "task.fail", "task.fail for a claim its author does not hold"))
         return out
 
+    def task(self, task_id: str) -> TaskState | None:
+        """The task's record, or for a task of a lazy workflow that no op is about yet, a fresh
+        one made to be read (not kept: it equals what the fold would create for it)."""
+        got = self.tasks.get(task_id)
+        if got is not None:
+            return got
+        wid, _, idx = task_id.partition("/")
+        wf = self.workflows.get(wid)
+        if wf is None or not wf.lazy or wid in self.dropped or not idx.isdigit():
+            return None
+        i = int(idx)
+        if i >= len(wf.task_ids):
+            return None
+        return _fresh(self, wf, i)
+
+    def virtual_status(self, wf: WorkflowState) -> TaskStatus:
+        """The status of a lazy workflow's tasks that have no record yet."""
+        return TaskStatus.CANCELLED if wf.cancelled else TaskStatus.QUEUED
+
     def task_status(self, task: TaskState) -> TaskStatus:
         """A task's (a slot's) own status: what the scheduler acts on."""
         cached = self._status.get(task.task_id)
@@ -1158,7 +1183,10 @@ class State:
             self._listed_as[wid] = now
 
     def counts(self, wf: WorkflowState) -> dict[TaskStatus, int]:
-        return dict(self._counts.get(wf.workflow_id) or dict.fromkeys(TaskStatus, 0))
+        out = dict(self._counts.get(wf.workflow_id) or dict.fromkeys(TaskStatus, 0))
+        if wf.virtual:  # a lazy workflow's tasks without records: counted where they stand
+            out[self.virtual_status(wf)] += wf.virtual
+        return out
 
     def recount(self, wf: WorkflowState) -> dict[TaskStatus, int]:
         """Counts derived from scratch (tests check the caches against this)."""
@@ -1166,7 +1194,8 @@ class State:
             return _dropped_counts(self.dropped[wf.workflow_id])
         counts = dict.fromkeys(TaskStatus, 0)
         for i, tid in enumerate(wf.task_ids):
-            t = self.tasks[tid]
+            t = self.task(tid)
+            assert t is not None
             if wf.replicas > 1:
                 slots = self.slots_of(wf, i)
                 counts[self._logical(wf, self.group_verdict(wf, slots), slots)] += 1
@@ -1212,7 +1241,7 @@ class State:
         if wf.compacted is None or wf.compacted.stamp != gone.stamp:
             raise ValueError(f"workflow {wid} is not compacted at {gone.stamp!r}")
         self._full_wf.pop(wid, None)
-        ids = self._frozen_ids.pop(wid, None) or (wf.physical_ids() if wf.replicas > 1 else list(wf.task_ids))
+        ids = self._frozen_ids.pop(wid, None) or (wf.physical_ids() if wf.replicas > 1 else _made_ids(self, wf))
         for tid in ids:
             self.tasks.pop(tid, None)
             self._full_tasks.pop(tid, None)
@@ -1266,7 +1295,8 @@ class State:
                 tasks.append((lid, self.logical_status(self.tasks[lid]).value, v.open,
                               (v.accepted.slot, v.accepted.peer) if v.accepted else None, v.error, v.peers, v.disputed_by))
             for tid in (wf.physical_ids() if wf.replicas > 1 else wf.task_ids):
-                t = self.tasks[tid]
+                t = self.task(tid)
+                assert t is not None
                 res = t.result
                 owner = t.owner()
                 tasks.append(
@@ -1284,7 +1314,9 @@ class State:
                 )
             out[wid] = (wf.name, wf.priority, wf.tag.value, wf.cancelled, self.workflow_status(wf).value,
                         wf.submitter, wf.created_at, tasks)
-        out["_undefined"] = sorted(self.undefined)
+        # (those with records: one no op is about is a fresh record, which a lazy submit's
+        # tasks do not hold until an op is about them)
+        out["_undefined"] = sorted(t for t, u in self.undefined.items() if u.claims or u.started or u.results or u.fails or u.accepts)
         out["_outvoted"] = sorted(self.outvoted.items())
         out["_adverts"] = sorted((p, a[-1].capacity, sorted(a[-1].models), sorted(a[-1].model_cids.items()))
                                  for p, a in self.adverts.items())
@@ -1343,7 +1375,8 @@ def apply_event(
         if isinstance(op, SubmitOp):
             # one event's submits share MAX_TASKS slots: compact submits cost a few bytes a task,
             # so without this one 2 MiB event could define millions of tasks on every peer
-            slots += op.count * slots_for(op.replicas)
+            # (a lazy submit's tasks cost nothing until ops are about them: its chunks count)
+            slots += len(op.chunks or ()) if op.lazy else op.count * slots_for(op.replicas)
             if slots > MAX_TASKS:
                 state.reject(cid, author, op.op, f"malformed op: the event's submits define over {MAX_TASKS} task slots")
                 continue
@@ -1450,6 +1483,52 @@ def _slim(wf: WorkflowState, gone: Dropped) -> WorkflowState:
         compacted=CompactRecord(where, CID.decode(gone.snapshot), True))
 
 
+def _covering(wf: WorkflowState, index: int) -> SubmitRecord | None:
+    """The submit (smallest stamp first) that defines physical task ``index`` of ``wf``."""
+    return next((r for r in wf.submits if index < r.op.count * slots_for(r.op.replicas)), None)
+
+
+def _fresh(state: State, wf: WorkflowState, index: int) -> TaskState:
+    """A record for task ``index`` as the fold creates it: no ops about it yet."""
+    rec = _covering(wf, index)
+    assert rec is not None, "a task index its workflow's submits define"
+    logical, slot = split_index(index, rec.op.count)
+    return TaskState(task_id=task_id_for(wf.workflow_id, index), workflow_id=wf.workflow_id, index=index,
+                     spec=_spec(rec.op, logical), replica=slot, replicated=wf.replicas > 1,
+                     max_attempts=state.max_attempts, submitter=wf.submitter, submit_where=rec.where, shared=state.shared)
+
+
+def _materialize(state: State, wf: WorkflowState, task_id: str, into: dict[str, TaskState]) -> TaskState | None:
+    """The record an op about ``task_id`` lands in, created now when the task is one of a lazy
+    submit's that no op was about yet (None: no submit of ``wf`` defines it). ``into`` is where
+    the workflow's defined tasks live (``tasks``, or the full records of a frozen workflow)."""
+    idx = task_id.partition("/")[2]
+    if not idx.isdigit():
+        return None
+    i = int(idx)
+    rec = _covering(wf, i)
+    if rec is None or not rec.op.lazy:
+        return None  # an eager submit created every task it defines
+    task = _fresh(state, wf, i)
+    first = wf.submits[0]
+    if i < first.op.count * slots_for(first.op.replicas):
+        into[task_id] = task
+        wf.virtual -= 1
+    else:  # defined only by a non-defining duplicate submit (a faulty submitter)
+        state.undefined[task_id] = task
+    return task
+
+
+def _made_ids(state: State, wf: WorkflowState, records: dict[str, TaskState] | None = None) -> list[str]:
+    """The ids of ``wf``'s defined tasks that have a record (every one, unless it is lazy)."""
+    records = state.tasks if records is None else records
+    if not wf.lazy:
+        return list(wf.task_ids)
+    if not wf.virtual:
+        return list(wf.task_ids)
+    return [t for t in wf.task_ids if t in records]
+
+
 def _control_refusal(state: State, wf: WorkflowState, op: Any, author: str, where: Where) -> str | None:
     """Why a control op or submit about ``wf`` is rejected, as ``_steered_workflow`` and
     ``_submit`` would say it (None: it passes). O(submits), so a stranger's op about a
@@ -1486,10 +1565,17 @@ def _apply_op(state: State, op: Any, author: str, where: Where, touched: set[str
     cut = full.compacted.where if full.compacted is not None else where
     if not isinstance(op, (SubmitOp, AcceptOp, CancelOp, ReprioritizeOp, CompactOp)):
         idx = op.task_id.partition("/")[2]
-        task = state._full_tasks.get(op.task_id) or state.undefined.get(op.task_id)
-        if not _defined_by(full, int(idx), where) or task is None:
+        if not _defined_by(full, int(idx), where):
             state.reject(where.stamp[1], author, op.op, "op does not follow its task's submit")
             return
+        task = state._full_tasks.get(op.task_id) or state.undefined.get(op.task_id)
+        if task is None:  # a lazy task no op was about: its record, in the full records only
+            task = _materialize(state, full, op.task_id, state._full_tasks)
+            if task is None:
+                state.reject(where.stamp[1], author, op.op, "unknown task")
+                return
+            if op.task_id in state._full_tasks:
+                state._frozen_ids[wid].append(op.task_id)
         full.heard_from.add(author)
         if state.tasks.get(op.task_id) is task and full.compacted is not None:
             # the view shares this task with the full records (``TaskState.as_of``): it keeps
@@ -1535,7 +1621,9 @@ def _view_at(state: State, wf: WorkflowState, where: Where) -> dict[str, TaskSta
     shows it was not. ``TaskState.restricted`` over the full records (the workflow is thawed)."""
     cancelled = any(c.before(where) and not _late_cancel(state, wf, c) for c in wf.cancel_records)
     view: dict[str, TaskState] = {}
-    for i, tid in enumerate(wf.task_ids):
+    if wf.virtual and not cancelled:
+        return None  # a task without a record is queued
+    for i, tid in enumerate(_made_ids(state, wf) if wf.replicas == 1 else wf.task_ids):
         if wf.replicas > 1:
             slots = [state.tasks[t].as_of(where) for t in wf.slot_ids(i)]
             view.update((t.task_id, t) for t in slots)
@@ -1586,7 +1674,7 @@ def _freeze(state: State, wf: WorkflowState, touched: set[str]) -> None:
     if winner is None and wf.compacted is None:
         return
     wf.compacted = winner
-    ids = wf.physical_ids() if wf.replicas > 1 else list(wf.task_ids)
+    ids = wf.physical_ids() if wf.replicas > 1 else _made_ids(state, wf)
     touched.update(ids)
     touched.add(f"wf:{wid}")
     if winner is None:
@@ -1596,7 +1684,7 @@ def _freeze(state: State, wf: WorkflowState, touched: set[str]) -> None:
         workflow_id=wid, name=wf.name, tag=wf.tag, submitter=wf.submitter, created_at=wf.created_at,
         task_ids=wf.task_ids, order=wf.order, priority=wf.priority, priority_stamp=wf.priority_stamp,
         submit_stamp=wf.submit_stamp, submits=wf.submits, replicas=wf.replicas, cache=wf.cache,
-        heard_from=wf.heard_from, compacts=wf.compacts, compacted=winner,
+        heard_from=wf.heard_from, compacts=wf.compacts, compacted=winner, lazy=wf.lazy, virtual=wf.virtual,
         cancel_records=[c for c in wf.cancel_records if c.before(cut)],
         reprio_records=[r for r in wf.reprio_records if r[0].before(cut)],
     )
@@ -1666,7 +1754,10 @@ def _apply_op_thawed(state: State, op: Any, author: str, where: Where, touched: 
         for index, cid, op_index in op.results:
             if index >= n_slots:
                 continue
-            task = state.tasks[task_id_for(wf.workflow_id, index)]
+            tid = task_id_for(wf.workflow_id, index)
+            task = state.tasks.get(tid) or _materialize(state, wf, tid, state.tasks)
+            if task is None:
+                continue
             key = (stamp[0], stamp[1], stamp[2] * 100_000 + index)  # one seal per task per op
             if key not in task.accepts:
                 task.accepts[key] = ((cid, op_index), where)
@@ -1699,8 +1790,8 @@ def _apply_op_thawed(state: State, op: Any, author: str, where: Where, touched: 
     if wf is None or not _defined_by(wf, int(idx), where):
         state.reject(stamp[1], author, op.op, "op does not follow its task's submit")
         return
-    task = state.tasks.get(op.task_id) or state.undefined.get(op.task_id)
-    if task is None:  # cannot happen: a defining submit created it
+    task = state.tasks.get(op.task_id) or state.undefined.get(op.task_id) or _materialize(state, wf, op.task_id, state.tasks)
+    if task is None:  # cannot happen: a defining submit created it, or it is lazy
         state.reject(stamp[1], author, op.op, "unknown task")
         return
     touched.add(task.task_id)
@@ -1772,7 +1863,7 @@ def _recheck_cancels(state: State, wf: WorkflowState, touched: set[str]) -> None
     cancelled = live > 0
     if cancelled != wf.cancelled:
         wf.cancelled = cancelled
-        ids = wf.physical_ids() if wf.replicas > 1 else wf.task_ids
+        ids = wf.physical_ids() if wf.replicas > 1 else _made_ids(state, wf)
         touched.update(tid for tid in ids if state._status.get(tid) not in (TaskStatus.DONE, TaskStatus.FAILED))
     touched.add(f"wf:{wf.workflow_id}")
 
@@ -1788,9 +1879,9 @@ def _late_cancel(state: State, wf: WorkflowState, where: Where) -> bool:
             if not state.group_verdict(wf, [t.restricted(where) for t in slots]).decided:
                 return False
             continue
-        task = state.tasks[tid]
-        if not task.results and not task.fails:
-            return False
+        task = state.tasks.get(tid)
+        if task is None or (not task.results and not task.fails):
+            return False  # (no record: a lazy task no op is about, queued)
         if task.restricted(where).status(False, state.max_attempts) not in (TaskStatus.DONE, TaskStatus.FAILED):
             return False
     return True
@@ -1807,13 +1898,17 @@ def _submit(state: State, op: SubmitOp, author: str, where: Where, touched: set[
     rec = SubmitRecord(where, op)
     if wf is None:
         n = op.count
-        tids = [task_id_for(wid, i) for i in range(n)]
+        tids: Any = TaskIds(wid, n) if op.lazy else [task_id_for(wid, i) for i in range(n)]
         wf = WorkflowState(
             workflow_id=wid, name=op.name, tag=op.tag, submitter=author, created_at=op.created_at,
             task_ids=tids, order=len(state.workflows), priority=op.priority, priority_stamp=stamp,
             submit_stamp=stamp, submits=[rec], replicas=op.replicas, cache=op.cache,
         )
         state.workflows[wid] = wf
+        if op.lazy:  # no records until ops are about them (``WorkflowState.lazy``)
+            wf.lazy, wf.virtual = True, n
+            touched.add(f"wf:{wid}")
+            return
         physical = wf.physical_ids()
         for p, tid in enumerate(physical):
             i, slot = split_index(p, n)
@@ -1837,7 +1932,7 @@ def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
     first = wf.submits[0]
     n_def = first.op.count * slots_for(first.op.replicas)
     n_all = max(r.op.count * slots_for(r.op.replicas) for r in wf.submits)
-    old_ids = wf.physical_ids()
+    old_ids = wf.physical_ids() if wf.replicas > 1 else _made_ids(state, wf)
     wf.name, wf.tag, wf.created_at = first.op.name, first.op.tag, first.op.created_at
     wf.replicas, wf.cache = first.op.replicas, first.op.cache
     wf.submit_stamp = first.stamp
@@ -1845,11 +1940,16 @@ def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
         wf.priority_stamp, wf.priority = wf.reprioritized
     else:
         wf.priority, wf.priority_stamp = first.op.priority, first.stamp
-    wf.task_ids = [task_id_for(wid, i) for i in range(first.op.count)]
+    wf.lazy = first.op.lazy
+    wf.task_ids = TaskIds(wid, first.op.count) if wf.lazy else [task_id_for(wid, i) for i in range(first.op.count)]
+    wf.virtual = 0
     for i in range(n_all):
         tid = task_id_for(wid, i)
         task = state.tasks.pop(tid, None) or state.undefined.pop(tid, None)
         rec = next(r for r in wf.submits if i < r.op.count * slots_for(r.op.replicas))
+        if task is None and rec.op.lazy:  # no record until an op is about it
+            wf.virtual += i < n_def
+            continue
         logical, slot = split_index(i, rec.op.count)
         spec = _spec(rec.op, logical)
         if task is None:
@@ -1859,7 +1959,8 @@ def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
         task.replicated = wf.replicas > 1
         task.changed()
         (state.tasks if i < n_def else state.undefined)[tid] = task
-    for tid in set(old_ids) | set(wf.physical_ids()):  # the caches are rebuilt for the definition
+    new_ids = wf.physical_ids() if wf.replicas > 1 else _made_ids(state, wf)
+    for tid in set(old_ids) | set(new_ids):  # the caches are rebuilt for the definition
         state._status.pop(tid, None)
         state._lstatus.pop(tid, None)
         state._claimed.discard(tid)
@@ -1874,7 +1975,7 @@ def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
                 if not state.outvoted[p]:
                     del state.outvoted[p]
     touched.update(old_ids)
-    touched.update(wf.physical_ids())
+    touched.update(new_ids)
     touched.add(f"wf:{wid}")
     if wf.cancel_records:  # lateness is judged on the defined tasks, which just changed
         _recheck_cancels(state, wf, touched)

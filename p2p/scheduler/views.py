@@ -151,6 +151,6 @@ def workflow_status(
     page = wf.task_ids[offset : offset + limit]
     out["offset"] = offset
     out["limit"] = limit
-    out["tasks"] = [task_view(state, state.tasks[tid], include_results, load_block, waiting) for tid in page]
+    out["tasks"] = [task_view(state, state.task(tid), include_results, load_block, waiting) for tid in page]
     out["has_more"] = offset + len(page) < len(wf.task_ids)
     return out

@@ -368,7 +368,7 @@ def dropping(draw: Any) -> Dag:
                 continue
             for i in range(len(wf.task_ids)):
                 for slot, tid in enumerate(wf.slot_ids(i)):
-                    t = state.tasks[tid]
+                    t = state.task(tid)
                     if state.task_status(t) in (TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED):
                         continue
                     a = max(t.attempt, 1)

@@ -31,8 +31,8 @@ from p2p.content.inputs import (
 from p2p.identity import Identity
 from p2p.replication import BlockServer
 from p2p.replication.dagservice import LocalDAGService
-from p2p.scheduler.ops import MAX_CHUNK_INPUTS, MAX_TASKS, SubmitOp, submitter_prefix
-from p2p.scheduler.state import State, apply_event
+from p2p.scheduler.ops import MAX_CHUNK_INPUTS, MAX_LAZY_TASKS, MAX_TASKS, SubmitOp, submitter_prefix
+from p2p.scheduler.state import State, TaskStatus, WorkflowStatus, apply_event
 
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=300)
 
@@ -85,8 +85,10 @@ def test_a_submit_holds_exactly_one_form() -> None:
         (_op(template={"model": "m"}, chunks=[{"cid": "bafy-not-a-cid", "count": 1}]), "must be a CID"),
         (_op(template={"model": "m"}, chunks=[{"cid": _chunks(groups)[0]["cid"], "count": 0}]), "greater than or equal"),
         (_op(template={"model": "m"}, chunks=[{"cid": _chunks(groups)[0]["cid"], "count": MAX_CHUNK_INPUTS + 1}]), "less than"),
-        (_op(template={"model": "m"}, chunks=[{"cid": _chunks(groups)[0]["cid"], "count": MAX_CHUNK_INPUTS}] * (MAX_TASKS // MAX_CHUNK_INPUTS + 1)),
-         "task slots"),
+        (_op(template={"model": "m"}, chunks=[{"cid": _chunks(groups)[0]["cid"], "count": MAX_CHUNK_INPUTS}] * (MAX_LAZY_TASKS // MAX_CHUNK_INPUTS + 1)),
+         "a chunked submit may define"),
+        (_op(template={"model": "m"}, replicas=2, chunks=[{"cid": _chunks(groups)[0]["cid"], "count": MAX_CHUNK_INPUTS}] * (MAX_TASKS // MAX_CHUNK_INPUTS)),
+         "task slots"),  # replicated: the fold keeps every slot's record, so the eager bound
         (_op(template={"model": "m"}, chunks=[]), "at least 1"),
     ]
     for raw, why in bad:
@@ -102,12 +104,25 @@ def test_the_fold_defines_each_task_by_its_chunk_and_position() -> None:
     apply_event(state, b"e1", "A", 0, [op], parents=[], seq=1)
     wf = state.workflows[op["workflow_id"]]
     assert len(wf.task_ids) == 23 and not state.rejected
+    # lazy: no task has a record until an op is about it, and each reads as a fresh one
+    assert wf.lazy and wf.virtual == 23 and not state.tasks
+    assert state.counts(wf)[TaskStatus.QUEUED] == 23 and state.workflow_status(wf) is WorkflowStatus.PENDING
     by_cid = {c["cid"]: g for c, g in zip(_chunks(groups), groups)}
     for i, tid in enumerate(wf.task_ids):
-        spec = state.tasks[tid].spec
+        spec = state.task(tid).spec
         assert spec.input == "" and spec.model == "m" and spec.task == "embedding"
         cid, pos = spec.ref
         assert by_cid[cid][pos] == inputs[i]
+    assert state.task(f"{wf.workflow_id}/23") is None and state.task(f"{wf.workflow_id}/x") is None
+    advert = {"op": "peer.advertise", "capacity": 1.0, "models": ["m"]}
+    apply_event(state, b"e2", "B", 1, [advert, {"op": "task.claim", "task_id": wf.task_ids[7], "attempt": 1, "capacity": 1.0}],
+                parents=[b"e1"], seq=1)
+    assert list(state.tasks) == [wf.task_ids[7]] and wf.virtual == 22
+    counts = state.counts(wf)
+    assert (counts[TaskStatus.QUEUED], counts[TaskStatus.CLAIMED]) == (22, 1) and counts == state.recount(wf)
+    apply_event(state, b"e3", "A", 2, [{"op": "workflow.cancel", "workflow_id": wf.workflow_id}], parents=[b"e2"], seq=2)
+    counts = state.counts(wf)
+    assert counts[TaskStatus.CANCELLED] == 23 and counts == state.recount(wf)
 
 
 # ------------------------------------------------------------------ fetching

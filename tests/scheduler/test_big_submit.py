@@ -80,7 +80,7 @@ async def test_a_25000_task_workflow_inline_in_one_call(tmp_path: Path, shared_c
         assert sa == sb and sb["total"] == N and sb["state"] == "cancelled", (sa, sb)
         last = b.workflow_status(wid, False, N - 1, 1)["tasks"][0]
         assert last["task_id"] == f"{wid}/{N - 1}"
-        spec = b.scheduler.state.tasks[f"{wid}/{N - 1}"].spec
+        spec = b.scheduler.state.task(f"{wid}/{N - 1}").spec
         if chunked:  # the peer holds no input until it needs one; then it fetches that chunk alone
             assert spec.input == "" and not b.clock.has(spec.ref[0])
             assert await b.inputs.input_of(spec.ref, a.peer_id) == f"Sentence {N - 1} about a cat on a mat."
@@ -92,6 +92,6 @@ async def test_a_25000_task_workflow_inline_in_one_call(tmp_path: Path, shared_c
     # a restart folds it again from disk
     async with Node.open(_config(tmp_path, shared_cache_dir, "a", **sched)) as again:
         assert again.workflow_summary(wid) == summary
-        spec = again.scheduler.state.tasks[f"{wid}/{N // 2}"].spec
+        spec = again.scheduler.state.task(f"{wid}/{N // 2}").spec
         text = again.inputs.input_local(spec.ref) if chunked else spec.input
         assert text == f"Sentence {N // 2} about a cat on a mat." and spec.model == DEFAULT_MODEL and spec.model_cid

@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from p2p.clock import codec
@@ -335,7 +335,7 @@ def test_every_causal_order_gives_the_same_answers_field_by_field(dag: Dag, rnd:
                         assert state.task_status(t) is state._slot_status(t, wf, verdict)
                 continue
             for tid in wf.task_ids:
-                t = state.tasks[tid]
+                t = state.task(tid)
                 assert state.task_status(t) is t.status(wf.cancelled, state.max_attempts)
     first_snap, first_answers = states[0].snapshot(), answers(states[0])
     first_rejected = sorted((r.event_cid, r.op, r.reason) for r in states[0].rejected)
@@ -407,6 +407,34 @@ def test_terminal_means_terminal(case: tuple[Dag, int], rnd: random.Random) -> N
         # and every task that was done or failed stays so (a cancelled task may still finish)
         for wid in terminal:
             for tid in before.workflows[wid].task_ids:
-                was = before.task_status(before.tasks[tid])
+                was = before.task_status(before.task(tid))
                 if was in (TaskStatus.DONE, TaskStatus.FAILED):
-                    assert after.task_status(after.tasks[tid]) is was, tid
+                    assert after.task_status(after.task(tid)) is was, tid
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), st.randoms(use_true_random=False))
+def test_lazy_task_records_answer_exactly_as_eager_ones(dag: Dag, rnd: random.Random) -> None:
+    """A chunked submit's tasks get records only when an op is about them (``WorkflowState.lazy``);
+    a fold that creates every record at the submit, as for the inline forms, answers the same:
+    every tool view, count, listing and rejection."""
+    from unittest import mock
+
+    from p2p.scheduler.ops import SubmitOp
+
+    chunked = sum(1 for ev in dag.events for op in ev.ops if isinstance(op, dict) and "chunks" in op)
+    event(f"chunked submits: {min(chunked, 2)}")
+    for order in causal_orders(dag, rnd, 2):
+        lazy = fold(dag, order)
+        with mock.patch.object(SubmitOp, "lazy", property(lambda self: False)):
+            eager = fold(dag, order)
+        assert not any(wf.lazy for wf in eager.workflows.values())
+        assert lazy.snapshot() == eager.snapshot()
+        assert answers(lazy) == answers(eager)
+        assert [w.workflow_id for w in lazy.listed()] == [w.workflow_id for w in eager.listed()]
+        assert sorted((r.event_cid, r.op, r.reason) for r in lazy.rejected) == \
+            sorted((r.event_cid, r.op, r.reason) for r in eager.rejected)
+        for wid, wf in lazy.workflows.items():
+            assert lazy.counts(wf) == lazy.recount(wf) == eager.counts(eager.workflows[wid])
+            held = sum(1 for t in wf.task_ids if t in lazy.tasks)
+            assert wf.virtual == (len(wf.task_ids) - held if wf.lazy else 0)

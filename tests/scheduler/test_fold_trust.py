@@ -216,7 +216,7 @@ def attacked(draw: Any) -> tuple[Dag, int]:
 
 
 def _expiries(state: State, tid: str) -> bool:
-    return any(f.expired for f in state.tasks[tid].fails.values())
+    return any(f.expired for f in state.task(tid).fails.values())
 
 
 @settings(max_examples=200, deadline=None)
@@ -233,7 +233,7 @@ def test_a_hostile_author_changes_nothing_it_has_no_right_to(case: tuple[Dag, in
             if status in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED):
                 assert after.workflow_status(wf2) is status, wid
             for tid in wf.task_ids:
-                t1, t2 = before.tasks[tid], after.tasks[tid]
+                t1, t2 = before.task(tid), after.task(tid)
                 s1, s2 = before.task_status(t1), after.task_status(t2)
                 if s1 is TaskStatus.DONE:  # a result that stood never changes
                     r1, r2 = t1.result, t2.result

@@ -1,0 +1,64 @@
+"""A chunked workflow's tasks have no records until an op is about them, and peers claim them
+as they work through them (``Scheduler._feed``, ``scheduler.claim_backlog``): two real nodes
+over libp2p share a 3,000-task workflow with a backlog of 64, never hold much more than that
+claimed and unfinished, and finish every task once, with the real default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2p.config import NodeConfig
+from p2p.node import Node
+from tests.conftest import DEFAULT_MODEL, make_node_config
+
+pytestmark = pytest.mark.timeout(600)
+
+N = 3_000
+BACKLOG = 64
+
+
+def _config(tmp: Path, cache: Path, name: str) -> NodeConfig:
+    raw = make_node_config(tmp / name, cache, name=name, network=True, inline_inputs_bytes=0,
+                           claim_backlog=BACKLOG).model_dump()
+    raw["network"]["heartbeat_s"] = 0.5
+    return NodeConfig.model_validate(raw)
+
+
+async def test_two_peers_work_through_a_lazy_workflow_a_backlog_at_a_time(tmp_path: Path, shared_cache_dir: Path) -> None:
+    inputs = [f"Document {i}: notes on item {i % 97} and topic {i % 13}." for i in range(N)]
+    async with Node.open(_config(tmp_path, shared_cache_dir, "a")) as a, Node.open(_config(tmp_path, shared_cache_dir, "b")) as b:
+        await b.connect(a.listen_addrs()[0])
+        with trio.fail_after(60):
+            while b.peer_id not in {r.heartbeat.peer_id for r in a.peers.records()} or \
+                    a.peer_id not in {r.heartbeat.peer_id for r in b.peers.records()}:
+                await trio.sleep(0.05)
+        wid = (await a.submit_inputs("lazy", {"model": DEFAULT_MODEL}, inputs))["workflow_id"]
+        wf = a.scheduler.state.workflows[wid]
+        # records only for what was claimed meanwhile (the submit waited for its fsync)
+        held = sum(1 for t in a.scheduler.state.tasks if t.startswith(wid))
+        assert wf.lazy and wf.virtual == N - held and held <= 2 * BACKLOG, held
+        most = 0
+        with trio.fail_after(400):
+            while a.workflow_summary(wid)["state"] != "completed":
+                most = max(most, a.scheduler.local_queue(), b.scheduler.local_queue())
+                await trio.sleep(0.02)
+        # paced: a peer looks at new tasks only below the backlog, about as many as it has room for
+        assert most <= 2 * BACKLOG, most
+        status = a.workflow_status(wid, include_results=True)
+        by = {}
+        for t in status["tasks"]:
+            assert t["state"] == "done" and t["result"]["embedding"], t
+            by[t["peer"]] = by.get(t["peer"], 0) + 1
+        assert set(by) == {a.peer_id, b.peer_id} and sum(by.values()) == N, by
+        with trio.fail_after(60):  # b agrees on every field
+            while b.clock_info()["hash"] != a.clock_info()["hash"]:
+                await trio.sleep(0.1)
+        assert b.workflow_status(wid, include_results=False) == a.workflow_status(wid, include_results=False)
+        # nothing ran twice: one counted result per task, and no task went past its first attempt
+        state = a.scheduler.state
+        assert state.workflows[wid].virtual == 0
+        assert all(len(state.tasks[t].valid_results) == 1 and state.tasks[t].attempt == 1 for t in state.workflows[wid].task_ids)
+        print(f"shares: {sorted(by.values())}, most held unfinished: {most}")
