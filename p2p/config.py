@@ -127,7 +127,9 @@ CONSENSUS_KEYS = (
 # assignment like a peer with other settings, and list_peers names this key.
 # 3: workflow.compact (docs/compaction.md): a peer of version 2 would keep counting ops that
 # version 3 peers ignore after a compaction, and report other states.
-OPS_VERSION = 3
+# 4: a submit may carry template + chunks (inputs in content-addressed blocks), defining up to
+# 1,000,000 tasks whose records the fold creates lazily: a version 3 peer refuses such submits.
+OPS_VERSION = 4
 
 # Headroom in a frame over the largest block: the reply's CBOR framing and the CID beside it.
 FRAME_OVERHEAD_BYTES = 4096

@@ -43,7 +43,9 @@ log = structlog.get_logger("p2p.scheduler")
 
 DECIDE_CHUNK = 1000  # tasks decided between two checkpoints of the event loop
 FEED_WINDOW = 512  # tasks without records of one lazy workflow decided per pass (``_feed``)
-FEED_SCAN = 8 * FEED_WINDOW  # indices looked at per lazy workflow per pass, at most
+# indices looked at per lazy workflow per pass, at most (a dict lookup each: after a restart the
+# tasks done before it are stepped over in a few passes, a few milliseconds each)
+FEED_SCAN = 65_536
 op_log = PeerLogLimiter(log)  # a peer's bad ops: once per author per minute, with a count
 
 

@@ -62,3 +62,27 @@ async def test_two_peers_work_through_a_lazy_workflow_a_backlog_at_a_time(tmp_pa
         assert state.workflows[wid].virtual == 0
         assert all(len(state.tasks[t].valid_results) == 1 and state.tasks[t].attempt == 1 for t in state.workflows[wid].task_ids)
         print(f"shares: {sorted(by.values())}, most held unfinished: {most}")
+
+
+async def test_a_restart_mid_workflow_goes_on_from_the_records(tmp_path: Path, shared_cache_dir: Path) -> None:
+    """Closed with part of a lazy workflow done, the node re-folds only the tasks ops were about,
+    steps over those done, and claims the rest as before."""
+    n = 2_000
+    cfg = make_node_config(tmp_path / "n", shared_cache_dir, inline_inputs_bytes=0, claim_backlog=32)
+    async with Node.open(cfg) as node:
+        wid = (await node.submit_inputs("restart", {"model": DEFAULT_MODEL}, [f"line {i} of a long file" for i in range(n)]))["workflow_id"]
+        with trio.fail_after(300):
+            while node.workflow_summary(wid)["completed"] < n // 4:
+                await trio.sleep(0.02)
+        before = node.workflow_summary(wid)
+    async with Node.open(cfg) as again:
+        state = again.scheduler.state
+        wf = state.workflows[wid]
+        held = sum(1 for t in state.tasks if t.startswith(wid))
+        assert wf.lazy and wf.virtual == n - held and held < n, held
+        assert again.workflow_summary(wid)["completed"] >= before["completed"]
+        with trio.fail_after(300):
+            await again.wait_for_workflow(wid, 300)
+        done = again.workflow_status(wid, include_results=True)
+        assert done["state"] == "completed" and all(t["result"]["embedding"] for t in done["tasks"])
+        assert wf.virtual == 0 and state.counts(wf) == state.recount(wf)
