@@ -30,7 +30,7 @@ from p2p.net.ratelog import PeerLogLimiter
 from p2p.peers.caps import PeerCaps
 from p2p.scheduler.heap import FibonacciHeap
 from p2p.scheduler.ops import MAX_ACCEPTS, TaskSpec, WorkflowTag, new_workflow_id
-from p2p.scheduler.policy import AssignmentPolicy, Claim, Drop, Expire, Forget, Own
+from p2p.scheduler.policy import AssignmentPolicy, Claim, Drop, Expire, Forget, Own, allowed
 from p2p.scheduler.results import pack_result
 from p2p.scheduler.replicas import split_index
 from p2p.scheduler.dropped import Dropped
@@ -408,12 +408,12 @@ class Scheduler:
 
     def _feed(self) -> list[str]:
         """Tasks of lazy workflows that no op is about yet, to be decided now: at most
-        ``FEED_WINDOW`` a workflow a pass (fewer when this peer's backlog is nearly full), in
-        index order from where the last pass stopped
-        (wrapping round to those left to others), and none while this peer already holds
-        ``claim_backlog`` tasks. A million-task workflow is thus claimed as it is worked
-        through, and a pass costs the window, not the workflow. Which tasks a peer claims is
-        still the rendezvous rule's; only when it looks is paced."""
+        ``FEED_WINDOW`` a pass over all of them (fewer when this peer's backlog is nearly full),
+        highest priority first, each in index order from where the last pass stopped (wrapping
+        round to those left to others); none of a workflow this peer may not run (model, tag),
+        and none while this peer already holds ``claim_backlog`` tasks. A million-task workflow
+        is thus claimed as it is worked through, and a pass costs the window, not the workflow.
+        Which tasks a peer claims is still the rendezvous rule's; only when it looks is paced."""
         if not self._feeding:
             return []
         # held: what we own, or claimed and have not seen folded yet (or lost: until it ends)
@@ -421,14 +421,23 @@ class Scheduler:
         room = self.config.claim_backlog - held
         if room <= 0:
             return []
-        # about ``room`` of them are ours when the live peers share them: look at that many each
-        window = min(FEED_WINDOW, room * max(1, len(self.peers.live_peers())))
+        # about ``room`` of them are ours when the live peers share them: look at that many
+        live = self.peers.live_peers()
+        mine = next((p for p in live if p.peer_id == self.me), None)
+        if mine is None:
+            return []
+        budget = min(FEED_WINDOW, room * max(1, len(live)))
         out: list[str] = []
-        for wid in list(self._feeding):
-            wf = self.state.workflows.get(wid)
+        wfs = self.state.workflows
+        # the highest priority first (then submit order), so its tasks take the room there is
+        for wid in sorted(self._feeding, key=lambda w: (wfs[w].priority, wfs[w].order) if w in wfs else (0, 0)):
+            wf = wfs.get(wid)
             if wf is None or not wf.virtual or wf.cancelled or self.state.is_compacted(wid):
                 del self._feeding[wid]
                 continue
+            first = self.state.task(wf.task_ids[0])
+            if budget <= 0 or first is None or not allowed(mine, first, wf):
+                continue  # (its tasks share one template: none of them is ours to run, for now)
             n, i, got = len(wf.task_ids), self._feeding[wid], 0
             for _ in range(min(n, FEED_SCAN)):
                 if i >= n:
@@ -438,8 +447,9 @@ class Scheduler:
                 if tid not in self._open and tid not in self.state.tasks:
                     out.append(tid)
                     got += 1
-                    if got >= window:
+                    if got >= budget:
                         break
+            budget -= got
             self._feeding[wid] = i
         return out
 
@@ -680,8 +690,16 @@ class Scheduler:
     # ------------------------------------------------------------------ views
 
     def open_task_ids(self) -> list[str]:
-        """Tasks not finished anywhere (queued, claimed or running), as last decided."""
-        return list(self._open)
+        """Tasks not finished anywhere (queued, claimed or running), as last decided; and for
+        each lazy workflow with tasks nobody has claimed yet, one of those (the feed looks at
+        them only when this peer may run them: auto-pull must still hear of their model)."""
+        out = list(self._open)
+        for wid in self._feeding:
+            wf = self.state.workflows.get(wid)
+            if wf is not None and wf.virtual:
+                i = self._feeding[wid] % len(wf.task_ids)
+                out.extend(t for t in (f"{wid}/{i}", f"{wid}/{(i + 1) % len(wf.task_ids)}") if t not in self.state.tasks)
+        return out
 
     def local_queue(self) -> int:
         """Tasks this peer owns and has not finished (queued here or running)."""
