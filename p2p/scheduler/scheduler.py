@@ -694,11 +694,16 @@ class Scheduler:
         each lazy workflow with tasks nobody has claimed yet, one of those (the feed looks at
         them only when this peer may run them: auto-pull must still hear of their model)."""
         out = list(self._open)
-        for wid in self._feeding:
+        for wid, start in self._feeding.items():
             wf = self.state.workflows.get(wid)
-            if wf is not None and wf.virtual:
-                i = self._feeding[wid] % len(wf.task_ids)
-                out.extend(t for t in (f"{wid}/{i}", f"{wid}/{(i + 1) % len(wf.task_ids)}") if t not in self.state.tasks)
+            if wf is None or not wf.virtual:
+                continue
+            n = len(wf.task_ids)
+            for k in range(min(n, FEED_SCAN)):
+                tid = f"{wid}/{(start + k) % n}"
+                if tid not in self.state.tasks:
+                    out.append(tid)
+                    break
         return out
 
     def local_queue(self) -> int:

@@ -86,3 +86,47 @@ async def test_a_restart_mid_workflow_goes_on_from_the_records(tmp_path: Path, s
         done = again.workflow_status(wid, include_results=True)
         assert done["state"] == "completed" and all(t["result"]["embedding"] for t in done["tasks"])
         assert wf.virtual == 0 and state.counts(wf) == state.recount(wf)
+
+
+def _sched(tmp: Path, name: str, models: frozenset[str], **config: object) -> object:
+    from p2p.clock import MerkleClock
+    from p2p.config import SchedulerConfig
+    from p2p.identity import Identity
+    from p2p.peers import PeerTable
+    from p2p.scheduler.scheduler import PeerCaps, Scheduler
+
+    ident = Identity.generate()
+    clock = MerkleClock.open(tmp / f"{name}.sqlite", ident)
+    me = PeerCaps(ident.peer_id_str, 1.0, models)
+    cfg = SchedulerConfig(**config)  # type: ignore[arg-type]
+    return Scheduler(clock, engine=None, peers=PeerTable(lambda: me, lease_s=cfg.lease_s), config=cfg)  # type: ignore[arg-type]
+
+
+def test_the_feed_is_paced_by_the_backlog_and_skips_what_this_peer_cannot_run(tmp_path: Path) -> None:
+    """Driven step by step (real clocks, no engine): a peer serving the model claims about its
+    backlog's worth a pass and no more until it works some off; one that does not serve it
+    looks at none of the tasks, so a million of them never fill its open set."""
+    from p2p.content.inputs import chunk_block, pack_inputs
+    from p2p.scheduler.ops import TaskSpec, WorkflowTag
+
+    n = 1_000_000
+    a = _sched(tmp_path, "a", frozenset(["m"]), claim_backlog=100)
+    other = _sched(tmp_path, "other", frozenset(["another-model"]), claim_backlog=100)
+    chunks = [(a.clock.put_block(chunk_block(g), durable=False), len(g))  # type: ignore[attr-defined]
+              for g in pack_inputs([f"in {i}" for i in range(n)])]
+    wid = a.submit_chunks("m1", TaskSpec(model="m", input="-"), chunks, 5, WorkflowTag.P2P_ELIGIBLE)  # type: ignore[attr-defined]
+    other.ingest(other.clock.update(a.clock))  # type: ignore[attr-defined]
+    for s in (a, other):
+        wf = s.state.workflows[wid]  # type: ignore[attr-defined]
+        assert wf.lazy and wf.virtual == n and len(s.state.tasks) == 0  # type: ignore[attr-defined]
+    for _ in range(3):  # three passes: it claims its backlog's worth, then waits for room
+        a.decide(a._feed())  # type: ignore[attr-defined]
+        a.flush()  # type: ignore[attr-defined]
+        a.decide(list(a._dirty))  # type: ignore[attr-defined]
+    assert 100 <= a.local_queue() <= 200 and len(a.state.tasks) == a.local_queue(), a.local_queue()  # type: ignore[attr-defined]
+    assert a.state.workflows[wid].virtual == n - a.local_queue()  # type: ignore[attr-defined]
+    other.ingest(other.clock.update(a.clock))  # type: ignore[attr-defined]
+    for _ in range(3):
+        assert other._feed() == []  # type: ignore[attr-defined]
+    assert not other._open  # type: ignore[attr-defined]
+    assert other.open_task_ids()  # auto-pull still hears of the workflow's model
