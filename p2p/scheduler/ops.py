@@ -15,7 +15,7 @@ import secrets
 from typing import Annotated, Any, Literal, Union
 
 from multiformats import CID
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, field_validator, model_validator
 
 MAX_PRIORITY = 10
 MIN_PRIORITY = 1
@@ -104,6 +104,14 @@ class TaskSpec(TaskTemplate):
 
 Input = Annotated[str, Field(min_length=1, max_length=MAX_INPUT_CHARS)]
 
+def _a_cid(v: Any) -> Any:
+    if not isinstance(v, CID):
+        raise ValueError("must be a CID")
+    return v
+
+
+CidValue = Annotated[Any, AfterValidator(_a_cid)]  # a link (DAG-CBOR tag 42) in an op
+
 # Inputs in content-addressed chunks (issue 12 item 1): at most this many inputs per chunk
 # block (``p2p.content.inputs`` packs them), so a worker fetches a bounded block for a task
 MAX_CHUNK_INPUTS = 8_192
@@ -116,15 +124,8 @@ class InputChunk(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
-    cid: Any
+    cid: CidValue
     count: int = Field(ge=1, le=MAX_CHUNK_INPUTS)
-
-    @field_validator("cid")
-    @classmethod
-    def _a_cid(cls, v: Any) -> Any:
-        if not isinstance(v, CID):
-            raise ValueError("an input chunk's cid must be a CID")
-        return v
 
 
 class SubmitOp(_Op):
@@ -349,14 +350,7 @@ class CompactOp(_Op):
 
     op: Literal["workflow.compact"]
     workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
-    snapshot: Any
-
-    @field_validator("snapshot")
-    @classmethod
-    def _a_cid(cls, v: Any) -> Any:
-        if not isinstance(v, CID):
-            raise ValueError("snapshot must be a CID")
-        return v
+    snapshot: CidValue
 
 
 Op = Annotated[
