@@ -796,6 +796,9 @@ class WorkflowState:
     # cancelled with its workflow. So a million-task submit costs the fold a few hundred bytes.
     lazy: bool = False
     virtual: int = 0
+    # ids of the records a lazy submit's tasks got (in ``tasks``, ``undefined`` or the full
+    # records of a frozen view): what a rebuild or a cancel visits, never the whole range
+    made: set[str] = field(default_factory=set, repr=False)
 
     @property
     def slots(self) -> int:
@@ -1516,7 +1519,12 @@ def _materialize(state: State, wf: WorkflowState, task_id: str, into: dict[str, 
         wf.virtual -= 1
     else:  # defined only by a non-defining duplicate submit (a faulty submitter)
         state.undefined[task_id] = task
+    wf.made.add(task_id)
     return task
+
+
+def _index(task_id: str) -> int:
+    return int(task_id.rpartition("/")[2])
 
 
 def _made_ids(state: State, wf: WorkflowState, records: dict[str, TaskState] | None = None) -> list[str]:
@@ -1524,9 +1532,7 @@ def _made_ids(state: State, wf: WorkflowState, records: dict[str, TaskState] | N
     records = state.tasks if records is None else records
     if not wf.lazy:
         return list(wf.task_ids)
-    if not wf.virtual:
-        return list(wf.task_ids)
-    return [t for t in wf.task_ids if t in records]
+    return sorted((t for t in wf.made if t in records), key=_index)
 
 
 def _control_refusal(state: State, wf: WorkflowState, op: Any, author: str, where: Where) -> str | None:
@@ -1684,7 +1690,7 @@ def _freeze(state: State, wf: WorkflowState, touched: set[str]) -> None:
         workflow_id=wid, name=wf.name, tag=wf.tag, submitter=wf.submitter, created_at=wf.created_at,
         task_ids=wf.task_ids, order=wf.order, priority=wf.priority, priority_stamp=wf.priority_stamp,
         submit_stamp=wf.submit_stamp, submits=wf.submits, replicas=wf.replicas, cache=wf.cache,
-        heard_from=wf.heard_from, compacts=wf.compacts, compacted=winner, lazy=wf.lazy, virtual=wf.virtual,
+        heard_from=wf.heard_from, compacts=wf.compacts, compacted=winner, lazy=wf.lazy, virtual=wf.virtual, made=wf.made,
         cancel_records=[c for c in wf.cancel_records if c.before(cut)],
         reprio_records=[r for r in wf.reprio_records if r[0].before(cut)],
     )
@@ -1942,14 +1948,25 @@ def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
         wf.priority, wf.priority_stamp = first.op.priority, first.stamp
     wf.lazy = first.op.lazy
     wf.task_ids = TaskIds(wid, first.op.count) if wf.lazy else [task_id_for(wid, i) for i in range(first.op.count)]
-    wf.virtual = 0
-    for i in range(n_all):
+    visit: Iterable[int] = range(n_all)
+    if any(r.op.lazy for r in wf.submits):
+        # a lazy range costs the records it has, not its length (a duplicate submit of a
+        # million tasks is a few bytes: visiting every index would cost every peer seconds)
+        wanted = {_index(t) for t in wf.made}
+        for r in wf.submits:
+            if not r.op.lazy:  # an eager submit's tasks all have records (at most MAX_TASKS)
+                wanted.update(range(r.op.count * slots_for(r.op.replicas)))
+        visit = sorted(i for i in wanted if i < n_all)
+    made: set[str] = set()
+    held = 0  # defined tasks with a record
+    for i in visit:
         tid = task_id_for(wid, i)
         task = state.tasks.pop(tid, None) or state.undefined.pop(tid, None)
         rec = next(r for r in wf.submits if i < r.op.count * slots_for(r.op.replicas))
         if task is None and rec.op.lazy:  # no record until an op is about it
-            wf.virtual += i < n_def
             continue
+        made.add(tid)
+        held += i < n_def
         logical, slot = split_index(i, rec.op.count)
         spec = _spec(rec.op, logical)
         if task is None:
@@ -1959,6 +1976,8 @@ def _redefine(state: State, wf: WorkflowState, touched: set[str]) -> None:
         task.replicated = wf.replicas > 1
         task.changed()
         (state.tasks if i < n_def else state.undefined)[tid] = task
+    wf.made = made
+    wf.virtual = n_def - held if wf.lazy else 0
     new_ids = wf.physical_ids() if wf.replicas > 1 else _made_ids(state, wf)
     for tid in set(old_ids) | set(new_ids):  # the caches are rebuilt for the definition
         state._status.pop(tid, None)

@@ -290,3 +290,42 @@ async def test_a_peer_runs_a_chunked_workflow_fetching_only_the_chunks_it_needs(
         assert [r["input"] for r in rows["r"]] == [t["input"] for t in tasks]
         for x, y in zip(rows["r"], rows["l"]):
             assert max(abs(p - q) for p, q in zip(x["output"]["embedding"], y["output"]["embedding"])) < 1e-4
+
+
+def test_duplicate_submits_of_a_lazy_workflow_cost_their_records_not_their_range() -> None:
+    """A faulty submitter's second submit under a lazy workflow's id rebuilds the workflow from
+    the records it has (a duplicate of a million tasks is a few bytes; visiting every index on
+    every peer was a denial of service): the answers are the eager fold's, and no record is
+    made for a task no op is about."""
+    from unittest import mock
+
+    big = [{"cid": block_cid(codec.encode(chunk_block(["x"]))), "count": MAX_CHUNK_INPUTS}] * (MAX_LAZY_TASKS // MAX_CHUNK_INPUTS)
+    n = MAX_CHUNK_INPUTS * len(big)
+    wid = submitter_prefix("A") + "4" * 16
+    first = _op(template={"model": "m"}, chunks=big) | {"workflow_id": wid}
+    claim = {"op": "task.claim", "task_id": f"{wid}/{n - 1}", "attempt": 1, "capacity": 1.0}
+    advert = {"op": "peer.advertise", "capacity": 1.0, "models": ["m"]}
+    dups = [_op(template={"model": "m"}, chunks=big[:-1]) | {"workflow_id": wid, "name": f"d{k}"} for k in range(20)]
+    eager = _op(tasks=[{"model": "m", "input": "e"}] * 3) | {"workflow_id": wid, "name": "eager"}
+    state = State()
+    apply_event(state, b"e1", "A", 0, [first], parents=[], seq=1)
+    apply_event(state, b"e2", "B", 1, [advert, claim], parents=[b"e1"], seq=1)
+    apply_event(state, b"e3", "A", 2, [*dups, eager], parents=[b"e2"], seq=2)
+    wf = state.workflows[wid]
+    assert wf.lazy and len(wf.task_ids) == n and not state.rejected
+    assert set(state.tasks) == {f"{wid}/{n - 1}"} and wf.virtual == n - 1  # the claimed task alone
+    assert sorted(state.undefined) == [] and len(wf.made) == 1
+    counts = state.counts(wf)
+    assert (counts[TaskStatus.QUEUED], counts[TaskStatus.CLAIMED]) == (n - 1, 1)
+    # the same events folded eagerly: the same answers (a small one, so that it fits)
+    small = [{"cid": big[0]["cid"], "count": 3}]
+    for lazy in (True, False):
+        with mock.patch.object(SubmitOp, "lazy", property(lambda self: lazy and self.chunks is not None)):
+            s2 = State()
+            apply_event(s2, b"e1", "A", 0, [first | {"chunks": small * 2}], parents=[], seq=1)
+            apply_event(s2, b"e2", "B", 1, [advert, claim | {"task_id": f"{wid}/5"}], parents=[b"e1"], seq=1)
+            apply_event(s2, b"e3", "A", 2, [*(d | {"chunks": small} for d in dups), eager], parents=[b"e2"], seq=2)
+            if lazy:
+                got = s2.snapshot()
+            else:
+                assert s2.snapshot() == got
