@@ -216,11 +216,13 @@ class PageReader:
     chunks, else fetched from peers)."""
 
     def __init__(self, get_state: Callable[[], State], workflow_id: str, load_blocks: BlocksLoader,
-                 inputs: Any = None) -> None:
+                 inputs: Any = None, *, with_inputs: bool = True) -> None:
         self.get_state = get_state
         self.workflow_id = workflow_id
         self.pages = SnapshotPages(lambda raw: load_blocks([raw]).get(raw), keep=2)
         self.inputs = inputs
+        # False: the caller reads results only (an index, an .npy): chunked inputs stay unread
+        self.with_inputs = with_inputs
 
     async def rows(self, offset: int, limit: int) -> list[ExportRow]:
         state = self.get_state()
@@ -236,14 +238,17 @@ class PageReader:
                                 f"nothing was written") from None
             out = record_rows(records, offset)
         for row in out:
-            if row.ref is not None:
-                if self.inputs is None:
-                    raise NodeError(f"workflow {self.workflow_id} keeps its inputs in chunks, which this reader cannot fetch")
-                try:
-                    row.input = await self.inputs.input_of(row.ref, wf.submitter)
-                except NodeError as exc:
-                    raise NodeError(f"task {row.task_id}: its input cannot be read: {exc}; nothing was written") from None
-                row.ref = None
+            if row.ref is None or not self.with_inputs:
+                continue
+            if self.inputs is None:
+                raise NodeError(f"workflow {self.workflow_id} keeps its inputs in chunks, which this reader cannot fetch")
+            try:
+                row.input = await self.inputs.input_of(row.ref, wf.submitter)
+            except NodeError as exc:
+                if not getattr(exc, "permanent", False):  # unreachable now: try again later
+                    raise NodeError(f"task {row.task_id}: its input cannot be read now: {exc}; nothing was written") from None
+                row.input = ""  # the submitter's chunk lacks it (its task failed for that, on every peer)
+            row.ref = None
         return out
 
 
@@ -545,7 +550,7 @@ async def export_results(
         need_pyarrow()
     await trio.to_thread.run_sync(check_target, target, overwrite, protected)
     total = len(wf.task_ids)
-    reader = PageReader(get_state, workflow_id, load_blocks, inputs)
+    reader = PageReader(get_state, workflow_id, load_blocks, inputs, with_inputs=name != "npy")  # .npy: vectors only
     dim = await _first_dim(reader, total, load_blocks, page, partial) if name == "npy" else 0
 
     def open_writer() -> tuple[_Target, RowWriter]:

@@ -263,7 +263,7 @@ async def build_index(get_state: Callable[[], State], workflow_id: str, model: s
     where: list[int] = []
     dim: int | None = None
     missing = 0
-    reader = PageReader(get_state, workflow_id, load_blocks)
+    reader = PageReader(get_state, workflow_id, load_blocks, with_inputs=False)  # vectors only
     for offset in range(0, total, page):
         rows = await reader.rows(offset, page)
         got, at, dim, left = await trio.to_thread.run_sync(_page_vectors, rows, load_blocks, partial, dim)

@@ -242,6 +242,12 @@ async def test_a_chunked_workflow_runs_exports_and_compacts_like_an_inline_one(t
         first = [json.loads(line) for line in (out / "i.jsonl").read_text().splitlines()]
         assert [r["output"] for r in first] == [r["output"] for r in rows[:3]]  # same inputs, same outputs
 
+        # search reads vectors for its index and the hits' inputs from the chunks
+        from p2p.search import SearchIndexes, search_workflow
+
+        hits = await search_workflow(node, SearchIndexes(tmp_path / "search"), chunked, "a cat on a mat", k=3)
+        assert hits["vectors"] == 40 and {h["input"] for h in hits["results"]} <= {t["input"] for t in tasks}
+
         # compacted and dropped, it answers alike: the snapshot names the chunks, not the inputs
         node.compactor.retention_s = 0
         for _ in range(2):
