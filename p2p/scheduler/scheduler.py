@@ -145,6 +145,11 @@ class Scheduler:
         # lazy workflows with tasks no op is about yet (``WorkflowState.lazy``) -> the index the
         # next look at them starts from (``_feed``)
         self._feeding: dict[str, int] = {}
+        # lazy workflows this peer may not run (model, content id, tag) -> where the feed was:
+        # set aside until capabilities change (``peers_changed``), so a pass never visits them
+        self._parked: dict[str, int] = {}
+        # tasks whose chunked input no peer served: (first try, next try) by the policy's clock
+        self._input_backoff: dict[str, tuple[float, float]] = {}
         self._pending: list[dict[str, Any]] = []
         self._wake_decide = trio.Event()
         self._wake_flush = trio.Event()
@@ -199,7 +204,7 @@ class Scheduler:
             if key.startswith("wf:"):
                 self._requeue_workflow(key[3:])
                 wf = self.state.workflows.get(key[3:])
-                if wf is not None and wf.virtual:
+                if wf is not None and wf.virtual and wf.workflow_id not in self._parked:
                     self._feeding.setdefault(wf.workflow_id, 0)
         return {t for t in touched if not t.startswith("wf:")}
 
@@ -241,8 +246,11 @@ class Scheduler:
                 self._heap.update_key(handle, key)
 
     def peers_changed(self) -> None:
-        """Liveness or capabilities changed: every open task is re-decided."""
+        """Liveness or capabilities changed: every open task is re-decided, and lazy workflows
+        set aside as not ours to run are looked at again."""
         self._dirty |= self._open
+        self._feeding.update(self._parked)
+        self._parked.clear()
         self._wake_decide.set()
 
     # --------------------------------------------------------------- commands
@@ -435,9 +443,12 @@ class Scheduler:
             if wf is None or not wf.virtual or wf.cancelled or self.state.is_compacted(wid):
                 del self._feeding[wid]
                 continue
+            if budget <= 0:
+                continue
             first = self.state.task(wf.task_ids[0])
-            if budget <= 0 or first is None or not allowed(mine, first, wf):
-                continue  # (its tasks share one template: none of them is ours to run, for now)
+            if first is None or not allowed(mine, first, wf):  # one template: none is ours, for now
+                self._parked[wid] = self._feeding.pop(wid)
+                continue
             n, i, got = len(wf.task_ids), self._feeding[wid], 0
             for _ in range(min(n, FEED_SCAN)):
                 if i >= n:
@@ -470,6 +481,7 @@ class Scheduler:
                 if wf.submitter == self.me and status is TaskStatus.DONE and self._sealable(task, wf):
                     self._seal(task, wf, seals)
                 self._open.discard(tid)
+                self._input_backoff.pop(tid, None)
                 self._claiming.pop(tid, None)
                 self._finished.pop(tid, None)
                 self._drop_local(tid, even_if_running=False)
@@ -569,6 +581,9 @@ class Scheduler:
                 self._heap.update_key(handle, key)
             return
         self._owned[tid] = attempt
+        wait = self._input_backoff.get(tid)
+        if wait is not None and self.policy.now() < wait[1]:
+            return  # its input was unreachable: owned, not queued until the backoff ends
         if tid not in self._handles:
             self._handles[tid] = self._heap.push(key, tid)
             self._queued_by_wf.setdefault(task.workflow_id, set()).add(tid)
@@ -610,6 +625,19 @@ class Scheduler:
             slots.release()
             return
         spec = task.spec
+        unreadable: Exception | None = None
+        if spec.ref is not None:  # a chunked submit: its input is fetched now, if not held
+            try:
+                if self.inputs is None:
+                    raise NodeError("this node cannot read chunked inputs")
+                spec = dataclasses.replace(spec, input=await self.inputs.input_of(spec.ref, task.submitter))
+                self._input_backoff.pop(tid, None)
+            except Exception as exc:  # noqa: BLE001 - becomes the task's outcome, unless it waits
+                if self._wait_for_input(tid, exc):
+                    self._running.discard(tid)  # still ours; queued again after a backoff (``_own``)
+                    slots.release()
+                    return
+                unreadable = exc
         self._record({"op": "task.start", "task_id": tid, "attempt": attempt})
         wf = self.state.workflows.get(task.workflow_id)
         # the result cache (read and written), unless the workflow opted out
@@ -619,10 +647,8 @@ class Scheduler:
         # sealed wrong vector, answered from the cache by an honest peer, agreed with its own)
         lookup = cache is not None and wf is not None and wf.replicas == 1
         try:
-            if spec.ref is not None:  # a chunked submit: the input is fetched now, if not held
-                if self.inputs is None:
-                    raise NodeError("this node cannot read chunked inputs")
-                spec = dataclasses.replace(spec, input=await self.inputs.input_of(spec.ref, task.submitter))
+            if unreadable is not None:
+                raise unreadable
             key = None
             if cache is not None:
                 try:
@@ -674,6 +700,23 @@ class Scheduler:
             self._finished[tid] = attempt  # until its outcome is folded, it must not queue again
             slots.release()
 
+    def _wait_for_input(self, tid: str, exc: Exception) -> bool:
+        """Whether a task whose chunked input no peer served now waits and tries again (True),
+        instead of failing the attempt: the submitter may be asleep or briefly unreachable, and
+        a failed attempt per try would fail a whole backlog in milliseconds. It waits a lease
+        between tries, for up to half of ``task_timeout_s``; a chunk that lacks the input
+        (``permanent``) fails at once."""
+        if getattr(exc, "permanent", False):
+            return False
+        now = self.policy.now()
+        first = self._input_backoff.get(tid, (now, now))[0]
+        if now - first >= self.config.task_timeout_s / 2:
+            self._input_backoff.pop(tid, None)
+            return False
+        self._input_backoff[tid] = (first, now + self.config.lease_s)
+        log.info("a task's input is not reachable now; it waits", task_id=tid, error=str(exc))
+        return True
+
     def _done_op(self, tid: str, attempt: int, result: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
         op: dict[str, Any] = {"op": "task.done", "task_id": tid, "attempt": attempt, "stats": stats}
         task = self.state.tasks.get(tid)
@@ -694,7 +737,7 @@ class Scheduler:
         each lazy workflow with tasks nobody has claimed yet, one of those (the feed looks at
         them only when this peer may run them: auto-pull must still hear of their model)."""
         out = list(self._open)
-        for wid, start in self._feeding.items():
+        for wid, start in [*self._feeding.items(), *self._parked.items()]:
             wf = self.state.workflows.get(wid)
             if wf is None or not wf.virtual:
                 continue

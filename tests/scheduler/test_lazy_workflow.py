@@ -88,7 +88,7 @@ async def test_a_restart_mid_workflow_goes_on_from_the_records(tmp_path: Path, s
         assert wf.virtual == 0 and state.counts(wf) == state.recount(wf)
 
 
-def _sched(tmp: Path, name: str, models: frozenset[str], **config: object) -> object:
+def _sched(tmp: Path, name: str, models: frozenset[str], now: object = None, **config: object) -> object:
     from p2p.clock import MerkleClock
     from p2p.config import SchedulerConfig
     from p2p.identity import Identity
@@ -99,7 +99,8 @@ def _sched(tmp: Path, name: str, models: frozenset[str], **config: object) -> ob
     clock = MerkleClock.open(tmp / f"{name}.sqlite", ident)
     me = PeerCaps(ident.peer_id_str, 1.0, models)
     cfg = SchedulerConfig(**config)  # type: ignore[arg-type]
-    return Scheduler(clock, engine=None, peers=PeerTable(lambda: me, lease_s=cfg.lease_s), config=cfg)  # type: ignore[arg-type]
+    extra = {} if now is None else {"now": now}
+    return Scheduler(clock, engine=None, peers=PeerTable(lambda: me, lease_s=cfg.lease_s), config=cfg, **extra)  # type: ignore[arg-type]
 
 
 def test_the_feed_is_paced_by_the_backlog_and_skips_what_this_peer_cannot_run(tmp_path: Path) -> None:
@@ -130,3 +131,48 @@ def test_the_feed_is_paced_by_the_backlog_and_skips_what_this_peer_cannot_run(tm
         assert other._feed() == []  # type: ignore[attr-defined]
     assert not other._open  # type: ignore[attr-defined]
     assert other.open_task_ids()  # auto-pull still hears of the workflow's model
+
+
+async def test_a_task_whose_input_is_unreachable_waits_instead_of_spending_attempts(tmp_path: Path) -> None:
+    """The submitter went offline after submitting (laptops sleep): a worker that cannot fetch
+    a chunk keeps its claim and tries again a lease later, spending no attempt, for up to half
+    of task_timeout_s (injected time); then the attempt fails, retryably, saying why."""
+    from p2p.content.inputs import InputChunks, chunk_block, pack_inputs
+    from p2p.replication import BlockServer
+    from p2p.replication.dagservice import LocalDAGService
+    from p2p.scheduler.ops import TaskSpec, WorkflowTag
+    from p2p.scheduler.state import TaskStatus
+
+    clock = [1000.0]
+    a = _sched(tmp_path, "a", frozenset(["m"]))
+    b = _sched(tmp_path, "b", frozenset(["m"]), now=lambda: clock[0], task_timeout_s=60.0, lease_s=5.0)
+    dag = LocalDAGService({a.me: BlockServer(a.clock, lambda: [], max_blocks_per_request=64, max_frame_bytes=4 << 20)})  # type: ignore[attr-defined]
+    dag.down.add(a.me)  # type: ignore[attr-defined]
+    b.inputs = InputChunks(b.clock, dag, lambda: [], timeout_s=1)  # type: ignore[attr-defined]
+    chunks = [(a.clock.put_block(chunk_block(g), durable=False), len(g)) for g in pack_inputs([f"in {i}" for i in range(3)])]  # type: ignore[attr-defined]
+    wid = a.submit_chunks("w", TaskSpec(model="m", input="-"), chunks, 5, WorkflowTag.P2P_ONLY)  # type: ignore[attr-defined]
+    b.ingest(b.clock.update(a.clock))  # type: ignore[attr-defined]
+    tid = f"{wid}/0"
+    b.decide(b._feed())  # type: ignore[attr-defined]
+    b.flush()  # type: ignore[attr-defined]
+    b.decide([tid])  # type: ignore[attr-defined]
+    assert b._owned.get(tid) == 1 and tid in b._handles  # type: ignore[attr-defined]
+    tries = 0
+    while True:
+        b._heap.remove(b._handles.pop(tid))  # type: ignore[attr-defined]  (what the work loop does)
+        b._running.add(tid)  # type: ignore[attr-defined]
+        await b._execute(tid, 1, trio.Semaphore(0))  # type: ignore[attr-defined]
+        b.flush()  # type: ignore[attr-defined]
+        task = b.state.tasks[tid]  # type: ignore[attr-defined]
+        tries += 1
+        if task.fails:
+            break
+        assert b.state.task_status(task) is TaskStatus.CLAIMED and task.attempt == 1 and not task.started  # type: ignore[attr-defined]
+        b.decide([tid])  # type: ignore[attr-defined]
+        assert tid not in b._handles and b._owned.get(tid) == 1  # type: ignore[attr-defined]  (waiting out the backoff)
+        clock[0] += 5.0  # a lease later
+        b.decide([tid])  # type: ignore[attr-defined]
+        assert tid in b._handles  # type: ignore[attr-defined]  (queued again)
+    assert tries == 7  # 30 s of waiting, a try every 5 s, then the attempt fails
+    (fail,) = task.fails.values()
+    assert fail.retryable and "served by none of the peers asked" in fail.error
