@@ -36,7 +36,7 @@ class SchedulerConfig(BaseModel):
     max_tasks_per_workflow: int = Field(
         1_000_000, ge=1, le=1_000_000, description="tasks one workflow may hold; beyond what one clock block holds "
                                                    "they must share one model, task and params (inputs then go into chunks)")
-    max_input_chars: int = Field(20_000, ge=1)
+    max_input_chars: int = Field(20_000, ge=1, le=100_000)  # an op's inputs hold at most 100,000 (ops.MAX_INPUT_CHARS)
     inline_inputs_bytes: int = Field(
         65_536, ge=0, description="a submit whose inputs (one template) are larger than this puts them in content-addressed "
                                   "chunks that only the peers running its tasks fetch, instead of in the gossiped event")

@@ -455,6 +455,9 @@ class Node:
             self._check_replicas([spec], replicas, wtag)
         if len(inputs) > 1 and self._chunked(inputs):
             return await self._submit_chunked(name, spec, inputs, priority, wtag, replicas, cache)
+        if len(inputs) > MAX_TASKS:
+            raise NodeError(f"{len(inputs)} inputs inline are over the {MAX_TASKS} one submit may hold; lower "
+                            f"scheduler.inline_inputs_bytes so that they go into chunks")
         specs = [spec.model_copy(update={"input": text}) for text in inputs]
         wid = self.scheduler.submit(name, specs, priority, wtag, replicas=replicas, cache=cache)
         await self.scheduler.durable()
