@@ -17,6 +17,7 @@ thread while tasks resolve on the event loop).
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +35,7 @@ log = structlog.get_logger("p2p.inputs")
 CHUNK_BYTES = 256 << 10  # a chunk's inputs, encoded: small enough that a worker's fetch is cheap
 CHUNKS_KEPT = 16  # decoded chunks kept (16 x 256 KiB of text at most)
 FETCH_TIMEOUT_S = 30.0
+FAILED_MEMORY_S = 5.0  # a chunk no peer served is not asked for again this soon (its tasks wait)
 
 
 class InputUnavailableError(NodeError):
@@ -105,6 +107,7 @@ class InputChunks:
         self._lru: OrderedDict[bytes, list[str]] = OrderedDict()
         self._lock = threading.Lock()
         self._fetching: dict[bytes, trio.Event] = {}
+        self._failed: dict[bytes, tuple[float, InputUnavailableError]] = {}  # recent fetches no peer served
         self.fetched = 0  # chunks fetched from peers
         self.refused = 0  # blocks from peers that failed their CID or were not chunks
 
@@ -154,15 +157,30 @@ class InputChunks:
 
     async def _fetch(self, cid: Any, submitter: str) -> list[str]:
         key = cid_raw(cid)
-        while key in self._fetching:  # one fetch per chunk: the others wait for it
-            await self._fetching[key].wait()
+        while True:
+            failed = self._failed.get(key)
+            if failed is not None and time.monotonic() - failed[0] < FAILED_MEMORY_S:
+                raise failed[1]  # the fetch just failed: the tasks waiting on it share the answer
+            if key not in self._fetching:
+                break
+            await self._fetching[key].wait()  # one fetch per chunk: the others wait for it
             with self._lock:
                 hit = self._lru.get(key)
+            if hit is None and self.clock.has(cid):  # fetched, stored, and evicted since
+                hit = await trio.to_thread.run_sync(self.local, cid)
             if hit is not None:
                 return hit
         done = self._fetching[key] = trio.Event()
         try:
-            return await self._fetch_from_peers(cid, key, submitter)
+            got = await self._fetch_from_peers(cid, key, submitter)
+            self._failed.pop(key, None)
+            return got
+        except InputUnavailableError as exc:
+            now = time.monotonic()
+            for k in [k for k, (t, _) in self._failed.items() if now - t >= FAILED_MEMORY_S]:
+                del self._failed[k]
+            self._failed[key] = (now, exc)
+            raise
         finally:
             del self._fetching[key]
             done.set()

@@ -335,3 +335,40 @@ def test_duplicate_submits_of_a_lazy_workflow_cost_their_records_not_their_range
                 got = s2.snapshot()
             else:
                 assert s2.snapshot() == got
+
+
+async def test_tasks_waiting_on_a_fetch_no_peer_serves_share_its_failure(tmp_path: Path) -> None:
+    """Fifty tasks of one chunk whose only holder is unreachable: one fetch, one answer for
+    all (each waiting on a timeout in turn held the executor's slots for minutes)."""
+    dag = LocalDAGService({})
+    a, b = _Peer(tmp_path, "a", dag), _Peer(tmp_path, "b", dag)
+    cid = a.clock.put_block(chunk_block([f"input {i}" for i in range(50)]))
+    dag.down.add(a.id)
+    asked = []
+    real = dag.get_blocks
+
+    async def counting(peer: str, cids: list[bytes], ancestors: int = 0) -> Any:
+        asked.append(peer)
+        await trio.sleep(0.05)
+        return await real(peer, cids, ancestors)
+
+    dag.get_blocks = counting  # type: ignore[method-assign]
+    failed = []
+
+    async def one(i: int) -> None:
+        try:
+            await b.inputs.input_of((cid, i), a.id)
+        except InputUnavailableError:
+            failed.append(i)
+
+    try:
+        async with trio.open_nursery() as n:
+            for i in range(50):
+                n.start_soon(one, i)
+        assert sorted(failed) == list(range(50)) and asked == [a.id]
+        dag.down.discard(a.id)  # back: after the short memory of the failure, it is fetched
+        b.inputs._failed.clear()
+        assert await b.inputs.input_of((cid, 7), a.id) == "input 7"
+    finally:
+        a.clock.close()
+        b.clock.close()
