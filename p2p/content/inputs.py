@@ -39,7 +39,10 @@ FAILED_MEMORY_S = 5.0  # a chunk no peer served is not asked for again this soon
 
 
 class InputUnavailableError(NodeError):
-    """No peer served a chunk a task needs (the submitter is away and nobody else holds it)."""
+    """No peer served a chunk a task needs (the submitter is away and nobody else holds it):
+    the task may wait and try again (the scheduler reads ``retry_later``)."""
+
+    retry_later = True
 
 
 class BadChunkError(NodeError):

@@ -373,15 +373,19 @@ class Scheduler:
     async def _decide_loop(self) -> None:
         tick = max(0.05, self.config.lease_s / 4)
         ticks = 0
+        next_tick = trio.current_time() + tick
         while True:
-            with trio.move_on_after(tick) as timer:
+            with trio.move_on_at(next_tick):
                 await self._wake_decide.wait()
             self._wake_decide = trio.Event()
-            if timer.cancelled_caught:
+            if trio.current_time() >= next_tick:  # by the clock: a stream of wake-ups must not hold it off
                 ticks += 1
+                next_tick = trio.current_time() + tick
                 # decisions that time alone changes: fallback claims and timeouts every tick, and
                 # once a lease everything open (owners never heard of, whose grace just ended)
                 self._dirty |= self._open if ticks % 4 == 0 else self.policy.timed() & self._open
+                now = self.policy.now()  # tasks whose unreachable input is due to be tried again
+                self._dirty.update(t for t, (_, again) in self._input_backoff.items() if again <= now)
             dirty, self._dirty = list(self._dirty), set()
             dirty += self._feed()
             for i in range(0, len(dirty), DECIDE_CHUNK):
@@ -597,6 +601,7 @@ class Scheduler:
         return any(o.peer == self.me and o.attempt == attempt for o in task.results.values())
 
     def _drop_local(self, tid: str, *, even_if_running: bool) -> None:
+        self._input_backoff.pop(tid, None)  # a later attempt of ours starts its wait afresh
         handle = self._handles.pop(tid, None)
         if handle is not None:
             self._heap.remove(handle)
@@ -634,8 +639,15 @@ class Scheduler:
                 self._input_backoff.pop(tid, None)
             except Exception as exc:  # noqa: BLE001 - becomes the task's outcome, unless it waits
                 if self._wait_for_input(tid, exc):
-                    self._running.discard(tid)  # still ours; queued again after a backoff (``_own``)
+                    self._running.discard(tid)
                     slots.release()
+                    if tid not in self._open or self._owned.get(tid) != attempt:
+                        # ended or taken over while it was fetching: nothing to wait for
+                        self._owned.pop(tid, None)
+                        self._input_backoff.pop(tid, None)
+                    else:  # still ours: queued again once the backoff ends (``_own``)
+                        self._dirty.add(tid)
+                        self._wake_decide.set()
                     return
                 unreadable = exc
         self._record({"op": "task.start", "task_id": tid, "attempt": attempt})
@@ -706,8 +718,8 @@ class Scheduler:
         a failed attempt per try would fail a whole backlog in milliseconds. It waits a lease
         between tries, for up to half of ``task_timeout_s``; a chunk that lacks the input
         (``permanent``) fails at once."""
-        if getattr(exc, "permanent", False):
-            return False
+        if not getattr(exc, "retry_later", False):
+            return False  # (a chunk that lacks the input, or anything but an unreachable one)
         now = self.policy.now()
         first = self._input_backoff.get(tid, (now, now))[0]
         if now - first >= self.config.task_timeout_s / 2:

@@ -176,3 +176,46 @@ async def test_a_task_whose_input_is_unreachable_waits_instead_of_spending_attem
     assert tries == 7  # 30 s of waiting, a try every 5 s, then the attempt fails
     (fail,) = task.fails.values()
     assert fail.retryable and "served by none of the peers asked" in fail.error
+
+
+async def test_a_task_cancelled_while_its_input_is_fetched_is_let_go(tmp_path: Path) -> None:
+    """Cancelled while the fetch of its input hangs, then the fetch fails: the peer must not
+    keep owning it (it is not open any more, so no pass would ever let it go; found by review)."""
+    from p2p.content.inputs import InputChunks, chunk_block, pack_inputs
+    from p2p.replication import BlockServer
+    from p2p.replication.dagservice import LocalDAGService
+    from p2p.scheduler.ops import TaskSpec, WorkflowTag
+    from p2p.scheduler.state import TaskStatus
+
+    clock = [1000.0]
+    a = _sched(tmp_path, "a", frozenset(["m"]))
+    b = _sched(tmp_path, "b", frozenset(["m"]), now=lambda: clock[0], task_timeout_s=60.0, lease_s=5.0)
+    dag = LocalDAGService({a.me: BlockServer(a.clock, lambda: [], max_blocks_per_request=64, max_frame_bytes=4 << 20)})  # type: ignore[attr-defined]
+    release = trio.Event()
+
+    async def hanging(peer: str, cids: list[bytes], ancestors: int = 0) -> list[tuple[bytes, bytes]]:
+        await release.wait()
+        raise OSError("submitter unreachable")
+
+    dag.get_blocks = hanging  # type: ignore[method-assign]
+    b.inputs = InputChunks(b.clock, dag, lambda: [], timeout_s=100)  # type: ignore[attr-defined]
+    chunks = [(a.clock.put_block(chunk_block(g), durable=False), len(g)) for g in pack_inputs(["x", "y", "z"])]  # type: ignore[attr-defined]
+    wid = a.submit_chunks("w", TaskSpec(model="m", input="-"), chunks, 5, WorkflowTag.P2P_ONLY)  # type: ignore[attr-defined]
+    b.ingest(b.clock.update(a.clock))  # type: ignore[attr-defined]
+    tid = f"{wid}/0"
+    b.decide(b._feed())  # type: ignore[attr-defined]
+    b.flush()  # type: ignore[attr-defined]
+    b.decide([tid])  # type: ignore[attr-defined]
+    b._heap.remove(b._handles.pop(tid))  # type: ignore[attr-defined]  (what the work loop does)
+    b._unqueue(tid)  # type: ignore[attr-defined]
+    b._running.add(tid)  # type: ignore[attr-defined]
+    async with trio.open_nursery() as n:
+        n.start_soon(b._execute, tid, 1, trio.Semaphore(0))  # type: ignore[attr-defined]
+        await trio.sleep(0.1)  # fetching
+        a.cancel(wid)  # type: ignore[attr-defined]
+        a.flush()  # type: ignore[attr-defined]
+        b.ingest(b.clock.update(a.clock))  # type: ignore[attr-defined]
+        b.decide(list(b._dirty))  # type: ignore[attr-defined]
+        release.set()
+    assert b.state.task_status(b.state.task(tid)) is TaskStatus.CANCELLED  # type: ignore[attr-defined]
+    assert b.local_queue() == 0 and not b._input_backoff  # type: ignore[attr-defined]
