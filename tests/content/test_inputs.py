@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from p2p.clock import MerkleClock, codec
-from p2p.clock.cids import block_cid, cid_raw
+from p2p.clock.cids import block_cid
 from p2p.content.inputs import (
     BadChunkError,
     InputChunks,
@@ -181,12 +181,10 @@ async def test_a_chunk_comes_from_a_peer_checked_and_a_forged_one_is_refused(tmp
         b.clock.close()
 
 
-async def test_concurrent_tasks_of_one_chunk_fetch_it_once(tmp_path: Path) -> None:
-    dag = LocalDAGService({})
-    a, b = _Peer(tmp_path, "a", dag), _Peer(tmp_path, "b", dag)
-    chunk = [f"input {i}" for i in range(50)]
-    cid = a.clock.put_block(chunk_block(chunk))
-    asked = []
+def _count_asks(dag: LocalDAGService) -> list[str]:
+    """The peers ``dag`` is asked for blocks, in order (each request takes 50 ms, so that
+    concurrent tasks overlap it)."""
+    asked: list[str] = []
     real = dag.get_blocks
 
     async def counting(peer: str, cids: list[bytes], ancestors: int = 0) -> Any:
@@ -195,6 +193,15 @@ async def test_concurrent_tasks_of_one_chunk_fetch_it_once(tmp_path: Path) -> No
         return await real(peer, cids, ancestors)
 
     dag.get_blocks = counting  # type: ignore[method-assign]
+    return asked
+
+
+async def test_concurrent_tasks_of_one_chunk_fetch_it_once(tmp_path: Path) -> None:
+    dag = LocalDAGService({})
+    a, b = _Peer(tmp_path, "a", dag), _Peer(tmp_path, "b", dag)
+    chunk = [f"input {i}" for i in range(50)]
+    cid = a.clock.put_block(chunk_block(chunk))
+    asked = _count_asks(dag)
     got: dict[int, str] = {}
 
     async def one(i: int) -> None:
@@ -344,15 +351,7 @@ async def test_tasks_waiting_on_a_fetch_no_peer_serves_share_its_failure(tmp_pat
     a, b = _Peer(tmp_path, "a", dag), _Peer(tmp_path, "b", dag)
     cid = a.clock.put_block(chunk_block([f"input {i}" for i in range(50)]))
     dag.down.add(a.id)
-    asked = []
-    real = dag.get_blocks
-
-    async def counting(peer: str, cids: list[bytes], ancestors: int = 0) -> Any:
-        asked.append(peer)
-        await trio.sleep(0.05)
-        return await real(peer, cids, ancestors)
-
-    dag.get_blocks = counting  # type: ignore[method-assign]
+    asked = _count_asks(dag)
     failed = []
 
     async def one(i: int) -> None:

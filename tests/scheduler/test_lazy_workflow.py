@@ -6,6 +6,7 @@ claimed and unfinished, and finish every task once, with the real default model.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -133,14 +134,30 @@ def test_the_feed_is_paced_by_the_backlog_and_skips_what_this_peer_cannot_run(tm
     assert other.open_task_ids()  # auto-pull still hears of the workflow's model
 
 
+def _owned_chunked_task(a: Any, b: Any, dag: Any, timeout_s: float) -> str:
+    """``a`` submits a 3-task p2p-only chunked workflow; ``b`` (whose chunks come through
+    ``dag``) claims its first task and owns it. Returns that task's id."""
+    from p2p.content.inputs import InputChunks, chunk_block, pack_inputs
+    from p2p.scheduler.ops import TaskSpec, WorkflowTag
+
+    b.inputs = InputChunks(b.clock, dag, lambda: [], timeout_s=timeout_s)
+    chunks = [(a.clock.put_block(chunk_block(g), durable=False), len(g)) for g in pack_inputs(["x", "y", "z"])]
+    wid = a.submit_chunks("w", TaskSpec(model="m", input="-"), chunks, 5, WorkflowTag.P2P_ONLY)
+    b.ingest(b.clock.update(a.clock))
+    tid = f"{wid}/0"
+    b.decide(b._feed())
+    b.flush()
+    b.decide([tid])
+    assert b._owned.get(tid) == 1 and tid in b._handles
+    return tid
+
+
 async def test_a_task_whose_input_is_unreachable_waits_instead_of_spending_attempts(tmp_path: Path) -> None:
     """The submitter went offline after submitting (laptops sleep): a worker that cannot fetch
     a chunk keeps its claim and tries again a lease later, spending no attempt, for up to half
     of task_timeout_s (injected time); then the attempt fails, retryably, saying why."""
-    from p2p.content.inputs import InputChunks, chunk_block, pack_inputs
     from p2p.replication import BlockServer
     from p2p.replication.dagservice import LocalDAGService
-    from p2p.scheduler.ops import TaskSpec, WorkflowTag
     from p2p.scheduler.state import TaskStatus
 
     clock = [1000.0]
@@ -148,15 +165,7 @@ async def test_a_task_whose_input_is_unreachable_waits_instead_of_spending_attem
     b = _sched(tmp_path, "b", frozenset(["m"]), now=lambda: clock[0], task_timeout_s=60.0, lease_s=5.0)
     dag = LocalDAGService({a.me: BlockServer(a.clock, lambda: [], max_blocks_per_request=64, max_frame_bytes=4 << 20)})  # type: ignore[attr-defined]
     dag.down.add(a.me)  # type: ignore[attr-defined]
-    b.inputs = InputChunks(b.clock, dag, lambda: [], timeout_s=1)  # type: ignore[attr-defined]
-    chunks = [(a.clock.put_block(chunk_block(g), durable=False), len(g)) for g in pack_inputs([f"in {i}" for i in range(3)])]  # type: ignore[attr-defined]
-    wid = a.submit_chunks("w", TaskSpec(model="m", input="-"), chunks, 5, WorkflowTag.P2P_ONLY)  # type: ignore[attr-defined]
-    b.ingest(b.clock.update(a.clock))  # type: ignore[attr-defined]
-    tid = f"{wid}/0"
-    b.decide(b._feed())  # type: ignore[attr-defined]
-    b.flush()  # type: ignore[attr-defined]
-    b.decide([tid])  # type: ignore[attr-defined]
-    assert b._owned.get(tid) == 1 and tid in b._handles  # type: ignore[attr-defined]
+    tid = _owned_chunked_task(a, b, dag, timeout_s=1)
     tries = 0
     while True:
         b._heap.remove(b._handles.pop(tid))  # type: ignore[attr-defined]  (what the work loop does)
@@ -181,10 +190,8 @@ async def test_a_task_whose_input_is_unreachable_waits_instead_of_spending_attem
 async def test_a_task_cancelled_while_its_input_is_fetched_is_let_go(tmp_path: Path) -> None:
     """Cancelled while the fetch of its input hangs, then the fetch fails: the peer must not
     keep owning it (it is not open any more, so no pass would ever let it go; found by review)."""
-    from p2p.content.inputs import InputChunks, chunk_block, pack_inputs
     from p2p.replication import BlockServer
     from p2p.replication.dagservice import LocalDAGService
-    from p2p.scheduler.ops import TaskSpec, WorkflowTag
     from p2p.scheduler.state import TaskStatus
 
     clock = [1000.0]
@@ -198,14 +205,8 @@ async def test_a_task_cancelled_while_its_input_is_fetched_is_let_go(tmp_path: P
         raise OSError("submitter unreachable")
 
     dag.get_blocks = hanging  # type: ignore[method-assign]
-    b.inputs = InputChunks(b.clock, dag, lambda: [], timeout_s=100)  # type: ignore[attr-defined]
-    chunks = [(a.clock.put_block(chunk_block(g), durable=False), len(g)) for g in pack_inputs(["x", "y", "z"])]  # type: ignore[attr-defined]
-    wid = a.submit_chunks("w", TaskSpec(model="m", input="-"), chunks, 5, WorkflowTag.P2P_ONLY)  # type: ignore[attr-defined]
-    b.ingest(b.clock.update(a.clock))  # type: ignore[attr-defined]
-    tid = f"{wid}/0"
-    b.decide(b._feed())  # type: ignore[attr-defined]
-    b.flush()  # type: ignore[attr-defined]
-    b.decide([tid])  # type: ignore[attr-defined]
+    tid = _owned_chunked_task(a, b, dag, timeout_s=100)
+    wid = tid.partition("/")[0]
     b._heap.remove(b._handles.pop(tid))  # type: ignore[attr-defined]  (what the work loop does)
     b._unqueue(tid)  # type: ignore[attr-defined]
     b._running.add(tid)  # type: ignore[attr-defined]
