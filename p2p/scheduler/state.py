@@ -1756,12 +1756,14 @@ def _apply_op_thawed(state: State, op: Any, author: str, where: Where, touched: 
         wf = _steered_workflow(state, op, author, where, "accept the results of")
         if wf is None:
             return
-        n_slots = len(wf.task_ids) * wf.slots
+        # a seal lands on a task a submit in its past defines, whichever submit defines the
+        # workflow now (a forking submitter's late submit can change that): a function of the
+        # set, like every rule, not of which submit arrived first
         for index, cid, op_index in op.results:
-            if index >= n_slots:
+            if not _defined_by(wf, index, where):
                 continue
             tid = task_id_for(wf.workflow_id, index)
-            task = state.tasks.get(tid) or _materialize(state, wf, tid, state.tasks)
+            task = state.tasks.get(tid) or state.undefined.get(tid) or _materialize(state, wf, tid, state.tasks)
             if task is None:
                 continue
             key = (stamp[0], stamp[1], stamp[2] * 100_000 + index)  # one seal per task per op

@@ -489,3 +489,23 @@ def test_lazy_records_in_the_corners_compaction_forks_and_late_ops(first: Any, d
         ref = got
     if first == "chunks":  # the lazy corner itself: compacted, with a task no op was about
         assert lazy.is_compacted(WA) and lazy.workflows[WA].lazy, "the corner was not reached"
+
+
+def test_a_seal_lands_only_on_tasks_a_submit_in_its_past_defines() -> None:
+    """A forking submitter: a 6-task submit, a seal of its task 4 after it, and concurrently a
+    2-task submit with the smaller stamp (so that one defines the workflow). Whether the small
+    one arrived before the seal must not decide whether the seal lands (task 4 then held a seal
+    among the undefined tasks in one order and nothing in the other; found by review)."""
+    for k in range(64):
+        dag = Dag()
+        mid = dag.add("peerA", [_submit(WA, 6, f"mid{k}")], [])
+        done = dag.add("peerB", _run(f"{WA}/0"), [mid.idx])
+        dag.add("peerA", [{"op": "workflow.accept", "workflow_id": WA, "results": [[0, done.cid, 2], [4, done.cid, 2]]}],
+                [done.idx])
+        small = dag.add("peerA", [_submit(WA, 2, "small", compact="chunks")], [], fork=True)
+        if small.cid < mid.cid:
+            break
+    assert small.cid < mid.cid and small.height == mid.height == 0
+    snaps = [fold(dag, order).snapshot() for order in causal_orders(dag, random.Random(0), 8)]
+    assert snaps[0]["_undefined"] == [f"{WA}/4"]  # the seal's record, kept apart
+    assert all(s == snaps[0] for s in snaps)
