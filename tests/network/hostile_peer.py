@@ -159,13 +159,13 @@ class Hostile:
     def owned_or_over(self, wf: WorkflowState) -> bool:
         st = self.state
         for tid in wf.task_ids:
-            t = st.tasks[tid]
+            t = st.task(tid)
             if st.task_status(t) not in TERMINAL_TASK and t.owner() is None:
                 return False
         return True
 
     def open_tasks(self, wf: WorkflowState) -> int:
-        return sum(1 for tid in wf.task_ids if self.state.task_status(self.state.tasks[tid]) not in TERMINAL_TASK)
+        return sum(1 for tid in wf.task_ids if self.state.task_status(self.state.task(tid)) not in TERMINAL_TASK)
 
     def submit_event(self, wf: WorkflowState) -> Any:
         return cid_from_bytes(wf.submit_stamp[1])
@@ -173,8 +173,8 @@ class Hostile:
     def advert(self, wf: WorkflowState, capacity: float) -> dict[str, Any]:
         """A ``peer.advertise`` of every model the workflow's tasks name, with the very content ids
         they pin (it has not got those files: it says so anyway)."""
-        models = sorted({self.state.tasks[t].spec.model for t in wf.task_ids})
-        cids = {s.model: s.model_cid for s in (self.state.tasks[t].spec for t in wf.task_ids) if s.model_cid}
+        models = sorted({self.state.task(t).spec.model for t in wf.task_ids})
+        cids = {s.model: s.model_cid for s in (self.state.task(t).spec for t in wf.task_ids) if s.model_cid}
         return {"op": "peer.advertise", "capacity": capacity, "models": models, "model_cids": cids}
 
     @staticmethod
@@ -216,7 +216,7 @@ class Hostile:
         wf = await self.workflow(cmd["workflow_id"])
         await self.until("every task owned", lambda: self.owned_or_over(wf))
         open_before = self.open_tasks(wf)
-        judged = sum(1 for t in wf.task_ids if self.state.tasks[t].attempt and self.state.tasks[t].judge(1) == self.me)
+        judged = sum(1 for t in wf.task_ids if self.state.task(t).attempt and self.state.task(t).judge(1) == self.me)
         ops = [{"op": "task.fail", "task_id": tid, "attempt": a, "error": "owner silent (says the hostile peer)",
                 "retryable": True, "expired": True}
                for tid in wf.task_ids for a in cmd.get("attempts", (1, 2, 3))]
@@ -234,7 +234,7 @@ class Hostile:
             while self.open_tasks(wf):
                 ops = []
                 for tid in wf.task_ids:
-                    t = self.state.tasks[tid]
+                    t = self.state.task(tid)
                     k = t.attempt
                     if not k or (tid, k) in sent or self.state.task_status(t) in TERMINAL_TASK:
                         continue
@@ -271,8 +271,8 @@ class Hostile:
         wf = await self.workflow(cmd["workflow_id"])
         await self.until("every task owned", lambda: self.owned_or_over(wf))
         targets = [tid for tid in wf.task_ids
-                   if (own := self.state.tasks[tid].owner(1)) is None or own.peer != self.me]
-        open_targets = [t for t in targets if self.state.task_status(self.state.tasks[t]) not in TERMINAL_TASK]
+                   if (own := self.state.task(tid).owner(1)) is None or own.peer != self.me]
+        open_targets = [t for t in targets if self.state.task_status(self.state.task(t)) not in TERMINAL_TASK]
         cap = float(cmd.get("capacity", 1e6))
         claims = [{"op": "task.claim", "task_id": tid, "attempt": a, "capacity": cap} for a in (1, 2) for tid in targets]
         dones = [self.zero_done(tid, a) for a in (1, 2) for tid in targets]

@@ -342,7 +342,7 @@ async def test_capacity_1e6_claims_racing_honest_peers(net: Net) -> None:
         # at its advertised capacity, such a seal must not have had the honest claim in its past.
         sealed_hostile = set()
         for tid in stood & contested - at_adv:
-            task = state.tasks[tid]
+            task = state.task(tid)
             seal = task.sealed()
             if seal is not None and seal.peer == h.peer_id:
                 sealed_hostile.add(tid)
@@ -382,7 +382,7 @@ async def test_claiming_everything_and_never_working_holds_nothing_for_long(net:
     final = await _finish(net, wid, n)
     final = (await settled(net.honest, [wid], timeout=90))[wid]
     state = fold_clock(n1.data_dir)
-    tasks = [state.tasks[tid] for tid in state.workflows[wid].task_ids]
+    tasks = [state.task(tid) for tid in state.workflows[wid].task_ids]
     # attempts 1 it won and nobody had started (a started honest loser finishes: its result stands)
     held = [t for t in tasks if (o := t.owner(1)) is not None and o.peer == h.peer_id
             and not any(a == 1 for a, _ in t.started)]
@@ -449,7 +449,7 @@ async def test_wrong_results_are_outvoted_with_replicas(net: Net) -> None:
             outcomes["failed, replicas disagree"] += 1
     state = fold_clock(n1.data_dir)
     wf2 = state.workflows[wid2]
-    slots = [state.tasks[tid] for tid in wf2.physical_ids()]
+    slots = [state.task(tid) for tid in wf2.physical_ids()]
     held = sum(1 for t in slots if (r := t.result) is not None and r.peer == h.peer_id)
     _alive(net)
     print(f"\nFIGURE hostile replicas: slot0 race: tasks={n} hostile_outvoted={len(disputed)} wrong_accepted=0 | "
@@ -478,7 +478,7 @@ async def test_claims_written_after_seeing_honest_claims_never_win(net: Net) -> 
         takeovers = [r for r in state.refused() if r.author == h.peer_id and r.op == "task.claim"
                      and "attempt 2 while attempt 1 had not failed or expired" in r.reason]
         owned = [tid for tid in state.workflows[wid].task_ids
-                 if (o := state.tasks[tid].owner(1)) is not None and o.peer == h.peer_id]
+                 if (o := state.task(tid).owner(1)) is not None and o.peer == h.peer_id]
         assert len(takeovers) >= n and not owned, (p.name, len(takeovers), owned[:3])
     _alive(net)
     print(f"\nFIGURE hostile late: tasks={n} late_claims={n} (attempt 1) + {n} takeovers (attempt 2) "
@@ -544,7 +544,7 @@ async def test_expiring_every_attempt_as_soon_as_it_is_owned_fails_nothing(net: 
     await wait_holds(net, rep["events"])
     final = (await settled(net.honest, [wid], timeout=90))[wid]
     state = fold_clock(n1.data_dir)
-    tasks = [state.tasks[tid] for tid in state.workflows[wid].task_ids]
+    tasks = [state.task(tid) for tid in state.workflows[wid].task_ids]
     ended: Counter[str] = Counter()  # the hostile expiries that count, by the right the fold found in their past
     for t in tasks:
         for f in t.fails.values():
@@ -592,7 +592,7 @@ async def test_an_expiry_flood_fails_nothing(net: Net) -> None:
         raised = {t["task_id"] for t in final["tasks"] if t["attempts"] > 1}
         assert all(t["peer"] != h.peer_id and abs(_norm(t) - 1) < 1e-3 for t in final["tasks"])
         state = fold_clock(n1.data_dir)
-        tasks = [state.tasks[tid] for tid in state.workflows[wid].task_ids]
+        tasks = [state.task(tid) for tid in state.workflows[wid].task_ids]
         # whose expiry of attempt 1 counts alone: the judge; nobody named (None) means anyone's
         judged = {t.task_id for t in tasks if t.judge(1) == h.peer_id}
         anyone = {t.task_id for t in tasks if t.judge(1) is None}
