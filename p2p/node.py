@@ -422,13 +422,10 @@ class Node:
         shared = {(s.model, s.model_cid, s.task, repr(sorted(s.params.items()))) for s in specs}
         if len(shared) == 1 and len(specs) > 1 and self._chunked(s.input for s in specs):
             return await self._submit_chunked(name, specs[0], [s.input for s in specs], priority, wtag, replicas, cache)
-        if len(specs) > MAX_TASKS:
-            raise NodeError(f"{len(specs)} tasks that differ in model, task or params are over the {MAX_TASKS} one inline "
-                            f"submit may hold; give tasks that share one model, task and params, or split the workflow")
-        wid = self.scheduler.submit(name, specs, priority, wtag, replicas=replicas, cache=cache)
-        await self.scheduler.durable()
-        log.info("workflow submitted", workflow_id=wid, tasks=len(specs), priority=priority, tag=wtag.value)
-        return self.workflow_summary(wid)
+        return await self._submit_inline(
+            name, specs, priority, wtag, replicas, cache,
+            too_many=f"{len(specs)} tasks that differ in model, task or params are over the {MAX_TASKS} one inline "
+                     f"submit may hold; give tasks that share one model, task and params, or split the workflow")
 
     async def submit_inputs(
         self, name: str, template: dict[str, Any], inputs: list[str], priority: int = 5,
@@ -455,10 +452,16 @@ class Node:
             self._check_replicas([spec], replicas, wtag)
         if len(inputs) > 1 and self._chunked(inputs):
             return await self._submit_chunked(name, spec, inputs, priority, wtag, replicas, cache)
-        if len(inputs) > MAX_TASKS:
-            raise NodeError(f"{len(inputs)} inputs inline are over the {MAX_TASKS} one submit may hold; lower "
-                            f"scheduler.inline_inputs_bytes so that they go into chunks")
-        specs = [spec.model_copy(update={"input": text}) for text in inputs]
+        return await self._submit_inline(
+            name, [spec.model_copy(update={"input": text}) for text in inputs], priority, wtag, replicas, cache,
+            too_many=f"{len(inputs)} inputs inline are over the {MAX_TASKS} one submit may hold; lower "
+                     f"scheduler.inline_inputs_bytes so that they go into chunks")
+
+    async def _submit_inline(self, name: str, specs: list[TaskSpec], priority: int, wtag: WorkflowTag, replicas: int,
+                             cache: bool, *, too_many: str) -> dict[str, Any]:
+        """Write a submit that carries its inputs (``too_many``: the error over ``MAX_TASKS``)."""
+        if len(specs) > MAX_TASKS:
+            raise NodeError(too_many)
         wid = self.scheduler.submit(name, specs, priority, wtag, replicas=replicas, cache=cache)
         await self.scheduler.durable()
         log.info("workflow submitted", workflow_id=wid, tasks=len(specs), priority=priority, tag=wtag.value)

@@ -148,15 +148,19 @@ class InputChunks:
 
     async def input_of(self, ref: tuple[Any, int], submitter: str) -> str:
         """The input at ``ref``, fetched from the submitter or another peer if need be."""
-        key = cid_raw(ref[0])
-        with self._lock:
-            hit = self._lru.get(key)
+        hit = await self._held(ref[0])
         if hit is None:
-            if self.clock.has(ref[0]):
-                hit = await trio.to_thread.run_sync(self.local, ref[0])
-            if hit is None:
-                hit = await self._fetch(ref[0], submitter)
+            hit = await self._fetch(ref[0], submitter)
         return _at(hit, ref)
+
+    async def _held(self, cid: Any) -> list[str] | None:
+        """The chunk's inputs if this peer holds it (decoded ones first; a store read on a
+        worker thread otherwise), without asking peers."""
+        with self._lock:
+            hit = self._lru.get(cid_raw(cid))
+        if hit is None and self.clock.has(cid):
+            hit = await trio.to_thread.run_sync(self.local, cid)
+        return hit
 
     async def _fetch(self, cid: Any, submitter: str) -> list[str]:
         key = cid_raw(cid)
@@ -167,10 +171,7 @@ class InputChunks:
             if key not in self._fetching:
                 break
             await self._fetching[key].wait()  # one fetch per chunk: the others wait for it
-            with self._lock:
-                hit = self._lru.get(key)
-            if hit is None and self.clock.has(cid):  # fetched, stored, and evicted since
-                hit = await trio.to_thread.run_sync(self.local, cid)
+            hit = await self._held(cid)  # (fetched and stored, perhaps evicted since)
             if hit is not None:
                 return hit
         done = self._fetching[key] = trio.Event()
