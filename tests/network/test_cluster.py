@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.cluster import Cluster, Peer, call, eventually, wait_all_peers, wait_peers
+from tests.cluster import Cluster, Peer, call, clock_ops, eventually, wait_all_peers, wait_peers
 from tests.conftest import DEFAULT_MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -58,9 +58,13 @@ async def test_three_peers_share_a_p2p_only_workflow(cluster: Cluster) -> None:
     assert [t["result"] for t in on3["tasks"]] == [t["result"] for t in st["tasks"]]
 
 
-async def test_kill_9_a_worker_mid_workflow(cluster: Cluster) -> None:
+@pytest.mark.parametrize("chunked", [False, True], ids=["inline", "chunked"])
+async def test_kill_9_a_worker_mid_workflow(cluster: Cluster, chunked: bool) -> None:
+    """A worker killed with -9 holding queued tasks: they go to the other worker. ``chunked``:
+    the submitter keeps the inputs in chunks and the fold has records only for tasks ops are
+    about (a lazy workflow), so the survivor takes over tasks it may have to fetch inputs for."""
     slow = {"IPFS_ACCELERATE_SCHEDULER__MAX_INFLIGHT": "1"}
-    n1 = cluster.start("n1")
+    n1 = cluster.start("n1", env={"IPFS_ACCELERATE_SCHEDULER__INLINE_INPUTS_BYTES": "0"} if chunked else None)
     n2, n3 = cluster.start_many({"name": "n2", "bootstrap": [n1], "env": slow}, {"name": "n3", "bootstrap": [n1], "env": slow})
     # every peer knows every other before the submit: a worker that has not heard of n3 yet
     # would claim n3's share itself, and a claim written over a known claim is late
@@ -109,6 +113,8 @@ async def test_kill_9_a_worker_mid_workflow(cluster: Cluster) -> None:
         assert t["peer"] == n2.peer_id
         assert any("silent" in e["error"] for e in t["errors"]), t
     assert {t["peer"] for t in st["tasks"]} == {n2.peer_id, n3.peer_id}
+    (submit,) = [op for _, op in clock_ops(n1.data_dir) if op.get("op") == "workflow.submit" and op["workflow_id"] == wid]
+    assert ("chunks" in submit) is chunked and ("inputs" in submit) is not chunked, sorted(submit)
 
 
 async def test_restart_the_submitter_mid_workflow(cluster: Cluster) -> None:
