@@ -25,6 +25,11 @@ class ClockConfig(BaseModel):
                                description="how long a finished workflow keeps counting late ops before its submitter compacts it")
     drop_compacted: bool = Field(True, description="free the records of a compacted workflow once its snapshot is "
                                                    "verified; it then answers from the snapshot (docs/compaction.md §5)")
+    prune_events: bool = Field(True, description="replace the blocks of events whose every op is about a dropped "
+                                                 "workflow by stubs, once every live peer holds them (docs/compaction.md §5)")
+    checkpoint_quorum: int = Field(2, ge=1, le=64, description="distinct peers that must give the same stub or "
+                                                               "dropped-workflow record before a joiner adopts it "
+                                                               "(every connected peer, when fewer)")
 
 
 class SchedulerConfig(BaseModel):

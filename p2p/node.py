@@ -24,6 +24,8 @@ from p2p.clock import MerkleClock, codec
 from p2p.clock.cids import cid_raw
 from p2p.compaction import pages as snapshot_pages
 from p2p.compaction.compactor import Compactor
+from p2p.compaction.joining import DroppedAdopter
+from p2p.compaction.pruner import Pruner
 from p2p.compaction.pages import SnapshotPages
 from p2p.compaction.snapshot import SnapshotError
 from p2p.config import NodeConfig
@@ -117,10 +119,20 @@ class Node:
             max_inflight=sched.max_inflight, max_ops_per_event=config.clock.max_ops_per_event,
             ready=self.caught_up, lagging=self._lagging, cache=self.cache, inputs=self.inputs,
         )
+        self.pruner = Pruner(self.scheduler, clock, self.peer_id,
+                             live_peers=lambda: [p.peer_id for p in self.peers.live_peers()])
         self.compactor = Compactor(self.scheduler, clock, self.peer_id, retention_s=config.clock.retention_s,
-                                   max_chunk_bytes=config.clock.max_block_bytes, drop=config.clock.drop_compacted)
+                                   max_chunk_bytes=config.clock.max_block_bytes, drop=config.clock.drop_compacted,
+                                   pruner=self.pruner if config.clock.prune_events else None)
+        self.adopter: DroppedAdopter | None = None  # with networking: adopts compacted workflows from peers
         # read from any thread (a worker thread warms it: ``warm_status``), so through a reader connection
         self.snapshot_pages = SnapshotPages(lambda raw: dict(clock.collect_blocks_sync([raw], 0, 1, 1 << 62)).get(raw))
+
+    def _dropped_records(self, workflow_ids: list[str]) -> list[bytes]:
+        """The records of those compacted workflows whose records this node dropped (a joiner
+        adopts them before the stubs of their pruned events: p2p.compaction.joining)."""
+        dropped = self.scheduler.state.dropped
+        return [dropped[w].encode() for w in workflow_ids if w in dropped]
 
     def _lagging(self, peer: str) -> bool:
         return self.replicator is not None and self.replicator.lagging(peer)
@@ -187,17 +199,20 @@ class Node:
             peer_events = await stack.enter_async_context(net.peer_events())
             push = await stack.enter_async_context(PushBroadcaster.open(net, queue=cfg.push_queue, network=cfg.network)) if cfg.direct_push else None
             sched = self.scheduler
+            dag = StreamDAGService(net, cfg.network)
+            self.adopter = DroppedAdopter(self.scheduler, self.clock, dag)
             replicator = Replicator(
-                self.clock, heads, StreamDAGService(net, cfg.network), peer_id=self.peer_id, config=cfg,
+                self.clock, heads, dag, peer_id=self.peer_id, config=cfg,
                 ingest=sched.ingest, local_event=sched.local_event, take_unannounced=sched.take_unannounced,
                 on_results=sched.changed.fire, on_ready=sched.peers_changed, on_heard=self.peers.touch,
                 connected_peers=net.connected_peers, known_peer=lambda peer: self.peers.get(peer) is not None,
                 live_peers=lambda: [p.peer_id for p in self.peers.live_peers()],
                 startup_wait_s=2 * cfg.heartbeat_s, direct=push, gossip=cfg.gossip_heads,
+                adopter=self.adopter, checkpoint_quorum=self.config.clock.checkpoint_quorum,
             )
             self.inputs.dag, self.inputs.peers = replicator.dag, net.connected_peers
             server = BlockServer(self.clock, replicator.heads_raw, max_blocks_per_request=cfg.max_blocks_per_request,
-                                 max_frame_bytes=cfg.max_frame_bytes)
+                                 max_frame_bytes=cfg.max_frame_bytes, dropped=self._dropped_records)
             net.set_request_handler(blocks_protocol(cfg.network), server.handle)
             # members only (a network key or allow_peers): services that spend this node's compute
             # or expose its tools are not offered to whoever can reach an open network's port
@@ -962,7 +977,8 @@ class Node:
             "queue": self.scheduler.local_queue(),
             "cache": self.cache.info() if self.cache is not None else {"enabled": False},
             "workers": self.engine.workers_info(),
-            "compaction": {"enabled": self.config.clock.compact, **self.compactor.info()},
+            "compaction": {"enabled": self.config.clock.compact, **self.compactor.info(), **self.pruner.info(),
+                           "joined": self.adopter.info() if self.adopter is not None else None},
             "replication": self.replicator.stats() if self.replicator is not None else {"enabled": False},
             "dht": self.dht.stats.as_dict() if self.dht is not None else {"mode": "off"},
             "relay": self.net.relays.info() if self.net is not None and self.net.relays is not None else {"service": False},

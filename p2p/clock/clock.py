@@ -63,9 +63,11 @@ from p2p.clock.event import (
     decode_event,
     event_parents,
     load_stored_event,
+    stub_event,
 )
 from p2p.clock.pending import DEFAULT_MAX_ORPHAN_BYTES, DEFAULT_MAX_ORPHANS, OrphanPool
 from p2p.clock.store import ClockStore
+from p2p.clock.stub import Stub, decode_stub
 from p2p.clock.writer import DEFAULT_MAX_BATCH, ClockWriter, ClockWriterError
 from p2p.config import ClockConfig
 from p2p.identity import Identity
@@ -199,8 +201,8 @@ class MerkleClock:
         last, seen = 0, set()
         while True:
             rows, last, done = _read_rows(self._store, self._writer, last, READ_CHUNK, seen)
-            for raw, height, data in rows:
-                yield load_stored_event(cid_from_bytes(raw), data, height)
+            for raw, height, data, stub in rows:
+                yield _stored(raw, height, data, stub)
             if done:
                 return
 
@@ -404,6 +406,62 @@ class MerkleClock:
             raise InvalidBlockError(f"bytes do not hash to {cid} (only sha2-256 CIDv1 accepted)")
         self._writer.queue_block(cid_raw(cid), data, durable=False)  # refetchable from peers
 
+    # -- pruned events (p2p.clock.stub, docs/compaction.md §5-§6) ------------------------
+    def stub(self, cid: CID) -> bytes | None:
+        """The stub of a pruned event (here since pruned, or adopted by a joiner), else None."""
+        key = cid_raw(cid)
+        pending = self._writer.events.get(key)
+        if pending is not None:
+            return pending.stub
+        return self._store.stub(key)
+
+    def pruned_count(self) -> int:
+        """Events held here as stubs only (committed)."""
+        return self._store.pruned_count()
+
+    async def prune_async(self, stubs: list[Stub]) -> int:
+        """Delete stored events' blocks, keeping their stubs, in one durable transaction; returns
+        how many. The caller (the compactor) judged them droppable; heads are never pruned (our
+        next event names them, and they are what peers ask for first)."""
+        heads = self._head_set
+        items = [(s.key, s.encode()) for s in stubs if s.key not in heads and s.key not in self._writer.events]
+        if not items:
+            return 0
+        await self._writer.wait_async(self._writer.queue_prune(items))
+        return len(items)
+
+    def scan_events(self, select: Callable[[Any], Any]) -> list[tuple[CID, str, int, int, tuple[CID, ...], Any]]:
+        """Committed events whose block is here and whose ops ``select`` picks (it returns
+        something not None): (cid, author, seq, height, parents, what select returned). Blocks
+        the calling thread (run it in a worker thread): it decodes every retained event."""
+        out = []
+        last = 0
+        with self._reader() as rd:
+            while True:
+                rows = rd.live_rows_after(last, READ_CHUNK)
+                if not rows:
+                    return out
+                last = rows[-1][0]
+                for _, raw, author, seq, height, data in rows:
+                    node = codec.decode(data)
+                    got = select(node.get("ops"))
+                    if got is not None:
+                        out.append((cid_from_bytes(raw), author, seq, height, tuple(node["parents"]), got))
+                time.sleep(0)  # let the event loop's thread have the GIL between chunks
+
+    def add_stubs(self, stubs: Iterable[Stub]) -> MergeResult:
+        """Adopt pruned events by their stubs (a joiner's: the peers that served them pruned
+        the blocks). Each goes the way of an event: held as an orphan until its parents are
+        here, then applied (its height must be its parents' + 1), a head until its children
+        (which the peers hold: they never prune a head) arrive. The caller
+        decided to trust them (``clock.checkpoint_quorum``)."""
+        result = MergeResult()
+        for stub in stubs:
+            if self._known(stub.cid):
+                continue
+            self._apply(stub_event(stub), result, durable=False)
+        return self._finish_merge(result)
+
     def put_dropped(self, workflow_id: str, data: bytes) -> None:
         """Record that this peer dropped a compacted workflow's records (``State.drop``); queued
         after the snapshot blocks stored before it, committed durably."""
@@ -423,7 +481,7 @@ class MerkleClock:
 
     # -- serving ---------------------------------------------------------------------------
     async def collect_blocks(self, cids: list[bytes], ancestors: int, max_blocks: int,
-                             budget_bytes: int) -> list[tuple[bytes, bytes]]:
+                             budget_bytes: int, stubs: list[bytes] | None = None) -> list[tuple[bytes, bytes]]:
         """Blocks for a catch-up request, read in a worker thread on a read-only connection.
 
         Breadth-first from ``cids`` (binary CIDs, in order; malformed or unknown ones are
@@ -434,24 +492,30 @@ class MerkleClock:
         what ``Network._answer`` does for a ``BlocksRequest``: call it with
         ``req.cids[:max_blocks_per_request]``, ``req.ancestors``,
         ``max_blocks_per_request + min(req.ancestors, CATCH_UP_BLOCKS)`` and
-        ``max_frame_bytes - 4096``."""
+        ``max_frame_bytes - 4096``. ``stubs``: see ``collect_blocks_sync``."""
         import trio
 
         return await trio.to_thread.run_sync(self.collect_blocks_sync, list(cids), ancestors,
-                                             max_blocks, budget_bytes)
+                                             max_blocks, budget_bytes, stubs)
 
     def collect_blocks_sync(self, cids: list[bytes], ancestors: int, max_blocks: int,
-                            budget_bytes: int) -> list[tuple[bytes, bytes]]:
-        """``collect_blocks`` on the calling thread (any thread: it uses a reader connection)."""
+                            budget_bytes: int, stubs: list[bytes] | None = None) -> list[tuple[bytes, bytes]]:
+        """``collect_blocks`` on the calling thread (any thread: it uses a reader connection).
+
+        ``stubs``, when given, receives the stubs of the pruned events the walk met (asked for,
+        or ancestors of one returned): what a joiner needs in their place (``p2p.clock.stub``);
+        they count towards ``max_blocks`` and the budget like blocks. Without it pruned events
+        are skipped as unknown ones are."""
         from collections import deque
 
         w = self._writer
         out: list[tuple[bytes, bytes]] = []
+        n_stubs = 0
         seen: set[bytes] = set()
         queue = deque(cids)
         walk = ancestors > 0
         with self._reader() as rd:
-            while queue and len(out) < max_blocks:
+            while queue and len(out) + n_stubs < max_blocks:
                 raw = queue.popleft()
                 if raw in seen:
                     continue
@@ -460,9 +524,10 @@ class MerkleClock:
                     key = cid_raw(cid_from_bytes(raw))
                 except Exception:  # noqa: BLE001 - not a CID
                     continue
+                stub: bytes | None = None
                 pending = w.events.get(key)
                 if pending is not None:
-                    data, is_event = pending.data, True
+                    stub, data, is_event = pending.stub, pending.data, True
                 else:
                     block = w.blocks.get(key)
                     if block is not None:
@@ -470,8 +535,24 @@ class MerkleClock:
                     else:
                         row = rd.block_and_kind(key)
                         if row is None:
-                            continue
-                        data, is_event = row
+                            stub = rd.stub(key) if stubs is not None else None
+                            if stub is None:
+                                continue
+                        else:
+                            data, is_event = row
+                if stub is not None:
+                    # a pruned event: its stub stands in, and the walk goes on below it (events
+                    # kept below pruned ones — adverts — are reached only through it)
+                    if stubs is None:
+                        continue
+                    if budget_bytes - len(stub) - BLOCK_OVERHEAD < 0:
+                        break
+                    budget_bytes -= len(stub) + BLOCK_OVERHEAD
+                    stubs.append(stub)
+                    n_stubs += 1
+                    if walk:
+                        queue.extend(cid_raw(p) for p in decode_stub(stub).parents)
+                    continue
                 if budget_bytes - len(data) - BLOCK_OVERHEAD < 0:
                     break
                 budget_bytes -= len(data) + BLOCK_OVERHEAD
@@ -542,12 +623,17 @@ class MerkleClock:
     def _get_block_raw(self, key: bytes) -> bytes | None:
         w = self._writer
         pending = w.events.get(key) or w.blocks.get(key)
-        return pending.data if pending is not None else self._store.get_block(key)
+        if pending is not None:
+            return None if getattr(pending, "stub", None) is not None else pending.data
+        return self._store.get_block(key)
 
     def _event_row(self, key: bytes) -> tuple[int, int, bytes] | None:
-        """(ord, height, data) of an applied event; queued events sort after stored ones."""
+        """(ord, height, data) of an applied event whose block is here (not a pruned one);
+        queued events sort after stored ones."""
         pending = self._writer.events.get(key)
         if pending is not None:
+            if pending.stub is not None:
+                return None
             return (_PENDING_ORD + pending.n, pending.height, pending.data)
         return self._store.event_row(key)
 
@@ -584,7 +670,7 @@ class MerkleClock:
     def _read_events_chunk(self, last: int, chunk: int, seen: set[bytes]) -> tuple[list[Event], int, bool]:
         with self._reader() as rd:
             rows, last, done = _read_rows(rd, self._writer, last, chunk, seen)
-        return [load_stored_event(cid_from_bytes(raw), data, h) for raw, h, data in rows], last, done
+        return [_stored(raw, h, data, stub) for raw, h, data, stub in rows], last, done
 
     def _apply(self, first: Event, result: MergeResult, durable: bool) -> None:
         """Store ``first`` if its parents are known, else hold it; then wake its orphans."""
@@ -615,9 +701,16 @@ class MerkleClock:
                 stack.extend(self._stored_unapplied(unknown))
                 continue
             height += 1
-            # queue first: if the writer has failed this raises and nothing here changes
-            self._last_write = self._writer.queue_event(key, event.data, event.author, event.seq,
-                                                        height, parent_keys, durable)
+            if event.vv is not None:  # a stub (p2p.clock.stub): no block
+                if event.height != height:
+                    result.rejected.append((event.cid, f"stub height {event.height} is not its parents' + 1 ({height})"))
+                    continue
+                self._last_write = self._writer.queue_stub(key, event.data, event.author, event.seq, height,
+                                                           parent_keys)
+            else:
+                # queue first: if the writer has failed this raises and nothing here changes
+                self._last_write = self._writer.queue_event(key, event.data, event.author, event.seq,
+                                                            height, parent_keys, durable)
             for pkey in parent_keys:
                 self._head_set.pop(pkey, None)
             self._head_set[key] = event.cid
@@ -653,10 +746,22 @@ class MerkleClock:
         return found
 
 
+def _stored(raw: bytes, height: int, data: bytes | None, stub: bytes | None) -> Event:
+    """A stored event as read back: from its block, or from its stub when it was pruned."""
+    if data is None:
+        assert stub is not None
+        return stub_event(decode_stub(stub))
+    return load_stored_event(cid_from_bytes(raw), data, height)
+
+
+Row = tuple[bytes, int, "bytes | None", "bytes | None"]  # (cid, height, data, stub)
+
+
 def _read_rows(store: ClockStore, writer: ClockWriter, last: int, chunk: int,
-               seen: set[bytes]) -> tuple[list[tuple[bytes, int, bytes]], int, bool]:
+               seen: set[bytes]) -> tuple[list[Row], int, bool]:
     """One step of reading every event in application order: stored rows after ``last``, and
-    at the end the queued ones. Returns (rows as (cid, height, data), new last, done).
+    at the end the queued ones. Returns (rows as (cid, height, data, stub), new last, done);
+    a pruned event has a stub and no data.
 
     At the end, under the writer's lock (so no row can leave the overlay meanwhile), it takes
     the queued events and re-reads what was committed since: a row missing from the overlay
@@ -664,16 +769,16 @@ def _read_rows(store: ClockStore, writer: ClockWriter, last: int, chunk: int,
     read twice (committed and still in the overlay)."""
     rows = store.rows_after(last, chunk)
     if rows:
-        out = [(cid, h, d) for _, cid, h, d in rows if cid not in seen]
-        seen.update(cid for _, cid, _, _ in rows)
+        out = [(cid, h, d, st) for _, cid, h, d, st in rows if cid not in seen and (d is not None or st is not None)]
+        seen.update(r[1] for r in rows)
         return out, rows[-1][0], False
     with writer.lock:
         queued = sorted(writer.events.items(), key=lambda kv: kv[1].n)
         late = store.rows_after(last, 1 << 62)
-    out = [(cid, h, d) for _, cid, h, d in late if cid not in seen]
-    seen.update(cid for _, cid, _, _ in late)
+    out = [(cid, h, d, st) for _, cid, h, d, st in late if cid not in seen and (d is not None or st is not None)]
+    seen.update(r[1] for r in late)
     for cid, p in queued:
         if cid not in seen:
             seen.add(cid)
-            out.append((cid, p.height, p.data))
+            out.append((cid, p.height, None if p.stub is not None else p.data, p.stub))
     return out, (late[-1][0] if late else last), True

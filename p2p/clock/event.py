@@ -25,6 +25,7 @@ from multiformats import CID
 
 from p2p.clock import codec
 from p2p.clock.cids import DAG_CBOR_SHA256_PREFIX, block_cid, cid_raw, is_event_cid
+from p2p.clock.stub import Stub
 from p2p.identity import Identity, is_valid_peer_id, verify_signature
 
 _FIELDS = frozenset({"parents", "author", "seq", "ops", "sig"})
@@ -52,6 +53,9 @@ class Event:
     sig: bytes = field(repr=False)
     data: bytes = field(repr=False)
     height: int = 0
+    # set for a pruned event known by its stub (p2p.clock.stub): no ops, ``data`` is the stub's
+    # bytes, and this is the version vector the stub claims (the fold derives its own)
+    vv: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
     def with_height(self, height: int) -> Event:
         return dataclasses.replace(self, height=height)
@@ -177,6 +181,14 @@ def load_stored_event(cid: CID, data: bytes, height: int) -> Event:
     node = codec.decode(data)
     return Event(cid, tuple(node["parents"]), node["author"], node["seq"], tuple(node["ops"]),
                  node["sig"], data, height)
+
+
+def stub_event(stub: Stub, data: bytes | None = None) -> Event:
+    """The event a stub stands for: its place in the DAG, no ops (they were all about dropped
+    workflows, which the fold skips anyway). ``data`` holds the stub's bytes (``vv`` set marks
+    it as a stub: there is no block)."""
+    return Event(stub.cid, stub.parents, stub.author, stub.seq, (), b"", stub.encode() if data is None else data,
+                 stub.height, dict(stub.vv))
 
 
 def event_parents(data: bytes) -> tuple[CID, ...]:

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from multiformats import CID
 
 from p2p.clock.cids import cid_from_bytes, cid_raw
-from p2p.clock.event import Event, load_stored_event
+from p2p.clock.event import Event, load_stored_event, stub_event
+from p2p.clock.stub import decode_stub
 
 DEFAULT_MAX_ORPHANS = 100_000
 DEFAULT_MAX_ORPHAN_BYTES = 256 << 20
@@ -39,6 +40,7 @@ class OrphanPool:
         self._orphans: OrderedDict[bytes, bytes] = OrderedDict()  # key -> block data
         self._needs: dict[bytes, tuple[bytes, ...]] = {}          # key -> parents still missing
         self._waiting: dict[bytes, tuple[bytes, ...]] = {}        # parent -> children waiting
+        self._stubs: set[bytes] = set()  # orphans that are pruned events' stubs (p2p.clock.stub), not blocks
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -56,6 +58,8 @@ class OrphanPool:
         if key in self._orphans:
             return []
         self._orphans[key] = event.data
+        if event.vv is not None:
+            self._stubs.add(key)
         needs = tuple(unknown_parents)
         self._needs[key] = needs
         for pkey in needs:
@@ -72,6 +76,7 @@ class OrphanPool:
     def _remove(self, key: bytes) -> bytes:
         data = self._orphans.pop(key)
         self._bytes -= len(data)
+        self._stubs.discard(key)
         for pkey in self._needs.pop(key):
             children = self._waiting.get(pkey)
             if children is not None:
@@ -93,8 +98,9 @@ class OrphanPool:
             needs = tuple(p for p in self._needs[child] if p != parent)
             self._needs[child] = needs
             if not needs:
+                stub = child in self._stubs
                 data = self._remove(child)
-                ready.append(load_stored_event(cid_from_bytes(child), data, 0))
+                ready.append(stub_event(decode_stub(data), data) if stub else load_stored_event(cid_from_bytes(child), data, 0))
         return ready
 
     def missing(self) -> set[CID]:

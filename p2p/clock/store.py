@@ -7,6 +7,11 @@ Schema (``PRAGMA user_version`` = 1):
   ``ord`` is the order events were applied, always parents first, so a restart replays the DAG
   by ``ORDER BY ord`` with heights already computed: nothing is re-derived on open;
 - ``heads(cid BLOB PRIMARY KEY)`` — maintained in the same transaction as the event insert;
+- ``pruned(cid BLOB PRIMARY KEY, stub BLOB)`` — events whose block was deleted because every op
+  of theirs is about a dropped workflow (``p2p.clock.stub``): the ``events`` row stays, so the
+  event is still known and replayed (as its stub: parents, version vector, no ops). The first
+  pruned row sets ``user_version`` to 2, which an older version refuses to open rather than
+  re-fold a history with holes;
 - ``dropped(workflow_id TEXT PRIMARY KEY, data BLOB)`` — compacted workflows whose records this
   peer dropped (``p2p.scheduler.dropped.Dropped``, encoded): a restart files them before it
   re-folds, and skips every op about them (docs/compaction.md §5). Added without a version bump:
@@ -32,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 SCHEMA_VERSION = 1
+PRUNED_SCHEMA_VERSION = 2  # set by the first pruned event (see the module doc)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL);
@@ -45,6 +51,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_author_seq ON events(author, seq);
 CREATE TABLE IF NOT EXISTS heads (cid BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS dropped (workflow_id TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS pruned (cid BLOB PRIMARY KEY, stub BLOB NOT NULL);
 """
 
 
@@ -70,11 +77,12 @@ class ClockStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=OFF")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, SCHEMA_VERSION, PRUNED_SCHEMA_VERSION):
             self._db.close()
-            raise RuntimeError(f"{path}: clock schema version {version}, expected {SCHEMA_VERSION}")
+            raise RuntimeError(f"{path}: clock schema version {version}, expected {SCHEMA_VERSION} "
+                               f"or {PRUNED_SCHEMA_VERSION}")
         self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._db.execute(f"PRAGMA user_version={max(version, SCHEMA_VERSION)}")
         self._depth = 0
 
     @property
@@ -154,23 +162,66 @@ class ClockStore:
             "SELECT e.ord, e.height, b.data FROM events e JOIN blocks b ON b.cid = e.cid "
             "WHERE e.cid = ?", (cid,)).fetchone()
 
-    def iter_events(self, chunk: int = 2000) -> Iterator[tuple[bytes, int, bytes]]:
-        """(cid, height, data) in application order, read in chunks (safe against writes)."""
+    def iter_events(self, chunk: int = 2000) -> Iterator[tuple[bytes, int, bytes | None, bytes | None]]:
+        """(cid, height, data, stub) in application order, read in chunks (safe against writes);
+        a pruned event has no data and a stub."""
         last = 0
         while True:
             rows = self.rows_after(last, chunk)
             if not rows:
                 return
-            for _, cid, height, data in rows:
-                yield cid, height, data
+            for _, cid, height, data, stub in rows:
+                if data is not None or stub is not None:
+                    yield cid, height, data, stub
             last = rows[-1][0]
 
-    def rows_after(self, last_ord: int, limit: int) -> list[tuple[int, bytes, int, bytes]]:
-        """(ord, cid, height, data) of up to ``limit`` events applied after ``last_ord``."""
+    def rows_after(self, last_ord: int, limit: int) -> list[tuple[int, bytes, int, bytes | None, bytes | None]]:
+        """(ord, cid, height, data, stub) of up to ``limit`` events applied after ``last_ord``:
+        a live event has its block's data and no stub, a pruned one a stub and no data."""
         return self._db.execute(
-            "SELECT e.ord, e.cid, e.height, b.data FROM events e "
-            "JOIN blocks b ON b.cid = e.cid WHERE e.ord > ? ORDER BY e.ord LIMIT ?",
-            (last_ord, limit)).fetchall()
+            "SELECT e.ord, e.cid, e.height, b.data, p.stub FROM events e "
+            "LEFT JOIN blocks b ON b.cid = e.cid LEFT JOIN pruned p ON p.cid = e.cid "
+            "WHERE e.ord > ? ORDER BY e.ord LIMIT ?", (last_ord, limit)).fetchall()
+
+    def live_rows_after(self, last_ord: int, limit: int) -> list[tuple[int, bytes, str, int, int, bytes]]:
+        """(ord, cid, author, seq, height, data) of up to ``limit`` events after ``last_ord``
+        whose blocks are here (not pruned)."""
+        return self._db.execute(
+            "SELECT e.ord, e.cid, e.author, e.seq, e.height, b.data FROM events e "
+            "JOIN blocks b ON b.cid = e.cid WHERE e.ord > ? ORDER BY e.ord LIMIT ?", (last_ord, limit)).fetchall()
+
+    # -- pruned events (p2p.clock.stub) ---------------------------------------------------
+    def prune(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Replace stored events' blocks by their stubs ((cid, stub bytes) pairs)."""
+        if not items:
+            return
+        db = self._db
+        db.executemany("INSERT OR IGNORE INTO pruned(cid, stub) VALUES (?, ?)", items)
+        db.executemany("DELETE FROM blocks WHERE cid = ? AND EXISTS (SELECT 1 FROM events e WHERE e.cid = blocks.cid)",
+                       [(c,) for c, _ in items])
+        db.execute(f"PRAGMA user_version={PRUNED_SCHEMA_VERSION}")
+
+    def insert_stub(self, cid: bytes, stub: bytes, author: str, seq: int, height: int,
+                    parents: Sequence[bytes]) -> None:
+        """Store an event known only by its stub (a joiner's: peers pruned it), and move the
+        heads past it as for any event (its children, which peers hold, follow it)."""
+        db = self._db
+        cur = db.execute("INSERT OR IGNORE INTO events(cid, author, seq, height) VALUES (?, ?, ?, ?)",
+                         (cid, author, seq, height))
+        if cur.rowcount != 1:
+            return
+        db.execute("INSERT OR IGNORE INTO pruned(cid, stub) VALUES (?, ?)", (cid, stub))
+        db.execute(f"PRAGMA user_version={PRUNED_SCHEMA_VERSION}")
+        if parents:
+            db.executemany("DELETE FROM heads WHERE cid = ?", [(p,) for p in parents])
+        db.execute("INSERT OR IGNORE INTO heads(cid) VALUES (?)", (cid,))
+
+    def stub(self, cid: bytes) -> bytes | None:
+        row = self._db.execute("SELECT stub FROM pruned WHERE cid = ?", (cid,)).fetchone()
+        return None if row is None else row[0]
+
+    def pruned_count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM pruned").fetchone()[0]
 
     def event_count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]

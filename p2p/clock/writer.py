@@ -55,7 +55,7 @@ from p2p.clock.store import ClockStore
 log = structlog.get_logger("p2p.clock.writer")
 
 DEFAULT_MAX_BATCH = 4096
-_EVENT, _BLOCK, _SYNC, _DROPPED = 0, 1, 2, 3
+_EVENT, _BLOCK, _SYNC, _DROPPED, _PRUNE = 0, 1, 2, 3, 4
 
 
 class ClockWriterError(RuntimeError):
@@ -75,6 +75,16 @@ class PendingEvent:
     seq: int
     height: int
     parents: tuple[bytes, ...]
+    stub: bytes | None = None  # an event known only by its stub (p2p.clock.stub): no data
+
+
+@dataclass(slots=True)
+class PendingPrune:
+    """Events whose blocks give way to their stubs ((cid, stub) pairs), in one transaction."""
+
+    n: int
+    items: list[tuple[bytes, bytes]]
+    data: bytes = b""
 
 
 @dataclass(slots=True)
@@ -90,7 +100,7 @@ class _Write:
     n: int
     kind: int
     cid: bytes
-    row: PendingEvent | PendingBlock | None
+    row: PendingEvent | PendingBlock | PendingPrune | None
     durable: bool
 
 
@@ -151,6 +161,27 @@ class ClockWriter:
             self.events[cid] = row
             self.pending_bytes += len(data)
             self._queue.append(_Write(self._last, _EVENT, cid, row, durable))
+            self._cond.notify()
+            return self._last
+
+    def queue_stub(self, cid: bytes, stub: bytes, author: str, seq: int, height: int,
+                   parents: Sequence[bytes]) -> int:
+        """Queue an event known only by its stub (a joiner's: its peers pruned the block)."""
+        with self._cond:
+            self._check()
+            self._last += 1
+            row = PendingEvent(self._last, b"", author, seq, height, tuple(parents), stub)
+            self.events[cid] = row
+            self._queue.append(_Write(self._last, _EVENT, cid, row, False))
+            self._cond.notify()
+            return self._last
+
+    def queue_prune(self, items: list[tuple[bytes, bytes]]) -> int:
+        """Queue the pruning of stored events ((cid, stub) pairs); committed durably."""
+        with self._cond:
+            self._check()
+            self._last += 1
+            self._queue.append(_Write(self._last, _PRUNE, b"", PendingPrune(self._last, list(items)), True))
             self._cond.notify()
             return self._last
 
@@ -305,7 +336,13 @@ class ClockWriter:
                 row = w.row
                 if w.kind == _EVENT:
                     assert isinstance(row, PendingEvent)
-                    store.insert_event(w.cid, row.data, row.author, row.seq, row.height, row.parents)
+                    if row.stub is not None:
+                        store.insert_stub(w.cid, row.stub, row.author, row.seq, row.height, row.parents)
+                    else:
+                        store.insert_event(w.cid, row.data, row.author, row.seq, row.height, row.parents)
+                elif w.kind == _PRUNE:
+                    assert isinstance(row, PendingPrune)
+                    store.prune(row.items)
                 elif w.kind == _DROPPED:
                     assert isinstance(row, PendingBlock)
                     store.put_dropped(w.cid.decode(), row.data)

@@ -29,8 +29,8 @@ lives here, in the shell, with time injected:
   differs. Its own compactions are verified like a peer's when read back after a restart (a
   crash before the drop was recorded, or a version that did not drop).
 
-Not built: deleting the events below a compaction, checkpoints and joining from them (§5–§6):
-the events stay on disk and a restart still reads them (skipping their ops).
+- **Pruning** (§5): after each look, the pruner (``p2p.compaction.pruner``) replaces the blocks
+  of events whose every op is about a dropped workflow by their stubs.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class Compactor:
     """Writes this node's compactions after ``retention_s`` and checks its peers' (module doc)."""
 
     def __init__(self, scheduler: Any, clock: Any, peer_id: str, *, retention_s: float, max_chunk_bytes: int,
-                 now: Callable[[], float] = time.monotonic, drop: bool = True) -> None:
+                 now: Callable[[], float] = time.monotonic, drop: bool = True, pruner: Any = None) -> None:
         self.scheduler = scheduler
         self.clock = clock
         self.peer_id = peer_id
@@ -78,6 +78,7 @@ class Compactor:
         self.max_chunk_bytes = max_chunk_bytes
         self._now = now
         self.drop = drop  # drop the records of verified compactions (docs/compaction.md §5)
+        self.pruner = pruner  # p2p.compaction.pruner.Pruner: then deletes the events they made dead
         self.stats = CompactionStats()
         self._finished_since: dict[str, float] = {}  # own finished workflows -> when first seen so
         self._checked: dict[str, Any] = {}  # compacted workflow -> the stamp in force when checked
@@ -144,6 +145,8 @@ class Compactor:
             # or by a version without dropping): rebuilt and compared like a peer's
             await self._check(wid, wf)
             break  # one peer's compaction a look: after a restart they are checked over time
+        if self.pruner is not None:
+            await self.pruner.step()
 
     async def _compact(self, wid: str) -> None:
         state = self.scheduler.state

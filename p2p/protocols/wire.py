@@ -8,7 +8,13 @@ Every decoder turns malformed or oversize input into ``WireError``; the node log
 - stream ``/ipfs-accelerate/<network>/blocks/1.0.0`` (:func:`blocks_protocol`): one CBOR request
   frame, one CBOR reply frame:
   ``BlocksRequest`` → ``BlocksReply`` (blocks by CID, optionally with their ancestors), or
-  ``HeadsRequest`` → ``HeadsReply`` (used right after connecting, before gossip meshes form).
+  ``HeadsRequest`` → ``HeadsReply`` (used right after connecting, before gossip meshes form), or
+  ``DroppedRequest`` → ``DroppedReply`` (the records of compacted workflows whose events the
+  peer pruned: what a joiner adopts before it folds the events above their stubs).
+
+A ``BlocksReply`` carries ``pruned``, the stubs of asked-for events the peer pruned
+(``p2p.clock.stub``), only when there are some: a peer of an older version, which forbids the
+field, still reads every reply from a peer that pruned nothing.
 """
 
 from __future__ import annotations
@@ -69,6 +75,19 @@ class HeadsRequest(_Msg):
 class BlocksReply(_Msg):
     t: Literal["blocks"] = "blocks"
     blocks: list[tuple[Cid, bytes]] = Field(max_length=100_000)
+    # stubs of asked-for (or walked-to) events this peer pruned, encoded (p2p.clock.stub)
+    pruned: list[bytes] = Field(default_factory=list, max_length=100_000)
+
+
+class DroppedRequest(_Msg):
+    t: Literal["dropped?"] = "dropped?"
+    workflows: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(min_length=1, max_length=1024)
+
+
+class DroppedReply(_Msg):
+    t: Literal["dropped!"] = "dropped!"
+    # p2p.scheduler.dropped.Dropped records, encoded, of those asked for that this peer dropped
+    records: list[bytes] = Field(max_length=1024)
 
 
 class HeadsReply(_Msg):
@@ -77,15 +96,18 @@ class HeadsReply(_Msg):
     events: int = Field(ge=0)
 
 
-Request = Annotated[Union[BlocksRequest, HeadsRequest], Field(discriminator="t")]
-Reply = Annotated[Union[BlocksReply, HeadsReply], Field(discriminator="t")]
+Request = Annotated[Union[BlocksRequest, HeadsRequest, DroppedRequest], Field(discriminator="t")]
+Reply = Annotated[Union[BlocksReply, HeadsReply, DroppedReply], Field(discriminator="t")]
 _REQUEST: TypeAdapter[Any] = TypeAdapter(Request)
 _REPLY: TypeAdapter[Any] = TypeAdapter(Reply)
 _HEADS: TypeAdapter[HeadsAnnouncement] = TypeAdapter(HeadsAnnouncement)
 
 
 def encode(msg: _Msg) -> bytes:
-    return cbor2.dumps(msg.model_dump())
+    data = msg.model_dump()
+    if isinstance(msg, BlocksReply) and not msg.pruned:
+        del data["pruned"]  # an older peer forbids the field: send it only when it says something
+    return cbor2.dumps(data)
 
 
 def _decode(adapter: TypeAdapter[Any], data: bytes, what: str) -> Any:
@@ -100,11 +122,11 @@ def _decode(adapter: TypeAdapter[Any], data: bytes, what: str) -> Any:
         raise WireError(f"malformed {what}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
-def decode_request(data: bytes) -> BlocksRequest | HeadsRequest:
+def decode_request(data: bytes) -> BlocksRequest | HeadsRequest | DroppedRequest:
     return _decode(_REQUEST, data, "request")
 
 
-def decode_reply(data: bytes) -> BlocksReply | HeadsReply:
+def decode_reply(data: bytes) -> BlocksReply | HeadsReply | DroppedReply:
     return _decode(_REPLY, data, "reply")
 
 

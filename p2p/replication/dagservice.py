@@ -25,6 +25,8 @@ from p2p.net.ratelog import PeerLogLimiter
 from p2p.protocols.wire import (
     BlocksReply,
     BlocksRequest,
+    DroppedReply,
+    DroppedRequest,
     HeadsReply,
     HeadsRequest,
     WireError,
@@ -52,6 +54,12 @@ class DAGService(Protocol):
     async def get_heads(self, peer: str) -> list[bytes]:
         """``peer``'s current heads."""
 
+    async def get_blocks_and_stubs(self, peer: str, cids: list[bytes], ancestors: int = 0) -> tuple[list[Block], list[bytes]]:
+        """``get_blocks``, plus the stubs (encoded) of the asked-for events ``peer`` pruned."""
+
+    async def get_dropped(self, peer: str, workflows: list[str]) -> list[bytes]:
+        """The records (encoded) of those compacted ``workflows`` whose events ``peer`` pruned."""
+
 
 class StreamDAGService:
     """DAGService over the blocks stream protocol of a :class:`p2p.net.NetHost`."""
@@ -65,10 +73,21 @@ class StreamDAGService:
         return decode_reply(await self._net.request(peer, self.protocol, encode(msg), timeout=self._timeout_s))
 
     async def get_blocks(self, peer: str, cids: list[bytes], ancestors: int = 0) -> list[Block]:
+        return (await self.get_blocks_and_stubs(peer, cids, ancestors))[0]
+
+    async def get_blocks_and_stubs(self, peer: str, cids: list[bytes], ancestors: int = 0) -> tuple[list[Block], list[bytes]]:
         reply = await self._ask(peer, BlocksRequest(cids=cids, ancestors=ancestors))
         if not isinstance(reply, BlocksReply):
             raise WireError(f"{peer} answered a blocks request with {reply.t!r}")
-        return list(reply.blocks)
+        return list(reply.blocks), list(reply.pruned)
+
+    async def get_dropped(self, peer: str, workflows: list[str]) -> list[bytes]:
+        reply = await self._ask(peer, DroppedRequest(workflows=workflows))
+        if isinstance(reply, BlocksReply):
+            return []  # an older peer: it cannot read the request, so it pruned nothing either
+        if not isinstance(reply, DroppedReply):
+            raise WireError(f"{peer} answered a dropped request with {reply.t!r}")
+        return list(reply.records)
 
     async def get_heads(self, peer: str) -> list[bytes]:
         reply = await self._ask(peer, HeadsRequest())
@@ -81,9 +100,10 @@ class BlockServer:
     """Answers blocks and heads requests from this peer's clock, within the configured caps."""
 
     def __init__(self, clock: Any, heads: Callable[[], list[bytes]], *, max_blocks_per_request: int,
-                 max_frame_bytes: int) -> None:
+                 max_frame_bytes: int, dropped: Callable[[list[str]], list[bytes]] = lambda wids: []) -> None:
         self._clock = clock
         self._heads = heads
+        self._dropped = dropped
         self._max_blocks = max_blocks_per_request
         self._budget = max_frame_bytes - 4096  # room for the reply's framing
 
@@ -98,13 +118,22 @@ class BlockServer:
             peer_log.log("error", peer, "serving blocks failed", error=repr(exc))
         return encode(BlocksReply(blocks=[]))
 
-    async def answer(self, req: BlocksRequest | HeadsRequest) -> BlocksReply | HeadsReply:
+    async def answer(self, req: BlocksRequest | HeadsRequest | DroppedRequest) -> BlocksReply | HeadsReply | DroppedReply:
         if isinstance(req, HeadsRequest):
             return HeadsReply(heads=self._heads(), events=len(self._clock))
+        if isinstance(req, DroppedRequest):
+            records, budget = [], self._budget
+            for data in self._dropped(list(dict.fromkeys(req.workflows))):
+                budget -= len(data) + 16
+                if budget < 0:
+                    break
+                records.append(data)
+            return DroppedReply(records=records)
         cids = req.cids[: self._max_blocks]
         limit = self._max_blocks + min(req.ancestors, CATCH_UP_BLOCKS)
-        blocks = await self._clock.collect_blocks(cids, min(req.ancestors, CATCH_UP_BLOCKS), limit, self._budget)
-        return BlocksReply(blocks=blocks)
+        stubs: list[bytes] = []
+        blocks = await self._clock.collect_blocks(cids, min(req.ancestors, CATCH_UP_BLOCKS), limit, self._budget, stubs)
+        return BlocksReply(blocks=blocks, pruned=stubs)
 
 
 class LocalDAGService:
@@ -120,9 +149,17 @@ class LocalDAGService:
         return self.servers[peer]
 
     async def get_blocks(self, peer: str, cids: list[bytes], ancestors: int = 0) -> list[Block]:
+        return (await self.get_blocks_and_stubs(peer, cids, ancestors))[0]
+
+    async def get_blocks_and_stubs(self, peer: str, cids: list[bytes], ancestors: int = 0) -> tuple[list[Block], list[bytes]]:
         reply = await self._server(peer).answer(BlocksRequest(cids=cids, ancestors=ancestors))
         assert isinstance(reply, BlocksReply)
-        return list(reply.blocks)
+        return list(reply.blocks), list(reply.pruned)
+
+    async def get_dropped(self, peer: str, workflows: list[str]) -> list[bytes]:
+        reply = await self._server(peer).answer(DroppedRequest(workflows=workflows))
+        assert isinstance(reply, DroppedReply)
+        return list(reply.records)
 
     async def get_heads(self, peer: str) -> list[bytes]:
         reply = await self._server(peer).answer(HeadsRequest())

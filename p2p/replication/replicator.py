@@ -21,6 +21,12 @@
   replicator asks connected peers for their heads, and :meth:`caught_up` stays False until those
   heads are applied here (or the sync with that peer ends). The scheduler claims nothing while it
   is False: a joiner or a resumed laptop never claims on half a history.
+- **Pruned history** (docs/compaction.md §5–§6): a peer that pruned events answers with their
+  stubs (and walks on below them). A stub is adopted once ``checkpoint_quorum`` connected
+  peers (or all of them, when fewer) give the same bytes — a peer that still holds an event's
+  block gives the block instead, which verifies itself — and only after the compacted
+  workflows it is about are adopted (``p2p.compaction.joining``). Then it goes the way of an
+  event: an orphan until its parents are here, then applied, releasing the events above it.
 - **Result blocks** (results too large to inline) are fetched from the peer that announced them,
   retried from any peer, and given up after ``missing_result_giveup_s``; at most
   ``max_missing_results`` are waited for at once.
@@ -37,6 +43,7 @@ import structlog
 import trio
 
 from p2p.clock.cids import cid_from_bytes, cid_raw
+from p2p.clock.stub import Stub, StubError, decode_stub
 from p2p.config import NetworkConfig
 from p2p.net.errors import ProtocolRefused
 from p2p.net.pacing import Debouncer
@@ -91,6 +98,8 @@ class Replicator:
         now: Callable[[], float] = time.monotonic,
         direct: Any = None,
         gossip: bool = True,
+        adopter: Any = None,
+        checkpoint_quorum: int = 2,
     ) -> None:
         self.clock = clock
         self.broadcaster = broadcaster
@@ -121,6 +130,11 @@ class Replicator:
         # only by push (and the connect-time heads request); tests prove push delivers with it
         self.direct = direct
         self._gossip = gossip
+        # p2p.compaction.joining.DroppedAdopter, or None: stubs are then never adopted
+        self.adopter = adopter
+        self.checkpoint_quorum = checkpoint_quorum
+        self.stubs_adopted = 0
+        self.stubs_refused = 0
         self._pending_gossip: list[Any] = []  # local events not yet inline in a gossip announcement
         self._pending_push: list[Any] = []  # ... nor in a pushed one
         self._merging: set[bytes] = set()  # inline blocks being merged now (the other path's copy waits)
@@ -329,6 +343,8 @@ class Replicator:
             "heard_gossip": self.heard["gossip"],
             "heard_push": self.heard["push"],
             "syncing_peers": len(self._syncing),
+            "stubs_adopted": self.stubs_adopted,
+            "stubs_refused": self.stubs_refused,
             "missing_results": len(self._missing_results),
         }
         if self.direct is not None and hasattr(self.direct, "stats"):
@@ -418,16 +434,18 @@ class Replicator:
                 if left:  # asked for next round, unless the peer announces newer heads meanwhile
                     self._syncing[peer] = self._syncing.get(peer, set()) | left
                 try:
-                    blocks = await self.dag.get_blocks(peer, want, CATCH_UP_BLOCKS if deep else 0)
+                    blocks, stubs = await self.dag.get_blocks_and_stubs(peer, want, CATCH_UP_BLOCKS if deep else 0)
                 except Exception as exc:  # noqa: BLE001
                     log.info("block fetch failed", peer=peer, error=str(exc))
                     return
                 self._on_heard(peer)
-                if not blocks:
+                if not blocks and not stubs:
                     return
                 before = (len(self.clock), self.clock.orphan_count())
                 try:
                     missing = await self._merge(peer, blocks)
+                    if stubs:
+                        missing = await self._adopt_stubs(peer, stubs)
                 except Exception:  # a bug must not let one peer's blocks stop the node
                     log.exception("merging blocks failed", peer=peer)
                     return
@@ -459,6 +477,63 @@ class Replicator:
             self._ingest(result.applied)  # at once: the fold must see events in the clock's order
             self._note_results(peer, result.applied)
         return {cid_raw(c) for c in result.missing}
+
+    async def _adopt_stubs(self, peer: str, raw: list[bytes]) -> set[bytes]:
+        """Stubs ``peer`` sent for events it pruned (asked for, or met on its walk down): adopt
+        them once enough peers vouch and their workflows are adopted (module doc). Returns what
+        is still missing."""
+        stubs: dict[bytes, tuple[bytes, Stub]] = {}
+        for data in raw:
+            try:
+                stub = decode_stub(data)
+            except StubError as exc:
+                peer_log.warning(peer, "malformed stub", error=str(exc))
+                continue
+            if not self._has(stub.key):
+                stubs[stub.key] = (bytes(data), stub)
+        if not stubs or self.adopter is None:
+            return {cid_raw(c) for c in self.clock.missing()}
+        others = [p for p in self._connected() if p not in (peer, self.peer_id)]
+        need = max(1, min(self.checkpoint_quorum, 1 + len(others)))
+        votes = {key: {peer} for key in stubs}
+        vouchers = [peer]
+        for other in others:
+            open_ = [k for k in stubs if len(votes[k]) < need and not self._has(k)]
+            if not open_:
+                break
+            try:
+                blocks, theirs = await self.dag.get_blocks_and_stubs(other, open_)
+            except Exception as exc:  # noqa: BLE001 - it vouches for nothing
+                log.debug("stub check failed", peer=other, error=str(exc))
+                continue
+            vouchers.append(other)
+            if blocks:
+                await self._merge(other, blocks)  # it still holds them: the events themselves
+            for data in theirs:
+                try:
+                    key = decode_stub(data).key
+                except StubError:
+                    continue
+                if key in stubs and bytes(data) == stubs[key][0]:
+                    votes[key].add(other)
+                elif key in stubs:
+                    peer_log.warning(other, "a stub differs from another peer's for the same event", cid=str(stubs[key][1].cid))
+        ready = [st for key, (_, st) in stubs.items() if len(votes[key]) >= need and not self._has(key)]
+        short = sum(1 for key in stubs if len(votes[key]) < need and not self._has(key))
+        if short:
+            self.stubs_refused += short
+            log.warning("stubs not vouched for by enough peers; not adopted", peer=peer, stubs=short, need=need)
+        about = {w for st in ready for w in st.about}
+        adopted = await self.adopter.adopt(vouchers, about, need) if about else set()
+        ready = [st for st in ready if set(st.about) <= adopted]
+        if ready:
+            result = self.clock.add_stubs(ready)
+            self.stubs_adopted += len(ready)
+            if result.applied:
+                self.synced_events += len(result.applied)
+                self._ingest(result.applied)
+                self._note_results(peer, result.applied)
+        return {cid_raw(c) for c in self.clock.missing()}
 
     # ---------------------------------------------------------------- results
 

@@ -55,6 +55,9 @@ class Causality:
     links: dict[bytes, tuple[int, tuple[bytes, ...], int]] = field(default_factory=dict)
     forked: set[str] = field(default_factory=set)
     _max_seq: dict[str, int] = field(default_factory=dict)
+    # author -> its folded event of the highest seq: what that peer had folded when it last
+    # wrote (the compactor prunes only events every live peer is known to hold)
+    latest: dict[str, bytes] = field(default_factory=dict)
     _memo: dict[tuple[bytes, bytes], bool] = field(default_factory=dict)
 
     def __contains__(self, cid: bytes) -> bool:
@@ -77,6 +80,7 @@ class Causality:
             self.forked.add(author)
         if self._max_seq.get(author, 0) < seq:
             self._max_seq[author] = seq
+            self.latest[author] = cid
         if vv.get(author, 0) < seq:
             vv[author] = seq
         self.vv[cid] = vv

@@ -191,6 +191,10 @@ class Scheduler:
             self.policy.worked(ev.author)  # its claims are not hoarded (policy._hoarded)
         touched = apply_event(self.state, bytes(ev.cid), ev.author, ev.height, ev.ops,
                               parents=[bytes(p) for p in ev.parents], seq=ev.seq)
+        if ev.vv is not None and self.state._causal.vv.get(bytes(ev.cid)) != ev.vv:
+            # a pruned event's stub (p2p.clock.stub) whose vector is not the one its parents
+            # give: the peers that vouched for it lied or erred (the DAG's vector is used)
+            log.warning("a stub's version vector differs from its parents'", cid=str(ev.cid), author=ev.author)
         for rej in self.state.last_rejected:
             op_log.warning(rej.author, "op rejected", op=rej.op, reason=rej.reason, event_cid=str(ev.cid))
         for op in ev.ops:
@@ -299,6 +303,14 @@ class Scheduler:
 
     def reprioritize(self, workflow_id: str, priority: int) -> None:
         self._append_now([{"op": "workflow.reprioritize", "workflow_id": workflow_id, "priority": priority}])
+
+    def forget_workflow(self, workflow_id: str) -> None:
+        """A workflow this peer had folded (in part) was adopted as compacted from its peers
+        (p2p.compaction.joining): none of its tasks is queued or fed here any longer."""
+        for tid in list(self._queued_by_wf.get(workflow_id, ())):
+            self._drop_local(tid, even_if_running=False)
+        self._feeding.pop(workflow_id, None)
+        self._parked.pop(workflow_id, None)
 
     def compact(self, workflow_id: str, snapshot: Any) -> Event:
         """Freeze this node's finished workflow at the current heads (p2p.compaction)."""

@@ -1261,6 +1261,31 @@ class State:
         self._counts[wid] = _dropped_counts(gone)
         self.dropped[wid] = gone
 
+    def adopt_dropped(self, gone: Dropped) -> None:
+        """A compacted workflow this peer learns from peers that pruned its events
+        (p2p.compaction.joining): filed as dropped, like a restart's. One this peer had folded
+        in part (back after a long absence, or a mixed event folded first) loses those records:
+        the snapshot its peers vouch for is the workflow's answer from now on."""
+        wid = gone.workflow_id
+        if wid in self.dropped:
+            return
+        wf = self.workflows.get(wid)
+        if wf is None:
+            self.restore_dropped(gone)
+            return
+        share = self.outvoted_share(wid)
+        wf.compacted = CompactRecord(Where(gone.stamp, gone.by, 0, {}), CID.decode(gone.snapshot), True)
+        self.drop(gone)
+        for p, n in share.items():
+            left = self.outvoted.get(p, 0) - n
+            if left > 0:
+                self.outvoted[p] = left
+            else:
+                self.outvoted.pop(p, None)
+        for p, n in gone.outvoted.items():
+            self.outvoted[p] = self.outvoted.get(p, 0) + n
+        self.reindex([wid])
+
     def restore_dropped(self, gone: Dropped) -> None:
         """A workflow dropped before a restart (the clock's ``dropped`` table), filed before
         the history is re-folded: every op about it is then skipped."""
@@ -1443,6 +1468,12 @@ def _op_workflow(op: Any) -> str | None:
         return None
     wid = getattr(op, "workflow_id", None)
     return wid if wid is not None else op.task_id.partition("/")[0]
+
+
+def raw_op_workflow(raw: Any) -> str | None:
+    """The workflow an unparsed op is about (None for adverts and anything malformed): what
+    the fold skips for a dropped workflow, and what the pruner checks (p2p.compaction.pruner)."""
+    return _raw_workflow(raw)
 
 
 def _raw_workflow(raw: Any) -> str | None:

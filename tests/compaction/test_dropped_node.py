@@ -48,9 +48,15 @@ async def _hits(node: Node, wid: str, directory: Path) -> list[tuple[str, str, f
     return [(h["task_id"], h["input"], h["score"]) for h in out["results"]]
 
 
-async def test_a_dropped_workflow_answers_alike_and_a_restart_skips_it(tmp_path: Path, shared_cache_dir: Path) -> None:
+@pytest.mark.parametrize("prune", [True, False], ids=["pruned", "kept"])
+async def test_a_dropped_workflow_answers_alike_and_a_restart_skips_it(tmp_path: Path, shared_cache_dir: Path,
+                                                                       prune: bool) -> None:
+    """Dropped, a workflow answers every tool alike, and a restart skips it: with pruning on
+    (the default) its events are stubs the restart replays without ops; with it off, the events
+    stay whole and the restart skips each of their ops."""
     data = tmp_path / "node"
     cfg = make_node_config(data, shared_cache_dir, inline_result_bytes=0)  # every result its own block
+    cfg.clock.prune_events = prune
     async with Node.open(cfg) as node:
         wid = (await node.submit_workflow("docs", _tasks()))["workflow_id"]
         other = (await node.submit_workflow("live", _tasks()[:2]))["workflow_id"]
@@ -71,6 +77,17 @@ async def test_a_dropped_workflow_answers_alike_and_a_restart_skips_it(tmp_path:
         assert not any(t.startswith(wid + "/") for t in state.tasks)
         info = node.node_info()["compaction"]
         assert info["dropped"] == 2 and info["written"] == 2, info
+        events = len(node.clock)
+        heads = {bytes(h) for h in node.clock.heads()}
+        stubs = [ev for ev in node.clock.events() if ev.vv is not None]
+        if prune:  # every event but the heads and this node's adverts was about the two dropped workflows only
+            kept = [ev for ev in node.clock.events() if ev.vv is None and bytes(ev.cid) not in heads]
+            assert all(any(op.get("op") == "peer.advertise" for op in ev.ops) for ev in kept), kept
+            assert info["pruned_events"] == info["stubs_held"] == len(stubs) == events - len(heads) - len(kept) > 0, info
+            assert all(node.clock.get_block(ev.cid) is None and node.clock.stub(ev.cid) for ev in stubs)
+            assert {bytes(ev.cid) for ev in stubs}.isdisjoint(heads)
+        else:
+            assert info["pruned_events"] == 0 and not stubs, info
 
         after = node.workflow_status(wid, include_results=True)
         assert after["compacted"]["by"] == node.peer_id
@@ -92,7 +109,11 @@ async def test_a_dropped_workflow_answers_alike_and_a_restart_skips_it(tmp_path:
     async with Node.open(cfg) as node:  # a restart: filed first, every op about it skipped
         state = node.scheduler.state
         assert wid in state.dropped and not any(t.startswith(wid + "/") for t in state.tasks)
-        assert node.node_info()["compaction"]["dropped_ops_skipped"] >= 3 * len(TEXTS)
+        assert len(node.clock) == events and state.events == events
+        if prune:  # replayed as stubs: no op to skip but the heads'
+            assert node.node_info()["compaction"]["stubs_held"] == len(stubs)
+        else:
+            assert node.node_info()["compaction"]["dropped_ops_skipped"] >= 3 * len(TEXTS)
         assert node.workflow_status(wid, include_results=True) == after
         assert await _exports(node, wid, tmp_path / "restarted") == exports_before
         assert await _hits(node, wid, tmp_path / "s3") == hits_before
@@ -121,6 +142,7 @@ async def test_a_node_killed_with_minus_9_after_dropping_answers_alike_on_restar
     cluster.kill(node, signal.SIGKILL)
     node = cluster.start("n", env=env)
     info = (await call(node, "get_node_info"))["compaction"]
-    assert info["dropped"] == 1 and info["dropped_ops_skipped"] >= 3 * len(TEXTS), info
+    # its ops skipped on the restart, or (pruned before the kill) their events replayed as stubs
+    assert info["dropped"] == 1 and (info["dropped_ops_skipped"] >= 3 * len(TEXTS) or info["stubs_held"] > 0), info
     after = await call(node, "get_workflow_status", workflow_id=wid, include_results=True, format="floats")
     assert after == before and after["compacted"]["by"] == node.peer_id

@@ -31,9 +31,9 @@ class CountingDAG(LocalDAGService):
         super().__init__(servers)
         self.requests: list[tuple[str, int, int]] = []  # (peer, cids asked, ancestors)
 
-    async def get_blocks(self, peer: str, cids: list[bytes], ancestors: int = 0) -> list[tuple[bytes, bytes]]:
+    async def get_blocks_and_stubs(self, peer: str, cids: list[bytes], ancestors: int = 0) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
         self.requests.append((peer, len(cids), ancestors))
-        return await super().get_blocks(peer, cids, ancestors)
+        return await super().get_blocks_and_stubs(peer, cids, ancestors)
 
 
 class Peer:
@@ -172,7 +172,7 @@ async def test_a_node_that_just_started_waits_for_its_first_peer_and_its_heartbe
 class StalledDAG(CountingDAG):
     """A peer that never answers block requests (a hostile or hung peer)."""
 
-    async def get_blocks(self, peer: str, cids: list[bytes], ancestors: int = 0) -> list[tuple[bytes, bytes]]:
+    async def get_blocks_and_stubs(self, peer: str, cids: list[bytes], ancestors: int = 0) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
         self.requests.append((peer, len(cids), ancestors))
         await trio.sleep_forever()
         raise AssertionError("unreachable")
