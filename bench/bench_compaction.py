@@ -20,8 +20,9 @@ At ``BIG`` tasks (1,000,000 by default; the issue's figure), one round each: a c
 workflow's finished history compacted and dropped, the restart against an empty node's clock
 open and load and against the whole fold.
 
-The events below a compaction are not deleted yet and a joiner still fetches the whole history
-(docs/compaction.md §5–§6): no join-from-snapshot figure. Fails loudly when the workflow is not
+Then the dead events are pruned (docs/compaction.md §5: their blocks give way to stubs) and the
+restart measured again, with the clock's pages in use before and after. The join figure is
+``bench_join``'s. Fails loudly when the workflow is not
 completed, the compaction does not come into force, the snapshot is empty, or the restart after
 dropping skipped nothing.
 Run alone: ``.venv/bin/python -m bench.bench_compaction``.
@@ -186,10 +187,40 @@ def measure_restart(n: int) -> dict[str, float]:
         whole_s, whole = _restart_whole(clock)
         require(len(whole.tasks) >= n, "the whole fold holds no tasks")
         del whole
+        used = _used_bytes(clock)
+        pruned = _prune(clock, sched)
+        pruned_s, restarted = _restart(clock)
+        require(wid in restarted.dropped and restarted.events == len(clock) and clock.pruned_count() == pruned,
+                f"the restart after pruning folded {restarted.events} of {len(clock)} events")
+        del restarted
+        pruned_used = _used_bytes(clock)
         empty_s = _empty_start(Path(d))
         clock.close()
     return {"build_s": build_s, "snapshot_s": snap_s, "chunks": len(snap.chunks), "events": events, "db": db,
-            "restart_s": restart_s, "whole_s": whole_s, "empty_s": empty_s}
+            "restart_s": restart_s, "whole_s": whole_s, "empty_s": empty_s, "pruned": pruned, "pruned_s": pruned_s,
+            "used": used, "pruned_used": pruned_used}
+
+
+def _prune(clock: Any, sched: Any) -> int:
+    """What the pruner does once the records are dropped (no other live peer to wait for)."""
+    import trio
+
+    from p2p.compaction.pruner import Pruner
+
+    clock.append([{"op": "peer.advertise", "capacity": 1.0, "models": ["m"]}])  # the compact op is no longer a head
+    n = trio.run(Pruner(sched, clock, clock.peer_id, live_peers=list).step)
+    require(n > 0, "nothing was pruned")
+    clock.flush()
+    return n
+
+
+def _used_bytes(clock: Any) -> int:
+    """Bytes of the clock file's pages in use (pruning frees pages that later writes reuse; the
+    file does not shrink without a VACUUM)."""
+    clock.flush()
+    db = clock._store.db
+    pages, free, size = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size"))
+    return (pages - free) * size
 
 
 def _restart_whole(clock: Any) -> tuple[float, Any]:
@@ -251,8 +282,10 @@ def main() -> None:
     print(f"          restart after the records were dropped: {r['restart_s']:.2f} s = {r['restart_s'] / r['empty_s']:.0f}x "
           f"an empty node's clock open and load ({r['empty_s'] * 1e3:.1f} ms), {r['restart_s'] / r['whole_s']:.3f}x "
           f"the whole fold ({r['whole_s']:.1f} s)")
-    print("  not measured (not built): deleting the events below a compaction, and joining from a checkpoint "
-          "(docs/compaction.md §5-6): the restart above still reads every event")
+    print(f"          pruned: {r['pruned']:,} of {r['events']:,} events replaced by stubs; the clock's pages in use "
+          f"{r['used'] / 1e6:.0f} MB -> {r['pruned_used'] / 1e6:.1f} MB ({r['pruned_used'] / r['used']:.4f}x); restart "
+          f"after pruning {r['pruned_s']:.3f} s = {r['pruned_s'] / r['empty_s']:.0f}x an empty node's, "
+          f"{r['pruned_s'] / r['restart_s']:.3f}x the restart before pruning")
 
 
 if __name__ == "__main__":

@@ -416,8 +416,9 @@ class MerkleClock:
         return self._store.stub(key)
 
     def pruned_count(self) -> int:
-        """Events held here as stubs only (committed)."""
-        return self._store.pruned_count()
+        """Events held here as stubs only (committed, and adopted ones still queued)."""
+        queued = sum(1 for p in list(self._writer.events.values()) if p.stub is not None)
+        return self._store.pruned_count() + queued
 
     async def prune_async(self, stubs: list[Stub]) -> int:
         """Delete stored events' blocks, keeping their stubs, in one durable transaction; returns

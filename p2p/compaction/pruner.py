@@ -22,7 +22,8 @@ Which events, exactly:
 
 A pass scans the retained events on a worker thread (decoding ops only), then judges the
 candidates on the loop with the fold's version vectors. It runs when something was dropped
-since the last pass, and again every ``interval_s`` while stability held candidates back.
+since the last pass, and again every ``interval_s`` while candidates were held back (heads, or
+not yet held by every live peer): those re-judge the candidates held back, without a scan.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ class Pruner:
         self.stats = PruneStats()
         self._last_dropped = -1  # len(state.dropped) at the last pass
         self._last_pass = float("-inf")
+        # the last scan's candidates still held back: a pass with nothing newly dropped re-judges
+        # them, without scanning the history again
+        self._held: list[tuple[Any, str, int, int, tuple[Any, ...], tuple[str, ...]]] = []
 
     def info(self) -> dict[str, Any]:
         return {"pruned_events": self.stats.pruned, "stubs_held": self.clock.pruned_count(),
@@ -105,11 +109,17 @@ class Pruner:
         if not self.due():
             return 0
         state = self.scheduler.state
+        rescan = len(state.dropped) != self._last_dropped
         self._last_dropped = len(state.dropped)
         self._last_pass = self._now()
         self.stats.passes += 1
-        found = await trio.to_thread.run_sync(self.clock.scan_events, dropped_only(frozenset(state.dropped)))
+        if rescan:
+            found = await trio.to_thread.run_sync(self.clock.scan_events, dropped_only(frozenset(state.dropped)))
+        else:
+            found = [c for c in self._held if self.clock.stub(c[0]) is None]
         stubs, held, waiting = self.judge(found)
+        pruning = {bytes(s.cid) for s in stubs}
+        self._held = [c for c in found if bytes(c[0]) not in pruning]
         self.stats.held_back, self.stats.waiting_for = held, sorted(waiting)
         n = await self.clock.prune_async(stubs) if stubs else 0
         self.stats.pruned += n

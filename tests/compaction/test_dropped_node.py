@@ -146,3 +146,39 @@ async def test_a_node_killed_with_minus_9_after_dropping_answers_alike_on_restar
     assert info["dropped"] == 1 and (info["dropped_ops_skipped"] >= 3 * len(TEXTS) or info["stubs_held"] > 0), info
     after = await call(node, "get_workflow_status", workflow_id=wid, include_results=True, format="floats")
     assert after == before and after["compacted"]["by"] == node.peer_id
+
+
+@pytest.mark.slow
+async def test_a_fresh_peer_joins_a_pruned_node_over_libp2p_and_answers_alike(cluster: Any) -> None:
+    """Real processes: ``p2p start`` with a retention of 0 s compacts, drops and prunes a finished
+    workflow on its own (no other live peer holds anything back); a fresh peer bootstrapped to
+    it gets stubs where the blocks were, adopts the compacted workflow and its snapshot, and
+    answers every field alike; so it does after a kill -9 and a restart."""
+    from tests.cluster import call, eventually, wait_done
+
+    env = {"IPFS_ACCELERATE_CLOCK__RETENTION_S": "0"}
+    n1 = cluster.start("n1", env=env)
+    wid = (await call(n1, "submit_workflow", name="docs", tasks=_tasks()))["workflow_id"]
+    await wait_done(n1, wid)
+
+    async def pruned() -> bool:
+        info = (await call(n1, "get_node_info"))["compaction"]
+        return info["dropped"] == 1 and info["stubs_held"] > 0
+
+    await eventually(pruned, 60, "the finished workflow to be compacted, dropped and pruned")
+    before = await call(n1, "get_workflow_status", workflow_id=wid, include_results=True, format="floats")
+    listing = await call(n1, "list_workflows")
+    n2 = cluster.start("n2", bootstrap=[n1], env=env)
+
+    async def joined() -> bool:
+        return (await call(n2, "get_node_info"))["compaction"]["joined"]["adopted"] == 1
+
+    await eventually(joined, 60, "the fresh peer to adopt the compacted workflow")
+    info = (await call(n2, "get_node_info"))
+    assert info["compaction"]["dropped"] == 1 and info["replication"]["stubs_adopted"] > 0, info["compaction"]
+    assert await call(n2, "get_workflow_status", workflow_id=wid, include_results=True, format="floats") == before
+    assert await call(n2, "list_workflows") == listing
+    cluster.kill(n2, signal.SIGKILL)
+    n2 = cluster.start("n2", bootstrap=[n1], env=env)
+    assert await call(n2, "get_workflow_status", workflow_id=wid, include_results=True, format="floats") == before
+    assert (await call(n2, "get_node_info"))["compaction"]["stubs_held"] > 0
