@@ -31,6 +31,9 @@ class TaskInput(BaseModel):
 class CompactedRef(BaseModel):
     snapshot: str = Field(description="CID of the workflow's snapshot at the cut (every field a tool shows of it).")
     by: str = Field(description="Peer id that compacted it: its submitter.")
+    results_expired: bool = Field(False, description=(
+        "True once this node deleted the workflow's result blocks (results.retention_s after dropping its records): "
+        "tasks whose result was a block of its own show result_cid without the result."))
 
 
 class WorkflowSummary(BaseModel):
@@ -223,7 +226,10 @@ class NodeInfo(BaseModel):
     compaction: dict[str, Any] = Field(default_factory=dict, description=(
         "Compaction (docs/compaction.md): enabled, retention_s, compacted workflows (frozen at a cut), own finished "
         "workflows waiting for retention_s, compactions written, peers' compactions verified, forged (by author) "
-        "and abstained, late ops ignored."))
+        "and abstained, late ops ignored; dropped workflows and their ops skipped; pruned_events and stubs_held "
+        "(events kept as stubs), prune_held_back and prune_waiting_for (live peers that may not hold them yet); "
+        "joined (compacted workflows adopted from peers, refused, disputed); results_retention_s, results_expired "
+        "(workflows whose result blocks were deleted) and result_blocks_expired."))
 
 
 class ConnectResult(BaseModel):

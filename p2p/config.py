@@ -117,6 +117,17 @@ class CacheConfig(BaseModel):
     remote_peers: int = Field(3, ge=0, le=16, description="peers asked at once on a local miss (0: never ask)")
 
 
+class ResultsConfig(BaseModel):
+    """How long this node keeps the result blocks of compacted workflows (docs/compaction.md §7):
+    results too large to inline travel as blocks of their own, named by the snapshot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retention_s: float = Field(604_800.0, ge=0, allow_inf_nan=False,
+                               description="how long after a compacted workflow's records are dropped its result "
+                                           "blocks are kept; then a status page shows their result_cid only")
+
+
 # Settings every peer of a network must share: they decide how the fold and assignment read the
 # clock (attempts, leases, timeouts) and what blocks a peer accepts. Heartbeats carry them.
 CONSENSUS_KEYS = (
@@ -158,6 +169,7 @@ class NodeConfig(BaseModel):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
 
     @model_validator(mode="after")
     def _constraints(self) -> "NodeConfig":

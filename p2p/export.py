@@ -259,8 +259,9 @@ def _standing_result(state: State, wf: Any, task: Any, index: int) -> Any:
     return state.slots_of(wf, index)[v.accepted.slot].result if v.accepted is not None else None
 
 
-def resolve(rows: list[ExportRow], load_blocks: BlocksLoader) -> list[Resolved]:
-    """Decode each row's result, reading those stored as blocks (worker thread)."""
+def resolve(rows: list[ExportRow], load_blocks: BlocksLoader, expired: bool = False) -> list[Resolved]:
+    """Decode each row's result, reading those stored as blocks (worker thread). ``expired``:
+    the rows' workflow had its result blocks deleted here (results.retention_s)."""
     wanted = []
     for r in rows:
         if r.stored is None and r.cid is not None:
@@ -278,7 +279,9 @@ def resolve(rows: list[ExportRow], load_blocks: BlocksLoader) -> list[Resolved]:
             except Exception:  # noqa: BLE001
                 data, note = None, f"malformed result CID {str(r.cid)[:100]!r}"
             if data is None:
-                note = note or f"the result block {r.cid} has not reached this peer yet"
+                note = note or (f"the result block {r.cid} expired on this peer (results.retention_s after the "
+                                f"workflow was compacted)" if expired else
+                                f"the result block {r.cid} has not reached this peer yet")
             else:
                 try:
                     stored = codec.decode(data)
@@ -565,8 +568,10 @@ async def export_results(
             tgt.discard()
             raise
 
+    expired = workflow_id in state.expired
+
     def write_page(writer: RowWriter, rows: list[ExportRow]) -> None:
-        writer.write(resolve(rows, load_blocks))
+        writer.write(resolve(rows, load_blocks, expired))
 
     tgt, writer = await trio.to_thread.run_sync(open_writer)
     done = False

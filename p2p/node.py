@@ -25,6 +25,7 @@ from p2p.clock.cids import cid_raw
 from p2p.compaction import pages as snapshot_pages
 from p2p.compaction.compactor import Compactor
 from p2p.compaction.joining import DroppedAdopter
+from p2p.compaction.expiry import ResultExpiry
 from p2p.compaction.pruner import Pruner
 from p2p.compaction.pages import SnapshotPages
 from p2p.compaction.snapshot import SnapshotError
@@ -119,11 +120,12 @@ class Node:
             max_inflight=sched.max_inflight, max_ops_per_event=config.clock.max_ops_per_event,
             ready=self.caught_up, lagging=self._lagging, cache=self.cache, inputs=self.inputs,
         )
+        self.expiry = ResultExpiry(self.scheduler, clock, retention_s=config.results.retention_s)
         self.pruner = Pruner(self.scheduler, clock, self.peer_id,
                              live_peers=lambda: [p.peer_id for p in self.peers.live_peers()])
         self.compactor = Compactor(self.scheduler, clock, self.peer_id, retention_s=config.clock.retention_s,
                                    max_chunk_bytes=config.clock.max_block_bytes, drop=config.clock.drop_compacted,
-                                   pruner=self.pruner if config.clock.prune_events else None)
+                                   pruner=self.pruner if config.clock.prune_events else None, expiry=self.expiry)
         self.adopter: DroppedAdopter | None = None  # with networking: adopts compacted workflows from peers
         # read from any thread (a worker thread warms it: ``warm_status``), so through a reader connection
         self.snapshot_pages = SnapshotPages(lambda raw: dict(clock.collect_blocks_sync([raw], 0, 1, 1 << 62)).get(raw))
@@ -161,6 +163,7 @@ class Node:
                 await node.hash_models()
                 t0 = time.perf_counter()
                 node.scheduler.load()
+                node.expiry.load()  # workflows whose result blocks expired before the restart
                 gc.freeze()  # the loaded history is long-lived: keep full collections from walking it
                 log.info("clock loaded", events=len(clock), workflows=len(node.scheduler.state.workflows),
                          seconds=round(time.perf_counter() - t0, 3), peer_id=node.peer_id)
@@ -977,7 +980,7 @@ class Node:
             "queue": self.scheduler.local_queue(),
             "cache": self.cache.info() if self.cache is not None else {"enabled": False},
             "workers": self.engine.workers_info(),
-            "compaction": {"enabled": self.config.clock.compact, **self.compactor.info(), **self.pruner.info(),
+            "compaction": {"enabled": self.config.clock.compact, **self.compactor.info(), **self.pruner.info(), **self.expiry.info(),
                            "joined": self.adopter.info() if self.adopter is not None else None},
             "replication": self.replicator.stats() if self.replicator is not None else {"enabled": False},
             "dht": self.dht.stats.as_dict() if self.dht is not None else {"mode": "off"},

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from inference.config import InferenceConfig
-from p2p.config import CacheConfig, ClockConfig, NetworkConfig, NodeConfig, SchedulerConfig, constraint_violations
+from p2p.config import (CacheConfig, ClockConfig, NetworkConfig, NodeConfig, ResultsConfig, SchedulerConfig,
+                        constraint_violations)
 
 DEFAULT_TOML = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
     mcp: McpConfig = Field(default_factory=McpConfig)
 
     @property
@@ -74,6 +76,7 @@ class Settings(BaseSettings):
             scheduler=self.scheduler,
             network=self.network,
             cache=self.cache,
+            results=self.results,
         )
 
 

@@ -463,6 +463,18 @@ class MerkleClock:
             self._apply(stub_event(stub), result, durable=False)
         return self._finish_merge(result)
 
+    # -- result expiry (p2p.compaction.expiry) ---------------------------------------------
+    def expiry(self) -> dict[str, tuple[float, bool]]:
+        """workflow id -> (when this peer dropped it, wall clock; whether its results expired)."""
+        return self._store.expiry()
+
+    def note_dropped_at(self, workflow_id: str, at: float) -> None:
+        self._writer.queue_call("note_dropped_at", workflow_id, at)
+
+    async def expire_async(self, workflow_id: str, cids: list[bytes]) -> None:
+        """Delete result blocks of a dropped workflow and mark it expired, durably."""
+        await self._writer.wait_async(self._writer.queue_call("expire", workflow_id, list(cids)))
+
     def put_dropped(self, workflow_id: str, data: bytes) -> None:
         """Record that this peer dropped a compacted workflow's records (``State.drop``); queued
         after the snapshot blocks stored before it, committed durably."""

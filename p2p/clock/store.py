@@ -12,6 +12,9 @@ Schema (``PRAGMA user_version`` = 1):
   event is still known and replayed (as its stub: parents, version vector, no ops). The first
   pruned row sets ``user_version`` to 2, which an older version refuses to open rather than
   re-fold a history with holes;
+- ``expiry(workflow_id TEXT PRIMARY KEY, dropped_at REAL, expired INTEGER)`` — when this peer
+  dropped a compacted workflow's records (wall-clock seconds), and whether its result blocks
+  were deleted after ``results.retention_s`` (``p2p.compaction.expiry``);
 - ``dropped(workflow_id TEXT PRIMARY KEY, data BLOB)`` — compacted workflows whose records this
   peer dropped (``p2p.scheduler.dropped.Dropped``, encoded): a restart files them before it
   re-folds, and skips every op about them (docs/compaction.md §5). Added without a version bump:
@@ -52,6 +55,8 @@ CREATE INDEX IF NOT EXISTS events_author_seq ON events(author, seq);
 CREATE TABLE IF NOT EXISTS heads (cid BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS dropped (workflow_id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS pruned (cid BLOB PRIMARY KEY, stub BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS expiry (workflow_id TEXT PRIMARY KEY, dropped_at REAL NOT NULL,
+                                   expired INTEGER NOT NULL DEFAULT 0);
 """
 
 
@@ -215,6 +220,19 @@ class ClockStore:
         if parents:
             db.executemany("DELETE FROM heads WHERE cid = ?", [(p,) for p in parents])
         db.execute("INSERT OR IGNORE INTO heads(cid) VALUES (?)", (cid,))
+
+    # -- result expiry (p2p.compaction.expiry) --------------------------------------------
+    def note_dropped_at(self, workflow_id: str, at: float) -> None:
+        self._db.execute("INSERT OR IGNORE INTO expiry(workflow_id, dropped_at) VALUES (?, ?)", (workflow_id, at))
+
+    def expire(self, workflow_id: str, cids: Sequence[bytes]) -> None:
+        """Delete a dropped workflow's result blocks (never an event's) and mark it expired."""
+        self._db.executemany("DELETE FROM blocks WHERE cid = ? AND NOT EXISTS (SELECT 1 FROM events e WHERE e.cid = blocks.cid)",
+                             [(c,) for c in cids])
+        self._db.execute("UPDATE expiry SET expired = 1 WHERE workflow_id = ?", (workflow_id,))
+
+    def expiry(self) -> dict[str, tuple[float, bool]]:
+        return {w: (at, bool(e)) for w, at, e in self._db.execute("SELECT workflow_id, dropped_at, expired FROM expiry")}
 
     def stub(self, cid: bytes) -> bytes | None:
         row = self._db.execute("SELECT stub FROM pruned WHERE cid = ?", (cid,)).fetchone()

@@ -48,6 +48,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Any
+
 import structlog
 
 from p2p.clock.store import ClockStore
@@ -55,7 +57,7 @@ from p2p.clock.store import ClockStore
 log = structlog.get_logger("p2p.clock.writer")
 
 DEFAULT_MAX_BATCH = 4096
-_EVENT, _BLOCK, _SYNC, _DROPPED, _PRUNE = 0, 1, 2, 3, 4
+_EVENT, _BLOCK, _SYNC, _DROPPED, _PRUNE, _CALL = 0, 1, 2, 3, 4, 5
 
 
 class ClockWriterError(RuntimeError):
@@ -88,6 +90,16 @@ class PendingPrune:
 
 
 @dataclass(slots=True)
+class PendingCall:
+    """A call of one of the store's write methods (by name), in the writer's order."""
+
+    n: int
+    method: str
+    args: tuple[Any, ...]
+    data: bytes = b""
+
+
+@dataclass(slots=True)
 class PendingBlock:
     """A plain block queued for the writer."""
 
@@ -100,7 +112,7 @@ class _Write:
     n: int
     kind: int
     cid: bytes
-    row: PendingEvent | PendingBlock | PendingPrune | None
+    row: PendingEvent | PendingBlock | PendingPrune | PendingCall | None
     durable: bool
 
 
@@ -182,6 +194,16 @@ class ClockWriter:
             self._check()
             self._last += 1
             self._queue.append(_Write(self._last, _PRUNE, b"", PendingPrune(self._last, list(items)), True))
+            self._cond.notify()
+            return self._last
+
+    def queue_call(self, method: str, *args: Any) -> int:
+        """Queue a call of ``ClockStore.<method>(*args)`` (the small tables: drop times, block
+        deletions); committed durably, after every row queued before it."""
+        with self._cond:
+            self._check()
+            self._last += 1
+            self._queue.append(_Write(self._last, _CALL, b"", PendingCall(self._last, method, args), True))
             self._cond.notify()
             return self._last
 
@@ -343,6 +365,9 @@ class ClockWriter:
                 elif w.kind == _PRUNE:
                     assert isinstance(row, PendingPrune)
                     store.prune(row.items)
+                elif w.kind == _CALL:
+                    assert isinstance(row, PendingCall)
+                    getattr(store, row.method)(*row.args)
                 elif w.kind == _DROPPED:
                     assert isinstance(row, PendingBlock)
                     store.put_dropped(w.cid.decode(), row.data)

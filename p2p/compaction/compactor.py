@@ -30,7 +30,9 @@ lives here, in the shell, with time injected:
   crash before the drop was recorded, or a version that did not drop).
 
 - **Pruning** (§5): after each look, the pruner (``p2p.compaction.pruner``) replaces the blocks
-  of events whose every op is about a dropped workflow by their stubs.
+  of events whose every op is about a dropped workflow by their stubs, and result expiry
+  (``p2p.compaction.expiry``) deletes the result blocks of workflows dropped over
+  ``results.retention_s`` ago.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class Compactor:
     """Writes this node's compactions after ``retention_s`` and checks its peers' (module doc)."""
 
     def __init__(self, scheduler: Any, clock: Any, peer_id: str, *, retention_s: float, max_chunk_bytes: int,
-                 now: Callable[[], float] = time.monotonic, drop: bool = True, pruner: Any = None) -> None:
+                 now: Callable[[], float] = time.monotonic, drop: bool = True, pruner: Any = None,
+                 expiry: Any = None) -> None:
         self.scheduler = scheduler
         self.clock = clock
         self.peer_id = peer_id
@@ -79,6 +82,7 @@ class Compactor:
         self._now = now
         self.drop = drop  # drop the records of verified compactions (docs/compaction.md §5)
         self.pruner = pruner  # p2p.compaction.pruner.Pruner: then deletes the events they made dead
+        self.expiry = expiry  # p2p.compaction.expiry.ResultExpiry: result blocks after results.retention_s
         self.stats = CompactionStats()
         self._finished_since: dict[str, float] = {}  # own finished workflows -> when first seen so
         self._checked: dict[str, Any] = {}  # compacted workflow -> the stamp in force when checked
@@ -147,6 +151,8 @@ class Compactor:
             break  # one peer's compaction a look: after a restart they are checked over time
         if self.pruner is not None:
             await self.pruner.step()
+        if self.expiry is not None:
+            await self.expiry.step()
 
     async def _compact(self, wid: str) -> None:
         state = self.scheduler.state

@@ -113,8 +113,9 @@ class DroppedAdopter:
                      vouched_by=len(vouchers))
         return {w for w in wanted if w in state.dropped}
 
-    async def _get(self, peers: list[str], cids: list[Any]) -> None:
-        """Fetch plain blocks (checked against their CIDs) until every one is here."""
+    async def _get(self, peers: list[str], cids: list[Any], required: bool = True) -> None:
+        """Fetch plain blocks (checked against their CIDs) until every one is here (or, not
+        ``required``, as many as the peers serve)."""
         left = [c for c in cids if not self.clock.has(c)]
         for who in peers:
             while left:
@@ -133,7 +134,8 @@ class DroppedAdopter:
                 left = [c for c in left if not self.clock.has(c)]
             if not left:
                 return
-        raise ValueError(f"{len(left)} block(s) of the snapshot no peer served")
+        if required:
+            raise ValueError(f"{len(left)} block(s) of the snapshot no peer served")
 
     async def _fetch_snapshot(self, peers: list[str], gone: Dropped) -> None:
         """The snapshot's root, chunks and result blocks, checked against the record."""
@@ -148,8 +150,8 @@ class DroppedAdopter:
         await self._get(peers, chunks)
         datas = [self.clock.get_block(c) for c in chunks]  # point reads here; the decoding off the loop
         results = await trio.to_thread.run_sync(_result_cids, datas)
-        if results:
-            await self._get(peers, results)
+        if results:  # best effort: peers delete them after results.retention_s (p2p.compaction.expiry)
+            await self._get(peers, results, required=False)
 
 
 def _result_cids(datas: list[bytes]) -> list[Any]:

@@ -109,8 +109,11 @@ def status_of(state: Any, wf: Any, pages: SnapshotPages, *, include_results: boo
     if gone is None:
         return views.workflow_status(state, wf, include_results=include_results, offset=offset, limit=limit,
                                      load_block=load_block, waiting=waiting)
-    return workflow_status(gone, pages, include_results=include_results, offset=offset, limit=limit,
-                           load_block=load_block)
+    out = workflow_status(gone, pages, include_results=include_results, offset=offset, limit=limit,
+                          load_block=load_block)
+    if wf.workflow_id in state.expired:  # its result blocks were deleted here (p2p.compaction.expiry)
+        out["compacted"] = {**out["compacted"], "results_expired": True}
+    return out
 
 
 def dropped_from_snapshot(state: Any, workflow_id: str, snap: Snapshot) -> Dropped:

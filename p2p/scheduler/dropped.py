@@ -87,7 +87,7 @@ class Dropped:
         """The workflow summary a tool shows (``views.workflow_summary``'s fields)."""
         out = {k: self.summary[k] for k in SUMMARY_KEYS if k in self.summary}
         out.update((k, v) for k, v in self.summary.items() if k not in out)
-        out["compacted"] = {"snapshot": self.snapshot, "by": self.by}
+        out["compacted"] = {"snapshot": self.snapshot, "by": self.by, "results_expired": False}
         return out
 
     def chunk_for(self, index: int) -> int:

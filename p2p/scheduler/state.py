@@ -882,6 +882,9 @@ class State:
     # skipped (``dropped_ops`` counts them): on a restart that is most of a compacted history.
     dropped: dict[str, Dropped] = field(default_factory=dict, repr=False)
     dropped_ops: int = 0
+    # dropped workflows whose result blocks this peer deleted after results.retention_s
+    # (p2p.compaction.expiry): local, like dropping; their pages show result_cid only
+    expired: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         self.shared.replica_check = self._replica_refusal

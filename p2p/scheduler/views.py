@@ -33,7 +33,9 @@ def workflow_summary(state: State, wf: WorkflowState) -> dict[str, Any]:
         "running": counts[TaskStatus.RUNNING],
         "pending": counts[TaskStatus.QUEUED] + counts[TaskStatus.CLAIMED],
         # set once its submitter compacted it: it reads as it stood at that cut (docs/compaction.md)
-        "compacted": None if wf.compacted is None else {"snapshot": str(wf.compacted.snapshot), "by": wf.compacted.where.who},
+        # (results_expired: this node deleted its result blocks after results.retention_s)
+        "compacted": None if wf.compacted is None else {"snapshot": str(wf.compacted.snapshot), "by": wf.compacted.where.who,
+                                                        "results_expired": wf.workflow_id in state.expired},
     }
 
 

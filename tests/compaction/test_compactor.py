@@ -100,7 +100,7 @@ async def test_compact_verify_join_and_a_month_offline_peer(tmp_path: Path) -> N
     assert wf.compacted is not None and wf.compacted.where.who == a.id
     after = a.answer(wid)
     assert {k: v for k, v in after.items() if k != "compacted"} == {k: v for k, v in before.items() if k != "compacted"}
-    assert after["compacted"] == {"snapshot": str(wf.compacted.snapshot), "by": a.id}
+    assert after["compacted"] == {"snapshot": str(wf.compacted.snapshot), "by": a.id, "results_expired": False}
     # the snapshot's blocks are in a's clock (served over the blocks protocol), and read back
     root = a.clock.get_block(wf.compacted.snapshot)
     head = decode_snapshot(root, [a.clock.get_block(c) for c in codec.decode(root)["chunks"]])

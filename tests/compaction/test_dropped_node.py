@@ -15,6 +15,7 @@ from mcp import Client
 from mcp_server.server import build_server
 
 from p2p.export import export_workflow_results
+from p2p.errors import NodeError
 from p2p.node import Node
 from p2p.search import SearchIndexes, search_workflow
 from tests.conftest import DEFAULT_MODEL, make_node_config
@@ -120,6 +121,23 @@ async def test_a_dropped_workflow_answers_alike_and_a_restart_skips_it(tmp_path:
         # still a finished workflow to every tool: no new work, and cancel changes nothing
         assert (await node.cancel_workflow(wid))["state"] == "completed"
         assert node.workflow_summary(wid)["total"] == len(TEXTS)
+
+        # results.retention_s later the result blocks go (every result here is a block of its own):
+        # pages show result_cid only, an export says the results expired, partial=true writes the rest
+        node.expiry.retention_s = 0
+        await node.compactor.step()
+        assert node.node_info()["compaction"]["results_expired"] == 2  # both dropped workflows
+        expired = node.workflow_status(wid, include_results=True)
+        assert expired["compacted"]["results_expired"] is True
+        assert all("result" not in t and t["result_cid"] for t in expired["tasks"])
+        with pytest.raises(NodeError, match="expired on this peer"):
+            await export_workflow_results(node, wid, tmp_path / "expired.jsonl")
+        assert not (tmp_path / "expired.jsonl").exists()
+        r = await export_workflow_results(node, wid, tmp_path / "expired.jsonl", partial=True)
+        assert r["rows"] == len(TEXTS) and r["without_output"] == len(TEXTS), r
+
+    async with Node.open(cfg) as node:  # expired stays expired
+        assert node.workflow_status(wid, include_results=True) == expired
 
 
 @pytest.mark.slow

@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 import trio
 
-from p2p.clock import MerkleClock
+from p2p.clock import MerkleClock, codec
 from p2p.clock.cids import block_cid, cid_from_bytes
 from p2p.clock.stub import Stub, StubError, decode_stub
 from p2p.compaction.compactor import Compactor
+from p2p.compaction.expiry import ResultExpiry
 from p2p.compaction.joining import DroppedAdopter
 from p2p.compaction.pages import SnapshotPages, status_of
 from p2p.compaction.pruner import Pruner
@@ -64,8 +65,10 @@ class Peer:
                                config=SchedulerConfig())
         self.pruner = Pruner(self.sched, self.clock, self.id, live_peers=lambda: self.live, interval_s=0.0,
                              now=lambda: self.now[0])
+        self.expiry = ResultExpiry(self.sched, self.clock, retention_s=100.0, wall=lambda: self.now[0])
+        self.expiry.load()
         self.compactor = Compactor(self.sched, self.clock, self.id, retention_s=0.0, max_chunk_bytes=CHUNK,
-                                   now=lambda: self.now[0], pruner=self.pruner)
+                                   now=lambda: self.now[0], pruner=self.pruner, expiry=self.expiry)
         self.pages = SnapshotPages(lambda raw: self.clock.get_block(cid_from_bytes(raw)))
 
     # the adopter reads ``state`` and calls ``forget_workflow`` on what it is given as the scheduler
@@ -90,15 +93,24 @@ class Peer:
         return self.sched.submit(name, [TaskSpec(model=MODEL, input=f"{name} {i}") for i in range(n)], 5,
                                  WorkflowTag.P2P_ELIGIBLE)
 
-    def run(self, wid: str, index: int) -> None:
-        """Claim, start and finish one task in one event (advertising first)."""
+    def run(self, wid: str, index: int, block: bytes | None = None) -> None:
+        """Claim, start and finish one task in one event (advertising first); ``block``: the
+        result is that block of its own (a result too large to inline)."""
         if self.id not in self.sched.state.adverts:
             self.sched._after_local_append(self.clock.append([{"op": "peer.advertise", "capacity": 1e6, "models": [MODEL]}]))
         tid = f"{wid}/{index}"
+        done: dict[str, Any] = {"op": "task.done", "task_id": tid, "attempt": 1}
+        if block is None:
+            done["result"] = {"v": index, "by": self.id}
+        else:
+            done["result_cid"] = self.clock.put_block(codec.decode(block))
         self.sched._after_local_append(self.clock.append([
             {"op": "task.claim", "task_id": tid, "attempt": 1, "capacity": 1.0},
-            {"op": "task.start", "task_id": tid, "attempt": 1},
-            {"op": "task.done", "task_id": tid, "attempt": 1, "result": {"v": index, "by": self.id}}]))
+            {"op": "task.start", "task_id": tid, "attempt": 1}, done]))
+
+    def block(self, cid: Any) -> dict[str, Any] | None:
+        data = self.clock.get_block(cid)
+        return None if data is None else codec.decode(data)
 
     def answers(self) -> dict[str, Any]:
         """Every field the tools show of every workflow (a dropped one through its snapshot)."""
@@ -106,8 +118,8 @@ class Peer:
         out: dict[str, Any] = {}
         for wid, wf in sorted(st.workflows.items()):
             out[wid] = {
-                "status": status_of(st, wf, self.pages, include_results=True, offset=0, limit=1000, load_block=lambda c: None),
-                "page": status_of(st, wf, self.pages, include_results=True, offset=1, limit=2, load_block=lambda c: None),
+                "status": status_of(st, wf, self.pages, include_results=True, offset=0, limit=1000, load_block=self.block),
+                "page": status_of(st, wf, self.pages, include_results=True, offset=1, limit=2, load_block=self.block),
                 "summary": views.workflow_summary(st, wf), "counts": st.counts(wf),
             }
         out["listing"] = [w.workflow_id for w in st.listed()]
@@ -334,3 +346,39 @@ def test_a_stub_is_checked_field_by_field(tmp_path: Path) -> None:
     got = list(clock.events())
     assert [bytes(e.cid) for e in got] == [bytes(ev.cid), bytes(other)] and got[1].ops == () and got[1].vv == good.vv
     clock.close()
+
+
+async def test_result_blocks_expire_after_retention_but_one_a_live_workflow_names_stays(tmp_path: Path) -> None:
+    """results.retention_s after a compacted workflow was dropped, its result blocks are deleted:
+    its page shows result_cid without the result (and says the results expired) — except a
+    block a live workflow names too (content-addressed: shared). A restart remembers."""
+    now = [1000.0]
+    hub, dag = MemoryHub(), LocalDAGService({})
+    shared, own = codec.encode({"v": "shared" * 200}), codec.encode({"v": "own" * 200})
+    async with trio.open_nursery() as nursery:
+        a = Peer(tmp_path, "a", hub, dag, now)
+        await nursery.start(a.rep.run)
+        done, live = a.submit("done", 2), a.submit("live", 2)
+        a.run(done, 0, shared)
+        a.run(done, 1, own)
+        a.run(live, 0, shared)  # live keeps running: task 1 is never done
+        await a.compactor.step()
+        assert done in a.sched.state.dropped and live not in a.sched.state.dropped
+        before = a.answers()[done]["status"]
+        assert [t.get("result") for t in before["tasks"]] == [{"v": "shared" * 200}, {"v": "own" * 200}]
+        now[0] += 99
+        await a.compactor.step()
+        assert a.expiry.info()["results_expired"] == 0  # not yet
+        now[0] += 2
+        await a.compactor.step()
+        info = a.expiry.info()
+        assert info["results_expired"] == 1 and info["result_blocks_expired"] == 1, info
+        after = a.answers()[done]["status"]
+        assert after["compacted"]["results_expired"] is True
+        assert after["tasks"][0]["result"] == {"v": "shared" * 200}  # the live workflow names it: kept
+        assert "result" not in after["tasks"][1] and after["tasks"][1]["result_cid"] == str(block_cid(own))
+        assert a.answers()[live]["status"]["tasks"][0]["result"] == {"v": "shared" * 200}
+        nursery.cancel_scope.cancel()
+    a.restart()
+    a.expiry.load()
+    assert a.answers()[done]["status"] == after
