@@ -26,8 +26,8 @@ from typing import Any
 import structlog
 import trio
 
-from p2p.clock import codec
 from p2p.clock.cids import cid_from_bytes, cid_raw
+from p2p.compaction.pages import chunk_result_cids
 
 log = structlog.get_logger("p2p.compaction")
 
@@ -87,7 +87,7 @@ class ResultExpiry:
         if got is None:
             gone = self.scheduler.state.dropped[wid]
             datas = [self.clock.get_block(cid_from_bytes(c)) for _, c in gone.chunks]  # point reads; decoding off the loop
-            got = await trio.to_thread.run_sync(_named, datas)
+            got = frozenset(cid_raw(c) for c in await trio.to_thread.run_sync(chunk_result_cids, datas))
             self._cids[wid] = got
         return got
 
@@ -116,19 +116,6 @@ class ResultExpiry:
         self.stats.expired_blocks += len(drop)
         log.info("compacted workflow's result blocks expired", workflow_id=wid, deleted=len(drop),
                  kept_shared=len(mine) - len(drop), retention_s=self.retention_s)
-
-
-def _named(datas: list[bytes | None]) -> frozenset[bytes]:
-    """The result blocks a snapshot's chunks name."""
-    out: set[bytes] = set()
-    for data in datas:
-        if data is None:
-            continue
-        for record in codec.decode(data)["tasks"]:
-            cid = record.get("result_cid")
-            if cid is not None:
-                out.add(cid_raw(cid))
-    return frozenset(out)
 
 
 __all__ = ["ExpiryStats", "ResultExpiry"]

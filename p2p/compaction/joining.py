@@ -30,6 +30,7 @@ from multiformats import CID
 
 from p2p.clock import codec
 from p2p.clock.cids import cid_raw
+from p2p.compaction.pages import chunk_result_cids
 from p2p.net.ratelog import PeerLogLimiter
 from p2p.scheduler.dropped import Dropped
 
@@ -149,20 +150,9 @@ class DroppedAdopter:
             raise ValueError("the snapshot root's chunks are not the record's")
         await self._get(peers, chunks)
         datas = [self.clock.get_block(c) for c in chunks]  # point reads here; the decoding off the loop
-        results = await trio.to_thread.run_sync(_result_cids, datas)
+        results = await trio.to_thread.run_sync(chunk_result_cids, datas)
         if results:  # best effort: peers delete them after results.retention_s (p2p.compaction.expiry)
             await self._get(peers, results, required=False)
-
-
-def _result_cids(datas: list[bytes]) -> list[Any]:
-    """The result blocks a snapshot's chunks name."""
-    out = []
-    for data in datas:
-        for record in codec.decode(data)["tasks"]:
-            cid = record.get("result_cid")
-            if cid is not None:
-                out.append(cid)
-    return out
 
 
 __all__ = ["DroppedAdopter", "JoinStats"]

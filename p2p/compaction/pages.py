@@ -13,7 +13,7 @@ paging through a workflow reads each chunk once).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from p2p.clock import codec
@@ -147,10 +147,16 @@ def _task_name(task: str | None) -> str | None:
         return task
 
 
-def result_cids(snap: Snapshot) -> list[Any]:
-    """The result blocks a snapshot's task records name (they are kept apart from it)."""
+_RESULT_CID_KEY = b"\x6aresult_cid"  # the map key "result_cid" as DAG-CBOR writes it (text of 10 bytes)
+
+
+def chunk_result_cids(datas: Iterable[bytes | None]) -> list[Any]:
+    """The result blocks snapshot chunks' task records name (results too large to inline). A
+    chunk whose bytes do not hold the key is not decoded: most results travel inline."""
     out = []
-    for _, data in snap.chunks:
+    for data in datas:
+        if data is None or _RESULT_CID_KEY not in data:
+            continue
         for record in codec.decode(data)["tasks"]:
             cid = record.get("result_cid")
             if cid is not None:
@@ -158,5 +164,10 @@ def result_cids(snap: Snapshot) -> list[Any]:
     return out
 
 
-__all__ = ["ChunkLoader", "SnapshotPages", "dropped_from_snapshot", "result_cids", "status_of", "task_view",
+def result_cids(snap: Snapshot) -> list[Any]:
+    """The result blocks a snapshot's task records name (they are kept apart from it)."""
+    return chunk_result_cids(data for _, data in snap.chunks)
+
+
+__all__ = ["ChunkLoader", "SnapshotPages", "chunk_result_cids", "dropped_from_snapshot", "result_cids", "status_of", "task_view",
            "workflow_status"]
